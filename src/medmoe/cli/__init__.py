@@ -1,0 +1,1 @@
+"""The `medmoe` command line. Thin: it parses, calls the library, prints."""

@@ -1,0 +1,23 @@
+"""`medmoe models`: list registered architectures and show their configs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("models", help="list registered models or show one config")
+    parser.add_argument("name", nargs="?", help="a model name: print its JSON config")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medmoe.registry import get_model_config, list_models
+
+    if args.name:
+        print(json.dumps(get_model_config(args.name), indent=2))
+    else:
+        for name in list_models():
+            print(f"{name:24s} {get_model_config(name)['model_type']}")
+    return 0

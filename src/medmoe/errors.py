@@ -1,0 +1,19 @@
+"""Exceptions raised by medmoe. Each names the file or value at fault and what was expected."""
+
+from __future__ import annotations
+
+
+class MedMoEError(Exception):
+    """Base class of every error medmoe raises on purpose."""
+
+
+class InvalidInputError(MedMoEError, ValueError):
+    """An argument, a tensor shape or a config value is not what the function expects."""
+
+
+class CorruptFileError(MedMoEError, OSError):
+    """A file exists but cannot be read as what it claims to be (truncated DICOM, bad NIfTI, ...)."""
+
+
+class NotAModelDirectoryError(MedMoEError, FileNotFoundError):
+    """A directory given as a saved model lacks `config.json` / `model.safetensors` or they are unreadable."""
