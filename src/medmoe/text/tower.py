@@ -111,6 +111,7 @@ class TextTower(nn.Module):
             raise InvalidInputError(f"word_layers must be >= 1, got {config.word_layers}")
         self._word_layers = min(config.word_layers, self.encoder.config.num_hidden_layers)
         self._apply_freeze(config.freeze)
+        self.train()  # puts a frozen encoder in eval mode (from_config builds in train mode)
 
     @property
     def width(self) -> int:
@@ -149,6 +150,8 @@ class TextTower(nn.Module):
         return enc
 
     def forward(self, texts: list[str]) -> TextOutput:
+        if isinstance(texts, str):
+            raise InvalidInputError("texts must be a list of strings, got a single string")
         if len(texts) == 0:
             raise InvalidInputError("texts is empty")
         enc = self.tokenize(list(texts))

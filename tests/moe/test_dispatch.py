@@ -1,0 +1,103 @@
+import pytest
+import torch
+from torch import nn
+
+from medmoe.errors import InvalidInputError
+from medmoe.moe import MoELayer, Router, dense_dispatch, sparse_dispatch
+
+
+def mlp_experts(k: int, width: int = 16) -> list[nn.Module]:
+    return [nn.Sequential(nn.Linear(width, 32), nn.GELU(), nn.Linear(32, width)) for _ in range(k)]
+
+
+class PyramidExpert(nn.Module):
+    """Consumes a whole two-level pyramid per sample, as a MedMoE expert does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 1)
+        self.b = nn.Conv2d(6, 8, 1)
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        return self.a(levels[0]) + nn.functional.interpolate(self.b(levels[1]), size=levels[0].shape[-2:])
+
+
+@pytest.mark.parametrize("gating,top_k", [("top1", 1), ("topk", 2), ("soft", 0)])
+def test_sparse_matches_dense_on_tokens(gating, top_k):
+    torch.manual_seed(0)
+    experts = mlp_experts(6)
+    route = Router(8, 6, gating=gating, top_k=max(top_k, 1))(torch.randn(40, 8))
+    x = torch.randn(40, 16)
+    sparse = sparse_dispatch(experts, x, route.expert_index, route.gates)
+    dense = dense_dispatch(experts, x, route.expert_index, route.gates)
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gating", ["top1", "topk", "soft"])
+def test_sparse_matches_dense_on_whole_samples(gating):
+    torch.manual_seed(1)
+    experts = [PyramidExpert() for _ in range(4)]
+    levels = [torch.randn(10, 4, 8, 8), torch.randn(10, 6, 4, 4)]
+    route = Router(5, 4, gating=gating)(torch.randn(10, 5))
+    sparse = sparse_dispatch(experts, levels, route.expert_index, route.gates)
+    dense = dense_dispatch(experts, levels, route.expert_index, route.gates)
+    assert sparse.shape == (10, 8, 8, 8)
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_agree_between_sparse_and_dense():
+    torch.manual_seed(2)
+    experts = mlp_experts(4)
+    router = Router(8, 4, gating="topk", top_k=2)
+    x, c = torch.randn(12, 16), torch.randn(12, 8)
+    grads = []
+    for fn in (sparse_dispatch, dense_dispatch):
+        for p in [*router.parameters(), *(q for e in experts for q in e.parameters())]:
+            p.grad = None
+        route = router(c)
+        fn(experts, x, route.expert_index, route.gates).pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in router.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_single_expert_equals_the_plain_expert():
+    torch.manual_seed(3)
+    expert = mlp_experts(1)[0]
+    layer = MoELayer([expert], Router(8, 1))
+    x = torch.randn(7, 16)
+    out = layer(x, condition=torch.randn(7, 8))
+    torch.testing.assert_close(out.output, expert(x))
+    assert torch.all(out.route.gates == 1)
+
+
+def test_router_learns_from_the_task_loss_through_the_gate():
+    torch.manual_seed(4)
+    layer = MoELayer(mlp_experts(3), Router(8, 3, gating="top1"))
+    out = layer(torch.randn(9, 16), condition=torch.randn(9, 8))
+    out.output.sum().backward()
+    grad = layer.router.net.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_experts_nobody_chose_are_not_executed():
+    torch.manual_seed(5)
+    experts = mlp_experts(6)
+    calls = [0] * 6
+    for i, e in enumerate(experts):
+        e.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    index = torch.tensor([[0], [2], [2], [0], [5]])
+    gates = torch.ones(5, 1)
+    sparse_dispatch(experts, torch.randn(5, 16), index, gates)
+    assert calls == [1, 0, 1, 0, 0, 1]
+
+
+def test_bad_routing_shapes_are_rejected():
+    experts = mlp_experts(2)
+    with pytest.raises(InvalidInputError, match="expert_index"):
+        sparse_dispatch(experts, torch.randn(4, 16), torch.zeros(3, 1, dtype=torch.long), torch.ones(3, 1))
+    with pytest.raises(InvalidInputError, match="out of range"):
+        sparse_dispatch(experts, torch.randn(2, 16), torch.tensor([[0], [2]]), torch.ones(2, 1))
+    with pytest.raises(InvalidInputError, match="batch dimension"):
+        sparse_dispatch(experts, [torch.randn(2, 4), torch.randn(3, 4)], torch.zeros(2, 1, dtype=torch.long),
+                        torch.ones(2, 1))
