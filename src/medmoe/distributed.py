@@ -1,0 +1,59 @@
+"""The one distributed helper the library itself needs: gathering features across ranks with gradient.
+
+Contrastive losses (the global InfoNCE of MedMoE) compare every image with every report of the *global*
+batch. Each rank gathers the others' features; ``torch.distributed.all_gather`` returns tensors detached
+from the graph, so the local tensor is put back in its own slot and its gradient flows. Each rank then
+back-propagates through its own samples only; DDP's gradient averaging completes the global gradient.
+
+Everything else distributed (process-group set-up, samplers, DDP wrapping) lives in ``medmoe.train``;
+library code (align/, seg/) imports only this module.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from medmoe.errors import InvalidInputError
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Number of ranks (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0, keeping the gradient of the local part.
+
+    Args:
+        x: (B, ...) local features. Every rank must pass the same shape (the trainer drops
+            incomplete batches so that this holds).
+
+    Returns:
+        (world_size * B, ...) tensor; rows ``rank * B : (rank + 1) * B`` are ``x`` itself (so gradients
+        reach it), the other rows are detached copies of the other ranks' tensors. Identity (the very same
+        tensor) when not distributed.
+
+    Example:
+        >>> feats = torch.randn(4, 8, requires_grad=True)
+        >>> gather_with_grad(feats) is feats  # single process
+        True
+    """
+    if not is_distributed():
+        return x
+    if x.dim() == 0:
+        raise InvalidInputError(f"gather_with_grad: expected a (B, ...) tensor, got a 0-d tensor {tuple(x.shape)}")
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts, dim=0)

@@ -1,0 +1,82 @@
+"""The trainer's settings as one dataclass, built from the parsed command line and validated early."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medmoe.errors import InvalidInputError
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run. ``steps`` counts optimiser steps of the whole run (also when resumed).
+
+    One optimiser step consumes ``accum_steps`` micro-batches of ``batch_size`` samples on each rank:
+    the global batch is ``batch_size * accum_steps * world_size``.
+    """
+
+    out: Path
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    accum_steps: int = 1
+    clip_grad: float = 1.0
+    amp: str = "auto"
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    ckpt_every: int = 500
+    keep_ckpts: int = 3
+    log_every: int = 10
+    eval_every: int = 0
+    resume: str | None = None
+    progress: bool = True
+    max_nonfinite_steps: int = 10
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        positive = ("steps", "batch_size", "accum_steps", "ckpt_every", "keep_ckpts", "log_every",
+                    "max_nonfinite_steps")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 1")
+        for name in ("warmup_steps", "workers", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise InvalidInputError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 0")
+        if not self.lr > 0:
+            raise InvalidInputError(f"--lr {self.lr!r}: expected a positive learning rate")
+        for name in ("weight_decay", "clip_grad"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise InvalidInputError(f"--min-lr-ratio {self.min_lr_ratio!r}: expected a value in [0, 1]")
+        if self.amp not in AMP_MODES:
+            raise InvalidInputError(f"--amp {self.amp!r}: expected one of {AMP_MODES}")
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise InvalidInputError(f"--device {self.device!r}: expected one of {DEVICES} or 'cuda:N'")
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace | dict[str, Any]) -> TrainConfig:
+        """Pick the trainer's fields from parsed arguments; task-specific ones are ignored.
+
+        ``--no-progress`` maps to ``progress=False``. ``out`` is required.
+        """
+        data = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
+        if data.get("out") in (None, ""):
+            raise InvalidInputError("--out: a run directory is required")
+        if "no_progress" in data and "progress" not in data:
+            data["progress"] = not data["no_progress"]
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names and v is not None})

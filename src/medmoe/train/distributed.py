@@ -1,0 +1,222 @@
+"""torchrun detection, process-group set-up, DDP wrapping and a resumable distributed sampler.
+
+One code path serves a single process and ``torchrun --nproc_per_node N``: torchrun sets ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK``; without them the run is a single process with rank 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Sampler
+
+from medmoe.distributed import gather_with_grad, is_distributed, rank, world_size
+from medmoe.errors import InvalidInputError
+
+__all__ = [
+    "DistEnv",
+    "ResumableSampler",
+    "all_reduce_sum",
+    "broadcast_object",
+    "gather_objects",
+    "gather_with_grad",
+    "is_distributed",
+    "is_main",
+    "rank",
+    "setup_distributed",
+    "teardown_distributed",
+    "unwrap_model",
+    "world_size",
+    "wrap_model",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: its rank among ``world_size``, its local rank on the node, its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_process_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process): the rank that logs and writes files."""
+    return rank() == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as err:
+        raise InvalidInputError(f"environment variable {name}={value!r}: expected an integer") from err
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; under torchrun each rank takes GPU ``LOCAL_RANK``."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise InvalidInputError(f"device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+        if device == "cuda":
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device(device)
+    return torch.device("cpu")
+
+
+def setup_distributed(device: str = "auto") -> DistEnv:
+    """Read torchrun's environment, pick the device and initialise the process group if needed.
+
+    Uses gloo on CPU and nccl on CUDA. A process group that already exists (set up by the caller)
+    is reused and left alone at teardown.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    rank_ = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank_, world_size=world)
+        owns = True
+        logger.info("rank %d/%d initialised (%s) on %s", rank_, world, backend, dev)
+    if dist.is_available() and dist.is_initialized():
+        rank_, world = dist.get_rank(), dist.get_world_size()
+    return DistEnv(rank=rank_, world_size=world, local_rank=local_rank, device=dev, owns_process_group=owns)
+
+
+def teardown_distributed(env: DistEnv) -> None:
+    """Destroy the process group if :func:`setup_distributed` created it."""
+    if env.owns_process_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, env: DistEnv) -> nn.Module:
+    """DDP-wrap ``model`` when distributed; otherwise return it unchanged.
+
+    ``find_unused_parameters=True`` because a Mixture-of-Experts expert that no local sample chose
+    gets no gradient on that rank in that step; DDP must still take part in its all-reduce.
+    """
+    if env.world_size <= 1:
+        return model
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module inside a DDP wrapper (or the module itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def all_reduce_sum(value: torch.Tensor | float | int) -> torch.Tensor | float:
+    """Sum over ranks. Tensors are reduced in place and returned; numbers come back as floats."""
+    if isinstance(value, torch.Tensor):
+        if is_distributed():
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value
+    if not is_distributed():
+        return float(value)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (picklable objects; identity when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` as a list indexed by rank (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class ResumableSampler(Sampler[int]):
+    """Shuffled, rank-partitioned indices that can restart mid-epoch at the same permutation.
+
+    The permutation of epoch ``e`` depends only on ``(seed, e)``; rank ``r`` takes every
+    ``num_replicas``-th index starting at ``r``. The tail that does not divide evenly among ranks is
+    dropped so that every rank yields the same number of indices (DDP needs equal step counts).
+
+    Args:
+        num_samples: length of the dataset.
+        num_replicas: number of ranks.
+        rank: this rank.
+        shuffle: permute per epoch (otherwise dataset order).
+        seed: base seed shared by all ranks.
+    """
+
+    def __init__(
+        self, num_samples: int, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
+    ) -> None:
+        if num_samples < num_replicas:
+            raise InvalidInputError(
+                f"dataset has {num_samples} samples: expected at least one per rank ({num_replicas} ranks)"
+            )
+        if not 0 <= rank < num_replicas:
+            raise InvalidInputError(f"rank {rank}: expected 0 <= rank < {num_replicas}")
+        self.num_samples = num_samples
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+        self.per_rank = num_samples // num_replicas
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select epoch ``epoch``'s permutation and skip this rank's first ``start`` indices."""
+        if not 0 <= start <= self.per_rank:
+            raise InvalidInputError(f"sampler start {start}: expected 0..{self.per_rank}")
+        self.epoch = epoch
+        self.start = start
+
+    def indices(self) -> list[int]:
+        """This rank's full index list of the current epoch (ignoring ``start``)."""
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        total = self.per_rank * self.num_replicas
+        return order[self.rank : total : self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start

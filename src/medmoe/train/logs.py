@@ -1,0 +1,80 @@
+"""Run logs written by rank 0: ``metrics.jsonl`` (one JSON object per log step) and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _json_number(value: float) -> float | None:
+    # Strict JSON has no NaN/Infinity; a skipped non-finite step logs null.
+    return value if math.isfinite(value) else None
+
+
+class RunLogger:
+    """Appends to ``RUN_DIR/metrics.jsonl`` and ``RUN_DIR/tb``; does nothing when ``enabled`` is false.
+
+    When a run resumes from step ``start_step``, lines and TensorBoard events written after that step by
+    the interrupted run are discarded, so the logs read as one uninterrupted run.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool, start_step: int = 0, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._writer = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_after(self.path, start_step)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = start_step + 1 if start_step > 0 else None
+            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge)
+
+    def log(self, step: int, values: dict[str, float], *, prefix: str = "train", extra: dict[str, Any] | None = None) -> None:
+        """One metrics.jsonl line ``{"step", **extra, "<prefix>/<name>": value}`` and one scalar per value."""
+        if not self.enabled:
+            return
+        row: dict[str, Any] = {"step": step, **(extra or {})}
+        for name, value in values.items():
+            row[f"{prefix}/{name}"] = _json_number(float(value))
+            if self._writer is not None and math.isfinite(float(value)):
+                self._writer.add_scalar(f"{prefix}/{name}", float(value), step)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All rows of a ``metrics.jsonl`` file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

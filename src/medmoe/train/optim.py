@@ -1,0 +1,86 @@
+"""AdamW with linear warm-up and cosine decay, and the mixed-precision settings of a device."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from medmoe.errors import InvalidInputError
+from medmoe.train.task import default_param_groups
+
+
+def warmup_cosine(steps: int, warmup_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
+    """LR multiplier for step ``s`` (0-based): linear ramp to 1 over ``warmup_steps``, cosine to ``min_ratio``."""
+
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        progress = min(1.0, (s - warmup_steps) / max(1, steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_optimizer(
+    model: nn.Module, task: Any, *, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW over ``task.param_groups(model)`` (if the task has it) or the default decay/no-decay split.
+
+    Groups may set their own ``lr`` / ``weight_decay``; the others get the run's values.
+    """
+    groups_fn = getattr(task, "param_groups", None)
+    groups = list(groups_fn(model)) if groups_fn is not None else default_param_groups(model)
+    if not groups:
+        raise InvalidInputError(f"{type(task).__name__}: no trainable parameters in the model")
+    for g in groups:
+        g.setdefault("weight_decay", weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda" or None)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int, min_ratio: float):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup_steps, min_ratio))
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast dtype on a device (``None``: full precision) and whether fp16 loss scaling is needed."""
+
+    device_type: str
+    dtype: torch.dtype | None
+
+    @property
+    def name(self) -> str:
+        return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.dtype is torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device_type, enabled=self.needs_scaler)
+
+
+def resolve_precision(amp: str, device: torch.device) -> Precision:
+    """``auto``: bf16 on CUDA if supported, else fp16; off on CPU. ``fp16`` needs CUDA."""
+    if amp == "off":
+        return Precision(device.type, None)
+    if device.type == "cuda":
+        if amp == "auto":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return Precision("cuda", torch.bfloat16 if amp == "bf16" else torch.float16)
+    if amp == "auto":
+        return Precision(device.type, None)
+    if amp == "bf16":
+        return Precision(device.type, torch.bfloat16)
+    raise InvalidInputError(f"--amp {amp}: fp16 autocast needs a CUDA device (on {device.type} use bf16 or off)")

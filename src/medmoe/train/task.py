@@ -1,0 +1,131 @@
+"""The Task interface: everything model-specific the trainer needs, and nothing else.
+
+A task (alignment, segmentation, a test toy) tells the trainer how to build the model, where the
+training data is, how to turn samples into a batch and how to compute the losses of a batch. The trainer
+owns the rest: devices, DDP, sampling, accumulation, AMP, clipping, optimiser, schedule, logging,
+checkpoints, resume, export.
+
+Required methods::
+
+    build_model() -> nn.Module
+    train_dataset() -> torch.utils.data.Dataset          # map-style: __len__ and __getitem__
+    collate(samples: list) -> dict[str, Any]              # may carry "bad": list of objects with .path/.reason
+    training_step(model, batch) -> dict[str, Tensor]      # "*_loss" terms (+ optional "loss", scalars)
+
+Optional methods (the trainer checks with ``getattr``; :class:`TaskBase` provides defaults)::
+
+    validate(model) -> dict[str, float]                   # rank 0 only, bare module, eval mode, no_grad
+    param_groups(model) -> list[dict]                     # AdamW groups; default: no decay on biases/norms
+    export(model, directory) -> None                      # rank 0, bare module; default save_pretrained
+
+Contract details:
+
+* ``training_step(model, batch)`` runs under autocast when AMP is on. Under DDP ``model`` is the
+  ``DistributedDataParallel`` wrapper: call it only as ``model(...)`` (only its forward synchronises
+  gradients); reach attributes through :func:`medmoe.train.unwrap_model`. Return a dict of tensors:
+  keys ending in ``_loss`` are loss terms, already weighted by the task; the optimised loss is their sum,
+  unless the dict has a ``"loss"`` key, which is then used as is. Every term is logged by name. Other
+  keys are logged as scalars (a 1-element tensor or a float) or as one scalar per element
+  (a 1-D tensor, e.g. expert usage -> ``usage/0``, ``usage/1``...). Every rank must return the same keys
+  with the same shapes in every step (the values are averaged across ranks in one all-reduce).
+* Batches are dicts; tensors in them are moved to the device by the trainer, other values (lists of
+  report strings, file names) are passed as they are. ``batch["bad"]`` (if present) is removed before
+  ``training_step`` and counted: a list of objects with ``.path`` and ``.reason`` for samples that
+  failed to load. Each is logged (rank 0) with its path and reason; counts are summed across ranks and
+  reported in ``summary.json``. ``collate`` must still return a usable batch from the remaining samples.
+* Batches have a fixed size on every rank (the trainer drops incomplete batches), so features can be
+  gathered across ranks with :func:`medmoe.distributed.gather_with_grad`.
+
+Dataset contract for exact resume (``--resume latest`` reproduces an uninterrupted run's losses):
+
+* The trainer fixes the order: the permutation of epoch ``e`` depends only on ``(seed, e)`` and a
+  resumed run restarts mid-epoch at the same position.
+* Random augmentation must therefore be a function of ``(seed, epoch, index)``, not of a global or
+  per-worker RNG stream. Give the dataset ``set_epoch(epoch)``; the trainer calls it before each epoch
+  (and before the resumed one), in the main process before workers start. In ``__getitem__(index)``
+  derive a generator, e.g.::
+
+      rng = np.random.default_rng([self.seed, self.epoch, index])
+      g = torch.Generator().manual_seed(int(rng.integers(2**63)))
+      # MONAI: transform.set_random_state(seed=int(rng.integers(2**31)))
+
+* A sample that cannot be loaded is returned as an object with ``.path`` and ``.reason`` (never raise,
+  never drop silently); ``collate`` moves it to ``batch["bad"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class BadSampleLike(Protocol):
+    """A sample that failed to load: where it came from and why it was skipped."""
+
+    path: Any
+    reason: str
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What the trainer calls; see the module docstring for the full contract."""
+
+    def build_model(self) -> nn.Module: ...
+
+    def train_dataset(self) -> Dataset: ...
+
+    def collate(self, samples: list[Any]) -> dict[str, Any]: ...
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]: ...
+
+
+class TaskBase:
+    """Optional base class giving the optional methods their default behaviour."""
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """No validation by default (an empty dict is not logged)."""
+        return {}
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return default_param_groups(model)
+
+    def export(self, model: nn.Module, directory: str | os.PathLike) -> None:
+        export_model(model, directory)
+
+
+def default_param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """Weight decay on matrices and kernels (ndim >= 2); none on biases, norms, scalars, embeddings' gains.
+
+    Groups without ``weight_decay`` get the run's ``--weight-decay``.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups: list[dict[str, Any]] = []
+    if decay:
+        groups.append({"params": decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def export_model(model: nn.Module, directory: str | os.PathLike) -> None:
+    """``model.save_pretrained(directory)``; a plain module without it gets ``model.safetensors``."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(directory)
+        return
+    from safetensors.torch import save_model
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(path / "model.safetensors"))
+    logger.info("%s has no save_pretrained; wrote its weights to %s", type(model).__name__, path)
