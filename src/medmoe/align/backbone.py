@@ -1,0 +1,225 @@
+"""The image backbone: HF transformers ``SwinBackbone`` as a channels-first feature pyramid.
+
+``SwinPyramid(config)(images)`` returns the four stage outputs at H/4, H/8, H/16, H/32 (channels first)
+and a pooled feature (mean of the last stage), with a timm-style ``feature_info`` so that nothing
+downstream hard-codes channels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import SwinBackbone, SwinConfig
+
+from medmoe.align.config import BackboneConfig
+from medmoe.errors import CorruptFileError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("stage1", "stage2", "stage3", "stage4")
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """Channels and reduction (input pixels per feature pixel) of each pyramid level, shallow to deep."""
+
+    channels: tuple[int, ...]
+    reductions: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.channels)
+
+
+@dataclass
+class Pyramid:
+    """Backbone outputs for B images.
+
+    Attributes:
+        features: [(B, C_s, H / r_s, W / r_s)] for s = 1..4, r = 4, 8, 16, 32 (with patch size 4).
+        pooled: (B, C_4) mean of the deepest level.
+    """
+
+    features: list[Tensor]
+    pooled: Tensor
+
+
+def swin_config(config: BackboneConfig) -> SwinConfig:
+    """The HF ``SwinConfig`` of a :class:`BackboneConfig` (all four stages as outputs)."""
+    if len(config.depths) != 4 or len(config.num_heads) != 4:
+        raise InvalidInputError(
+            f"backbone depths and num_heads need 4 entries (one per stage), got {config.depths} and {config.num_heads}"
+        )
+    return SwinConfig(
+        image_size=config.image_size, patch_size=config.patch_size, num_channels=3, embed_dim=config.embed_dim,
+        depths=list(config.depths), num_heads=list(config.num_heads), window_size=config.window_size,
+        drop_path_rate=config.drop_path_rate, out_features=list(STAGES),
+    )
+
+
+class SwinPyramid(nn.Module):
+    """Swin Transformer feature pyramid.
+
+    Args:
+        config: :class:`BackboneConfig`.
+        load_pretrained: load ``config.weights`` (if set) after building; False keeps random weights
+            (as when a saved medmoe model is about to load its own).
+
+    Shapes:
+        images: (B, 3, H, W) in [0, 1] (normalised inside with ``pixel_mean`` / ``pixel_std``); a
+        (B, 1, H, W) grey image is repeated to 3 channels. H and W must keep every stage's grid a
+        multiple of the window size, see :meth:`check_size`.
+
+    Example:
+        >>> net = SwinPyramid(BackboneConfig(image_size=64, embed_dim=24, depths=(1, 1, 2, 1),
+        ...                                  num_heads=(1, 2, 3, 6), window_size=2))
+        >>> [f.shape[1:] for f in net(torch.rand(2, 3, 64, 64)).features]
+        [torch.Size([24, 16, 16]), torch.Size([48, 8, 8]), torch.Size([96, 4, 4]), torch.Size([192, 2, 2])]
+    """
+
+    def __init__(self, config: BackboneConfig, *, load_pretrained: bool = True) -> None:
+        super().__init__()
+        if len(config.pixel_mean) != 3 or len(config.pixel_std) != 3 or min(config.pixel_std) <= 0:
+            raise InvalidInputError(
+                f"pixel_mean / pixel_std need 3 values with std > 0, got {config.pixel_mean} / {config.pixel_std}"
+            )
+        self.config = config
+        self.swin = SwinBackbone(swin_config(config))
+        channels = tuple(int(c) for c in self.swin.channels)
+        self.feature_info = FeatureInfo(channels, tuple(config.patch_size * 2**s for s in range(4)))
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.check_size(config.image_size, config.image_size)
+        if load_pretrained and config.weights:
+            load_backbone_weights(self, config.weights)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the pooled feature (the deepest level)."""
+        return self.feature_info.channels[-1]
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise unless every stage's token grid of an (height, width) image is a multiple of the window.
+
+        HF Swin would otherwise pad windows with zeros, which silently changes what the model computes.
+        """
+        step = self.config.patch_size * 2 ** (len(self.feature_info) - 1) * self.config.window_size
+        for stage, reduction in enumerate(self.feature_info.reductions):
+            for side in (height, width):
+                if side % reduction or (side // reduction) % self.config.window_size:
+                    raise InvalidInputError(
+                        f"image size {height}x{width} does not fit this Swin (patch {self.config.patch_size}, "
+                        f"window {self.config.window_size}): stage {stage + 1} needs sides divisible by "
+                        f"{reduction * self.config.window_size}; use a multiple of {step} (e.g. {step}, {2 * step})"
+                    )
+
+    def forward(self, images: Tensor) -> Pyramid:
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise InvalidInputError(f"images must be (B, 3, H, W) or (B, 1, H, W), got shape {tuple(images.shape)}")
+        self.check_size(images.shape[-2], images.shape[-1])
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        x = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
+        features = list(self.swin(x).feature_maps)
+        return Pyramid(features, features[-1].mean(dim=(2, 3)))
+
+
+# transformers 4.x -> 5.x Swin parameter names (order matters: "attention.output.dense" before "output.dense").
+_RENAMES_4X = (
+    ("attention.self.query", "attention.q_proj"),
+    ("attention.self.key", "attention.k_proj"),
+    ("attention.self.value", "attention.v_proj"),
+    ("attention.self.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
+    ("attention.output.dense", "attention.o_proj"),
+    ("intermediate.dense", "mlp.fc1"),
+    ("output.dense", "mlp.fc2"),
+)
+
+
+def remap_medclip_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Vision weights of a MedCLIP-style checkpoint renamed for :class:`SwinPyramid`.
+
+    MedCLIP (and the released MedMoE code that starts from it) stores its Swin-T as an HF ``SwinModel``
+    under ``vision_model.model.``; a bare ``SwinModel`` / ``SwinBackbone`` state dict (``embeddings.``,
+    ``encoder.``, ``swin.``) is accepted too. Text weights, projection heads and ``logit_scale`` are dropped.
+    The final ``layernorm`` of a ``SwinModel`` normalised the last stage, so it initialises the backbone's
+    stage-4 output norm; the other stage norms have no counterpart and keep their initialisation.
+
+    Checkpoints written by transformers 4.x name the attention and MLP weights differently
+    (``attention.self.query``, ``intermediate.dense``, ...); they are renamed to the 5.x names.
+
+    Args:
+        state: the checkpoint's state dict.
+
+    Returns:
+        A state dict with ``swin.swin.*`` / ``swin.hidden_states_norms.*`` keys, ready for
+        ``SwinPyramid.load_state_dict(..., strict=False)``.
+    """
+    prefixes = ("module.", "vision_model.model.", "vision_model.", "img_encoder.model.", "image_encoder.model.",
+                "model.")
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        name = key
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        if name.startswith("swin."):
+            name = name[len("swin."):]
+        for old, new in _RENAMES_4X:
+            name = name.replace(old, new)
+        if name.startswith("hidden_states_norms."):
+            out[f"swin.{name}"] = value
+        elif name.startswith(("embeddings.", "encoder.")) and "relative_position_index" not in name:
+            out[f"swin.swin.{name}"] = value
+        elif name in ("layernorm.weight", "layernorm.bias"):
+            out[f"swin.hidden_states_norms.stage4.{name.split('.')[-1]}"] = value
+    return out
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure means the file is not a usable checkpoint
+        raise CorruptFileError(f"{path}: cannot read backbone weights ({err})") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CorruptFileError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def load_backbone_weights(net: SwinPyramid, source: str) -> None:
+    """Load Swin weights from a local HF directory or a (MedCLIP-style) checkpoint file.
+
+    Raises:
+        InvalidInputError: ``source`` does not exist.
+        CorruptFileError: unreadable file, or no key of it matches the Swin (a different architecture).
+    """
+    path = Path(source)
+    if path.is_dir():
+        files = [path / "model.safetensors", path / "pytorch_model.bin"]
+        found = [f for f in files if f.is_file()]
+        if not found:
+            raise InvalidInputError(f"{path}: no model.safetensors or pytorch_model.bin in this directory")
+        path = found[0]
+    elif not path.is_file():
+        raise InvalidInputError(f"backbone weights {source!r}: no such file or directory (hub names are not fetched)")
+    state = remap_medclip_state_dict(_read_state_dict(path))
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise CorruptFileError(f"{path}: no tensor matches this Swin backbone (wrong architecture or not a Swin)")
+    mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    if mismatched:
+        raise CorruptFileError(f"{path}: shapes differ from the configured Swin for {mismatched[:5]}")
+    missing = sorted(set(own) - set(usable))
+    net.load_state_dict(usable, strict=False)
+    log.info("loaded %d backbone tensors from %s (%d left at init: %s)", len(usable), path, len(missing),
+             missing[:6])

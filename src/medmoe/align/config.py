@@ -1,0 +1,117 @@
+"""MedMoE configuration: backbone, experts, routing, losses, text tower. One dataclass readable at a glance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from medmoe.errors import InvalidInputError
+from medmoe.text.config import TextConfig
+
+ROUTE_BY = ("text", "image", "label")
+
+
+@dataclass
+class BackboneConfig:
+    """A 2-D Swin Transformer (HF ``SwinBackbone``) giving a 4-level feature pyramid.
+
+    Attributes:
+        image_size: the nominal input size (any size that the window size divides at every stage works).
+        patch_size: stride of the patch embedding (the pyramid starts at H / patch_size).
+        embed_dim: channels of stage 1; stage s has ``embed_dim * 2**s``.
+        depths: Swin blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: attention window (tokens per side).
+        drop_path_rate: stochastic depth at the deepest block.
+        weights: None (random init), a local Hugging Face Swin directory (config.json + weights), or a
+            MedCLIP-style checkpoint file whose vision keys are remapped (``pytorch_model.bin`` /
+            ``.safetensors``). Never a hub name.
+        pixel_mean, pixel_std: per-channel normalisation applied to inputs in [0, 1].
+    """
+
+    image_size: int = 224
+    patch_size: int = 4
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    drop_path_rate: float = 0.1
+    weights: str | None = None
+    pixel_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class MedMoEConfig:
+    """Architecture and loss settings of a MedMoE model.
+
+    Attributes:
+        backbone: the Swin pyramid.
+        text: the text tower (``text.model`` names a local encoder; "minilm" is bundled).
+        num_experts: K scale-attention experts (6 = one per modality in ``medmoe.data.modalities``).
+        local_dim: D, width of the local map (B, D, H/4, W/4) and of the word features.
+        embed_dim: E, width of the global image and text embeddings.
+        scale_hidden: hidden width of the per-location scale-attention MLP (0 = D // 2).
+        refine_depth: conv3x3 + BN + ReLU blocks after the scale fusion (0 = none, as the released code).
+        router_hidden: hidden width of both routers' MLP (0 = linear router).
+        router_jitter: multiplicative router input noise in training.
+        route_by: what picks the expert in training: the report (``text``), the image (``image``) or the
+            modality label (``label``; unlabelled rows fall back to the report). Inference always uses the
+            image router.
+        dispatch: ``sparse`` (only chosen experts run) or ``dense`` (reference).
+        text_projection: ``auto`` (a trainable projection when the text width differs from D / E),
+            ``linear`` (always) or ``none`` (requires equal widths).
+        logit_scale: the global InfoNCE scale (1 / temperature); GLoRIA and the released code use 10.
+        learn_logit_scale: learn the scale (stored as a log, clamped to [1, 100]).
+        local_temperatures: GLoRIA's (tau1, tau2, tau3) = (4, 5, 10): region attention sharpness,
+            word-context similarity scale, and the scale of the image-report local score.
+        global_loss_weight, local_loss_weight: weights of the two contrastive terms.
+        balance_loss_weight: Switch load balance on the router that routes.
+        router_ce_loss_weight: cross-entropy of the routing router's logits against modality labels
+            (rows without a label are ignored; needs num_experts >= number of modalities).
+        distill_loss_weight: trains the image router to predict the route taken.
+        local_loss_chunk: reports processed together in the local loss (memory bound; 0 = all).
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    num_experts: int = 6
+    local_dim: int = 768
+    embed_dim: int = 768
+    scale_hidden: int = 0
+    refine_depth: int = 0
+    router_hidden: int = 128
+    router_jitter: float = 0.0
+    route_by: str = "text"
+    dispatch: str = "sparse"
+    text_projection: str = "auto"
+    logit_scale: float = 10.0
+    learn_logit_scale: bool = False
+    local_temperatures: tuple[float, float, float] = (4.0, 5.0, 10.0)
+    global_loss_weight: float = 0.5
+    local_loss_weight: float = 0.5
+    balance_loss_weight: float = 0.01
+    router_ce_loss_weight: float = 0.0
+    distill_loss_weight: float = 1.0
+    local_loss_chunk: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_experts < 1:
+            raise InvalidInputError(f"num_experts must be >= 1, got {self.num_experts}")
+        for name in ("local_dim", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.route_by not in ROUTE_BY:
+            raise InvalidInputError(f"route_by must be one of {ROUTE_BY}, got {self.route_by!r}")
+        if self.text_projection not in ("auto", "linear", "none"):
+            raise InvalidInputError(f"text_projection must be 'auto', 'linear' or 'none', got {self.text_projection!r}")
+        if self.refine_depth < 0 or self.scale_hidden < 0 or self.router_hidden < 0:
+            raise InvalidInputError("refine_depth, scale_hidden and router_hidden must be >= 0")
+        if not self.logit_scale > 0:
+            raise InvalidInputError(f"logit_scale must be > 0, got {self.logit_scale}")
+        if len(self.local_temperatures) != 3 or min(self.local_temperatures) <= 0:
+            raise InvalidInputError(f"local_temperatures must be three positive numbers, got {self.local_temperatures}")
+        weights = ("global_loss_weight", "local_loss_weight", "balance_loss_weight", "router_ce_loss_weight",
+                   "distill_loss_weight")
+        for name in weights:
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")

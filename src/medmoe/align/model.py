@@ -1,0 +1,207 @@
+"""MedMoE: image-report alignment with modality-specialised scale-attention experts.
+
+    image (B,3,H,W) -> SwinPyramid -> [C1@H/4 .. C4@H/32] + pooled
+    report -> TextTower -> sentence, words
+    route (report / image / label in training, image at inference) -> top-1 expert (only it runs)
+    expert -> local map (B, D, H/4, W/4) x gate -> mean -> linear -> global embedding (B, E)
+    losses: global InfoNCE (gathered over ranks) + GLoRIA local + router losses
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medmoe.align.backbone import FeatureInfo, SwinPyramid
+from medmoe.align.config import MedMoEConfig
+from medmoe.align.experts import ScaleAttentionExpert
+from medmoe.align.losses import global_contrastive_loss, local_contrastive_loss
+from medmoe.align.routing import MedMoERouting, RouteDecision
+from medmoe.errors import InvalidInputError
+from medmoe.hub import PretrainedMixin
+from medmoe.moe import MoELayer
+from medmoe.text import TextConfig, TextOutput, TextTower
+
+log = logging.getLogger(__name__)
+
+MAX_LOGIT_SCALE = 100.0
+
+
+def _projection(in_dim: int, out_dim: int, mode: str, what: str) -> nn.Module:
+    if mode == "linear" or (mode == "auto" and in_dim != out_dim):
+        return nn.Linear(in_dim, out_dim)
+    if in_dim != out_dim:
+        raise InvalidInputError(f"text_projection='none' needs the text width {in_dim} to equal {what} {out_dim}")
+    return nn.Identity()
+
+
+class MedMoE(PretrainedMixin, nn.Module):
+    """The MedMoE model.
+
+    Args:
+        config: :class:`MedMoEConfig`.
+        load_pretrained: load the pretrained parts the config names (text encoder, backbone weights).
+
+    Example:
+        >>> model = medmoe.create_model("medmoe-nano").eval()
+        >>> model.encode_image(torch.rand(2, 3, 64, 64)).shape      # no report, no label
+        torch.Size([2, 96])
+        >>> out = model(torch.rand(2, 3, 64, 64), ["No effusion.", "CT: small nodule."], return_loss=True)
+        >>> sorted(k for k in out if k.endswith("_loss"))
+        ['balance_loss', 'distill_loss', 'global_loss', 'local_loss']
+    """
+
+    config_class = MedMoEConfig
+    model_type = "medmoe"
+
+    def __init__(self, config: MedMoEConfig, *, load_pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = SwinPyramid(config.backbone, load_pretrained=load_pretrained)
+        self.text = TextTower(config.text, load_pretrained=load_pretrained)
+        info = self.backbone.feature_info
+        experts = [ScaleAttentionExpert(info.channels, config.local_dim, hidden=config.scale_hidden,
+                                        refine_depth=config.refine_depth) for _ in range(config.num_experts)]
+        self.moe = MoELayer(experts, router=None, dispatch=config.dispatch)
+        self.routing = MedMoERouting(self.text.width, info.channels[-1], config.num_experts,
+                                     hidden_dim=config.router_hidden, jitter=config.router_jitter)
+        self.image_proj = nn.Linear(config.local_dim, config.embed_dim)
+        self.text_proj = _projection(self.text.width, config.embed_dim, config.text_projection, "embed_dim")
+        self.word_proj = _projection(self.text.width, config.local_dim, config.text_projection, "local_dim")
+        if config.learn_logit_scale:
+            self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale)))
+        else:
+            self.register_buffer("log_logit_scale", torch.tensor(math.log(config.logit_scale)), persistent=False)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def feature_info(self) -> FeatureInfo:
+        return self.backbone.feature_info
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """The global InfoNCE scale, clamped to [1, 100]."""
+        return self.log_logit_scale.exp().clamp(1.0, MAX_LOGIT_SCALE)
+
+    # ------------------------------------------------------------------ encoders
+    def _text(self, reports: list[str]) -> TextOutput:
+        if isinstance(reports, str) or not isinstance(reports, list | tuple):
+            raise InvalidInputError("reports must be a list of strings")
+        return self.text(list(reports))
+
+    def encode_text(self, reports: list[str], *, normalize: bool = True) -> Tensor:
+        """(B, E) report embeddings (L2-normalised by default)."""
+        out = self.text_proj(self._text(reports).sentence)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def _image(self, images: Tensor, decide) -> tuple[Tensor, Tensor, RouteDecision]:
+        pyramid = self.backbone(images)
+        decision: RouteDecision = decide(pyramid.pooled)
+        local = self.moe(pyramid.features, route=decision.taken).output
+        return local, self.image_proj(local.mean(dim=(2, 3))), decision
+
+    def image_features(self, images: Tensor) -> dict[str, Tensor]:
+        """Everything the image side computes with the inference route (the image router).
+
+        Returns:
+            dict with ``image_embeds`` (B, E) normalised, ``local_features`` (B, D, H/4, W/4),
+            ``router_logits`` / ``router_probs`` (B, K), ``expert_index`` (B,), ``gates`` (B,).
+        """
+        local, global_, decision = self._image(images, lambda pooled: self.routing(pooled, route_by="image"))
+        route = decision.taken
+        return {"image_embeds": F.normalize(global_, dim=-1), "local_features": local, "router_logits": route.logits,
+                "router_probs": route.probs, "expert_index": route.expert_index[:, 0], "gates": route.gates[:, 0]}
+
+    def encode_image(self, images: Tensor, *, normalize: bool = True) -> Tensor:
+        """(B, E) image embeddings routed by the image alone: no report and no label needed."""
+        _, global_, _ = self._image(images, lambda pooled: self.routing(pooled, route_by="image"))
+        return F.normalize(global_, dim=-1) if normalize else global_
+
+    @torch.no_grad()
+    def route(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The inference route of B images: ``(expert_index (B,), probs (B, K))`` (runs no expert)."""
+        decision = self.routing(self.backbone(images).pooled, route_by="image")
+        return decision.image.expert_index[:, 0], decision.image.probs
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor, reports: list[str] | None = None, *, modality: Tensor | None = None,
+                return_loss: bool = False, route_by: str | None = None) -> dict[str, Any]:
+        """Encode a batch of image-report pairs.
+
+        Args:
+            images: (B, 3, H, W) in [0, 1].
+            reports: B report strings (None: image side only, routed by the image).
+            modality: (B,) modality ids (negative = unknown), for ``route_by="label"`` and the router CE.
+            return_loss: add the weighted loss terms (``*_loss``) and their sum ``loss``.
+            route_by: override ``config.route_by`` (e.g. ``"image"`` to evaluate the inference route).
+
+        Returns:
+            dict: ``image_embeds`` (B, E), ``text_embeds`` (B, E) (both normalised), ``local_features``
+            (B, D, H/4, W/4), ``word_features`` (B, W, D), ``word_mask`` (B, W), ``words``,
+            ``router_logits`` (B, K) of the router that routed, ``image_router_logits``,
+            ``text_router_logits``, ``expert_index`` (B,), ``gates`` (B,), ``route_source``,
+            ``logit_scale``; with ``return_loss`` also ``global_loss``, ``local_loss``, the router losses
+            whose weight is non-zero, and ``loss``.
+        """
+        if reports is None:
+            if return_loss:
+                raise InvalidInputError("return_loss=True needs the reports")
+            return self.image_features(images)
+        if len(reports) != images.shape[0]:
+            raise InvalidInputError(f"got {images.shape[0]} images but {len(reports)} reports")
+        route_by = route_by or self.config.route_by
+        text = self._text(reports)
+        local, global_, decision = self._image(
+            images, lambda pooled: self.routing(pooled, text.sentence, labels=modality, route_by=route_by))
+        out: dict[str, Any] = {
+            "image_embeds": F.normalize(global_, dim=-1),
+            "text_embeds": F.normalize(self.text_proj(text.sentence), dim=-1),
+            "local_features": local,
+            "word_features": self.word_proj(text.words),
+            "word_mask": text.word_mask,
+            "words": text.word_text,
+            "router_logits": decision.taken.logits,
+            "image_router_logits": decision.image.logits,
+            "text_router_logits": decision.text.logits if decision.text is not None else None,
+            "expert_index": decision.taken.expert_index[:, 0],
+            "gates": decision.taken.gates[:, 0],
+            "image_expert_index": decision.image.expert_index[:, 0],
+            "route_source": decision.source,
+            "logit_scale": self.logit_scale,
+        }
+        if return_loss:
+            out.update(self.losses(out, decision, modality))
+        return out
+
+    def losses(self, out: dict[str, Any], decision: RouteDecision, modality: Tensor | None) -> dict[str, Tensor]:
+        """The weighted loss terms of a forward output, and their sum under ``loss``."""
+        cfg = self.config
+        terms: dict[str, Tensor] = {}
+        if cfg.global_loss_weight:
+            terms["global_loss"] = cfg.global_loss_weight * global_contrastive_loss(
+                out["image_embeds"], out["text_embeds"], out["logit_scale"])
+        if cfg.local_loss_weight:
+            terms["local_loss"] = cfg.local_loss_weight * local_contrastive_loss(
+                out["local_features"], out["word_features"], out["word_mask"], cfg.local_temperatures,
+                cfg.local_loss_chunk)
+        terms.update(self.routing.losses(decision, modality, balance_weight=cfg.balance_loss_weight,
+                                         ce_weight=cfg.router_ce_loss_weight, distill_weight=cfg.distill_loss_weight))
+        terms["loss"] = sum(terms.values(), torch.zeros((), device=out["image_embeds"].device))
+        return terms
+
+    def num_parameters(self, *, active: bool = False) -> int:
+        """Parameters of the model; ``active=True`` counts one expert only (what one image runs through)."""
+        total = sum(p.numel() for p in self.parameters())
+        if active and self.num_experts > 1:
+            per_expert = sum(p.numel() for p in self.moe.experts[0].parameters())
+            total -= per_expert * (self.num_experts - 1)
+        return total

@@ -1,0 +1,122 @@
+"""MedMoE routing: a text router on the report, an image router on the pooled image feature.
+
+Training routes by ``route_by`` (the report, the image or the modality label); the image router always
+learns to predict the route that was taken, so inference routes by the image alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from medmoe.errors import InvalidInputError
+from medmoe.moe import Router, RouterOutput, load_balance_loss, router_ce_loss
+
+IGNORE = -100
+
+
+@dataclass
+class RouteDecision:
+    """The routes of one batch.
+
+    Attributes:
+        taken: the route the experts were run with; ``taken.logits`` are the routing router's.
+        image: the image router's own decision (the inference route).
+        text: the text router's decision, None when no report was given.
+        source: which signal routed: ``text``, ``image`` or ``label``.
+    """
+
+    taken: RouterOutput
+    image: RouterOutput
+    text: RouterOutput | None
+    source: str
+
+
+def _clean_labels(labels: Tensor | None, num_experts: int, batch: int, device: torch.device) -> Tensor | None:
+    """Modality ids as long, with unknown (< 0) or out-of-range ids set to IGNORE."""
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels, device=device).long().reshape(-1)
+    if labels.shape[0] != batch:
+        raise InvalidInputError(f"modality labels must be (B,) = ({batch},), got {tuple(labels.shape)}")
+    return torch.where((labels >= 0) & (labels < num_experts), labels, torch.full_like(labels, IGNORE))
+
+
+class MedMoERouting(nn.Module):
+    """The two routers of MedMoE and the rule that picks the route.
+
+    Args:
+        text_dim: width of the report's sentence embedding.
+        image_dim: width of the pooled image feature.
+        num_experts: K.
+        hidden_dim: routers' MLP width (0 = linear).
+        jitter: multiplicative input noise in training.
+    """
+
+    def __init__(self, text_dim: int, image_dim: int, num_experts: int, *, hidden_dim: int = 128,
+                 jitter: float = 0.0) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.text_router = Router(text_dim, num_experts, hidden_dim=hidden_dim, gating="top1", jitter=jitter)
+        self.image_router = Router(image_dim, num_experts, hidden_dim=hidden_dim, gating="top1", jitter=jitter)
+
+    def forward(self, pooled: Tensor, sentence: Tensor | None = None, *, labels: Tensor | None = None,
+                route_by: str = "image") -> RouteDecision:
+        """Decide the route of B images.
+
+        Args:
+            pooled: (B, C) pooled image features.
+            sentence: (B, H) report embeddings (needed for ``route_by`` text / label).
+            labels: (B,) modality ids, negative = unknown (``route_by="label"``).
+            route_by: ``text`` | ``image`` | ``label``.
+        """
+        image = self.image_router(pooled)
+        if route_by == "image":
+            return RouteDecision(image, image, None, "image")
+        if sentence is None:
+            raise InvalidInputError(f"route_by={route_by!r} needs the reports; use route_by='image' without them")
+        text = self.text_router(sentence)
+        if route_by == "text":
+            return RouteDecision(text, image, text, "text")
+        if route_by != "label":
+            raise InvalidInputError(f"route_by must be 'text', 'image' or 'label', got {route_by!r}")
+        labels = _clean_labels(labels, self.num_experts, pooled.shape[0], pooled.device)
+        if labels is None:
+            raise InvalidInputError("route_by='label' needs modality labels")
+        known = labels != IGNORE
+        # Labelled rows go to their modality's expert with gate 1; the rest fall back to the report's route.
+        index = torch.where(known, labels, text.expert_index[:, 0]).unsqueeze(1)
+        gates = torch.where(known, torch.ones_like(text.gates[:, 0]), text.gates[:, 0]).unsqueeze(1)
+        taken = RouterOutput(logits=text.logits, probs=text.probs, expert_index=index, gates=gates)
+        return RouteDecision(taken, image, text, "label")
+
+    def losses(self, decision: RouteDecision, labels: Tensor | None, *, balance_weight: float, ce_weight: float,
+               distill_weight: float) -> dict[str, Tensor]:
+        """Weighted router losses; a key is present whenever its weight is non-zero (stable across steps).
+
+        balance_loss: Switch load balance of the router that routed (0 when labels routed).
+        router_ce_loss: CE of the routing router's logits against modality labels (unlabelled rows ignored;
+            the text router when labels routed, so that it serves unlabelled rows).
+        distill_loss: CE of the image router's logits against the expert actually used (0 when the image
+            router itself routed).
+        """
+        zero = decision.image.logits.sum() * 0.0
+        out: dict[str, Tensor] = {}
+        if balance_weight:
+            balance = zero
+            if decision.source != "label":
+                balance = load_balance_loss(decision.taken.probs, decision.taken.expert_index)
+            out["balance_loss"] = balance_weight * balance
+        if ce_weight:
+            batch = decision.image.logits.shape[0]
+            clean = _clean_labels(labels, self.num_experts, batch, decision.image.logits.device)
+            ce = zero if clean is None else router_ce_loss(decision.taken.logits, clean, ignore_index=IGNORE)
+            out["router_ce_loss"] = ce_weight * ce
+        if distill_weight:
+            distill = zero
+            if decision.source != "image":
+                distill = router_ce_loss(decision.image.logits, decision.taken.expert_index[:, 0].detach())
+            out["distill_loss"] = distill_weight * distill
+        return out
