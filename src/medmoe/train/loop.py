@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,10 @@ class _Run:
                     f"{self.step + 1}); stopping. Lower --lr, enable --clip-grad or check the data"
                 )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped first step makes torch warn about the call order; the schedule stays tied to steps.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         return values, reduced[-1] > 0
 
     def _validate(self) -> dict[str, float]:
