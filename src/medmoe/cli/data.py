@@ -1,0 +1,123 @@
+"""`medmoe data`: check manifests, import corpora, write shards (and build the sample data)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+SOURCES = ("mimic-cxr", "chexpert5x200", "iu-xray", "roco", "wds")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("data", help="manifests, dataset import, shards, sample data")
+    parser.set_defaults(func=lambda args: _help(parser))
+    group = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    check = group.add_parser("check", help="report every problem of a manifest; exit 1 if any row is bad")
+    check.add_argument("manifest", help="a .csv or .jsonl manifest")
+    check.add_argument("--no-read", action="store_true", help="only check that image files exist (faster)")
+    check.add_argument("--max-problems", type=int, default=None, metavar="N",
+                       help="print at most N problems (the summary counts all)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check.set_defaults(func=run_check)
+
+    imp = group.add_parser("import", help="build a manifest from a public corpus you have on disk")
+    imp.add_argument("source", choices=SOURCES, help="layout of ROOT")
+    imp.add_argument("root", help="the corpus folder (for wds: a .tar shard or a folder of shards)")
+    imp.add_argument("--out", required=True, help="manifest to write (.csv or .jsonl)")
+    imp.add_argument("--all-views", action="store_true", help="mimic-cxr: keep lateral views too")
+    imp.add_argument("--reports-root", default=None, help="mimic-cxr: folder of the reports' files/ tree or zip")
+    imp.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is missing")
+    imp.add_argument("--extract-dir", default=None,
+                     help="wds: where to extract images (default: <out without suffix>-images)")
+    imp.add_argument("--split", default=None, help="wds: split of samples that do not carry one")
+    imp.set_defaults(func=run_import)
+
+    shard = group.add_parser("shard", help="write WebDataset-style tar shards from a manifest")
+    shard.add_argument("manifest", help="a .csv or .jsonl manifest")
+    shard.add_argument("--out", required=True, help="output folder")
+    shard.add_argument("--per-shard", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    shard.add_argument("--split", default=None, help="only rows of this split")
+    shard.add_argument("--format", choices=("png", "jpg"), default="png", help="image encoding (default png)")
+    shard.add_argument("--max-size", type=int, default=None, metavar="PX",
+                       help="downsize images whose longer side exceeds PX")
+    shard.add_argument("--no-progress", action="store_true", help="no progress bar")
+    shard.set_defaults(func=run_shard)
+
+    _add_samples_commands(group)
+
+
+def _add_samples_commands(group: argparse._SubParsersAction) -> None:
+    """`build-samples` lives with the sample data (medmoe.data.samples.cli) and is added when present."""
+    try:
+        module = importlib.import_module("medmoe.data.samples.cli")
+    except ModuleNotFoundError as err:
+        if err.name not in ("medmoe.data.samples", "medmoe.data.samples.cli"):
+            raise
+        return
+    hook = getattr(module, "add_parser", None) or getattr(module, "register_build_samples", None)
+    if hook is not None:
+        hook(group)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from medmoe.data.check import check_manifest
+
+    result = check_manifest(args.manifest, read_images=not args.no_read, progress=not args.no_progress)
+    limit = args.max_problems if args.max_problems is not None else len(result.problems)
+    for problem in result.problems[:limit]:
+        print(problem)
+    if len(result.problems) > limit:
+        print(f"... {len(result.problems) - limit} more problem(s)")
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medmoe.data.adapters import import_source
+    from medmoe.data.manifest import write_manifest
+
+    options: dict = {}
+    if args.source != "wds":
+        options["skip_missing"] = not args.keep_missing
+    if args.source == "mimic-cxr":
+        options["views"] = None if args.all_views else ("PA", "AP")
+        options["reports_root"] = args.reports_root
+    if args.source == "wds":
+        out = Path(args.out)
+        options["extract_dir"] = args.extract_dir or str(out.with_name(out.name.split(".")[0] + "-images"))
+        options["split"] = args.split
+    result = import_source(args.source, args.root, **options)
+    path = write_manifest(result.rows, args.out)
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(result.split_counts().items())) or "none"
+    print(f"{args.source}: wrote {len(result.rows)} rows to {path} (splits: {splits})")
+    for reason, items in result.skipped.items():
+        print(f"  skipped {len(items)} with {reason}", file=sys.stderr)
+    return 0 if result.rows else 1
+
+
+def run_shard(args: argparse.Namespace) -> int:
+    from medmoe.data.shards import write_shards
+
+    result = write_shards(
+        args.manifest,
+        args.out,
+        per_shard=args.per_shard,
+        split=args.split,
+        image_format=args.format,
+        max_size=args.max_size,
+        progress=not args.no_progress,
+    )
+    for bad in result.bad:
+        print(f"skipped {bad.path}: {bad.reason}", file=sys.stderr)
+    print(json.dumps({"out": args.out, "shards": len(result.shards), "samples": result.samples, "bad": len(result.bad)}))
+    return 0 if result.samples else 1

@@ -1,0 +1,53 @@
+"""Adapters from the public corpora users own to medmoe manifests, one module per source.
+
+    >>> result = import_source("mimic-cxr", "/data/mimic-cxr-jpg/2.0.0")
+    >>> write_manifest(result.rows, "mimic.csv")
+
+Each adapter returns an :class:`ImportResult` (rows + entries left out, by reason) and is documented
+with the exact directory layout it expects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from medmoe.data.adapters.chexpert5x200 import import_chexpert5x200
+from medmoe.data.adapters.common import ImportResult, hash_split
+from medmoe.data.adapters.iu_xray import import_iu_xray
+from medmoe.data.adapters.mimic_cxr import import_mimic_cxr
+from medmoe.data.adapters.roco import import_roco
+from medmoe.data.adapters.wds import import_wds
+from medmoe.errors import InvalidInputError
+
+SOURCES: dict[str, Callable[..., ImportResult]] = {
+    "mimic-cxr": import_mimic_cxr,
+    "chexpert5x200": import_chexpert5x200,
+    "iu-xray": import_iu_xray,
+    "roco": import_roco,
+    "wds": import_wds,
+}
+
+__all__ = [
+    "SOURCES",
+    "ImportResult",
+    "hash_split",
+    "import_chexpert5x200",
+    "import_iu_xray",
+    "import_mimic_cxr",
+    "import_roco",
+    "import_source",
+    "import_wds",
+]
+
+
+def import_source(source: str, root: str | os.PathLike, **options: Any) -> ImportResult:
+    """Run the adapter named ``source`` (one of :data:`SOURCES`) on ``root``.
+
+    Raises:
+        InvalidInputError: unknown source name.
+    """
+    if source not in SOURCES:
+        raise InvalidInputError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
+    return SOURCES[source](root, **options)

@@ -1,0 +1,102 @@
+"""Helpers shared by the dataset adapters."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medmoe.data.manifest import ManifestRow
+from medmoe.data.readers import MissingFileError
+from medmoe.errors import CorruptFileError, InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImportResult:
+    """Manifest rows built by an adapter and the source entries it left out, by reason."""
+
+    source: str
+    rows: list[ManifestRow] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, what: str) -> None:
+        self.skipped.setdefault(reason, []).append(what)
+
+    def log(self) -> ImportResult:
+        """Log the skipped entries (one warning per reason) and return self."""
+        for reason, paths in self.skipped.items():
+            log_skipped(self.source, reason, paths)
+        logger.info("%s: %d rows", self.source, len(self.rows))
+        return self
+
+    def split_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            counts[row.split or "none"] = counts.get(row.split or "none", 0) + 1
+        return counts
+
+
+def require_dir(root: str | os.PathLike, source: str) -> Path:
+    """``root`` as a Path, which must be an existing directory."""
+    path = Path(root)
+    if not path.is_dir():
+        raise MissingFileError(f"{path}: {source} root directory not found")
+    return path
+
+
+def find_first(root: Path, names: list[str], what: str, *, required: bool = True) -> Path | None:
+    """The first of ``names`` (relative to ``root``; glob patterns allowed) that exists."""
+    for name in names:
+        hits = sorted(root.glob(name)) if any(ch in name for ch in "*?[") else [root / name]
+        for hit in hits:
+            if hit.is_file():
+                return hit
+    if required:
+        raise MissingFileError(f"{root}: cannot find {what} (looked for {names})")
+    return None
+
+
+def read_csv_table(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file, gzipped or not, as dicts keyed by the header."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        text = raw.decode("utf-8-sig")
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as err:
+        raise CorruptFileError(f"{path}: cannot read CSV table ({type(err).__name__}: {err})") from err
+
+
+def require_columns(rows: list[dict[str, str]], columns: list[str], path: Path) -> None:
+    if rows and (missing := [c for c in columns if c not in rows[0]]):
+        raise CorruptFileError(f"{path}: missing column(s) {missing}; found {list(rows[0])}")
+
+
+def hash_split(key: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
+    """A stable train/val/test assignment from a key (the same on every machine and run).
+
+    Args:
+        key: what must stay together (a report id, a patient id).
+        fractions: train, val, test shares summing to 1.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise InvalidInputError(f"split fractions must be three non-negative shares summing to 1, got {fractions}")
+    value = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    if value < fractions[0]:
+        return "train"
+    return "val" if value < fractions[0] + fractions[1] else "test"
+
+
+def log_skipped(source: str, reason: str, paths: list[str]) -> None:
+    """One warning per kind of skipped row, with a count and a few examples."""
+    if paths:
+        examples = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        logger.warning("%s: skipped %d row(s) with %s: %s", source, len(paths), reason, examples)

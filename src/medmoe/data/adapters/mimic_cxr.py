@@ -1,0 +1,149 @@
+"""MIMIC-CXR-JPG (PhysioNet) -> manifest rows.
+
+Expected layout (the PhysioNet release; the reports come from MIMIC-CXR's ``mimic-cxr-reports.zip``,
+either extracted into the same ``files/`` tree or left as the zip in the root)::
+
+    ROOT/mimic-cxr-2.0.0-metadata.csv.gz     dicom_id, subject_id, study_id, ..., ViewPosition, ...
+    ROOT/mimic-cxr-2.0.0-split.csv.gz        dicom_id, study_id, subject_id, split (train/validate/test)
+    ROOT/mimic-cxr-2.0.0-chexpert.csv.gz     subject_id, study_id, 14 finding columns (1.0/0.0/-1.0/blank)
+    ROOT/files/p10/p10000032/s50414267/02aa804e-....jpg
+    ROOT/files/p10/p10000032/s50414267.txt   (or inside ROOT/mimic-cxr-reports.zip)
+
+One row per image; every image of a study shares the study's report. Labels are the CheXpert columns
+marked positive (1.0); uncertain (-1.0) labels are left out.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+from medmoe.data.adapters.common import ImportResult, find_first, read_csv_table, require_columns, require_dir
+from medmoe.data.manifest import ManifestRow, normalize_split
+from medmoe.errors import CorruptFileError
+
+NAME = "mimic-cxr"
+FRONTAL_VIEWS = ("PA", "AP")
+
+
+class _Reports:
+    """Report text by (subject, study) from the extracted tree or the reports zip."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = roots
+        self.zip: zipfile.ZipFile | None = None
+        self.zip_names: dict[str, str] = {}
+        for root in roots:
+            candidate = root / "mimic-cxr-reports.zip"
+            if candidate.is_file():
+                try:
+                    self.zip = zipfile.ZipFile(candidate)
+                except zipfile.BadZipFile as err:
+                    raise CorruptFileError(f"{candidate}: not a readable zip ({err})") from err
+                # Index by the path from "files/" on, whatever folder the zip wraps it in.
+                for name in self.zip.namelist():
+                    if name.endswith(".txt") and "files/" in name:
+                        self.zip_names[name[name.index("files/") :]] = name
+                break
+
+    def get(self, relative: str) -> str | None:
+        for root in self.roots:
+            path = root / relative
+            if path.is_file():
+                return path.read_text(encoding="utf-8", errors="replace")
+        if self.zip is not None and relative in self.zip_names:
+            return self.zip.read(self.zip_names[relative]).decode("utf-8", errors="replace")
+        return None
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+
+def _positive_labels(record: dict[str, str], columns: list[str]) -> list[str]:
+    labels = []
+    for column in columns:
+        try:
+            if float(record.get(column) or "nan") == 1.0:
+                labels.append(column)
+        except ValueError:
+            continue
+    return labels
+
+
+def import_mimic_cxr(
+    root: str | os.PathLike,
+    *,
+    reports_root: str | os.PathLike | None = None,
+    views: tuple[str, ...] | None = FRONTAL_VIEWS,
+    skip_missing: bool = True,
+) -> ImportResult:
+    """Build manifest rows from a MIMIC-CXR-JPG tree.
+
+    Args:
+        root: the release directory (holding the CSVs and ``files/``).
+        reports_root: where the reports' ``files/`` tree (or ``mimic-cxr-reports.zip``) is, if not ``root``.
+        views: keep images whose ViewPosition is one of these (default frontal PA/AP); None keeps all.
+        skip_missing: leave out rows whose JPG does not exist (counted in ``skipped``).
+
+    Returns:
+        :class:`ImportResult` with rows (dataset ``mimic-cxr``, split from the split CSV, ``validate`` ->
+        ``val``) and skipped entries.
+    """
+    root = require_dir(root, NAME)
+    metadata_path = find_first(root, ["mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv",
+                                      "mimic-cxr-*-metadata.csv*"], "the metadata CSV")
+    split_path = find_first(root, ["mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-split.csv",
+                                   "mimic-cxr-*-split.csv*"], "the split CSV")
+    labels_path = find_first(root, ["mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv",
+                                    "mimic-cxr-*-chexpert.csv*"], "the CheXpert labels CSV", required=False)
+    metadata = read_csv_table(metadata_path)
+    require_columns(metadata, ["dicom_id", "subject_id", "study_id", "ViewPosition"], metadata_path)
+    split_table = read_csv_table(split_path)
+    require_columns(split_table, ["dicom_id", "split"], split_path)
+    splits = {r["dicom_id"]: normalize_split(r["split"]) for r in split_table}
+    labels: dict[tuple[str, str], list[str]] = {}
+    if labels_path is not None:
+        table = read_csv_table(labels_path)
+        require_columns(table, ["subject_id", "study_id"], labels_path)
+        columns = [c for c in (table[0] if table else {}) if c not in ("subject_id", "study_id")]
+        labels = {(r["subject_id"], r["study_id"]): _positive_labels(r, columns) for r in table}
+
+    report_roots = [Path(reports_root)] if reports_root is not None else []
+    reports = _Reports(report_roots + [root])
+    result = ImportResult(NAME)
+    wanted_views = {v.upper() for v in views} if views else None
+    try:
+        for record in metadata:
+            subject, study, dicom_id = record["subject_id"], record["study_id"], record["dicom_id"]
+            view = (record.get("ViewPosition") or "").strip().upper()
+            if wanted_views is not None and view not in wanted_views:
+                result.skip("other view", f"{dicom_id} ({view or 'no view'})")
+                continue
+            study_dir = f"files/p{subject[:2]}/p{subject}/s{study}"
+            image = root / study_dir / f"{dicom_id}.jpg"
+            if skip_missing and not image.is_file():
+                result.skip("missing image", str(image))
+                continue
+            report = reports.get(f"{study_dir}.txt")
+            if report is None:
+                result.skip("missing report", f"{study_dir}.txt")
+                continue
+            if dicom_id not in splits:
+                result.skip("no split assignment", dicom_id)
+                continue
+            result.rows.append(
+                ManifestRow(
+                    image=str(image),
+                    report=report,
+                    modality="xray",
+                    labels=labels.get((subject, study), []),
+                    dataset=NAME,
+                    split=splits[dicom_id],
+                    extra={"subject_id": subject, "study_id": study, "view": view},
+                )
+            )
+    finally:
+        reports.close()
+    return result.log()

@@ -1,0 +1,98 @@
+"""WebDataset tar shards (UniMed, the MedMoE code) -> manifest rows with the images extracted to files.
+
+Each sample is a group of members sharing a key: an image (``.jpg`` / ``.jpeg`` / ``.png``), its text
+(``.txt``), optionally a class (``.cls``, becomes the label) and metadata (``.json`` with any of
+``modality``, ``labels``, ``dataset``, ``split``). A manifest needs image files, so images are extracted
+under ``extract_dir/<shard name>/<key>.<ext>``. To train straight from the shards instead, use
+:class:`medmoe.data.shards.ShardDataset`.
+
+The split comes from the metadata, else from a ``train`` / ``val`` / ``test`` folder in the shard's
+path, else from the ``split`` argument.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from medmoe.data.adapters.common import ImportResult
+from medmoe.data.manifest import ManifestRow, normalize_split
+from medmoe.data.readers import MissingFileError
+from medmoe.data.shards import iter_tar_samples
+from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
+
+NAME = "wds"
+_IMAGE_EXTS = ("jpg", "jpeg", "png")
+
+
+def _split_from_path(path: Path, root: Path) -> str | None:
+    for part in reversed(path.relative_to(root).parts[:-1] if path.is_relative_to(root) else path.parts[:-1]):
+        split = normalize_split(part)
+        if split in ("train", "val", "test"):
+            return split
+    return None
+
+
+def import_wds(
+    root: str | os.PathLike,
+    *,
+    extract_dir: str | os.PathLike,
+    split: str | None = None,
+    dataset: str | None = None,
+) -> ImportResult:
+    """Extract WebDataset shards into image files and rows.
+
+    Args:
+        root: a ``.tar`` shard or a folder searched recursively for ``*.tar``.
+        extract_dir: where the images are written.
+        split: split of samples that neither metadata nor folder names assign.
+        dataset: dataset name for the rows (default: the metadata's, else the root folder's name).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise MissingFileError(f"{root}: WebDataset shard or folder not found")
+    shards = [root] if root.is_file() else sorted(root.rglob("*.tar"))
+    if not shards:
+        raise InvalidInputError(f"{root}: no .tar shards found")
+    base = root.parent if root.is_file() else root
+    out = Path(extract_dir)
+    result = ImportResult(NAME)
+    for shard in shards:
+        shard_split = _split_from_path(shard, base)
+        target = out / shard.name.removesuffix(".tar")
+        try:
+            samples = list(iter_tar_samples(str(shard)))
+        except MedMoEError as err:
+            result.skip("unreadable shard", f"{shard} ({err})")
+            continue
+        for key, members in samples:
+            ext = next((e for e in _IMAGE_EXTS if e in members), None)
+            if ext is None:
+                result.skip("no image", f"{shard}#{key}")
+                continue
+            text = members.get("txt", b"").decode("utf-8", errors="replace").strip()
+            try:
+                meta = json.loads(members["json"]) if "json" in members else {}
+                if not isinstance(meta, dict):
+                    raise ValueError("metadata is not a JSON object")
+            except ValueError as err:
+                raise CorruptFileError(f"{shard}#{key}.json: invalid metadata ({err})") from err
+            labels = [str(v) for v in meta.get("labels") or []]
+            if not labels and "cls" in members:
+                labels = [members["cls"].decode("utf-8", errors="replace").strip()]
+            image = target / f"{os.path.basename(key)}.{ext}"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            image.write_bytes(members[ext])
+            result.rows.append(
+                ManifestRow(
+                    image=str(image.resolve()),
+                    report=text,
+                    modality=meta.get("modality"),
+                    labels=labels,
+                    dataset=meta.get("dataset") or dataset or (base.name or NAME),
+                    split=normalize_split(meta.get("split")) or shard_split or normalize_split(split),
+                    extra={"shard": shard.name, "key": key},
+                )
+            )
+    return result.log()

@@ -1,0 +1,253 @@
+"""Manifests: the one table format every data source is converted into.
+
+A manifest is a CSV (``.csv``) or JSON-lines (``.jsonl`` / ``.ndjson``) file, one row per image:
+
+========== ======== ==============================================================================
+column     required meaning
+========== ======== ==============================================================================
+image      yes      path of the image file, relative to the manifest's directory (absolute allowed)
+report     yes      report or caption text (may be empty for label-only evaluation rows)
+modality   no       ``xray``, ``ct``, ``mri``, ``ultrasound``, ``pathology``, ``fundus`` or a synonym
+labels     no       finding labels: ``"|"``-separated in CSV, a list of strings in JSONL
+dataset    no       source corpus name, e.g. ``mimic-cxr``
+split      no       ``train``, ``val`` or ``test`` (``validate`` / ``validation`` / ``valid`` -> ``val``)
+========== ======== ==============================================================================
+
+Other columns are kept in :attr:`ManifestRow.extra` and written back. Example CSV::
+
+    image,report,modality,labels,dataset,split
+    files/p10/s1/a.jpg,"FINDINGS: No effusion.",xray,No Finding,mimic-cxr,train
+
+In memory, :func:`read_manifest` resolves ``image`` to an absolute path; :func:`write_manifest` writes
+paths relative to the new manifest's directory, so a manifest and its images can be moved together.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medmoe.data.readers import MissingFileError
+from medmoe.errors import CorruptFileError, InvalidInputError
+
+COLUMNS = ("image", "report", "modality", "labels", "dataset", "split")
+SPLITS = ("train", "val", "test")
+_SPLIT_SYNONYMS = {
+    "train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
+    "validation": "val", "dev": "val", "test": "test", "testing": "test",
+}
+LABEL_SEPARATOR = "|"
+_CSV_SUFFIXES = (".csv",)
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+@dataclass
+class ManifestRow:
+    """One image-report pair.
+
+    Attributes:
+        image: image path; absolute after :func:`read_manifest`, or relative to the manifest directory.
+        report: raw report text (cleaning happens when the dataset loads it).
+        modality: modality as written (normalised by the dataset; see ``medmoe.data.modalities``).
+        labels: finding labels.
+        dataset: source corpus.
+        split: ``train`` / ``val`` / ``test`` when recognised, otherwise the value as written.
+        extra: further columns, kept for the round trip.
+        row: 1-based data row number in the file it was read from (0 for rows built in memory).
+    """
+
+    image: str
+    report: str = ""
+    modality: str | None = None
+    labels: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    split: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+    row: int = field(default=0, compare=False)
+
+
+def normalize_split(value: str | None) -> str | None:
+    """``"validate"`` -> ``"val"`` etc.; None for empty; an unknown value is returned unchanged
+    (``medmoe data check`` reports it)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    return _SPLIT_SYNONYMS.get(text.lower(), text)
+
+
+def manifest_format(path: str | os.PathLike) -> str:
+    """``"csv"`` or ``"jsonl"`` from the file name.
+
+    Raises:
+        InvalidInputError: any other suffix.
+    """
+    name = os.fspath(path).lower()
+    if name.endswith(_CSV_SUFFIXES):
+        return "csv"
+    if name.endswith(_JSONL_SUFFIXES):
+        return "jsonl"
+    raise InvalidInputError(f"{os.fspath(path)}: manifest must end in .csv, .jsonl or .ndjson")
+
+
+def _blank(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _labels(value: object, where: str) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(LABEL_SEPARATOR) if part.strip()]
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return [str(v).strip() for v in value if str(v).strip()]
+    raise CorruptFileError(f"{where}: 'labels' must be a list of strings or a '|'-separated string")
+
+
+def _row_from_record(record: dict, row: int, base: Path, where: str) -> ManifestRow:
+    image = _blank(record.get("image"))
+    if image is None:
+        raise CorruptFileError(f"{where}: row {row} has no 'image' value")
+    resolved = image if os.path.isabs(image) else os.path.normpath(os.path.join(base, image))
+    report = record.get("report")
+    extra = {k: "" if v is None else (v if isinstance(v, str) else json.dumps(v)) for k, v in record.items()
+             if k not in COLUMNS and k is not None}
+    return ManifestRow(
+        image=resolved,
+        report="" if report is None else str(report),
+        modality=_blank(record.get("modality")),
+        labels=_labels(record.get("labels"), f"{where}: row {row}"),
+        dataset=_blank(record.get("dataset")),
+        split=normalize_split(record.get("split")),
+        extra=extra,
+        row=row,
+    )
+
+
+def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
+    """Read a CSV or JSONL manifest; image paths come back absolute.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        InvalidInputError: unsupported suffix.
+        CorruptFileError: unreadable file, missing ``image`` / ``report`` columns, a malformed JSON line or
+            a row without an image (the message names the file and row).
+    """
+    path = Path(path)
+    fmt = manifest_format(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: manifest not found")
+    base = path.resolve().parent
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path}: cannot read manifest ({err})") from err
+    rows: list[ManifestRow] = []
+    if fmt == "csv":
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            fields = reader.fieldnames or []
+            missing = [c for c in ("image", "report") if c not in fields]
+            if missing:
+                raise CorruptFileError(f"{path}: CSV manifest lacks column(s) {missing}; header is {fields}")
+            for number, record in enumerate(reader, start=1):
+                rows.append(_row_from_record(record, number, base, str(path)))
+        except csv.Error as err:
+            raise CorruptFileError(f"{path}: malformed CSV ({err})") from err
+        return rows
+    number = 0
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        number += 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorruptFileError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from err
+        if not isinstance(record, dict):
+            raise CorruptFileError(f"{path}: line {line_no} is not a JSON object")
+        if "report" not in record:
+            raise CorruptFileError(f"{path}: line {line_no} lacks the 'report' key")
+        rows.append(_row_from_record(record, number, base, str(path)))
+    return rows
+
+
+def _relative_image(image: str, base: Path) -> str:
+    if not os.path.isabs(image):
+        return image.replace(os.sep, "/")
+    try:
+        return os.path.relpath(image, base).replace(os.sep, "/")
+    except ValueError:  # different drive on Windows
+        return image
+
+
+def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path:
+    """Write rows as CSV or JSONL (by suffix), atomically: a reader never sees a half-written file.
+
+    Absolute image paths are written relative to the manifest's directory; relative ones are taken to be
+    relative to it already.
+
+    Returns:
+        The manifest path.
+    """
+    path = Path(path)
+    fmt = manifest_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.resolve().parent
+    rows = list(rows)
+    extra_keys = sorted({k for r in rows for k in r.extra})
+    buffer = io.StringIO(newline="")
+    if fmt == "csv":
+        writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS) + extra_keys, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {
+                    "image": _relative_image(r.image, base),
+                    "report": r.report,
+                    "modality": r.modality or "",
+                    "labels": LABEL_SEPARATOR.join(r.labels),
+                    "dataset": r.dataset or "",
+                    "split": r.split or "",
+                    **{k: r.extra.get(k, "") for k in extra_keys},
+                }
+            )
+    else:
+        for r in rows:
+            record = {
+                "image": _relative_image(r.image, base),
+                "report": r.report,
+                "modality": r.modality,
+                "labels": list(r.labels),
+                "dataset": r.dataset,
+                "split": r.split,
+                **r.extra,
+            }
+            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
+    _atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a manifest is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

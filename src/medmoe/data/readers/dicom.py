@@ -1,0 +1,185 @@
+"""DICOM -> display-ready float image, following the DICOM grayscale and colour pipelines.
+
+Grayscale: stored values -> Modality LUT / rescale slope-intercept -> VOI LUT or window center/width ->
+MONOCHROME1 inversion. Colour: YBR is converted to RGB by pydicom, PALETTE COLOR through its LUT.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
+
+from medmoe.data.modalities import try_normalize_modality
+from medmoe.data.readers.intensity import apply_window, robust_rescale
+from medmoe.data.readers.meta import ImageMeta
+from medmoe.errors import CorruptFileError, InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def read_dicom(
+    source: str | BinaryIO,
+    name: str,
+    *,
+    frame: int | None = None,
+    window: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, ImageMeta]:
+    """Read one frame of a DICOM image.
+
+    Args:
+        source: a path or a binary file object.
+        name: the path (or name) used in error messages and in the metadata.
+        frame: frame of a multi-frame object; default the middle one.
+        window: (center, width) overriding the file's own VOI for grayscale images.
+
+    Returns:
+        ``(image, meta)``: float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1], and :class:`ImageMeta`.
+
+    Raises:
+        CorruptFileError: not DICOM, no pixel data, or pixel data that cannot be decoded.
+        InvalidInputError: ``frame`` is out of range.
+    """
+    with warnings.catch_warnings():
+        # force=True lets preamble-less files through; pydicom warns about every oddity it tolerates.
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(source, force=True)
+        except Exception as err:  # pydicom raises many types for malformed input
+            raise CorruptFileError(f"{name}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+        if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+            raise CorruptFileError(f"{name}: DICOM file has no pixel data (or is not DICOM at all)")
+        try:
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            samples = int(ds.get("SamplesPerPixel", 1) or 1)
+            n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        except Exception as err:
+            raise CorruptFileError(f"{name}: DICOM image attributes missing or malformed ({err})") from err
+        if frame is not None and not 0 <= frame < n_frames:
+            raise InvalidInputError(f"{name}: frame {frame} out of range; the file has {n_frames} frame(s)")
+        index = (n_frames // 2 if frame is None else frame) if n_frames > 1 else None
+        try:
+            arr = pixel_array(ds, index=index)
+            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+            if samples == 3:
+                image = _colour_to_unit(arr, ds)
+            elif photometric == "PALETTE COLOR":
+                image = _palette_to_unit(arr, ds)
+            else:
+                image = _grey_to_unit(arr, ds, window, name)
+                if photometric == "MONOCHROME1":
+                    image = 1.0 - image
+        except (CorruptFileError, InvalidInputError):
+            raise
+        except Exception as err:
+            raise CorruptFileError(f"{name}: cannot decode DICOM pixel data ({type(err).__name__}: {err})") from err
+
+    if not np.all(np.isfinite(image)):
+        raise CorruptFileError(f"{name}: DICOM pixel data contains NaN or infinite values")
+    shape = (n_frames, rows, cols) if n_frames > 1 else (rows, cols)
+    meta = ImageMeta(
+        path=name,
+        format="dicom",
+        modality=try_normalize_modality(ds.get("Modality")),
+        source_modality=_text(ds.get("Modality")),
+        body_part=(_text(ds.get("BodyPartExamined")) or "").lower() or None,
+        spacing=_spacing(ds),
+        photometric=photometric,
+        original_shape=shape + ((samples,) if samples > 1 else ()),
+        frame=index,
+        description=_description(ds),
+    )
+    return np.ascontiguousarray(image, dtype=np.float32), meta
+
+
+def _grey_to_unit(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None, name: str) -> np.ndarray:
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    if window is not None:
+        return apply_window(values, *window)
+    if "VOILUTSequence" in ds:
+        lut_max = float(np.max(ds.VOILUTSequence[0].LUTData)) or 1.0
+        # The LUT's own largest entry is its white; the descriptor's bit depth often overstates it.
+        return np.clip(apply_voi_lut(values, ds, prefer_lut=True) / lut_max, 0.0, 1.0)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            low, high = _window_output_range(ds)
+            out = apply_windowing(values, ds)
+            return np.clip((out - low) / (high - low), 0.0, 1.0)
+        except Exception as err:
+            logger.debug("%s: ignoring unusable window (%s); rescaling to the data range", name, err)
+    return robust_rescale(values)
+
+
+def _window_output_range(ds: Dataset) -> tuple[float, float]:
+    """The range pydicom's ``apply_windowing`` maps the window onto (PS3.3 C.11.2.1.2)."""
+    bits = int(ds.BitsStored)
+    if ds.get("ModalityLUTSequence"):
+        low, high = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(ds.get("PixelRepresentation", 0)) == 0:
+        low, high = 0.0, float(2**bits - 1)
+    else:
+        low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        low, high = sorted((low * float(slope) + float(intercept), high * float(slope) + float(intercept)))
+    if high <= low:
+        raise ValueError("empty window output range")
+    return low, high
+
+
+def _colour_to_unit(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    if np.issubdtype(arr.dtype, np.floating):
+        return robust_rescale(arr.astype(np.float64))
+    bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
+    return np.clip(arr.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
+
+
+def _palette_to_unit(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    rgb = apply_color_lut(arr, ds)
+    return rgb.astype(np.float64) / float(np.iinfo(rgb.dtype).max)
+
+
+def _spacing(ds: Dataset) -> tuple[float, float] | None:
+    candidates = [ds.get("PixelSpacing"), ds.get("ImagerPixelSpacing")]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        measures = shared[0].get("PixelMeasuresSequence")
+        if measures:
+            candidates.append(measures[0].get("PixelSpacing"))
+    for value in candidates:
+        try:
+            row, col = (float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if row > 0 and col > 0:
+            return row, col
+    regions = ds.get("SequenceOfUltrasoundRegions")
+    if regions:
+        region = regions[0]
+        # Physical units code 3 is centimetres.
+        if int(region.get("PhysicalUnitsXDirection", 0)) == 3 and int(region.get("PhysicalUnitsYDirection", 0)) == 3:
+            dx, dy = abs(float(region.PhysicalDeltaX)) * 10.0, abs(float(region.PhysicalDeltaY)) * 10.0
+            if dx > 0 and dy > 0:
+                return dy, dx
+    return None
+
+
+def _text(value: object) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _description(ds: Dataset) -> str | None:
+    parts: list[str] = []
+    for keyword in ("Modality", "BodyPartExamined", "StudyDescription", "SeriesDescription"):
+        text = _text(ds.get(keyword))
+        if text and text.lower() not in (p.lower() for p in parts):
+            parts.append(text)
+    return ", ".join(parts) or None

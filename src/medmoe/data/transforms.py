@@ -1,0 +1,181 @@
+"""Image -> model tensor: aspect-preserving resize + pad, grey -> 3 channels, normalisation, augmentation.
+
+All randomness comes from an explicit ``torch.Generator`` so that a sample's augmentation is a function of
+its seed alone (see ``ImageReportDataset``: the seed is derived from (seed, epoch, index)).
+
+    >>> transform = ImageTransform(image_size=224, train=True)
+    >>> x = transform(image, generator=torch.Generator().manual_seed(0))   # (3, 224, 224) float32
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medmoe.errors import InvalidInputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` or ``(H, W, 3)`` array in [0, 1] -> float32 ``(C, H, W)`` tensor (C = 1 or 3).
+
+    A tensor that is already ``(C, H, W)`` (C in 1, 3) is returned as float32.
+    """
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            return image.float()
+        raise InvalidInputError(f"expected a (C, H, W) tensor with C in (1, 3), got shape {tuple(image.shape)}")
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 2:
+        return torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(0)
+    if array.ndim == 3 and array.shape[2] in (1, 3):
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    raise InvalidInputError(f"expected an (H, W) or (H, W, 3) image, got shape {array.shape}")
+
+
+def resize_pad(image: torch.Tensor, size: int, pad_value: float = 0.0) -> torch.Tensor:
+    """Resize ``(C, H, W)`` so that its longer side is ``size`` (keeping the aspect ratio), then pad the
+    shorter side symmetrically to a ``(C, size, size)`` square. Downsampling is antialiased."""
+    if size < 1:
+        raise InvalidInputError(f"size must be >= 1, got {size}")
+    _, h, w = image.shape
+    scale = size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    if (new_h, new_w) != (h, w):
+        image = F.interpolate(
+            image.unsqueeze(0), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=scale < 1
+        ).squeeze(0)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    return F.pad(image, (left, size - new_w - left, top, size - new_h - top), value=pad_value)
+
+
+def to_three_channels(image: torch.Tensor) -> torch.Tensor:
+    """``(1, H, W)`` -> ``(3, H, W)`` by repetition; ``(3, H, W)`` unchanged."""
+    return image.expand(3, -1, -1).contiguous() if image.shape[0] == 1 else image
+
+
+def normalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std`` on a ``(3, H, W)`` tensor."""
+    m = torch.as_tensor(mean, dtype=image.dtype).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=image.dtype).view(-1, 1, 1)
+    return (image - m) / s
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def random_resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator | None
+) -> tuple[int, int, int, int]:
+    """A crop ``(top, left, h, w)`` covering ``scale`` of the area with aspect ratio in ``ratio``;
+    the whole image when ten draws do not fit."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _uniform(scale[0], scale[1], generator)
+        aspect = math.exp(_uniform(log_ratio[0], log_ratio[1], generator))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    return 0, 0, height, width
+
+
+def rotate(image: torch.Tensor, degrees: float, fill: float = 0.0) -> torch.Tensor:
+    """Rotate ``(C, H, W)`` about its centre by ``degrees`` (counter-clockwise), bilinear, ``fill`` outside."""
+    if degrees == 0:
+        return image
+    theta = math.radians(degrees)
+    cos, sin = math.cos(theta), math.sin(theta)
+    _, h, w = image.shape
+    # affine_grid works in normalised coordinates; the aspect terms keep the rotation rigid on non-squares.
+    matrix = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=image.dtype).unsqueeze(0)
+    grid = F.affine_grid(matrix, [1, image.shape[0], h, w], align_corners=False)
+    shifted = image.unsqueeze(0) - fill
+    out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (out + fill).squeeze(0)
+
+
+@dataclass
+class ImageTransform:
+    """Reader output -> normalised ``(3, S, S)`` float32 tensor, with optional training augmentation.
+
+    Training augmentation is deliberately mild: a random resized crop of ``scale`` of the area, a small
+    rotation and brightness/contrast jitter. No horizontal flip by default: reports say "left" and "right"
+    and a flipped chest X-ray no longer matches its report (``hflip`` turns it on for data without sides).
+
+    Args:
+        image_size: output side S.
+        train: apply augmentation (needs a generator for reproducibility).
+        mean, std: normalisation per channel (ImageNet by default).
+        scale, ratio: random resized crop area fraction and aspect-ratio range.
+        max_rotation: rotation drawn uniformly in ``[-max_rotation, max_rotation]`` degrees.
+        brightness, contrast: additive brightness shift in ``[-b, b]``, contrast factor in ``[1-c, 1+c]``.
+        hflip: probability of a horizontal flip (0 disables).
+    """
+
+    image_size: int = 224
+    train: bool = False
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale: tuple[float, float] = (0.8, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    max_rotation: float = 10.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+    hflip: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1:
+            raise InvalidInputError(f"image_size must be >= 1, got {self.image_size}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise InvalidInputError(f"scale must satisfy 0 < low <= high <= 1, got {self.scale}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise InvalidInputError(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
+        if not 0 <= self.hflip <= 1:
+            raise InvalidInputError(f"hflip is a probability in [0, 1], got {self.hflip}")
+
+    def __call__(self, image: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Args:
+            image: ``(H, W)`` or ``(H, W, 3)`` array in [0, 1] (a reader's output) or a ``(C, H, W)`` tensor.
+            generator: source of the augmentation randomness (training only).
+
+        Returns:
+            ``(3, image_size, image_size)`` float32 tensor, normalised.
+        """
+        x = to_tensor(image)
+        if self.train:
+            x = self._augment_geometry(x, generator)
+        else:
+            x = resize_pad(x, self.image_size)
+        if self.train:
+            x = self._augment_intensity(x, generator)
+        return normalize(to_three_channels(x), self.mean, self.std)
+
+    def _augment_geometry(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        _, h, w = x.shape
+        top, left, ch, cw = random_resized_crop_box(h, w, self.scale, self.ratio, generator)
+        x = resize_pad(x[:, top : top + ch, left : left + cw], self.image_size)
+        angle = _uniform(-self.max_rotation, self.max_rotation, generator) if self.max_rotation > 0 else 0.0
+        x = rotate(x, angle)
+        if self.hflip > 0 and float(torch.rand((), generator=generator)) < self.hflip:
+            x = x.flip(-1)
+        return x
+
+    def _augment_intensity(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if self.contrast > 0:
+            factor = _uniform(1 - self.contrast, 1 + self.contrast, generator)
+            mean = x.mean()
+            x = (x - mean) * factor + mean
+        if self.brightness > 0:
+            x = x + _uniform(-self.brightness, self.brightness, generator)
+        return x.clamp(0.0, 1.0)
