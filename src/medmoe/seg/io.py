@@ -1,0 +1,346 @@
+"""Reading CT volumes (NIfTI files, DICOM series folders) and label maps; writing NIfTI.
+
+Every volume comes back as a :class:`Volume`: an ``(X, Y, Z)`` array in the file's own voxel order and the
+4x4 voxel -> world affine in RAS+ millimetres (the NIfTI convention, which is also MONAI's default space).
+DICOM series are stacked as ``(column, row, slice)`` with slices sorted along the slice normal by
+``ImagePositionPatient``, rescaled to Hounsfield units, and their LPS geometry converted to RAS.
+
+:class:`VolumeReader` wraps the same code as a MONAI ``ImageReader`` so that ``LoadImaged`` reads DICOM
+series folders and NIfTI files alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from monai.data.image_reader import ImageReader
+from monai.utils import MetaKeys, SpaceKeys
+
+from medmoe.errors import CorruptFileError, InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# Below this the 1st percentile of a CT is air or fat; MR, PET and photographs are never negative there.
+_CT_LOW_PERCENTILE_MAX_HU = -200.0
+_CT_PLAUSIBLE_RANGE = (-3100.0, 40000.0)
+
+
+@dataclass
+class Volume:
+    """A 3-D image and its geometry.
+
+    Attributes:
+        array: (X, Y, Z) voxel values (Hounsfield units for CT, integer ids for label maps).
+        affine: (4, 4) voxel index -> RAS+ world millimetres.
+        path: the file or folder read.
+        meta: extra facts (``modality``, ``format``, ``series_uid``...).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the three array axes."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    dicoms = [p for p in files if p.suffix.lower() in (".dcm", ".ima") or _looks_like_dicom(p)]
+    return dicoms
+
+
+def read_ct(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
+    """Read a CT volume from a NIfTI file or a DICOM series folder.
+
+    Args:
+        path: ``.nii`` / ``.nii.gz`` file, or a folder holding one DICOM series (one file per slice).
+        check_ct: refuse DICOM whose Modality is not CT and volumes whose intensities are not plausible
+            Hounsfield units (no air or fat anywhere, e.g. MR or a photograph).
+
+    Returns:
+        :class:`Volume` with ``array`` (X, Y, Z) float32 in HU.
+
+    Raises:
+        InvalidInputError: the path does not exist, is not a volume format, is 2-D, or is not CT.
+        CorruptFileError: the file exists but cannot be decoded.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInputError(f"{p}: no such file or folder (expected a CT as NIfTI or a DICOM series folder)")
+    if p.is_dir():
+        volume = read_dicom_series(p, check_ct=check_ct)
+    elif is_nifti(p):
+        volume = read_nifti(p)
+    elif _looks_like_dicom(p) or p.suffix.lower() == ".dcm":
+        _reject_single_dicom(p)
+        raise AssertionError("unreachable")  # pragma: no cover
+    else:
+        raise InvalidInputError(
+            f"{p}: not a CT volume format (got {p.suffix or 'no suffix'!r}; expected a .nii/.nii.gz file "
+            "or a folder holding a DICOM series)"
+        )
+    volume.array = volume.array.astype(np.float32, copy=False)
+    if check_ct:
+        check_hounsfield(volume)
+    return volume
+
+
+def read_label(path: str | os.PathLike) -> Volume:
+    """Read an integer label map (NIfTI). Values are rounded to integers; negative values are rejected."""
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInputError(f"{p}: no such label file")
+    if not is_nifti(p):
+        raise InvalidInputError(f"{p}: label maps must be NIfTI (.nii/.nii.gz), got {p.suffix!r}")
+    volume = read_nifti(p)
+    arr = volume.array
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise CorruptFileError(f"{p}: label map holds NaN or infinite values")
+        arr = np.rint(arr)
+    if arr.size and arr.min() < 0:
+        raise CorruptFileError(f"{p}: label map holds negative ids (min {arr.min()}); expected 0 = background, 1..N")
+    volume.array = arr.astype(np.int32 if arr.size and arr.max() > 32767 else np.int16, copy=False)
+    return volume
+
+
+def read_nifti(path: str | os.PathLike) -> Volume:
+    """Read a 3-D NIfTI file (a trailing singleton 4th dimension is dropped)."""
+    p = Path(path)
+    try:
+        image = nib.load(str(p))
+        array = np.asarray(image.dataobj)
+    except Exception as err:  # nibabel and gzip raise many types for truncated or foreign files
+        raise CorruptFileError(f"{p}: cannot read as NIfTI ({type(err).__name__}: {err})") from err
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    _require_3d(array.shape, p)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise CorruptFileError(f"{p}: NIfTI affine is singular or not finite:\n{affine}")
+    return Volume(array=array, affine=affine, path=str(p), meta={"format": "nifti", "modality": None})
+
+
+def _require_3d(shape: Sequence[int], path: Path) -> None:
+    if len(shape) < 3 or sum(int(s) > 1 for s in shape[:3]) < 3:
+        raise InvalidInputError(
+            f"{path}: a 2-D image (shape {tuple(int(s) for s in shape)}); expected a 3-D CT volume with at least "
+            "2 voxels along each axis"
+        )
+    if len(shape) > 3:
+        raise InvalidInputError(f"{path}: a {len(shape)}-D image (shape {tuple(shape)}); expected one 3-D volume")
+
+
+def _reject_single_dicom(path: Path) -> None:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception as err:
+        raise CorruptFileError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    modality = str(ds.get("Modality", "?"))
+    if frames > 1:
+        raise InvalidInputError(
+            f"{path}: a multi-frame DICOM object ({modality}, {frames} frames); enhanced multi-frame CT is not "
+            "supported, pass a folder holding a classic one-file-per-slice CT series"
+        )
+    raise InvalidInputError(
+        f"{path}: a single DICOM slice ({modality}) is a 2-D image; pass the folder holding the whole series"
+    )
+
+
+def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True) -> Volume:
+    """Stack a folder of single-frame DICOM slices into a volume in HU.
+
+    The series with the most slices is used when the folder holds several (others are logged). Slices are
+    sorted by their position along the slice normal, and each is rescaled with its own slope/intercept.
+
+    Raises:
+        InvalidInputError: no DICOM files, a non-CT modality (when ``check_ct``), or a single slice.
+        CorruptFileError: unreadable files or missing geometry tags.
+    """
+    folder = Path(folder)
+    files = _dicom_files(folder)
+    if not files:
+        raise InvalidInputError(f"{folder}: folder holds no DICOM files (expected one CT series, one file per slice)")
+    headers = []
+    for f in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                headers.append((f, pydicom.dcmread(f, force=True)))
+        except Exception as err:
+            raise CorruptFileError(f"{f}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    for f, ds in headers:
+        if "PixelData" not in ds:
+            logger.debug("%s: no pixel data, skipped", f)
+            continue
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
+    if not series:
+        raise InvalidInputError(f"{folder}: no DICOM file in the folder holds an image")
+    uid, slices = max(series.items(), key=lambda kv: len(kv[1]))
+    if len(series) > 1:
+        logger.warning("%s holds %d series; reading the largest (%s, %d slices)", folder, len(series), uid, len(slices))
+    first = slices[0][1]
+    modality = str(first.get("Modality", "")).upper()
+    if check_ct and modality != "CT":
+        raise InvalidInputError(f"{folder}: DICOM Modality is {modality or 'missing'!r}; expected a CT series ('CT')")
+    if len(slices) < 2:
+        raise InvalidInputError(
+            f"{folder}: the series has a single slice, a 2-D image; expected a 3-D CT series (>= 2 slices)"
+        )
+    try:
+        orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+        row_dir, col_dir = orientation[:3], orientation[3:]
+        normal = np.cross(row_dir, col_dir)
+        positions = np.asarray([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for _, ds in slices])
+        row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise CorruptFileError(
+            f"{folder}: DICOM geometry tags (ImagePositionPatient, ImageOrientationPatient, PixelSpacing) "
+            f"missing or malformed ({err})"
+        ) from err
+    order = np.argsort(positions @ normal)
+    positions = positions[order]
+    slices = [slices[i] for i in order]
+    gaps = np.diff(positions @ normal)
+    if np.any(gaps < 1e-3):
+        raise CorruptFileError(f"{folder}: two slices share a position; the folder mixes acquisitions")
+    if gaps.max() - gaps.min() > 0.1 * np.median(gaps):
+        logger.warning("%s: uneven slice spacing (%.2f..%.2f mm); using the mean", folder, gaps.min(), gaps.max())
+    step = (positions[-1] - positions[0]) / (len(slices) - 1)
+    planes = []
+    for f, ds in slices:
+        try:
+            pixels = ds.pixel_array.astype(np.float32)
+        except Exception as err:
+            raise CorruptFileError(f"{f}: cannot decode pixel data ({type(err).__name__}: {err})") from err
+        if pixels.ndim != 2:
+            raise InvalidInputError(f"{f}: expected a single-frame greyscale slice, got pixel shape {pixels.shape}")
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        planes.append(pixels.T * slope + intercept)  # (rows, cols) -> (col, row) to match x, y
+    if len({p.shape for p in planes}) != 1:
+        raise CorruptFileError(f"{folder}: slices differ in size {sorted({p.shape for p in planes})}")
+    array = np.stack(planes, axis=-1)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_spacing
+    lps[:3, 1] = col_dir * row_spacing
+    lps[:3, 2] = step
+    lps[:3, 3] = positions[0]
+    return Volume(
+        array=array,
+        affine=_LPS_TO_RAS @ lps,
+        path=str(folder),
+        meta={"format": "dicom", "modality": modality, "series_uid": uid, "n_slices": len(slices)},
+    )
+
+
+def check_hounsfield(volume: Volume) -> None:
+    """Raise when intensities cannot be Hounsfield units (no air/fat at all, or absurd values)."""
+    arr = volume.array
+    if not np.isfinite(arr).all():
+        raise CorruptFileError(f"{volume.path}: the volume holds NaN or infinite values")
+    sample = arr.reshape(-1)[:: max(1, arr.size // 2_000_000)]
+    low, high = float(sample.min()), float(sample.max())
+    p1 = float(np.percentile(sample, 1))
+    if low < _CT_PLAUSIBLE_RANGE[0] or high > _CT_PLAUSIBLE_RANGE[1] or p1 > _CT_LOW_PERCENTILE_MAX_HU:
+        raise InvalidInputError(
+            f"{volume.path}: intensities do not look like CT Hounsfield units (min {low:.0f}, 1st percentile "
+            f"{p1:.0f}, max {high:.0f}; a CT has air or fat below {_CT_LOW_PERCENTILE_MAX_HU:.0f} HU). "
+            "Is this MR or another modality?"
+        )
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: Any = None) -> Path:
+    """Write ``array`` (X, Y, Z[, C]) with ``affine`` as NIfTI (sform and qform set, so readers agree)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(array if dtype is None else array.astype(dtype))
+    image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    image.set_sform(image.affine, code=1)
+    image.set_qform(image.affine, code=1)
+    nib.save(image, str(p))
+    return p
+
+
+def same_grid(a_affine: np.ndarray, a_shape: Sequence[int], b_affine: np.ndarray, b_shape: Sequence[int],
+              atol: float = 1e-3) -> bool:
+    """True when two volumes share voxel grid and geometry."""
+    return tuple(a_shape) == tuple(b_shape) and np.allclose(a_affine, b_affine, atol=atol)
+
+
+class VolumeReader(ImageReader):
+    """MONAI ``ImageReader`` for NIfTI files and DICOM series folders (one volume per call).
+
+    Args:
+        kind: ``"ct"`` (float32 HU, CT checks as in :func:`read_ct`) or ``"label"`` (integer ids).
+        check_ct: for ``kind="ct"``, refuse non-CT inputs.
+
+    Example:
+        >>> LoadImaged(keys="image", reader=VolumeReader("ct"))
+    """
+
+    def __init__(self, kind: str = "ct", check_ct: bool = True):
+        super().__init__()
+        if kind not in ("ct", "label"):
+            raise InvalidInputError(f"VolumeReader kind {kind!r}: expected 'ct' or 'label'")
+        self.kind = kind
+        self.check_ct = check_ct
+
+    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
+        names = [filename] if isinstance(filename, str | os.PathLike) else list(filename)
+        return len(names) == 1 and (is_nifti(names[0]) or Path(names[0]).is_dir())
+
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs: Any) -> Volume:
+        names = [data] if isinstance(data, str | os.PathLike) else list(data)
+        if len(names) != 1:
+            raise InvalidInputError(f"VolumeReader reads one volume at a time, got {len(names)} paths")
+        if self.kind == "label":
+            return read_label(names[0])
+        return read_ct(names[0], check_ct=self.check_ct)
+
+    def get_data(self, img: Volume) -> tuple[np.ndarray, dict]:
+        header: dict[str, Any] = {
+            MetaKeys.AFFINE: img.affine.copy(),
+            MetaKeys.ORIGINAL_AFFINE: img.affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(img.shape),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            MetaKeys.ORIGINAL_CHANNEL_DIM: "no_channel",
+            "pixdim": np.asarray([1.0, *img.spacing, 1, 1, 1, 1]),
+            "format": img.meta.get("format"),
+            "modality": img.meta.get("modality") or "",
+        }
+        return img.array, header
