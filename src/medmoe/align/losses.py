@@ -14,6 +14,11 @@ from medmoe.errors import InvalidInputError
 Gather = Callable[[Tensor], Tensor]
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """Losses run in float32 under autocast (half inputs), and keep float64 inputs exact."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _scale_grad(x: Tensor, factor: float) -> Tensor:
     """``x`` in value, ``factor * grad`` in the backward pass."""
     if factor == 1:
@@ -49,7 +54,7 @@ def global_contrastive_loss(image_embeds: Tensor, text_embeds: Tensor, logit_sca
     ranks = images.shape[0] // max(image_embeds.shape[0], 1)
     # Only the local rows of a gathered tensor carry a gradient, so scaling the whole tensor scales theirs.
     images, texts = _scale_grad(images, ranks), _scale_grad(texts, ranks)
-    logits = logit_scale * images.float() @ texts.float().t()
+    logits = logit_scale * _at_least_fp32(images) @ _at_least_fp32(texts).t()
     target = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
@@ -129,7 +134,7 @@ def local_contrastive_loss(local_features: Tensor, words: Tensor, word_mask: Ten
         local_features, words, word_mask = local_features[keep], words[keep], word_mask[keep]
     if words.shape[0] == 0:
         return local_features.sum() * 0.0
-    regions = local_features.flatten(2).transpose(1, 2).float()  # (B, R, D)
-    scores = temp3 * local_similarity(words.float(), word_mask, regions, temp1, temp2, chunk)
+    regions = _at_least_fp32(local_features.flatten(2).transpose(1, 2))  # (B, R, D)
+    scores = temp3 * local_similarity(_at_least_fp32(words), word_mask, regions, temp1, temp2, chunk)
     target = torch.arange(scores.shape[0], device=scores.device)
     return (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2

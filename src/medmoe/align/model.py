@@ -25,7 +25,7 @@ from medmoe.align.routing import MedMoERouting, RouteDecision
 from medmoe.errors import InvalidInputError
 from medmoe.hub import PretrainedMixin
 from medmoe.moe import MoELayer
-from medmoe.text import TextConfig, TextOutput, TextTower
+from medmoe.text import TextOutput, TextTower
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medmoe.align.losses import global_contrastive_loss, local_contrastive_loss, local_similarity
+from medmoe.errors import InvalidInputError
+
+
+def gloria_by_the_equations(regions, words, lengths, t1, t2, t3):
+    """GLoRIA's local loss written out scalar by scalar from the paper's equations (Huang et al., 2021).
+
+    s_ij = e_i . v_j ; s'_ij = exp(s_ij) / sum_k exp(s_kj) (over words) ;
+    a_ij = exp(t1 s'_ij) / sum_k exp(t1 s'_ik) (over regions) ; c_i = sum_j a_ij v_j ;
+    Z(x_v, x_t) = log sum_i exp(t2 cos(c_i, e_i)) ;
+    L = -1/B sum_b [log softmax_t(t3 Z(v_b, t))_b + log softmax_v(t3 Z(v, t_b))_b] / 2
+    """
+    n = len(regions)
+
+    def z(v, e):
+        s = [[sum(a * b for a, b in zip(ei, vj)) for vj in v] for ei in e]
+        norm = [[math.exp(s[i][j]) / sum(math.exp(s[k][j]) for k in range(len(e))) for j in range(len(v))]
+                for i in range(len(e))]
+        total = 0.0
+        for i, ei in enumerate(e):
+            den = sum(math.exp(t1 * norm[i][k]) for k in range(len(v)))
+            att = [math.exp(t1 * norm[i][j]) / den for j in range(len(v))]
+            c = [sum(att[j] * v[j][d] for j in range(len(v))) for d in range(len(ei))]
+            cos = sum(a * b for a, b in zip(c, ei)) / (math.sqrt(sum(a * a for a in c)) * math.sqrt(sum(a * a for a in ei)))
+            total += math.exp(t2 * cos)
+        return math.log(total)
+
+    e_all = [words[b][: lengths[b]] for b in range(n)]
+    zz = [[z(regions[i], e_all[t]) for t in range(n)] for i in range(n)]
+    img = -sum(t3 * zz[b][b] - math.log(sum(math.exp(t3 * zz[b][t]) for t in range(n))) for b in range(n)) / n
+    txt = -sum(t3 * zz[b][b] - math.log(sum(math.exp(t3 * zz[i][b]) for i in range(n))) for b in range(n)) / n
+    return (img + txt) / 2, zz
+
+
+@pytest.mark.parametrize("temps", [(4.0, 5.0, 10.0), (1.0, 2.0, 3.0)])
+def test_local_loss_matches_a_direct_transcription_of_the_paper(temps):
+    g = torch.Generator().manual_seed(0)
+    b, d, h, w, max_words = 3, 5, 2, 3, 4
+    local = torch.randn(b, d, h, w, generator=g, dtype=torch.float64)
+    words = torch.randn(b, max_words, d, generator=g, dtype=torch.float64)
+    lengths = [4, 2, 3]
+    mask = torch.arange(max_words)[None] < torch.tensor(lengths)[:, None]
+    words = words.masked_fill(~mask[..., None], 7.0)  # padding must not matter
+    regions = local.flatten(2).transpose(1, 2).tolist()  # (B, R, D), region r = location (y, x)
+    expected, zz = gloria_by_the_equations(regions, words.tolist(), lengths, *temps)
+    got = local_contrastive_loss(local, words, mask, temps)
+    assert got.item() == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    sim = local_similarity(words, mask, local.flatten(2).transpose(1, 2), temps[0], temps[1])
+    assert torch.allclose(sim, torch.tensor(zz, dtype=sim.dtype), atol=1e-9)
+    chunked = local_contrastive_loss(local, words, mask, temps, chunk=2)
+    assert chunked.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_local_loss_leaves_out_reports_without_words():
+    g = torch.Generator().manual_seed(1)
+    local, words = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 2, 4, generator=g)
+    mask = torch.tensor([[True, True], [False, False], [True, False]])
+    kept = local_contrastive_loss(local[[0, 2]], words[[0, 2]], mask[[0, 2]])
+    assert torch.allclose(local_contrastive_loss(local, words, mask), kept)
+    assert torch.isfinite(kept)
+
+
+def test_global_loss_is_symmetric_infonce():
+    g = torch.Generator().manual_seed(2)
+    img = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    logits = 10 * img @ txt.t()
+    expected = 0.0
+    for i in range(5):
+        expected += -torch.log_softmax(logits[i], 0)[i] - torch.log_softmax(logits[:, i], 0)[i]
+    assert global_contrastive_loss(img, txt, 10.0).item() == pytest.approx(expected.item() / 10, rel=1e-6)
+    # Matched pairs give a lower loss than shuffled ones.
+    assert global_contrastive_loss(img, img, 10.0) < global_contrastive_loss(img, img.roll(1, 0), 10.0)
+
+
+def test_global_loss_uses_the_injected_gather_and_scales_local_gradients():
+    """A fake 2-rank gather: the other rank's rows are constants; the loss equals the 2B-batch loss and
+    the local rows' gradient is twice the single-process gradient (DDP halves it back)."""
+    g = torch.Generator().manual_seed(3)
+    mine = F.normalize(torch.randn(3, 6, generator=g), dim=-1)
+    other = F.normalize(torch.randn(3, 6, generator=g), dim=-1)
+    mine_t = F.normalize(torch.randn(3, 6, generator=g), dim=-1)
+    other_t = F.normalize(torch.randn(3, 6, generator=g), dim=-1)
+    others = iter([other, other_t])  # the loss gathers the images first, then the texts
+
+    def gather(x):
+        return torch.cat([x, next(others)])
+
+    a = mine.clone().requires_grad_(True)
+    loss = global_contrastive_loss(a, mine_t, 10.0, gather=gather)
+    loss.backward()
+    full_img = torch.cat([mine, other]).requires_grad_(True)
+    full = global_contrastive_loss(full_img, torch.cat([mine_t, other_t]), 10.0)
+    full.backward()
+    assert loss.item() == pytest.approx(full.item(), rel=1e-6)
+    assert torch.allclose(a.grad, 2 * full_img.grad[:3], atol=1e-6)
+
+
+def test_loss_inputs_are_validated():
+    with pytest.raises(InvalidInputError, match="both be"):
+        global_contrastive_loss(torch.randn(3, 4), torch.randn(2, 4), 1.0)
+    with pytest.raises(InvalidInputError, match="word_mask"):
+        local_similarity(torch.randn(2, 3, 4), torch.ones(2, 2, dtype=torch.bool), torch.randn(2, 5, 4))

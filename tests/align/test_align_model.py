@@ -1,0 +1,159 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from align_tiny import REPORTS, tiny_model
+
+import medmoe
+from medmoe.errors import InvalidInputError
+
+
+def test_api_shapes_and_normalisation(model, batch):
+    images, reports, modality = batch
+    model.eval()
+    with torch.no_grad():
+        img = model.encode_image(images)
+        txt = model.encode_text(reports)
+        out = model(images, reports, modality=modality, return_loss=True)
+        index, probs = model.route(images)
+    assert img.shape == (4, 24) and txt.shape == (4, 24)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(4)) and torch.allclose(txt.norm(dim=-1), torch.ones(4))
+    assert out["local_features"].shape == (4, 32, 16, 16)
+    assert out["word_features"].shape[0::2] == (4, 32)
+    assert out["router_logits"].shape == (4, 6) and out["expert_index"].shape == (4,)
+    assert index.shape == (4,) and probs.shape == (4, 6)
+    assert torch.allclose(probs.sum(-1), torch.ones(4))
+    losses = {k for k in out if k.endswith("_loss")}
+    assert losses == {"global_loss", "local_loss", "balance_loss", "router_ce_loss", "distill_loss"}
+    assert torch.allclose(out["loss"], sum(out[k] for k in losses))
+    assert torch.allclose(out["text_embeds"], txt, atol=1e-6)
+
+
+def test_encode_image_routes_by_the_image_alone(batch):
+    images, _, _ = batch
+    model = tiny_model(route_by="label").eval()
+    with torch.no_grad():
+        features = model.image_features(images)
+        index, _ = model.route(images)
+        assert torch.equal(features["expert_index"], index)
+        assert torch.allclose(model.encode_image(images), features["image_embeds"])
+        assert torch.allclose(model(images)["image_embeds"], features["image_embeds"])
+
+
+def test_route_by_label_text_and_image(batch):
+    images, reports, modality = batch
+    with torch.no_grad():
+        by_label = tiny_model(route_by="label").eval()(images, reports, modality=torch.tensor([5, -1, 2, 0]))
+        assert by_label["expert_index"][[0, 2, 3]].tolist() == [5, 2, 0]
+        assert by_label["gates"][[0, 2, 3]].tolist() == [1.0, 1.0, 1.0]
+        # the unlabelled row falls back to the report's route
+        assert by_label["expert_index"][1] == by_label["text_router_logits"][1].argmax()
+        by_text = tiny_model(route_by="text").eval()(images, reports)
+        assert torch.equal(by_text["expert_index"], by_text["text_router_logits"].argmax(-1))
+        by_image = tiny_model(route_by="image").eval()(images, reports)
+        assert torch.equal(by_image["expert_index"], by_image["image_router_logits"].argmax(-1))
+        assert by_image["text_router_logits"] is None
+
+
+def test_only_the_chosen_experts_run(batch):
+    images, reports, _ = batch
+    model = tiny_model(route_by="label").eval()
+    calls = [0] * model.num_experts
+    for e, expert in enumerate(model.moe.experts):
+        expert.register_forward_hook(lambda *_, e=e: calls.__setitem__(e, calls[e] + 1))
+    with torch.no_grad():
+        model(images, reports, modality=torch.tensor([1, 1, 4, 1]))
+    assert calls == [0, 1, 0, 0, 1, 0]
+
+
+def test_sparse_and_dense_dispatch_agree(batch):
+    images, reports, modality = batch
+    sparse, dense = tiny_model(route_by="text").eval(), tiny_model(route_by="text", dispatch="dense").eval()
+    dense.load_state_dict(sparse.state_dict())
+    with torch.no_grad():
+        a, b = sparse(images, reports, return_loss=True), dense(images, reports, return_loss=True)
+    assert torch.allclose(a["local_features"], b["local_features"], atol=1e-5)
+    assert torch.allclose(a["loss"], b["loss"], atol=1e-5)
+
+
+def test_single_expert_equals_the_plain_expert(batch):
+    images, reports, _ = batch
+    model = tiny_model(num_experts=1).eval()
+    with torch.no_grad():
+        out = model(images, reports, return_loss=True)
+        pyramid = model.backbone(images)
+        local = model.moe.experts[0](pyramid.features)
+        plain = F.normalize(model.image_proj(local.mean(dim=(2, 3))), dim=-1)
+    assert torch.equal(out["gates"], torch.ones(4))
+    assert torch.allclose(out["local_features"], local, atol=1e-6)
+    assert torch.allclose(out["image_embeds"], plain, atol=1e-6)
+    assert torch.allclose(model.encode_image(images), plain, atol=1e-6)
+    assert out["balance_loss"].item() == pytest.approx(0.01)  # K * f * P = 1 for a single expert
+    assert out["distill_loss"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_train_steps_lower_the_loss_on_a_fixed_batch(batch):
+    images, reports, modality = batch
+    model = tiny_model().train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(8):
+        out = model(images, reports, modality=modality, return_loss=True)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    # every term gets a gradient path: the routers and the chosen experts were updated
+    assert model.routing.image_router.net[0].weight.grad is not None
+    assert model.routing.text_router.net[0].weight.grad is not None
+
+
+def test_learnable_temperature_is_trained_and_clamped(batch):
+    images, reports, _ = batch
+    model = tiny_model(learn_logit_scale=True, logit_scale=1 / 0.07)
+    assert model.log_logit_scale.requires_grad
+    model(images, reports, return_loss=True)["loss"].backward()
+    assert model.log_logit_scale.grad is not None
+    with torch.no_grad():
+        model.log_logit_scale.fill_(10.0)
+    assert model.logit_scale.item() == pytest.approx(100.0)
+    fixed = tiny_model(learn_logit_scale=False)
+    assert "log_logit_scale" not in dict(fixed.named_parameters())
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path, batch):
+    images, reports, modality = batch
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = medmoe.load_model(tmp_path / "m")
+    with torch.no_grad():
+        a = model(images, reports, modality=modality, return_loss=True)
+        b = loaded(images, reports, modality=modality, return_loss=True)
+    for key in ("image_embeds", "text_embeds", "local_features", "router_logits", "loss"):
+        assert torch.equal(a[key], b[key]), key
+    assert torch.equal(model.encode_image(images), loaded.encode_image(images))
+
+
+def test_parameter_counts_with_and_without_idle_experts(model):
+    per_expert = sum(p.numel() for p in model.moe.experts[0].parameters())
+    assert model.num_parameters() - model.num_parameters(active=True) == 5 * per_expert
+
+
+def test_bad_inputs_are_named(model, batch):
+    images, reports, _ = batch
+    with pytest.raises(InvalidInputError, match="4 images but 3 reports"):
+        model(images, reports[:3])
+    with pytest.raises(InvalidInputError, match="needs the reports"):
+        model(images, return_loss=True)
+    with pytest.raises(InvalidInputError, match="list of strings"):
+        model.encode_text("one report")
+    with pytest.raises(InvalidInputError, match="route_by"):
+        tiny_model(route_by="modality")
+
+
+def test_registered_configs_build():
+    assert {"medmoe-nano", "medmoe-swin-t"} <= set(medmoe.list_models())
+    model = medmoe.create_model("medmoe-nano", pretrained=False).eval()
+    with torch.no_grad():
+        assert model.encode_image(torch.rand(2, 3, 64, 64)).shape == (2, 96)
+        assert model.encode_text(REPORTS[:2]).shape == (2, 96)
