@@ -53,7 +53,8 @@ class ToyDataset(Dataset):
             return Bad(path=f"/data/toy/item_{index:03d}.npy", reason="truncated file")
         rng = np.random.default_rng([self.seed, self.epoch, index])
         noise = torch.from_numpy(rng.normal(0.0, 0.05, DIM).astype(np.float32))
-        return {"x": self.x[index] + noise, "y": self.y[index], "route": self.route[index], "index": index}
+        return {"x": self.x[index] + noise, "y": self.y[index], "route": self.route[index], "index": index,
+                "epoch": self.epoch}
 
 
 class BranchNet(nn.Module):
@@ -95,11 +96,12 @@ class ToyTask(TaskBase):
         self.drop_branch_on_rank = drop_branch_on_rank
         self.calls = 0
         self.bad_seen: list[Bad] = []
-        self.indices_seen: list[int] = []
+        self.indices_seen: list[tuple[int, int]] = []  # (epoch, index) of every good sample trained on
         self.branches_used: list[list[int]] = []
 
     def build_model(self) -> nn.Module:
-        return BranchNet()
+        self.model = BranchNet()  # kept so that tests can inspect each rank's weights after training
+        return self.model
 
     def train_dataset(self) -> Dataset:
         return ToyDataset(self.n, self.bad)
@@ -113,6 +115,7 @@ class ToyTask(TaskBase):
             "y": torch.stack([s["y"] for s in good]),
             "route": torch.stack([s["route"] for s in good]),
             "index": [s["index"] for s in good],
+            "epoch": [s["epoch"] for s in good],
             "bad": bad,
         }
 
@@ -125,7 +128,7 @@ class ToyTask(TaskBase):
         route = batch["route"]
         if self.drop_branch_on_rank is not None and rank() == self.drop_branch_on_rank:
             route = route % (BRANCHES - 1)  # this rank never uses the last branch
-        self.indices_seen.extend(batch["index"])
+        self.indices_seen.extend(zip(batch["epoch"], batch["index"]))
         self.branches_used.append(sorted(torch.unique(route).tolist()))
         logits = model(batch["x"], route)
         # Task-level randomness from the Python and NumPy global RNGs (restored on resume).
