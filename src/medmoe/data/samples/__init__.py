@@ -1,0 +1,1 @@
+"""Built-in sample data (placeholder during development)."""
