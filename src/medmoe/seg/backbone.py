@@ -1,0 +1,98 @@
+"""MONAI SwinUNETR as a feature pyramid: the bottleneck and the five decoder outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from monai.networks.nets import SwinUNETR
+from torch import Tensor, nn
+
+from medmoe.errors import InvalidInputError
+from medmoe.seg.config import NORMS
+
+
+@dataclass
+class DecoderFeatures:
+    """SwinUNETR features of a (B, C, D, H, W) volume (F = feature_size).
+
+    Attributes:
+        bottleneck: (B, 16F, D/32, H/32, W/32), the encoder10 output.
+        scales: the five decoder outputs, coarse to fine: (B, 8F, /16), (B, 4F, /8), (B, 2F, /4), (B, F, /2),
+            (B, F, /1).
+    """
+
+    bottleneck: Tensor
+    scales: list[Tensor]
+
+
+def _norm_name(norm: str, feature_size: int) -> str | tuple:
+    if norm not in NORMS:
+        raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm == "group":
+        # every SwinUNETR width is a multiple of feature_size, itself a multiple of 12
+        return ("group", {"num_groups": 4 if feature_size % 4 == 0 else 3})
+    return norm
+
+
+class SwinUNETRFeatures(nn.Module):
+    """MONAI's SwinUNETR encoder and decoder, returning the decoder pyramid instead of logits.
+
+    The MONAI network is kept whole (``self.net``) so its weights load from MONAI checkpoints; only its
+    output block is replaced by an identity because MoME's heads take its place.
+
+    Args:
+        in_channels: image channels.
+        feature_size: F, a multiple of 12.
+        depths, num_heads, window_size, use_checkpoint, drop_path_rate: passed to MONAI.
+        norm: ``instance``, ``group`` or ``batch`` for the conv blocks.
+
+    Example:
+        >>> feats = SwinUNETRFeatures(1, 12)(torch.zeros(1, 1, 64, 64, 64))
+        >>> [tuple(f.shape[1:]) for f in feats.scales][0]
+        (96, 4, 4, 4)
+    """
+
+    def __init__(self, in_channels: int, feature_size: int, *, depths: tuple[int, ...] = (2, 2, 2, 2),
+                 num_heads: tuple[int, ...] = (3, 6, 12, 24), window_size: int = 7, norm: str = "instance",
+                 use_checkpoint: bool = False, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        if feature_size <= 0 or feature_size % 12:
+            raise InvalidInputError(f"feature_size must be a positive multiple of 12, got {feature_size}")
+        if len(depths) != 4 or len(num_heads) != 4:
+            raise InvalidInputError(f"depths and num_heads need 4 stages, got {depths} and {num_heads}")
+        self.net = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size, depths=depths,
+                             num_heads=num_heads, window_size=window_size, norm_name=_norm_name(norm, feature_size),
+                             use_checkpoint=use_checkpoint, dropout_path_rate=drop_path_rate, spatial_dims=3)
+        self.net.out = nn.Identity()
+        self.in_channels = in_channels
+        self.feature_size = feature_size
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of the five decoder outputs, coarse to fine."""
+        f = self.feature_size
+        return [8 * f, 4 * f, 2 * f, f, f]
+
+    @property
+    def reductions(self) -> list[int]:
+        """Downsampling factor of each decoder output, coarse to fine."""
+        return [16, 8, 4, 2, 1]
+
+    @property
+    def bottleneck_channels(self) -> int:
+        return 16 * self.feature_size
+
+    def forward(self, volume: Tensor) -> DecoderFeatures:
+        net = self.net
+        hidden = net.swinViT(volume, net.normalize)
+        enc0 = net.encoder1(volume)
+        enc1 = net.encoder2(hidden[0])
+        enc2 = net.encoder3(hidden[1])
+        enc3 = net.encoder4(hidden[2])
+        bottleneck = net.encoder10(hidden[4])
+        dec3 = net.decoder5(bottleneck, hidden[3])
+        dec2 = net.decoder4(dec3, enc3)
+        dec1 = net.decoder3(dec2, enc2)
+        dec0 = net.decoder2(dec1, enc1)
+        out = net.decoder1(dec0, enc0)
+        return DecoderFeatures(bottleneck, [dec3, dec2, dec1, dec0, out])

@@ -1,0 +1,59 @@
+"""MoME configuration, readable at a glance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from medmoe.text.config import TextConfig
+
+NORMS = ("instance", "group", "batch")
+
+
+@dataclass
+class MoMEConfig:
+    """Architecture of a MoME text-prompted segmentation model.
+
+    Attributes:
+        in_channels: image channels (1 for CT).
+        feature_size: SwinUNETR width (48 in the Universal Model; a multiple of 12).
+        depths: Swin blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: Swin attention window.
+        norm: normalisation of SwinUNETR's conv blocks: ``instance`` (MONAI default), ``group`` (works on
+            32^3 patches whose 1^3 bottleneck instance norm cannot normalise), ``batch``.
+        use_checkpoint: gradient checkpointing in the Swin stages (less memory, slower).
+        drop_path_rate: stochastic depth of the Swin stages.
+        expert_channels: c_e, channels of each scale expert; also the dynamic head's input width.
+        fusion_scale: 1 = experts, router and heads at full resolution; 2 = at half resolution, logits
+            upsampled trilinearly at the end (about 8x less memory for the K-class tensors).
+        router_dim: d, width of the voxel feature v(x) and of each projected prompt W_s t_k.
+        head_hidden: width of the two hidden layers of the per-class dynamic head (8 in the Universal Model).
+        text_proj_dim: width of ReLU(Linear(text)) and of the projected pooled bottleneck fed to the controller.
+        normalize_text: L2-normalise prompt embeddings before use (sentence encoders are trained for cosine).
+        classes: the class names whose prompt embeddings are cached (empty: every class of the template;
+            filled in with the explicit list when the model is built, so a saved model keeps its set).
+        roi_size: training patch / sliding-window size (each a multiple of 32).
+        spacing: voxel spacing in mm the model was trained at.
+        hu_window: HU range mapped to [0, 1].
+        text: the text tower (frozen by default: prompt embeddings are cached).
+    """
+
+    in_channels: int = 1
+    feature_size: int = 48
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    norm: str = "instance"
+    use_checkpoint: bool = False
+    drop_path_rate: float = 0.0
+    expert_channels: int = 8
+    fusion_scale: int = 1
+    router_dim: int = 32
+    head_hidden: int = 8
+    text_proj_dim: int = 256
+    normalize_text: bool = True
+    classes: tuple[str, ...] = ()
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    hu_window: tuple[float, float] = (-175.0, 250.0)
+    text: TextConfig = field(default_factory=lambda: TextConfig(model="minilm", max_length=32, freeze="all"))

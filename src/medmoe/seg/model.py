@@ -1,0 +1,219 @@
+"""MoME: text-prompted 3-D CT segmentation with a mixture of decoder-scale experts.
+
+    CT patch (B, 1, D, H, W) -> SwinUNETR -> bottleneck + 5 decoder outputs
+    expert s: conv block on scale s -> c_e channels -> trilinear to the fusion resolution
+    prompt k -> text tower -> t_k (cached for the model's class set; new prompts embedded on the fly)
+    router: g_{k,s}(x) = softmax_s(<v(x), W_s t_k> / sqrt(d))
+    fusion: F_k(x) = sum_s g_{k,s}(x) E_s(x)
+    head:   controller([GAP(bottleneck); ReLU(Linear(t_k))]) -> 3 grouped 1x1x1 convs -> logit_k
+
+Only the prompted classes are computed, all K of them and all B samples in one batched pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medmoe.errors import InvalidInputError
+from medmoe.hub import PretrainedMixin
+from medmoe.seg.backbone import SwinUNETRFeatures
+from medmoe.seg.classes import ClassTemplate
+from medmoe.seg.config import MoMEConfig
+from medmoe.seg.experts import ScaleExperts
+from medmoe.seg.heads import DynamicHeads
+from medmoe.seg.router import ScaleRouter, gate_balance_loss, gate_usage
+from medmoe.text.tower import TextTower
+
+log = logging.getLogger(__name__)
+
+_PROMPT_START = "a computerized tomography"
+
+
+def _check_config(config: MoMEConfig) -> None:
+    if config.fusion_scale not in (1, 2):
+        raise InvalidInputError(f"fusion_scale must be 1 (full resolution) or 2 (half), got {config.fusion_scale}")
+    for name in ("expert_channels", "router_dim", "head_hidden", "text_proj_dim", "in_channels"):
+        if getattr(config, name) < 1:
+            raise InvalidInputError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if len(config.roi_size) != 3 or any(s <= 0 or s % 32 for s in config.roi_size):
+        raise InvalidInputError(f"roi_size must be 3 positive multiples of 32, got {tuple(config.roi_size)}")
+
+
+class MoME(nn.Module, PretrainedMixin):
+    """Mixture of decoder-scale experts routed by class prompts, on a MONAI SwinUNETR.
+
+    Args:
+        config: :class:`MoMEConfig`.
+        load_pretrained: load the text tower's pretrained weights (False: random, as before loading a
+            saved model).
+
+    Example:
+        >>> model = medmoe.create_model("mome-nano")
+        >>> logits = model(torch.zeros(1, 1, 32, 32, 32), prompts=["liver", "spleen"])  # (1, 2, 32, 32, 32)
+        >>> emb = model.embed_prompts(["liver", "spleen"])
+        >>> logits = sliding_window_inference(ct, (32, 32, 32), 4, model, text_emb=emb)
+    """
+
+    config_class = MoMEConfig
+    model_type = "mome"
+
+    def __init__(self, config: MoMEConfig, *, load_pretrained: bool = True) -> None:
+        super().__init__()
+        _check_config(config)
+        self.template = ClassTemplate.default()
+        classes = list(config.classes) or list(self.template.names)
+        unknown = [c for c in classes if c not in self.template]
+        if unknown:
+            raise InvalidInputError(f"config.classes: {unknown} are not class template names (see ClassTemplate.names)")
+        self.config = dataclasses.replace(config, classes=tuple(classes))
+        self.backbone = SwinUNETRFeatures(
+            config.in_channels, config.feature_size, depths=tuple(config.depths), num_heads=tuple(config.num_heads),
+            window_size=config.window_size, norm=config.norm, use_checkpoint=config.use_checkpoint,
+            drop_path_rate=config.drop_path_rate)
+        self.text = TextTower(config.text, load_pretrained=load_pretrained)
+        text_dim = self.text.width
+        channels = self.backbone.channels
+        self.experts = ScaleExperts(channels, config.expert_channels)
+        voxel_channels = channels[-1] if config.fusion_scale == 1 else channels[-2]
+        self.router = ScaleRouter(voxel_channels, text_dim, len(channels), config.router_dim)
+        self.heads = DynamicHeads(self.backbone.bottleneck_channels, text_dim, config.expert_channels,
+                                  config.head_hidden, config.text_proj_dim)
+        self.class_names: tuple[str, ...] = tuple(classes)
+        self._class_index = {name: i for i, name in enumerate(classes)}
+        with torch.no_grad():
+            cached = self._encode([self.template.prompt(name) for name in classes])
+        # persistent: a saved model reloads the very embeddings it was trained with
+        self.register_buffer("class_embeddings", cached)
+
+    # ------------------------------------------------------------------ prompts
+    @property
+    def num_scales(self) -> int:
+        return self.experts.num_experts
+
+    @property
+    def text_dim(self) -> int:
+        return self.text.width
+
+    def _encode(self, texts: list[str]) -> Tensor:
+        emb = self.text(texts).sentence
+        return F.normalize(emb, dim=-1) if self.config.normalize_text else emb
+
+    def resolve_prompts(self, prompts: list[str]) -> list[str | None]:
+        """Canonical class of each prompt (synonyms and typos resolved), None for an unknown class."""
+        self._check_prompts(prompts)
+        return [self.template.resolve(p) for p in prompts]
+
+    @staticmethod
+    def _check_prompts(prompts) -> None:
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise InvalidInputError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+        if len(prompts) == 0:
+            raise InvalidInputError("prompts is empty: give at least one class to segment, e.g. ['liver']")
+        bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise InvalidInputError(f"prompts must be non-empty strings, got {bad!r}")
+
+    def embed_prompts(self, prompts: list[str]) -> Tensor:
+        """(K, T) embeddings of K class prompts, on the model's device.
+
+        A name, synonym or typo of a class in the model's class set reads the cached embedding (when the text
+        tower is frozen). A template class outside the set is embedded from its template prompt. Anything else
+        is an **unseen class**: its text is embedded on the fly (wrapped in the prompt template unless it
+        already is a full prompt) and a warning is logged, since the heads never saw that embedding in
+        training and the mask is only as good as its nearness to known classes in text space.
+        """
+        names = self.resolve_prompts(prompts)
+        use_cache = self.text.frozen
+        rows: list[int] = []
+        fresh: list[str] = []
+        for prompt, name in zip(prompts, names):
+            if name is not None and use_cache and name in self._class_index:
+                rows.append(self._class_index[name])
+                continue
+            if name is None:
+                log.warning("prompt %r matches no class of the template; embedding it on the fly as an unseen "
+                            "class (the heads were not trained on it)", prompt)
+                text = prompt.strip() if prompt.strip().lower().startswith(_PROMPT_START) else self.template.prompt(prompt)
+            else:
+                text = self.template.prompt(name)
+            rows.append(-1 - len(fresh))
+            fresh.append(text)
+        table = self.class_embeddings
+        if fresh:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not use_cache):
+                table = torch.cat([table, self._encode(fresh).to(table.dtype)], dim=0)
+        index = torch.tensor([r if r >= 0 else len(self.class_names) - 1 - r for r in rows], device=table.device)
+        return table.index_select(0, index)
+
+    # ------------------------------------------------------------------ forward
+    def _check_volume(self, volume: Tensor) -> None:
+        if not isinstance(volume, Tensor):
+            raise InvalidInputError(f"volume must be a torch.Tensor (B, C, D, H, W), got {type(volume).__name__}")
+        if volume.ndim != 5:
+            raise InvalidInputError(
+                f"volume must be 5-D (B, {self.config.in_channels}, D, H, W), got shape {tuple(volume.shape)}; "
+                "MoME segments 3-D CT volumes (add batch and channel axes; a 2-D image is not supported)")
+        if volume.shape[1] != self.config.in_channels:
+            raise InvalidInputError(
+                f"volume has {volume.shape[1]} channels, expected {self.config.in_channels} (shape {tuple(volume.shape)})")
+        bad = [s for s in volume.shape[2:] if s % 32]
+        if bad:
+            raise InvalidInputError(
+                f"volume spatial size {tuple(volume.shape[2:])} must be multiples of 32 (SwinUNETR downsamples 5 "
+                f"times); pad it or use sliding_window_inference with roi_size={tuple(self.config.roi_size)}")
+
+    def _text(self, prompts: list[str] | None, text_emb: Tensor | None, like: Tensor) -> Tensor:
+        if (prompts is None) == (text_emb is None):
+            raise InvalidInputError("give exactly one of prompts=[...] or text_emb=(K, T) tensor")
+        if prompts is not None:
+            text_emb = self.embed_prompts(prompts)
+        if not isinstance(text_emb, Tensor) or text_emb.ndim != 2 or text_emb.shape[1] != self.text_dim:
+            shape = tuple(text_emb.shape) if isinstance(text_emb, Tensor) else type(text_emb).__name__
+            raise InvalidInputError(f"text_emb must be (K, {self.text_dim}), got {shape}")
+        if text_emb.shape[0] == 0:
+            raise InvalidInputError("text_emb holds no class (K = 0); give at least one prompt")
+        return text_emb.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
+
+    def forward_outputs(self, volume: Tensor, prompts: list[str] | None = None, *, text_emb: Tensor | None = None,
+                        return_gates: bool = False) -> dict[str, Tensor]:
+        """Logits and routing outputs.
+
+        Args:
+            volume: (B, C, D, H, W), D, H, W multiples of 32.
+            prompts: K class names or prompts; or
+            text_emb: (K, T) prompt embeddings from :meth:`embed_prompts`.
+            return_gates: also return the (B, K, S, d, h, w) gates (memory: K*S floats per voxel).
+
+        Returns:
+            ``logits`` (B, K, D, H, W); ``gate_usage`` (S,) mean gate per scale (finest last);
+            ``balance_loss`` () soft balance of the scales (1 = uniform); ``gates`` if asked.
+        """
+        self._check_volume(volume)
+        text = self._text(prompts, text_emb, volume)
+        feats = self.backbone(volume)
+        scale = self.config.fusion_scale
+        size = tuple(s // scale for s in volume.shape[2:])
+        experts = self.experts(feats.scales, size)  # (B, S, C, *size)
+        voxel = feats.scales[-1] if scale == 1 else feats.scales[-2]
+        gates = self.router(voxel, text)  # (B, K, S, *size) fp32
+        g = gates.to(experts.dtype)
+        # a fixed loop over the S scales (not over classes): sum_s g_{k,s} E_s for all K classes at once
+        fused = g[:, :, 0, None] * experts[:, None, 0]
+        for s in range(1, experts.shape[1]):
+            fused = fused + g[:, :, s, None] * experts[:, None, s]
+        logits = self.heads(fused, self.heads.head_params(feats.bottleneck, text))
+        if scale != 1:
+            logits = F.interpolate(logits, size=tuple(volume.shape[2:]), mode="trilinear", align_corners=False)
+        out = {"logits": logits, "gate_usage": gate_usage(gates), "balance_loss": gate_balance_loss(gates)}
+        if return_gates:
+            out["gates"] = gates
+        return out
+
+    def forward(self, volume: Tensor, prompts: list[str] | None = None, *, text_emb: Tensor | None = None) -> Tensor:
+        """(B, K, D, H, W) logits of K prompted classes (sigmoid -> probability). See :meth:`forward_outputs`."""
+        return self.forward_outputs(volume, prompts, text_emb=text_emb)["logits"]
