@@ -97,3 +97,10 @@ def test_train_config_validates_early(tmp_path):
         TrainConfig.from_namespace(argparse.Namespace(out=None))
     cfg = TrainConfig.from_namespace(argparse.Namespace(out="x", no_progress=True, lr=1e-3, model="ignored"))
     assert cfg.progress is False and cfg.lr == 1e-3 and cfg.out == Path("x")
+
+
+def test_example_config_in_the_repository_is_valid():
+    example = Path(__file__).parents[2] / "configs" / "trainer-example.yaml"
+    args = cli_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(example)])
+    assert (args.steps, args.batch_size, args.lr, args.amp) == (2000, 32, 2e-4, "auto")
+    TrainConfig.from_namespace(args)  # passes validation

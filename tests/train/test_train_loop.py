@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -10,13 +9,12 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_toy_task import ToyTask
+from train_toy_task import ToyTask, train_args
 
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.train import (
     NonFiniteLossError,
     TrainingInterrupted,
-    add_training_arguments,
     find_latest_checkpoint,
     load_checkpoint,
     run_training,
@@ -24,15 +22,6 @@ from medmoe.train import (
 from medmoe.train import checkpoint as ckpt_mod
 from medmoe.train.checkpoint import REQUIRED_KEYS, checkpoint_dir
 from medmoe.train.logs import read_metrics
-
-
-def train_args(out, *extra: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_training_arguments(parser)
-    base = ["--out", str(out), "--device", "cpu", "--workers", "0", "--no-progress", "--batch-size", "4",
-            "--lr", "3e-2", "--warmup-steps", "2", "--log-every", "1"]
-    return parser.parse_args(base + list(extra))
-
 
 # Resume scenario: 30 samples, batches of 4, 2 micro-batches per step -> 7 batches per epoch, so the
 # checkpoint at step 4 (8 micro-batches) sits one batch into epoch 1.

@@ -8,6 +8,7 @@ are "unreadable" and come back as bad samples.
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import signal
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medmoe.distributed import rank
-from medmoe.train import TaskBase
+from medmoe.train import TaskBase, add_training_arguments
 
 DIM, HIDDEN, BRANCHES = 8, 16, 3
 
@@ -138,3 +139,12 @@ class ToyTask(TaskBase):
             ce = ce * float("nan")
         usage = torch.bincount(route, minlength=BRANCHES).float() / len(route)
         return {"ce_loss": ce, "margin_loss": 0.01 * logits.pow(2).mean(), "usage": usage, "batch_size": len(route)}
+
+
+def train_args(out, *extra: str) -> argparse.Namespace:
+    """Parsed trainer flags for a quick CPU run of the toy task into ``out``."""
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    base = ["--out", str(out), "--device", "cpu", "--workers", "0", "--no-progress", "--batch-size", "4",
+            "--lr", "3e-2", "--warmup-steps", "2", "--log-every", "1"]
+    return parser.parse_args(base + list(extra))

@@ -103,7 +103,7 @@ def setup_distributed(device: str = "auto") -> DistEnv:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://", rank=rank_, world_size=world)
         owns = True
-        logger.info("rank %d/%d initialised (%s) on %s", rank_, world, backend, dev)
+        logger.debug("rank %d/%d initialised (%s) on %s", rank_, world, backend, dev)
     if dist.is_available() and dist.is_initialized():
         rank_, world = dist.get_rank(), dist.get_world_size()
     return DistEnv(rank=rank_, world_size=world, local_rank=local_rank, device=dev, owns_process_group=owns)

@@ -34,8 +34,7 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            purge = start_step + 1 if start_step > 0 else None
-            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge)
+            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start_step + 1)
 
     def log(self, step: int, values: dict[str, float], *, prefix: str = "train", extra: dict[str, Any] | None = None) -> None:
         """One metrics.jsonl line ``{"step", **extra, "<prefix>/<name>": value}`` and one scalar per value."""

@@ -118,13 +118,13 @@ class _Run:
 
     # ---- set-up -------------------------------------------------------------------------------------
 
-    def _write_config(self) -> None:
+    def _settings(self) -> argparse.Namespace:
         if isinstance(self.args, argparse.Namespace):
-            save_resolved_config(self.args, self.run_dir / "config.yaml")
-        else:
-            data = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self.cfg).items()}
-            data.pop("resume", None)
-            save_resolved_config(argparse.Namespace(**data), self.run_dir / "config.yaml")
+            return self.args
+        return argparse.Namespace(**{k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self.cfg).items()})
+
+    def _write_config(self) -> None:
+        save_resolved_config(self._settings(), self.run_dir / "config.yaml")
 
     def _resume_state(self) -> tuple[Path | None, dict[str, Any] | None]:
         resume = self.cfg.resume
@@ -143,7 +143,8 @@ class _Run:
                 chosen = str(found[0]) if found else None
             chosen = broadcast_object(chosen)
             if chosen is None:
-                logger.info("--resume latest: no checkpoint in %s; starting from scratch", self.ckpt_dir)
+                if self.env.is_main:
+                    logger.info("--resume latest: no checkpoint in %s; starting from scratch", self.ckpt_dir)
                 return None, None
             path = Path(chosen)
         else:
@@ -195,13 +196,14 @@ class _Run:
             and state.get("batch_size") == self.cfg.batch_size
             and state.get("accum_steps") == self.cfg.accum_steps
         )
-        if not same:
+        if not same and self.env.is_main:
             logger.warning(
                 "%s was written with world_size=%s batch_size=%s accum_steps=%s; now %s/%s/%s: continuing, "
                 "but not exactly as the original run would have",
                 path, state.get("world_size"), state.get("batch_size"), state.get("accum_steps"),
                 self.env.world_size, self.cfg.batch_size, self.cfg.accum_steps,
             )
+        if not same:
             seen = position * int(state.get("batch_size", self.cfg.batch_size)) * int(state.get("world_size", 1))
             position = seen // (self.cfg.batch_size * self.env.world_size)
         rng = state["rng"]
@@ -209,7 +211,8 @@ class _Run:
             restore_rng_state(rng[self.env.rank], self.device)
         else:
             _seed_everything(self.cfg.seed + 1_000_003 * self.env.rank + int(state["step"]))
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["step"], epoch, position)
+        if self.env.is_main:
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["step"], epoch, position)
         return epoch, position
 
     # ---- steps --------------------------------------------------------------------------------------
@@ -266,8 +269,9 @@ class _Run:
         else:
             self.nonfinite += 1
             self.consecutive_nonfinite += 1
-            logger.warning("step %d: non-finite loss %s; step skipped", self.step + 1,
-                           {k: v for k, v in values.items() if k == "loss" or k.endswith("_loss")})
+            if self.env.is_main:
+                logger.warning("step %d: non-finite loss %s; step skipped", self.step + 1,
+                               {k: v for k, v in values.items() if k == "loss" or k.endswith("_loss")})
             if self.consecutive_nonfinite >= cfg.max_nonfinite_steps:
                 raise NonFiniteLossError(
                     f"{self.consecutive_nonfinite} consecutive steps with a non-finite loss (up to step "
@@ -276,7 +280,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
             # A skipped first step makes torch warn about the call order; the schedule stays tied to steps.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         return values, reduced[-1] > 0
 
@@ -339,11 +343,12 @@ class _Run:
         )
         self.model = wrap_model(model, env)
         self.model.train()
-        logger.info(
-            "training %s for %d steps on %s x%d (%s precision), global batch %d",
-            type(model).__name__, cfg.steps, self.device, env.world_size, self.precision.name,
-            cfg.batch_size * cfg.accum_steps * env.world_size,
-        )
+        if env.is_main:
+            logger.info(
+                "training %s for %d steps on %s x%d (%s precision), global batch %d",
+                type(model).__name__, cfg.steps, self.device, env.world_size, self.precision.name,
+                cfg.batch_size * cfg.accum_steps * env.world_size,
+            )
         run_log = RunLogger(self.run_dir, enabled=env.is_main, start_step=self.step)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (env.is_main and cfg.progress))
@@ -432,7 +437,7 @@ class _Run:
             "checkpoint": str(result.checkpoint),
             "model_dir": str(result.model_dir),
             "validation": result.validation,
-            "config": resolved_config(self.args) if isinstance(self.args, argparse.Namespace) else None,
+            "config": resolved_config(self._settings()),
         }
         path = self.run_dir / "summary.json"
         tmp = path.with_name(".summary.json.tmp")
