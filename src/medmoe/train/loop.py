@@ -424,7 +424,7 @@ class _Run:
         summary = {
             "steps": result.steps,
             "steps_this_run": result.steps - start_step,
-            "final_losses": result.final_losses,
+            "final_losses": {k: v if math.isfinite(v) else None for k, v in result.final_losses.items()},
             "bad_samples": result.bad_samples,
             "nonfinite_steps": result.nonfinite_steps,
             "wall_time_s": round(result.wall_time_s, 3),

@@ -14,25 +14,38 @@ Required methods::
 
 Optional methods (the trainer checks with ``getattr``; :class:`TaskBase` provides defaults)::
 
-    validate(model) -> dict[str, float]                   # rank 0 only, bare module, eval mode, no_grad
+    validate(model) -> dict[str, float]                   # every rank, bare module, eval mode, no_grad
     param_groups(model) -> list[dict]                     # AdamW groups; default: no decay on biases/norms
-    export(model, directory) -> None                      # rank 0, bare module; default save_pretrained
+    export(model, directory: Path) -> None                # rank 0, bare module; default save_pretrained
 
 Contract details:
 
+* ``build_model()`` and ``train_dataset()`` are called once per run, on every rank, right after the RNGs
+  are seeded with ``--seed`` (so every rank builds the same initial weights).
 * ``training_step(model, batch)`` runs under autocast when AMP is on. Under DDP ``model`` is the
-  ``DistributedDataParallel`` wrapper: call it only as ``model(...)`` (only its forward synchronises
-  gradients); reach attributes through :func:`medmoe.train.unwrap_model`. Return a dict of tensors:
+  ``DistributedDataParallel`` wrapper: call it as ``model(...)`` exactly once per batch (only its
+  forward synchronises gradients) and compute every loss from that call's outputs; a parameter used
+  outside the forward (e.g. a penalty on ``unwrap_model(model).weight``) breaks DDP. Reach attributes
+  through :func:`medmoe.train.unwrap_model`. Randomness in the step (dropout, router jitter, a random
+  prompt template) may use the global Python/NumPy/torch RNGs: checkpoints restore them on every rank.
+  Return a dict of tensors:
   keys ending in ``_loss`` are loss terms, already weighted by the task; the optimised loss is their sum,
   unless the dict has a ``"loss"`` key, which is then used as is. Every term is logged by name. Other
   keys are logged as scalars (a 1-element tensor or a float) or as one scalar per element
   (a 1-D tensor, e.g. expert usage -> ``usage/0``, ``usage/1``...). Every rank must return the same keys
   with the same shapes in every step (the values are averaged across ranks in one all-reduce).
+* ``validate(model)`` runs every ``--eval-every`` steps and once at the end, on *every* rank (so that no
+  rank sits in a collective while another evaluates), with the bare module in eval mode under
+  ``torch.no_grad()``; only rank 0's dict is logged (``val/<name>``) and put in ``summary.json``. A task
+  may shard its validation set by ``medmoe.distributed.rank()`` and all-reduce, or compute the same thing
+  on every rank. The RNG states are saved before and restored after, so validation never changes training.
 * Batches are dicts; tensors in them are moved to the device by the trainer, other values (lists of
   report strings, file names) are passed as they are. ``batch["bad"]`` (if present) is removed before
   ``training_step`` and counted: a list of objects with ``.path`` and ``.reason`` for samples that
   failed to load. Each is logged (rank 0) with its path and reason; counts are summed across ranks and
   reported in ``summary.json``. ``collate`` must still return a usable batch from the remaining samples.
+  With ``--workers > 0`` ``collate`` runs in worker processes: it must not rely on side effects on the
+  task, and what it returns (bad-sample objects included) must be picklable.
 * Batches have a fixed size on every rank (the trainer drops incomplete batches), so features can be
   gathered across ranks with :func:`medmoe.distributed.gather_with_grad`.
 
@@ -49,6 +62,9 @@ Dataset contract for exact resume (``--resume latest`` reproduces an uninterrupt
       g = torch.Generator().manual_seed(int(rng.integers(2**63)))
       # MONAI: transform.set_random_state(seed=int(rng.integers(2**31)))
 
+* Exactness also needs the same number of ranks, ``--batch-size`` and ``--accum-steps`` as the
+  interrupted run (otherwise the run continues at the same sample count with a warning). ``--steps``
+  is the total of the whole run, so the resumed command is the original one plus ``--resume latest``.
 * A sample that cannot be loaded is returned as an object with ``.path`` and ``.reason`` (never raise,
   never drop silently); ``collate`` moves it to ``batch["bad"]``.
 """
