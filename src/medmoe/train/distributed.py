@@ -25,6 +25,7 @@ __all__ = [
     "DistEnv",
     "ResumableSampler",
     "all_reduce_sum",
+    "barrier",
     "broadcast_object",
     "gather_objects",
     "gather_with_grad",
@@ -144,6 +145,12 @@ def all_reduce_sum(value: torch.Tensor | float | int) -> torch.Tensor | float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

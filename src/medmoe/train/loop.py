@@ -51,6 +51,7 @@ from medmoe.train.data import BatchStream, move_to_device
 from medmoe.train.distributed import (
     DistEnv,
     all_reduce_sum,
+    barrier,
     broadcast_object,
     gather_objects,
     setup_distributed,
@@ -418,6 +419,7 @@ class _Run:
                 result.steps, result.final_losses.get("loss", math.nan), result.bad_samples,
                 result.nonfinite_steps, wall, result.samples_per_s,
             )
+        barrier()  # every rank returns once the exported model and summary exist
         return result
 
     def _write_summary(self, result: TrainResult, start_step: int, samples: int) -> None:
