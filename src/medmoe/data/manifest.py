@@ -120,8 +120,12 @@ def _row_from_record(record: dict, row: int, base: Path, where: str) -> Manifest
         raise CorruptFileError(f"{where}: row {row} has no 'image' value")
     resolved = image if os.path.isabs(image) else os.path.normpath(os.path.join(base, image))
     report = record.get("report")
-    extra = {k: "" if v is None else (v if isinstance(v, str) else json.dumps(v)) for k, v in record.items()
-             if k not in COLUMNS and k is not None}
+    # An empty extra cell means "absent": CSV cannot tell the two apart.
+    extra = {
+        k: v if isinstance(v, str) else json.dumps(v)
+        for k, v in record.items()
+        if k not in COLUMNS and k is not None and v not in (None, "")
+    }
     return ManifestRow(
         image=resolved,
         report="" if report is None else str(report),

@@ -31,6 +31,8 @@ def read_pillow(source: str | BinaryIO, name: str, *, frame: int | None = None) 
     """
     try:
         with warnings.catch_warnings():
+            # Pillow warns about the damage it tolerates (corrupt EXIF...); bombs must stop, not warn.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as im:
                 fmt = _FORMATS.get(im.format or "", (im.format or "image").lower())
