@@ -26,3 +26,43 @@ def tiny_model(**overrides):
     """A registered medmoe-nano with the tiny overrides (random text weights, no download)."""
     torch.manual_seed(0)
     return medmoe.create_model("medmoe-nano", **{**TINY, **overrides})
+
+
+def write_tiny_manifest(root, n_per_modality: int = 8, bad: bool = True):
+    """A small real manifest: PNG images of two 'modalities' with findings the reports describe.
+
+    X-rays are bright ellipses (one or two "lungs" with or without a dark "effusion" band), CTs are grey
+    discs with or without a bright "nodule". One extra row points to a corrupt PNG (a bad sample).
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    rows = ["image,report,modality,labels,dataset,split"]
+    splits = ["train"] * (n_per_modality - 2) + ["val", "test"]
+    for i in range(n_per_modality):
+        for modality in ("xray", "ct"):
+            finding = i % 2 == 0
+            if modality == "xray":
+                img = 0.3 + 0.6 * (((xx - 0.5) / 0.4) ** 2 + ((yy - 0.5) / 0.45) ** 2 < 1)
+                if finding:
+                    img[48:, :] *= 0.3
+                report, label = ("Chest x-ray: pleural effusion at the base." if finding else
+                                 "Chest x-ray: clear lungs, no effusion."), ("effusion" if finding else "normal")
+            else:
+                img = 0.2 + 0.4 * (((xx - 0.5) ** 2 + (yy - 0.5) ** 2) < 0.16)
+                if finding:
+                    img[20:26, 38:44] = 1.0
+                report, label = ("CT abdomen: small bright nodule in the right lobe." if finding else
+                                 "CT abdomen: no nodule, normal study."), ("nodule" if finding else "normal")
+            img = np.clip(img + 0.05 * rng.standard_normal(img.shape), 0, 1)
+            name = f"{modality}_{i:02d}.png"
+            Image.fromarray((img * 255).astype(np.uint8)).save(root / name)
+            rows.append(f'{name},"{report}",{modality},{label},tiny,{splits[i]}')
+    if bad:
+        (root / "broken.png").write_bytes(b"\x89PNG\r\n not really")
+        rows.append('broken.png,"Chest x-ray: broken file.",xray,normal,tiny,train')
+    path = root / "manifest.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path

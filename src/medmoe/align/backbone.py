@@ -69,7 +69,7 @@ class SwinPyramid(nn.Module):
             (as when a saved medmoe model is about to load its own).
 
     Shapes:
-        images: (B, 3, H, W) in [0, 1] (normalised inside with ``pixel_mean`` / ``pixel_std``); a
+        images: (B, 3, H, W) normalised as ``medmoe.data.ImageTransform`` does (ImageNet mean / std); a
         (B, 1, H, W) grey image is repeated to 3 channels. H and W must keep every stage's grid a
         multiple of the window size, see :meth:`check_size`.
 
@@ -82,16 +82,10 @@ class SwinPyramid(nn.Module):
 
     def __init__(self, config: BackboneConfig, *, load_pretrained: bool = True) -> None:
         super().__init__()
-        if len(config.pixel_mean) != 3 or len(config.pixel_std) != 3 or min(config.pixel_std) <= 0:
-            raise InvalidInputError(
-                f"pixel_mean / pixel_std need 3 values with std > 0, got {config.pixel_mean} / {config.pixel_std}"
-            )
         self.config = config
         self.swin = SwinBackbone(swin_config(config))
         channels = tuple(int(c) for c in self.swin.channels)
         self.feature_info = FeatureInfo(channels, tuple(config.patch_size * 2**s for s in range(4)))
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
         self.check_size(config.image_size, config.image_size)
         if load_pretrained and config.weights:
             load_backbone_weights(self, config.weights)
@@ -122,8 +116,7 @@ class SwinPyramid(nn.Module):
         self.check_size(images.shape[-2], images.shape[-1])
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        x = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-        features = list(self.swin(x).feature_maps)
+        features = list(self.swin(images).feature_maps)
         return Pyramid(features, features[-1].mean(dim=(2, 3)))
 
 

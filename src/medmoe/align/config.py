@@ -25,7 +25,6 @@ class BackboneConfig:
         weights: None (random init), a local Hugging Face Swin directory (config.json + weights), or a
             MedCLIP-style checkpoint file whose vision keys are remapped (``pytorch_model.bin`` /
             ``.safetensors``). Never a hub name.
-        pixel_mean, pixel_std: per-channel normalisation applied to inputs in [0, 1].
     """
 
     image_size: int = 224
@@ -36,8 +35,6 @@ class BackboneConfig:
     window_size: int = 7
     drop_path_rate: float = 0.1
     weights: str | None = None
-    pixel_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    pixel_std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
 
 @dataclass

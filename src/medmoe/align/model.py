@@ -138,7 +138,7 @@ class MedMoE(PretrainedMixin, nn.Module):
         """Encode a batch of image-report pairs.
 
         Args:
-            images: (B, 3, H, W) in [0, 1].
+            images: (B, 3, H, W) normalised by ``medmoe.data.ImageTransform``.
             reports: B report strings (None: image side only, routed by the image).
             modality: (B,) modality ids (negative = unknown), for ``route_by="label"`` and the router CE.
             return_loss: add the weighted loss terms (``*_loss``) and their sum ``loss``.

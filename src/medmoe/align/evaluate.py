@@ -1,0 +1,254 @@
+"""Evaluate a MedMoE model on a manifest: retrieval, zero-shot, linear probe, routing; JSON + PNG figures.
+
+    >>> metrics = evaluate(model, "samples/modality-bench/manifest.csv", out="eval/metrics.json")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from medmoe.align.figures import save_attention_figure, save_confusion_matrix
+from medmoe.align.probe import linear_probe
+from medmoe.align.retrieval import retrieval_metrics
+from medmoe.align.zeroshot import MODALITY_PROMPTS, ZeroShotClassifier, classification_metrics, label_prompts
+from medmoe.data.dataset import ImageReportDataset, collate_image_report
+from medmoe.data.modalities import MODALITIES
+from medmoe.errors import InvalidInputError
+from medmoe.moe import confusion_matrix, routing_agreement
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embeddings:
+    """Everything one pass over a dataset computes, on CPU.
+
+    Attributes:
+        image_embeds, text_embeds: (N, E) float32, L2-normalised (images routed by the image alone).
+        expert_index: (N,) the image router's expert; router_probs: (N, K).
+        modality: (N,) modality ids (-1 unknown); labels: per sample, its finding labels.
+        reports, paths: per sample; indices: each sample's index in the dataset.
+        bad: (path, reason) of the samples that could not be loaded.
+    """
+
+    image_embeds: torch.Tensor
+    text_embeds: torch.Tensor
+    expert_index: torch.Tensor
+    router_probs: torch.Tensor
+    modality: torch.Tensor
+    labels: list[list[str]] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.image_embeds.shape[0]
+
+
+def model_image_size(model: nn.Module) -> int:
+    return int(model.config.backbone.image_size)
+
+
+def make_dataset(manifest: str | os.PathLike, split: str | None, image_size: int) -> ImageReportDataset:
+    """The evaluation dataset: rows of ``split`` (every row when the manifest has no split column)."""
+    dataset = ImageReportDataset(manifest, split=split, image_size=image_size, train=False)
+    if len(dataset) == 0 and split is not None:
+        all_rows = ImageReportDataset(manifest, split=None, image_size=image_size, train=False)
+        if all(r.split is None for r in all_rows.rows):
+            log.info("%s has no split column: evaluating every row", manifest)
+            return all_rows
+        raise InvalidInputError(f"{manifest}: no row in split {split!r}")
+    return dataset
+
+
+@torch.no_grad()
+def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: int = 32, device: str = "cpu",
+                  workers: int = 0, progress: bool = True, max_items: int | None = None) -> Embeddings:
+    """Embed every (image, report) pair of ``dataset`` (bad samples skipped, listed in ``bad``)."""
+    model = model.to(device).eval()
+    indices = range(len(dataset)) if max_items is None else range(min(max_items, len(dataset)))
+    subset = torch.utils.data.Subset(dataset, list(indices))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_image_report)
+    parts: dict[str, list] = {k: [] for k in ("img", "txt", "exp", "probs", "mod")}
+    out = Embeddings(*(torch.empty(0) for _ in range(5)))
+    for batch in tqdm(loader, desc="embed", disable=not progress, leave=False):
+        out.bad += [(b.path, b.reason) for b in batch["bad"]]
+        if batch["images"].shape[0] == 0:
+            continue
+        features = model.image_features(batch["images"].to(device))
+        parts["img"].append(features["image_embeds"].float().cpu())
+        parts["exp"].append(features["expert_index"].cpu())
+        parts["probs"].append(features["router_probs"].float().cpu())
+        parts["txt"].append(model.encode_text(batch["reports"]).float().cpu())
+        parts["mod"].append(batch["modality"].cpu())
+        out.labels += batch["labels"]
+        out.reports += batch["reports"]
+        out.paths += batch["paths"]
+        out.indices += batch["index"].tolist()
+    if not parts["img"]:
+        raise InvalidInputError("no sample of the dataset could be loaded; see the logged bad samples")
+    out.image_embeds, out.text_embeds = torch.cat(parts["img"]), torch.cat(parts["txt"])
+    out.expert_index, out.router_probs = torch.cat(parts["exp"]), torch.cat(parts["probs"])
+    out.modality = torch.cat(parts["mod"])
+    for path, reason in out.bad:
+        log.warning("skipped %s: %s", path, reason)
+    return out
+
+
+def routing_report(emb: Embeddings, num_experts: int) -> dict[str, Any]:
+    """Usage per expert, and (with modality labels) the confusion matrix and agreement.
+
+    ``agreement_identity`` scores expert e as modality e (what label-supervised routing aims at);
+    ``agreement`` uses the best one-to-one modality -> expert mapping (routes learned without labels).
+    """
+    usage = torch.bincount(emb.expert_index, minlength=num_experts).double()
+    out: dict[str, Any] = {"usage": (usage / usage.sum()).tolist()}
+    known = emb.modality >= 0
+    if bool(known.any()):
+        matrix = confusion_matrix(emb.modality, emb.expert_index, len(MODALITIES), num_experts)
+        present = matrix.sum(axis=1) > 0
+        agreement, mapping = routing_agreement(matrix[present])
+        names = [m for m, p in zip(MODALITIES, present) if p]
+        out.update(
+            confusion=matrix.tolist(), modalities=list(MODALITIES), n_labelled=int(known.sum()),
+            agreement=agreement, mapping={names[r]: e for r, e in mapping.items()},
+            agreement_identity=routing_agreement(matrix, match="identity")[0],
+        )
+    return out
+
+
+def _single_targets(labels: Sequence[Sequence[str]]) -> list[int]:
+    return [i for i, s in enumerate(labels) if len(s) == 1]
+
+
+def zero_shot_report(model: nn.Module, emb: Embeddings, *, templates: Sequence[str] | None = None,
+                     min_count: int = 2) -> dict[str, Any]:
+    """Zero-shot on the finding labels (classes seen at least ``min_count`` times) and on the modality."""
+    out: dict[str, Any] = {}
+    counts = Counter(label for s in emb.labels for label in s)
+    classes = sorted(c for c, n in counts.items() if n >= min_count)
+    if len(classes) >= 2:
+        prompts = label_prompts(classes, templates) if templates else label_prompts(classes)
+        clf = ZeroShotClassifier.from_prompts(model, prompts)
+        scores = clf.logits(emb.image_embeds).numpy()
+        out["labels"] = classification_metrics(scores, emb.labels, classes)
+    present = sorted({int(m) for m in emb.modality.tolist() if m >= 0})
+    if len(present) >= 2:
+        names = [MODALITIES[m] for m in present]
+        clf = ZeroShotClassifier.from_prompts(model, {n: MODALITY_PROMPTS[n] for n in names})
+        scores = clf.logits(emb.image_embeds).numpy()
+        targets = [MODALITIES[m] if m >= 0 else "" for m in emb.modality.tolist()]
+        out["modality"] = classification_metrics(scores, targets, names)
+    return out
+
+
+def probe_report(train: Embeddings, test: Embeddings, fractions: Sequence[float], seed: int = 0) -> dict[str, Any]:
+    """Linear probes on the finding label (single-label samples) and on the modality."""
+    out: dict[str, Any] = {}
+    tasks = {
+        "labels": ([s[0] if len(s) == 1 else None for s in train.labels],
+                   [s[0] if len(s) == 1 else None for s in test.labels]),
+        "modality": ([MODALITIES[m] if m >= 0 else None for m in train.modality.tolist()],
+                     [MODALITIES[m] if m >= 0 else None for m in test.modality.tolist()]),
+    }
+    for name, (ytr, yte) in tasks.items():
+        itr = [i for i, y in enumerate(ytr) if y is not None]
+        ite = [i for i, y in enumerate(yte) if y is not None]
+        if len({ytr[i] for i in itr}) < 2 or not ite:
+            continue
+        out[name] = linear_probe(train.image_embeds[itr].numpy(), [ytr[i] for i in itr],
+                                 test.image_embeds[ite].numpy(), [yte[i] for i in ite], fractions=fractions, seed=seed)
+    return out
+
+
+def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None = "test",
+             out: str | os.PathLike | None = None, probe_split: str | None = "train",
+             probe_fractions: Sequence[float] = (0.01, 0.1, 1.0), batch_size: int = 32, device: str = "cpu",
+             workers: int = 0, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024, figures: bool = True,
+             attention_examples: int = 4, max_items: int | None = None, progress: bool = True,
+             seed: int = 0) -> dict[str, Any]:
+    """Every evaluation of the issue on one manifest.
+
+    Args:
+        model: a MedMoE model.
+        manifest: manifest path.
+        split: rows to evaluate (``test``); every row when the manifest has no splits.
+        out: metrics JSON path; figures go to ``<out stem>_figures/`` next to it.
+        probe_split: rows the linear probe trains on (None or an empty split skips the probe).
+        probe_fractions: fractions of those rows (1 %, 10 %, 100 %).
+        max_items: cap on evaluated (and probe-training) rows, for quick checks.
+
+    Returns:
+        ``{"n", "bad_samples", "retrieval", "zero_shot", "linear_probe", "routing", "figures"}``.
+    """
+    size = model_image_size(model)
+    dataset = make_dataset(manifest, split, size)
+    emb = embed_dataset(model, dataset, batch_size=batch_size, device=device, workers=workers,
+                        progress=progress, max_items=max_items)
+    metrics: dict[str, Any] = {"manifest": str(manifest), "split": split, "n": len(emb), "bad_samples": len(emb.bad)}
+    has_labels = any(emb.labels)
+    metrics["retrieval"] = retrieval_metrics(emb.image_embeds, emb.text_embeds,
+                                             labels=emb.labels if has_labels else None, ks=ks, chunk_size=chunk_size)
+    metrics["zero_shot"] = zero_shot_report(model, emb)
+    metrics["routing"] = routing_report(emb, model.num_experts)
+    if probe_split:
+        train = ImageReportDataset(manifest, split=probe_split, image_size=size, train=False)
+        if len(train) and split != probe_split:
+            train_emb = embed_dataset(model, train, batch_size=batch_size, device=device, workers=workers,
+                                      progress=progress, max_items=max_items)
+            metrics["linear_probe"] = probe_report(train_emb, emb, probe_fractions, seed)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if figures:
+            metrics["figures"] = _figures(model, dataset, emb, metrics, out, attention_examples, device)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        tmp.replace(out)
+        log.info("metrics written to %s", out)
+    return metrics
+
+
+def _figures(model: nn.Module, dataset: ImageReportDataset, emb: Embeddings, metrics: dict, out: Path,
+             examples: int, device: str) -> list[str]:
+    folder = out.with_name(f"{out.stem}_figures")
+    written = []
+    if "confusion" in metrics["routing"]:
+        matrix = np.asarray(metrics["routing"]["confusion"])
+        rows = matrix.sum(axis=1) > 0
+        names = [m for m, keep in zip(MODALITIES, rows) if keep]
+        written.append(str(save_confusion_matrix(matrix[rows], names, folder / "routing_confusion.png")))
+    if examples > 0:
+        picks = _examples(emb, examples)
+        items = [dataset[dataset_index] for dataset_index in picks]
+        items = [it for it in items if isinstance(it, dict)]
+        if items:
+            images = torch.stack([it["image"] for it in items]).to(device)
+            reports = [it["report"] for it in items]
+            written.append(str(save_attention_figure(model, images, reports, folder / "attention_maps.png")))
+    return written
+
+
+def _examples(emb: Embeddings, count: int) -> list[int]:
+    """Dataset indices of up to ``count`` examples, one per modality first."""
+    first: dict[int, int] = {}
+    for i, m in enumerate(emb.modality.tolist()):
+        first.setdefault(m, i)
+    chosen = list(first.values())[:count]
+    chosen += [i for i in range(len(emb)) if i not in chosen][: count - len(chosen)]
+    return [emb.indices[i] for i in chosen]

@@ -1,0 +1,192 @@
+"""The alignment training task: what the shared trainer (``medmoe.train``) needs to train MedMoE.
+
+It satisfies ``medmoe.train.Task`` structurally (the library never imports the trainer)::
+
+    task = AlignTask(AlignTaskConfig(data="samples/modality-bench/manifest.csv", model="medmoe-nano"))
+    run_training(task, args)        # in medmoe.cli.align
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from medmoe.align.evaluate import embed_dataset, routing_report
+from medmoe.align.retrieval import retrieval_metrics
+from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report
+from medmoe.errors import InvalidInputError
+from medmoe.moe import routing_entropy
+
+log = logging.getLogger(__name__)
+
+# How many other dataset items a bad sample's slot may try before the batch is left short.
+REFILL_TRIES = 8
+
+
+@dataclass
+class AlignTaskConfig:
+    """What to train on and which model.
+
+    Attributes:
+        data: training manifest.
+        model: a registered name (``medmoe-nano``) or a saved model directory to continue from.
+        overrides: config fields of the registered model (``{"num_experts": 1, "route_by": "image"}``).
+        split: training rows.
+        image_size: input side (default: the model's ``backbone.image_size``).
+        augment: random training augmentation (deterministic per (seed, epoch, index)).
+        seed: augmentation seed.
+        pretrained: load the pretrained parts the config names (text encoder weights).
+        val_data, val_split, val_max: retrieval / routing check at validation time (None: no validation).
+    """
+
+    data: str
+    model: str = "medmoe-nano"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    split: str | None = "train"
+    image_size: int | None = None
+    augment: bool = True
+    seed: int = 0
+    pretrained: bool = True
+    val_data: str | None = None
+    val_split: str | None = "val"
+    val_max: int = 256
+
+
+def build_align_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
+    """A registered MedMoE (with overrides) or one loaded from a saved directory."""
+    from medmoe.hub import load_model
+    from medmoe.registry import create_model, list_models
+
+    if Path(name_or_dir).is_dir():
+        if overrides:
+            raise InvalidInputError(f"config overrides {sorted(overrides)} apply to registered models, not to {name_or_dir}")
+        model = load_model(name_or_dir)
+        model.train()
+        return model
+    if name_or_dir not in list_models():
+        raise InvalidInputError(f"--model {name_or_dir!r}: neither a saved model directory nor one of {list_models()}")
+    return create_model(name_or_dir, pretrained=pretrained, **(overrides or {}))
+
+
+class AlignTask:
+    """MedMoE image-report alignment for :func:`medmoe.train.run_training`."""
+
+    def __init__(self, config: AlignTaskConfig) -> None:
+        if not Path(config.data).is_file():
+            raise InvalidInputError(f"--data {config.data}: no such manifest file")
+        if config.val_data is not None and not Path(config.val_data).is_file():
+            raise InvalidInputError(f"--val-data {config.val_data}: no such manifest file")
+        self.config = config
+        self._dataset: ImageReportDataset | None = None
+        self._image_size: int | None = config.image_size
+
+    # ---- model and data ------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        model = build_align_model(self.config.model, self.config.overrides, pretrained=self.config.pretrained)
+        model.backbone.check_size(self.image_size, self.image_size)
+        return model
+
+    @property
+    def image_size(self) -> int:
+        """Training input side: ``config.image_size`` or the model's own."""
+        if self._image_size is None:
+            from medmoe.registry import build_config
+
+            name = self.config.model
+            if Path(name).is_dir():
+                from medmoe.hub import read_model_config
+
+                self._image_size = int(read_model_config(name)[1]["backbone"]["image_size"])
+            else:
+                self._image_size = int(build_config(name, **self.config.overrides).backbone.image_size)
+        return self._image_size
+
+    def train_dataset(self) -> Dataset:
+        self._dataset = ImageReportDataset(self.config.data, split=self.config.split, image_size=self.image_size,
+                                           train=self.config.augment, seed=self.config.seed)
+        if len(self._dataset) == 0:
+            raise InvalidInputError(f"{self.config.data}: no training row in split {self.config.split!r}")
+        return self._dataset
+
+    def collate(self, samples: list[Any]) -> dict[str, Any]:
+        """Stack a batch; each bad sample is reported and its slot refilled with another dataset item.
+
+        A fixed batch size keeps the contrastive negatives' count constant and lets ranks gather features
+        of one shape; the refill is deterministic (it depends only on the batch), so resume stays exact.
+        The batch stays short only when no good item is found within a few tries.
+        """
+        bad = [s for s in samples if isinstance(s, BadSample)]
+        good = [s for s in samples if not isinstance(s, BadSample)]
+        if bad and self._dataset is not None:
+            for item in bad:
+                replacement = self._replacement(item.index, {s["index"] for s in good})
+                if replacement is not None:
+                    good.append(replacement)
+        batch = collate_image_report(good, self.image_size)
+        batch["bad"] = bad
+        batch.pop("paths", None)
+        return batch
+
+    def _replacement(self, index: int, taken: set[int]) -> dict[str, Any] | None:
+        """A good item standing in for bad item ``index``, a fixed stride away. Bad items met here are not
+        counted: they are counted when the sampler draws them."""
+        n = len(self._dataset)
+        for k in range(1, REFILL_TRIES + 1):
+            j = (index + 7919 * k) % n
+            if j not in taken and not isinstance(candidate := self._dataset[j], BadSample):
+                return candidate
+        return None
+
+    # ---- steps ---------------------------------------------------------------------------------------
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if batch["images"].shape[0] < 2:
+            raise InvalidInputError("a contrastive step needs at least 2 loadable samples in the batch")
+        out = model(batch["images"], batch["reports"], modality=batch["modality"], return_loss=True)
+        values = {k: v for k, v in out.items() if k == "loss" or k.endswith("_loss")}
+        probs = torch.softmax(out["router_logits"].detach().float(), dim=-1)
+        k = probs.shape[-1]
+        usage = torch.bincount(out["expert_index"].detach(), minlength=k).float() / out["expert_index"].numel()
+        values["route/usage"] = usage
+        values["route/entropy"] = routing_entropy(probs).reshape(1)
+        agree = (out["image_expert_index"] == out["expert_index"]).float().mean()
+        values["route/image_agreement"] = agree.detach().reshape(1)
+        values["logit_scale"] = out["logit_scale"].detach().float().reshape(1)
+        return values
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Retrieval R@1/R@5 both ways and image-router agreement on up to ``val_max`` validation pairs."""
+        if self.config.val_data is None:
+            return {}
+        dataset = ImageReportDataset(self.config.val_data, split=self.config.val_split, image_size=self.image_size)
+        if len(dataset) < 2:
+            log.warning("validation skipped: fewer than 2 rows in split %r of %s", self.config.val_split,
+                        self.config.val_data)
+            return {}
+        device = next(model.parameters()).device
+        emb = embed_dataset(model, dataset, device=str(device), progress=False, max_items=self.config.val_max)
+        metrics = retrieval_metrics(emb.image_embeds, emb.text_embeds, ks=(1, 5))
+        out = {f"{direction}/{key}": value for direction in ("image_to_text", "text_to_image")
+               for key, value in metrics[direction].items() if key.startswith("R@")}
+        routing = routing_report(emb, model.num_experts)
+        if "agreement" in routing:
+            out["routing/agreement"] = routing["agreement"]
+            out["routing/agreement_identity"] = routing["agreement_identity"]
+        return out
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Weight decay on matrices and kernels only; none on biases, norms and the temperature."""
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 and "logit_scale" not in name else no_decay).append(p)
+        return [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
+    def export(self, model: nn.Module, directory: str | os.PathLike) -> None:
+        model.save_pretrained(directory)

@@ -1,0 +1,161 @@
+"""`medmoe align`: train, evaluate and embed with MedMoE image-report alignment models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _json_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    """``["num_experts=1", "backbone.window_size=2"]`` -> nested dict (values parsed as JSON when possible)."""
+    from medmoe.errors import InvalidInputError
+
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--set {pair!r}: expected KEY=VALUE, e.g. num_experts=1")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _json_value(value)
+    return out
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("align", help="MedMoE image-report alignment: train, eval, embed")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    group = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND")
+    _add_train(group)
+    _add_eval(group)
+    _add_embed(group)
+
+
+def _add_train(group: argparse._SubParsersAction) -> None:
+    from medmoe.train import add_training_arguments
+
+    train = group.add_parser("train", help="train a MedMoE model (single process or torchrun DDP)")
+    g = train.add_argument_group("alignment")
+    g.add_argument("--data", required=True, metavar="MANIFEST", help="training manifest (.csv / .jsonl)")
+    g.add_argument("--model", default="medmoe-nano", help="registered model name or a saved model directory")
+    g.add_argument("--split", default="train", help="training rows (default train)")
+    g.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
+    g.add_argument("--num-experts", type=int, default=None, help="override the model's num_experts")
+    g.add_argument("--route-by", choices=("text", "image", "label"), default=None,
+                   help="override the model's training route")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", dest="set_fields",
+                   help="override any model config field, e.g. --set balance_loss_weight=0.1 (repeatable)")
+    g.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    g.add_argument("--random-text", action="store_true", help="random text-encoder weights (no pretrained load)")
+    g.add_argument("--val-data", default=None, metavar="MANIFEST", help="validation manifest (retrieval, routing)")
+    g.add_argument("--val-split", default="val")
+    g.add_argument("--val-max", type=int, default=256, help="validation pairs at most")
+    add_training_arguments(train)
+    train.set_defaults(func=run_train)
+
+
+def _add_eval(group: argparse._SubParsersAction) -> None:
+    ev = group.add_parser("eval", help="retrieval, zero-shot, linear probe and routing metrics + figures")
+    ev.add_argument("--model", required=True, help="saved model directory (or a registered name, untrained)")
+    ev.add_argument("--data", required=True, metavar="MANIFEST")
+    ev.add_argument("--out", required=True, help="metrics JSON; figures go to <out stem>_figures/")
+    ev.add_argument("--split", default="test", help="rows to evaluate (all rows if the manifest has no splits)")
+    ev.add_argument("--probe-split", default="train", help="linear-probe training rows ('' to skip)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--workers", type=int, default=0)
+    ev.add_argument("--max-items", type=int, default=None, help="evaluate at most N rows (quick checks)")
+    ev.add_argument("--no-figures", action="store_true")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=run_eval)
+
+
+def _add_embed(group: argparse._SubParsersAction) -> None:
+    em = group.add_parser("embed", help="write image and report embeddings of a manifest to .npz")
+    em.add_argument("--model", required=True, help="saved model directory (or a registered name)")
+    em.add_argument("--data", required=True, metavar="MANIFEST")
+    em.add_argument("--out", required=True, help="output .npz")
+    em.add_argument("--split", default=None, help="only rows of this split (default: all)")
+    em.add_argument("--batch-size", type=int, default=32)
+    em.add_argument("--device", default="cpu")
+    em.add_argument("--workers", type=int, default=0)
+    em.add_argument("--no-progress", action="store_true")
+    em.set_defaults(func=run_embed)
+
+
+def _load(name_or_dir: str, device: str):
+    from pathlib import Path
+
+    import medmoe
+
+    if Path(name_or_dir).is_dir():
+        return medmoe.load_model(name_or_dir, device=device)
+    return medmoe.create_model(name_or_dir).to(device).eval()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from medmoe.align.task import AlignTask, AlignTaskConfig
+    from medmoe.train import is_main, run_training
+
+    overrides = _overrides(args.set_fields)
+    if args.num_experts is not None:
+        overrides["num_experts"] = args.num_experts
+    if args.route_by is not None:
+        overrides["route_by"] = args.route_by
+    config = AlignTaskConfig(
+        data=args.data, model=args.model, overrides=overrides, split=args.split or None, image_size=args.image_size,
+        augment=not args.no_augment, seed=args.seed, pretrained=not args.random_text, val_data=args.val_data,
+        val_split=args.val_split, val_max=args.val_max,
+    )
+    result = run_training(AlignTask(config), args)
+    if is_main():
+        losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.final_losses.items()))
+        print(f"trained {result.steps} steps ({result.samples_per_s:.1f} samples/s); {losses}")
+        if result.validation:
+            print("validation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.validation.items())))
+        print(f"bad samples skipped: {result.bad_samples}")
+        print(f"model: {result.model_dir}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from medmoe.align.evaluate import evaluate
+
+    model = _load(args.model, args.device)
+    metrics = evaluate(
+        model, args.data, split=args.split or None, out=args.out, probe_split=args.probe_split or None,
+        batch_size=args.batch_size, device=args.device, workers=args.workers, figures=not args.no_figures,
+        max_items=args.max_items, progress=not args.no_progress,
+    )
+    r = metrics["retrieval"]
+    print(f"{metrics['n']} pairs ({metrics['bad_samples']} bad skipped)")
+    for direction in ("image_to_text", "text_to_image"):
+        d = r[direction]
+        print(f"{direction}: R@1 {d['R@1']:.3f}  R@5 {d['R@5']:.3f}  R@10 {d['R@10']:.3f}  "
+              f"median rank {d['median_rank']:.0f}")
+    routing = metrics["routing"]
+    if "agreement" in routing:
+        print(f"image router vs modality: agreement {routing['agreement']:.3f} "
+              f"(identity {routing['agreement_identity']:.3f}) on {routing['n_labelled']} images")
+    print(f"metrics: {args.out}")
+    for figure in metrics.get("figures", []):
+        print(f"figure: {figure}")
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from medmoe.align.embed import embed_manifest
+
+    model = _load(args.model, args.device)
+    path = embed_manifest(model, args.data, args.out, split=args.split, batch_size=args.batch_size,
+                          device=args.device, workers=args.workers, progress=not args.no_progress)
+    print(f"embeddings: {path}")
+    return 0

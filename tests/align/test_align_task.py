@@ -1,0 +1,110 @@
+"""The alignment task on the shared trainer: training, bad samples, exact resume, the CLI."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from align_tiny import TINY, write_tiny_manifest
+
+from medmoe.align.task import AlignTask, AlignTaskConfig
+from medmoe.cli.main import main as cli
+from medmoe.train import add_training_arguments, run_training
+from medmoe.train.logs import read_metrics
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return write_tiny_manifest(tmp_path_factory.mktemp("data"))
+
+
+class CrashingTask(AlignTask):
+    def __init__(self, config, crash_at_call=None):
+        super().__init__(config)
+        self.crash_at_call, self.calls = crash_at_call, 0
+
+    def training_step(self, model, batch):
+        self.calls += 1
+        if self.calls == self.crash_at_call:
+            raise RuntimeError("simulated crash")
+        return super().training_step(model, batch)
+
+
+def task_config(manifest, **kw):
+    return AlignTaskConfig(data=str(manifest), model="medmoe-nano", overrides=dict(TINY), **kw)
+
+
+def args_for(out, *extra):
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    base = ["--out", str(out), "--device", "cpu", "--workers", "0", "--no-progress", "--batch-size", "4",
+            "--lr", "2e-3", "--warmup-steps", "1", "--log-every", "1"]
+    return parser.parse_args(base + list(extra))
+
+
+def logged_losses(run_dir):
+    return {row["step"]: {k: v for k, v in row.items() if k.endswith("loss")}
+            for row in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in row}
+
+
+def test_collate_reports_bad_samples_and_refills_the_batch(manifest):
+    task = AlignTask(task_config(manifest))
+    dataset = task.train_dataset()
+    bad_index = len(dataset) - 1
+    batch = task.collate([dataset[0], dataset[1], dataset[bad_index], dataset[2]])
+    assert batch["images"].shape == (4, 3, 64, 64)
+    assert [b.path.endswith("broken.png") for b in batch["bad"]] == [True]
+    assert len(set(batch["index"].tolist())) == 4 and bad_index not in batch["index"].tolist()
+    again = task.collate([dataset[0], dataset[1], dataset[bad_index], dataset[2]])
+    assert torch.equal(batch["index"], again["index"])  # deterministic refill
+
+
+@pytest.mark.timeout(120)
+def test_kill_after_checkpoint_and_resume_gives_the_same_next_losses(manifest, tmp_path):
+    flags = ("--steps", "8", "--ckpt-every", "3")
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    run_training(CrashingTask(task_config(manifest)), args_for(ref_dir, *flags))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(CrashingTask(task_config(manifest), crash_at_call=5), args_for(run_dir, *flags))
+    result = run_training(CrashingTask(task_config(manifest)), args_for(run_dir, *flags, "--resume", "latest"))
+    assert result.resumed_from.name == "step_0000003.pt"
+    ref, resumed = logged_losses(ref_dir), logged_losses(run_dir)
+    for step in range(4, 9):  # the next 5 logged losses
+        assert resumed[step] == ref[step], step
+    assert set(ref[4]) >= {"train/global_loss", "train/local_loss", "train/distill_loss", "train/loss"}
+    summary = json.loads((ref_dir / "summary.json").read_text())
+    assert summary["bad_samples"] >= 1
+
+
+@pytest.mark.timeout(150)
+def test_cli_train_eval_embed(manifest, tmp_path):
+    run = tmp_path / "run"
+    sets = ["--set", f"text={json.dumps(TINY['text'])}", "--set", f"backbone={json.dumps(TINY['backbone'])}"]
+    sets += [x for k in ("local_dim", "embed_dim", "scale_hidden", "router_hidden") for x in ("--set", f"{k}={TINY[k]}")]
+    code = cli(["align", "train", "--data", str(manifest), "--out", str(run), "--steps", "3", "--batch-size", "4",
+                "--device", "cpu", "--workers", "0", "--no-progress", "--val-data", str(manifest), "--eval-every", "3",
+                *sets])
+    assert code == 0
+    rows = list(read_metrics(run / "metrics.jsonl"))
+    assert any("val/text_to_image/R@1" in r for r in rows)
+    assert any("train/route/usage/0" in r for r in rows)
+    out = tmp_path / "eval" / "metrics.json"
+    assert cli(["align", "eval", "--model", str(run / "model"), "--data", str(manifest), "--out", str(out),
+                "--no-progress"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 2 and set(metrics["retrieval"]) == {"n", "image_to_text", "text_to_image"}
+    assert {"R@1", "R@5", "R@10", "mean_rank", "median_rank", "P@1"} <= set(metrics["retrieval"]["text_to_image"])
+    assert metrics["routing"]["n_labelled"] == 2 and len(metrics["routing"]["confusion"]) == 6
+    assert {"1%", "10%", "100%"} == set(metrics["linear_probe"]["modality"])
+    assert "modality" in metrics["zero_shot"]
+    figures = {p.rsplit("/", 1)[-1] for p in metrics["figures"]}
+    assert figures == {"routing_confusion.png", "attention_maps.png"}
+    assert all((out.parent / "metrics_figures" / f).stat().st_size > 1000 for f in figures)
+    npz = tmp_path / "emb.npz"
+    assert cli(["align", "embed", "--model", str(run / "model"), "--data", str(manifest), "--out", str(npz),
+                "--split", "train", "--no-progress"]) == 0
+    with np.load(npz) as data:
+        assert data["image_embeds"].shape == (12, 24) and data["text_embeds"].shape == (12, 24)
+        assert np.allclose(np.linalg.norm(data["image_embeds"], axis=1), 1, atol=1e-5)
+        assert data["paths"].shape == (12,) and data["expert_index"].shape == (12,)
