@@ -11,6 +11,8 @@ library code (align/, seg/) imports only this module.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -23,13 +25,18 @@ def is_distributed() -> bool:
 
 
 def world_size() -> int:
-    """Number of ranks (1 when not distributed)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """Number of ranks: the process group's, else torchrun's ``WORLD_SIZE``, else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE") or 1)
 
 
 def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: the process group's, else torchrun's ``RANK`` (also before the group is set up
+    and after it is destroyed, e.g. once ``run_training`` returned), else 0."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK") or 0)
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from train_toy_task import ToyTask
 
 from medmoe.distributed import gather_with_grad
-from medmoe.train import TrainingInterrupted, add_training_arguments, run_training
+from medmoe.train import TrainingInterrupted, add_training_arguments, is_main, run_training
 
 BAD = (3, 17, 25, 40, 44)
 
@@ -82,8 +82,9 @@ def main(out_dir: str) -> None:
         "interrupted_at": interrupted_at,
         "resumed_from": str(resumed.resumed_from),
     }
-    (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
+    report["is_main_after_teardown"] = is_main()  # what a CLI handler asks once run_training returned
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":

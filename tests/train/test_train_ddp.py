@@ -46,3 +46,4 @@ def test_two_process_training_with_an_expert_idle_on_one_rank(tmp_path):
     full = [row["train/loss"] for row in read_metrics(tmp_path / "full" / "metrics.jsonl")]
     resumed = [row["train/loss"] for row in read_metrics(tmp_path / "resumed" / "metrics.jsonl")]
     assert len(full) == 10 and resumed == full
+    assert (r0["is_main_after_teardown"], r1["is_main_after_teardown"]) == (True, False)
