@@ -66,3 +66,16 @@ def write_tiny_manifest(root, n_per_modality: int = 8, bad: bool = True):
     path = root / "manifest.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def ddp_model():
+    """The model of the DDP test: no BatchNorm (per-sample outputs), eval mode (no dropout / jitter), a
+    learnable temperature; identical weights on every rank."""
+    model = tiny_model(refine_depth=0, learn_logit_scale=True, logit_scale=5.0)
+    return model.eval()
+
+
+def ddp_batch():
+    g = torch.Generator().manual_seed(7)
+    images = torch.randn(8, 3, 64, 64, generator=g)
+    return images, [REPORTS[i % len(REPORTS)] + f" Item {i}." for i in range(8)]
