@@ -166,6 +166,10 @@ class MoME(nn.Module, PretrainedMixin):
             raise InvalidInputError(
                 f"volume spatial size {tuple(volume.shape[2:])} must be multiples of 32 (SwinUNETR downsamples 5 "
                 f"times); pad it or use sliding_window_inference with roi_size={tuple(self.config.roi_size)}")
+        if self.config.norm == "instance" and all(s == 32 for s in volume.shape[2:]):
+            raise InvalidInputError(
+                f"volume {tuple(volume.shape[2:])} leaves a single bottleneck voxel, which instance norm cannot "
+                "normalise; use at least 64 voxels along one axis (or a model with norm='group')")
 
     def _text(self, prompts: list[str] | None, text_emb: Tensor | None, like: Tensor) -> Tensor:
         if (prompts is None) == (text_emb is None):
@@ -214,6 +218,12 @@ class MoME(nn.Module, PretrainedMixin):
             out["gates"] = gates
         return out
 
-    def forward(self, volume: Tensor, prompts: list[str] | None = None, *, text_emb: Tensor | None = None) -> Tensor:
-        """(B, K, D, H, W) logits of K prompted classes (sigmoid -> probability). See :meth:`forward_outputs`."""
-        return self.forward_outputs(volume, prompts, text_emb=text_emb)["logits"]
+    def forward(self, volume: Tensor, prompts: list[str] | None = None, *, text_emb: Tensor | None = None,
+                return_dict: bool = False) -> Tensor | dict[str, Tensor]:
+        """(B, K, D, H, W) logits of K prompted classes (sigmoid -> probability).
+
+        ``return_dict=True`` gives :meth:`forward_outputs`' dict instead (a trainer calls the DDP-wrapped
+        model this way so that gradients synchronise).
+        """
+        out = self.forward_outputs(volume, prompts, text_emb=text_emb)
+        return out if return_dict else out["logits"]

@@ -1,0 +1,60 @@
+"""Partial-label loss: sigmoid BCE + soft Dice counted only on the classes a sample's dataset annotates."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medmoe.errors import InvalidInputError
+
+
+def _check(logits: Tensor, target: Tensor, label_mask: Tensor) -> None:
+    if logits.ndim < 3:
+        raise InvalidInputError(f"logits must be (B, K, *spatial), got {tuple(logits.shape)}")
+    if target.shape != logits.shape:
+        raise InvalidInputError(f"target {tuple(target.shape)} and logits {tuple(logits.shape)} differ in shape")
+    if label_mask.shape != logits.shape[:2]:
+        raise InvalidInputError(f"label_mask must be (B, K) = {tuple(logits.shape[:2])}, got {tuple(label_mask.shape)}")
+
+
+def per_class_losses(logits: Tensor, target: Tensor, *, smooth: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(B, K) BCE (mean over voxels) and (B, K) soft Dice loss ``1 - (2|PT| + s) / (|P| + |T| + s)``, in fp32.
+
+    ``smooth`` = 1 (as the Universal Model) makes a labelled-but-absent class push its prediction to 0
+    instead of giving an undefined ratio.
+    """
+    logits = logits.float().flatten(2)
+    target = target.float().flatten(2)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=2)
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum(dim=2)
+    dice = 1.0 - (2.0 * inter + smooth) / (prob.sum(dim=2) + target.sum(dim=2) + smooth)
+    return bce, dice
+
+
+def partial_label_loss(logits: Tensor, target: Tensor, label_mask: Tensor, *, bce_weight: float = 1.0,
+                       dice_weight: float = 1.0, smooth: float = 1.0) -> dict[str, Tensor]:
+    """BCE + Dice averaged over the (sample, class) pairs whose class the sample's dataset labels.
+
+    A class outside ``label_mask`` contributes neither loss nor gradient: its voxels may hold that organ
+    unlabelled (a liver in a kidney dataset), so "0" there is not a negative.
+
+    Args:
+        logits: (B, K, *spatial).
+        target: (B, K, *spatial) multi-hot {0, 1}.
+        label_mask: (B, K) bool.
+        bce_weight, dice_weight: term weights.
+
+    Returns:
+        ``{"bce_loss": (), "dice_loss": ()}``, weighted; both 0 (keeping the graph) when nothing is labelled.
+    """
+    _check(logits, target, label_mask)
+    mask = label_mask.to(device=logits.device, dtype=torch.float32)
+    bce, dice = per_class_losses(logits, target, smooth=smooth)
+    count = mask.sum()
+    if count == 0:
+        zero = logits.sum() * 0.0
+        return {"bce_loss": zero, "dice_loss": zero.clone()}
+    return {"bce_loss": bce_weight * (bce * mask).sum() / count,
+            "dice_loss": dice_weight * (dice * mask).sum() / count}

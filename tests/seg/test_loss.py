@@ -1,0 +1,86 @@
+"""Partial-label BCE + Dice."""
+
+import pytest
+import torch
+
+from medmoe.errors import InvalidInputError
+from medmoe.seg.loss import partial_label_loss, per_class_losses
+
+
+def _batch(seed=0, b=2, k=3, size=(4, 5, 6)):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, k, *size, generator=g, requires_grad=True)
+    target = (torch.rand(b, k, *size, generator=g) > 0.6).float()
+    return logits, target
+
+
+def test_unlabelled_classes_get_no_gradient():
+    logits, target = _batch()
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    losses = partial_label_loss(logits, target, mask)
+    (losses["bce_loss"] + losses["dice_loss"]).backward()
+    grad = logits.grad.flatten(2).abs().sum(2)
+    assert (grad[~mask] == 0).all()
+    assert (grad[mask] > 0).all()
+
+
+def test_unlabelled_targets_do_not_change_the_loss():
+    logits, target = _batch()
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    other = target.clone()
+    other[0, 1] = 1 - other[0, 1]
+    other[1, 2] = 1.0
+    a = partial_label_loss(logits, target, mask)
+    b = partial_label_loss(logits, other, mask)
+    assert torch.equal(a["bce_loss"], b["bce_loss"]) and torch.equal(a["dice_loss"], b["dice_loss"])
+    c = partial_label_loss(logits, other, torch.ones(2, 3, dtype=torch.bool))
+    assert not torch.equal(a["dice_loss"], c["dice_loss"])
+
+
+def test_values_against_hand_computation():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0]]])  # sigmoid = 0.5
+    target = torch.tensor([[[1.0, 1.0, 0.0, 0.0]]])
+    bce, dice = per_class_losses(logits, target, smooth=1.0)
+    assert bce.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    assert dice.item() == pytest.approx(1 - (2 * 1.0 + 1) / (2.0 + 2.0 + 1))
+    losses = partial_label_loss(logits, target, torch.tensor([[True]]), bce_weight=2.0, dice_weight=0.5)
+    assert losses["bce_loss"].item() == pytest.approx(2 * bce.item())
+    assert losses["dice_loss"].item() == pytest.approx(0.5 * dice.item())
+
+
+def test_confident_correct_prediction_has_small_loss():
+    _, target = _batch()
+    logits = (target * 2 - 1) * 20
+    losses = partial_label_loss(logits, target, torch.ones(2, 3, dtype=torch.bool))
+    assert losses["bce_loss"] < 1e-6 and losses["dice_loss"] < 1e-3
+
+
+def test_absent_labelled_class_pushes_prediction_down():
+    logits = torch.full((1, 1, 8), 2.0, requires_grad=True)
+    losses = partial_label_loss(logits, torch.zeros(1, 1, 8), torch.tensor([[True]]))
+    (losses["bce_loss"] + losses["dice_loss"]).backward()
+    assert (logits.grad > 0).all()
+
+
+def test_nothing_labelled_gives_zero_with_graph():
+    logits, target = _batch()
+    losses = partial_label_loss(logits, target, torch.zeros(2, 3, dtype=torch.bool))
+    assert losses["bce_loss"].item() == 0 and losses["dice_loss"].item() == 0
+    (losses["bce_loss"] + losses["dice_loss"]).backward()
+    assert logits.grad is not None and (logits.grad == 0).all()
+
+
+def test_half_precision_logits_are_computed_in_fp32():
+    logits, target = _batch()
+    losses = partial_label_loss(logits.detach().to(torch.bfloat16), target, torch.ones(2, 3, dtype=torch.bool))
+    assert losses["bce_loss"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("target_shape, mask_shape, match", [
+    ((2, 3, 4, 5), (2, 3), "differ in shape"),
+    ((2, 3, 4, 5, 6), (3, 2), "label_mask must be"),
+])
+def test_shape_errors(target_shape, mask_shape, match):
+    logits = torch.zeros(2, 3, 4, 5, 6)
+    with pytest.raises(InvalidInputError, match=match):
+        partial_label_loss(logits, torch.zeros(target_shape), torch.ones(mask_shape, dtype=torch.bool))

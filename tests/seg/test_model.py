@@ -1,0 +1,202 @@
+"""MoME model: shapes, batching without per-class loops, prompts, sliding window, errors, save/load."""
+
+import logging
+
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+
+import medmoe
+from medmoe.errors import InvalidInputError
+from medmoe.seg.heads import DynamicHeads
+from medmoe.seg.model import MoME
+from medmoe.seg.router import ScaleRouter, gate_balance_loss
+
+BTCV13 = ["spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+          "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right",
+          "adrenal_gland_left"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return medmoe.create_model("mome-nano", text={"model": "tiny-bert"}).eval()
+
+
+def _volume(*size, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, *size, generator=g)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("k", [1, 3, 13])
+@pytest.mark.parametrize("size", [(32, 32, 32), (32, 64, 32)])
+def test_output_shapes(model, k, size):
+    with torch.no_grad():
+        out = model.forward_outputs(_volume(*size, batch=2), BTCV13[:k], return_gates=True)
+    assert out["logits"].shape == (2, k, *size)
+    assert out["gates"].shape == (2, k, 5, *size)
+    assert torch.allclose(out["gates"].sum(2), torch.ones(()), atol=1e-5)
+    assert out["gate_usage"].shape == (5,) and abs(float(out["gate_usage"].sum()) - 1) < 1e-5
+    assert torch.isfinite(out["logits"]).all()
+
+
+def test_half_resolution_fusion_shapes():
+    torch.manual_seed(0)
+    half = medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, fusion_scale=2).eval()
+    with torch.no_grad():
+        out = half.forward_outputs(_volume(32, 32, 64), ["liver", "spleen"], return_gates=True)
+    assert out["logits"].shape == (1, 2, 32, 32, 64)
+    assert out["gates"].shape == (1, 2, 5, 16, 16, 32)
+
+
+def test_class_output_does_not_depend_on_other_prompts(model):
+    """All K heads run as one grouped op: a class's mask is the same alone or among 13 prompts."""
+    x = _volume(32, 32, 32)
+    with torch.no_grad():
+        alone = model(x, ["liver"])
+        among = model(x, BTCV13)
+        reordered = model(x, ["aorta", "liver", "spleen"])
+    liver = BTCV13.index("liver")
+    torch.testing.assert_close(among[:, liver], alone[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reordered[:, 1], alone[:, 0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(among[:, 0], among[:, liver])  # different prompts -> different masks
+
+
+def test_sample_output_does_not_depend_on_batch(model):
+    a, b = _volume(32, 32, 32, seed=1), _volume(32, 32, 32, seed=2)
+    with torch.no_grad():
+        alone = model(a, ["liver"])
+        batched = model(torch.cat([a, b]), ["liver"])
+    torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_dynamic_heads_match_per_class_convolutions():
+    """The batched matmul equals running each (sample, class) head as its own three 1x1x1 convs."""
+    torch.manual_seed(0)
+    heads = DynamicHeads(bottleneck_channels=32, text_dim=12, in_channels=8, hidden=8, proj_dim=16)
+    assert heads.num_params == 153  # the Universal Model's head: 8*8+8 + 8*8+8 + 8+1
+    bottleneck, text = torch.randn(2, 32, 2, 2, 2), torch.randn(3, 12)
+    feats = torch.randn(2, 3, 8, 4, 5, 6)
+    params = heads.head_params(bottleneck, text)
+    out = heads(feats, params)
+    for b in range(2):
+        for k in range(3):
+            p, x = params[b, k], feats[b, k][None]
+            w1, b1 = p[:64].view(8, 8, 1, 1, 1), p[64:72]
+            w2, b2 = p[72:136].view(8, 8, 1, 1, 1), p[136:144]
+            w3, b3 = p[144:152].view(1, 8, 1, 1, 1), p[152:153]
+            ref = torch.nn.functional.conv3d(x, w1, b1).relu()
+            ref = torch.nn.functional.conv3d(ref, w2, b2).relu()
+            ref = torch.nn.functional.conv3d(ref, w3, b3)
+            torch.testing.assert_close(out[b, k], ref[0, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_router_softmax_is_fp32_and_balance_loss_bounds():
+    torch.manual_seed(0)
+    router = ScaleRouter(voxel_channels=4, text_dim=6, num_scales=5, dim=8).to(torch.bfloat16)
+    gates = router(torch.randn(1, 4, 3, 3, 3, dtype=torch.bfloat16), torch.randn(2, 6, dtype=torch.bfloat16))
+    assert gates.dtype == torch.float32 and gates.shape == (1, 2, 5, 3, 3, 3)
+    uniform = torch.full((1, 2, 5, 3), 0.2)
+    one_scale = torch.zeros(1, 2, 5, 3)
+    one_scale[:, :, 0] = 1
+    assert gate_balance_loss(uniform).item() == pytest.approx(1.0)
+    assert gate_balance_loss(one_scale).item() == pytest.approx(5.0)
+
+
+def test_sliding_window_equals_single_pass(model):
+    x = _volume(32, 64, 32, seed=3)
+    emb = model.embed_prompts(["liver", "kidney_left", "spleen"])
+    with torch.no_grad():
+        direct = model(x, text_emb=emb)
+        windowed = sliding_window_inference(x, roi_size=(32, 64, 32), sw_batch_size=1, predictor=model,
+                                            overlap=0.5, mode="gaussian", text_emb=emb)
+        tiled = sliding_window_inference(_volume(40, 44, 32), roi_size=(32, 32, 32), sw_batch_size=4,
+                                         predictor=model, overlap=0.25, text_emb=emb)
+    torch.testing.assert_close(windowed, direct, atol=1e-5, rtol=1e-5)
+    assert tiled.shape == (1, 3, 40, 44, 32)
+
+
+def test_prompts_resolve_typos_synonyms_and_cache(model, caplog):
+    cached = model.class_embeddings[model.class_names.index("liver")]
+    emb = model.embed_prompts(["livr", "Liver", "A computerized tomography of a liver", "IVC"])
+    for row in emb[:3]:
+        assert torch.equal(row, cached)
+    assert torch.equal(emb[3], model.class_embeddings[model.class_names.index("inferior_vena_cava")])
+    assert model.resolve_prompts(["right kidny", "heart tumour"]) == ["kidney_right", None]
+    with caplog.at_level(logging.WARNING, logger="medmoe.seg.model"):
+        unseen = model.embed_prompts(["liver", "heart tumour"])
+    assert "heart tumour" in caplog.text and "unseen" in caplog.text
+    assert unseen.shape == (2, model.text_dim)
+    assert torch.equal(unseen[0], cached) and not torch.allclose(unseen[1], cached)
+    with torch.no_grad():
+        assert model(_volume(32, 32, 32), ["heart tumour"]).shape == (1, 1, 32, 32, 32)
+
+
+@pytest.mark.parametrize("volume, prompts, match", [
+    (torch.zeros(1, 1, 32, 32, 32), [], "prompts is empty"),
+    (torch.zeros(1, 1, 32, 32, 32), "liver", "list of strings"),
+    (torch.zeros(1, 1, 32, 32, 32), ["liver", " "], "non-empty strings"),
+    (torch.zeros(64, 64), ["liver"], "must be 5-D"),
+    (torch.zeros(1, 64, 64), ["liver"], "must be 5-D"),
+    (torch.zeros(1, 32, 32, 32), ["liver"], "must be 5-D"),
+    (torch.zeros(1, 3, 32, 32, 32), ["liver"], "3 channels, expected 1"),
+    (torch.zeros(1, 1, 32, 40, 32), ["liver"], "multiples of 32"),
+])
+def test_invalid_inputs_raise_clear_errors(model, volume, prompts, match):
+    with pytest.raises(InvalidInputError, match=match):
+        model(volume, prompts)
+
+
+def test_text_argument_errors(model):
+    x = torch.zeros(1, 1, 32, 32, 32)
+    with pytest.raises(InvalidInputError, match="exactly one of"):
+        model(x)
+    with pytest.raises(InvalidInputError, match="exactly one of"):
+        model(x, ["liver"], text_emb=model.embed_prompts(["liver"]))
+    with pytest.raises(InvalidInputError, match=r"text_emb must be \(K, 32\)"):
+        model(x, text_emb=torch.zeros(2, 7))
+
+
+def test_config_errors():
+    with pytest.raises(InvalidInputError, match="fusion_scale"):
+        medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, fusion_scale=3)
+    with pytest.raises(InvalidInputError, match="not class template names"):
+        medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, classes=["liver", "unicorn"])
+    with pytest.raises(InvalidInputError, match="multiple of 12"):
+        medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, feature_size=10)
+
+
+def test_training_step_reaches_every_trainable_parameter():
+    torch.manual_seed(0)
+    m = medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, classes=["liver", "spleen", "aorta"]).train()
+    assert m.class_names == ("liver", "spleen", "aorta") and m.config.classes == ("liver", "spleen", "aorta")
+    out = m(_volume(32, 32, 32, batch=2), ["liver", "spleen"], return_dict=True)
+    (out["logits"].square().mean() + out["balance_loss"]).backward()
+    trainable = {n: p for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith("text.") for n in trainable)  # frozen text tower
+    missing = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_save_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path / "mome")
+    loaded = medmoe.load_model(tmp_path / "mome")
+    assert isinstance(loaded, MoME) and loaded.class_names == model.class_names
+    x = _volume(32, 32, 32, seed=5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, ["liver", "kidney tumor"]), model(x, ["liver", "kidney tumor"]))
+    assert torch.equal(loaded.embed_prompts(["heart tumour"]), model.embed_prompts(["heart tumour"]))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_paper_scale_model_builds_and_runs():
+    m = medmoe.create_model("mome-swinunetr", text={"model": "tiny-bert"}).eval()
+    assert m.backbone.channels == [384, 192, 96, 48, 48] and m.backbone.bottleneck_channels == 768
+    n_backbone = sum(p.numel() for p in m.backbone.parameters())
+    assert 62_000_000 < n_backbone < 62_300_000  # MONAI SwinUNETR(feature_size=48) minus its 48->1 out conv
+    with pytest.raises(InvalidInputError, match="single bottleneck voxel"):
+        m(torch.zeros(1, 1, 32, 32, 32), ["liver"])
+    with torch.no_grad():
+        assert m(torch.zeros(1, 1, 32, 32, 64), ["liver", "spleen"]).shape == (1, 2, 32, 32, 64)
