@@ -274,7 +274,7 @@ def _roco_tree(root: Path) -> None:
         (folder / "dlinks.txt").write_text("".join(
             f"{rid}\twget -r ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/69/93/{pmc}.tar.gz -P /path/to/Dir\t{name}\n"
             for rid, pmc, name, _ in entries))
-        for rid, pmc, name, caption in entries:
+        for _, pmc, name, caption in entries:
             if "never downloaded" not in caption:
                 _jpg(folder / "images" / f"{pmc}_{name}")
         (root / "data" / split / "non-radiology").mkdir(parents=True)

@@ -1,0 +1,193 @@
+"""Shards: writing, reading back the same items, splitting across ranks and workers exactly once."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from data_helpers import make_manifest
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from medmoe.cli.main import main
+from medmoe.data import shards as shards_module
+from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report
+from medmoe.data.manifest import ManifestRow, read_manifest
+from medmoe.data.shards import ShardDataset, write_shards
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    path, _ = make_manifest(tmp_path / "src", n=10)
+    result = write_shards(path, tmp_path / "shards", per_shard=3)
+    return path, tmp_path / "shards", result
+
+
+def test_write_shards_layout(sharded):
+    _, out, result = sharded
+    assert [Path(s).name for s in result.shards] == [f"shard-{i:06d}.tar" for i in range(4)]
+    assert result.samples == 10 and result.bad == []
+    index = json.loads((out / "index.json").read_text())
+    assert [s["count"] for s in index["shards"]] == [3, 3, 3, 1]
+    with tarfile.open(out / "shard-000000.tar") as tar:
+        names = tar.getnames()
+        meta = json.loads(tar.extractfile("000000001.json").read())
+    assert names[:3] == ["000000000.png", "000000000.txt", "000000000.json"]
+    assert meta["index"] == 1 and meta["modality"] == "CT" and meta["labels"] == ["label1"]
+    assert not list(out.glob("*.tmp"))
+
+
+def test_shard_items_match_manifest_items(sharded):
+    manifest, out, _ = sharded
+    from_manifest = ImageReportDataset(manifest, image_size=32)
+    from_shards = {item["index"]: item for item in ShardDataset(out, image_size=32)}
+    assert sorted(from_shards) == list(range(10))
+    for i in range(10):
+        a, b = from_manifest[i], from_shards[i]
+        # PNG shards hold the reader's output at 8 bits: the source PNGs are 8-bit, so pixels are equal
+        assert torch.allclose(a["image"], b["image"], atol=1e-5)
+        assert (a["report"], a["modality"], a["labels"]) == (b["report"], b["modality"], b["labels"])
+        assert b["path"] == a["path"]
+
+
+def test_shard_split_filter_and_training_determinism(sharded):
+    _, out, _ = sharded
+    assert sorted(item["index"] for item in ShardDataset(out, split="train")) == [0, 3, 6, 9]
+    a = ShardDataset(out, image_size=24, train=True, seed=5)
+    b = ShardDataset(out, image_size=24, train=True, seed=5)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    first = {i["index"]: i["image"] for i in a}
+    second = {i["index"]: i["image"] for i in b}
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    b.set_epoch(3)
+    # training shuffles the shard order by (seed, epoch); evaluation keeps the sorted order
+    assert sorted(a.epoch_shards()) == sorted(b.epoch_shards()) == ShardDataset(out).epoch_shards()
+    orders = set()
+    for epoch in range(8):
+        probe = ShardDataset(out, train=True, seed=5)
+        probe.set_epoch(epoch)
+        assert probe.epoch_shards() == probe.epoch_shards()
+        orders.add(tuple(probe.epoch_shards()))
+    assert len(orders) > 1
+    third = {i["index"]: i["image"] for i in b}
+    assert not all(torch.allclose(first[k], third[k]) for k in first)
+
+
+@pytest.mark.parametrize(("world", "workers"), [(1, 1), (2, 1), (2, 2), (3, 2), (4, 3)])
+def test_rank_and_worker_split_covers_every_sample_once(sharded, monkeypatch, world, workers):
+    _, out, _ = sharded  # 4 shards: (4, 3) = 12 readers exercises the per-sample stride fallback
+    ds = ShardDataset(out, image_size=8, train=True, seed=1)
+    ds.set_epoch(1)
+    seen = []
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        for worker in range(workers):
+            info = SimpleNamespace(id=worker, num_workers=workers)
+            monkeypatch.setattr(shards_module, "get_worker_info", lambda info=info: info)
+            seen += [item["index"] for item in ds]
+    assert sorted(seen) == list(range(10))
+
+
+@pytest.mark.timeout(180)
+def test_real_dataloader_workers_split_shards(sharded):
+    _, out, _ = sharded
+    loader = DataLoader(ShardDataset(out, image_size=16), batch_size=4, num_workers=2, collate_fn=collate_image_report)
+    seen = [int(i) for batch in loader for i in batch["index"]]
+    assert sorted(seen) == list(range(10))
+
+
+def test_bad_rows_are_skipped_when_writing_and_bad_members_when_reading(tmp_path):
+    path, _ = make_manifest(tmp_path / "src", n=3)
+    rows = read_manifest(path) + [ManifestRow(image=str(tmp_path / "gone.png"), report="x")]
+    result = write_shards(rows, tmp_path / "out", per_shard=10)
+    assert result.samples == 3 and [b.path for b in result.bad] == [str(tmp_path / "gone.png")]
+    # a foreign shard: jpg + txt + cls, one sample with a corrupt image, one without text
+    shard = tmp_path / "foreign" / "part-0.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for name, data in [
+            ("a.jpg", _jpeg(60)), ("a.txt", b"Left effusion."), ("a.cls", b"2"),
+            ("b.jpg", b"\xff\xd8\xff broken"), ("b.txt", b"Broken image."),
+            ("c.png", _png(10)), ("c.txt", b""),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    items = list(ShardDataset(shard, image_size=16))
+    good = [i for i in items if not isinstance(i, BadSample)]
+    bad = [i for i in items if isinstance(i, BadSample)]
+    assert [g["labels"] for g in good] == [["2"]] and good[0]["report"] == "Left effusion."
+    assert sorted(b.reason.split(":")[0] for b in bad) == ["CorruptFileError", "empty report after cleaning"]
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(os.urandom(3000))
+    (only,) = list(ShardDataset(garbage))
+    assert isinstance(only, BadSample) and "unreadable tar shard" in only.reason
+
+
+def _jpeg(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_cli_shard(tmp_path, capsys):
+    path, _ = make_manifest(tmp_path / "src", n=5)
+    out = tmp_path / "out"
+    argv = ["data", "shard", str(path), "--out", str(out), "--per-shard", "2", "--split", "train", "--format", "jpg",
+            "--max-size", "16", "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report == {"out": str(out), "shards": 1, "samples": 2, "bad": 0}
+    with tarfile.open(out / "shard-000000.tar") as tar:
+        image = Image.open(io.BytesIO(tar.extractfile("000000000.jpg").read()))
+        assert max(image.size) == 16
+
+
+WORKER = """
+import json, sys
+import torch.distributed as dist
+from medmoe.data.shards import ShardDataset
+dist.init_process_group("gloo")
+ds = ShardDataset(sys.argv[1], image_size=8)
+indices = [item["index"] for item in ds]
+with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as fh:
+    json.dump(indices, fh)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.ddp
+@pytest.mark.timeout(180)
+def test_two_process_ddp_split(sharded, tmp_path):
+    _, out, _ = sharded
+    worker = tmp_path / "shard_worker.py"
+    worker.write_text(WORKER)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           str(out), str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0 and rank1 and not set(rank0) & set(rank1)
+    assert sorted(rank0 + rank1) == list(range(10))
