@@ -91,14 +91,19 @@ def test_rank_and_worker_split_covers_every_sample_once(sharded, monkeypatch, wo
     ds = ShardDataset(out, image_size=8, train=True, seed=1)
     ds.set_epoch(1)
     seen = []
+    per_rank = []
     for rank in range(world):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", str(world))
+        rank_items = []
         for worker in range(workers):
             info = SimpleNamespace(id=worker, num_workers=workers)
             monkeypatch.setattr(shards_module, "get_worker_info", lambda info=info: info)
-            seen += [item["index"] for item in ds]
+            rank_items += [item["index"] for item in ds]
+        per_rank.append(len(rank_items))
+        seen += rank_items
     assert sorted(seen) == list(range(10))
+    assert min(per_rank) > 0, f"a rank got no samples: {per_rank}"  # an idle rank would hang DDP
 
 
 @pytest.mark.timeout(180)
