@@ -30,19 +30,21 @@ class FundusFindings:
         eye: ``right`` or ``left``.
         haemorrhages: number of retinal haemorrhages (0 for none).
         exudates: number of hard exudates (0 for none).
-        cupping: enlarged optic cup (cup-to-disc ratio above 0.7).
+        cup_ratio: cup-to-disc ratio; cupping (glaucoma suspect) when above 0.6.
     """
 
     eye: str = "right"
     haemorrhages: int = 0
     exudates: int = 0
-    cupping: bool = False
+    cup_ratio: float = 0.35
 
     def __post_init__(self) -> None:
         if self.eye not in EYES:
             raise InvalidInputError(f"eye {self.eye!r} is not one of {EYES}")
         if self.haemorrhages < 0 or self.exudates < 0:
             raise InvalidInputError(f"lesion counts must be >= 0, got {self.haemorrhages}, {self.exudates}")
+        if not 0.05 <= self.cup_ratio <= 0.95:
+            raise InvalidInputError(f"cup-to-disc ratio {self.cup_ratio} is outside [0.05, 0.95]")
 
 
 def _curve_points(points: list[np.ndarray], size: int) -> np.ndarray:
@@ -100,7 +102,7 @@ def render_fundus(findings: FundusFindings, rng: np.random.Generator, size: int 
     """Render a colour fundus photograph that shows ``findings``.
 
     Args:
-        findings: eye, lesion counts and cupping.
+        findings: eye, lesion counts and cup-to-disc ratio.
         rng: random generator; fixes the vessel tree, lesion positions, pigmentation and noise.
         size: output side in pixels.
 
@@ -123,7 +125,6 @@ def render_fundus(findings: FundusFindings, rng: np.random.Generator, size: int 
     rgb = pigment * shade[..., None]
 
     major, minor = _vessel_tree(disc, macula, rng)
-    px = 2.0 / size
     vessels = np.zeros((size, size), np.float32)
     for curves, width in ((major, 1.4), (minor, 0.8)):
         distance = ndimage.distance_transform_edt(~_curve_points(curves, size))
@@ -132,8 +133,7 @@ def render_fundus(findings: FundusFindings, rng: np.random.Generator, size: int 
     rgb = rgb * (1.0 - vessels[..., None] * np.array([0.45, 0.75, 0.7], np.float32))
 
     disc_mask = ellipse(y, x, disc[0], disc[1], disc_r * 1.08, disc_r, edge=0.01)
-    low, high = CUP_RATIO["cupping" if findings.cupping else "normal"]
-    cup_r = disc_r * float(rng.uniform(low, high))
+    cup_r = disc_r * findings.cup_ratio
     cup = ellipse(y, x, disc[0], disc[1] - nasal * 0.1 * disc_r, cup_r * 1.05, cup_r, edge=0.006)
     disc_colour = np.array([0.97, 0.72, 0.45], np.float32)
     cup_colour = np.array([1.0, 0.93, 0.8], np.float32)

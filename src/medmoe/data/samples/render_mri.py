@@ -19,8 +19,14 @@ from medmoe.errors import InvalidInputError
 SEQUENCES = ("t1", "t2")
 SIGNALS = ("hyperintense", "hypointense")
 SIZES = ("small", "large")
-# Mean radius of a mass in normalised units (the head spans about 1.5 of the 2.0 image width).
-MASS_RADIUS = {"small": (0.055, 0.075), "large": (0.13, 0.17)}
+FIELD_OF_VIEW_MM = 240.0
+# Mass diameters of each size class; a gap between them keeps "small" and "large" unambiguous.
+MASS_DIAMETER_MM = {"small": (12.0, 18.0), "large": (30.0, 42.0)}
+
+
+def mass_size_word(diameter_mm: float) -> str:
+    """``small`` or ``large`` for a mass diameter in mm."""
+    return "small" if diameter_mm < 24.0 else "large"
 
 # Tissue intensities per sequence, before bias field and noise.
 _TISSUE = {
@@ -37,21 +43,21 @@ class BrainFindings:
 
     Attributes:
         sequence: ``t1`` or ``t2``.
-        mass: None for a normal brain, else ``(signal, side, size)`` with signal in :data:`SIGNALS`,
-            side ``left``/``right`` (patient's) and size in :data:`SIZES`.
+        mass: None for a normal brain, else ``(signal, side, diameter_mm)`` with signal in
+            :data:`SIGNALS` and side ``left``/``right`` (patient's).
     """
 
     sequence: str = "t1"
-    mass: tuple[str, str, str] | None = None
+    mass: tuple[str, str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.sequence not in SEQUENCES:
             raise InvalidInputError(f"MRI sequence {self.sequence!r} is not one of {SEQUENCES}")
         if self.mass is not None:
-            signal, side, size = self.mass
-            if signal not in SIGNALS or side not in ("left", "right") or size not in SIZES:
+            signal, side, diameter = self.mass
+            if signal not in SIGNALS or side not in ("left", "right") or not 2.0 <= diameter <= 80.0:
                 raise InvalidInputError(
-                    f"mass {self.mass!r} must be (signal in {SIGNALS}, 'left'|'right', size in {SIZES})"
+                    f"mass {self.mass!r} must be (signal in {SIGNALS}, 'left'|'right', diameter 2..80 mm)"
                 )
 
 
@@ -76,7 +82,6 @@ def render_brain_mri(findings: BrainFindings, rng: np.random.Generator, size: in
     skull_inner = ellipse(y, x, cy, 0.0, ry - 0.1, rx - 0.1, edge=0.008)
     brain_r = (ry - 0.12, rx - 0.12)
     rho = np.sqrt(((y - cy) / brain_r[0]) ** 2 + (x / brain_r[1]) ** 2)
-    theta = np.arctan2(y - cy, x)
 
     # Gyral folding: sulci are the zero lines of a smooth random field inside the cortical band, so they
     # wander like real sulci; gyral cores far from a zero line carry white matter out into the cortex.
@@ -89,7 +94,7 @@ def render_brain_mri(findings: BrainFindings, rng: np.random.Generator, size: in
 
     mass = findings.mass
     mass_effect = {"left": 1.0, "right": 1.0}
-    if mass is not None and mass[2] == "large":
+    if mass is not None and mass_size_word(mass[2]) == "large":
         mass_effect[mass[1]] = 0.45
     ventricles = np.zeros_like(y)
     nuclei = np.zeros_like(y)
@@ -108,10 +113,9 @@ def render_brain_mri(findings: BrainFindings, rng: np.random.Generator, size: in
     image = image + brain * (parenchyma - image)
 
     if mass is not None:
-        signal, side, size_word = mass
+        signal, side, diameter = mass
         sign = -1.0 if side == "right" else 1.0
-        low, high = MASS_RADIUS[size_word]
-        radius = float(rng.uniform(low, high))
+        radius = diameter / FIELD_OF_VIEW_MM
         my = cy + float(rng.uniform(-0.45, 0.35)) * brain_r[0]
         mx = sign * float(rng.uniform(0.3, 0.55)) * brain_r[1]
         core = irregular_blob(y, x, my, mx, radius, rng, roughness=0.2, edge=0.01)

@@ -18,8 +18,14 @@ from medmoe.errors import InvalidInputError
 
 LESION_KINDS = ("cyst", "solid_mass", "calcification")
 SIZES = ("small", "large")
-LESION_RADIUS = {"small": (0.06, 0.085), "large": (0.14, 0.19), "calcification": (0.026, 0.036)}
+MM_PER_UNIT = 40.0  # the image is 2 normalised units (80 mm) deep
+LESION_DIAMETER_MM = {"small": (5.0, 7.0), "large": (11.0, 15.0), "calcification": (2.0, 3.0)}
 APEX_Y = -1.08
+
+
+def lesion_size_word(diameter_mm: float) -> str:
+    """``small`` or ``large`` for a cyst or solid mass diameter in mm."""
+    return "small" if diameter_mm < 9.0 else "large"
 
 
 @dataclass(frozen=True)
@@ -27,15 +33,14 @@ class UltrasoundFindings:
     """What a rendered ultrasound image shows.
 
     Attributes:
-        lesion: None (normal), or ``(kind, size)`` with kind in :data:`LESION_KINDS` and size in
-            :data:`SIZES` (ignored for a calcification, which is always a few pixels).
+        lesion: None (normal), or ``(kind, diameter_mm)`` with kind in :data:`LESION_KINDS`.
     """
 
-    lesion: tuple[str, str] | None = None
+    lesion: tuple[str, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.lesion is not None and (self.lesion[0] not in LESION_KINDS or self.lesion[1] not in SIZES):
-            raise InvalidInputError(f"lesion {self.lesion!r} must be (kind in {LESION_KINDS}, size in {SIZES})")
+        if self.lesion is not None and (self.lesion[0] not in LESION_KINDS or not 1.0 <= self.lesion[1] <= 30.0):
+            raise InvalidInputError(f"lesion {self.lesion!r} must be (kind in {LESION_KINDS}, diameter 1..30 mm)")
 
 
 def sector_geometry(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,9 +86,8 @@ def render_ultrasound(findings: UltrasoundFindings, rng: np.random.Generator, si
     # Shadows and enhancement act along the beam: every pixel deeper than the lesion on its scan line.
     beam_gain = np.ones_like(echo)
     if findings.lesion is not None:
-        kind, size_word = findings.lesion
-        low, high = LESION_RADIUS["calcification" if kind == "calcification" else size_word]
-        radius = float(rng.uniform(low, high))
+        kind, diameter = findings.lesion
+        radius = diameter / MM_PER_UNIT / 2.0
         lesion_depth = float(rng.uniform(muscle_end.mean() + radius + 0.05, max_depth - radius - 0.3))
         lesion_angle = float(rng.uniform(-0.55, 0.55)) * (half_angle - radius / lesion_depth)
         cy = APEX_Y + lesion_depth * np.cos(lesion_angle)

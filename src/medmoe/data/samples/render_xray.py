@@ -20,7 +20,7 @@ from medmoe.errors import InvalidInputError
 
 SIDES = ("right", "left")
 ZONES = ("upper", "middle", "lower")
-LESION_KINDS = ("opacity", "nodule", "atelectasis")
+LESION_KINDS = ("opacity", "nodule", "granuloma", "atelectasis")
 OPACITY_PATTERNS = ("patchy", "streaky", "interstitial", "round", "confluent")
 NORMAL_HEART_RATIO = (0.38, 0.47)
 
@@ -37,7 +37,7 @@ class LungLesion:
     """One focal or regional lung finding.
 
     Attributes:
-        kind: ``opacity``, ``nodule`` or ``atelectasis``.
+        kind: ``opacity``, ``nodule``, ``granuloma`` (small calcified nodule) or ``atelectasis``.
         side: ``left`` or ``right`` (patient's side).
         zone: ``upper``, ``middle``, ``lower``, or None for the whole lung (diffuse).
         severity: 0..1; extent and density for opacity, size for a nodule, length for atelectasis.
@@ -158,7 +158,8 @@ def _opacity(
 def _nodule(y: np.ndarray, x: np.ndarray, lung: np.ndarray, t: _Thorax, lesion: LungLesion, rng) -> np.ndarray:
     size = y.shape[0]
     region = lung * _zone_weight(y, t, lesion.side, lesion.zone)
-    radius_px = 2.5 + 3.5 * lesion.severity
+    calcified = lesion.kind == "granuloma"
+    radius_px = (1.4 + 1.2 * lesion.severity) if calcified else (2.5 + 3.5 * lesion.severity)
     margin = int(np.ceil(radius_px)) + 3
     core = ndimage.binary_erosion(region > 0.95, iterations=margin)
     ys, xs = np.nonzero(core)
@@ -166,7 +167,8 @@ def _nodule(y: np.ndarray, x: np.ndarray, lung: np.ndarray, t: _Thorax, lesion: 
         ys, xs = np.nonzero(region > 0.5)
     pick = rng.integers(len(ys))
     radius = radius_px * 2.0 / size
-    return 0.3 * ellipse(y, x, y[ys[pick], xs[pick]], x[ys[pick], xs[pick]], radius, radius, edge=2.0 / size)
+    density = 0.5 if calcified else 0.3
+    return density * ellipse(y, x, y[ys[pick], xs[pick]], x[ys[pick], xs[pick]], radius, radius, edge=2.0 / size)
 
 
 def _atelectasis(y: np.ndarray, x: np.ndarray, lung: np.ndarray, t: _Thorax, lesion: LungLesion, rng):
@@ -244,7 +246,7 @@ def render_chest_xray(findings: ChestFindings, rng: np.random.Generator, size: i
         image = image + fluid * 0.34 * (0.85 + 0.15 * soft_step(level + 0.08 - y, 0.08))
 
     for lesion in findings.lesions:
-        draw = {"opacity": _opacity, "nodule": _nodule, "atelectasis": _atelectasis}[lesion.kind]
+        draw = {"opacity": _opacity, "nodule": _nodule, "granuloma": _nodule, "atelectasis": _atelectasis}[lesion.kind]
         image = image + draw(y, x, lungs[lesion.side], t, lesion, rng)
 
     # Abdomen below the diaphragm, heart and mediastinum go on last with max(): their borders are the
