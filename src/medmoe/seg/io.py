@@ -203,14 +203,20 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True) -> Vo
         except Exception as err:
             raise CorruptFileError(f"{f}: not a readable DICOM file ({type(err).__name__}: {err})") from err
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    imageless: list[tuple[Path, str]] = []
     for f, ds in headers:
+        uid = str(ds.get("SeriesInstanceUID", ""))
         if "PixelData" not in ds:
-            logger.debug("%s: no pixel data, skipped", f)
+            imageless.append((f, uid))
             continue
-        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
+        series.setdefault(uid, []).append((f, ds))
     if not series:
         raise InvalidInputError(f"{folder}: no DICOM file in the folder holds an image")
     uid, slices = max(series.items(), key=lambda kv: len(kv[1]))
+    for f, other_uid in imageless:
+        if other_uid == uid:
+            raise CorruptFileError(f"{f}: a slice of the series without pixel data (truncated file?)")
+        logger.debug("%s: no pixel data (another series or a non-image object), skipped", f)
     if len(series) > 1:
         logger.warning("%s holds %d series; reading the largest (%s, %d slices)", folder, len(series), uid, len(slices))
     first = slices[0][1]
@@ -238,6 +244,12 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True) -> Vo
     gaps = np.diff(positions @ normal)
     if np.any(gaps < 1e-3):
         raise CorruptFileError(f"{folder}: two slices share a position; the folder mixes acquisitions")
+    if gaps.max() > 1.5 * gaps.min():
+        where = int(np.argmax(gaps))
+        raise CorruptFileError(
+            f"{folder}: slices are missing: a gap of {gaps.max():.2f} mm after slice {where} where the series "
+            f"steps {np.median(gaps):.2f} mm"
+        )
     if gaps.max() - gaps.min() > 0.1 * np.median(gaps):
         logger.warning("%s: uneven slice spacing (%.2f..%.2f mm); using the mean", folder, gaps.min(), gaps.max())
     step = (positions[-1] - positions[0]) / (len(slices) - 1)

@@ -61,7 +61,8 @@ def _entry(root: Path, image: Path, label: Path, dataset: str) -> dict[str, str]
     return {"image": image.relative_to(root).as_posix(), "label": label.relative_to(root).as_posix(), "dataset": dataset}
 
 
-def build_phantom_pack(out: str | os.PathLike, *, seed: int = 0, quick: bool = False, progress: bool = True) -> Path:
+def build_phantom_pack(out: str | os.PathLike, *, seed: int = 0, quick: bool = False, progress: bool = True,
+                       sizes: tuple[int, int, int] | None = None) -> Path:
     """Write the phantom datasets and their datalist; returns the datalist path.
 
     Layout: ``out/<dataset>/{images,labels}/<case>.nii.gz`` and ``out/datalist.json`` with ``training``,
@@ -73,9 +74,10 @@ def build_phantom_pack(out: str | os.PathLike, *, seed: int = 0, quick: bool = F
         seed: base seed; the same seed gives identical files.
         quick: a handful of cases per dataset (for tests and smoke runs).
         progress: show a tqdm bar.
+        sizes: (train, validation) cases per dataset and test cases, overriding ``quick``.
     """
     root = Path(out)
-    n_train, n_val, n_test = PHANTOM_SIZES["quick" if quick else "full"]
+    n_train, n_val, n_test = sizes or PHANTOM_SIZES["quick" if quick else "full"]
     jobs = []
     for d, (name, spec) in enumerate(PHANTOM_DATASETS.items()):
         for i in range(n_train + n_val):
