@@ -1,0 +1,98 @@
+"""`medmoe seg`: train MoME text-prompted CT segmentation (predict, eval and build-samples come from
+``medmoe.seg.cli_extra`` when present)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+
+def _json_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    """``["feature_size=24", "text.model=tiny-bert"]`` -> nested dict (values parsed as JSON when possible)."""
+    from medmoe.errors import InvalidInputError
+
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--set {pair!r}: expected KEY=VALUE, e.g. feature_size=24")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _json_value(value)
+    return out
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("seg", help="MoME text-prompted CT segmentation: train, predict, eval, build-samples")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    group = parser.add_subparsers(dest="seg_command", metavar="SUBCOMMAND")
+    _add_train(group)
+    try:
+        extra = importlib.import_module("medmoe.seg.cli_extra")
+    except ModuleNotFoundError as err:
+        if err.name != "medmoe.seg.cli_extra":
+            raise
+    else:
+        extra.add_parsers(group)
+
+
+def _add_train(group: argparse._SubParsersAction) -> None:
+    from medmoe.train import add_training_arguments
+
+    train = group.add_parser("train", help="train a MoME model on partially labelled CT datasets (torchrun for DDP)")
+    g = train.add_argument_group("segmentation")
+    g.add_argument("--data", required=True, metavar="DATALIST", help="Decathlon-style datalist JSON")
+    g.add_argument("--model", default="mome-nano", help="registered model name or a saved model directory")
+    g.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="training patch in voxels, multiples of 32 (default: the model's roi_size)")
+    g.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
+                   help="training spacing in mm (default: the model's, 1.5 mm)")
+    g.add_argument("--samples-per-volume", type=int, default=1, help="patches per volume and item")
+    g.add_argument("--no-cache", action="store_true", help="read volumes from disk every time (no memory cache)")
+    g.add_argument("--no-balance", action="store_true", help="sample volumes, not source datasets, uniformly")
+    g.add_argument("--bce-weight", type=float, default=1.0)
+    g.add_argument("--dice-weight", type=float, default=1.0)
+    g.add_argument("--balance-weight", type=float, default=0.0, help="weight of the scale-balance loss on the gates")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", dest="set_fields",
+                   help="override a model config field, e.g. --set feature_size=24 (repeatable)")
+    g.add_argument("--random-text", action="store_true", help="random text-encoder weights (no pretrained load)")
+    g.add_argument("--val-split", default="validation", help="datalist split for validation Dice ('' for none)")
+    g.add_argument("--val-max-cases", type=int, default=8)
+    g.add_argument("--val-overlap", type=float, default=0.25)
+    add_training_arguments(train)
+    train.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from medmoe.seg.task import SegTask, SegTaskConfig
+    from medmoe.train import is_main, run_training
+
+    config = SegTaskConfig(
+        data=args.data, model=args.model, overrides=_overrides(args.set_fields),
+        patch_size=tuple(args.patch_size) if args.patch_size else None,
+        spacing=tuple(args.spacing) if args.spacing else None, cache=not args.no_cache,
+        samples_per_volume=args.samples_per_volume, balance=not args.no_balance, bce_weight=args.bce_weight,
+        dice_weight=args.dice_weight, balance_weight=args.balance_weight, seed=args.seed,
+        pretrained=not args.random_text, val_split=args.val_split or None, val_max_cases=args.val_max_cases,
+        val_overlap=args.val_overlap, progress=not args.no_progress,
+    )
+    result = run_training(SegTask(config), args)
+    if is_main():
+        losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.final_losses.items()))
+        print(f"trained {result.steps} steps in {result.wall_time_s:.1f} s ({losses})")
+        if result.validation:
+            dice = {k: round(v, 4) for k, v in result.validation.items()}
+            print(f"validation: {json.dumps(dice)}")
+        if result.model_dir:
+            print(f"model saved to {result.model_dir}")
+    return 0

@@ -1,0 +1,248 @@
+"""The segmentation training task: what the shared trainer (``medmoe.train``) needs to train MoME.
+
+It satisfies ``medmoe.train.Task`` structurally (the library never imports the trainer)::
+
+    task = SegTask(SegTaskConfig(data="samples/phantoms/datalist.json", model="mome-nano"))
+    run_training(task, args)        # in medmoe.cli.seg
+
+Each batch mixes samples of several partially labelled datasets. Only the classes that at least one sample
+of the batch labels are prompted (one batched forward over those K classes), and the loss of each
+(sample, class) pair counts only where the sample's dataset labels the class.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from medmoe.errors import InvalidInputError
+from medmoe.seg.loss import partial_label_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegTaskConfig:
+    """What to train on and which model.
+
+    Attributes:
+        data: Decathlon-style datalist JSON (``training`` / ``validation`` entries with ``dataset``).
+        model: a registered name (``mome-nano``) or a saved model directory to continue from.
+        overrides: config fields of the registered model (``{"feature_size": 24}``).
+        patch_size: training patch in voxels (default: the model's ``roi_size``; written into the model).
+        spacing: training spacing in mm (default: the model's; written into the model).
+        cache: preprocess every volume once and keep it in memory.
+        samples_per_volume: random patches drawn per volume and item.
+        balance: uniform sampling across the source datasets.
+        bce_weight, dice_weight: loss weights.
+        balance_weight: weight of the scale-balance term (0: off; the term is still logged).
+        seed: patch sampling / augmentation seed.
+        pretrained: load the text tower's pretrained weights (MiniLM).
+        val_split: datalist split for validation Dice (None: no validation).
+        val_max_cases: validate on at most this many cases.
+        val_overlap: sliding-window overlap at validation.
+        progress: tqdm bars while caching and validating.
+    """
+
+    data: str
+    model: str = "mome-nano"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    patch_size: tuple[int, int, int] | None = None
+    spacing: tuple[float, float, float] | None = None
+    cache: bool = True
+    samples_per_volume: int = 1
+    balance: bool = True
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    balance_weight: float = 0.0
+    seed: int = 0
+    pretrained: bool = True
+    val_split: str | None = "validation"
+    val_max_cases: int = 8
+    val_overlap: float = 0.25
+    progress: bool = True
+
+
+def build_seg_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
+    """A registered MoME (with overrides) or one loaded from a saved directory (to fine-tune)."""
+    from medmoe.hub import load_model
+    from medmoe.registry import create_model, get_model_config, list_models
+
+    if Path(name_or_dir).is_dir():
+        if overrides:
+            raise InvalidInputError(f"config overrides {sorted(overrides)} apply to registered models, not to {name_or_dir}")
+        return load_model(name_or_dir).train()
+    if name_or_dir not in list_models():
+        raise InvalidInputError(f"--model {name_or_dir!r}: neither a saved model directory nor one of {list_models()}")
+    if get_model_config(name_or_dir)["model_type"] != "mome":
+        raise InvalidInputError(f"--model {name_or_dir!r} is not a MoME segmentation model")
+    return create_model(name_or_dir, pretrained=pretrained, **(overrides or {}))
+
+
+def dice_scores(pred: Tensor, target: Tensor) -> Tensor:
+    """(K,) Dice of binary (K, *S) masks; NaN where both are empty (nothing to find, nothing found)."""
+    pred, target = pred.flatten(1).float(), target.flatten(1).float()
+    inter = (pred * target).sum(1)
+    total = pred.sum(1) + target.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.full_like(total, math.nan))
+
+
+class SegTask:
+    """MoME partial-label segmentation for :func:`medmoe.train.run_training`."""
+
+    def __init__(self, config: SegTaskConfig) -> None:
+        self.config = config
+        if not Path(config.data).is_file():
+            raise InvalidInputError(f"--data {config.data}: datalist not found")
+        if config.samples_per_volume < 1:
+            raise InvalidInputError(f"samples_per_volume {config.samples_per_volume}: expected >= 1")
+        self._train_ds = None
+        self._val_ds = None
+        self.class_names: list[str] | None = None
+        self.patch_size: tuple[int, int, int] | None = None
+        self.spacing: tuple[float, float, float] | None = None
+
+    # ------------------------------------------------------------------ model and data
+    def build_model(self) -> nn.Module:
+        cfg = self.config
+        overrides = dict(cfg.overrides)
+        if cfg.patch_size is not None:
+            overrides["roi_size"] = tuple(int(p) for p in cfg.patch_size)
+        if cfg.spacing is not None:
+            overrides["spacing"] = tuple(float(s) for s in cfg.spacing)
+        if Path(cfg.model).is_dir():
+            model = build_seg_model(cfg.model, pretrained=cfg.pretrained)
+            for key in ("roi_size", "spacing"):
+                if key in overrides and tuple(overrides[key]) != tuple(getattr(model.config, key)):
+                    raise InvalidInputError(f"{cfg.model} was trained with {key}={getattr(model.config, key)}; "
+                                            f"cannot fine-tune it at {overrides[key]}")
+        else:
+            model = build_seg_model(cfg.model, overrides, pretrained=cfg.pretrained)
+        self.patch_size = tuple(model.config.roi_size)
+        self.spacing = tuple(model.config.spacing)
+        return model
+
+    def _geometry(self) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+        if self.patch_size is None:
+            from medmoe.registry import build_config
+
+            cfg = self.config
+            base = (build_config(cfg.model, **cfg.overrides) if not Path(cfg.model).is_dir() else None)
+            self.patch_size = tuple(cfg.patch_size or (base.roi_size if base else (96, 96, 96)))
+            self.spacing = tuple(cfg.spacing or (base.spacing if base else (1.5, 1.5, 1.5)))
+        return self.patch_size, self.spacing
+
+    def train_dataset(self) -> Dataset:
+        from medmoe.seg.data import build_seg_dataset
+
+        if self._train_ds is None:
+            patch, spacing = self._geometry()
+            cfg = self.config
+            self._train_ds = build_seg_dataset(cfg.data, "training", patch_size=patch, spacing=spacing, cache=cfg.cache,
+                                               train=True, seed=cfg.seed, samples_per_volume=cfg.samples_per_volume,
+                                               balance=cfg.balance, progress=cfg.progress)
+            self.class_names = list(self._train_ds.class_names)
+            log.info("training on %d volumes of %s; %d classes: %s", len(self._train_ds.entries),
+                     sorted(self._train_ds.sources), len(self.class_names), ", ".join(self.class_names))
+        return self._train_ds
+
+    def collate(self, samples: list[Any]) -> dict[str, Any]:
+        from medmoe.seg.data import seg_collate
+
+        return seg_collate(samples)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if self.class_names is None:
+            self.train_dataset()
+        image, label, mask = batch["image"], batch["label"], batch["label_mask"].bool()
+        if image.numel() == 0:
+            raise InvalidInputError("every sample of the batch failed to load; see the skipped-sample log lines")
+        if label.shape[1] != len(self.class_names):
+            raise InvalidInputError(f"label has {label.shape[1]} channels, expected {len(self.class_names)} "
+                                    f"({', '.join(self.class_names)})")
+        active = mask.any(dim=0).nonzero().flatten()
+        if active.numel() == 0:
+            active = torch.zeros(1, dtype=torch.long, device=mask.device)  # nothing labelled: loss 0, graph kept
+        prompts = [self.class_names[i] for i in active.tolist()]
+        out = model(image, prompts=prompts, return_dict=True)
+        cfg = self.config
+        losses = partial_label_loss(out["logits"], label[:, active], mask[:, active], bce_weight=cfg.bce_weight,
+                                    dice_weight=cfg.dice_weight)
+        if cfg.balance_weight:
+            losses["balance_loss"] = cfg.balance_weight * out["balance_loss"]
+        else:
+            losses["scale_balance"] = out["balance_loss"].detach()
+        losses["gate_usage"] = out["gate_usage"].detach()
+        losses["prompted_classes"] = torch.tensor(float(len(prompts)), device=image.device)
+        return losses
+
+    def export(self, model: nn.Module, directory) -> None:
+        model.save_pretrained(directory)
+
+    # ------------------------------------------------------------------ validation
+    def _validation_dataset(self):
+        from medmoe.seg.data import build_seg_dataset
+
+        if self._val_ds is None:
+            patch, spacing = self._geometry()
+            if self.class_names is None:
+                self.train_dataset()
+            self._val_ds = build_seg_dataset(self.config.data, self.config.val_split, patch_size=patch, spacing=spacing,
+                                             cache=False, train=False, class_names=self.class_names,
+                                             progress=False)
+        return self._val_ds
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Whole-volume Dice per class (sliding window at the training patch, threshold 0.5), counted only
+        on the classes each case's dataset labels; ``dice_mean`` averages the classes."""
+        if not self.config.val_split:
+            return {}
+        return validation_dice(model, self._validation_dataset(), max_cases=self.config.val_max_cases,
+                               overlap=self.config.val_overlap, progress=self.config.progress)
+
+
+def validation_dice(model: nn.Module, dataset, *, max_cases: int | None = None, overlap: float = 0.25,
+                    threshold: float = 0.5, progress: bool = False) -> dict[str, float]:
+    """Mean Dice per class of ``model`` on the whole volumes of a ``SegDataset(train=False)``.
+
+    Returns:
+        ``{"dice/<class>": mean over cases that label it, "dice_mean": mean over classes}``; a class that is
+        absent from a case and not predicted there is left out of that case (NaN-aware means).
+    """
+    from monai.inferers import sliding_window_inference
+
+    model.eval()
+    device = next(model.parameters()).device
+    names = list(dataset.class_names)
+    emb = model.embed_prompts(names)
+    roi = tuple(model.config.roi_size)
+    sums = torch.zeros(len(names), dtype=torch.float64)
+    counts = torch.zeros(len(names), dtype=torch.float64)
+    n = len(dataset) if max_cases is None else min(len(dataset), max_cases)
+    for i in tqdm(range(n), desc="validation", disable=not progress):
+        item = dataset[i]
+        if not isinstance(item, dict):
+            log.warning("validation: skipping %s (%s)", getattr(item, "path", "?"), getattr(item, "reason", "?"))
+            continue
+        image = item["image"][None].to(device)
+        logits = sliding_window_inference(image, roi_size=roi, sw_batch_size=2, predictor=model, overlap=overlap,
+                                          mode="gaussian", text_emb=emb)
+        pred = (torch.sigmoid(logits[0].float()) > threshold).cpu()
+        dice = dice_scores(pred, item["label"] > 0.5).double()
+        use = item["label_mask"].bool() & ~torch.isnan(dice)
+        sums += torch.where(use, dice, 0.0)
+        counts += use.double()
+    out = {f"dice/{name}": float(sums[k] / counts[k]) for k, name in enumerate(names) if counts[k] > 0}
+    if out:
+        out["dice_mean"] = sum(out.values()) / len(out)
+    return out
