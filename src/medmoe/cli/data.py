@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--extract-dir", default=None,
                      help="wds: where to extract images (default: <out without suffix>-images)")
     imp.add_argument("--split", default=None, help="wds: split of samples that do not carry one")
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.set_defaults(func=run_import)
 
     shard = group.add_parser("shard", help="write WebDataset-style tar shards from a manifest")
@@ -86,7 +87,7 @@ def run_import(args: argparse.Namespace) -> int:
     from medmoe.data.adapters import import_source
     from medmoe.data.manifest import write_manifest
 
-    options: dict = {}
+    options: dict = {"progress": not args.no_progress}
     if args.source != "wds":
         options["skip_missing"] = not args.keep_missing
     if args.source == "mimic-cxr":

@@ -39,7 +39,11 @@ def _image_path(root: Path, relative: str) -> Path:
 
 
 def import_chexpert5x200(
-    root: str | os.PathLike, *, csv_name: str = "chexpert_5x200.csv", skip_missing: bool = True
+    root: str | os.PathLike,
+    *,
+    csv_name: str = "chexpert_5x200.csv",
+    skip_missing: bool = True,
+    progress: bool = False,
 ) -> ImportResult:
     """Build label rows (report from ``Report Impression`` when the CSV has it) from CheXpert 5x200.
 
@@ -47,6 +51,7 @@ def import_chexpert5x200(
         root: the folder holding the CSV (searched also in ``root/CheXpert-v1.0``).
         csv_name: the CSV file name.
         skip_missing: leave out rows whose image does not exist.
+        progress: unused (1,000 rows); accepted so every adapter takes the same options.
     """
     root = require_dir(root, NAME)
     table_path = find_first(root, [csv_name, f"CheXpert-v1.0/{csv_name}", f"*/{csv_name}"], csv_name)

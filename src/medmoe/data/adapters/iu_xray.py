@@ -19,6 +19,8 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from medmoe.data.adapters.common import ImportResult, hash_split, require_dir
 from medmoe.data.manifest import ManifestRow
 from medmoe.errors import CorruptFileError, MedMoEError
@@ -71,6 +73,7 @@ def import_iu_xray(
     *,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     skip_missing: bool = True,
+    progress: bool = False,
 ) -> ImportResult:
     """Build rows from the Open-i XML reports and PNG images under ``root``.
 
@@ -78,6 +81,7 @@ def import_iu_xray(
         root: folder holding ``ecgen-radiology/`` (or the XML files) and the PNGs (searched recursively).
         fractions: train/val/test shares of the hash split.
         skip_missing: leave out images that are not on disk.
+        progress: tqdm progress bar over the reports.
     """
     root = require_dir(root, NAME)
     xml_dir = root / "ecgen-radiology"
@@ -86,7 +90,8 @@ def import_iu_xray(
         raise CorruptFileError(f"{root}: no Open-i XML reports found (expected ecgen-radiology/*.xml)")
     images = {p.stem: p for p in root.rglob("*.png")}
     result = ImportResult(NAME)
-    for xml_path in sorted(xml_files, key=lambda p: (len(p.stem), p.stem)):
+    ordered = sorted(xml_files, key=lambda p: (len(p.stem), p.stem))
+    for xml_path in tqdm(ordered, desc=NAME, unit="report", disable=not progress):
         try:
             report = parse_report(xml_path)
         except MedMoEError:

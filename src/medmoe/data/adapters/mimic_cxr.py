@@ -19,6 +19,8 @@ import os
 import zipfile
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from medmoe.data.adapters.common import ImportResult, find_first, read_csv_table, require_columns, require_dir
 from medmoe.data.manifest import ManifestRow, normalize_split
 from medmoe.errors import CorruptFileError
@@ -78,6 +80,7 @@ def import_mimic_cxr(
     reports_root: str | os.PathLike | None = None,
     views: tuple[str, ...] | None = FRONTAL_VIEWS,
     skip_missing: bool = True,
+    progress: bool = False,
 ) -> ImportResult:
     """Build manifest rows from a MIMIC-CXR-JPG tree.
 
@@ -86,6 +89,7 @@ def import_mimic_cxr(
         reports_root: where the reports' ``files/`` tree (or ``mimic-cxr-reports.zip``) is, if not ``root``.
         views: keep images whose ViewPosition is one of these (default frontal PA/AP); None keeps all.
         skip_missing: leave out rows whose JPG does not exist (counted in ``skipped``).
+        progress: tqdm progress bar over the metadata rows.
 
     Returns:
         :class:`ImportResult` with rows (dataset ``mimic-cxr``, split from the split CSV, ``validate`` ->
@@ -115,7 +119,7 @@ def import_mimic_cxr(
     result = ImportResult(NAME)
     wanted_views = {v.upper() for v in views} if views else None
     try:
-        for record in metadata:
+        for record in tqdm(metadata, desc=NAME, unit="image", disable=not progress):
             subject, study, dicom_id = record["subject_id"], record["study_id"], record["dicom_id"]
             view = (record.get("ViewPosition") or "").strip().upper()
             if wanted_views is not None and view not in wanted_views:

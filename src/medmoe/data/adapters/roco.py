@@ -18,6 +18,8 @@ import csv
 import os
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from medmoe.data.adapters.common import ImportResult, read_csv_table, require_dir
 from medmoe.data.manifest import ManifestRow, normalize_split
 from medmoe.data.modalities import guess_modality
@@ -80,12 +82,13 @@ def _captions(folder: Path) -> list[tuple[str, str, str | None]]:
     raise CorruptFileError(f"{folder}: no captions.txt or caption CSV (id,name,caption)")
 
 
-def import_roco(root: str | os.PathLike, *, skip_missing: bool = True) -> ImportResult:
+def import_roco(root: str | os.PathLike, *, skip_missing: bool = True, progress: bool = False) -> ImportResult:
     """Build rows from the radiology part of ROCO.
 
     Args:
         root: the repository folder (or its ``data`` folder).
         skip_missing: leave out captions whose image was not downloaded (common: PMC links move).
+        progress: tqdm progress bar over the captions.
     """
     root = require_dir(root, NAME)
     folders = _split_dirs(root)
@@ -96,7 +99,7 @@ def import_roco(root: str | os.PathLike, *, skip_missing: bool = True) -> Import
     for split_dir, folder in folders.items():
         names = _image_names(folder)
         image_dir = folder / "images"
-        for roco_id, caption, name in _captions(folder):
+        for roco_id, caption, name in tqdm(_captions(folder), desc=f"{NAME} {split_dir}", disable=not progress):
             candidates = [n for n in (name, names.get(roco_id), f"{roco_id}.jpg") if n]
             image = next((image_dir / n for n in candidates if (image_dir / n).is_file()), image_dir / candidates[0])
             if skip_missing and not image.is_file():

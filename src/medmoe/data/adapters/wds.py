@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from medmoe.data.adapters.common import ImportResult
 from medmoe.data.manifest import ManifestRow, normalize_split
 from medmoe.data.readers import MissingFileError
@@ -40,6 +42,7 @@ def import_wds(
     extract_dir: str | os.PathLike,
     split: str | None = None,
     dataset: str | None = None,
+    progress: bool = False,
 ) -> ImportResult:
     """Extract WebDataset shards into image files and rows.
 
@@ -48,6 +51,7 @@ def import_wds(
         extract_dir: where the images are written.
         split: split of samples that neither metadata nor folder names assign.
         dataset: dataset name for the rows (default: the metadata's, else the root folder's name).
+        progress: tqdm progress bar over the shards.
     """
     root = Path(root)
     if not root.exists():
@@ -58,7 +62,7 @@ def import_wds(
     base = root.parent if root.is_file() else root
     out = Path(extract_dir)
     result = ImportResult(NAME)
-    for shard in shards:
+    for shard in tqdm(shards, desc=NAME, unit="shard", disable=not progress):
         shard_split = _split_from_path(shard, base)
         target = out / shard.name.removesuffix(".tar")
         try:
