@@ -1,0 +1,108 @@
+"""SegTask and `medmoe seg train` on tiny partially labelled phantom datasets."""
+
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+import medmoe
+from medmoe.cli.main import main
+from medmoe.errors import InvalidInputError
+from medmoe.seg.io import write_nifti
+from medmoe.seg.phantoms import FULL_LABELS, Grid, relabel, render_phantom
+from medmoe.seg.task import SegTask, SegTaskConfig, dice_scores
+
+SPACING = (8.0, 8.0, 8.0)  # coarse phantoms: about 36 x 30 x 24 voxels, fast to cache and train on
+LABELS = {
+    "toy-A": {1: "liver", 2: "spleen"},
+    "toy-B": {1: "kidney_right", 2: "kidney_left", 3: "spleen"},
+}
+
+
+@pytest.fixture(scope="module")
+def datalist(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    doc = {"label_maps": {k: {str(i): n for i, n in v.items()} for k, v in LABELS.items()},
+           "training": [], "validation": []}
+    doc["label_maps"]["toy-full"] = {str(i): n for i, n in FULL_LABELS.items()}
+    cases = [("toy-A", "training")] * 3 + [("toy-B", "training")] + [("toy-full", "validation")]
+    for i, (dataset, split) in enumerate(cases):
+        phantom = render_phantom((7, i), Grid.make(SPACING))
+        labels = FULL_LABELS if dataset == "toy-full" else LABELS[dataset]
+        image = write_nifti(phantom.image, phantom.affine, root / f"img{i}.nii.gz")
+        label = write_nifti(relabel(phantom, labels), phantom.affine, root / f"lab{i}.nii.gz", dtype="uint8")
+        doc[split].append({"image": image.name, "label": label.name, "dataset": dataset})
+    path = root / "datalist.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _task(datalist, **kw):
+    config = SegTaskConfig(data=str(datalist), patch_size=(32, 32, 32), spacing=SPACING, progress=False,
+                           overrides={"text": {"model": "tiny-bert"}}, pretrained=False, **kw)
+    return SegTask(config)
+
+
+def test_dice_scores():
+    pred = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]).bool()
+    gt = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]]).bool()
+    d = dice_scores(pred, gt)
+    assert d[0].item() == pytest.approx(2 / 3) and math.isnan(d[1].item()) and d[2].item() == 0
+
+
+@pytest.mark.timeout(120)
+def test_sources_are_sampled_uniformly(datalist):
+    """toy-A has 3 training volumes and toy-B one; each epoch still draws both datasets equally often."""
+    ds = _task(datalist).train_dataset()
+    counts = Counter(ds.entries[ds.entry_index(i)]["dataset"] for i in range(len(ds)))
+    assert counts == {"toy-A": 3, "toy-B": 3}
+
+
+@pytest.mark.timeout(120)
+def test_training_step_prompts_only_labelled_classes(datalist):
+    task = _task(datalist)
+    ds = task.train_dataset()
+    # channels: every class any split labels (the validation set labels all phantom classes)
+    assert set(task.class_names) == set(FULL_LABELS.values()) | {"kidney"}
+    source = [ds.entries[ds.entry_index(i)]["dataset"] for i in range(len(ds))]
+    a, b = ds[source.index("toy-A")][0], ds[source.index("toy-B")][0]
+    batch = task.collate([a, a])
+    assert batch["label"].shape == (2, len(task.class_names), 32, 32, 32)
+    torch.manual_seed(0)
+    model = task.build_model().train()
+    out = task.training_step(model, batch)
+    assert out["prompted_classes"].item() == 2  # toy-A labels liver and spleen only
+    assert out["bce_loss"] > 0 and out["dice_loss"] > 0 and out["gate_usage"].shape == (5,)
+    (out["bce_loss"] + out["dice_loss"]).backward()
+    out = task.training_step(model, task.collate([a, b]))
+    assert out["prompted_classes"].item() == 5  # union of both datasets' classes (kidney = both kidneys)
+
+
+@pytest.mark.timeout(200)
+def test_cli_train_exports_a_model_that_predicts(datalist, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["seg", "train", "--data", str(datalist), "--out", str(out), "--steps", "2", "--batch-size", "2",
+               "--spacing", *map(str, SPACING), "--patch-size", "32", "32", "32", "--workers", "0",
+               "--set", "text.model=tiny-bert", "--random-text", "--val-max-cases", "1", "--warmup-steps", "1",
+               "--log-every", "1", "--no-progress", "--lr", "1e-3"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "trained 2 steps" in printed and "validation:" in printed
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/dice_loss" in r for r in rows)
+    val = next(r for r in rows if "val/dice_mean" in r)
+    # the validation case labels every phantom organ: all 5 trained classes are scored there
+    assert {"val/dice/liver", "val/dice/spleen", "val/dice/kidney_right", "val/dice/kidney_left"} <= set(val)
+    model = medmoe.load_model(out / "model")
+    assert tuple(model.config.roi_size) == (32, 32, 32) and tuple(model.config.spacing) == SPACING
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 32, 32, 32), ["liver"]).shape == (1, 1, 32, 32, 32)
+
+
+def test_task_errors(datalist, tmp_path):
+    with pytest.raises(InvalidInputError, match="datalist not found"):
+        SegTask(SegTaskConfig(data=str(tmp_path / "nope.json")))
+    with pytest.raises(InvalidInputError, match="not a MoME"):
+        SegTask(SegTaskConfig(data=str(datalist), model="medmoe-nano")).build_model()
