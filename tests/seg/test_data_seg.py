@@ -1,0 +1,170 @@
+"""The partially labelled CT dataset: shapes, label masks, resume determinism, balance, bad samples, real CT."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from seg_testkit import TOTALSEG_SKIP, phantom_datalist, totalseg_datalist
+
+from medmoe.errors import InvalidInputError
+from medmoe.seg.classes import ClassTemplate
+from medmoe.seg.data import BadSample, build_seg_dataset, dataset_weights, load_datalist, seg_collate
+from medmoe.seg.samples import totalseg_class_map
+
+pytestmark = pytest.mark.timeout(180)
+PATCH = (32, 32, 32)
+SPACING = (6.0, 6.0, 6.0)  # coarse: the tests check plumbing, not anatomy
+
+
+@pytest.fixture(scope="module")
+def train_ds(tmp_path_factory):
+    return build_seg_dataset(phantom_datalist(tmp_path_factory), "training", patch_size=PATCH, spacing=SPACING,
+                             samples_per_volume=2, seed=7, progress=False)
+
+
+def test_items_are_patches_with_multi_hot_labels_and_truthful_masks(train_ds):
+    names = train_ds.class_names
+    assert {"liver", "spleen", "kidney_left", "kidney_right", "liver_tumour", "kidney_tumour", "pancreas"} <= set(names)
+    batch = seg_collate([train_ds[0], train_ds[1], train_ds[2]])
+    k = len(names)
+    assert batch["image"].shape == (6, 1, *PATCH) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (6, k, *PATCH) and batch["label"].dtype == torch.float32
+    assert batch["label_mask"].shape == (6, k) and batch["label_mask"].dtype == torch.bool
+    assert batch["bad"] == [] and len(batch["dataset"]) == len(batch["path"]) == 6
+    # HU window -> [0, 1], then intensity jitter of at most x(1 +- 0.1) and +- 0.05
+    assert -0.05 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.15 + 1e-6
+    assert set(torch.unique(batch["label"]).tolist()) <= {0.0, 1.0}
+    # nothing is marked present for a class the sample's dataset does not label
+    assert not (batch["label"].amax(dim=(2, 3, 4)).bool() & ~batch["label_mask"]).any()
+    template = train_ds.template
+    for row, dataset in zip(batch["label_mask"], batch["dataset"]):
+        assert row.tolist() == template.label_mask(dataset, names).tolist()
+    # an organ includes its lesions: liver tumour voxels are liver voxels too
+    li, lt = names.index("liver"), names.index("liver_tumour")
+    assert not (batch["label"][:, lt].bool() & ~batch["label"][:, li].bool()).any()
+    # positive sampling: most patches contain labelled foreground
+    assert (batch["label"].amax(dim=(1, 2, 3, 4)) > 0).sum() >= 3
+
+
+def test_randomness_is_a_function_of_seed_epoch_and_index(train_ds, tmp_path_factory):
+    train_ds.set_epoch(3)
+    a = train_ds[4]
+    again = build_seg_dataset(phantom_datalist(tmp_path_factory), "training", patch_size=PATCH, spacing=SPACING,
+                              samples_per_volume=2, seed=7, progress=False, cache=False)
+    again.set_epoch(3)
+    _ = again[1]  # reading other items first must not change item 4 (no shared RNG stream)
+    b = again[4]
+    for x, y in zip(a, b):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+    train_ds.set_epoch(4)
+    c = train_ds[4]
+    assert not all(torch.equal(x["image"], y["image"]) for x, y in zip(a, c))
+    train_ds.set_epoch(0)
+
+
+def test_balanced_epochs_give_every_source_the_same_share(train_ds):
+    sources = list(train_ds.sources)
+    assert len(sources) == 3 and len(train_ds) == 3 * max(len(v) for v in train_ds.sources.values())
+    for epoch in (0, 1):
+        train_ds.set_epoch(epoch)
+        picked = [train_ds.entry_index(i) for i in range(len(train_ds))]
+        per_source = Counter(train_ds.entries[i]["dataset"] for i in picked)
+        assert set(per_source.values()) == {len(train_ds) // 3}
+        assert sorted(set(picked)) == list(range(len(train_ds.entries)))  # every volume is visited
+    train_ds.set_epoch(0)
+    w = dataset_weights(train_ds)
+    totals = Counter()
+    for entry, weight in zip(train_ds.entries, w.tolist()):
+        totals[entry["dataset"]] += weight
+    assert all(t == pytest.approx(1.0) for t in totals.values())
+
+
+def test_validation_items_are_whole_volumes(tmp_path_factory):
+    ds = build_seg_dataset(phantom_datalist(tmp_path_factory), "validation", patch_size=PATCH, spacing=SPACING,
+                           train=False, cache=False, progress=False)
+    item = ds[0]
+    assert isinstance(item, dict)
+    assert item["image"].shape[0] == 1 and item["label"].shape[1:] == item["image"].shape[1:]
+    assert item["label"].shape[0] == len(ds.class_names) == item["label_mask"].shape[0]
+    # body crop at 6 mm: the 288 x 240 mm field of view shrinks to the body
+    assert item["image"].shape[1] < 288 / 6 and item["image"].shape[2] < 240 / 6
+
+
+def test_bad_volumes_are_skipped_with_path_and_reason(tmp_path, tmp_path_factory):
+    good = load_datalist(phantom_datalist(tmp_path_factory)).entries("training")[0]
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti at all")
+    doc = {"label_maps": {"toy": {"1": "liver"}},
+           "training": [{"image": good["image"], "label": good["label"], "dataset": "toy"},
+                        {"image": str(broken), "label": good["label"], "dataset": "toy"},
+                        {"image": str(tmp_path / "missing.nii.gz"), "label": good["label"], "dataset": "toy"}]}
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(doc))
+    ds = build_seg_dataset(path, "training", patch_size=PATCH, spacing=SPACING, progress=False)
+    assert ds.n_bad == 2
+    batch = seg_collate([ds[0], ds[1], ds[2]])
+    assert batch["image"].shape[0] == 1
+    assert [b.path for b in batch["bad"]] == [str(broken), str(tmp_path / "missing.nii.gz")]
+    assert all(isinstance(b, BadSample) and b.reason for b in batch["bad"])
+    assert "NIfTI" in batch["bad"][0].reason and "no such file" in batch["bad"][1].reason
+    only_bad = seg_collate([ds[1]])
+    assert only_bad["image"].shape[0] == 0 and len(only_bad["bad"]) == 1
+
+
+def test_datalist_errors_name_the_problem(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"training": [{"image": "a.nii.gz", "dataset": "no-such-dataset"}]}))
+    with pytest.raises(InvalidInputError, match="no-such-dataset"):
+        load_datalist(path)
+    path.write_text(json.dumps({"training": [{"label": "a.nii.gz"}]}))
+    with pytest.raises(InvalidInputError, match="expected an object with image"):
+        load_datalist(path)
+    path.write_text("{broken")
+    with pytest.raises(InvalidInputError, match="not a JSON datalist"):
+        load_datalist(path)
+    path.write_text(json.dumps({"training": [{"image": "a.nii.gz", "dataset": "BTCV"}]}))
+    with pytest.raises(InvalidInputError, match="no split 'test'"):
+        build_seg_dataset(path, "test")
+
+
+@pytest.mark.slow
+def test_real_dicom_ct_and_its_label_map_align_after_loading(tmp_path_factory):
+    datalist = totalseg_datalist(tmp_path_factory)
+    if datalist is None:
+        pytest.skip(TOTALSEG_SKIP)
+    ds = build_seg_dataset(datalist, "test", spacing=(3.0, 3.0, 3.0), train=False, cache=False, progress=False)
+    item = ds[0]
+    assert isinstance(item, dict), getattr(item, "reason", "")
+    assert item["path"].endswith("example_ct_dicom") and item["dataset"] == "TotalSegmentator"
+    names = ds.class_names
+    present = item["label"].amax(dim=(1, 2, 3)).bool()
+    assert present[names.index("liver")] and present[names.index("vertebrae_T12")]
+    assert item["label_mask"].all()  # TotalSegmentator labels every class of its own datalist
+    # geometry: the DICOM series (LPS) and its NIfTI label map (flipped rows) end up voxel-aligned, so the
+    # liver label covers liver-bright soft tissue and the vertebra label covers bone
+    image = item["image"][0]
+    liver = item["label"][names.index("liver")].bool()
+    bone = item["label"][names.index("vertebrae_T12")].bool()
+    hu = lambda w: w * 425.0 - 175.0  # noqa: E731
+    assert 20 < hu(float(image[liver].median())) < 200
+    assert hu(float(image[bone].median())) > hu(float(image[liver].median())) + 50
+
+
+def test_totalsegmentator_pack_label_map_matches_the_template(tmp_path_factory):
+    datalist = totalseg_datalist(tmp_path_factory)
+    if datalist is None:
+        pytest.skip(TOTALSEG_SKIP)
+    from medmoe.seg.samples import find_totalseg_tarball
+
+    tarball_map = totalseg_class_map(find_totalseg_tarball())
+    assert len(tarball_map) == 117
+    template = ClassTemplate.default()
+    packaged = template.label_map("TotalSegmentator")
+    assert {k: template.resolve(v) for k, v in tarball_map.items()} == packaged
+    doc = json.loads(datalist.read_text())
+    assert doc["test"][0]["image"] == "example_ct_dicom"
+    assert np.unique([e["dataset"] for e in doc["training"] + doc["test"]]).tolist() == ["TotalSegmentator"]
