@@ -22,7 +22,8 @@ from medmoe.cli.main import main
 from medmoe.data import shards as shards_module
 from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report
 from medmoe.data.manifest import ManifestRow, read_manifest
-from medmoe.data.shards import ShardDataset, write_shards
+from medmoe.data.shards import IndexedShardDataset, ShardDataset, write_shards
+from medmoe.errors import CorruptFileError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -196,3 +197,47 @@ def test_two_process_ddp_split(sharded, tmp_path):
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0 and rank1 and not set(rank0) & set(rank1)
     assert sorted(rank0 + rank1) == list(range(10))
+
+
+def test_indexed_shards_give_the_manifest_items_exactly(sharded):
+    manifest, out, _ = sharded
+    a = ImageReportDataset(manifest, image_size=24, train=True, seed=3)
+    b = IndexedShardDataset(out, image_size=24, train=True, seed=3)
+    assert len(b) == len(a) == 10
+    for ds in (a, b):
+        ds.set_epoch(4)
+    for i in (7, 0, 9, 3):
+        x, y = a[i], b[i]
+        assert torch.allclose(x["image"], y["image"], atol=1e-5)
+        assert (x["report"], x["modality"], x["labels"], x["index"], x["path"]) == (
+            y["report"], y["modality"], y["labels"], y["index"], y["path"])
+    assert len(IndexedShardDataset(out, split="val")) == 3
+
+
+@pytest.mark.timeout(180)
+def test_indexed_shards_with_workers_and_shuffled_sampler(sharded):
+    _, out, _ = sharded
+    ds = IndexedShardDataset(out, image_size=16)
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()
+    loader = DataLoader(ds, batch_size=3, sampler=order, num_workers=2, collate_fn=collate_image_report)
+    seen = [int(i) for batch in loader for i in batch["index"]]
+    assert seen == order
+    ds.close()
+
+
+def test_indexed_shards_errors(tmp_path, sharded):
+    _, out, _ = sharded
+    compressed = tmp_path / "packed.tar"
+    with tarfile.open(compressed, "w:gz") as tar:
+        tar.add(out / "index.json", arcname="000.json")
+    with pytest.raises(CorruptFileError, match="uncompressed"):
+        IndexedShardDataset(compressed)
+    # a shard truncated after indexing: the sample becomes a BadSample, not a crash
+    copy = tmp_path / "copy" / "shard-000000.tar"
+    copy.parent.mkdir()
+    copy.write_bytes((out / "shard-000000.tar").read_bytes())
+    ds = IndexedShardDataset(copy)
+    with open(copy, "r+b") as fh:
+        fh.truncate(2000)
+    item = ds[2]
+    assert isinstance(item, BadSample) and "truncated" in item.reason

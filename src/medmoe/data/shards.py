@@ -1,197 +1,60 @@
-"""WebDataset-style tar shards: writing them from a manifest and streaming them in training.
+"""Training from WebDataset-style tar shards (written by :func:`write_shards`, or by other tools).
 
-A shard is an uncompressed tar whose members are grouped by key (the file name up to its first dot)::
+Two datasets yield the same item dicts as :class:`~medmoe.data.dataset.ImageReportDataset`:
 
-    000000042.png    the image after reading (windowed, 8-bit PNG or JPEG, optionally downsized)
-    000000042.txt    the raw report (UTF-8)
-    000000042.json   {"index", "source", "modality", "labels", "dataset", "split", "row"}
+- :class:`ShardDataset` (``IterableDataset``) streams shards sequentially, giving each DDP rank and
+  DataLoader worker its own shards (or, with fewer shards than readers, its own stride of samples), so that
+  together they see every sample exactly once per epoch. The cheapest way through corpora of millions.
+- :class:`IndexedShardDataset` (map-style) indexes the tar headers once and reads samples by seeking, so
+  the trainer's resumable sampler, shuffling and exact resume work on shards as on a manifest.
 
-Shards written by other tools (UniMed, the MedMoE code: ``key.jpg`` + ``key.txt`` + optional ``key.cls``)
-stream too: ``.json`` is optional, a ``.cls`` value becomes the sample's label. ``index.json`` in the
-output directory lists the shards and their sample counts.
-
-:class:`ShardDataset` gives each DDP rank and DataLoader worker its own subset of shards (or, when there
-are fewer shards than readers, every reader its own stride of samples), so that together they see every
-sample exactly once per epoch.
+The tar format itself (and :func:`write_shards`) lives in :mod:`medmoe.data.shard_files`.
 """
 
 from __future__ import annotations
 
-import glob
-import io
 import json
 import logging
 import os
 import random
-import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from medmoe.data.dataset import BadSample, build_item, sample_generator
-from medmoe.data.manifest import ManifestRow, normalize_split, read_manifest
-from medmoe.data.readers import decode_image, read_image
+from medmoe.data.manifest import normalize_split
+from medmoe.data.readers import decode_image
+from medmoe.data.shard_files import (
+    IMAGE_EXTENSIONS,
+    INDEX_NAME,
+    SHARD_FORMAT,
+    ShardWriteResult,
+    iter_tar_samples,
+    list_shards,
+    read_members,
+    scan_shard,
+    write_shards,
+)
 from medmoe.data.transforms import ImageTransform
 from medmoe.errors import CorruptFileError, InvalidInputError
 
+__all__ = [
+    "INDEX_NAME",
+    "SHARD_FORMAT",
+    "IndexedShardDataset",
+    "ShardDataset",
+    "ShardWriteResult",
+    "distributed_position",
+    "iter_tar_samples",
+    "list_shards",
+    "write_shards",
+]
+
 logger = logging.getLogger(__name__)
-
-INDEX_NAME = "index.json"
-SHARD_FORMAT = "medmoe-shards/1"
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "nii", "nii.gz")
-
-
-@dataclass
-class ShardWriteResult:
-    """Outcome of :func:`write_shards`."""
-
-    shards: list[str]
-    samples: int
-    bad: list[BadSample]
-
-
-def _encode(image: np.ndarray, fmt: str, max_size: int | None) -> bytes:
-    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    pil = Image.fromarray(pixels)
-    if max_size and max(pil.size) > max_size:
-        scale = max_size / max(pil.size)
-        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR)
-    buffer = io.BytesIO()
-    if fmt == "png":
-        pil.save(buffer, format="PNG", compress_level=1)
-    else:
-        pil.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_shards(
-    manifest: str | os.PathLike | Sequence[ManifestRow],
-    out_dir: str | os.PathLike,
-    *,
-    per_shard: int = 1000,
-    split: str | None = None,
-    image_format: str = "png",
-    max_size: int | None = None,
-    prefix: str = "shard",
-    progress: bool = False,
-) -> ShardWriteResult:
-    """Read every row's image through the real reader and write tar shards.
-
-    Rows whose image cannot be read are skipped, logged and returned in ``bad``. Each shard is written to
-    a temporary name and renamed, so an interrupted run leaves no half shard behind.
-
-    Args:
-        manifest: manifest path or rows (absolute image paths).
-        out_dir: output directory (created); gets ``{prefix}-000000.tar``... and ``index.json``.
-        per_shard: samples per shard.
-        split: only rows of this split.
-        image_format: ``"png"`` (lossless 8-bit) or ``"jpg"`` (smaller).
-        max_size: downsize images whose longer side exceeds this (keeps shards small; None keeps size).
-        prefix: shard file name prefix.
-        progress: tqdm progress bar.
-    """
-    if per_shard < 1:
-        raise InvalidInputError(f"per_shard must be >= 1, got {per_shard}")
-    if image_format not in ("png", "jpg"):
-        raise InvalidInputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
-    rows = read_manifest(manifest) if isinstance(manifest, str | os.PathLike) else list(manifest)
-    wanted = normalize_split(split)
-    rows = [r for r in rows if wanted is None or normalize_split(r.split) == wanted]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, Any]] = []
-    bad: list[BadSample] = []
-    tar: tarfile.TarFile | None = None
-    tmp_name = ""
-    count = 0
-    written = 0
-
-    def close_shard() -> None:
-        nonlocal tar, count
-        if tar is None:
-            return
-        tar.close()
-        final = out / f"{prefix}-{len(shards):06d}.tar"
-        os.replace(tmp_name, final)
-        shards.append({"name": final.name, "count": count})
-        tar, count = None, 0
-
-    try:
-        for index, row in enumerate(tqdm(rows, desc="sharding", unit="sample", disable=not progress)):
-            try:
-                image, meta = read_image(row.image)
-                encoded = _encode(image, image_format, max_size)
-            except Exception as err:
-                bad.append(BadSample(index, row.image, f"{type(err).__name__}: {err}"))
-                logger.warning("skipping %s: %s", row.image, err)
-                continue
-            if tar is None:
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".tar.tmp", dir=out)
-                os.close(fd)
-                tar = tarfile.open(tmp_name, "w", format=tarfile.USTAR_FORMAT)
-            key = f"{index:09d}"
-            metadata = {
-                "index": index,
-                "source": row.image,
-                "modality": row.modality or meta.modality,
-                "labels": row.labels,
-                "dataset": row.dataset,
-                "split": row.split,
-                "row": row.row,
-            }
-            _add_member(tar, f"{key}.{image_format}", encoded)
-            _add_member(tar, f"{key}.txt", row.report.encode("utf-8"))
-            _add_member(tar, f"{key}.json", json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
-            count += 1
-            written += 1
-            if count >= per_shard:
-                close_shard()
-        close_shard()
-    finally:
-        if tar is not None:
-            tar.close()
-            os.unlink(tmp_name)
-    index_data = {"format": SHARD_FORMAT, "shards": shards, "samples": written, "bad": len(bad), "split": wanted}
-    (out / INDEX_NAME).write_text(json.dumps(index_data, indent=1))
-    logger.info("wrote %d samples in %d shards to %s (%d bad rows skipped)", written, len(shards), out, len(bad))
-    return ShardWriteResult(shards=[str(out / s["name"]) for s in shards], samples=written, bad=bad)
-
-
-def list_shards(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Shard files from a directory (its ``*.tar``), a glob pattern, a single file or a list, sorted.
-
-    Raises:
-        InvalidInputError: nothing matched.
-    """
-    if isinstance(source, str | os.PathLike):
-        text = os.fspath(source)
-        if os.path.isdir(text):
-            found = sorted(glob.glob(os.path.join(text, "*.tar")))
-        elif any(ch in text for ch in "*?["):
-            found = sorted(glob.glob(text))
-        else:
-            found = [text]
-    else:
-        found = sorted(os.fspath(s) for s in source)
-    if not found:
-        raise InvalidInputError(f"no shards found in {source!r} (expected .tar files)")
-    return found
 
 
 def distributed_position() -> tuple[int, int]:
@@ -207,45 +70,74 @@ def distributed_position() -> tuple[int, int]:
     return rank, world
 
 
-def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` for each group of consecutive members sharing a key.
+class _ShardSamples:
+    """Shared by both shard datasets: options, epoch, and decoding one sample's members into an item."""
 
-    Raises:
-        CorruptFileError: the tar itself is unreadable (a bad member is the reader's problem, not this).
-    """
-    key: str | None = None
-    group: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = os.path.basename(member.name)
-                if base.startswith("."):
-                    continue
-                stem, _, ext = base.partition(".")
-                member_key = f"{os.path.dirname(member.name)}/{stem}" if os.path.dirname(member.name) else stem
-                if member_key != key:
-                    if key is not None and group:
-                        yield key, group
-                    key, group = member_key, {}
-                handle = tar.extractfile(member)
-                group[ext.lower()] = handle.read() if handle else b""
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise CorruptFileError(f"{path}: unreadable tar shard ({type(err).__name__}: {err})") from err
-    if key is not None and group:
-        yield key, group
+    def _setup(self, split, image_size, train, seed, transform, require_report) -> None:
+        self.split = normalize_split(split)
+        self.transform = transform or ImageTransform(image_size=image_size, train=train)
+        self.seed = seed
+        self.epoch = 0
+        self.require_report = require_report
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream (and, for ShardDataset, the shard order) of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def _wanted(self, meta: dict[str, Any]) -> bool:
+        split = meta.get("split")
+        return self.split is None or split is None or normalize_split(split) == self.split
+
+    def _decode(
+        self, shard: str, key: str, members: dict[str, bytes], index: int | None = None
+    ) -> dict[str, Any] | BadSample | None:
+        """``index`` None: the sample's own (metadata ``index``, else a hash of shard and key)."""
+        name = f"{shard}#{key}"
+        meta: dict[str, Any] = {}
+        own = zlib.crc32(f"{os.path.basename(shard)}/{key}".encode()) & 0x7FFFFFFF
+        try:
+            if "json" in members:
+                meta = json.loads(members["json"].decode("utf-8"))
+                own = int(meta.get("index", own))
+            index = own if index is None else index
+            if not self._wanted(meta):
+                return None
+            ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+            if ext is None:
+                return BadSample(index, name, f"no image member (have {sorted(members)})")
+            image, image_meta = decode_image(members[ext], f"{name}.{ext}")
+            labels = meta.get("labels") or []
+            if not labels and "cls" in members:
+                labels = [members["cls"].decode("utf-8").strip()]
+            item = build_item(
+                image=image,
+                image_modality=image_meta.modality,
+                raw_report=members.get("txt", b"").decode("utf-8", errors="replace"),
+                row_modality=meta.get("modality"),
+                labels=[str(v) for v in labels],
+                index=index,
+                path=str(meta.get("source") or name),
+                transform=self.transform,
+                generator=sample_generator(self.seed, self.epoch, index) if self.transform.train else None,
+                require_report=self.require_report,
+            )
+        except Exception as err:  # any failure is a bad sample, never a dead run
+            item = BadSample(own if index is None else index, name, f"{type(err).__name__}: {err}")
+        if isinstance(item, BadSample):
+            logger.warning("bad sample %s: %s", item.path, item.reason)
+        return item
 
 
-class ShardDataset(IterableDataset):
+class ShardDataset(_ShardSamples, IterableDataset):
     """Stream image-report samples from tar shards; items are the same dicts as
-    :class:`~medmoe.data.dataset.ImageReportDataset` (or :class:`BadSample`).
+    :class:`~medmoe.data.dataset.ImageReportDataset` (or :class:`BadSample`), ``index`` being the
+    sample's metadata index (its manifest position when written by :func:`write_shards`).
 
     Readers are the DDP ranks (torch.distributed if initialised, else env ``RANK`` / ``WORLD_SIZE``) times
     the DataLoader workers. With at least as many shards as readers each reader gets whole shards
-    (``shard i -> reader i mod R``); otherwise every reader scans all shards and keeps every R-th sample.
-    Either way each sample is read by exactly one reader. Ranks may then get different sample counts when
-    shard sizes differ; keep shards equal-sized (``write_shards`` does, except the last) for DDP.
+    (``shard i -> reader i mod R``); otherwise every reader scans all shards and keeps every R-th sample,
+    so no rank is left idle. Either way each sample is read by exactly one reader. Ranks may get different
+    sample counts when shard sizes differ; keep shards equal-sized (``write_shards`` does, except the last).
 
     Args:
         source: directory of shards, glob pattern, shard file or list of shard files.
@@ -271,16 +163,8 @@ class ShardDataset(IterableDataset):
     ) -> None:
         super().__init__()
         self.shards = list_shards(source)
-        self.split = normalize_split(split)
-        self.transform = transform or ImageTransform(image_size=image_size, train=train)
-        self.seed = seed
-        self.epoch = 0
-        self.require_report = require_report
+        self._setup(split, image_size, train, seed, transform, require_report)
         self.shuffle = self.transform.train if shuffle is None else shuffle
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shard order and augmentation stream of ``epoch``."""
-        self.epoch = int(epoch)
 
     def reader_position(self) -> tuple[int, int]:
         """(this reader's id, number of readers) over ranks x DataLoader workers."""
@@ -306,51 +190,101 @@ class ShardDataset(IterableDataset):
         position = 0
         for shard in mine:
             try:
-                samples = iter_tar_samples(shard)
-                for key, members in samples:
+                for key, members in iter_tar_samples(shard):
                     if stride > 1:
                         take = position % stride == reader
                         position += 1
                         if not take:
                             continue
-                    item = self._item(shard, key, members)
+                    item = self._decode(shard, key, members)
                     if item is not None:
                         yield item
             except CorruptFileError as err:
                 logger.warning("%s", err)
                 yield BadSample(-1, shard, str(err))
 
-    def _item(self, shard: str, key: str, members: dict[str, bytes]) -> dict[str, Any] | BadSample | None:
-        name = f"{shard}#{key}"
-        meta: dict[str, Any] = {}
-        index = zlib.crc32(f"{os.path.basename(shard)}/{key}".encode()) & 0x7FFFFFFF
+
+class IndexedShardDataset(_ShardSamples, Dataset):
+    """Map-style random access to the samples of uncompressed tar shards.
+
+    At construction the tar headers are scanned (no image data is read) to record where each member's bytes
+    are; ``__getitem__`` seeks there. ``index`` in the items is the position in this dataset, exactly as for
+    :class:`~medmoe.data.dataset.ImageReportDataset`, so augmentation depends on (seed, epoch, index) and any
+    sampler (shuffling, DDP, exact resume) works unchanged.
+
+    Args:
+        source: directory of shards, glob pattern, shard file or list of shard files.
+        split: keep samples whose metadata split is this; this reads every ``.json`` member once at
+            construction (write one split per shard folder to avoid it).
+        image_size, train, seed, transform, require_report: as for ImageReportDataset.
+        progress: tqdm progress bar while indexing.
+
+    Raises:
+        CorruptFileError: a shard is unreadable or compressed.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
+        split: str | None = None,
+        image_size: int = 224,
+        train: bool = False,
+        seed: int = 0,
+        transform: ImageTransform | None = None,
+        require_report: bool = True,
+        progress: bool = False,
+    ) -> None:
+        self.shards = list_shards(source)
+        self._setup(split, image_size, train, seed, transform, require_report)
+        self.samples: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
+        for shard_id, shard in enumerate(tqdm(self.shards, desc="indexing shards", disable=not progress)):
+            entries = scan_shard(shard)
+            if self.split is not None:
+                with open(shard, "rb") as handle:
+                    entries = [e for e in entries if "json" not in e[1] or self._wanted(self._meta(handle, e[1]))]
+            self.samples += [(shard_id, key, members) for key, members in entries]
+        self._handles: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    @staticmethod
+    def _meta(handle, members: dict[str, tuple[int, int]]) -> dict[str, Any]:
         try:
-            if "json" in members:
-                meta = json.loads(members["json"].decode("utf-8"))
-                index = int(meta.get("index", index))
-            if self.split is not None and meta.get("split") is not None and normalize_split(meta["split"]) != self.split:
-                return None
-            ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
-            if ext is None:
-                return BadSample(index, name, f"no image member (have {sorted(members)})")
-            image, image_meta = decode_image(members[ext], f"{name}.{ext}")
-            labels = meta.get("labels") or []
-            if not labels and "cls" in members:
-                labels = [members["cls"].decode("utf-8").strip()]
-            item = build_item(
-                image=image,
-                image_modality=image_meta.modality,
-                raw_report=members.get("txt", b"").decode("utf-8", errors="replace"),
-                row_modality=meta.get("modality"),
-                labels=[str(v) for v in labels],
-                index=index,
-                path=str(meta.get("source") or name),
-                transform=self.transform,
-                generator=sample_generator(self.seed, self.epoch, index) if self.transform.train else None,
-                require_report=self.require_report,
-            )
-        except Exception as err:  # any failure is a bad sample, never a dead run
-            item = BadSample(index, name, f"{type(err).__name__}: {err}")
-        if isinstance(item, BadSample):
-            logger.warning("bad sample %s: %s", item.path, item.reason)
-        return item
+            return json.loads(read_members(handle, {"json": members["json"]})["json"])
+        except (ValueError, CorruptFileError):
+            return {}  # unreadable metadata: keep the sample; loading it will report the problem
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _handle(self, shard_id: int):
+        if os.getpid() != self._pid:  # a forked DataLoader worker must not share the parent's file offsets
+            self._handles, self._pid = {}, os.getpid()
+        if shard_id not in self._handles:
+            self._handles[shard_id] = open(self.shards[shard_id], "rb")
+        return self._handles[shard_id]
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.samples)}")
+        shard_id, key, members = self.samples[index]
+        shard = self.shards[shard_id]
+        try:
+            data = read_members(self._handle(shard_id), members)
+        except (OSError, CorruptFileError) as err:
+            bad = BadSample(index, f"{shard}#{key}", f"{type(err).__name__}: {err}")
+            logger.warning("bad sample %s: %s", bad.path, bad.reason)
+            return bad
+        item = self._decode(shard, key, data, index=index)
+        # the split was applied while indexing; a sample never disappears here
+        return item if item is not None else BadSample(index, f"{shard}#{key}", "split changed after indexing")
+
+    def close(self) -> None:
+        """Close the shard files this process opened."""
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"] = {}  # open files do not pickle (spawned workers open their own)
+        return state

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from medmoe.data.adapters.common import ImportResult
 from medmoe.data.manifest import ManifestRow, normalize_split
 from medmoe.data.readers import MissingFileError
-from medmoe.data.shards import iter_tar_samples
+from medmoe.data.shard_files import iter_tar_samples
 from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
 
 NAME = "wds"
