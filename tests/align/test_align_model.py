@@ -157,3 +157,19 @@ def test_registered_configs_build():
     with torch.no_grad():
         assert model.encode_image(torch.rand(2, 3, 64, 64)).shape == (2, 96)
         assert model.encode_text(REPORTS[:2]).shape == (2, 96)
+
+
+def test_text_cache_gives_the_same_outputs_and_needs_a_frozen_tower(batch):
+    images, reports, modality = batch
+    model = tiny_model(text={"model": "tiny-bert", "max_length": 24, "freeze": "all"}).eval()
+    with torch.no_grad():
+        plain = model(images, reports, modality=modality, return_loss=True)
+        model.enable_text_cache()
+        model(images[:2], reports[:2])  # fills part of the cache in another batch
+        cached = model(images, reports, modality=modality, return_loss=True)
+    assert set(model._text_cache) == set(reports)
+    for key in ("text_embeds", "word_features", "loss"):
+        assert torch.allclose(plain[key], cached[key], atol=1e-5), key
+    assert torch.equal(plain["word_mask"], cached["word_mask"]) and plain["words"] == cached["words"]
+    with pytest.raises(InvalidInputError, match="frozen"):
+        tiny_model().enable_text_cache()

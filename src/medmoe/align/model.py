@@ -73,6 +73,7 @@ class MedMoE(PretrainedMixin, nn.Module):
         self.image_proj = nn.Linear(config.local_dim, config.embed_dim)
         self.text_proj = _projection(self.text.width, config.embed_dim, config.text_projection, "embed_dim")
         self.word_proj = _projection(self.text.width, config.local_dim, config.text_projection, "local_dim")
+        self._text_cache: dict[str, tuple[Tensor, Tensor, list[str]]] | None = None
         if config.learn_logit_scale:
             self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale)))
         else:
@@ -93,10 +94,39 @@ class MedMoE(PretrainedMixin, nn.Module):
         return self.log_logit_scale.exp().clamp(1.0, MAX_LOGIT_SCALE)
 
     # ------------------------------------------------------------------ encoders
+    def enable_text_cache(self, enabled: bool = True) -> None:
+        """Remember the frozen text tower's output per report (training on a fixed corpus re-reads it).
+
+        Each report is encoded on its own (no padding), so its cached output does not depend on the batch
+        it first appeared in and a resumed run computes exactly what an uninterrupted one did. The cache
+        is not part of the saved model.
+
+        Raises:
+            InvalidInputError: the text tower is not frozen (its output changes while training).
+        """
+        if enabled and not self.text.frozen:
+            raise InvalidInputError("the text cache needs a frozen text tower (text.freeze='all')")
+        self._text_cache = {} if enabled else None
+
     def _text(self, reports: list[str]) -> TextOutput:
         if isinstance(reports, str) or not isinstance(reports, list | tuple):
             raise InvalidInputError("reports must be a list of strings")
-        return self.text(list(reports))
+        if self._text_cache is None:
+            return self.text(list(reports))
+        cache = self._text_cache
+        for report in dict.fromkeys(reports):
+            if report not in cache:
+                with torch.no_grad():
+                    one = self.text([report])
+                cache[report] = (one.sentence[0], one.words[0, : len(one.word_text[0])], one.word_text[0])
+        entries = [cache[r] for r in reports]
+        width = max(1, max(e[1].shape[0] for e in entries))
+        words = entries[0][0].new_zeros(len(entries), width, entries[0][0].shape[-1])
+        mask = torch.zeros(len(entries), width, dtype=torch.bool, device=words.device)
+        for b, (_, w, _) in enumerate(entries):
+            words[b, : w.shape[0]] = w
+            mask[b, : w.shape[0]] = True
+        return TextOutput(torch.stack([e[0] for e in entries]), words, mask, [list(e[2]) for e in entries])
 
     def encode_text(self, reports: list[str], *, normalize: bool = True) -> Tensor:
         """(B, E) report embeddings (L2-normalised by default)."""

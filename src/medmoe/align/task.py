@@ -44,6 +44,7 @@ class AlignTaskConfig:
         seed: augmentation seed.
         pretrained: load the pretrained parts the config names (text encoder weights).
         val_data, val_split, val_max: retrieval / routing check at validation time (None: no validation).
+        text_cache: cache a frozen text tower's outputs per report (see ``MedMoE.enable_text_cache``).
     """
 
     data: str
@@ -57,6 +58,7 @@ class AlignTaskConfig:
     val_data: str | None = None
     val_split: str | None = "val"
     val_max: int = 256
+    text_cache: bool = True
 
 
 def build_align_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
@@ -91,6 +93,8 @@ class AlignTask:
     def build_model(self) -> nn.Module:
         model = build_align_model(self.config.model, self.config.overrides, pretrained=self.config.pretrained)
         model.backbone.check_size(self.image_size, self.image_size)
+        if self.config.text_cache and model.text.frozen:
+            model.enable_text_cache()
         return model
 
     @property
