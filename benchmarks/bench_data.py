@@ -1,7 +1,8 @@
 """Data-loading throughput: manifest vs shards, 0 vs 2 workers, and the loader / training-step ratio.
 
 Generates ``--n`` grey PNG images in a temporary folder, writes a manifest and tar shards, and times full
-passes of a DataLoader (training augmentation on) over each. When ``medmoe.create_model("medmoe-nano")``
+passes of a DataLoader (training augmentation on) over the manifest, the streamed shards (ShardDataset)
+and the indexed shards (IndexedShardDataset). When ``medmoe.create_model("medmoe-nano")``
 is available it also times medmoe-nano training steps (forward, backward, AdamW) on batches from the same
 pipeline and reports ``loader_to_train_ratio`` = loader samples/s (2 workers, the model's input size) over
 training samples/s: above 1 the loader keeps up with training.
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from medmoe.data.dataset import ImageReportDataset, collate_image_report
 from medmoe.data.manifest import ManifestRow, write_manifest
-from medmoe.data.shards import ShardDataset, write_shards
+from medmoe.data.shards import IndexedShardDataset, ShardDataset, write_shards
 
 REPORTS = (
     "FINDINGS: The heart is enlarged. Small left pleural effusion. IMPRESSION: Cardiomegaly.",
@@ -160,6 +161,9 @@ def main() -> None:
             )
             result[f"shards_{workers}_workers"] = loader_rate(
                 ShardDataset(root / "shards", image_size=args.image_size, train=True), workers, args.batch_size
+            )
+            result[f"indexed_shards_{workers}_workers"] = loader_rate(
+                IndexedShardDataset(root / "shards", image_size=args.image_size, train=True), workers, args.batch_size
             )
         result["shards_vs_manifest_2_workers"] = round(
             result["shards_2_workers"]["samples_per_s"] / result["manifest_2_workers"]["samples_per_s"], 2
