@@ -57,10 +57,12 @@ class BandModel(nn.Module):
 
     BANDS_HU = {"liver": (35.0, 85.0), "kidney_right": (120.0, 175.0), "kidney_left": (120.0, 175.0),
                 "aorta": (160.0, 230.0), "spleen": (35.0, 85.0), "liver_tumour": (-5.0, 30.0),
-                "bone": (250.0, 4000.0), "fat": (-150.0, -50.0)}
+                "bone": (200.0, 4000.0), "fat": (-150.0, -50.0)}
 
-    def __init__(self, roi_size=(32, 32, 32), spacing=(3.0, 3.0, 3.0), smooth: bool = True, sharpness: float = 40.0):
+    def __init__(self, roi_size=(32, 32, 32), spacing=(3.0, 3.0, 3.0), smooth: bool = True, sharpness: float = 40.0,
+                 bands_hu: dict[str, tuple[float, float]] | None = None):
         super().__init__()
+        self.bands_hu = {**self.BANDS_HU, **(bands_hu or {})}
         self.config = SimpleNamespace(roi_size=tuple(roi_size), spacing=tuple(spacing), hu_window=HU_WINDOW)
         self.template = ClassTemplate.default()
         self.sharpness = sharpness
@@ -74,7 +76,7 @@ class BandModel(nn.Module):
         rows = []
         for p in prompts:
             name = self.template.resolve(p) or p
-            lo, hi = self.BANDS_HU[name]
+            lo, hi = self.bands_hu[name]
             rows.append([windowed(lo), windowed(hi)])
         return torch.tensor(rows, dtype=torch.float32)
 

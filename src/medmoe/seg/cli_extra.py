@@ -67,21 +67,23 @@ def _device(name: str | None):
 
 def run_predict(args: argparse.Namespace) -> int:
     from medmoe.hub import load_model
-    from medmoe.seg.predict import predict_volume, save_prediction
+    from medmoe.seg.io import read_ct
+    from medmoe.seg.predict import check_prompts, predict_volume, save_prediction
 
+    # Cheap checks first: a bad prompt list or input fails before the model is loaded.
+    check_prompts(args.prompt)
+    volume = read_ct(args.input, check_ct=not args.allow_non_ct)
     model = load_model(args.model, device=args.device)
     prediction = predict_volume(
-        model, args.input, args.prompt, threshold=args.threshold, overlap=args.overlap,
+        model, volume, args.prompt, threshold=args.threshold, overlap=args.overlap,
         sw_batch_size=args.sw_batch_size, device=_device(args.device), postprocess=not args.no_postprocess,
-        return_probabilities=args.probabilities, check_ct=not args.allow_non_ct, progress=not args.no_progress)
+        return_probabilities=args.probabilities, progress=not args.no_progress)
     info = save_prediction(prediction, args.out, probabilities=args.probabilities, summary=args.summary)
     if args.overlay:
-        from medmoe.seg.io import read_ct
         from medmoe.seg.overlay import save_overlay
 
-        image = read_ct(args.input, check_ct=not args.allow_non_ct)
         names = [c or p for c, p in zip(prediction.classes, prediction.prompts)]
-        save_overlay(image.array, image.affine, prediction.masks, names, args.overlay, title=str(args.input))
+        save_overlay(volume.array, volume.affine, prediction.masks, names, args.overlay, title=str(args.input))
     for row in info["classes"]:
         print(f"{row['label_value']:3d}  {row['prompt']:28s} {str(row['class']):28s} {row['volume_ml']:10.1f} ml")
     print(f"wrote {args.out}" + (f" and {args.summary}" if args.summary else ""))

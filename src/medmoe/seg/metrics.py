@@ -29,8 +29,9 @@ METRICS = ("dice", "hd95", "nsd")
 
 
 def _as_bool_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    return t.bool()
+    if isinstance(x, torch.Tensor):
+        return x.bool()
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=bool))
 
 
 def case_metrics(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, spacing: Sequence[float],

@@ -99,7 +99,8 @@ def model_geometry(model: nn.Module) -> tuple[tuple[int, ...] | None, tuple[floa
     return roi, spacing, (float(window[0]), float(window[1]))
 
 
-def _check_prompts(prompts: Any) -> list[str]:
+def check_prompts(prompts: Any) -> list[str]:
+    """The prompts as a list of non-empty strings, or a clear error (empty list, a bare string, ...)."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise InvalidInputError(f"prompts must be a list of class names, got {type(prompts).__name__}")
     if len(prompts) == 0:
@@ -210,7 +211,7 @@ def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts
         InvalidInputError: empty prompt list, a 2-D or non-CT input, bad settings.
         CorruptFileError: an unreadable file.
     """
-    prompts = _check_prompts(prompts)
+    prompts = check_prompts(prompts)
     if not 0.0 < threshold < 1.0:
         raise InvalidInputError(f"threshold {threshold}: expected a probability in (0, 1)")
     if not 0.0 <= overlap < 1.0:
