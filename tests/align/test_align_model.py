@@ -168,6 +168,11 @@ def test_text_cache_gives_the_same_outputs_and_needs_a_frozen_tower(batch):
         model(images[:2], reports[:2])  # fills part of the cache in another batch
         cached = model(images, reports, modality=modality, return_loss=True)
     assert set(model._text_cache) == set(reports)
+    model.enable_text_cache()
+    assert model.warm_text_cache(reports + reports[:1], batch_size=3) == 4
+    with torch.no_grad():
+        warmed = model(images, reports, modality=modality, return_loss=True)
+    assert torch.allclose(plain["loss"], warmed["loss"], atol=1e-5)
     for key in ("text_embeds", "word_features", "loss"):
         assert torch.allclose(plain[key], cached[key], atol=1e-5), key
     assert torch.equal(plain["word_mask"], cached["word_mask"]) and plain["words"] == cached["words"]

@@ -97,9 +97,9 @@ class MedMoE(PretrainedMixin, nn.Module):
     def enable_text_cache(self, enabled: bool = True) -> None:
         """Remember the frozen text tower's output per report (training on a fixed corpus re-reads it).
 
-        Each report is encoded on its own (no padding), so its cached output does not depend on the batch
-        it first appeared in and a resumed run computes exactly what an uninterrupted one did. The cache
-        is not part of the saved model.
+        A report met in training is encoded on its own (no padding), so its cached output does not depend
+        on the batch it first appeared in and a resumed run computes exactly what an uninterrupted one did;
+        :meth:`warm_text_cache` fills it in batches up front. The cache is not part of the saved model.
 
         Raises:
             InvalidInputError: the text tower is not frozen (its output changes while training).
@@ -107,6 +107,27 @@ class MedMoE(PretrainedMixin, nn.Module):
         if enabled and not self.text.frozen:
             raise InvalidInputError("the text cache needs a frozen text tower (text.freeze='all')")
         self._text_cache = {} if enabled else None
+
+    @torch.no_grad()
+    def warm_text_cache(self, reports: list[str], *, batch_size: int = 64, progress: bool = False) -> int:
+        """Encode the unique ``reports`` into the cache in batches (much faster than one by one).
+
+        Reports are taken in sorted order in fixed batches, so the cached values depend only on the set of
+        reports (a resumed run warms identically). Returns the number of reports added.
+        """
+        from tqdm import tqdm
+
+        if self._text_cache is None:
+            raise InvalidInputError("call enable_text_cache() before warm_text_cache()")
+        todo = sorted({r for r in reports if r not in self._text_cache})
+        for start in tqdm(range(0, len(todo), batch_size), desc="text cache", disable=not progress, leave=False):
+            chunk = todo[start:start + batch_size]
+            out = self.text(chunk)
+            for b, report in enumerate(chunk):
+                n = len(out.word_text[b])
+                self._text_cache[report] = (out.sentence[b].clone(), out.words[b, :n].clone(), out.word_text[b])
+        log.info("text cache: %d reports encoded (%d cached)", len(todo), len(self._text_cache))
+        return len(todo)
 
     def _text(self, reports: list[str]) -> TextOutput:
         if isinstance(reports, str) or not isinstance(reports, list | tuple):

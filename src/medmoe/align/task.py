@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from medmoe.align.evaluate import embed_dataset, routing_report
 from medmoe.align.retrieval import retrieval_metrics
 from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report
+from medmoe.data.reports import clean_report
 from medmoe.errors import InvalidInputError
 from medmoe.moe import routing_entropy
 
@@ -87,6 +88,7 @@ class AlignTask:
             raise InvalidInputError(f"--val-data {config.val_data}: no such manifest file")
         self.config = config
         self._dataset: ImageReportDataset | None = None
+        self._model: nn.Module | None = None
         self._image_size: int | None = config.image_size
 
     # ---- model and data ------------------------------------------------------------------------------
@@ -95,6 +97,7 @@ class AlignTask:
         model.backbone.check_size(self.image_size, self.image_size)
         if self.config.text_cache and model.text.frozen:
             model.enable_text_cache()
+        self._model = model
         return model
 
     @property
@@ -117,6 +120,8 @@ class AlignTask:
                                            train=self.config.augment, seed=self.config.seed)
         if len(self._dataset) == 0:
             raise InvalidInputError(f"{self.config.data}: no training row in split {self.config.split!r}")
+        if self._model is not None and getattr(self._model, "_text_cache", None) is not None:
+            self._model.warm_text_cache([clean_report(r.report) for r in self._dataset.rows])
         return self._dataset
 
     def collate(self, samples: list[Any]) -> dict[str, Any]:

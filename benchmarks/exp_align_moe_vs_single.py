@@ -1,0 +1,141 @@
+"""Experiment: medmoe-nano with 6 experts vs the same model with 1 expert on the modality benchmark.
+
+Same data, steps, batch and seed for both; 3 seeds. For each run: text->image and image->text R@1 on the
+held-out test split, and how well the image router's expert (no report, no label at inference) agrees
+with the modality of the test images (best one-to-one expert <-> modality mapping, and the identity
+mapping that label-supervised routing aims at). Optionally the same routing check on the real sample
+images. Prints the table as JSON and writes it to OUT/results.json.
+
+    medmoe data build-samples --out samples --which modality,real
+    python benchmarks/exp_align_moe_vs_single.py --data samples/modality-bench/manifest.csv \\
+        --real samples/real-samples/manifest.csv --out runs/moe-vs-single
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import medmoe  # noqa: E402
+from medmoe.align.evaluate import embed_dataset, make_dataset, routing_report  # noqa: E402
+from medmoe.align.retrieval import retrieval_metrics  # noqa: E402
+from medmoe.align.task import AlignTask, AlignTaskConfig  # noqa: E402
+from medmoe.train import TrainConfig, run_training  # noqa: E402
+
+
+def _json_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def train_one(args, experts: int, seed: int, overrides: dict) -> tuple[Path, float]:
+    run_dir = args.out / f"k{experts}_seed{seed}"
+    model_dir = run_dir / "model"
+    if args.reuse and (model_dir / "model.safetensors").is_file():
+        return model_dir, float("nan")
+    task = AlignTask(AlignTaskConfig(data=str(args.data), model=args.model, seed=seed,
+                                     overrides={**overrides, "num_experts": experts}))
+    cfg = TrainConfig(out=run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=args.warmup_steps, min_lr_ratio=0.05, weight_decay=0.05, seed=seed, device="cpu",
+                      workers=args.workers, ckpt_every=args.steps, log_every=10, progress=False, amp="off")
+    start = time.perf_counter()
+    if (run_dir / "checkpoints").is_dir():
+        cfg.resume = "latest"
+    run_training(task, cfg)
+    return model_dir, time.perf_counter() - start
+
+
+def evaluate_one(model_dir: Path, args) -> dict:
+    model = medmoe.load_model(model_dir)
+    size = model.config.backbone.image_size
+    emb = embed_dataset(model, make_dataset(args.data, "test", size), progress=False)
+    ret = retrieval_metrics(emb.image_embeds, emb.text_embeds, ks=(1, 5, 10))
+    routing = routing_report(emb, model.num_experts)
+    row = {
+        "n_test": len(emb),
+        "t2i_R@1": ret["text_to_image"]["R@1"], "t2i_R@5": ret["text_to_image"]["R@5"],
+        "i2t_R@1": ret["image_to_text"]["R@1"], "i2t_R@5": ret["image_to_text"]["R@5"],
+        "routing_agreement": routing.get("agreement"),
+        "routing_agreement_identity": routing.get("agreement_identity"),
+        "expert_usage": [round(u, 3) for u in routing["usage"]],
+    }
+    if args.real is not None:
+        real = embed_dataset(model, make_dataset(args.real, None, size), progress=False)
+        real_routing = routing_report(real, model.num_experts)
+        row["real_routing_agreement_identity"] = real_routing.get("agreement_identity")
+        row["real_n"] = len(real)
+    return row
+
+
+def summarise(rows: list[dict], experts: list[int]) -> dict:
+    keys = ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5", "routing_agreement", "routing_agreement_identity",
+            "real_routing_agreement_identity")
+    out = {}
+    for k in experts:
+        mine = [r for r in rows if r["num_experts"] == k]
+        stats = {}
+        for key in keys:
+            values = [r[key] for r in mine if r.get(key) is not None]
+            if values:
+                stats[key] = {"mean": round(statistics.mean(values), 4),
+                              "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+        out[f"K={k}"] = stats
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="modality-bench manifest")
+    parser.add_argument("--real", type=Path, default=None, help="real-samples manifest (routing check)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", default="medmoe-nano")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--experts", type=int, nargs="+", default=[6, 1])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
+    parser.add_argument("--reuse", action="store_true", help="evaluate runs already trained in OUT")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {}
+    for pair in args.set:
+        key, _, value = pair.partition("=")
+        overrides[key] = _json_value(value)
+    rows = []
+    for seed in args.seeds:
+        for k in args.experts:
+            model_dir, seconds = train_one(args, k, seed, overrides)
+            row = {"num_experts": k, "seed": seed, "train_s": round(seconds, 1), **evaluate_one(model_dir, args)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result = {
+        "setup": {"model": args.model, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                  "seeds": args.seeds, "overrides": overrides, "data": str(args.data)},
+        "runs": rows,
+        "summary": summarise(rows, args.experts),
+    }
+    if len(args.experts) == 2 and set(args.experts) == {6, 1}:
+        wins = [next(r["t2i_R@1"] for r in rows if r["seed"] == s and r["num_experts"] == 6)
+                > next(r["t2i_R@1"] for r in rows if r["seed"] == s and r["num_experts"] == 1) for s in args.seeds]
+        result["moe_beats_single_t2i_R@1"] = {"per_seed": wins, "mean": result["summary"]["K=6"]["t2i_R@1"]["mean"]
+                                              > result["summary"]["K=1"]["t2i_R@1"]["mean"]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
