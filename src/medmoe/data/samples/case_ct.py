@@ -60,7 +60,7 @@ def make_ct_case(rng: np.random.Generator, size: int = 224) -> Case:
         if rng.random() < 0.7:
             sides = ["left", "right"] if rng.random() < 0.15 else [pick(rng, ("left", "right"))]
             for side in sides:
-                diameter = float(rng.uniform(4.0, 13.0))
+                diameter = float(rng.uniform(5.0, 13.0))
                 nodules.append((side, diameter))
                 tags.append(f"nodule_{side}")
                 positives.append(_nodule_sentence(rng, side, diameter))

@@ -36,7 +36,7 @@ def make_fundus_case(rng: np.random.Generator, size: int = 224) -> Case:
     """
     eye = pick(rng, ("right", "left"))
     present = [] if rng.random() < 0.25 else [k for k in ("haemorrhage", "exudate", "cupping") if rng.random() < 0.45]
-    haemorrhages = int(rng.integers(3, 14)) if "haemorrhage" in present else 0
+    haemorrhages = int(rng.integers(4, 14)) if "haemorrhage" in present else 0
     exudates = int(rng.integers(8, 26)) if "exudate" in present else 0
     cupping = "cupping" in present
     low, high = CUP_RATIO["cupping" if cupping else "normal"]

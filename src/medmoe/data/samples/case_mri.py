@@ -30,8 +30,8 @@ def _mass_sentences(rng: np.random.Generator, signal: str, side: str, diameter: 
         f"{side} hemispheric {word} mass, {size}, about {d} mm across.",
     ))
     sentences = [main]
-    if size == "large" and rng.random() < 0.6:
-        sentences.append(f"Local mass effect compresses the {side} lateral ventricle.")
+    if rng.random() < 0.4:
+        sentences.append(pick(rng, ("The ventricles are symmetric.", "No midline shift.")))
     return sentences
 
 

@@ -106,7 +106,7 @@ def make_xray_case(rng: np.random.Generator, size: int = 224) -> Case:
     if "effusion" in kinds:
         choice = rng.random()
         sides = ["left", "right"] if choice < 0.2 else ["left"] if choice < 0.6 else ["right"]
-        height = float(rng.uniform(0.12, 0.4))
+        height = float(rng.uniform(0.15, 0.4))
         effusions = tuple((side, height * float(rng.uniform(0.85, 1.0))) for side in sides)
         tags.extend(f"effusion_{side}" for side in sides)
         positives.append(_effusion_sentence(rng, sides, height))

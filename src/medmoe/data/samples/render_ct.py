@@ -90,14 +90,14 @@ def _bones(y: np.ndarray, x: np.ndarray, ry: float, rng: np.random.Generator) ->
 def _chest(y, x, findings: CTFindings, rng: np.random.Generator, size: int) -> np.ndarray:
     ry = float(rng.uniform(0.52, 0.62))
     hu, inner = _body(y, x, rng, ry)
+    heart = ellipse(y, x, -0.1, 0.12, 0.19, 0.26, angle=0.45, edge=0.01)
+    aorta = ellipse(y, x, 0.05 + ry - 0.42, 0.1, 0.055, 0.055, edge=0.008)
     lungs = {}
     for side, sign in (("right", -1.0), ("left", 1.0)):
         lung = ellipse(y, x, 0.02, sign * 0.38, ry * 0.78, 0.3, angle=sign * 0.12, edge=0.01)
         notch = ellipse(y, x, -0.12, sign * 0.05, 0.22, 0.2, edge=0.015)  # mediastinum indents the lung
-        lungs[side] = lung * (1.0 - notch) * inner
+        lungs[side] = lung * (1.0 - notch) * (1.0 - np.maximum(heart, aorta)) * inner
     lung = np.maximum(lungs["right"], lungs["left"])
-    heart = ellipse(y, x, -0.1, 0.12, 0.19, 0.26, angle=0.45, edge=0.01)
-    aorta = ellipse(y, x, 0.05 + ry - 0.42, 0.1, 0.055, 0.055, edge=0.008)
     hu = hu * (1.0 - lung) + lung * (-880.0 + 25.0 * smooth_noise(rng, size, 3.0))
     hu = hu + (40.0 - hu) * np.maximum(heart, aorta) * inner
 
@@ -110,7 +110,7 @@ def _chest(y, x, findings: CTFindings, rng: np.random.Generator, size: int) -> n
     spacing = pixel_spacing_mm(size)
     for side, diameter in findings.nodules:
         radius_px = diameter / spacing / 2.0
-        row, col = _place(lungs[side] > 0.99, int(np.ceil(radius_px)) + 4, rng)
+        row, col = _place(lungs[side] > 0.99, int(np.ceil(radius_px)) + 7, rng)
         nodule = irregular_blob(y, x, float(y[row, col]), float(x[row, col]), radius_px * 2.0 / size, rng,
                                 roughness=0.12, edge=1.2 / size)
         hu = hu + nodule * (30.0 - hu)
@@ -139,7 +139,8 @@ def _abdomen(y, x, findings: CTFindings, rng: np.random.Generator, size: int) ->
     spacing = pixel_spacing_mm(size)
     for diameter in findings.liver_lesions:
         radius_px = diameter / spacing / 2.0
-        row, col = _place(liver > 0.99, int(np.ceil(radius_px)) + 3, rng)
+        # The lateral liver only: medially the liver meets the vessels and the spine.
+        row, col = _place((liver > 0.99) & (x < -0.1), int(np.ceil(radius_px)) + 3, rng)
         lesion = irregular_blob(y, x, float(y[row, col]), float(x[row, col]), radius_px * 2.0 / size, rng,
                                 roughness=0.1, edge=1.5 / size)
         hu = hu + lesion * (25.0 - hu)

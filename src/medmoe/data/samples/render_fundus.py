@@ -67,7 +67,7 @@ def _vessel_tree(disc: tuple[float, float], macula: tuple[float, float], rng: np
         sweep = start + direction * t * rng.uniform(1.6, 1.9)
         ry = radius * rng.uniform(0.75, 0.9)
         arc = np.concatenate([macula[0] + ry * np.sin(sweep), macula[1] + radius * np.cos(sweep)], 1)
-        for offset in (0.0, 0.018):  # artery and vein run side by side
+        for offset in (0.0, 0.014):  # artery and vein run side by side
             major.append(arc + offset * np.array([direction, 0.0]))
         for branch_at in rng.uniform(0.2, 0.9, 3):
             root = arc[int(branch_at * (len(arc) - 1))]
@@ -151,8 +151,8 @@ def render_fundus(findings: FundusFindings, rng: np.random.Generator, size: int 
                 pts.append(cand)
         return np.array(pts).reshape(-1, 2)
 
-    blood = _spots(positions(findings.haemorrhages), rng.uniform(2.8, 5.0, findings.haemorrhages), size, rng, 0.25)
-    rgb = rgb + blood[..., None] * (np.array([0.42, 0.06, 0.05], np.float32) - rgb)
+    blood = _spots(positions(findings.haemorrhages), rng.uniform(4.0, 6.5, findings.haemorrhages), size, rng, 0.2)
+    rgb = rgb + blood[..., None] * (np.array([0.34, 0.04, 0.04], np.float32) - rgb)
     clusters = positions(max(1, findings.exudates // 6))
     centres = clusters[np.arange(findings.exudates) % len(clusters)] + rng.normal(0, 0.05, (findings.exudates, 2))
     fat = _spots(centres, rng.uniform(1.2, 2.4, findings.exudates), size, rng, 0.0) * field * (1.0 - disc_mask)

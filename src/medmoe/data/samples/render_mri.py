@@ -2,7 +2,7 @@
 
 Anatomy: scalp, skull, CSF, a folded cortical ribbon over white matter, interhemispheric fissure, lateral
 ventricles and deep grey nuclei. Findings are mid-scale: one hyper- or hypointense mass in the left or
-right hemisphere, small or large, with surrounding oedema and local mass effect. Display convention:
+right hemisphere, small or large, with surrounding oedema. Display convention:
 the patient's right on the image left.
 """
 
@@ -21,7 +21,7 @@ SIGNALS = ("hyperintense", "hypointense")
 SIZES = ("small", "large")
 FIELD_OF_VIEW_MM = 240.0
 # Mass diameters of each size class; a gap between them keeps "small" and "large" unambiguous.
-MASS_DIAMETER_MM = {"small": (12.0, 18.0), "large": (30.0, 42.0)}
+MASS_DIAMETER_MM = {"small": (14.0, 20.0), "large": (30.0, 42.0)}
 
 
 def mass_size_word(diameter_mm: float) -> str:
@@ -30,7 +30,7 @@ def mass_size_word(diameter_mm: float) -> str:
 
 # Tissue intensities per sequence, before bias field and noise.
 _TISSUE = {
-    "t1": {"fat": 0.9, "bone": 0.05, "csf": 0.1, "gm": 0.45, "wm": 0.68, "oedema": 0.36,
+    "t1": {"fat": 0.9, "bone": 0.05, "csf": 0.1, "gm": 0.42, "wm": 0.62, "oedema": 0.36,
            "hyperintense": 0.97, "hypointense": 0.16},
     "t2": {"fat": 0.62, "bone": 0.05, "csf": 0.95, "gm": 0.58, "wm": 0.38, "oedema": 0.72,
            "hyperintense": 0.92, "hypointense": 0.1},
@@ -85,7 +85,9 @@ def render_brain_mri(findings: BrainFindings, rng: np.random.Generator, size: in
 
     # Gyral folding: sulci are the zero lines of a smooth random field inside the cortical band, so they
     # wander like real sulci; gyral cores far from a zero line carry white matter out into the cortex.
-    folding_field = smooth_noise(rng, size, size / 45.0)
+    # The hemispheres fold nearly as mirror images (the shared part), with some individual variation.
+    shared = smooth_noise(rng, size, size / 45.0)
+    folding_field = np.where(x < 0, shared[:, ::-1], shared) + 0.2 * smooth_noise(rng, size, size / 45.0)
     brain = soft_step(rho - 1.0, 0.015)
     cortex_band = soft_step(0.72 - rho, 0.04)
     white = np.maximum(soft_step(rho - 0.76, 0.03), soft_step(0.9 - np.abs(folding_field), 0.3) * soft_step(rho - 0.9, 0.03))
@@ -93,16 +95,11 @@ def render_brain_mri(findings: BrainFindings, rng: np.random.Generator, size: in
     fissure = soft_step(np.abs(x) - 0.012, 0.006) * soft_step(0.25 - np.abs(y - cy) * 1.0 / brain_r[0] * 0.9, 0.05)
 
     mass = findings.mass
-    mass_effect = {"left": 1.0, "right": 1.0}
-    if mass is not None and mass_size_word(mass[2]) == "large":
-        mass_effect[mass[1]] = 0.45
     ventricles = np.zeros_like(y)
     nuclei = np.zeros_like(y)
-    for side, sign in (("right", -1.0), ("left", 1.0)):
-        squeeze = mass_effect[side]
-        ventricles = np.maximum(ventricles, ellipse(
-            y, x, cy - 0.05, sign * 0.1, 0.24 * (0.6 + 0.4 * squeeze), 0.055 * squeeze + 0.01, angle=-sign * 0.25,
-            edge=0.01))
+    for sign in (-1.0, 1.0):
+        ventricles = np.maximum(ventricles, ellipse(y, x, cy - 0.05, sign * 0.1, 0.24, 0.065, angle=-sign * 0.25,
+                                                    edge=0.01))
         nuclei = np.maximum(nuclei, ellipse(y, x, cy + 0.1, sign * 0.2, 0.12, 0.08, angle=sign * 0.3, edge=0.03))
 
     image = head * tissue["fat"]
@@ -116,11 +113,14 @@ def render_brain_mri(findings: BrainFindings, rng: np.random.Generator, size: in
         signal, side, diameter = mass
         sign = -1.0 if side == "right" else 1.0
         radius = diameter / FIELD_OF_VIEW_MM
-        my = cy + float(rng.uniform(-0.45, 0.35)) * brain_r[0]
-        mx = sign * float(rng.uniform(0.3, 0.55)) * brain_r[1]
+        # In the hemisphere's white matter, lateral to the ventricles (|x| < 0.17) and clear of the cortex.
+        my = cy + float(rng.uniform(-0.35, 0.3)) * brain_r[0]
+        low = 0.19 + 0.5 * radius
+        high = max(low, 0.7 * brain_r[1] * np.sqrt(max(0.0, 1.0 - ((my - cy) / brain_r[0]) ** 2 / 0.49)))
+        mx = sign * float(rng.uniform(low, high))
         core = irregular_blob(y, x, my, mx, radius, rng, roughness=0.2, edge=0.01)
         oedema = irregular_blob(y, x, my, mx, radius * 1.6 + 0.03, rng, roughness=0.3, edge=0.04) * brain
-        image = image + oedema * (1.0 - core) * 0.6 * (tissue["oedema"] - image)
+        image = image + oedema * (1.0 - core) * 0.3 * (tissue["oedema"] - image)
         texture = 0.05 * smooth_noise(rng, size, 2.0)
         image = image + core * (tissue[signal] + texture - image)
 

@@ -19,7 +19,7 @@ from medmoe.errors import InvalidInputError
 LESION_KINDS = ("cyst", "solid_mass", "calcification")
 SIZES = ("small", "large")
 MM_PER_UNIT = 40.0  # the image is 2 normalised units (80 mm) deep
-LESION_DIAMETER_MM = {"small": (5.0, 7.0), "large": (11.0, 15.0), "calcification": (2.0, 3.0)}
+LESION_DIAMETER_MM = {"small": (6.0, 8.0), "large": (11.0, 15.0), "calcification": (2.0, 3.0)}
 APEX_Y = -1.08
 
 
@@ -88,7 +88,7 @@ def render_ultrasound(findings: UltrasoundFindings, rng: np.random.Generator, si
     if findings.lesion is not None:
         kind, diameter = findings.lesion
         radius = diameter / MM_PER_UNIT / 2.0
-        lesion_depth = float(rng.uniform(muscle_end.mean() + radius + 0.05, max_depth - radius - 0.3))
+        lesion_depth = float(rng.uniform(muscle_end.mean() + radius + 0.05, max_depth - radius - 0.42))
         lesion_angle = float(rng.uniform(-0.55, 0.55)) * (half_angle - radius / lesion_depth)
         cy = APEX_Y + lesion_depth * np.cos(lesion_angle)
         cx = lesion_depth * np.sin(lesion_angle)

@@ -152,7 +152,9 @@ def _opacity(
         cover = 0.7 + 0.3 * soft_step(-smooth_noise(rng, size, 6.0), 0.8)
     else:
         cover = soft_step(0.2 - smooth_noise(rng, size, size / 40.0), 0.5)
-    return region * density * cover
+    # A faint haze under the patches keeps a small zone from showing almost nothing when the random
+    # patches happen to fall outside it.
+    return region * density * (0.3 + 0.7 * cover)
 
 
 def _nodule(y: np.ndarray, x: np.ndarray, lung: np.ndarray, t: _Thorax, lesion: LungLesion, rng) -> np.ndarray:
