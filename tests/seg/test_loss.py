@@ -14,10 +14,11 @@ def _batch(seed=0, b=2, k=3, size=(4, 5, 6)):
     return logits, target
 
 
-def test_unlabelled_classes_get_no_gradient():
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+def test_unlabelled_classes_get_no_gradient(reduction):
     logits, target = _batch()
     mask = torch.tensor([[True, False, True], [False, True, True]])
-    losses = partial_label_loss(logits, target, mask)
+    losses = partial_label_loss(logits, target, mask, dice_reduction=reduction)
     (losses["bce_loss"] + losses["dice_loss"]).backward()
     grad = logits.grad.flatten(2).abs().sum(2)
     assert (grad[~mask] == 0).all()
@@ -46,6 +47,23 @@ def test_values_against_hand_computation():
     losses = partial_label_loss(logits, target, torch.tensor([[True]]), bce_weight=2.0, dice_weight=0.5)
     assert losses["bce_loss"].item() == pytest.approx(2 * bce.item())
     assert losses["dice_loss"].item() == pytest.approx(0.5 * dice.item())
+
+
+def test_batch_dice_pools_samples_and_sample_dice_averages_them():
+    logits = torch.tensor([[[9.0, 9.0, -9.0, -9.0]], [[9.0, -9.0, -9.0, -9.0]]])  # (B=2, K=1, 4)
+    target = torch.tensor([[[1.0, 1.0, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0]]])
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    p = torch.sigmoid(logits)
+    pooled = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    batch = partial_label_loss(logits, target, mask, dice_reduction="batch")["dice_loss"]
+    assert batch.item() == pytest.approx(pooled.item(), rel=1e-5)
+    per_sample = partial_label_loss(logits, target, mask, dice_reduction="sample")["dice_loss"]
+    empty_sample = 1 - 1 / (p[1].sum() + 1)  # an empty target's Dice only rewards predicting nothing
+    assert per_sample.item() == pytest.approx(((1 - (2 * (p[0] * target[0]).sum() + 1) / (p[0].sum() + 2 + 1))
+                                               + empty_sample).item() / 2, rel=1e-5)
+    assert per_sample > batch
+    with pytest.raises(InvalidInputError, match="dice_reduction"):
+        partial_label_loss(logits, target, mask, dice_reduction="mean")
 
 
 def test_confident_correct_prediction_has_small_loss():

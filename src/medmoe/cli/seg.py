@@ -62,6 +62,8 @@ def _add_train(group: argparse._SubParsersAction) -> None:
     g.add_argument("--no-balance", action="store_true", help="sample volumes, not source datasets, uniformly")
     g.add_argument("--bce-weight", type=float, default=1.0)
     g.add_argument("--dice-weight", type=float, default=1.0)
+    g.add_argument("--dice-reduction", choices=("batch", "sample"), default="batch",
+                   help="Dice pooled per class over the batch, or per sample and class (Universal Model)")
     g.add_argument("--balance-weight", type=float, default=0.0, help="weight of the scale-balance loss on the gates")
     g.add_argument("--set", action="append", metavar="KEY=VALUE", dest="set_fields",
                    help="override a model config field, e.g. --set feature_size=24 (repeatable)")
@@ -82,7 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
         patch_size=tuple(args.patch_size) if args.patch_size else None,
         spacing=tuple(args.spacing) if args.spacing else None, cache=not args.no_cache,
         samples_per_volume=args.samples_per_volume, balance=not args.no_balance, bce_weight=args.bce_weight,
-        dice_weight=args.dice_weight, balance_weight=args.balance_weight, seed=args.seed,
+        dice_weight=args.dice_weight, dice_reduction=args.dice_reduction, balance_weight=args.balance_weight, seed=args.seed,
         pretrained=not args.random_text, val_split=args.val_split or None, val_max_cases=args.val_max_cases,
         val_overlap=args.val_overlap, progress=not args.no_progress,
     )

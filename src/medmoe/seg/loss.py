@@ -33,9 +33,25 @@ def per_class_losses(logits: Tensor, target: Tensor, *, smooth: float = 1.0) -> 
     return bce, dice
 
 
+def batch_dice_loss(logits: Tensor, target: Tensor, mask: Tensor, *, smooth: float = 1.0) -> Tensor:
+    """Soft Dice loss per class with intersection and sums pooled over the batch's samples that label the
+    class (nnU-Net's "batch Dice"), averaged over the classes labelled by at least one sample.
+
+    Pooling keeps a class that is absent from one small patch from dominating the loss, as a per-sample
+    Dice of an empty target does (its only optimum is predicting exactly nothing).
+    """
+    prob = torch.sigmoid(logits.float().flatten(2))
+    target = target.float().flatten(2)
+    inter = ((prob * target).sum(2) * mask).sum(0)
+    total = ((prob.sum(2) + target.sum(2)) * mask).sum(0)
+    dice = 1.0 - (2.0 * inter + smooth) / (total + smooth)
+    labelled = mask.sum(0) > 0
+    return (dice * labelled).sum() / labelled.sum().clamp_min(1)
+
+
 def partial_label_loss(logits: Tensor, target: Tensor, label_mask: Tensor, *, bce_weight: float = 1.0,
-                       dice_weight: float = 1.0, smooth: float = 1.0) -> dict[str, Tensor]:
-    """BCE + Dice averaged over the (sample, class) pairs whose class the sample's dataset labels.
+                       dice_weight: float = 1.0, smooth: float = 1.0, dice_reduction: str = "batch") -> dict[str, Tensor]:
+    """BCE + Dice counted only on the (sample, class) pairs whose class the sample's dataset labels.
 
     A class outside ``label_mask`` contributes neither loss nor gradient: its voxels may hold that organ
     unlabelled (a liver in a kidney dataset), so "0" there is not a negative.
@@ -45,16 +61,25 @@ def partial_label_loss(logits: Tensor, target: Tensor, label_mask: Tensor, *, bc
         target: (B, K, *spatial) multi-hot {0, 1}.
         label_mask: (B, K) bool.
         bce_weight, dice_weight: term weights.
+        smooth: Dice smoothing.
+        dice_reduction: ``"batch"`` (per class, pooled over the samples that label it; see
+            :func:`batch_dice_loss`) or ``"sample"`` (per sample and class, then averaged, as the Universal
+            Model does).
 
     Returns:
         ``{"bce_loss": (), "dice_loss": ()}``, weighted; both 0 (keeping the graph) when nothing is labelled.
     """
     _check(logits, target, label_mask)
+    if dice_reduction not in ("batch", "sample"):
+        raise InvalidInputError(f"dice_reduction must be 'batch' or 'sample', got {dice_reduction!r}")
     mask = label_mask.to(device=logits.device, dtype=torch.float32)
-    bce, dice = per_class_losses(logits, target, smooth=smooth)
     count = mask.sum()
     if count == 0:
         zero = logits.sum() * 0.0
         return {"bce_loss": zero, "dice_loss": zero.clone()}
-    return {"bce_loss": bce_weight * (bce * mask).sum() / count,
-            "dice_loss": dice_weight * (dice * mask).sum() / count}
+    bce, dice = per_class_losses(logits, target, smooth=smooth)
+    if dice_reduction == "batch":
+        dice_loss = batch_dice_loss(logits, target, mask, smooth=smooth)
+    else:
+        dice_loss = (dice * mask).sum() / count
+    return {"bce_loss": bce_weight * (bce * mask).sum() / count, "dice_loss": dice_weight * dice_loss}

@@ -43,6 +43,7 @@ class SegTaskConfig:
         samples_per_volume: random patches drawn per volume and item.
         balance: uniform sampling across the source datasets.
         bce_weight, dice_weight: loss weights.
+        dice_reduction: ``batch`` (Dice pooled per class over the batch) or ``sample`` (per sample and class).
         balance_weight: weight of the scale-balance term (0: off; the term is still logged).
         seed: patch sampling / augmentation seed.
         pretrained: load the text tower's pretrained weights (MiniLM).
@@ -62,6 +63,7 @@ class SegTaskConfig:
     balance: bool = True
     bce_weight: float = 1.0
     dice_weight: float = 1.0
+    dice_reduction: str = "batch"
     balance_weight: float = 0.0
     seed: int = 0
     pretrained: bool = True
@@ -176,7 +178,7 @@ class SegTask:
         out = model(image, prompts=prompts, return_dict=True)
         cfg = self.config
         losses = partial_label_loss(out["logits"], label[:, active], mask[:, active], bce_weight=cfg.bce_weight,
-                                    dice_weight=cfg.dice_weight)
+                                    dice_weight=cfg.dice_weight, dice_reduction=cfg.dice_reduction)
         if cfg.balance_weight:
             losses["balance_loss"] = cfg.balance_weight * out["balance_loss"]
         else:
