@@ -12,7 +12,7 @@ from PIL import Image
 
 from medmoe.data.samples.iu_reports import (
     EXPECTED_REPORTS,
-    clean_report_text,
+    IUReport,
     find_iu_archive,
     parse_mesh_term,
     read_iu_reports,
@@ -70,9 +70,11 @@ def test_mesh_modifiers_are_kept():
     assert (finding.side, finding.zone, finding.modifiers) == ("left", "lower", ("mild",))
 
 
-def test_clean_report_text():
-    text = "Normal chest x-XXXX.  There are no XXXX of a  pleural effusion ."
-    assert clean_report_text(text) == "Normal chest. There are no of a pleural effusion."
+def test_report_text_is_findings_then_impression_without_redactions():
+    report = IUReport("CXR0", "Normal  heart. There are no XXXX of effusion .", "Normal chest x-XXXX.", ())
+    assert report.text.startswith("Normal heart. There are no of effusion.")
+    assert "XXXX" not in report.text and "  " not in report.text and report.text.endswith(".")
+    assert IUReport("CXR0", " ", "", ("normal",)).text == ""
 
 
 def test_pack_rows_carry_real_text_and_parsed_tags(quick_pack, reports):

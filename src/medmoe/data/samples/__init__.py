@@ -7,29 +7,40 @@
 - ``real-samples``: real DICOM / JPEG / NIfTI / PNG files that installed packages carry (:mod:`.real_samples`).
 
 Each pack is ``DIR/<dataset>/manifest.csv`` (columns in :data:`MANIFEST_COLUMNS`) + ``DIR/<dataset>/images/``.
+
+    >>> from medmoe.data.samples import build_samples
+    >>> counts = build_samples("samples", quick=True)  # doctest: +SKIP
+
+Names are imported on first use so that the ``medmoe`` command, which imports this package to register
+``build-samples``, stays light.
 """
 
-from medmoe.data.samples.build import PACKS, build_samples
-from medmoe.data.samples.manifest_writer import (
-    LABEL_SEPARATOR,
-    MANIFEST_COLUMNS,
-    MANIFEST_NAME,
-    MODALITIES,
-    SPLITS,
-    DatasetCounts,
-    SampleRow,
-    write_manifest,
-)
+from __future__ import annotations
 
-__all__ = [
-    "LABEL_SEPARATOR",
-    "MANIFEST_COLUMNS",
-    "MANIFEST_NAME",
-    "MODALITIES",
-    "PACKS",
-    "SPLITS",
-    "DatasetCounts",
-    "SampleRow",
-    "build_samples",
-    "write_manifest",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_samples": "medmoe.data.samples.build",
+    "PACKS": "medmoe.data.samples.build",
+    "DatasetCounts": "medmoe.data.samples.manifest_writer",
+    "SampleRow": "medmoe.data.samples.manifest_writer",
+    "write_manifest": "medmoe.data.samples.manifest_writer",
+    "LABEL_SEPARATOR": "medmoe.data.samples.manifest_writer",
+    "MANIFEST_COLUMNS": "medmoe.data.samples.manifest_writer",
+    "MANIFEST_NAME": "medmoe.data.samples.manifest_writer",
+    "MODALITIES": "medmoe.data.samples.manifest_writer",
+    "SPLITS": "medmoe.data.samples.manifest_writer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from medmoe.data.reports import normalize_text
 from medmoe.errors import CorruptFileError, MedMoEError
 
 ARCHIVE_NAME = "NLMCXR_reports.tgz"
@@ -48,10 +49,10 @@ _ZONES = {
     "middle lobe": "middle", "lingula": "middle", "hilum": "middle",
     "upper lobe": "upper", "apex": "upper",
 }
+# Redactions glued to other characters ("4XXXX,", "XXXXPM") that a word-bounded pattern does not catch.
+_GLUED_REDACTION = re.compile(r"[\w/-]*XXXX[\w/-]*")
 _LEFT_ONLY = ("lingula", "retrocardiac")
 _RIGHT_ONLY = ("middle lobe",)
-_REDACTION = re.compile(r"[\w/.-]*XXXX[\w/-]*")
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:])")
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,10 @@ class IUReport:
 
     @property
     def text(self) -> str:
-        """FINDINGS + IMPRESSION with redactions removed and whitespace normalised ("" when both are empty)."""
-        return clean_report_text(" ".join(p for p in (self.findings, self.impression) if p))
+        """FINDINGS + IMPRESSION cleaned as every medmoe report is (:func:`medmoe.data.reports.normalize_text`:
+        "XXXX" redactions dropped, whitespace normalised); "" when both sections are empty."""
+        raw = " ".join(p for p in (self.findings, self.impression) if p)
+        return normalize_text(_GLUED_REDACTION.sub(" ", raw))
 
 
 @dataclass(frozen=True)
@@ -101,14 +104,6 @@ class MeshFinding:
         if self.kind == "effusion":
             return f"effusion_{self.side}" if self.side else "effusion"
         return "_".join(p for p in (self.kind, self.side, self.zone) if p)
-
-
-def clean_report_text(text: str) -> str:
-    """Remove "XXXX" redaction tokens and normalise whitespace and the spaces they leave before punctuation."""
-    text = _REDACTION.sub(" ", text)
-    text = " ".join(text.split())
-    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
-    return re.sub(r"([.,;:])(?:\s*[.,;:])+", r"\1", text).strip()
 
 
 def parse_mesh_term(term: str) -> list[MeshFinding]:
