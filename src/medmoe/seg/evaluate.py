@@ -13,8 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import SpatialResample
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -24,6 +22,7 @@ from medmoe.seg.io import Volume, read_ct, read_label, same_grid
 from medmoe.seg.metrics import aggregate, case_metrics, tumour_detection
 from medmoe.seg.overlay import save_overlay
 from medmoe.seg.predict import predict_volume
+from medmoe.seg.resample import resample_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +31,7 @@ def label_on_image_grid(label: Volume, image: Volume) -> np.ndarray:
     """The label ids resampled (nearest) onto the image's voxel grid when the two grids differ."""
     if same_grid(label.affine, label.shape, image.affine, image.shape):
         return label.array
-    src = MetaTensor(torch.from_numpy(label.array.astype(np.float32))[None],
-                     affine=torch.as_tensor(label.affine, dtype=torch.float64))
-    out = SpatialResample(mode="nearest", padding_mode="zeros")(
-        src, dst_affine=torch.as_tensor(image.affine, dtype=torch.float64), spatial_size=image.shape)
-    return np.rint(np.asarray(out[0])).astype(label.array.dtype)
+    return resample_to_grid(label.array[None], label.affine, image.affine, image.shape, "nearest")[0]
 
 
 def _json_safe(obj: Any) -> Any:

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
-from monai.transforms import Orientation, ScaleIntensityRange, Spacing, SpatialResample
+from monai.transforms import Orientation, ScaleIntensityRange, Spacing
 from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.io import Volume, read_ct, write_nifti
 from medmoe.seg.postprocess import postprocess_masks
+from medmoe.seg.resample import resample_to_grid
 from medmoe.seg.transforms import HU_WINDOW
 
 logger = logging.getLogger(__name__)
@@ -167,18 +168,6 @@ def sliding_window_probabilities(model: nn.Module, image: Tensor, text_emb: Tens
     return torch.sigmoid_(logits[0].float())
 
 
-def _to_native(channels: Tensor, processed_affine: Tensor, volume: Volume, mode: str) -> np.ndarray:
-    """Resample (K, X', Y', Z') channels one at a time onto the input grid (bounded memory)."""
-    resample = SpatialResample(mode=mode, padding_mode="zeros")
-    dst_affine = torch.as_tensor(volume.affine, dtype=torch.float64)
-    out = []
-    for channel in channels:
-        src = MetaTensor(channel[None].float(), affine=processed_affine)
-        res = resample(src, dst_affine=dst_affine, spatial_size=volume.shape)
-        out.append(res[0].as_tensor().numpy() if isinstance(res, MetaTensor) else np.asarray(res[0]))
-    return np.stack(out)
-
-
 def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts: Sequence[str], *,
                    threshold: float = 0.5, overlap: float = 0.5, sw_batch_size: int = 1,
                    device: torch.device | str | None = None, output_device: torch.device | str = "cpu",
@@ -235,7 +224,7 @@ def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts
         with torch.no_grad():
             text_emb = model.embed_prompts(list(prompts))
         image = preprocess_volume(volume, spacing, hu_window)
-        processed_affine = image.affine.clone()
+        processed_affine = image.affine.numpy().copy()
         probs = sliding_window_probabilities(model, image, text_emb, roi_size, overlap=overlap,
                                              sw_batch_size=sw_batch_size, device=device, output_device=output_device,
                                              progress=progress)
@@ -246,10 +235,11 @@ def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts
     masks = (probs > threshold).cpu().numpy()
     if postprocess:
         masks = postprocess_masks(masks, classes, template)
-    native = _to_native(torch.from_numpy(masks.astype(np.uint8)), processed_affine, volume, mode="nearest") > 0.5
+    native = resample_to_grid(masks.astype(np.uint8), processed_affine, volume.affine, volume.shape, "nearest") > 0
     probabilities = None
     if return_probabilities:
-        probabilities = np.clip(_to_native(probs.cpu(), processed_affine, volume, mode="bilinear"), 0, 1).astype(np.float32)
+        probabilities = np.clip(resample_to_grid(probs.cpu(), processed_affine, volume.affine, volume.shape, "linear"),
+                                0.0, 1.0)
     meta = {
         "input": volume.path, "input_spacing_mm": [round(s, 4) for s in volume.spacing],
         "model_spacing_mm": list(spacing), "roi_size": list(roi_size), "processed_shape": list(probs.shape[1:]),
