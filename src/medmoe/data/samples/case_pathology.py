@@ -39,15 +39,15 @@ def make_pathology_case(rng: np.random.Generator, size: int = 224) -> Case:
         A :class:`Case` with a (size, size, 3) uint8 RGB image.
     """
     tissue = TISSUE_KINDS[int(rng.integers(len(TISSUE_KINDS)))]
-    positives = [pick(rng, _SENTENCES[tissue])]
-    if tissue == "normal":
-        positives = []
+    description = pick(rng, _SENTENCES[tissue])
+    # A normal patch is described but names no finding; abnormal ones state theirs.
+    positives = [] if tissue == "normal" else [description]
+    fillers = [description] if tissue == "normal" else []
+    if tissue == "inflammation" and rng.random() < 0.5:
+        fillers.append("The crypt architecture is preserved.")
     absent = [k for k in ("tumour", "inflammation") if k != tissue]
     denied = [pick(rng, _NEGATED[k]) for k in absent if tissue == "normal" or rng.random() < 0.6]
     negatives = negate(rng, denied)
-    fillers = [pick(rng, _SENTENCES["normal"])] if tissue != "tumour" and not positives else []
-    if tissue == "inflammation" and rng.random() < 0.5:
-        fillers = ["The crypt architecture is preserved."]
     impression = "Benign tissue." if tissue == "normal" and rng.random() < 0.5 else None
     report = compose(rng, positives, negatives, pick(rng, _HEADERS), fillers, impression)
     image = render_pathology(PathologyFindings(tissue), rng, size)
