@@ -78,6 +78,7 @@ def run_predict(args: argparse.Namespace) -> int:
         model, volume, args.prompt, threshold=args.threshold, overlap=args.overlap,
         sw_batch_size=args.sw_batch_size, device=_device(args.device), postprocess=not args.no_postprocess,
         return_probabilities=args.probabilities, progress=not args.no_progress)
+    prediction.meta["model"] = str(args.model)
     info = save_prediction(prediction, args.out, probabilities=args.probabilities, summary=args.summary)
     if args.overlay:
         from medmoe.seg.overlay import save_overlay
