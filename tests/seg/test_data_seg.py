@@ -83,15 +83,32 @@ def test_balanced_epochs_give_every_source_the_same_share(train_ds):
     assert all(t == pytest.approx(1.0) for t in totals.values())
 
 
-def test_validation_items_are_whole_volumes(tmp_path_factory):
-    ds = build_seg_dataset(phantom_datalist(tmp_path_factory), "validation", patch_size=PATCH, spacing=SPACING,
+def test_validation_items_are_whole_volumes_with_labels_on_the_anatomy(tmp_path_factory):
+    ds = build_seg_dataset(phantom_datalist(tmp_path_factory), "validation", patch_size=PATCH, spacing=(4.0, 4.0, 4.0),
                            train=False, cache=False, progress=False)
-    item = ds[0]
-    assert isinstance(item, dict)
-    assert item["image"].shape[0] == 1 and item["label"].shape[1:] == item["image"].shape[1:]
-    assert item["label"].shape[0] == len(ds.class_names) == item["label_mask"].shape[0]
-    # body crop at 6 mm: the 288 x 240 mm field of view shrinks to the body
-    assert item["image"].shape[1] < 288 / 6 and item["image"].shape[2] < 240 / 6
+    names = ds.class_names
+    seen = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        assert isinstance(item, dict)
+        assert item["image"].shape[0] == 1 and item["label"].shape[1:] == item["image"].shape[1:]
+        assert item["label"].shape[0] == len(names) == item["label_mask"].shape[0]
+        # body crop: the 240 mm antero-posterior field of view shrinks to the body (air in front and behind)
+        assert item["image"].shape[2] < 240 / 4
+        # every dataset (stored RAS or LPS, at its own spacing) ends up with labels on the right tissue
+        hu = item["image"][0] * 425.0 - 175.0
+        for name, (lo, hi) in {"liver": (40, 80), "aorta": (130, 230), "kidney_left": (70, 170)}.items():
+            k = names.index(name)
+            if item["label_mask"][k]:
+                assert lo < float(hu[item["label"][k].bool()].median()) < hi, (item["dataset"], name)
+                seen.add(item["dataset"])
+        # and in RAS: the array's first axis runs towards the patient's right, whatever the file's orientation
+        right, left = names.index("kidney_right"), names.index("kidney_left")
+        if item["label_mask"][right]:
+            x = torch.arange(hu.shape[0], dtype=torch.float32)[:, None, None]
+            centre = [float((x * item["label"][k]).sum() / item["label"][k].sum()) for k in (right, left)]
+            assert centre[0] > centre[1] + 10, item["dataset"]
+    assert seen == {"phantom-A", "phantom-B", "phantom-C"}
 
 
 def test_bad_volumes_are_skipped_with_path_and_reason(tmp_path, tmp_path_factory):
