@@ -93,6 +93,7 @@ def test_clean_report_headers_any_case_and_redactions():
     text = "indication: XXXX.\nFindings: No XXXX   effusion .\n\nimpression:  Normal chest x-XXXX. ___"
     assert clean_report(text) == "No effusion. Normal chest x."
     assert clean_report("Conclusion: stable nodule.") == "stable nodule."
+    assert clean_report("Findings: Chest 4XXXX, dated XXXXPM. Normal.") == "Chest 4, dated PM. Normal."
 
 
 def test_clean_report_without_headers_keeps_the_text():

@@ -24,8 +24,9 @@ _HEADER = re.compile(
     r"(?P<known>(?i:" + "|".join(re.escape(h).replace(r"\ ", r"\s+") for h in _KNOWN_HEADERS) + r"))"
     r"|(?P<caps>[A-Z][A-Z /()&-]{2,40}))[ \t]*:"
 )
-# "XXXX" (Open-i) and "___" (MIMIC) redactions; a hyphen glued to one ("x-XXXX") goes with it.
-_REDACTION = re.compile(r"(?:(?<=\w)-)?\b[Xx]{2,}\b|_{2,}")
+# "XXXX" (Open-i) and "___" (MIMIC) redactions; a hyphen glued to one ("x-XXXX") goes with it. Open-i's
+# four capital X's are also removed where glued to other characters ("4XXXX", "XXXXPM").
+_REDACTION = re.compile(r"(?:(?<=\w)-)?(?:X{4,}|\b[Xx]{2,}\b)|_{2,}")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?)])")
 _EMPTY_PARENS = re.compile(r"\(\s*\)")
 _REPEATED_PUNCT = re.compile(r"([.,;])(?:\s*\1)+")
