@@ -24,6 +24,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
+
 import medmoe  # noqa: E402
 from medmoe.align.evaluate import embed_dataset, make_dataset, routing_report  # noqa: E402
 from medmoe.align.retrieval import retrieval_metrics  # noqa: E402
@@ -108,7 +110,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     parser.add_argument("--reuse", action="store_true", help="evaluate runs already trained in OUT")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on a CPU shared with other jobs; 0 leaves the default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {}
     for pair in args.set:
@@ -122,7 +128,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {
-        "setup": {"model": args.model, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "setup": {"model": args.model, "threads": torch.get_num_threads(), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                   "seeds": args.seeds, "overrides": overrides, "data": str(args.data)},
         "runs": rows,
         "summary": summarise(rows, args.experts),

@@ -78,10 +78,16 @@ def make_dataset(manifest: str | os.PathLike, split: str | None, image_size: int
 @torch.no_grad()
 def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: int = 32, device: str = "cpu",
                   workers: int = 0, progress: bool = True, max_items: int | None = None) -> Embeddings:
-    """Embed every (image, report) pair of ``dataset`` (bad samples skipped, listed in ``bad``)."""
+    """Embed every (image, report) pair of ``dataset`` (bad samples skipped, listed in ``bad``).
+
+    ``max_items`` keeps that many evenly spaced rows.
+    """
     model = model.to(device).eval()
-    indices = range(len(dataset)) if max_items is None else range(min(max_items, len(dataset)))
-    subset = torch.utils.data.Subset(dataset, list(indices))
+    indices = list(range(len(dataset)))
+    if max_items is not None and max_items < len(dataset):
+        # Evenly spaced rows: manifests are often sorted by modality or class, so a prefix would not do.
+        indices = np.linspace(0, len(dataset) - 1, max_items).round().astype(int).tolist()
+    subset = torch.utils.data.Subset(dataset, indices)
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_image_report)
     parts: dict[str, list] = {k: [] for k in ("img", "txt", "exp", "probs", "mod")}

@@ -46,14 +46,16 @@ def retrieval_ranks(queries: Tensor, gallery: Tensor, *, chunk_size: int = 1024)
     if queries.shape[0] != gallery.shape[0]:
         raise InvalidInputError(f"paired retrieval needs as many queries as gallery items: {queries.shape[0]} vs {gallery.shape[0]}")
     queries, gallery = queries.float(), gallery.float()
-    true = (queries * gallery).sum(dim=-1)
     ranks = torch.ones(queries.shape[0], dtype=torch.long)
     for q0 in range(0, queries.shape[0], chunk_size):
         q = queries[q0:q0 + chunk_size]
-        t = true[q0:q0 + chunk_size, None]
+        # The correct item's score is read off the very block that is compared against it, so float
+        # rounding cannot rank an item above itself.
+        own = q @ gallery[q0:q0 + chunk_size].t()
+        true = own.diagonal().unsqueeze(1)
         for g0 in range(0, gallery.shape[0], chunk_size):
-            scores = q @ gallery[g0:g0 + chunk_size].t()
-            ranks[q0:q0 + chunk_size] += (scores > t).sum(dim=1).cpu()
+            scores = own if g0 == q0 else q @ gallery[g0:g0 + chunk_size].t()
+            ranks[q0:q0 + chunk_size] += (scores > true).sum(dim=1).cpu()
     return ranks
 
 
