@@ -1,0 +1,52 @@
+"""How much the demo trains: a quick smoke budget and the default one (about 15 minutes on 2 CPU cores)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    """Sizes and step counts of one demo run.
+
+    Attributes:
+        n_per_modality: generated images per modality in the modality benchmark.
+        iu_limit: IU chest X-ray reports used (None: all 3,927).
+        align_steps, align_batch, align_lr, align_warmup: MedMoE training (both the MoE and the baseline).
+        align_eval_max: test pairs evaluated per manifest (None: all).
+        seg_quick_data: build the small phantom pack.
+        seg_steps, seg_batch, seg_lr, seg_warmup: MoME training.
+        seg_spacing, seg_patch: MoME training geometry (mm, voxels).
+        seg_eval_cases: held-out phantoms scored.
+        seg_overrides: mome-nano config fields changed for the demo.
+    """
+
+    n_per_modality: int
+    iu_limit: int | None
+    align_steps: int
+    align_batch: int
+    align_lr: float
+    align_warmup: int
+    align_eval_max: int | None
+    seg_quick_data: bool
+    seg_steps: int
+    seg_batch: int
+    seg_lr: float
+    seg_warmup: int
+    seg_spacing: tuple[float, float, float]
+    seg_patch: tuple[int, int, int]
+    seg_eval_cases: int | None
+    seg_overrides: dict = field(default_factory=dict)
+
+
+QUICK = DemoBudget(
+    n_per_modality=30, iu_limit=120, align_steps=8, align_batch=16, align_lr=1e-3, align_warmup=2,
+    align_eval_max=60, seg_quick_data=True, seg_steps=4, seg_batch=2, seg_lr=2e-3, seg_warmup=1,
+    seg_spacing=(6.0, 6.0, 6.0), seg_patch=(32, 32, 32), seg_eval_cases=2,
+)
+
+FULL = DemoBudget(
+    n_per_modality=150, iu_limit=600, align_steps=150, align_batch=32, align_lr=1e-3, align_warmup=15,
+    align_eval_max=None, seg_quick_data=False, seg_steps=150, seg_batch=2, seg_lr=2e-3, seg_warmup=10,
+    seg_spacing=(4.5, 4.5, 4.5), seg_patch=(32, 32, 32), seg_eval_cases=6,
+)

@@ -1,0 +1,152 @@
+"""Turn the demo's metrics into the summary table and the HTML report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from medmoe.demo.report import Figure, Section, Table, write_report
+
+SCALE_UP = """# Image-report alignment on your own corpus (MIMIC-CXR shown), 8 GPUs:
+medmoe data import mimic-cxr /data/mimic-cxr-jpg --out mimic.csv
+medmoe data shard mimic.csv --out shards/          # optional, for millions of pairs
+torchrun --nproc_per_node 8 -m medmoe align train --data mimic.csv --model medmoe-swin-t \\
+    --out runs/medmoe-swin-t --steps 50000 --batch-size 32 --lr 5e-5 --amp bf16
+medmoe align eval --model runs/medmoe-swin-t/model --data chexpert5x200.csv --out metrics.json
+
+# Text-prompted CT segmentation on partially labelled public datasets (Decathlon-style datalist):
+torchrun --nproc_per_node 8 -m medmoe seg train --data datalist.json --model mome-swinunetr \\
+    --out runs/mome --steps 100000 --batch-size 2 --amp bf16
+medmoe seg predict --model runs/mome/model --input ct.nii.gz --prompt liver --prompt spleen --out mask.nii.gz
+medmoe seg eval --model runs/mome/model --data datalist.json --out seg_metrics.json"""
+
+
+def _get(d: dict, *keys: str, default: float = float("nan")) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return default if d is None else d
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _align_value(metrics: dict, which: str, dataset: str, *keys: str) -> float:
+    return _get(metrics["align"][which]["eval"][dataset], *keys)
+
+
+def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
+    """(what, MoE value, one-expert or single value) rows, in percent where the metric is a fraction."""
+    rows = []
+    for label, ds, direction in (("text->image R@1, modality benchmark", "modality-bench", "text_to_image"),
+                                 ("image->text R@1, modality benchmark", "modality-bench", "image_to_text"),
+                                 ("text->image R@1, IU chest X-ray", "iu-cxr", "text_to_image")):
+        rows.append((label + " (%)", _pct(_align_value(metrics, "moe", ds, "retrieval", direction, "R@1")),
+                     _pct(_align_value(metrics, "single", ds, "retrieval", direction, "R@1"))))
+    rows.append(("zero-shot finding accuracy, modality benchmark (%)",
+                 _pct(_align_value(metrics, "moe", "modality-bench", "zero_shot", "labels", "accuracy")),
+                 _pct(_align_value(metrics, "single", "modality-bench", "zero_shot", "labels", "accuracy"))))
+    for label, ds in (("image router vs modality, held-out generated (%)", "modality-bench"),
+                      ("image router vs modality, real images (%)", "real-samples")):
+        rows.append((label, _pct(_align_value(metrics, "moe", ds, "routing", "agreement")), "(one expert)"))
+    seg = metrics["seg"]
+    rows.append(("MoME mean Dice, held-out phantoms (%)", _pct(_get(seg["eval"], "mean", "dice")), ""))
+    for organ, values in seg["real_ct"]["metrics"].items():
+        rows.append((f"MoME Dice on the real CT: {organ} (%)", _pct(values.get("dice")), ""))
+    return rows
+
+
+def _align_sections(metrics: dict) -> list[Section]:
+    moe, single = metrics["align"]["moe"], metrics["align"]["single"]
+    rows = []
+    for ds in ("modality-bench", "iu-cxr", "real-samples"):
+        for direction in ("text_to_image", "image_to_text"):
+            for name, m in (("MoE K=6", moe), ("one expert", single)):
+                r = _get(m["eval"][ds], "retrieval", direction, default={})
+                rows.append([ds, direction.replace("_to_", "->"), name, _pct(_get(r, "R@1")), _pct(_get(r, "R@5")),
+                             _pct(_get(r, "R@10")), _get(r, "median_rank"), _get(m["eval"][ds], "n")])
+    retrieval = Table("Cross-modal retrieval on the test splits", ["dataset", "direction", "model", "R@1 %", "R@5 %",
+                      "R@10 %", "median rank", "pairs"], rows,
+                      note="R@K: share of queries whose paired item is among the K nearest. Chance R@1 = 1/pairs.")
+    zs_rows = []
+    for name, m in (("MoE K=6", moe), ("one expert", single)):
+        e = m["eval"]["modality-bench"]
+        zs_rows.append([name, _pct(_get(e, "zero_shot", "labels", "accuracy")),
+                        _get(e, "zero_shot", "labels", "mean_auroc"), _pct(_get(e, "zero_shot", "modality", "accuracy")),
+                        _pct(_get(e, "linear_probe", "labels", "1%", "accuracy")),
+                        _pct(_get(e, "linear_probe", "labels", "10%", "accuracy")),
+                        _pct(_get(e, "linear_probe", "labels", "100%", "accuracy"))])
+    zero_shot = Table("Zero-shot classification and linear probe (modality benchmark)",
+                      ["model", "finding acc. %", "finding mean AUROC", "modality acc. %", "probe 1 % labels",
+                       "probe 10 %", "probe 100 %"], zs_rows,
+                      note="Zero-shot: each class is a prompt ensemble; the nearest class embedding wins. Probe: "
+                           "logistic regression on frozen global image embeddings with 1/10/100 % of the training labels.")
+    train_rows = [[name, m["train"]["steps"], m["train"]["seconds"], m["train"]["samples_per_s"],
+                   m["train"]["bad_samples"]] for name, m in (("MoE K=6", moe), ("one expert", single))]
+    training = Table("Training (same data, steps and seed)", ["model", "steps", "seconds", "samples/s", "bad samples"],
+                     train_rows)
+    figures = []
+    for ds, caption in (("modality-bench", "Image-router confusion on held-out generated images (rows: true "
+                         "modality, columns: expert chosen from the image alone)."),
+                        ("real-samples", "Image-router confusion on the real DICOM/JPEG/NIfTI sample images.")):
+        for path in _get(moe["eval"][ds], "figures", default=[]):
+            if path.endswith("routing_confusion.png"):
+                figures.append(Figure(path, caption))
+    for path in _get(moe["eval"]["modality-bench"], "figures", default=[]):
+        if path.endswith("attention_maps.png"):
+            figures.append(Figure(path, "Word-region attention of the MoE model: where each report word looks in "
+                                        "its image (as the paper's Fig. 3)."))
+    text = ("medmoe-nano (tiny Swin, frozen real MiniLM text encoder) trained on the generated modality benchmark "
+            "plus the IU chest X-ray pairs (real Indiana University reports, rendered radiographs). The MoE model "
+            "routes each pair to one of 6 experts by its report during training; an image router learns to "
+            "predict that choice, so at test time the expert is picked from the image alone. The baseline is the "
+            "same model with one expert.")
+    return [Section("MedMoE: image-report alignment", text, [retrieval, zero_shot, training], figures)]
+
+
+def _seg_sections(metrics: dict) -> list[Section]:
+    seg = metrics["seg"]
+    per_class = _get(seg["eval"], "per_class", default={})
+    rows = [[name, _pct(v.get("dice")), _get(v, "hd95"), _pct(v.get("nsd")), v.get("n", "")]
+            for name, v in per_class.items()]
+    mean = _get(seg["eval"], "mean", default={})
+    rows.append(["mean", _pct(_get(mean, "dice")), _get(mean, "hd95"), _pct(_get(mean, "nsd")), ""])
+    phantom = Table("Held-out phantoms (every organ labelled)", ["class", "Dice %", "HD95 mm", "NSD % (2 mm)", "cases"],
+                    rows, note="Training data: three phantom 'datasets', each labelling a different subset of organs "
+                               "(partial labels); the loss counts only the classes each dataset labels.")
+    real = seg["real_ct"]
+    real_rows = [[name, _pct(v.get("dice")), _get(v, "hd95"), f"{real['volumes_ml'].get(name, float('nan')):.0f}"]
+                 for name, v in real["metrics"].items()]
+    real_table = Table("Real CT (TotalSegmentator example, abdomen-pelvis, 3 mm)", ["class", "Dice %", "HD95 mm",
+                       "predicted volume ml"], real_rows,
+                       note="Reference: TotalSegmentator's own model output shipped with its tests (not manual "
+                            "labels). The model never saw a real CT in training: this measures phantom-to-real transfer.")
+    figures = [Figure(real["figure"], "Predicted contours (solid) and TotalSegmentator's masks (dashed) on the real CT.")]
+    overlays = sorted(Path(p) for p in _get(seg["eval"], "overlays", default=[]))
+    if not overlays:
+        folder = Path(metrics.get("out", ".")) / "seg" / "overlays"
+        overlays = sorted(folder.glob("*.png"))
+    figures += [Figure(p, f"Held-out phantom {p.stem}: prediction (solid) vs reference (dashed).") for p in overlays[:2]]
+    t = seg["train"]
+    text = (f"mome-nano (SwinUNETR encoder-decoder, experts on its decoder scales, a router guided by each class "
+            f"prompt's MiniLM embedding, class-specific dynamic heads) trained {t['steps']} steps "
+            f"({t['seconds']:.0f} s) on synthetic CT phantoms.")
+    return [Section("MoME: text-prompted CT segmentation", text, [phantom, real_table], figures)]
+
+
+def build_report(metrics: dict, path: str | Path) -> Path:
+    path = Path(path)
+    metrics = {**metrics, "out": str(path.parent)}
+    rows = summary_rows(metrics)
+    summary = Table("Summary", ["metric", "MoE (K=6) / MoME", "one expert"], [list(r) for r in rows])
+    timing = Table("Time per stage", ["stage", "seconds"], [[k, v] for k, v in metrics["timings_s"].items()])
+    mode = "quick smoke run (tiny budgets: numbers are not meaningful)" if metrics["quick"] else "default run"
+    intro = (f"Every number below was computed in this run ({mode}, device {metrics['device']}, seed "
+             f"{metrics['seed']}) on medmoe's built-in offline data. Percentages are of the test split.")
+    sections = [Section("Summary", "", [summary, timing]), *_align_sections(metrics), *_seg_sections(metrics),
+                Section("Reproduce at scale", "The same commands train the paper-size models on real corpora:",
+                        code=SCALE_UP)]
+    return write_report(path, "medmoe demo report", intro, sections)
