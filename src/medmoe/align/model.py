@@ -141,13 +141,15 @@ class MedMoE(PretrainedMixin, nn.Module):
                     one = self.text([report])
                 cache[report] = (one.sentence[0], one.words[0, : len(one.word_text[0])], one.word_text[0])
         entries = [cache[r] for r in reports]
+        device = self.image_proj.weight.device  # the cache may predate a move of the model
         width = max(1, max(e[1].shape[0] for e in entries))
-        words = entries[0][0].new_zeros(len(entries), width, entries[0][0].shape[-1])
-        mask = torch.zeros(len(entries), width, dtype=torch.bool, device=words.device)
+        words = torch.zeros(len(entries), width, entries[0][0].shape[-1], dtype=entries[0][0].dtype, device=device)
+        mask = torch.zeros(len(entries), width, dtype=torch.bool, device=device)
         for b, (_, w, _) in enumerate(entries):
-            words[b, : w.shape[0]] = w
+            words[b, : w.shape[0]] = w.to(device)
             mask[b, : w.shape[0]] = True
-        return TextOutput(torch.stack([e[0] for e in entries]), words, mask, [list(e[2]) for e in entries])
+        sentence = torch.stack([e[0] for e in entries]).to(device)
+        return TextOutput(sentence, words, mask, [list(e[2]) for e in entries])
 
     def encode_text(self, reports: list[str], *, normalize: bool = True) -> Tensor:
         """(B, E) report embeddings (L2-normalised by default)."""
