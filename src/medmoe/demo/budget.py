@@ -14,10 +14,12 @@ class DemoBudget:
         iu_limit: IU chest X-ray reports used (None: all 3,927).
         align_steps, align_batch, align_lr, align_warmup: MedMoE training (both the MoE and the baseline).
         align_eval_max: test pairs evaluated per manifest (None: all).
+        align_probe: run the linear probe (embeds the training split too).
         seg_quick_data: build the small phantom pack.
         seg_steps, seg_batch, seg_lr, seg_warmup: MoME training.
         seg_spacing, seg_patch: MoME training geometry (mm, voxels).
         seg_eval_cases: held-out phantoms scored.
+        seg_overlap: sliding-window overlap at evaluation and prediction.
         seg_overrides: mome-nano config fields changed for the demo.
     """
 
@@ -28,6 +30,7 @@ class DemoBudget:
     align_lr: float
     align_warmup: int
     align_eval_max: int | None
+    align_probe: bool
     seg_quick_data: bool
     seg_steps: int
     seg_batch: int
@@ -36,17 +39,19 @@ class DemoBudget:
     seg_spacing: tuple[float, float, float]
     seg_patch: tuple[int, int, int]
     seg_eval_cases: int | None
+    seg_overlap: float
     seg_overrides: dict = field(default_factory=dict)
 
 
 QUICK = DemoBudget(
-    n_per_modality=30, iu_limit=120, align_steps=8, align_batch=16, align_lr=1e-3, align_warmup=2,
-    align_eval_max=60, seg_quick_data=True, seg_steps=4, seg_batch=2, seg_lr=2e-3, seg_warmup=1,
-    seg_spacing=(6.0, 6.0, 6.0), seg_patch=(32, 32, 32), seg_eval_cases=2,
+    n_per_modality=30, iu_limit=120, align_steps=4, align_batch=16, align_lr=1e-3, align_warmup=1,
+    align_eval_max=32, align_probe=False, seg_quick_data=True, seg_steps=2, seg_batch=1, seg_lr=2e-3,
+    seg_warmup=1, seg_spacing=(8.0, 8.0, 8.0), seg_patch=(32, 32, 32), seg_eval_cases=1, seg_overlap=0.0,
 )
 
 FULL = DemoBudget(
     n_per_modality=150, iu_limit=600, align_steps=150, align_batch=32, align_lr=1e-3, align_warmup=15,
-    align_eval_max=None, seg_quick_data=False, seg_steps=150, seg_batch=2, seg_lr=2e-3, seg_warmup=10,
+    align_eval_max=None, align_probe=True, seg_quick_data=False, seg_steps=150, seg_batch=2, seg_lr=2e-3, seg_warmup=10,
     seg_spacing=(4.5, 4.5, 4.5), seg_patch=(32, 32, 32), seg_eval_cases=6,
+    seg_overlap=0.25,
 )

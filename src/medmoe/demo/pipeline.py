@@ -115,7 +115,7 @@ def evaluate_align(model_dir: Path, manifests: dict[str, Path], out_dir: Path, b
     model = medmoe.load_model(model_dir, device=device)
     results = {}
     for name in ALIGN_DATASETS:
-        probe = "train" if name == "modality-bench" else None
+        probe = "train" if name == "modality-bench" and budget.align_probe else None
         results[name] = evaluate(model, manifests[name], split="test", out=out_dir / f"{name}.json",
                                  probe_split=probe, device=device, max_items=budget.align_eval_max,
                                  progress=progress, attention_examples=4 if name != "real-samples" else 0)
@@ -146,10 +146,11 @@ def evaluate_seg(model_dir: Path, datalist: Path, out_dir: Path, budget: DemoBud
 
     model = medmoe.load_model(model_dir, device=device)
     return evaluate(model, datalist, split="test", out=out_dir / "phantoms.json", overlay_dir=out_dir / "overlays",
-                    device=device, progress=progress, max_cases=budget.seg_eval_cases)
+                    device=device, progress=progress, max_cases=budget.seg_eval_cases, overlap=budget.seg_overlap)
 
 
-def predict_real_ct(model_dir: Path, datalist: Path, out_dir: Path, *, device: str) -> dict[str, Any]:
+def predict_real_ct(model_dir: Path, datalist: Path, out_dir: Path, budget: DemoBudget, *,
+                    device: str) -> dict[str, Any]:
     """Predict the demo organs on the real example CT and score them against TotalSegmentator's masks."""
     import medmoe
     from medmoe.seg.data import load_datalist
@@ -162,7 +163,7 @@ def predict_real_ct(model_dir: Path, datalist: Path, out_dir: Path, *, device: s
     lst = load_datalist(datalist)
     entry = lst.entries("training")[0]
     ct = read_ct(entry["image"])
-    prediction = predict_volume(model, ct, list(REAL_CT_PROMPTS), device=device)
+    prediction = predict_volume(model, ct, list(REAL_CT_PROMPTS), device=device, overlap=budget.seg_overlap)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_prediction(prediction, out_dir / "real_ct_mask.nii.gz", summary=out_dir / "real_ct_summary.json")
     label = read_label(entry["label"])
@@ -203,7 +204,7 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str =
     with Step("evaluate mome-nano on held-out phantoms", timings, say):
         seg_eval = evaluate_seg(seg_dir, data["phantoms"], out / "seg", budget, device=device, progress=progress)
     with Step("predict organs on a real CT", timings, say):
-        real_ct = predict_real_ct(seg_dir, data["totalseg"], out / "seg", device=device)
+        real_ct = predict_real_ct(seg_dir, data["totalseg"], out / "seg", budget, device=device)
     metrics = {"quick": quick, "seed": seed, "device": device, "budget": budget.__dict__, "timings_s": timings,
                "align": align, "seg": {"train": seg_train, "eval": seg_eval, "real_ct": real_ct}}
     metrics_path = out / "metrics.json"

@@ -1,0 +1,46 @@
+import json
+import math
+
+import pytest
+
+from medmoe.cli.main import main
+
+
+def test_cuda_on_a_cpu_machine_is_a_clear_error(capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["demo", "--device", "cuda", "--out", "unused"]) == 1
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_quick_demo_writes_a_sane_report_and_metrics(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "text->image R@1, modality benchmark" in printed and str(out / "report.html") in printed
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for which, k in (("moe", 6), ("single", 1)):
+        run = metrics["align"][which]
+        assert run["num_experts"] == k and run["train"]["steps"] == 4
+        for dataset in ("modality-bench", "iu-cxr", "real-samples"):
+            ev = run["eval"][dataset]
+            assert ev["n"] > 0
+            for direction in ("text_to_image", "image_to_text"):
+                r = ev["retrieval"][direction]
+                assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 1.0
+    routing = metrics["align"]["moe"]["eval"]["real-samples"]["routing"]
+    assert 0.0 <= routing["agreement"] <= 1.0 and sum(map(sum, routing["confusion"])) == routing["n_labelled"]
+    seg = metrics["seg"]
+    assert seg["train"]["steps"] == 2
+    dice = seg["eval"]["mean"]["dice"]
+    assert dice is None or (isinstance(dice, float) and (math.isnan(dice) or 0.0 <= dice <= 1.0))
+    assert set(seg["real_ct"]["classes"]) == {"liver", "spleen", "kidney_left", "kidney_right"}
+
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4  # confusion matrices, attention maps, CT overlays
+    assert "figure missing" not in html
+    assert (out / "seg" / "real_ct_mask.nii.gz").is_file()
