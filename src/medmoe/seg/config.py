@@ -30,6 +30,10 @@ class MoMEConfig:
         head_hidden: width of the two hidden layers of the per-class dynamic head (8 in the Universal Model).
         text_proj_dim: width of ReLU(Linear(text)) and of the projected pooled bottleneck fed to the controller.
         normalize_text: L2-normalise prompt embeddings before use (sentence encoders are trained for cosine).
+        center_text: subtract the mean embedding of the cached class set (then re-normalise): prompts such as
+            "right kidney" / "left kidney" have cosine ~0.97 in MiniLM space; centring spreads the classes
+            apart so the heads and router separate them sooner. The centre is a saved buffer, applied to
+            unseen prompts too.
         classes: the class names whose prompt embeddings are cached (empty: every class of the template;
             filled in with the explicit list when the model is built, so a saved model keeps its set).
         roi_size: training patch / sliding-window size (each a multiple of 32).
@@ -52,6 +56,7 @@ class MoMEConfig:
     head_hidden: int = 8
     text_proj_dim: int = 256
     normalize_text: bool = True
+    center_text: bool = True
     classes: tuple[str, ...] = ()
     roi_size: tuple[int, int, int] = (96, 96, 96)
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)

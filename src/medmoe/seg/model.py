@@ -86,9 +86,11 @@ class MoME(nn.Module, PretrainedMixin):
         self.class_names: tuple[str, ...] = tuple(classes)
         self._class_index = {name: i for i, name in enumerate(classes)}
         with torch.no_grad():
-            cached = self._encode([self.template.prompt(name) for name in classes])
-        # persistent: a saved model reloads the very embeddings it was trained with
-        self.register_buffer("class_embeddings", cached)
+            raw = self._encode_raw([self.template.prompt(name) for name in classes])
+        center = raw.mean(dim=0) if config.center_text else torch.zeros_like(raw[0])
+        # persistent: a saved model reloads the very embeddings (and centre) it was trained with
+        self.register_buffer("text_center", center)
+        self.register_buffer("class_embeddings", self._finish_text(raw))
 
     # ------------------------------------------------------------------ prompts
     @property
@@ -99,9 +101,18 @@ class MoME(nn.Module, PretrainedMixin):
     def text_dim(self) -> int:
         return self.text.width
 
-    def _encode(self, texts: list[str]) -> Tensor:
+    def _encode_raw(self, texts: list[str]) -> Tensor:
         emb = self.text(texts).sentence
         return F.normalize(emb, dim=-1) if self.config.normalize_text else emb
+
+    def _finish_text(self, raw: Tensor) -> Tensor:
+        if not self.config.center_text:
+            return raw
+        centered = raw - self.text_center.to(raw.dtype)
+        return F.normalize(centered, dim=-1) if self.config.normalize_text else centered
+
+    def _encode(self, texts: list[str]) -> Tensor:
+        return self._finish_text(self._encode_raw(texts))
 
     def resolve_prompts(self, prompts: list[str]) -> list[str | None]:
         """Canonical class of each prompt (synonyms and typos resolved), None for an unknown class."""
