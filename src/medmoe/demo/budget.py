@@ -1,4 +1,4 @@
-"""How much the demo trains: a quick smoke budget and the default one (about 15 minutes on 2 CPU cores)."""
+"""How much the demo trains: a quick smoke budget and the default one, sized for a 2-core CPU."""
 
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ QUICK = DemoBudget(
 )
 
 FULL = DemoBudget(
-    n_per_modality=150, iu_limit=600, align_steps=150, align_batch=32, align_lr=1e-3, align_warmup=15,
-    align_eval_max=None, align_probe=True, seg_quick_data=False, seg_steps=150, seg_batch=2, seg_lr=2e-3, seg_warmup=10,
-    seg_spacing=(4.5, 4.5, 4.5), seg_patch=(32, 32, 32), seg_eval_cases=6,
+    n_per_modality=150, iu_limit=600, align_steps=120, align_batch=32, align_lr=1e-3, align_warmup=15,
+    align_eval_max=None, align_probe=True, seg_quick_data=False, seg_steps=40, seg_batch=2, seg_lr=2e-3, seg_warmup=10,
+    seg_spacing=(6.0, 6.0, 6.0), seg_patch=(32, 32, 32), seg_eval_cases=4,
     seg_overlap=0.25,
 )
