@@ -128,8 +128,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {
-        "setup": {"model": args.model, "threads": torch.get_num_threads(), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
-                  "seeds": args.seeds, "overrides": overrides, "data": str(args.data)},
+        "setup": {"model": args.model, "threads": torch.get_num_threads(), "steps": args.steps,
+                  "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps, "seeds": args.seeds, "overrides": overrides, "data": str(args.data)},
         "runs": rows,
         "summary": summarise(rows, args.experts),
     }
