@@ -129,7 +129,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     result = {
         "setup": {"model": args.model, "threads": torch.get_num_threads(), "steps": args.steps,
-                  "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps, "seeds": args.seeds, "overrides": overrides, "data": str(args.data)},
+                  "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
+                  "seeds": args.seeds, "overrides": overrides, "data": str(args.data)},
         "runs": rows,
         "summary": summarise(rows, args.experts),
     }
