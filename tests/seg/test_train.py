@@ -106,3 +106,14 @@ def test_task_errors(datalist, tmp_path):
         SegTask(SegTaskConfig(data=str(tmp_path / "nope.json")))
     with pytest.raises(InvalidInputError, match="not a MoME"):
         SegTask(SegTaskConfig(data=str(datalist), model="medmoe-nano")).build_model()
+
+
+def test_run_config_yaml_sets_seg_train_defaults():
+    from pathlib import Path
+
+    from medmoe.cli.main import build_parser
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "seg-nano-phantoms.yaml"
+    args = build_parser().parse_args(["seg", "train", "--config", str(config), "--out", "run", "--steps", "7"])
+    assert args.patch_size == [64, 64, 32] and args.spacing == [4.5, 4.5, 4.5]
+    assert args.model == "mome-nano" and args.steps == 7 and args.val_split == "test"

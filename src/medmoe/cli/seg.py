@@ -32,6 +32,14 @@ def _overrides(pairs: list[str] | None) -> dict:
     return out
 
 
+def _voxels(text: str) -> int:
+    """A positive voxel count (a named type, so YAML lists such as ``patch_size: [64, 64, 32]`` load)."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of voxels")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("seg", help="MoME text-prompted CT segmentation: train, predict, eval, build-samples")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
@@ -53,7 +61,7 @@ def _add_train(group: argparse._SubParsersAction) -> None:
     g = train.add_argument_group("segmentation")
     g.add_argument("--data", required=True, metavar="DATALIST", help="Decathlon-style datalist JSON")
     g.add_argument("--model", default="mome-nano", help="registered model name or a saved model directory")
-    g.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+    g.add_argument("--patch-size", type=_voxels, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="training patch in voxels, multiples of 32 (default: the model's roi_size)")
     g.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                    help="training spacing in mm (default: the model's, 1.5 mm)")
