@@ -45,14 +45,15 @@ class DynamicHeads(nn.Module):
 
     def forward(self, features: Tensor, params: Tensor) -> Tensor:
         b, k, c, *size = features.shape
-        x = features.reshape(b, k, c, -1)
+        x = features.reshape(b * k, c, -1)
+        params = params.reshape(b * k, -1).to(x.dtype)
         offset = 0
         for layer, ((out_c, in_c), n_bias) in enumerate(self.layer_shapes):
-            weight = params[..., offset:offset + out_c * in_c].reshape(b, k, out_c, in_c)
+            weight = params[:, offset:offset + out_c * in_c].reshape(b * k, out_c, in_c)
             offset += out_c * in_c
-            bias = params[..., offset:offset + n_bias].reshape(b, k, n_bias, 1)
+            bias = params[:, offset:offset + n_bias].reshape(b * k, n_bias, 1)
             offset += n_bias
-            x = torch.matmul(weight, x) + bias  # one grouped 1x1x1 conv for all B*K heads
+            x = torch.baddbmm(bias, weight, x)  # one grouped 1x1x1 conv (+ bias) for all B*K heads
             if layer < len(self.layer_shapes) - 1:
-                x = torch.relu(x)
+                x = x.relu_()
         return x.reshape(b, k, *size)

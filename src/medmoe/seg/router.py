@@ -40,8 +40,8 @@ class ScaleRouter(nn.Module):
         b, _, *size = voxel_features.shape
         k = text.shape[0]
         v = self.voxel_proj(voxel_features).flatten(2)  # (B, d, X)
-        q = self.text_proj(text).view(k * self.num_scales, self.dim)  # rows: (k, s)
-        logits = torch.matmul(q.float(), v.float()) / math.sqrt(self.dim)  # (B, K*S, X), fp32 for the softmax
+        q = self.text_proj(text).view(k * self.num_scales, self.dim) / math.sqrt(self.dim)  # rows: (k, s)
+        logits = torch.matmul(q.float(), v.float())  # (B, K*S, X), fp32 for the softmax
         gates = logits.view(b, k, self.num_scales, -1).softmax(dim=2)
         return gates.view(b, k, self.num_scales, *size)
 
