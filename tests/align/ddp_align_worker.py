@@ -25,6 +25,8 @@ def main(out_dir: str) -> None:
     out["global_loss"].backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     torch.save({"loss": out["global_loss"].detach(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    del wrapped, out
+    dist.barrier()  # no rank closes its sockets while the other still talks
     dist.destroy_process_group()
 
 

@@ -177,7 +177,7 @@ ds = ShardDataset(sys.argv[1], image_size=8)
 indices = [item["index"] for item in ds]
 with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as fh:
     json.dump(indices, fh)
-dist.barrier()
+dist.barrier()  # no rank closes its sockets while the other still talks
 dist.destroy_process_group()
 """
 

@@ -35,6 +35,8 @@ def main(out_dir: str) -> None:
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in layer.parameters())).hexdigest()
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
         f.write(digest)
+    del model, opt  # release DDP's reducer and its pending gloo work before the group goes
+    dist.barrier()  # no rank closes its sockets while the other still talks
     dist.destroy_process_group()
 
 

@@ -82,6 +82,7 @@ def main(out_dir: str) -> None:
         "interrupted_at": interrupted_at,
         "resumed_from": str(resumed.resumed_from),
     }
+    dist.barrier()  # no rank closes its sockets while the other still talks
     dist.destroy_process_group()
     report["is_main_after_teardown"] = is_main()  # what a CLI handler asks once run_training returned
     (out / f"rank{rank}.json").write_text(json.dumps(report))

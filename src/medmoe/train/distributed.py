@@ -110,9 +110,16 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank_, world_size=world, local_rank=local_rank, device=dev, owns_process_group=owns)
 
 
-def teardown_distributed(env: DistEnv) -> None:
-    """Destroy the process group if :func:`setup_distributed` created it."""
+def teardown_distributed(env: DistEnv, *, synchronize: bool = True) -> None:
+    """Destroy the process group if :func:`setup_distributed` created it.
+
+    With ``synchronize`` every rank first waits at a barrier, so no rank closes its gloo sockets while
+    another still talks to it (that race aborts the slower rank). Pass ``False`` when leaving on an
+    error: the other ranks may never reach the barrier.
+    """
     if env.owns_process_group and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

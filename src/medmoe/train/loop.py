@@ -99,9 +99,12 @@ def run_training(task: Task, args: argparse.Namespace | TrainConfig) -> TrainRes
     cfg = args if isinstance(args, TrainConfig) else TrainConfig.from_namespace(args)
     env = setup_distributed(cfg.device)
     try:
-        return _Run(task, cfg, env, args).run()
-    finally:
-        teardown_distributed(env)
+        result = _Run(task, cfg, env, args).run()
+    except BaseException:
+        teardown_distributed(env, synchronize=False)
+        raise
+    teardown_distributed(env)
+    return result
 
 
 def _seed_everything(seed: int) -> None:
