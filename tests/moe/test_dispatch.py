@@ -101,3 +101,16 @@ def test_bad_routing_shapes_are_rejected():
     with pytest.raises(InvalidInputError, match="batch dimension"):
         sparse_dispatch(experts, [torch.randn(2, 4), torch.randn(3, 4)], torch.zeros(2, 1, dtype=torch.long),
                         torch.ones(2, 1))
+
+
+@pytest.mark.parametrize("index", [[[0], [0], [0]], [[0], [1], [0]]])
+def test_inference_dispatch_never_overwrites_the_input(index):
+    """An identity expert returns its input; scaling it in place under no_grad would corrupt the caller's tensor."""
+    x = torch.randn(3, 4)
+    before = x.clone()
+    expert_index = torch.tensor(index)
+    gates = torch.full((3, 1), 0.5)
+    with torch.inference_mode():
+        out = sparse_dispatch([nn.Identity(), nn.Identity()], x, expert_index, gates)
+    assert torch.equal(x, before)
+    assert torch.allclose(out, before * 0.5)

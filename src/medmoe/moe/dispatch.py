@@ -40,8 +40,18 @@ def _call(expert: nn.Module, inputs: Inputs) -> Tensor:
     return expert(inputs) if isinstance(inputs, Tensor) else expert(list(inputs))
 
 
-def _scale(y: Tensor, gate: Tensor) -> Tensor:
-    return y * gate.to(y.dtype).view(-1, *([1] * (y.dim() - 1)))
+def _scale(y: Tensor, gate: Tensor, inputs: Inputs) -> Tensor:
+    gate = gate.to(y.dtype).view(-1, *([1] * (y.dim() - 1)))
+    if (torch.is_grad_enabled() and y.requires_grad) or _shares_memory(y, inputs):
+        return y * gate
+    return y.mul_(gate)  # no graph to keep and a fresh buffer: scale the expert's output in place
+
+
+def _shares_memory(y: Tensor, inputs: Inputs) -> bool:
+    """Whether ``y`` aliases an input (an identity-like expert), which an in-place scale would overwrite."""
+    storage = y.untyped_storage().data_ptr()
+    tensors = [inputs] if isinstance(inputs, Tensor) else inputs
+    return any(x.untyped_storage().data_ptr() == storage for x in tensors)
 
 
 def _check(experts: Sequence[nn.Module], expert_index: Tensor, gates: Tensor, n: int) -> None:
@@ -71,14 +81,22 @@ def sparse_dispatch(experts: Sequence[nn.Module], inputs: Inputs, expert_index: 
     flat_expert = expert_index.reshape(-1)
     flat_gate = gates.reshape(-1)
     flat_row = torch.arange(n, device=expert_index.device).repeat_interleave(k)
+    hit = torch.unique(flat_expert).tolist()
+    if k == 1 and len(hit) == 1:  # the whole batch went to one expert: no gather, no scatter
+        return _scale(_call(experts[hit[0]], inputs), flat_gate, inputs)
     out: Tensor | None = None
-    for e in torch.unique(flat_expert).tolist():
+    for e in hit:
         slots = (flat_expert == e).nonzero(as_tuple=True)[0]
         rows = flat_row.index_select(0, slots)
-        y = _scale(_call(experts[e], _rows(inputs, rows)), flat_gate.index_select(0, slots))
+        picked = _rows(inputs, rows)
+        y = _scale(_call(experts[e], picked), flat_gate.index_select(0, slots), picked)
         if out is None:
-            out = y.new_zeros((n, *y.shape[1:]))
-        out.index_add_(0, rows, y)
+            # top-1 writes every row exactly once, so the buffer needs no zero fill
+            out = y.new_empty((n, *y.shape[1:])) if k == 1 else y.new_zeros((n, *y.shape[1:]))
+        if k == 1:
+            out.index_copy_(0, rows, y)
+        else:
+            out.index_add_(0, rows, y)
     if out is None:  # empty batch: let expert 0 define the output shape
         out = _call(experts[0], inputs)
     return out
