@@ -24,7 +24,9 @@ from medmoe.errors import MedMoEError
 log = logging.getLogger(__name__)
 
 ALIGN_DATASETS = ("modality-bench", "iu-cxr", "real-samples")
-REAL_CT_PROMPTS = ("liver", "spleen", "kidney left", "kidney right")
+REAL_CT_PROMPTS = ("liver", "spleen", "kidney left", "kidney right")  # free text: resolved through synonyms
+REAL_CT_CLASSES = ("liver", "spleen", "kidney_left", "kidney_right")   # what the real CT teaches in training
+REAL_CT_DATASET = "example-ct"
 
 
 @dataclass
@@ -82,6 +84,35 @@ def combined_manifest(manifests: list[Path], out: Path) -> Path:
 
     rows = [row for m in manifests for row in read_manifest(m)]
     write_manifest(rows, out)
+    return out
+
+
+def seg_training_datalist(phantoms: Path, real: Path, out: Path) -> Path:
+    """The phantom datalist plus the real example CT as one more partially labelled dataset.
+
+    The real CT keeps only :data:`REAL_CT_CLASSES` of its TotalSegmentator map, so training prompts stay few;
+    the validation and test splits stay the phantoms'. Paths become absolute so ``out`` can live anywhere.
+    """
+    def entries(doc: dict, root: Path, split: str, dataset: str | None = None) -> list[dict]:
+        rows = []
+        for e in doc.get(split, []):
+            row = {**e, "image": str((root / e["image"]).resolve()), "label": str((root / e["label"]).resolve())}
+            rows.append({**row, "dataset": dataset} if dataset else row)
+        return rows
+
+    ph, ct = json.loads(phantoms.read_text()), json.loads(real.read_text())
+    ct_map = next(iter(ct["label_maps"].values()))
+    keep = {i: name for i, name in ct_map.items() if name in REAL_CT_CLASSES}
+    if set(keep.values()) != set(REAL_CT_CLASSES):
+        raise MedMoEError(f"{real}: the real CT's label map lacks {sorted(set(REAL_CT_CLASSES) - set(keep.values()))}")
+    doc = {**ph, "description": f"{ph.get('description', 'phantoms')} + the real example CT ({REAL_CT_DATASET})",
+           "label_maps": {**ph.get("label_maps", {}), REAL_CT_DATASET: keep},
+           "training": entries(ph, phantoms.parent, "training") + entries(ct, real.parent, "training", REAL_CT_DATASET)}
+    for split in ("validation", "test"):
+        if split in ph:
+            doc[split] = entries(ph, phantoms.parent, split)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
     return out
 
 
@@ -198,11 +229,12 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str =
             align[label] = {"num_experts": k, "train": train_info,
                             "eval": evaluate_align(model_dir, data, out / "align" / label, budget, device=device,
                                                    progress=progress)}
-    with Step("train mome-nano on CT phantoms", timings, say):
-        seg_dir, seg_train = train_seg(data["phantoms"], out / "runs" / "seg", budget, seed=seed, device=device,
+    seg_data = seg_training_datalist(data["phantoms"], data["totalseg"], out / "runs" / "seg-train.json")
+    with Step("train mome-nano on CT phantoms + the real example CT", timings, say):
+        seg_dir, seg_train = train_seg(seg_data, out / "runs" / "seg", budget, seed=seed, device=device,
                                        progress=progress)
     with Step("evaluate mome-nano on held-out phantoms", timings, say):
-        seg_eval = evaluate_seg(seg_dir, data["phantoms"], out / "seg", budget, device=device, progress=progress)
+        seg_eval = evaluate_seg(seg_dir, seg_data, out / "seg", budget, device=device, progress=progress)
     with Step("predict organs on a real CT", timings, say):
         real_ct = predict_real_ct(seg_dir, data["totalseg"], out / "seg", budget, device=device)
     metrics = {"quick": quick, "seed": seed, "device": device, "budget": budget.__dict__, "timings_s": timings,
