@@ -9,8 +9,9 @@ import sys
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="build sample data, train + evaluate MedMoE and MoME, write report.html",
                             description="Builds the built-in data if needed, trains medmoe-nano (6 experts) and its "
-                                        "one-expert baseline, trains mome-nano on CT phantoms, predicts organs on a "
-                                        "real CT, and writes DIR/report.html and DIR/metrics.json.")
+                                        "one-expert baseline, trains mome-nano on CT phantoms plus the real example "
+                                        "CT, predicts organs on that CT, and writes DIR/report.html and "
+                                        "DIR/metrics.json.")
     parser.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (about a minute): a smoke run")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
