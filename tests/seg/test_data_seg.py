@@ -185,3 +185,27 @@ def test_totalsegmentator_pack_label_map_matches_the_template(tmp_path_factory):
     doc = json.loads(datalist.read_text())
     assert doc["test"][0]["image"] == "example_ct_dicom"
     assert np.unique([e["dataset"] for e in doc["training"] + doc["test"]]).tolist() == ["TotalSegmentator"]
+
+
+def test_soft_labels_are_partial_volume_fractions_aligned_with_the_hard_labels(tmp_path_factory):
+    kwargs = dict(patch_size=PATCH, spacing=(5.0, 5.0, 5.0), samples_per_volume=1, seed=5, progress=False, cache=False)
+    hard = build_seg_dataset(phantom_datalist(tmp_path_factory), "training", **kwargs)
+    soft = build_seg_dataset(phantom_datalist(tmp_path_factory), "training", soft_labels=True, **kwargs)
+    names = soft.class_names
+    fractional = 0
+    for index in range(3):  # one item of each phantom dataset (stored RAS or LPS, at different spacings)
+        a, b = hard[index][0], soft[index][0]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label_mask"], b["label_mask"])
+        h, s = a["label"], b["label"]
+        assert s.shape == h.shape and s.dtype == torch.float32 and 0 <= float(s.min()) and float(s.max()) <= 1
+        # nothing for classes the dataset does not label; organs still contain their lesions
+        assert not s[~b["label_mask"]].any()
+        li, lt = names.index("liver"), names.index("liver_tumour")
+        assert (s[lt] <= s[li] + 1e-3).all()
+        for k in torch.nonzero(h.flatten(1).sum(1) > 50).flatten().tolist():
+            inter = float((h[k].bool() & (s[k] > 0.5)).sum())
+            dice = 2 * inter / float(h[k].sum() + (s[k] > 0.5).sum())
+            assert dice > 0.85, (b["dataset"], names[k], dice)  # same place as nearest-neighbour labels
+            assert 0.85 < float(s[k].sum() / h[k].sum()) < 1.15, (b["dataset"], names[k])
+        fractional += int(((s > 0.05) & (s < 0.95)).sum())
+    assert fractional > 100  # boundaries carry fractions, not only 0 and 1

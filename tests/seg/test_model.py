@@ -200,3 +200,20 @@ def test_paper_scale_model_builds_and_runs():
         m(torch.zeros(1, 1, 32, 32, 32), ["liver"])
     with torch.no_grad():
         assert m(torch.zeros(1, 1, 32, 32, 64), ["liver", "spleen"]).shape == (1, 2, 32, 32, 64)
+
+
+@pytest.mark.timeout(120)
+def test_prompts_steer_the_heads_from_the_first_step():
+    """With MiniLM's unit-norm prompts fed unscaled, every class started with nearly the same head (logits of
+    different prompts differed less than across voxels) and small organs died before their prompts could
+    separate them. Scaled to unit RMS, the prompt moves a class's logits far more than the image does."""
+    names = ["liver", "spleen", "kidney_left", "kidney_right", "gallbladder", "pancreas", "aorta", "stomach"]
+    x = _volume(32, 32, 32)
+    ratios = {}
+    for scale in (True, False):
+        torch.manual_seed(0)
+        mome = medmoe.create_model("mome-nano", scale_text=scale)
+        with torch.no_grad():
+            logits = mome(x, prompts=names)
+        ratios[scale] = float(logits.std(dim=1).mean() / logits.std(dim=(2, 3, 4)).mean())
+    assert ratios[True] > 3.0 > 1.0 > ratios[False], ratios

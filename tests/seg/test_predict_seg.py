@@ -261,3 +261,34 @@ def test_separable_resampling_equals_monai_and_handles_oblique_grids():
     oblique = np.array([[3 * c, -3 * s, 0, -25], [3 * s, 3 * c, 0, -22], [0, 0, 3.0, -10], [0, 0, 0, 1]])
     out = resample_to_grid(x, src, oblique, (20, 18, 12), "linear")
     assert out.shape == (2, 20, 18, 12) and 0.2 < out[out > 0].mean() < 0.8
+
+
+def test_masks_are_thresholded_after_resampling_the_probabilities_to_the_input_grid():
+    """A sphere predicted as a one-voxel probability ramp on a 6 mm grid comes back on a 2 mm (LPS) input grid
+    with its true boundary; thresholding on the 6 mm grid and copying nearest voxels back made a staircase."""
+    from medmoe.seg.io import Volume
+    from medmoe.seg.predict import probabilities_to_native
+    from medmoe.seg.resample import resample_to_grid
+
+    radius = 13.0
+
+    def grid(spacing, n, signs=(1, 1, 1)):
+        affine = np.diag([*(np.array(signs) * spacing), 1.0])
+        affine[:3, 3] = -affine[:3, :3] @ np.full(3, (n - 1) / 2)
+        centres = np.einsum("ij,j...->i...", affine[:3, :3], np.indices((n, n, n))) + affine[:3, 3, None, None, None]
+        return affine, np.linalg.norm(centres, axis=0)
+
+    coarse, r_coarse = grid(6.0, 16)
+    fine, r_fine = grid(2.0, 48, signs=(-1, -1, 1))
+    probs = torch.from_numpy(np.clip(0.5 + (radius - r_coarse) / 6.0, 0, 1)[None].astype(np.float32))
+    volume = Volume(array=np.zeros((48, 48, 48), np.int16), affine=fine, path="sphere")
+    masks, kept = probabilities_to_native(probs, coarse, volume, 0.5, keep_probabilities=True)
+    truth = r_fine < radius
+    assert masks.shape == (1, 48, 48, 48) and masks.dtype == bool and kept.shape == (1, 48, 48, 48)
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    staircase = resample_to_grid((probs.numpy() > 0.5).astype(np.uint8), coarse, fine, truth.shape, "nearest")[0] > 0
+    assert dice(masks[0], truth) > 0.95 and dice(staircase, truth) < 0.9
+    np.testing.assert_array_equal(masks, kept > 0.5)

@@ -68,6 +68,9 @@ def _add_train(group: argparse._SubParsersAction) -> None:
     g.add_argument("--samples-per-volume", type=int, default=1, help="patches per volume and item")
     g.add_argument("--no-cache", action="store_true", help="read volumes from disk every time (no memory cache)")
     g.add_argument("--no-balance", action="store_true", help="sample volumes, not source datasets, uniformly")
+    g.add_argument("--soft-labels", action="store_true",
+                   help="train against partial-volume class fractions instead of nearest-neighbour labels "
+                        "(sharper boundaries at coarse spacings; K float16 channels per cached volume)")
     g.add_argument("--bce-weight", type=float, default=1.0)
     g.add_argument("--dice-weight", type=float, default=1.0)
     g.add_argument("--dice-reduction", choices=("batch", "sample"), default="batch",
@@ -94,7 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
         samples_per_volume=args.samples_per_volume, balance=not args.no_balance, bce_weight=args.bce_weight,
         dice_weight=args.dice_weight, dice_reduction=args.dice_reduction, balance_weight=args.balance_weight, seed=args.seed,
         pretrained=not args.random_text, val_split=args.val_split or None, val_max_cases=args.val_max_cases,
-        val_overlap=args.val_overlap, progress=not args.no_progress,
+        val_overlap=args.val_overlap, progress=not args.no_progress, soft_labels=args.soft_labels,
     )
     result = run_training(SegTask(config), args)
     if is_main():

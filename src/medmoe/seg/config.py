@@ -34,6 +34,11 @@ class MoMEConfig:
             "right kidney" / "left kidney" have cosine ~0.97 in MiniLM space; centring spreads the classes
             apart so the heads and router separate them sooner. The centre is a saved buffer, applied to
             unseen prompts too.
+        scale_text: feed the heads and the router ``sqrt(T) * t_k`` (unit RMS per element) instead of the
+            unit-norm t_k. ``nn.Linear``'s default init expects inputs of unit scale; a unit-norm 384-d vector
+            has elements of ~0.05, which left the text path ~20x weaker than the pooled image path in the
+            controller, so every class started with the same head and small classes died before their
+            prompts could tell them apart.
         classes: the class names whose prompt embeddings are cached (empty: every class of the template;
             filled in with the explicit list when the model is built, so a saved model keeps its set).
         roi_size: training patch / sliding-window size (each a multiple of 32).
@@ -57,6 +62,7 @@ class MoMEConfig:
     text_proj_dim: int = 256
     normalize_text: bool = True
     center_text: bool = True
+    scale_text: bool = True
     classes: tuple[str, ...] = ()
     roi_size: tuple[int, int, int] = (96, 96, 96)
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)

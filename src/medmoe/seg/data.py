@@ -168,12 +168,16 @@ class SegDataset(Dataset):
         samples_per_volume: patches drawn from a volume per item (``train`` only).
         balance: uniform sampling across source datasets (``train`` only).
         progress: tqdm bar while caching.
+        soft_labels: ``label`` holds each class's partial-volume fraction of a voxel (in [0, 1], linear
+            resampling of the native-grid masks, see :class:`~medmoe.seg.transforms.SoftMultiHotd`) instead
+            of the nearest-neighbour multi-hot. Costs K float16 channels per cached volume.
     """
 
     def __init__(self, entries: Sequence[dict[str, str]], template: ClassTemplate, *,
                  class_names: Sequence[str] | None = None, patch_size: Sequence[int] = (96, 96, 96),
                  spacing: Sequence[float] = DEFAULT_SPACING, train: bool = True, cache: bool = True, seed: int = 0,
-                 samples_per_volume: int = 1, balance: bool | None = None, progress: bool = True) -> None:
+                 samples_per_volume: int = 1, balance: bool | None = None, progress: bool = True,
+                 soft_labels: bool = False) -> None:
         if not entries:
             raise InvalidInputError("SegDataset: no entries (is the datalist split empty?)")
         if samples_per_volume < 1:
@@ -193,9 +197,12 @@ class SegDataset(Dataset):
         self.samples_per_volume = samples_per_volume if train else 1
         self.masks = {d: template.label_mask(d, self.class_names) for d in datasets}
         self.tables = {d: torch.from_numpy(template.lookup_table(d, self.class_names)) for d in datasets}
+        self.soft_labels = soft_labels
+        tables = {d: t.numpy() for d, t in self.tables.items()} if soft_labels else None
         self.preprocess = preprocess_transforms(self.spacing, pad_to=self.patch_size if train else None,
-                                                fg_indices=train)
-        self.augment = augment_transforms(self.patch_size, samples_per_volume=self.samples_per_volume) if train else None
+                                                fg_indices=train, soft_tables=tables)
+        self.augment = (augment_transforms(self.patch_size, samples_per_volume=self.samples_per_volume,
+                                           soft=soft_labels) if train else None)
         self.balance = train and (len(datasets) > 1 if balance is None else balance)
         self.sources = {d: [i for i, e in enumerate(self.entries) if e["dataset"] == d] for d in datasets}
         self._cache: dict[int, dict | BadSample] = {}
@@ -232,7 +239,7 @@ class SegDataset(Dataset):
         try:
             if "label" not in entry:
                 raise InvalidInputError("entry has no label file")
-            out = self.preprocess({"image": entry["image"], "label": entry["label"]})
+            out = self.preprocess({"image": entry["image"], "label": entry["label"], "dataset": entry["dataset"]})
             out["dataset"] = entry["dataset"]
             return out
         except (MedMoEError, RuntimeError, ValueError, OSError, KeyError, IndexError) as err:
@@ -250,6 +257,11 @@ class SegDataset(Dataset):
         return self._cache[i] if i in self._cache else self._load(i)
 
     def _finish(self, d: dict, dataset: str, path: str) -> dict[str, Any]:
+        image = d["image"]
+        image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+        if "soft_label" in d:
+            return {"image": image.float().contiguous(), "label": d["soft_label"].float().contiguous(),
+                    "label_mask": self.masks[dataset].clone(), "dataset": dataset, "path": path}
         label = d["label"]
         label = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(label)
         ids = label[0].long()
@@ -258,8 +270,6 @@ class SegDataset(Dataset):
             logger.debug("%s: label ids above the %s map are background", path, dataset)
             ids = torch.where(ids < table.shape[0], ids, torch.zeros_like(ids))
         multi_hot = table[ids].permute(3, 0, 1, 2).float().contiguous()
-        image = d["image"]
-        image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
         return {"image": image.float().contiguous(), "label": multi_hot, "label_mask": self.masks[dataset].clone(),
                 "dataset": dataset, "path": path}
 
@@ -284,7 +294,8 @@ def build_seg_dataset(datalist_path: str | os.PathLike, split: str = "training",
                       patch_size: Sequence[int] = (96, 96, 96), spacing: Sequence[float] = DEFAULT_SPACING,
                       cache: bool = True, train: bool = True, seed: int = 0, samples_per_volume: int = 1,
                       class_names: Sequence[str] | None = None, balance: bool | None = None,
-                      template: ClassTemplate | None = None, progress: bool = True) -> SegDataset:
+                      template: ClassTemplate | None = None, progress: bool = True,
+                      soft_labels: bool = False) -> SegDataset:
     """The :class:`SegDataset` of one split of a datalist.
 
     The channel order defaults to the classes labelled by any dataset of the whole datalist (every split),
@@ -300,7 +311,7 @@ def build_seg_dataset(datalist_path: str | os.PathLike, split: str = "training",
     names = list(class_names) if class_names is not None else datalist.class_names()
     return SegDataset(datalist.entries(split), datalist.template, class_names=names, patch_size=patch_size,
                       spacing=spacing, train=train, cache=cache, seed=seed, samples_per_volume=samples_per_volume,
-                      balance=balance, progress=progress)
+                      balance=balance, progress=progress, soft_labels=soft_labels)
 
 
 def seg_collate(samples: Sequence[Any]) -> dict[str, Any]:

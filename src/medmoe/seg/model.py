@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +211,8 @@ class MoME(nn.Module, PretrainedMixin):
         """
         self._check_volume(volume)
         text = self._text(prompts, text_emb, volume)
+        if self.config.scale_text and self.config.normalize_text:
+            text = text * math.sqrt(self.text_dim)
         feats = self.backbone(volume)
         scale = self.config.fusion_scale
         size = tuple(s // scale for s in volume.shape[2:])

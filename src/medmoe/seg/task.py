@@ -51,6 +51,9 @@ class SegTaskConfig:
         val_max_cases: validate on at most this many cases.
         val_overlap: sliding-window overlap at validation.
         progress: tqdm bars while caching and validating.
+        soft_labels: train against partial-volume class fractions (linear resampling of the native masks)
+            instead of nearest-neighbour labels; see :class:`~medmoe.seg.data.SegDataset`. Costs K float16
+            channels per cached volume, so it suits coarse spacings and small class sets (the phantoms).
     """
 
     data: str
@@ -71,6 +74,7 @@ class SegTaskConfig:
     val_max_cases: int = 8
     val_overlap: float = 0.25
     progress: bool = True
+    soft_labels: bool = False
 
 
 def build_seg_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
@@ -150,7 +154,8 @@ class SegTask:
             cfg = self.config
             self._train_ds = build_seg_dataset(cfg.data, "training", patch_size=patch, spacing=spacing, cache=cfg.cache,
                                                train=True, seed=cfg.seed, samples_per_volume=cfg.samples_per_volume,
-                                               balance=cfg.balance, progress=cfg.progress)
+                                               balance=cfg.balance, progress=cfg.progress,
+                                               soft_labels=cfg.soft_labels)
             self.class_names = list(self._train_ds.class_names)
             log.info("training on %d volumes of %s; %d classes: %s", len(self._train_ds.entries),
                      sorted(self._train_ds.sources), len(self.class_names), ", ".join(self.class_names))

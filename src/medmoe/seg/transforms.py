@@ -19,6 +19,7 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     CropForegroundd,
+    DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
     FgBgToIndicesd,
@@ -36,6 +37,7 @@ from monai.transforms import (
 
 from medmoe.errors import InvalidInputError
 from medmoe.seg.io import VolumeReader, same_grid
+from medmoe.seg.resample import resample_to_grid
 
 HU_WINDOW = (-175.0, 250.0)
 
@@ -92,6 +94,63 @@ class ToPlaintensord(MapTransform):
         return d
 
 
+class _KeepNatived(MapTransform):
+    """Keep the label ids on their native grid under ``native_ids`` for :class:`SoftMultiHotd` (not
+    ``label_*``: MONAI's Spacingd treats every ``label_*`` key as a metadata dict of ``label``)."""
+
+    def __init__(self) -> None:
+        super().__init__(["label"])
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d["native_ids"] = d["label"].clone()
+        return d
+
+
+class SoftMultiHotd(MapTransform):
+    """Partial-volume class fractions on the final image grid, from the label ids on the native grid.
+
+    For each class k the native-grid mask ``table[ids, k]`` is resampled linearly onto the image's (RAS,
+    resampled, cropped, padded) grid, one class at a time; the result, in [0, 1], is the fraction of a
+    coarse voxel the class covers. Training against these fractions instead of nearest-neighbour labels
+    lets a model trained at a coarse spacing put the 0.5 iso-surface of its probabilities where the organ
+    boundary really is, which thresholding after linear resampling back to the native grid then keeps.
+
+    Reads ``d[native_key]`` (1, X, Y, Z) ids with their native affine and ``d["dataset"]``; writes
+    ``d[out_key]`` (K, X', Y', Z') float16 on the grid of ``d[image_key]`` and drops ``native_key``.
+
+    Args:
+        tables: dataset -> (max_id + 1, K) bool lookup table (:meth:`ClassTemplate.lookup_table`).
+    """
+
+    def __init__(self, tables: Mapping[str, np.ndarray], *, native_key: str = "native_ids",
+                 image_key: str = "image", out_key: str = "soft_label") -> None:
+        super().__init__([native_key])
+        self.tables = {k: np.asarray(v, dtype=bool) for k, v in tables.items()}
+        self.native_key, self.image_key, self.out_key = native_key, image_key, out_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        native, image = d.pop(self.native_key), d[self.image_key]
+        dataset = d.get("dataset")
+        if dataset not in self.tables:
+            raise InvalidInputError(f"SoftMultiHotd: no lookup table for dataset {dataset!r}; have {sorted(self.tables)}")
+        table = self.tables[dataset]
+        ids = np.asarray(native.as_tensor() if isinstance(native, MetaTensor) else native)[0].astype(np.int64)
+        ids = np.where((ids >= 0) & (ids < table.shape[0]), ids, 0)
+        src, dst, shape = _affine(native), _affine(image), tuple(image.shape[1:])
+        out = np.zeros((table.shape[1], *shape), dtype=np.float16)
+        for k in range(table.shape[1]):
+            rows = table[:, k]
+            if not rows.any():
+                continue
+            mask = rows[ids]
+            if mask.any():
+                out[k] = np.clip(resample_to_grid(mask[None].astype(np.float32), src, dst, shape, "linear")[0], 0, 1)
+        d[self.out_key] = torch.from_numpy(out)
+        return d
+
+
 @contextlib.contextmanager
 def _quiet_reader_registration() -> Iterator[None]:
     """LoadImage instantiates every MONAI reader; the GPU DICOM one warns on each CPU-only construction."""
@@ -121,7 +180,8 @@ def load_transforms(*, with_label: bool = True, check_ct: bool = True) -> list:
 
 def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, crop_foreground: bool = True,
                           pad_to: Sequence[int] | None = None, hu_window: tuple[float, float] = HU_WINDOW,
-                          check_ct: bool = True, fg_indices: bool = False) -> Compose:
+                          check_ct: bool = True, fg_indices: bool = False,
+                          soft_tables: Mapping[str, np.ndarray] | None = None) -> Compose:
     """Deterministic part: load, RAS, resample to ``spacing`` mm, window HU to [0, 1], crop to the body.
 
     Args:
@@ -132,6 +192,8 @@ def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, 
         hu_window: HU mapped to 0 and 1 (clipped).
         check_ct: reject inputs that are not CT.
         fg_indices: precompute ``label_fg_indices`` / ``label_bg_indices`` for patch sampling.
+        soft_tables: dataset -> lookup table; also write ``soft_label``, the (K, X, Y, Z) float16 class
+            fractions of :class:`SoftMultiHotd` (the input dict then needs ``"dataset"``).
 
     Returns:
         A Compose mapping {"image": path, "label": path} -> {"image": (1, X, Y, Z) MetaTensor float32 in [0, 1],
@@ -142,6 +204,9 @@ def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, 
     keys = ["image", "label"] if with_label else ["image"]
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
     chain = load_transforms(with_label=with_label, check_ct=check_ct)
+    soft = with_label and soft_tables is not None
+    if soft:
+        chain.append(_KeepNatived())
     chain += [
         Orientationd(keys=keys, axcodes="RAS", labels=None),
         Spacingd(keys=keys, pixdim=tuple(float(s) for s in spacing), mode=modes),
@@ -156,12 +221,17 @@ def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, 
         chain.append(EnsureTyped(keys="label", dtype=torch.int16, track_meta=True))
         if fg_indices:
             chain.append(FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.0))
+    if soft:
+        chain.append(SoftMultiHotd(soft_tables))
+        chain.append(DeleteItemsd(keys="native_ids"))
     return Compose(chain)
 
 
 def augment_transforms(patch_size: Sequence[int], *, samples_per_volume: int = 1, pos: float = 2.0, neg: float = 1.0,
-                       intensity_scale: float = 0.1, intensity_shift: float = 0.05) -> Compose:
+                       intensity_scale: float = 0.1, intensity_shift: float = 0.05, soft: bool = False) -> Compose:
     """Random part: positive/negative patch sampling and light intensity jitter (no flips).
+
+    ``soft=True`` crops ``soft_label`` (see :class:`SoftMultiHotd`) with the same windows.
 
     Returns:
         A Compose producing a list of ``samples_per_volume`` dicts with ``patch_size`` patches.
@@ -170,7 +240,7 @@ def augment_transforms(patch_size: Sequence[int], *, samples_per_volume: int = 1
         raise InvalidInputError(f"patch_size {patch_size}: expected three positive voxel counts")
     return Compose([
         RandCropByPosNegLabeld(
-            keys=["image", "label"], label_key="label", spatial_size=tuple(int(p) for p in patch_size), pos=pos,
+            keys=["image", "label", "soft_label"] if soft else ["image", "label"], label_key="label", spatial_size=tuple(int(p) for p in patch_size), pos=pos,
             neg=neg, num_samples=samples_per_volume, fg_indices_key="label_fg_indices",
             bg_indices_key="label_bg_indices", allow_smaller=False,
         ),
