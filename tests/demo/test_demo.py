@@ -21,6 +21,7 @@ def test_quick_demo_writes_a_sane_report_and_metrics(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "text->image R@1, modality benchmark" in printed and str(out / "report.html") in printed
+    assert "one hit = " in printed  # the noise level of the retrieval gap is stated
 
     metrics = json.loads((out / "metrics.json").read_text())
     for which, k in (("moe", 6), ("single", 1)):

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from medmoe.demo import run_demo
+    from medmoe.demo.summary import summary_note
     from medmoe.errors import InvalidInputError
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{'metric':{width}s}  {'MoE/MoME':>9s}  {'1 expert':>9s}")
     for what, a, b in result.summary_rows:
         print(f"{what:{width}s}  {a:>9s}  {b:>9s}")
+    print(f"\n{summary_note(result.metrics)}")
     print(f"\nreport:  {result.report.resolve()}")
     print(f"metrics: {(result.out / 'metrics.json').resolve()}")
     return 0

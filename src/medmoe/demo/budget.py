@@ -50,7 +50,7 @@ QUICK = DemoBudget(
 )
 
 FULL = DemoBudget(
-    n_per_modality=150, iu_limit=600, align_steps=120, align_batch=32, align_lr=1e-3, align_warmup=15,
+    n_per_modality=150, iu_limit=600, align_steps=200, align_batch=32, align_lr=1e-3, align_warmup=20,
     align_eval_max=None, align_probe=True, seg_quick_data=False, seg_steps=40, seg_batch=2, seg_lr=2e-3, seg_warmup=10,
     seg_spacing=(6.0, 6.0, 6.0), seg_patch=(32, 32, 32), seg_eval_cases=4,
     seg_overlap=0.25,
