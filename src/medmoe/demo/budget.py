@@ -20,6 +20,7 @@ class DemoBudget:
         seg_spacing, seg_patch: MoME training geometry (mm, voxels).
         seg_eval_cases: held-out phantoms scored.
         seg_overlap: sliding-window overlap at evaluation and prediction.
+        seg_soft_labels: train MoME against partial-volume class fractions (suits coarse spacings).
         seg_overrides: mome-nano config fields changed for the demo.
     """
 
@@ -40,6 +41,7 @@ class DemoBudget:
     seg_patch: tuple[int, int, int]
     seg_eval_cases: int | None
     seg_overlap: float
+    seg_soft_labels: bool = False
     seg_overrides: dict = field(default_factory=dict)
 
 
@@ -47,11 +49,12 @@ QUICK = DemoBudget(
     n_per_modality=30, iu_limit=120, align_steps=4, align_batch=16, align_lr=1e-3, align_warmup=1,
     align_eval_max=32, align_probe=False, seg_quick_data=True, seg_steps=2, seg_batch=1, seg_lr=2e-3,
     seg_warmup=1, seg_spacing=(8.0, 8.0, 8.0), seg_patch=(32, 32, 32), seg_eval_cases=1, seg_overlap=0.0,
+    seg_soft_labels=True,
 )
 
 FULL = DemoBudget(
     n_per_modality=150, iu_limit=600, align_steps=200, align_batch=32, align_lr=1e-3, align_warmup=20,
-    align_eval_max=None, align_probe=True, seg_quick_data=False, seg_steps=40, seg_batch=2, seg_lr=2e-3, seg_warmup=10,
-    seg_spacing=(6.0, 6.0, 6.0), seg_patch=(32, 32, 32), seg_eval_cases=4,
-    seg_overlap=0.25,
+    align_eval_max=None, align_probe=True, seg_quick_data=False, seg_steps=300, seg_batch=2, seg_lr=2e-3,
+    seg_warmup=30, seg_spacing=(6.0, 6.0, 6.0), seg_patch=(64, 32, 32), seg_eval_cases=None, seg_overlap=0.25,
+    seg_soft_labels=True,
 )
