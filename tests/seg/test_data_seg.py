@@ -209,3 +209,27 @@ def test_soft_labels_are_partial_volume_fractions_aligned_with_the_hard_labels(t
             assert 0.85 < float(s[k].sum() / h[k].sum()) < 1.15, (b["dataset"], names[k])
         fractional += int(((s > 0.05) & (s < 0.95)).sum())
     assert fractional > 100  # boundaries carry fractions, not only 0 and 1
+
+
+def test_soft_labels_average_the_footprint_of_a_coarser_voxel():
+    """On a grid exactly 2x coarser, linear resampling alone would only pick every other native voxel (0 or 1);
+    the fractions must come from averaging over the coarse voxel's footprint."""
+    from monai.data import MetaTensor
+
+    from medmoe.seg.transforms import SoftMultiHotd, footprint_sigmas
+
+    native = np.diag([3.0, 3.0, 3.0, 1.0])
+    coarse = np.diag([6.0, 6.0, 6.0, 1.0])
+    assert footprint_sigmas(native, coarse) == pytest.approx([2 / np.sqrt(12)] * 3)
+    assert footprint_sigmas(coarse, native) == [0.0, 0.0, 0.0]
+    ids = np.zeros((1, 40, 40, 40), np.int16)
+    ids[0, :21] = 1  # a slab ending in native voxel 20, the centre of coarse voxel 10 (footprint 19.0-21.0)
+    table = np.array([[False], [True]])
+    d = {"native_ids": MetaTensor(torch.from_numpy(ids), affine=torch.as_tensor(native)), "dataset": "toy",
+         "image": MetaTensor(torch.zeros(1, 20, 20, 20), affine=torch.as_tensor(coarse))}
+    soft = SoftMultiHotd({"toy": table})(d)["soft_label"][0].float()
+    profile = soft[:, 10, 10]
+    assert "native_ids" not in SoftMultiHotd({"toy": table})(d)
+    assert float(profile[5]) == pytest.approx(1.0, abs=1e-3) and float(profile[15]) == pytest.approx(0.0, abs=1e-3)
+    assert 0.6 < float(profile[10]) < 0.9  # 3/4 covered; point sampling would read native voxel 20: 1
+    assert float(soft.sum()) == pytest.approx(21 * 40 * 40 / 8, rel=0.02)  # volume is kept

@@ -102,3 +102,22 @@ def test_shape_errors(target_shape, mask_shape, match):
     logits = torch.zeros(2, 3, 4, 5, 6)
     with pytest.raises(InvalidInputError, match=match):
         partial_label_loss(logits, torch.zeros(target_shape), torch.ones(mask_shape, dtype=torch.bool))
+
+
+def test_batch_dice_leaves_classes_absent_from_the_batch_to_bce():
+    """A rare class (a tumour) absent from a batch must not get the empty-target Dice, whose pull to zero
+    (~1 per unit of predicted mass) drowned the pull up from the batches that hold it; BCE still applies."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 64, generator=g, requires_grad=True)
+    target = torch.zeros(2, 2, 64)
+    target[0, 0, :20] = 1.0  # class 0 present, class 1 absent from both samples
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    losses = partial_label_loss(logits, target, mask)
+    only_present = partial_label_loss(logits[:, :1], target[:, :1], mask[:, :1])
+    assert losses["dice_loss"].item() == pytest.approx(only_present["dice_loss"].item(), rel=1e-6)
+    (losses["bce_loss"] + losses["dice_loss"]).backward()
+    bce_only = torch.sigmoid(logits[:, 1].detach()) / (64 * 4)  # d BCE / d logit of the absent class
+    torch.testing.assert_close(logits.grad[:, 1], bce_only, rtol=1e-5, atol=1e-8)
+    # the Universal Model's per-sample Dice keeps every labelled pair, empty targets included
+    sample = partial_label_loss(logits, target, mask, dice_reduction="sample")["dice_loss"]
+    assert sample.item() > losses["dice_loss"].item()

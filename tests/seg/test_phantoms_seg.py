@@ -12,7 +12,7 @@ from seg_testkit import phantom_datalist
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.data import load_datalist
 from medmoe.seg.phantoms import FULL_LABELS, Grid, relabel, render_phantom
-from medmoe.seg.samples import PHANTOM_DATASETS, PHANTOM_TEST_DATASET, build_phantom_pack
+from medmoe.seg.samples import PHANTOM_DATASETS, PHANTOM_TEST_DATASET, PHANTOM_TEST_STYLES, build_phantom_pack
 
 pytestmark = pytest.mark.timeout(120)
 ID = {name: i for i, name in FULL_LABELS.items()}
@@ -71,8 +71,11 @@ def test_pack_datasets_cover_every_class_but_none_labels_all(tmp_path_factory):
     everything = set(FULL_LABELS.values())
     assert everything <= set.union(*labelled.values())
     assert all(not everything <= s for s in labelled.values())
-    assert {e["dataset"] for e in datalist.entries("test")} == {PHANTOM_TEST_DATASET}
-    assert everything <= set(template.labelled_classes(PHANTOM_TEST_DATASET))
+    # test phantoms label everything and take turns in the test grid and each training dataset's grid
+    tests = [e["dataset"] for e in datalist.entries("test")]
+    assert tests == list(PHANTOM_TEST_STYLES)[: len(tests)] and tests[0] == PHANTOM_TEST_DATASET
+    assert all(everything <= set(template.labelled_classes(d)) for d in tests)
+    assert nib.aff2axcodes(nib.load(datalist.entries("test")[1]["image"]).affine) == ("R", "A", "S")  # phantom-A's
     doc = json.loads(path.read_text())
     # every label file holds only ids of its dataset's map, on its image's grid
     for entry in datalist.entries("training") + datalist.entries("test"):

@@ -33,20 +33,27 @@ def per_class_losses(logits: Tensor, target: Tensor, *, smooth: float = 1.0) -> 
     return bce, dice
 
 
-def batch_dice_loss(logits: Tensor, target: Tensor, mask: Tensor, *, smooth: float = 1.0) -> Tensor:
+def batch_dice_loss(logits: Tensor, target: Tensor, mask: Tensor, *, smooth: float = 1.0,
+                    min_target: float = 0.5) -> Tensor:
     """Soft Dice loss per class with intersection and sums pooled over the batch's samples that label the
-    class (nnU-Net's "batch Dice"), averaged over the classes labelled by at least one sample.
+    class (nnU-Net's "batch Dice"), averaged over the classes that are labelled by at least one sample and
+    present in them (pooled target >= ``min_target`` voxels).
 
     Pooling keeps a class that is absent from one small patch from dominating the loss, as a per-sample
-    Dice of an empty target does (its only optimum is predicting exactly nothing).
+    Dice of an empty target does (its only optimum is predicting exactly nothing). A class absent from the
+    whole batch is left to BCE: its Dice ``1 - s / (P + s)`` would pull its predictions to zero with a
+    gradient of ~1 per unit of predicted mass, far stronger than the ~2 / (P + T) per voxel with which
+    batches holding a small, rare class (a tumour in half the cases of one dataset) pull it up, so such
+    classes died in training. BCE still penalises false positives of absent classes.
     """
     prob = torch.sigmoid(logits.float().flatten(2))
     target = target.float().flatten(2)
     inter = ((prob * target).sum(2) * mask).sum(0)
-    total = ((prob.sum(2) + target.sum(2)) * mask).sum(0)
+    target_sum = (target.sum(2) * mask).sum(0)
+    total = (prob.sum(2) * mask).sum(0) + target_sum
     dice = 1.0 - (2.0 * inter + smooth) / (total + smooth)
-    labelled = mask.sum(0) > 0
-    return (dice * labelled).sum() / labelled.sum().clamp_min(1)
+    counted = (mask.sum(0) > 0) & (target_sum >= min_target)
+    return (dice * counted).sum() / counted.sum().clamp_min(1)
 
 
 def partial_label_loss(logits: Tensor, target: Tensor, label_mask: Tensor, *, bce_weight: float = 1.0,
@@ -62,9 +69,9 @@ def partial_label_loss(logits: Tensor, target: Tensor, label_mask: Tensor, *, bc
         label_mask: (B, K) bool.
         bce_weight, dice_weight: term weights.
         smooth: Dice smoothing.
-        dice_reduction: ``"batch"`` (per class, pooled over the samples that label it; see
-            :func:`batch_dice_loss`) or ``"sample"`` (per sample and class, then averaged, as the Universal
-            Model does).
+        dice_reduction: ``"batch"`` (per class present in the batch, pooled over the samples that label it;
+            see :func:`batch_dice_loss`) or ``"sample"`` (per sample and class, empty targets included, then
+            averaged, as the Universal Model does).
 
     Returns:
         ``{"bce_loss": (), "dice_loss": ()}``, weighted; both 0 (keeping the graph) when nothing is labelled.

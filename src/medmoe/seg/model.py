@@ -218,19 +218,21 @@ class MoME(nn.Module, PretrainedMixin):
         size = tuple(s // scale for s in volume.shape[2:])
         experts = self.experts(feats.scales, size)  # (B, S, C, *size)
         voxel = feats.scales[-1] if scale == 1 else feats.scales[-2]
-        gates = self.router(voxel, text)  # (B, K, S, *size) fp32
-        g = gates.to(experts.dtype)
-        # a fixed loop over the S scales (not over classes): sum_s g_{k,s} E_s for all K classes at once,
-        # accumulated in place (6x faster on CPU than out-of-place sums; autograd keeps only g and E)
-        fused = g[:, :, 0, None] * experts[:, None, 0]
-        for s in range(1, experts.shape[1]):
-            fused.addcmul_(g[:, :, s, None], experts[:, None, s])
+        b, n_scales, c = experts.shape[:3]
+        k = text.shape[0]
+        gates = self.router.voxel_major(voxel, text)  # (B, X, K, S) fp32
+        # F_k(x) = sum_s g_{k,s}(x) E_s(x) for every class at once: one (K, S) @ (S, C) matmul per voxel, batched
+        # over the B*X voxels (forward + backward 2.8x faster on CPU than a loop of in-place multiply-adds)
+        e = experts.flatten(3).permute(0, 3, 1, 2).reshape(-1, n_scales, c)  # (B*X, S, C)
+        fused = torch.bmm(gates.to(experts.dtype).reshape(-1, k, n_scales), e)  # (B*X, K, C)
+        fused = fused.view(b, -1, k, c).permute(0, 2, 3, 1).reshape(b, k, c, *size)
         logits = self.heads(fused, self.heads.head_params(feats.bottleneck, text))
         if scale != 1:
             logits = F.interpolate(logits, size=tuple(volume.shape[2:]), mode="trilinear", align_corners=False)
-        out = {"logits": logits, "gate_usage": gate_usage(gates), "balance_loss": gate_balance_loss(gates)}
+        by_scale = gates.permute(0, 2, 3, 1)  # (B, K, S, X): the documented layout, as a view
+        out = {"logits": logits, "gate_usage": gate_usage(by_scale), "balance_loss": gate_balance_loss(by_scale)}
         if return_gates:
-            out["gates"] = gates
+            out["gates"] = by_scale.reshape(b, k, n_scales, *size)
         return out
 
     def forward(self, volume: Tensor, prompts: list[str] | None = None, *, text_emb: Tensor | None = None,

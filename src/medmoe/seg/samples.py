@@ -53,6 +53,14 @@ PHANTOM_DATASETS: dict[str, dict] = {
     },
 }
 PHANTOM_TEST = {"labels": FULL_LABELS, "spacing": (3.0, 3.0, 3.0), "axcodes": "LAS"}
+# Held-out test phantoms label every class. They take turns between the test grid and the grid and
+# orientation of each training dataset, each under its own dataset name, so that an evaluation reports
+# every organ per dataset style, including the organs that dataset never labels in training.
+PHANTOM_TEST_STYLES: dict[str, dict] = {
+    PHANTOM_TEST_DATASET: PHANTOM_TEST,
+    **{f"{name} held-out": {"labels": FULL_LABELS, "spacing": spec["spacing"], "axcodes": spec["axcodes"]}
+       for name, spec in PHANTOM_DATASETS.items()},
+}
 # (train, validation) cases per dataset, and test cases.
 PHANTOM_SIZES = {"full": (24, 2, 12), "quick": (4, 1, 4)}
 
@@ -66,8 +74,9 @@ def build_phantom_pack(out: str | os.PathLike, *, seed: int = 0, quick: bool = F
     """Write the phantom datasets and their datalist; returns the datalist path.
 
     Layout: ``out/<dataset>/{images,labels}/<case>.nii.gz`` and ``out/datalist.json`` with ``training``,
-    ``validation`` (from phantom-A/B/C, partially labelled) and ``test`` (``synthetic-phantom``: every class
-    labelled, tumours in about half the cases).
+    ``validation`` (from phantom-A/B/C, partially labelled) and ``test`` (every class labelled, tumours in
+    about half the cases; case i is stored like :data:`PHANTOM_TEST_STYLES` entry ``i % 4``:
+    ``synthetic-phantom``, then ``phantom-A held-out`` on phantom-A's grid and orientation, and so on).
 
     Args:
         out: output folder (created; existing case files are overwritten).
@@ -82,19 +91,23 @@ def build_phantom_pack(out: str | os.PathLike, *, seed: int = 0, quick: bool = F
     for d, (name, spec) in enumerate(PHANTOM_DATASETS.items()):
         for i in range(n_train + n_val):
             jobs.append((name, spec, (seed, d, i), "training" if i < n_train else "validation", f"{name}_{i:03d}"))
+    styles = list(PHANTOM_TEST_STYLES.items())
     for i in range(n_test):
-        jobs.append((PHANTOM_TEST_DATASET, PHANTOM_TEST, (seed, 99, i), "test", f"test_{i:03d}"))
+        name, spec = styles[i % len(styles)]
+        jobs.append((name, spec, (seed, 99, i), "test", f"test_{i:03d}"))
     datalist: dict = {
         "description": f"medmoe synthetic CT phantoms (seed {seed}{', quick' if quick else ''})",
         "label_maps": {name: {str(k): v for k, v in spec["labels"].items()} for name, spec in PHANTOM_DATASETS.items()},
         "training": [], "validation": [], "test": [],
     }
-    datalist["label_maps"][PHANTOM_TEST_DATASET] = {str(k): v for k, v in FULL_LABELS.items()}
+    for name in PHANTOM_TEST_STYLES:
+        datalist["label_maps"][name] = {str(k): v for k, v in FULL_LABELS.items()}
     tumours: dict[str, list[str]] = {}
     for name, spec, case_seed, split, case in tqdm(jobs, desc="phantoms", disable=not progress):
         phantom = render_phantom(case_seed, Grid.make(spec["spacing"], spec["axcodes"]))
-        image = write_nifti(phantom.image, phantom.affine, root / name / "images" / f"{case}.nii.gz")
-        label = write_nifti(relabel(phantom, spec["labels"]), phantom.affine, root / name / "labels" / f"{case}.nii.gz",
+        folder = root / name.replace(" ", "-")
+        image = write_nifti(phantom.image, phantom.affine, folder / "images" / f"{case}.nii.gz")
+        label = write_nifti(relabel(phantom, spec["labels"]), phantom.affine, folder / "labels" / f"{case}.nii.gz",
                             dtype=np.uint8)
         datalist[split].append(_entry(root, image, label, name))
         tumours[case] = list(phantom.tumours)

@@ -54,6 +54,8 @@ class SegTaskConfig:
         soft_labels: train against partial-volume class fractions (linear resampling of the native masks)
             instead of nearest-neighbour labels; see :class:`~medmoe.seg.data.SegDataset`. Costs K float16
             channels per cached volume, so it suits coarse spacings and small class sets (the phantoms).
+        channels_last: keep the model's 3-D conv weights channels-last (``torch.channels_last_3d``); oneDNN's
+            3-D convolutions, which dominate a CPU training step, run about 1.2x faster that way.
     """
 
     data: str
@@ -75,6 +77,7 @@ class SegTaskConfig:
     val_overlap: float = 0.25
     progress: bool = True
     soft_labels: bool = False
+    channels_last: bool = True
 
 
 def build_seg_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
@@ -134,6 +137,8 @@ class SegTask:
             model = build_seg_model(cfg.model, overrides, pretrained=cfg.pretrained)
         self.patch_size = tuple(model.config.roi_size)
         self.spacing = tuple(model.config.spacing)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
         return model
 
     def _geometry(self) -> tuple[tuple[int, int, int], tuple[float, float, float]]:

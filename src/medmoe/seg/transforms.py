@@ -34,6 +34,7 @@ from monai.transforms import (
     Spacingd,
     SpatialPadd,
 )
+from scipy import ndimage
 
 from medmoe.errors import InvalidInputError
 from medmoe.seg.io import VolumeReader, same_grid
@@ -94,6 +95,22 @@ class ToPlaintensord(MapTransform):
         return d
 
 
+def footprint_sigmas(src_affine: np.ndarray, dst_affine: np.ndarray) -> list[float]:
+    """Per source axis, the Gaussian sigma (in source voxels) with the variance of a box as wide as a
+    destination voxel along that axis; 0 where the destination is not coarser.
+
+    Args:
+        src_affine, dst_affine: (4, 4) voxel -> world of the fine and the coarse grid.
+    """
+    src, dst = np.asarray(src_affine, float)[:3, :3], np.asarray(dst_affine, float)[:3, :3]
+    sigmas = []
+    for i in range(3):
+        step = np.linalg.norm(src[:, i])
+        width = float(np.abs(src[:, i] / step @ dst).sum()) / step  # destination extent, in source voxels
+        sigmas.append(width / np.sqrt(12.0) if width > 1.0 else 0.0)
+    return sigmas
+
+
 class _KeepNatived(MapTransform):
     """Keep the label ids on their native grid under ``native_ids`` for :class:`SoftMultiHotd` (not
     ``label_*``: MONAI's Spacingd treats every ``label_*`` key as a metadata dict of ``label``)."""
@@ -110,11 +127,13 @@ class _KeepNatived(MapTransform):
 class SoftMultiHotd(MapTransform):
     """Partial-volume class fractions on the final image grid, from the label ids on the native grid.
 
-    For each class k the native-grid mask ``table[ids, k]`` is resampled linearly onto the image's (RAS,
-    resampled, cropped, padded) grid, one class at a time; the result, in [0, 1], is the fraction of a
-    coarse voxel the class covers. Training against these fractions instead of nearest-neighbour labels
-    lets a model trained at a coarse spacing put the 0.5 iso-surface of its probabilities where the organ
-    boundary really is, which thresholding after linear resampling back to the native grid then keeps.
+    For each class k the native-grid mask ``table[ids, k]`` is box-averaged over the footprint of a target
+    voxel (a Gaussian of the same variance, so that a 2x coarser grid does not just pick every other native
+    voxel) and resampled linearly onto the image's (RAS, resampled, cropped, padded) grid, one class at a
+    time; the result, in [0, 1], is about the fraction of a coarse voxel the class covers. Training against
+    these fractions instead of nearest-neighbour labels lets a model trained at a coarse spacing put the 0.5
+    iso-surface of its probabilities where the organ boundary really is, which thresholding after linear
+    resampling back to the native grid then keeps.
 
     Reads ``d[native_key]`` (1, X, Y, Z) ids with their native affine and ``d["dataset"]``; writes
     ``d[out_key]`` (K, X', Y', Z') float16 on the grid of ``d[image_key]`` and drops ``native_key``.
@@ -139,6 +158,7 @@ class SoftMultiHotd(MapTransform):
         ids = np.asarray(native.as_tensor() if isinstance(native, MetaTensor) else native)[0].astype(np.int64)
         ids = np.where((ids >= 0) & (ids < table.shape[0]), ids, 0)
         src, dst, shape = _affine(native), _affine(image), tuple(image.shape[1:])
+        sigma = footprint_sigmas(src, dst)
         out = np.zeros((table.shape[1], *shape), dtype=np.float16)
         for k in range(table.shape[1]):
             rows = table[:, k]
@@ -146,7 +166,8 @@ class SoftMultiHotd(MapTransform):
                 continue
             mask = rows[ids]
             if mask.any():
-                out[k] = np.clip(resample_to_grid(mask[None].astype(np.float32), src, dst, shape, "linear")[0], 0, 1)
+                fraction = ndimage.gaussian_filter(mask.astype(np.float32), sigma, mode="constant")
+                out[k] = np.clip(resample_to_grid(fraction[None], src, dst, shape, "linear")[0], 0, 1)
         d[self.out_key] = torch.from_numpy(out)
         return d
 
