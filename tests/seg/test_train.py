@@ -115,5 +115,5 @@ def test_run_config_yaml_sets_seg_train_defaults():
 
     config = Path(__file__).resolve().parents[2] / "configs" / "seg-nano-phantoms.yaml"
     args = build_parser().parse_args(["seg", "train", "--config", str(config), "--out", "run", "--steps", "7"])
-    assert args.patch_size == [64, 64, 32] and args.spacing == [4.5, 4.5, 4.5]
-    assert args.model == "mome-nano" and args.steps == 7 and args.val_split == "test"
+    assert args.patch_size == [64, 32, 32] and args.spacing == [4.5, 4.5, 4.5] and args.soft_labels is True
+    assert args.model == "mome-nano" and args.steps == 7 and args.val_split == "validation"
