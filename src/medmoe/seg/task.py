@@ -51,8 +51,8 @@ class SegTaskConfig:
         val_max_cases: validate on at most this many cases.
         val_overlap: sliding-window overlap at validation.
         progress: tqdm bars while caching and validating.
-        soft_labels: train against partial-volume class fractions (linear resampling of the native masks)
-            instead of nearest-neighbour labels; see :class:`~medmoe.seg.data.SegDataset`. Costs K float16
+        soft_labels: train against partial-volume class fractions (native masks averaged over a training
+            voxel's footprint) instead of nearest-neighbour labels; see :class:`~medmoe.seg.data.SegDataset`. Costs K float16
             channels per cached volume, so it suits coarse spacings and small class sets (the phantoms).
         channels_last: keep the model's 3-D conv weights channels-last (``torch.channels_last_3d``); oneDNN's
             3-D convolutions, which dominate a CPU training step, run about 1.2x faster that way.
