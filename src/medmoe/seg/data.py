@@ -168,8 +168,8 @@ class SegDataset(Dataset):
         samples_per_volume: patches drawn from a volume per item (``train`` only).
         balance: uniform sampling across source datasets (``train`` only).
         progress: tqdm bar while caching.
-        soft_labels: ``label`` holds each class's partial-volume fraction of a voxel (in [0, 1], linear
-            resampling of the native-grid masks, see :class:`~medmoe.seg.transforms.SoftMultiHotd`) instead
+        soft_labels: ``label`` holds each class's partial-volume fraction of a voxel (in [0, 1], footprint-averaged
+            native-grid masks, see :class:`~medmoe.seg.transforms.SoftMultiHotd`) instead
             of the nearest-neighbour multi-hot. Costs K float16 channels per cached volume.
     """
 
