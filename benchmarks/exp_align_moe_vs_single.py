@@ -46,7 +46,8 @@ def train_one(args, experts: int, seed: int, overrides: dict) -> tuple[Path, flo
     if args.reuse and (model_dir / "model.safetensors").is_file():
         return model_dir, float("nan")
     task = AlignTask(AlignTaskConfig(data=str(args.data), model=args.model, seed=seed,
-                                     overrides={**overrides, "num_experts": experts}))
+                                     overrides={**overrides, "num_experts": experts},
+                                     upcycle_steps=args.upcycle_steps))
     cfg = TrainConfig(out=run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=args.warmup_steps, min_lr_ratio=0.05, weight_decay=0.05, seed=seed, device="cpu",
                       workers=args.workers, ckpt_every=args.steps, log_every=10, progress=False, amp="off")
@@ -109,6 +110,8 @@ def main() -> None:
     parser.add_argument("--experts", type=int, nargs="+", default=[6, 1])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
+    parser.add_argument("--upcycle-steps", type=int, default=0,
+                        help="sparse upcycling of the K > 1 models: one shared expert for N steps, then copied")
     parser.add_argument("--reuse", action="store_true", help="evaluate runs already trained in OUT")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest on a CPU shared with other jobs; 0 leaves the default)")
@@ -130,7 +133,8 @@ def main() -> None:
     result = {
         "setup": {"model": args.model, "threads": torch.get_num_threads(), "steps": args.steps,
                   "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
-                  "seeds": args.seeds, "overrides": overrides, "data": str(args.data)},
+                  "seeds": args.seeds, "overrides": overrides, "upcycle_steps": args.upcycle_steps,
+                  "data": str(args.data)},
         "runs": rows,
         "summary": summarise(rows, args.experts),
     }

@@ -77,6 +77,30 @@ def test_kill_after_checkpoint_and_resume_gives_the_same_next_losses(manifest, t
     assert summary["bad_samples"] >= 1
 
 
+@pytest.mark.timeout(120)
+def test_upcycling_ties_the_experts_then_copies_expert_zero_and_resumes_exactly(manifest, tmp_path):
+    flags = ("--steps", "7", "--ckpt-every", "3")
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    run_training(CrashingTask(task_config(manifest, upcycle_steps=4)), args_for(ref_dir, *flags))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(CrashingTask(task_config(manifest, upcycle_steps=4), crash_at_call=5), args_for(run_dir, *flags))
+    run_training(CrashingTask(task_config(manifest, upcycle_steps=4)), args_for(run_dir, *flags, "--resume", "latest"))
+    ref, resumed = logged_losses(ref_dir), logged_losses(run_dir)
+    for step in range(4, 8):  # across the upcycling step
+        assert resumed[step] == ref[step], step
+
+    task = AlignTask(task_config(manifest, upcycle_steps=2))
+    model = task.build_model()
+    initial = [e.proj[0][0].weight.clone() for e in model.moe.experts]
+    task.before_step(model, 0)
+    assert model.moe.tied
+    task.before_step(model, 2)
+    assert not model.moe.tied
+    assert all(torch.equal(e.proj[0][0].weight, initial[0]) for e in model.moe.experts)
+    with pytest.raises(Exception, match="upcycle_steps must be >= 0"):
+        AlignTask(task_config(manifest, upcycle_steps=-1))
+
+
 @pytest.mark.timeout(150)
 def test_cli_train_eval_embed(manifest, tmp_path):
     run = tmp_path / "run"

@@ -114,3 +114,24 @@ def test_inference_dispatch_never_overwrites_the_input(index):
         out = sparse_dispatch([nn.Identity(), nn.Identity()], x, expert_index, gates)
     assert torch.equal(x, before)
     assert torch.allclose(out, before * 0.5)
+
+
+def test_tied_experts_run_expert_zero_with_the_router_gates_then_upcycle_copies_it():
+    torch.manual_seed(0)
+    layer = MoELayer(mlp_experts(4), Router(8, 4))
+    x, cond = torch.randn(24, 16), torch.randn(24, 8)
+    layer.tie_experts()
+    out = layer(x, condition=cond)
+    assert len(set(out.route.expert_index[:, 0].tolist())) > 1  # the router still spreads the rows
+    assert torch.allclose(out.output, layer.experts[0](x) * out.route.gates, atol=1e-6)
+    out.output.sum().backward()
+    assert all(p.grad is None for e in layer.experts[1:] for p in e.parameters())  # only expert 0 learns
+
+    layer.upcycle()
+    assert not layer.tied
+    reference = layer.experts[0].state_dict()
+    for expert in layer.experts[1:]:
+        assert all(torch.equal(v, reference[k]) for k, v in expert.state_dict().items())
+    with torch.no_grad():
+        layer.experts[1][0].weight.add_(1.0)  # copies, not shared storage
+    assert not torch.equal(layer.experts[1][0].weight, layer.experts[0][0].weight)

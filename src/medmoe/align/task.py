@@ -46,6 +46,10 @@ class AlignTaskConfig:
         pretrained: load the pretrained parts the config names (text encoder weights).
         val_data, val_split, val_max: retrieval / routing check at validation time (None: no validation).
         text_cache: cache a frozen text tower's outputs per report (see ``MedMoE.enable_text_cache``).
+        upcycle_steps: sparse upcycling (Komatsuzaki et al., ICLR 2023): for the first N steps expert 0
+            runs wherever any expert is routed (the routers still learn their routes), then its weights are
+            copied into every expert and each specialises from there. 0 = off (experts start from their own
+            initialisation and each learns from the 1/K of the data routed to it).
     """
 
     data: str
@@ -60,6 +64,7 @@ class AlignTaskConfig:
     val_split: str | None = "val"
     val_max: int = 256
     text_cache: bool = True
+    upcycle_steps: int = 0
 
 
 def build_align_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
@@ -84,6 +89,8 @@ class AlignTask:
     def __init__(self, config: AlignTaskConfig) -> None:
         if not Path(config.data).is_file():
             raise InvalidInputError(f"--data {config.data}: no such manifest file")
+        if config.upcycle_steps < 0:
+            raise InvalidInputError(f"upcycle_steps must be >= 0, got {config.upcycle_steps}")
         if config.val_data is not None and not Path(config.val_data).is_file():
             raise InvalidInputError(f"--val-data {config.val_data}: no such manifest file")
         self.config = config
@@ -154,6 +161,17 @@ class AlignTask:
         return None
 
     # ---- steps ---------------------------------------------------------------------------------------
+    def before_step(self, model: nn.Module, step: int) -> None:
+        """Sparse upcycling: experts tied before ``upcycle_steps``, copied from expert 0 at that step."""
+        n = self.config.upcycle_steps
+        if n <= 0 or model.num_experts == 1:
+            return
+        if step < n:
+            model.moe.tie_experts()
+        elif step == n:
+            model.moe.upcycle()
+            log.info("step %d: expert 0 copied into all %d experts (sparse upcycling)", step, model.num_experts)
+
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         if batch["images"].shape[0] < 2:
             raise InvalidInputError("a contrastive step needs at least 2 loadable samples in the batch")
@@ -198,4 +216,6 @@ class AlignTask:
         return [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 
     def export(self, model: nn.Module, directory: str | os.PathLike) -> None:
+        if model.moe.tied:  # the run ended before the upcycling step: every expert is expert 0
+            model.moe.upcycle()
         model.save_pretrained(directory)

@@ -58,6 +58,9 @@ def _add_train(group: argparse._SubParsersAction) -> None:
     g.add_argument("--val-data", default=None, metavar="MANIFEST", help="validation manifest (retrieval, routing)")
     g.add_argument("--val-split", default="val")
     g.add_argument("--val-max", type=int, default=256, help="validation pairs at most")
+    g.add_argument("--upcycle-steps", type=int, default=0, metavar="N",
+                   help="sparse upcycling: one shared expert for the first N steps, then copied into all "
+                        "experts (default 0: off)")
     add_training_arguments(train)
     train.set_defaults(func=run_train)
 
@@ -113,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = AlignTaskConfig(
         data=args.data, model=args.model, overrides=overrides, split=args.split or None, image_size=args.image_size,
         augment=not args.no_augment, seed=args.seed, pretrained=not args.random_text, val_data=args.val_data,
-        val_split=args.val_split, val_max=args.val_max,
+        val_split=args.val_split, val_max=args.val_max, upcycle_steps=args.upcycle_steps,
     )
     result = run_training(AlignTask(config), args)
     if is_main():

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
@@ -50,6 +51,27 @@ class MoELayer(nn.Module):
         self.experts = nn.ModuleList(experts)
         self.router = router
         self.dispatch = dispatch
+        self.tied = False
+
+    def tie_experts(self) -> None:
+        """Run expert 0 wherever any expert is routed (the route and gates still come from the router).
+
+        The first phase of sparse upcycling: one expert learns from every sample while the routers learn
+        their routes. Not saved with the model; :meth:`upcycle` ends it.
+        """
+        self.tied = True
+
+    @torch.no_grad()
+    def upcycle(self) -> None:
+        """Copy expert 0's weights (parameters and buffers) into every other expert and untie them.
+
+        Sparse upcycling (Komatsuzaki et al., ICLR 2023): each expert starts its specialisation from the
+        expert trained on all the data instead of from a fresh initialisation on 1/K of it.
+        """
+        state = self.experts[0].state_dict()
+        for expert in self.experts[1:]:
+            expert.load_state_dict(state)
+        self.tied = False
 
     @property
     def num_experts(self) -> int:
@@ -61,4 +83,5 @@ class MoELayer(nn.Module):
                 raise InvalidInputError("MoELayer needs `condition` (for its router) or a ready-made `route`")
             route = self.router(condition)
         combine = sparse_dispatch if self.dispatch == "sparse" else dense_dispatch
-        return MoEOutput(combine(self.experts, inputs, route.expert_index, route.gates), route)
+        index = torch.zeros_like(route.expert_index) if self.tied else route.expert_index
+        return MoEOutput(combine(self.experts, inputs, index, route.gates), route)

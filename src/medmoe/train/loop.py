@@ -359,9 +359,12 @@ class _Run:
         validation: dict[str, float] = {}
         last_val_step = -1
         start_step = self.step
+        before_step = getattr(self.task, "before_step", None)
         try:
             with StopRequest() as stop:
                 while self.step < cfg.steps:
+                    if before_step is not None:
+                        before_step(unwrap_model(self.model), self.step)
                     values, stop_now = self._train_step(stop)
                     self.step += 1
                     self.last_values = values

@@ -14,6 +14,7 @@ Required methods::
 
 Optional methods (the trainer checks with ``getattr``; :class:`TaskBase` provides defaults)::
 
+    before_step(model, step: int) -> None                 # every rank, bare module, before each step
     validate(model) -> dict[str, float]                   # every rank, bare module, eval mode, no_grad
     param_groups(model) -> list[dict]                     # AdamW groups; default: no decay on biases/norms
     export(model, directory: Path) -> None                # rank 0, bare module; default save_pretrained
@@ -34,6 +35,11 @@ Contract details:
   keys are logged as scalars (a 1-element tensor or a float) or as one scalar per element
   (a 1-D tensor, e.g. expert usage -> ``usage/0``, ``usage/1``...). Every rank must return the same keys
   with the same shapes in every step (the values are averaged across ranks in one all-reduce).
+* ``before_step(model, step)`` is called with the bare module and the number of steps already done, on
+  every rank, before each step, resumed runs included (the first call after ``--resume`` gets the
+  checkpoint's step). A schedule that changes the model at step N (sparse upcycling, unfreezing) must do
+  so when called with ``step == N`` and derive any other state from ``step`` alone, so that resume stays
+  exact; a change of the weights must be the same on every rank.
 * ``validate(model)`` runs every ``--eval-every`` steps and once at the end, on *every* rank (so that no
   rank sits in a collective while another evaluates), with the bare module in eval mode under
   ``torch.no_grad()``; only rank 0's dict is logged (``val/<name>``) and put in ``summary.json``. A task
@@ -105,6 +111,9 @@ class Task(Protocol):
 
 class TaskBase:
     """Optional base class giving the optional methods their default behaviour."""
+
+    def before_step(self, model: nn.Module, step: int) -> None:
+        """Nothing to change before a step by default."""
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         """No validation by default (an empty dict is not logged)."""
