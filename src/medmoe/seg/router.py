@@ -36,21 +36,18 @@ class ScaleRouter(nn.Module):
         self.num_scales = num_scales
         self.dim = dim
 
-    def voxel_major(self, voxel_features: Tensor, text: Tensor) -> Tensor:
-        """(B, X, K, S) gates, X = voxels flattened: the layout the fusion's per-voxel matmuls read."""
+    def flat(self, voxel_features: Tensor, text: Tensor) -> Tensor:
+        """(B, K, S, X) gates, X = voxels flattened (contiguous): the layout the fusion reads."""
         b = voxel_features.shape[0]
         k = text.shape[0]
         v = self.voxel_proj(voxel_features).flatten(2)  # (B, d, X)
         q = self.text_proj(text).view(k * self.num_scales, self.dim) / math.sqrt(self.dim)  # rows: (k, s)
         logits = torch.matmul(q.float(), v.float())  # (B, K*S, X), fp32 for the softmax
-        # softmax with the voxels contiguous (a softmax over a last axis of 5 is 10x slower), then transposed
-        gates = logits.view(b, k, self.num_scales, -1).softmax(dim=2)
-        return gates.permute(0, 3, 1, 2).contiguous()
+        return logits.view(b, k, self.num_scales, -1).softmax(dim=2)  # voxels stay contiguous
 
     def forward(self, voxel_features: Tensor, text: Tensor) -> Tensor:
         b, _, *size = voxel_features.shape
-        gates = self.voxel_major(voxel_features, text)
-        return gates.permute(0, 2, 3, 1).reshape(b, text.shape[0], self.num_scales, *size)
+        return self.flat(voxel_features, text).view(b, text.shape[0], self.num_scales, *size)
 
 
 def gate_usage(gates: Tensor) -> Tensor:
