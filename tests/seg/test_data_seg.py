@@ -233,3 +233,36 @@ def test_soft_labels_average_the_footprint_of_a_coarser_voxel():
     assert float(profile[5]) == pytest.approx(1.0, abs=1e-3) and float(profile[15]) == pytest.approx(0.0, abs=1e-3)
     assert 0.6 < float(profile[10]) < 0.9  # 3/4 covered; point sampling would read native voxel 20: 1
     assert float(soft.sum()) == pytest.approx(21 * 40 * 40 / 8, rel=0.02)  # volume is kept
+
+
+def test_patches_centre_on_every_labelled_class_equally_not_on_the_largest():
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+    from medmoe.seg.transforms import ClassIndicesd, augment_transforms
+
+    # id 1: a big organ (4096 voxels), id 2: a small one (8), id 3: labelled in the file but not a class here
+    label = np.zeros((1, 48, 48, 48), np.int16)
+    label[0, 2:18, 2:18, 2:18] = 1
+    label[0, 40:42, 40:42, 40:42] = 2
+    label[0, 30:34, 2:6, 2:6] = 3
+    image = np.full((1, 48, 48, 48), 0.5, np.float32)
+    image[0, :, :, 46:] = 0.0  # air: never a background centre
+    table = np.zeros((4, 2), bool)
+    table[1, 0] = table[2, 1] = True
+    d = ClassIndicesd({"toy": table})({"image": MetaTensor(image), "label": MetaTensor(label), "dataset": "toy"})
+    background, big, small = d["label_cls_indices"]
+    assert len(big) == 16**3 and len(small) == 8
+    assert len(background) == 48 * 48 * 46 - 16**3 - 8 and not np.isin(small, background).any()
+    flat = label[0].ravel()
+    assert (flat[small] == 2).all() and (flat[big] == 1).all() and (flat[background] != 1).all()
+
+    crop = Compose([augment_transforms((8, 8, 8), samples_per_volume=300)])
+    crop.set_random_state(seed=0)
+    patches = crop(d)
+    centred = Counter("small" if (p["label"] == 2).any() else "big" if (p["label"] == 1).all() else "other"
+                      for p in patches)
+    assert 70 <= centred["small"] <= 130  # ~1/3 of the patches, although the small organ is 0.2 % of the foreground
+
+    with pytest.raises(InvalidInputError, match="no lookup table for dataset 'other'"):
+        ClassIndicesd({"toy": table})({"image": MetaTensor(image), "label": MetaTensor(label), "dataset": "other"})

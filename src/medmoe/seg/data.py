@@ -198,9 +198,10 @@ class SegDataset(Dataset):
         self.masks = {d: template.label_mask(d, self.class_names) for d in datasets}
         self.tables = {d: torch.from_numpy(template.lookup_table(d, self.class_names)) for d in datasets}
         self.soft_labels = soft_labels
-        tables = {d: t.numpy() for d, t in self.tables.items()} if soft_labels else None
+        tables = {d: t.numpy() for d, t in self.tables.items()}
         self.preprocess = preprocess_transforms(self.spacing, pad_to=self.patch_size if train else None,
-                                                fg_indices=train, soft_tables=tables)
+                                                class_tables=tables if train else None,
+                                                soft_tables=tables if soft_labels else None)
         self.augment = (augment_transforms(self.patch_size, samples_per_volume=self.samples_per_volume,
                                            soft=soft_labels) if train else None)
         self.balance = train and (len(datasets) > 1 if balance is None else balance)

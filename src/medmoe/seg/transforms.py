@@ -1,8 +1,8 @@
 """MONAI dictionary transform chains for CT segmentation and the few transforms MONAI lacks.
 
 The chain is split into a deterministic part (load, align label to image, RAS, resample, HU window, crop to
-the body, foreground indices), which a dataset may cache, and a random part (patch sampling, intensity
-jitter), which a dataset reseeds per item. No flips: left and right organs are different classes.
+the body, per-class voxel indices), which a dataset may cache, and a random part (class-balanced patch
+sampling, intensity jitter), which a dataset reseeds per item. No flips: left and right organs are different classes.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from monai.transforms import (
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
-    FgBgToIndicesd,
     LoadImaged,
     MapTransform,
     Orientationd,
-    RandCropByPosNegLabeld,
+    RandCropByLabelClassesd,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ResampleToMatch,
@@ -172,6 +171,44 @@ class SoftMultiHotd(MapTransform):
         return d
 
 
+class ClassIndicesd(MapTransform):
+    """Flat voxel indices for class-balanced patch sampling: ``[background, class a, class b, ...]``.
+
+    Every label id of the sample's dataset that maps to a class (``tables[dataset]``, as for
+    :class:`SoftMultiHotd`) and is present gets its own entry; background is the body (image > 0) outside
+    them. :class:`~monai.transforms.RandCropByLabelClassesd` reading this list centres a patch on each
+    entry with equal probability, so a kidney is as likely a centre as the liver, which is 10x larger
+    (foreground oversampling per class, as nnU-Net does), instead of picking foreground voxels uniformly.
+
+    Writes ``d[out_key]``: a list of int64 arrays.
+    """
+
+    def __init__(self, tables: Mapping[str, np.ndarray], *, label_key: str = "label", image_key: str = "image",
+                 out_key: str = "label_cls_indices") -> None:
+        super().__init__([label_key])
+        self.tables = {k: np.asarray(v, dtype=bool) for k, v in tables.items()}
+        self.label_key, self.image_key, self.out_key = label_key, image_key, out_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        dataset = d.get("dataset")
+        if dataset not in self.tables:
+            raise InvalidInputError(f"ClassIndicesd: no lookup table for dataset {dataset!r}; have {sorted(self.tables)}")
+        is_class = self.tables[dataset].any(axis=1)
+        label, image = d[self.label_key], d[self.image_key]
+        ids = np.asarray(label.as_tensor() if isinstance(label, MetaTensor) else label)[0].ravel().astype(np.int64)
+        ids = np.where((ids > 0) & (ids < is_class.shape[0]), ids, 0)
+        ids = np.where(is_class[ids], ids, 0)
+        body = np.asarray(image.as_tensor() if isinstance(image, MetaTensor) else image)[0].ravel() > 0
+        order = np.argsort(ids, kind="stable")  # one sort instead of a pass per class
+        present, starts = np.unique(ids[order], return_index=True)
+        ends = np.append(starts[1:], ids.size)
+        indices = [np.flatnonzero(body & (ids == 0))]
+        indices += [np.sort(order[a:b]) for i, a, b in zip(present, starts, ends) if i > 0]
+        d[self.out_key] = indices
+        return d
+
+
 @contextlib.contextmanager
 def _quiet_reader_registration() -> Iterator[None]:
     """LoadImage instantiates every MONAI reader; the GPU DICOM one warns on each CPU-only construction."""
@@ -201,7 +238,7 @@ def load_transforms(*, with_label: bool = True, check_ct: bool = True) -> list:
 
 def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, crop_foreground: bool = True,
                           pad_to: Sequence[int] | None = None, hu_window: tuple[float, float] = HU_WINDOW,
-                          check_ct: bool = True, fg_indices: bool = False,
+                          check_ct: bool = True, class_tables: Mapping[str, np.ndarray] | None = None,
                           soft_tables: Mapping[str, np.ndarray] | None = None) -> Compose:
     """Deterministic part: load, RAS, resample to ``spacing`` mm, window HU to [0, 1], crop to the body.
 
@@ -212,7 +249,8 @@ def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, 
         pad_to: pad (zeros) so every axis is at least this long (the patch size for training).
         hu_window: HU mapped to 0 and 1 (clipped).
         check_ct: reject inputs that are not CT.
-        fg_indices: precompute ``label_fg_indices`` / ``label_bg_indices`` for patch sampling.
+        class_tables: dataset -> lookup table; precompute ``label_cls_indices`` (:class:`ClassIndicesd`) for
+            class-balanced patch sampling (the input dict then needs ``"dataset"``).
         soft_tables: dataset -> lookup table; also write ``soft_label``, the (K, X, Y, Z) float16 class
             fractions of :class:`SoftMultiHotd` (the input dict then needs ``"dataset"``).
 
@@ -240,19 +278,21 @@ def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, 
     chain.append(EnsureTyped(keys="image", dtype=torch.float32, track_meta=True))
     if with_label:
         chain.append(EnsureTyped(keys="label", dtype=torch.int16, track_meta=True))
-        if fg_indices:
-            chain.append(FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.0))
+        if class_tables is not None:
+            chain.append(ClassIndicesd(class_tables))
     if soft:
         chain.append(SoftMultiHotd(soft_tables))
         chain.append(DeleteItemsd(keys="native_ids"))
     return Compose(chain)
 
 
-def augment_transforms(patch_size: Sequence[int], *, samples_per_volume: int = 1, pos: float = 2.0, neg: float = 1.0,
-                       intensity_scale: float = 0.1, intensity_shift: float = 0.05, soft: bool = False) -> Compose:
-    """Random part: positive/negative patch sampling and light intensity jitter (no flips).
+def augment_transforms(patch_size: Sequence[int], *, samples_per_volume: int = 1, intensity_scale: float = 0.1,
+                       intensity_shift: float = 0.05, soft: bool = False) -> Compose:
+    """Random part: class-balanced patch sampling and light intensity jitter (no flips).
 
-    ``soft=True`` crops ``soft_label`` (see :class:`SoftMultiHotd`) with the same windows.
+    A patch is centred on a random voxel of a random entry of ``label_cls_indices`` (background or one of
+    the labelled classes present, equally likely; see :class:`ClassIndicesd`). ``soft=True`` crops
+    ``soft_label`` (see :class:`SoftMultiHotd`) with the same windows.
 
     Returns:
         A Compose producing a list of ``samples_per_volume`` dicts with ``patch_size`` patches.
@@ -260,10 +300,10 @@ def augment_transforms(patch_size: Sequence[int], *, samples_per_volume: int = 1
     if len(patch_size) != 3 or any(int(p) <= 0 for p in patch_size):
         raise InvalidInputError(f"patch_size {patch_size}: expected three positive voxel counts")
     return Compose([
-        RandCropByPosNegLabeld(
-            keys=["image", "label", "soft_label"] if soft else ["image", "label"], label_key="label", spatial_size=tuple(int(p) for p in patch_size), pos=pos,
-            neg=neg, num_samples=samples_per_volume, fg_indices_key="label_fg_indices",
-            bg_indices_key="label_bg_indices", allow_smaller=False,
+        RandCropByLabelClassesd(
+            keys=["image", "label", "soft_label"] if soft else ["image", "label"], label_key="label",
+            spatial_size=tuple(int(p) for p in patch_size), num_samples=samples_per_volume,
+            indices_key="label_cls_indices", allow_smaller=False, warn=False,
         ),
         RandScaleIntensityd(keys="image", factors=intensity_scale, prob=0.5),
         RandShiftIntensityd(keys="image", offsets=intensity_shift, prob=0.5),
