@@ -178,3 +178,16 @@ def test_text_cache_gives_the_same_outputs_and_needs_a_frozen_tower(batch):
     assert torch.equal(plain["word_mask"], cached["word_mask"]) and plain["words"] == cached["words"]
     with pytest.raises(InvalidInputError, match="frozen"):
         tiny_model().enable_text_cache()
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_router_input_keeps_routing_losses_out_of_the_backbone(batch, detach):
+    images, reports, modality = batch
+    model = tiny_model(detach_router_input=detach)
+    out = model(images, reports, modality=modality, return_loss=True)
+    out["distill_loss"].backward()
+    backbone = [p.grad for p in model.backbone.parameters() if p.requires_grad]
+    router = [p.grad for p in model.routing.image_router.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in router)  # the router learns either way
+    reached = any(g is not None and g.abs().sum() > 0 for g in backbone)
+    assert reached is not detach

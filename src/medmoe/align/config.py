@@ -51,6 +51,9 @@ class MedMoEConfig:
         refine_depth: conv3x3 + BN + ReLU blocks after the scale fusion (0 = none, as the released code).
         router_hidden: hidden width of both routers' MLP (0 = linear router).
         router_jitter: multiplicative router input noise in training.
+        detach_router_input: the image router reads the pooled feature with its gradient stopped, so that
+            learning the route (distillation, modality CE, the gate) never reshapes the backbone, which then
+            learns from the contrastive losses alone, as a one-expert model's does.
         route_by: what picks the expert in training: the report (``text``), the image (``image``) or the
             modality label (``label``; unlabelled rows fall back to the report). Inference always uses the
             image router.
@@ -78,6 +81,7 @@ class MedMoEConfig:
     refine_depth: int = 0
     router_hidden: int = 128
     router_jitter: float = 0.0
+    detach_router_input: bool = False
     route_by: str = "text"
     dispatch: str = "sparse"
     text_projection: str = "auto"

@@ -69,7 +69,8 @@ class MedMoE(PretrainedMixin, nn.Module):
                                         refine_depth=config.refine_depth) for _ in range(config.num_experts)]
         self.moe = MoELayer(experts, router=None, dispatch=config.dispatch)
         self.routing = MedMoERouting(self.text.width, info.channels[-1], config.num_experts,
-                                     hidden_dim=config.router_hidden, jitter=config.router_jitter)
+                                     hidden_dim=config.router_hidden, jitter=config.router_jitter,
+                                     detach_image=config.detach_router_input)
         self.image_proj = nn.Linear(config.local_dim, config.embed_dim)
         self.text_proj = _projection(self.text.width, config.embed_dim, config.text_projection, "embed_dim")
         self.word_proj = _projection(self.text.width, config.local_dim, config.text_projection, "local_dim")

@@ -53,12 +53,14 @@ class MedMoERouting(nn.Module):
         num_experts: K.
         hidden_dim: routers' MLP width (0 = linear).
         jitter: multiplicative input noise in training.
+        detach_image: stop the gradient of the image router's input (the pooled feature).
     """
 
     def __init__(self, text_dim: int, image_dim: int, num_experts: int, *, hidden_dim: int = 128,
-                 jitter: float = 0.0) -> None:
+                 jitter: float = 0.0, detach_image: bool = False) -> None:
         super().__init__()
         self.num_experts = num_experts
+        self.detach_image = detach_image
         self.text_router = Router(text_dim, num_experts, hidden_dim=hidden_dim, gating="top1", jitter=jitter)
         self.image_router = Router(image_dim, num_experts, hidden_dim=hidden_dim, gating="top1", jitter=jitter)
 
@@ -72,7 +74,7 @@ class MedMoERouting(nn.Module):
             labels: (B,) modality ids, negative = unknown (``route_by="label"``).
             route_by: ``text`` | ``image`` | ``label``.
         """
-        image = self.image_router(pooled)
+        image = self.image_router(pooled.detach() if self.detach_image else pooled)
         if route_by == "image":
             return RouteDecision(image, image, None, "image")
         if sentence is None:
