@@ -65,7 +65,9 @@ def _add_train(group: argparse._SubParsersAction) -> None:
                    help="training patch in voxels, multiples of 32 (default: the model's roi_size)")
     g.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                    help="training spacing in mm (default: the model's, 1.5 mm)")
-    g.add_argument("--samples-per-volume", type=int, default=1, help="patches per volume and item; each centred on the body or on one labelled class present, all equally likely (class-balanced)")
+    g.add_argument("--samples-per-volume", type=int, default=1,
+                   help="patches per volume and item; each centred on the body or on one labelled class "
+                        "present, all equally likely (class-balanced)")
     g.add_argument("--no-cache", action="store_true", help="read volumes from disk every time (no memory cache)")
     g.add_argument("--no-balance", action="store_true", help="sample volumes, not source datasets, uniformly")
     g.add_argument("--soft-labels", action="store_true",
