@@ -33,6 +33,7 @@ from monai.transforms import (
     Spacingd,
     SpatialPadd,
 )
+from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from medmoe.errors import InvalidInputError
@@ -76,6 +77,12 @@ def _affine(x: Any) -> np.ndarray:
     if not isinstance(x, MetaTensor):
         raise InvalidInputError(f"expected a MetaTensor with an affine, got {type(x).__name__}")
     return np.asarray(x.affine, dtype=np.float64)
+
+
+def _dataset_table(tables: Mapping[str, np.ndarray], dataset: Any, who: str) -> np.ndarray:
+    if dataset not in tables:
+        raise InvalidInputError(f"{who}: no lookup table for dataset {dataset!r}; have {sorted(tables)}")
+    return tables[dataset]
 
 
 class ToPlaintensord(MapTransform):
@@ -150,11 +157,8 @@ class SoftMultiHotd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         native, image = d.pop(self.native_key), d[self.image_key]
-        dataset = d.get("dataset")
-        if dataset not in self.tables:
-            raise InvalidInputError(f"SoftMultiHotd: no lookup table for dataset {dataset!r}; have {sorted(self.tables)}")
-        table = self.tables[dataset]
-        ids = np.asarray(native.as_tensor() if isinstance(native, MetaTensor) else native)[0].astype(np.int64)
+        table = _dataset_table(self.tables, d.get("dataset"), "SoftMultiHotd")
+        ids = convert_to_numpy(native)[0].astype(np.int64)
         ids = np.where((ids >= 0) & (ids < table.shape[0]), ids, 0)
         src, dst, shape = _affine(native), _affine(image), tuple(image.shape[1:])
         sigma = footprint_sigmas(src, dst)
@@ -191,21 +195,17 @@ class ClassIndicesd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        dataset = d.get("dataset")
-        if dataset not in self.tables:
-            raise InvalidInputError(f"ClassIndicesd: no lookup table for dataset {dataset!r}; have {sorted(self.tables)}")
-        is_class = self.tables[dataset].any(axis=1)
-        label, image = d[self.label_key], d[self.image_key]
-        ids = np.asarray(label.as_tensor() if isinstance(label, MetaTensor) else label)[0].ravel().astype(np.int64)
+        is_class = _dataset_table(self.tables, d.get("dataset"), "ClassIndicesd").any(axis=1)
+        ids = convert_to_numpy(d[self.label_key])[0].ravel().astype(np.int64)
         ids = np.where((ids > 0) & (ids < is_class.shape[0]), ids, 0)
         ids = np.where(is_class[ids], ids, 0)
-        body = np.asarray(image.as_tensor() if isinstance(image, MetaTensor) else image)[0].ravel() > 0
-        order = np.argsort(ids, kind="stable")  # one sort instead of a pass per class
+        # one stable sort groups the voxels by id, each group in ascending voxel order
+        order = np.argsort(ids, kind="stable")
         present, starts = np.unique(ids[order], return_index=True)
-        ends = np.append(starts[1:], ids.size)
-        indices = [np.flatnonzero(body & (ids == 0))]
-        indices += [np.sort(order[a:b]) for i, a, b in zip(present, starts, ends) if i > 0]
-        d[self.out_key] = indices
+        groups = dict(zip(present.tolist(), np.split(order, starts[1:])))
+        background = groups.pop(0, np.zeros(0, dtype=np.int64))
+        body = convert_to_numpy(d[self.image_key])[0].ravel() > 0
+        d[self.out_key] = [background[body[background]], *groups.values()]
         return d
 
 
