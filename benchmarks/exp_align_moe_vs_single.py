@@ -30,14 +30,8 @@ import medmoe  # noqa: E402
 from medmoe.align.evaluate import embed_dataset, make_dataset, routing_report  # noqa: E402
 from medmoe.align.retrieval import retrieval_metrics  # noqa: E402
 from medmoe.align.task import AlignTask, AlignTaskConfig  # noqa: E402
+from medmoe.cli.overrides import parse_overrides  # noqa: E402
 from medmoe.train import TrainConfig, run_training  # noqa: E402
-
-
-def _json_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def train_one(args, experts: int, seed: int, overrides: dict) -> tuple[Path, float]:
@@ -119,10 +113,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {}
-    for pair in args.set:
-        key, _, value = pair.partition("=")
-        overrides[key] = _json_value(value)
+    overrides = parse_overrides(args.set, example="refine_depth=2")
     rows = []
     for seed in args.seeds:
         for k in args.experts:

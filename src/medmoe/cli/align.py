@@ -3,31 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-
-def _json_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _overrides(pairs: list[str] | None) -> dict:
-    """``["num_experts=1", "backbone.window_size=2"]`` -> nested dict (values parsed as JSON when possible)."""
-    from medmoe.errors import InvalidInputError
-
-    out: dict = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInputError(f"--set {pair!r}: expected KEY=VALUE, e.g. num_experts=1")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _json_value(value)
-    return out
+from medmoe.cli.overrides import parse_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -108,7 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
     from medmoe.align.task import AlignTask, AlignTaskConfig
     from medmoe.train import is_main, run_training
 
-    overrides = _overrides(args.set_fields)
+    overrides = parse_overrides(args.set_fields, example="num_experts=1")
     if args.num_experts is not None:
         overrides["num_experts"] = args.num_experts
     if args.route_by is not None:

@@ -1,35 +1,12 @@
-"""`medmoe seg`: train MoME text-prompted CT segmentation (predict, eval and build-samples come from
-``medmoe.seg.cli_extra`` when present)."""
+"""`medmoe seg`: train MoME text-prompted CT segmentation (predict, eval and build-samples: ``seg_tools``)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 
-
-def _json_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _overrides(pairs: list[str] | None) -> dict:
-    """``["feature_size=24", "text.model=tiny-bert"]`` -> nested dict (values parsed as JSON when possible)."""
-    from medmoe.errors import InvalidInputError
-
-    out: dict = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInputError(f"--set {pair!r}: expected KEY=VALUE, e.g. feature_size=24")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _json_value(value)
-    return out
+from medmoe.cli import seg_tools
+from medmoe.cli.overrides import parse_overrides
 
 
 def _voxels(text: str) -> int:
@@ -45,13 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     group = parser.add_subparsers(dest="seg_command", metavar="SUBCOMMAND")
     _add_train(group)
-    try:
-        extra = importlib.import_module("medmoe.seg.cli_extra")
-    except ModuleNotFoundError as err:
-        if err.name != "medmoe.seg.cli_extra":
-            raise
-    else:
-        extra.add_parsers(group)
+    seg_tools.add_parsers(group)
 
 
 def _add_train(group: argparse._SubParsersAction) -> None:
@@ -93,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
     from medmoe.train import is_main, run_training
 
     config = SegTaskConfig(
-        data=args.data, model=args.model, overrides=_overrides(args.set_fields),
+        data=args.data, model=args.model, overrides=parse_overrides(args.set_fields, example="feature_size=24"),
         patch_size=tuple(args.patch_size) if args.patch_size else None,
         spacing=tuple(args.spacing) if args.spacing else None, cache=not args.no_cache,
         samples_per_volume=args.samples_per_volume, balance=not args.no_balance, bce_weight=args.bce_weight,

@@ -1,6 +1,6 @@
 """`medmoe seg predict | eval | build-samples`: registered on the `medmoe seg` group by ``cli/seg.py``.
 
-Handlers import the library lazily (``medmoe --help`` stays fast) and are the only place here that prints.
+Handlers import the library lazily (``medmoe --help`` stays fast).
 """
 
 from __future__ import annotations
