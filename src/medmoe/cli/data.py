@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
+
+from medmoe.cli import data_samples
 
 SOURCES = ("mimic-cxr", "chexpert5x200", "iu-xray", "roco", "wds")
 
@@ -47,20 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     shard.add_argument("--no-progress", action="store_true", help="no progress bar")
     shard.set_defaults(func=run_shard)
 
-    _add_samples_commands(group)
-
-
-def _add_samples_commands(group: argparse._SubParsersAction) -> None:
-    """`build-samples` lives with the sample data (medmoe.data.samples.cli) and is added when present."""
-    try:
-        module = importlib.import_module("medmoe.data.samples.cli")
-    except ModuleNotFoundError as err:
-        if err.name not in ("medmoe.data.samples", "medmoe.data.samples.cli"):
-            raise
-        return
-    hook = getattr(module, "add_parser", None) or getattr(module, "register_build_samples", None)
-    if hook is not None:
-        hook(group)
+    data_samples.add_parser(group)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import read_rows
 
-from medmoe.data.samples.cli import add_parser, run_build_samples
+from medmoe.cli.data_samples import add_parser, run_build_samples
 from medmoe.data.samples.manifest_writer import SampleRow, assign_splits, write_manifest
 from medmoe.errors import InvalidInputError
 
