@@ -1,7 +1,8 @@
 """Experiment: medmoe-nano with 6 experts vs the same model with 1 expert on the modality benchmark.
 
 Same data, steps, batch and seed for both; 3 seeds. For each run: text->image and image->text R@1 on the
-held-out test split, and how well the image router's expert (no report, no label at inference) agrees
+held-out test split (with a paired bootstrap interval of the K=6 - K=1 difference over the test pairs,
+seeds pooled), and how well the image router's expert (no report, no label at inference) agrees
 with the modality of the test images (best one-to-one expert <-> modality mapping, and the identity
 mapping that label-supervised routing aims at). Optionally the same routing check on the real sample
 images. Prints the table as JSON and writes it to OUT/results.json.
@@ -24,9 +25,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import medmoe  # noqa: E402
+from medmoe.align.compare import paired_bootstrap, verdict  # noqa: E402
 from medmoe.align.evaluate import embed_dataset, make_dataset, routing_report  # noqa: E402
 from medmoe.align.retrieval import retrieval_metrics  # noqa: E402
 from medmoe.align.task import AlignTask, AlignTaskConfig  # noqa: E402
@@ -56,7 +59,7 @@ def evaluate_one(model_dir: Path, args) -> dict:
     model = medmoe.load_model(model_dir)
     size = model.config.backbone.image_size
     emb = embed_dataset(model, make_dataset(args.data, "test", size), progress=False)
-    ret = retrieval_metrics(emb.image_embeds, emb.text_embeds, ks=(1, 5, 10))
+    ret = retrieval_metrics(emb.image_embeds, emb.text_embeds, ks=(1, 5, 10), per_item=True)
     routing = routing_report(emb, model.num_experts)
     row = {
         "n_test": len(emb),
@@ -65,6 +68,7 @@ def evaluate_one(model_dir: Path, args) -> dict:
         "routing_agreement": routing.get("agreement"),
         "routing_agreement_identity": routing.get("agreement_identity"),
         "expert_usage": [round(u, 3) for u in routing["usage"]],
+        "t2i_ranks": ret["ranks"]["text_to_image"],
     }
     if args.real is not None:
         real = embed_dataset(model, make_dataset(args.real, None, size), progress=False)
@@ -87,6 +91,19 @@ def summarise(rows: list[dict], experts: list[int]) -> dict:
                 stats[key] = {"mean": round(statistics.mean(values), 4),
                               "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
         out[f"K={k}"] = stats
+    return out
+
+
+def paired_difference(rows: list[dict], seeds: list[int]) -> dict:
+    """K=6 minus K=1 on text->image R@1 and R@5, seeds pooled per test item, with a paired bootstrap interval
+    over the test items (how much of the gap the choice of test pairs alone could make)."""
+    ranks = {k: np.array([next(r["t2i_ranks"] for r in rows if r["seed"] == s and r["num_experts"] == k)
+                          for s in seeds]) for k in (6, 1)}
+    out = {}
+    for k in (1, 5):
+        result = paired_bootstrap(ranks[6] <= k, ranks[1] <= k)
+        out[f"t2i_R@{k}"] = {**{key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()},
+                             "verdict": verdict(result).replace("A", "K=6").replace("B", "K=1")}
     return out
 
 
@@ -120,7 +137,7 @@ def main() -> None:
             model_dir, seconds = train_one(args, k, seed, overrides)
             row = {"num_experts": k, "seed": seed, "train_s": round(seconds, 1), **evaluate_one(model_dir, args)}
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "t2i_ranks"}), flush=True)
     result = {
         "setup": {"model": args.model, "threads": torch.get_num_threads(), "steps": args.steps,
                   "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
@@ -132,11 +149,12 @@ def main() -> None:
     if len(args.experts) == 2 and set(args.experts) == {6, 1}:
         wins = [next(r["t2i_R@1"] for r in rows if r["seed"] == s and r["num_experts"] == 6)
                 > next(r["t2i_R@1"] for r in rows if r["seed"] == s and r["num_experts"] == 1) for s in args.seeds]
+        result["paired_difference"] = paired_difference(rows, args.seeds)
         result["moe_beats_single_t2i_R@1"] = {"per_seed": wins, "mean": result["summary"]["K=6"]["t2i_R@1"]["mean"]
                                               > result["summary"]["K=1"]["t2i_R@1"]["mean"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["summary"], indent=2))
+    print(json.dumps({k: result[k] for k in ("summary", "paired_difference") if k in result}, indent=2))
 
 
 if __name__ == "__main__":

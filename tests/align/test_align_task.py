@@ -125,6 +125,14 @@ def test_cli_train_eval_embed(manifest, tmp_path):
     figures = {p.rsplit("/", 1)[-1] for p in metrics["figures"]}
     assert figures == {"routing_confusion.png", "attention_maps.png"}
     assert all((out.parent / "metrics_figures" / f).stat().st_size > 1000 for f in figures)
+    per_item = tmp_path / "eval" / "per_item.json"
+    assert cli(["align", "eval", "--model", str(run / "model"), "--data", str(manifest), "--out", str(per_item),
+                "--no-progress", "--no-figures", "--per-item"]) == 0
+    items = json.loads(per_item.read_text())["items"]
+    assert len(items["paths"]) == 2 and sorted(items["text_to_image_rank"]) in ([1, 1], [1, 2], [2, 2])
+    r1 = np.mean(np.array(items["text_to_image_rank"]) <= 1)
+    assert r1 == pytest.approx(json.loads(per_item.read_text())["retrieval"]["text_to_image"]["R@1"])
+    assert cli(["align", "compare", str(per_item), str(per_item)]) == 0
     npz = tmp_path / "emb.npz"
     assert cli(["align", "embed", "--model", str(run / "model"), "--data", str(manifest), "--out", str(npz),
                 "--split", "train", "--no-progress"]) == 0

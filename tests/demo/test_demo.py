@@ -21,7 +21,7 @@ def test_quick_demo_writes_a_sane_report_and_metrics(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "text->image R@1, modality benchmark" in printed and str(out / "report.html") in printed
-    assert "one hit = " in printed  # the noise level of the retrieval gap is stated
+    assert "one hit = " in printed and "95 % interval" in printed  # the noise level of the retrieval gap is stated
 
     metrics = json.loads((out / "metrics.json").read_text())
     for which, k in (("moe", 6), ("single", 1)):
@@ -33,6 +33,15 @@ def test_quick_demo_writes_a_sane_report_and_metrics(tmp_path, capsys):
             for direction in ("text_to_image", "image_to_text"):
                 r = ev["retrieval"][direction]
                 assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 1.0
+    for dataset in ("modality-bench", "iu-cxr"):
+        # the pair-by-pair comparison is computed from the two models' own ranks
+        cmp = metrics["align"]["moe_vs_single"][dataset]["text_to_image"]["R@1"]
+        assert cmp["n"] == metrics["align"]["moe"]["eval"][dataset]["n"]
+        assert cmp["a"] == pytest.approx(metrics["align"]["moe"]["eval"][dataset]["retrieval"]["text_to_image"]["R@1"])
+        assert cmp["b"] == pytest.approx(metrics["align"]["single"]["eval"][dataset]["retrieval"]["text_to_image"]["R@1"])
+        assert cmp["ci_low"] <= cmp["difference"] <= cmp["ci_high"]
+        assert "items" not in metrics["align"]["moe"]["eval"][dataset]
+        assert "items" in json.loads((out / "align" / "moe" / f"{dataset}.json").read_text())
     routing = metrics["align"]["moe"]["eval"]["real-samples"]["routing"]
     assert 0.0 <= routing["agreement"] <= 1.0 and sum(map(sum, routing["confusion"])) == routing["n_labelled"]
     seg = metrics["seg"]
@@ -43,5 +52,5 @@ def test_quick_demo_writes_a_sane_report_and_metrics(tmp_path, capsys):
 
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4  # confusion matrices, attention maps, CT overlays
-    assert "figure missing" not in html
+    assert "figure missing" not in html and "MoE vs one expert, pair by pair" in html
     assert (out / "seg" / "real_ct_mask.nii.gz").is_file()

@@ -187,7 +187,7 @@ def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None
              probe_fractions: Sequence[float] = (0.01, 0.1, 1.0), batch_size: int = 32, device: str = "cpu",
              workers: int = 0, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024, figures: bool = True,
              attention_examples: int = 4, max_items: int | None = None, progress: bool = True,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, per_item: bool = False) -> dict[str, Any]:
     """Every evaluation of the issue on one manifest.
 
     Args:
@@ -198,9 +198,12 @@ def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None
         probe_split: rows the linear probe trains on (None or an empty split skips the probe).
         probe_fractions: fractions of those rows (1 %, 10 %, 100 %).
         max_items: cap on evaluated (and probe-training) rows, for quick checks.
+        per_item: also keep each pair's image path and retrieval ranks under ``"items"``, so two models can
+            be compared item by item (:func:`medmoe.align.compare.compare_retrieval`).
 
     Returns:
-        ``{"n", "bad_samples", "retrieval", "zero_shot", "linear_probe", "routing", "figures"}``.
+        ``{"n", "bad_samples", "retrieval", "zero_shot", "linear_probe", "routing", "figures"}`` and
+        ``"items"`` when ``per_item``.
     """
     size = model_image_size(model)
     dataset = make_dataset(manifest, split, size)
@@ -209,7 +212,11 @@ def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None
     metrics: dict[str, Any] = {"manifest": str(manifest), "split": split, "n": len(emb), "bad_samples": len(emb.bad)}
     has_labels = any(emb.labels)
     metrics["retrieval"] = retrieval_metrics(emb.image_embeds, emb.text_embeds,
-                                             labels=emb.labels if has_labels else None, ks=ks, chunk_size=chunk_size)
+                                             labels=emb.labels if has_labels else None, ks=ks, chunk_size=chunk_size,
+                                             per_item=per_item)
+    if per_item:
+        ranks = metrics["retrieval"].pop("ranks")
+        metrics["items"] = {"paths": list(emb.paths), **{f"{d}_rank": r for d, r in ranks.items()}}
     metrics["zero_shot"] = zero_shot_report(model, emb)
     metrics["routing"] = routing_report(emb, model.num_experts)
     if probe_split:

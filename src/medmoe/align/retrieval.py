@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,26 +117,29 @@ def precision_at_k(neighbors: Tensor, query_labels: Sequence[Sequence[str]], gal
 
 
 def _direction(queries: Tensor, gallery: Tensor, ks: Sequence[int], chunk_size: int,
-               query_labels, gallery_labels, use_faiss: bool | None) -> dict[str, float]:
-    ranks = retrieval_ranks(queries, gallery, chunk_size=chunk_size).double()
+               query_labels, gallery_labels, use_faiss: bool | None) -> tuple[dict[str, float], Tensor]:
+    ranks = retrieval_ranks(queries, gallery, chunk_size=chunk_size)
     out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
+    ranks = ranks.double()
     out["mean_rank"] = float(ranks.mean())
     out["median_rank"] = float(ranks.median())
     if query_labels is not None and gallery_labels is not None:
         neighbors = top_k(queries, gallery, max(ks), chunk_size=chunk_size, use_faiss=use_faiss)
         out.update(precision_at_k(neighbors, query_labels, gallery_labels, ks))
-    return out
+    return out, ranks
 
 
 def retrieval_metrics(image_embeds: Tensor, text_embeds: Tensor, *, labels: Sequence[Sequence[str]] | None = None,
                       ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024,
-                      use_faiss: bool | None = None) -> dict[str, dict[str, float] | int]:
+                      use_faiss: bool | None = None, per_item: bool = False) -> dict[str, Any]:
     """Image->text and text->image retrieval of N paired embeddings.
 
     Args:
         image_embeds, text_embeds: (N, E) L2-normalised; row i of each is a pair.
         labels: per pair, its finding labels (for P@K); None skips P@K.
         ks: the K of R@K and P@K.
+        per_item: also return each query's rank (``"ranks": {"image_to_text": [...], "text_to_image": [...]}``),
+            what :func:`medmoe.align.compare.compare_retrieval` pairs two models on.
 
     Returns:
         ``{"n": N, "image_to_text": {"R@1", ..., "mean_rank", "median_rank", "P@1", ...},
@@ -145,8 +149,9 @@ def retrieval_metrics(image_embeds: Tensor, text_embeds: Tensor, *, labels: Sequ
         raise InvalidInputError(f"labels has {len(labels)} entries for {image_embeds.shape[0]} pairs")
     if image_embeds.shape[0] == 0:
         raise InvalidInputError("retrieval needs at least one pair")
-    return {
-        "n": int(image_embeds.shape[0]),
-        "image_to_text": _direction(image_embeds, text_embeds, ks, chunk_size, labels, labels, use_faiss),
-        "text_to_image": _direction(text_embeds, image_embeds, ks, chunk_size, labels, labels, use_faiss),
-    }
+    i2t, i2t_ranks = _direction(image_embeds, text_embeds, ks, chunk_size, labels, labels, use_faiss)
+    t2i, t2i_ranks = _direction(text_embeds, image_embeds, ks, chunk_size, labels, labels, use_faiss)
+    out: dict[str, Any] = {"n": int(image_embeds.shape[0]), "image_to_text": i2t, "text_to_image": t2i}
+    if per_item:
+        out["ranks"] = {"image_to_text": i2t_ranks.long().tolist(), "text_to_image": t2i_ranks.long().tolist()}
+    return out

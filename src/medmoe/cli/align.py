@@ -8,11 +8,12 @@ from medmoe.cli.overrides import parse_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("align", help="MedMoE image-report alignment: train, eval, embed")
+    parser = sub.add_parser("align", help="MedMoE image-report alignment: train, eval, compare, embed")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     group = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND")
     _add_train(group)
     _add_eval(group)
+    _add_compare(group)
     _add_embed(group)
 
 
@@ -54,8 +55,24 @@ def _add_eval(group: argparse._SubParsersAction) -> None:
     ev.add_argument("--workers", type=int, default=0)
     ev.add_argument("--max-items", type=int, default=None, help="evaluate at most N rows (quick checks)")
     ev.add_argument("--no-figures", action="store_true")
+    ev.add_argument("--per-item", action="store_true",
+                    help="keep each pair's retrieval ranks in the JSON (for `medmoe align compare`)")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=run_eval)
+
+
+def _add_compare(group: argparse._SubParsersAction) -> None:
+    co = group.add_parser(
+        "compare", help="is model A better than model B? paired bootstrap over the test items",
+        description="Compare two `medmoe align eval --per-item` results on the same test items: difference of "
+                    "R@K both ways with a paired percentile-bootstrap confidence interval over the items.")
+    co.add_argument("a", metavar="A_METRICS", help="metrics JSON of model A (from eval --per-item)")
+    co.add_argument("b", metavar="B_METRICS", help="metrics JSON of model B, same manifest and split")
+    co.add_argument("--out", default=None, help="write the comparison as JSON")
+    co.add_argument("--resamples", type=int, default=10_000)
+    co.add_argument("--level", type=float, default=0.95, help="coverage of the interval (default 0.95)")
+    co.add_argument("--seed", type=int, default=0)
+    co.set_defaults(func=run_compare)
 
 
 def _add_embed(group: argparse._SubParsersAction) -> None:
@@ -113,7 +130,7 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(
         model, args.data, split=args.split or None, out=args.out, probe_split=args.probe_split or None,
         batch_size=args.batch_size, device=args.device, workers=args.workers, figures=not args.no_figures,
-        max_items=args.max_items, progress=not args.no_progress,
+        max_items=args.max_items, progress=not args.no_progress, per_item=args.per_item,
     )
     r = metrics["retrieval"]
     print(f"{metrics['n']} pairs ({metrics['bad_samples']} bad skipped)")
@@ -128,6 +145,47 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"metrics: {args.out}")
     for figure in metrics.get("figures", []):
         print(f"figure: {figure}")
+    return 0
+
+
+def _read_metrics(path: str) -> dict:
+    import json
+    from pathlib import Path
+
+    from medmoe.errors import InvalidInputError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: no such metrics file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InvalidInputError(f"{path}: not a metrics JSON ({err})") from None
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from medmoe.align.compare import DIRECTIONS, compare_retrieval, verdict
+
+    a, b = _read_metrics(args.a), _read_metrics(args.b)
+    result = compare_retrieval(a, b, resamples=args.resamples, level=args.level, seed=args.seed)
+    result.update(a_metrics=args.a, b_metrics=args.b)
+    print(f"A = {args.a}\nB = {args.b}\n{result['n']} shared test pairs"
+          + (f" ({result['only_in_a']} only in A, {result['only_in_b']} only in B)"
+             if result["only_in_a"] or result["only_in_b"] else ""))
+    pct = int(round(100 * args.level))
+    print(f"{'direction':<15}{'metric':<7}{'A %':>7}{'B %':>7}{'A-B':>8}   {pct} % interval     verdict")
+    for direction in DIRECTIONS:
+        for metric, r in result[direction].items():
+            print(f"{direction.replace('_to_', '->'):<15}{metric:<7}{100 * r['a']:>7.1f}{100 * r['b']:>7.1f}"
+                  f"{100 * r['difference']:>+8.1f}   [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+                  f"{'':<6}{verdict(r)}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"comparison: {out}")
     return 0
 
 

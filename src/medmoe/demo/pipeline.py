@@ -24,6 +24,8 @@ from medmoe.errors import MedMoEError
 log = logging.getLogger(__name__)
 
 ALIGN_DATASETS = ("modality-bench", "iu-cxr", "real-samples")
+# Retrieval of the MoE and the one-expert model is compared pair by pair on the two test splits.
+COMPARED_DATASETS = ("modality-bench", "iu-cxr")
 REAL_CT_PROMPTS = ("liver", "spleen", "kidney left", "kidney right")  # free text: resolved through synonyms
 REAL_CT_CLASSES = ("liver", "spleen", "kidney_left", "kidney_right")   # what the real CT teaches in training
 REAL_CT_DATASET = "example-ct"
@@ -149,8 +151,24 @@ def evaluate_align(model_dir: Path, manifests: dict[str, Path], out_dir: Path, b
         probe = "train" if name == "modality-bench" and budget.align_probe else None
         results[name] = evaluate(model, manifests[name], split="test", out=out_dir / f"{name}.json",
                                  probe_split=probe, device=device, max_items=budget.align_eval_max,
-                                 progress=progress, attention_examples=4 if name != "real-samples" else 0)
+                                 progress=progress, attention_examples=4 if name != "real-samples" else 0,
+                                 per_item=True)
     return results
+
+
+def compare_align(align: dict[str, Any]) -> dict[str, Any]:
+    """MoE minus one expert on R@1 and R@5 both ways, with paired bootstrap intervals over the test pairs.
+
+    The per-item ranks stay in the per-dataset JSON files and are dropped from the in-memory metrics.
+    """
+    from medmoe.align.compare import compare_retrieval
+
+    out = {ds: compare_retrieval(align["moe"]["eval"][ds], align["single"]["eval"][ds], ks=(1, 5))
+           for ds in COMPARED_DATASETS}
+    for label in ("moe", "single"):
+        for result in align[label]["eval"].values():
+            result.pop("items", None)
+    return out
 
 
 def train_seg(datalist: Path, run_dir: Path, budget: DemoBudget, *, seed: int, device: str,
@@ -229,6 +247,7 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str =
             align[label] = {"num_experts": k, "train": train_info,
                             "eval": evaluate_align(model_dir, data, out / "align" / label, budget, device=device,
                                                    progress=progress)}
+    align["moe_vs_single"] = compare_align(align)
     seg_data = seg_training_datalist(data["phantoms"], data["totalseg"], out / "runs" / "seg-train.json")
     with Step("train mome-nano on CT phantoms + the real example CT", timings, say):
         seg_dir, seg_train = train_seg(seg_data, out / "runs" / "seg", budget, seed=seed, device=device,
