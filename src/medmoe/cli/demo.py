@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{'metric':{width}s}  {'MoE/MoME':>9s}  {'1 expert':>9s}")
     for what, a, b in result.summary_rows:
         print(f"{what:{width}s}  {a:>9s}  {b:>9s}")
-    print(f"\n{summary_note(result.metrics)}")
+    note = summary_note(result.metrics)
+    if note:
+        print("\n" + textwrap.fill(note, width=100))
     print(f"\nreport:  {result.report.resolve()}")
     print(f"metrics: {(result.out / 'metrics.json').resolve()}")
     return 0

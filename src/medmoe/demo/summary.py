@@ -188,7 +188,7 @@ def build_report(metrics: dict, path: str | Path) -> Path:
     path = Path(path)
     metrics = {**metrics, "out": str(path.parent)}
     rows = summary_rows(metrics)
-    summary = Table("Summary", ["metric", "MoE (K=6) / MoME", "one expert"], [list(r) for r in rows],
+    summary = Table("Headline numbers", ["metric", "MoE (K=6) / MoME", "one expert"], [list(r) for r in rows],
                     note=summary_note(metrics))
     timing = Table("Time per stage", ["stage", "seconds"], [[k, v] for k, v in metrics["timings_s"].items()])
     mode = "quick smoke run (tiny budgets: numbers are not meaningful)" if metrics["quick"] else "default run"
