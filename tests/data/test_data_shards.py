@@ -184,14 +184,13 @@ dist.destroy_process_group()
 
 @pytest.mark.ddp
 @pytest.mark.timeout(180)
-def test_two_process_ddp_split(sharded, tmp_path):
+def test_two_process_ddp_split(sharded, tmp_path, torchrun_env):
     _, out, _ = sharded
     worker = tmp_path / "shard_worker.py"
     worker.write_text(WORKER)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
            str(out), str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=torchrun_env)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
