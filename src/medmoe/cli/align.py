@@ -175,12 +175,12 @@ def run_compare(args: argparse.Namespace) -> int:
           + (f" ({result['only_in_a']} only in A, {result['only_in_b']} only in B)"
              if result["only_in_a"] or result["only_in_b"] else ""))
     pct = int(round(100 * args.level))
-    print(f"{'direction':<15}{'metric':<7}{'A %':>7}{'B %':>7}{'A-B':>8}   {pct} % interval     verdict")
+    print(f"{'direction':<15}{'metric':<7}{'A %':>7}{'B %':>7}{'A-B':>8}   {f'{pct} % interval':<18}verdict")
     for direction in DIRECTIONS:
         for metric, r in result[direction].items():
+            interval = f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
             print(f"{direction.replace('_to_', '->'):<15}{metric:<7}{100 * r['a']:>7.1f}{100 * r['b']:>7.1f}"
-                  f"{100 * r['difference']:>+8.1f}   [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
-                  f"{'':<6}{verdict(r)}")
+                  f"{100 * r['difference']:>+8.1f}   {interval:<18}{verdict(r)}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
