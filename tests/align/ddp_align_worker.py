@@ -12,6 +12,8 @@ import torch.distributed as dist
 from align_tiny import ddp_batch, ddp_model
 from torch.nn.parallel import DistributedDataParallel
 
+from medmoe.train.distributed import close_process_group
+
 
 def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
@@ -25,9 +27,8 @@ def main(out_dir: str) -> None:
     out["global_loss"].backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     torch.save({"loss": out["global_loss"].detach(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
-    del wrapped, out
-    dist.barrier()  # no rank closes its sockets while the other still talks
-    dist.destroy_process_group()
+    del wrapped, out, model  # DDP's reducer must go before the group does
+    close_process_group()
 
 
 if __name__ == "__main__":

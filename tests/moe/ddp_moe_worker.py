@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from medmoe.moe import MoELayer, Router
+from medmoe.train.distributed import close_process_group
 
 
 def main(out_dir: str) -> None:
@@ -35,9 +36,8 @@ def main(out_dir: str) -> None:
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in layer.parameters())).hexdigest()
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
         f.write(digest)
-    del model, opt  # release DDP's reducer and its pending gloo work before the group goes
-    dist.barrier()  # no rank closes its sockets while the other still talks
-    dist.destroy_process_group()
+    del model, opt, layer, out, route  # DDP's reducer must go before the group does
+    close_process_group()
 
 
 if __name__ == "__main__":

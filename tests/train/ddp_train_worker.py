@@ -17,6 +17,7 @@ from train_toy_task import ToyTask
 
 from medmoe.distributed import gather_with_grad
 from medmoe.train import TrainingInterrupted, add_training_arguments, is_main, run_training
+from medmoe.train.distributed import close_process_group
 
 BAD = (3, 17, 25, 40, 44)
 
@@ -82,8 +83,8 @@ def main(out_dir: str) -> None:
         "interrupted_at": interrupted_at,
         "resumed_from": str(resumed.resumed_from),
     }
-    dist.barrier()  # no rank closes its sockets while the other still talks
-    dist.destroy_process_group()
+    del task, stopped, resumed_task  # their models were DDP-wrapped: the reducers go before the group
+    close_process_group()
     report["is_main_after_teardown"] = is_main()  # what a CLI handler asks once run_training returned
     (out / f"rank{rank}.json").write_text(json.dumps(report))
 

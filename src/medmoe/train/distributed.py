@@ -6,6 +6,7 @@ One code path serves a single process and ``torchrun --nproc_per_node N``: torch
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "broadcast_object",
+    "close_process_group",
     "gather_objects",
     "gather_with_grad",
     "is_distributed",
@@ -110,17 +112,29 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank_, world_size=world, local_rank=local_rank, device=dev, owns_process_group=owns)
 
 
-def teardown_distributed(env: DistEnv, *, synchronize: bool = True) -> None:
-    """Destroy the process group if :func:`setup_distributed` created it.
+def close_process_group(*, synchronize: bool = True) -> None:
+    """Destroy the default process group so that the process can exit cleanly.
 
-    With ``synchronize`` every rank first waits at a barrier, so no rank closes its gloo sockets while
-    another still talks to it (that race aborts the slower rank). Pass ``False`` when leaving on an
-    error: the other ranks may never reach the barrier.
+    Two races abort a rank at the end of a run (SIGABRT, "terminate called without an active exception"):
+    one rank closing its gloo sockets while another still talks to it, which the barrier prevents
+    (``synchronize=False`` skips it when leaving on an error, since other ranks may never reach it); and a
+    DDP wrapper that outlives the group. DDP's reducer hooks into the wrapped module's parameters and holds
+    the process group; left alive, it is destroyed during interpreter shutdown, where gloo aborts. So drop
+    every reference to DDP-wrapped modules (the wrapper and the module inside) before calling this;
+    unreachable ones in reference cycles are collected here while the group is still valid.
     """
-    if env.owns_process_group and dist.is_initialized():
-        if synchronize:
-            dist.barrier()
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    if synchronize:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def teardown_distributed(env: DistEnv, *, synchronize: bool = True) -> None:
+    """Destroy the process group if :func:`setup_distributed` created it (see :func:`close_process_group`)."""
+    if env.owns_process_group:
+        close_process_group(synchronize=synchronize)
 
 
 def wrap_model(model: nn.Module, env: DistEnv) -> nn.Module:
