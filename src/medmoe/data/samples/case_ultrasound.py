@@ -71,6 +71,9 @@ def make_ultrasound_case(rng: np.random.Generator, size: int = 224) -> Case:
     if kind is None and rng.random() < 0.5:
         negatives.append("Normal echotexture without focal lesion.")
     fillers = [pick(rng, _FILLERS)] if rng.random() < 0.4 else []
+    if not (positives or negatives or fillers):
+        # A normal study whose draws left nothing to say still gets a statement, not a bare header.
+        negatives.append("Normal echotexture without focal lesion.")
     report = compose(rng, positives, negatives, pick(rng, _HEADERS), fillers)
     image = render_ultrasound(UltrasoundFindings(lesion), rng, size)
     return Case(image=image, report=report, labels=tags_or_normal(tags))
