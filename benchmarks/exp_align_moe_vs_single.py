@@ -58,7 +58,7 @@ def train_one(args, experts: int, seed: int, overrides: dict) -> tuple[Path, flo
 def evaluate_one(model_dir: Path, args) -> dict:
     model = medmoe.load_model(model_dir)
     size = model.config.backbone.image_size
-    emb = embed_dataset(model, make_dataset(args.data, "test", size), progress=False)
+    emb = embed_dataset(model, make_dataset(args.eval_data or args.data, args.eval_split or None, size), progress=False)
     ret = retrieval_metrics(emb.image_embeds, emb.text_embeds, ks=(1, 5, 10), per_item=True)
     routing = routing_report(emb, model.num_experts)
     row = {
@@ -111,6 +111,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="modality-bench manifest")
     parser.add_argument("--real", type=Path, default=None, help="real-samples manifest (routing check)")
+    parser.add_argument("--eval-data", type=Path, default=None,
+                        help="evaluate on this manifest instead of --data (e.g. a pack built with another seed)")
+    parser.add_argument("--eval-split", default="test", help="rows to evaluate ('' for all rows)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="medmoe-nano")
     parser.add_argument("--steps", type=int, default=300)
@@ -142,7 +145,8 @@ def main() -> None:
         "setup": {"model": args.model, "threads": torch.get_num_threads(), "steps": args.steps,
                   "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
                   "seeds": args.seeds, "overrides": overrides, "upcycle_steps": args.upcycle_steps,
-                  "data": str(args.data)},
+                  "data": str(args.data), "eval_data": str(args.eval_data or args.data),
+                  "eval_split": args.eval_split or "all"},
         "runs": rows,
         "summary": summarise(rows, args.experts),
     }

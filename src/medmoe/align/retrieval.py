@@ -120,9 +120,8 @@ def _direction(queries: Tensor, gallery: Tensor, ks: Sequence[int], chunk_size: 
                query_labels, gallery_labels, use_faiss: bool | None) -> tuple[dict[str, float], Tensor]:
     ranks = retrieval_ranks(queries, gallery, chunk_size=chunk_size)
     out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
-    ranks = ranks.double()
-    out["mean_rank"] = float(ranks.mean())
-    out["median_rank"] = float(ranks.median())
+    out["mean_rank"] = float(ranks.double().mean())
+    out["median_rank"] = float(ranks.double().median())
     if query_labels is not None and gallery_labels is not None:
         neighbors = top_k(queries, gallery, max(ks), chunk_size=chunk_size, use_faiss=use_faiss)
         out.update(precision_at_k(neighbors, query_labels, gallery_labels, ks))
@@ -153,5 +152,5 @@ def retrieval_metrics(image_embeds: Tensor, text_embeds: Tensor, *, labels: Sequ
     t2i, t2i_ranks = _direction(text_embeds, image_embeds, ks, chunk_size, labels, labels, use_faiss)
     out: dict[str, Any] = {"n": int(image_embeds.shape[0]), "image_to_text": i2t, "text_to_image": t2i}
     if per_item:
-        out["ranks"] = {"image_to_text": i2t_ranks.long().tolist(), "text_to_image": t2i_ranks.long().tolist()}
+        out["ranks"] = {"image_to_text": i2t_ranks.tolist(), "text_to_image": t2i_ranks.tolist()}
     return out
