@@ -5,7 +5,7 @@ held-out test split (with a paired bootstrap interval of the K=6 - K=1 differenc
 seeds pooled), and how well the image router's expert (no report, no label at inference) agrees
 with the modality of the test images (best one-to-one expert <-> modality mapping, and the identity
 mapping that label-supervised routing aims at). Optionally the same routing check on the real sample
-images. Prints the table as JSON and writes it to OUT/results.json.
+images. Prints the table as JSON and writes it to OUT/results.json (``--results`` renames it).
 
     medmoe data build-samples --out samples --which modality,real
     python benchmarks/exp_align_moe_vs_single.py --data samples/modality-bench/manifest.csv \\
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--eval-data", type=Path, default=None,
                         help="evaluate on this manifest instead of --data (e.g. a pack built with another seed)")
     parser.add_argument("--eval-split", default="test", help="rows to evaluate ('' for all rows)")
+    parser.add_argument("--results", default="results.json", help="file name of the table in OUT")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="medmoe-nano")
     parser.add_argument("--steps", type=int, default=300)
@@ -157,7 +158,7 @@ def main() -> None:
         result["moe_beats_single_t2i_R@1"] = {"per_seed": wins, "mean": result["summary"]["K=6"]["t2i_R@1"]["mean"]
                                               > result["summary"]["K=1"]["t2i_R@1"]["mean"]}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / args.results).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("summary", "paired_difference") if k in result}, indent=2))
 
 
