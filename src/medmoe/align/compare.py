@@ -6,10 +6,10 @@ so the comparison is paired: resample the items with replacement, recompute the 
 per-item scores, and read a confidence interval off the resampled differences (percentile bootstrap,
 Efron & Tibshirani 1993, ch. 13).
 
-    >>> a = medmoe.align.evaluate.evaluate(model_a, manifest, per_item=True)
-    >>> b = medmoe.align.evaluate.evaluate(model_b, manifest, per_item=True)
-    >>> compare_retrieval(a, b)["text_to_image"]["R@1"]
-    {'a': 0.045, 'b': 0.068, 'difference': -0.023, 'ci_low': -0.052, 'ci_high': 0.007, 'p_a_not_better': 0.93, ...}
+    a = medmoe.align.evaluate.evaluate(model_a, manifest, per_item=True)
+    b = medmoe.align.evaluate.evaluate(model_b, manifest, per_item=True)
+    r = compare_retrieval(a, b)["text_to_image"]["R@1"]   # {"a", "b", "difference", "ci_low", "ci_high", ...}
+    verdict(r)                                              # "A ahead", "B ahead" or "no clear difference"
 """
 
 from __future__ import annotations
