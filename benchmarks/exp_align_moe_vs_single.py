@@ -103,7 +103,7 @@ def paired_difference(rows: list[dict], seeds: list[int]) -> dict:
     for k in (1, 5):
         result = paired_bootstrap(ranks[6] <= k, ranks[1] <= k)
         out[f"t2i_R@{k}"] = {**{key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()},
-                             "verdict": verdict(result).replace("A", "K=6").replace("B", "K=1")}
+                             "verdict": verdict(result, "K=6", "K=1")}
     return out
 
 

@@ -69,6 +69,8 @@ def test_items_are_matched_by_path_not_by_order():
 def test_missing_items_and_disjoint_sets_give_clear_errors():
     with pytest.raises(InvalidInputError, match="--per-item"):
         compare_retrieval({"n": 3, "retrieval": {}}, _metrics(["x"], [1], [1]))
+    with pytest.raises(InvalidInputError, match="--per-item"):
+        compare_retrieval([1, 2], _metrics(["x"], [1], [1]))  # a JSON file that is not an evaluation
     with pytest.raises(InvalidInputError, match="share no item"):
         compare_retrieval(_metrics(["x"], [1], [1]), _metrics(["y"], [1], [1]))
 

@@ -4,7 +4,7 @@ Two retrieval scores measured on a few hundred pairs differ by a few hits more o
 that gap means anything depends on how many items carry it. Both models were scored on the same items,
 so the comparison is paired: resample the items with replacement, recompute the difference of the mean
 per-item scores, and read a confidence interval off the resampled differences (percentile bootstrap,
-Efron & Tibshirani 1993, ch. 13).
+Efron & Tibshirani 1993, ch. 13; ``scipy.stats.bootstrap`` does the resampling).
 
     a = medmoe.align.evaluate.evaluate(model_a, manifest, per_item=True)
     b = medmoe.align.evaluate.evaluate(model_b, manifest, per_item=True)
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from medmoe.errors import InvalidInputError
 
@@ -51,23 +52,16 @@ def paired_bootstrap(a: Any, b: Any, *, resamples: int = 10_000, level: float = 
     if resamples < 1:
         raise InvalidInputError(f"resamples must be >= 1, got {resamples}")
     per_item = a.mean(axis=0) - b.mean(axis=0)
-    n = per_item.shape[0]
-    rng = np.random.default_rng(seed)
-    boot = np.empty(resamples)
-    # Chunks keep the (chunk, N) index matrix small for large test sets.
-    chunk = max(1, 2_000_000 // n)
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        boot[start:stop] = per_item[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
-    tail = (1 - level) / 2
-    low, high = np.quantile(boot, [tail, 1 - tail])
+    res = stats.bootstrap((per_item,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
+                          random_state=np.random.default_rng(seed), batch=max(1, 2_000_000 // per_item.shape[0]))
     return {"a": float(a.mean()), "b": float(b.mean()), "difference": float(per_item.mean()),
-            "ci_low": float(low), "ci_high": float(high), "level": level,
-            "p_a_not_better": float((boot <= 0).mean()), "n": int(n)}
+            "ci_low": float(res.confidence_interval.low), "ci_high": float(res.confidence_interval.high),
+            "level": level, "p_a_not_better": float((res.bootstrap_distribution <= 0).mean()),
+            "n": int(per_item.shape[0])}
 
 
 def _items(metrics: dict, name: str) -> dict[str, Any]:
-    items = metrics.get("items")
+    items = metrics.get("items") if isinstance(metrics, dict) else None
     if not isinstance(items, dict) or "paths" not in items:
         raise InvalidInputError(f"{name} has no per-item ranks; evaluate with per_item=True "
                                 "(`medmoe align eval --per-item`)")
@@ -100,10 +94,15 @@ def compare_retrieval(a: dict, b: dict, *, ks: Sequence[int] = (1, 5, 10), resam
     return out
 
 
-def verdict(result: dict[str, float]) -> str:
-    """'A ahead', 'B ahead' or 'no clear difference', from whether the interval excludes zero."""
+def verdict(result: dict[str, float], a: str = "A", b: str = "B") -> str:
+    """``"<a> ahead"``, ``"<b> ahead"`` or ``"no clear difference"``: whether the interval excludes zero."""
     if result["ci_low"] > 0:
-        return "A ahead"
+        return f"{a} ahead"
     if result["ci_high"] < 0:
-        return "B ahead"
+        return f"{b} ahead"
     return "no clear difference"
+
+
+def interval_points(result: dict[str, float]) -> str:
+    """The interval of a difference of fractions in percentage points, e.g. ``"[-8.3, +3.0]"``."""
+    return f"[{100 * result['ci_low']:+.1f}, {100 * result['ci_high']:+.1f}]"

@@ -166,7 +166,7 @@ def run_compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from medmoe.align.compare import DIRECTIONS, compare_retrieval, verdict
+    from medmoe.align.compare import DIRECTIONS, compare_retrieval, interval_points, verdict
 
     a, b = _read_metrics(args.a), _read_metrics(args.b)
     result = compare_retrieval(a, b, resamples=args.resamples, level=args.level, seed=args.seed)
@@ -178,9 +178,8 @@ def run_compare(args: argparse.Namespace) -> int:
     print(f"{'direction':<15}{'metric':<7}{'A %':>7}{'B %':>7}{'A-B':>8}   {f'{pct} % interval':<18}verdict")
     for direction in DIRECTIONS:
         for metric, r in result[direction].items():
-            interval = f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
             print(f"{direction.replace('_to_', '->'):<15}{metric:<7}{100 * r['a']:>7.1f}{100 * r['b']:>7.1f}"
-                  f"{100 * r['difference']:>+8.1f}   {interval:<18}{verdict(r)}")
+                  f"{100 * r['difference']:>+8.1f}   {interval_points(r):<18}{verdict(r)}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medmoe.align.compare import interval_points, verdict
 from medmoe.demo.report import Figure, Section, Table, write_report
 
 SCALE_UP = """# Image-report alignment on your own corpus (MIMIC-CXR shown), 8 GPUs:
@@ -67,9 +68,8 @@ def summary_note(metrics: dict) -> str:
         r = _get(compared, ds, "text_to_image", "R@1", default=None)
         if r is None:
             continue
-        parts.append(f"{name}: {100 * r['difference']:+.1f} points, 95 % interval "
-                     f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] over {r['n']} test pairs "
-                     f"(one hit = {100 / r['n']:.1f} %): {_verdict(r)}")
+        parts.append(f"{name}: {100 * r['difference']:+.1f} points, 95 % interval {interval_points(r)} "
+                     f"over {r['n']} test pairs (one hit = {100 / r['n']:.1f} %): {_verdict(r)}")
     if not parts:
         return ""
     return ("MoE minus one expert, text->image R@1, with a paired bootstrap interval over the test pairs: "
@@ -77,9 +77,7 @@ def summary_note(metrics: dict) -> str:
 
 
 def _verdict(r: dict) -> str:
-    from medmoe.align.compare import verdict
-
-    return {"A ahead": "MoE ahead", "B ahead": "one expert ahead"}.get(verdict(r), "no clear difference")
+    return verdict(r, "MoE", "one expert")
 
 
 def _comparison_table(metrics: dict) -> Table | None:
@@ -89,8 +87,7 @@ def _comparison_table(metrics: dict) -> Table | None:
         for direction in ("text_to_image", "image_to_text"):
             for metric, r in _get(by_direction, direction, default={}).items():
                 rows.append([ds, direction.replace("_to_", "->"), metric, _pct(r["a"]), _pct(r["b"]),
-                             f"{100 * r['difference']:+.1f}", f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]",
-                             _verdict(r)])
+                             f"{100 * r['difference']:+.1f}", interval_points(r), _verdict(r)])
     if not rows:
         return None
     return Table("MoE vs one expert, pair by pair", ["dataset", "direction", "metric", "MoE %", "one expert %",
