@@ -18,6 +18,7 @@ from medmoe.data.samples.report_text import compose, negate, pick
 
 _HEADERS = ("Ultrasound of the palpable area.", "Targeted soft-tissue sonography:", "B-mode ultrasound image.",
             "US:", None, None)
+_NORMAL = "Normal echotexture without focal lesion."
 _FILLERS = ("The skin and subcutaneous fat are unremarkable.", "Surrounding echotexture is homogeneous.")
 
 
@@ -69,11 +70,11 @@ def make_ultrasound_case(rng: np.random.Generator, size: int = 224) -> Case:
     denied = [pick(rng, phrases[k]) for k in absent if rng.random() < 0.6]
     negatives = negate(rng, denied)
     if kind is None and rng.random() < 0.5:
-        negatives.append("Normal echotexture without focal lesion.")
+        negatives.append(_NORMAL)
     fillers = [pick(rng, _FILLERS)] if rng.random() < 0.4 else []
     if not (positives or negatives or fillers):
         # A normal study whose draws left nothing to say still gets a statement, not a bare header.
-        negatives.append("Normal echotexture without focal lesion.")
+        negatives.append(_NORMAL)
     report = compose(rng, positives, negatives, pick(rng, _HEADERS), fillers)
     image = render_ultrasound(UltrasoundFindings(lesion), rng, size)
     return Case(image=image, report=report, labels=tags_or_normal(tags))
