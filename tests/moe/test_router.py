@@ -118,3 +118,33 @@ def test_routing_scalars_and_tracker():
     tracker.update(probs, probs.argmax(-1, keepdim=True), torch.tensor([1, 1, 0]))
     summary = tracker.summary()
     assert summary["agreement"] == pytest.approx(1.0) and summary["count"] == 3
+
+
+def test_straight_through_gate_is_exactly_one_with_the_probability_gradient():
+    torch.manual_seed(0)
+    logits = (torch.randn(64, 6) * 3).requires_grad_()
+    straight = select_experts(logits, "top1", gate="straight_through")
+    switch = select_experts(logits, "top1", gate="probability")
+    assert straight.gates.dtype == torch.float32
+    assert torch.equal(straight.gates, torch.ones(64, 1))  # exactly 1.0, not merely close
+    assert torch.equal(straight.expert_index, switch.expert_index)
+    upstream = torch.randn(64, 1)
+    (grad_straight,) = torch.autograd.grad((straight.gates * upstream).sum(), logits)
+    (grad_switch,) = torch.autograd.grad((switch.gates * upstream).sum(), logits)
+    assert grad_straight.abs().sum() > 0
+    assert torch.allclose(grad_straight, grad_switch, atol=1e-7)
+
+
+def test_probability_gate_is_the_default_and_the_switch_gate():
+    logits = torch.tensor([[0.5, 2.0, -1.0], [3.0, 0.0, 0.0]])
+    for out in (select_experts(logits, "top1"), Router(3, 3).eval()(torch.zeros(2, 3))):
+        assert torch.allclose(out.gates, out.probs.max(dim=-1, keepdim=True).values)
+    assert Router(8, 4, gate="straight_through").gate == "straight_through"
+
+
+@pytest.mark.parametrize("kwargs,match", [({"gate": "detached"}, "gate"),
+                                          ({"gate": "straight_through", "gating": "topk"}, "gating='top1'"),
+                                          ({"gate": "straight_through", "gating": "soft"}, "gating='top1'")])
+def test_router_validates_the_gate(kwargs, match):
+    with pytest.raises(InvalidInputError, match=match):
+        Router(8, 4, **kwargs)

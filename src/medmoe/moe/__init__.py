@@ -12,7 +12,7 @@ from medmoe.moe.losses import (
     router_distillation_loss,
     router_z_loss,
 )
-from medmoe.moe.router import Router, RouterOutput, select_experts
+from medmoe.moe.router import GATE_MODES, Router, RouterOutput, select_experts, straight_through_gate
 from medmoe.moe.stats import (
     RoutingTracker,
     confusion_matrix,
@@ -23,7 +23,8 @@ from medmoe.moe.stats import (
 )
 
 __all__ = [
-    "MoELayer", "MoEOutput", "Router", "RouterOutput", "RoutingTracker", "confusion_matrix", "dense_dispatch",
-    "expert_usage", "load_balance_loss", "router_aux_losses", "router_ce_loss", "router_distillation_loss",
-    "router_z_loss", "routing_agreement", "routing_entropy", "routing_scalars", "select_experts", "sparse_dispatch",
+    "GATE_MODES", "MoELayer", "MoEOutput", "Router", "RouterOutput", "RoutingTracker", "confusion_matrix",
+    "dense_dispatch", "expert_usage", "load_balance_loss", "router_aux_losses", "router_ce_loss",
+    "router_distillation_loss", "router_z_loss", "routing_agreement", "routing_entropy", "routing_scalars",
+    "select_experts", "sparse_dispatch", "straight_through_gate",
 ]

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from medmoe.errors import InvalidInputError
 
 Gating = Literal["top1", "topk", "soft"]
+GateMode = Literal["probability", "straight_through"]
+GATE_MODES = ("probability", "straight_through")
 
 
 @dataclass
@@ -21,9 +23,10 @@ class RouterOutput:
         logits: (N, K) float32 router logits.
         probs: (N, K) float32 softmax of the logits.
         expert_index: (N, k) long, the experts each input is sent to (k = 1 for top1, K for soft).
-        gates: (N, k) float32 weight of each chosen expert's output. top1: the chosen expert's probability
-            (Switch), so the task loss reaches the router; topk: probabilities renormalised over the k
-            chosen; soft: all probabilities.
+        gates: (N, k) float32 weight of each chosen expert's output. top1 with gate ``probability``: the
+            chosen expert's probability (Switch); top1 with gate ``straight_through``: exactly 1 in the
+            forward, with the probability's gradient in the backward (:func:`straight_through_gate`); topk:
+            probabilities renormalised over the k chosen; soft: all probabilities.
     """
 
     logits: Tensor
@@ -37,15 +40,46 @@ class RouterOutput:
         return self.probs.argmax(dim=-1)
 
 
-def select_experts(logits: Tensor, gating: Gating, top_k: int = 2) -> RouterOutput:
-    """Turn (N, K) logits into a :class:`RouterOutput`; the softmax runs in float32."""
+def straight_through_gate(probs: Tensor) -> Tensor:
+    """A gate whose value is exactly 1 and whose gradient is that of ``probs``.
+
+    ``1 + (p - sg(p))``: ``p - sg(p)`` is exactly 0 in any floating-point format, so the forward value is
+    1.0 by construction (not by rounding), while d gate / d p = 1, so the backward is that of ``p * y``.
+
+    Args:
+        probs: (N, k) probabilities of the chosen experts.
+
+    Returns:
+        (N, k) ones that carry the gradient of ``probs``.
+    """
+    return torch.ones_like(probs) + (probs - probs.detach())
+
+
+def select_experts(logits: Tensor, gating: Gating, top_k: int = 2, gate: GateMode = "probability") -> RouterOutput:
+    """Turn (N, K) logits into a :class:`RouterOutput`; the softmax runs in float32.
+
+    Args:
+        logits: (N, K) router logits.
+        gating: ``top1`` | ``topk`` | ``soft``.
+        top_k: experts per input for ``topk``.
+        gate: top1 only: ``probability`` scales the chosen expert's output by its probability (Switch);
+            ``straight_through`` scales it by exactly 1 and gives the router the gradient of ``probability``,
+            so an input's output does not depend on which router chose its expert or how confidently.
+    """
     if logits.dim() != 2:
         raise InvalidInputError(f"router logits must be (N, K), got shape {tuple(logits.shape)}")
+    if gate not in GATE_MODES:
+        raise InvalidInputError(f"gate must be one of {GATE_MODES}, got {gate!r}")
+    if gate == "straight_through" and gating != "top1":
+        # With k > 1 outputs the weights are a mixture; forcing them to 1 would sum the experts instead.
+        raise InvalidInputError(f"gate='straight_through' needs gating='top1', got gating={gating!r}")
     logits = logits.float()
     probs = logits.softmax(dim=-1)
     num_experts = logits.shape[-1]
     if gating == "top1":
         gates, index = probs.max(dim=-1, keepdim=True)
+        if gate == "straight_through":
+            gates = straight_through_gate(gates)
     elif gating == "topk":
         if not 1 <= top_k <= num_experts:
             raise InvalidInputError(f"top_k must be in [1, {num_experts}], got {top_k}")
@@ -69,6 +103,7 @@ class Router(nn.Module):
             (the released MedMoE router is 768 -> 128 -> K).
         gating: ``top1`` | ``topk`` | ``soft``.
         top_k: experts per input for ``topk``.
+        gate: ``probability`` (Switch) or ``straight_through`` (top1 only); see :func:`select_experts`.
         jitter: multiplicative input noise U(1 - jitter, 1 + jitter), applied only in training (Switch).
 
     Shapes:
@@ -88,6 +123,7 @@ class Router(nn.Module):
         hidden_dim: int = 0,
         gating: Gating = "top1",
         top_k: int = 2,
+        gate: GateMode = "probability",
         jitter: float = 0.0,
     ) -> None:
         super().__init__()
@@ -95,10 +131,11 @@ class Router(nn.Module):
             raise InvalidInputError(f"num_experts must be >= 1, got {num_experts}")
         if jitter < 0:
             raise InvalidInputError(f"jitter must be >= 0, got {jitter}")
-        select_experts(torch.zeros(1, num_experts), gating, top_k)  # validates gating and top_k early
+        select_experts(torch.zeros(1, num_experts), gating, top_k, gate)  # validates gating, top_k, gate early
         self.num_experts = num_experts
         self.gating = gating
         self.top_k = top_k
+        self.gate = gate
         self.jitter = jitter
         if hidden_dim > 0:
             self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_experts))
@@ -110,4 +147,4 @@ class Router(nn.Module):
             raise InvalidInputError(f"router input must be (N, in_dim), got shape {tuple(x.shape)}")
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        return select_experts(self.net(x), self.gating, self.top_k)
+        return select_experts(self.net(x), self.gating, self.top_k, self.gate)
