@@ -191,3 +191,75 @@ def test_detached_router_input_keeps_routing_losses_out_of_the_backbone(batch, d
     assert all(g is not None and g.abs().sum() > 0 for g in router)  # the router learns either way
     reached = any(g is not None and g.abs().sum() > 0 for g in backbone)
     assert reached is not detach
+
+
+def _pin_routers(model, expert: int, text_logit: float, image_logit: float):
+    """Both routers choose ``expert`` for every input, the text router far more confidently (p 0.94 vs 0.31)."""
+    with torch.no_grad():
+        for router, logit in ((model.routing.text_router, text_logit), (model.routing.image_router, image_logit)):
+            last = router.net[-1]
+            last.weight.zero_()
+            last.bias.zero_()
+            last.bias[expert] = logit
+    return model
+
+
+@pytest.mark.parametrize("expert", [0, 4])
+def test_same_expert_gives_the_same_embedding_whichever_router_chose_it(batch, expert):
+    images, reports, _ = batch
+    model = _pin_routers(tiny_model(route_by="text"), expert, 4.5, 0.8).eval()
+    with torch.no_grad():
+        trained = model(images, reports)  # the training route: the report's router
+        inferred = model.image_features(images)  # the inference route: the image's router
+    assert trained["route_source"] == "text"
+    assert trained["expert_index"].tolist() == inferred["expert_index"].tolist() == [expert] * 4
+    probs = trained["text_router_logits"].softmax(-1)[:, expert], inferred["router_probs"][:, expert]
+    assert (probs[0] > 0.9).all() and (probs[1] < 0.4).all()  # the routers' confidences differ a lot
+    assert torch.equal(trained["gates"], torch.ones(4)) and torch.equal(inferred["gates"], torch.ones(4))
+    assert torch.allclose(trained["image_embeds"], inferred["image_embeds"], atol=1e-5)
+    assert torch.allclose(trained["local_features"], inferred["local_features"], atol=1e-5)
+    assert torch.allclose(model.encode_image(images), trained["image_embeds"], atol=1e-5)
+
+
+def test_probability_gate_keeps_the_old_switch_behaviour(batch):
+    images, reports, _ = batch
+    model = _pin_routers(tiny_model(route_by="text", gate="probability"), 2, 4.5, 0.8).eval()
+    with torch.no_grad():
+        trained = model(images, reports)
+        inferred = model.image_features(images)
+        local = model.moe.experts[2](model.backbone(images).features)
+    for out, logits in ((trained, trained["text_router_logits"]), (inferred, inferred["router_logits"])):
+        p = logits.softmax(-1)[:, 2]
+        assert torch.allclose(out["gates"], p)
+        old = F.normalize(model.image_proj((local * p.view(-1, 1, 1, 1)).mean(dim=(2, 3))), dim=-1)
+        assert torch.allclose(out["image_embeds"], old, atol=1e-5)
+        assert torch.allclose(out["local_features"], local * p.view(-1, 1, 1, 1), atol=1e-5)
+    # the same expert, two embeddings: what the straight-through gate removes
+    assert (trained["image_embeds"] - inferred["image_embeds"]).abs().max() > 1e-3
+    with pytest.raises(InvalidInputError, match="gate"):
+        tiny_model(gate="detached")
+
+
+def _task_loss_router_grad(route_by: str, **overrides):
+    """Gradient norm of the routing router's parameters from global + local contrastive terms alone."""
+    images, reports = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(3)), REPORTS + REPORTS[:2]
+    model = tiny_model(route_by=route_by, balance_loss_weight=0.0, router_ce_loss_weight=0.0,
+                       distill_loss_weight=0.0, **overrides).train()
+    out = model(images, reports, return_loss=True)
+    assert {k for k in out if k.endswith("_loss")} == {"global_loss", "local_loss"}
+    out["loss"].backward()
+    router = model.routing.text_router if route_by == "text" else model.routing.image_router
+    return sum(float(p.grad.abs().sum()) for p in router.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("route_by", ["text", "image"])
+@pytest.mark.parametrize("gate", ["straight_through", "probability"])
+def test_the_task_loss_alone_trains_the_routing_router(route_by, gate):
+    assert _task_loss_router_grad(route_by, gate=gate) > 0
+
+
+@pytest.mark.parametrize("route_by", ["text", "image"])
+def test_the_router_gets_no_task_gradient_when_the_gate_is_cut(monkeypatch, route_by):
+    # Shows that the test above can fail: a gate of constant 1 with no gradient leaves the router untouched.
+    monkeypatch.setattr("medmoe.moe.router.straight_through_gate", lambda probs: torch.ones_like(probs).detach())
+    assert _task_loss_router_grad(route_by, gate="straight_through") == 0.0

@@ -57,6 +57,11 @@ class MedMoEConfig:
         route_by: what picks the expert in training: the report (``text``), the image (``image``) or the
             modality label (``label``; unlabelled rows fall back to the report). Inference always uses the
             image router.
+        gate: how the chosen expert's output is scaled. ``straight_through`` (default): by exactly 1, with
+            the gradient of the routing router's probability in the backward, so an image routed to the same
+            expert gets the same embedding whichever router chose it (training routes by the report,
+            inference by the image). ``probability``: by that probability (Switch; the behaviour before this
+            field existed).
         dispatch: ``sparse`` (only chosen experts run) or ``dense`` (reference).
         text_projection: ``auto`` (a trainable projection when the text width differs from D / E),
             ``linear`` (always) or ``none`` (requires equal widths).
@@ -83,6 +88,7 @@ class MedMoEConfig:
     router_jitter: float = 0.0
     detach_router_input: bool = False
     route_by: str = "text"
+    gate: str = "straight_through"
     dispatch: str = "sparse"
     text_projection: str = "auto"
     logit_scale: float = 10.0
@@ -103,6 +109,8 @@ class MedMoEConfig:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.route_by not in ROUTE_BY:
             raise InvalidInputError(f"route_by must be one of {ROUTE_BY}, got {self.route_by!r}")
+        if self.gate not in ("straight_through", "probability"):
+            raise InvalidInputError(f"gate must be 'straight_through' or 'probability', got {self.gate!r}")
         if self.text_projection not in ("auto", "linear", "none"):
             raise InvalidInputError(f"text_projection must be 'auto', 'linear' or 'none', got {self.text_projection!r}")
         if self.refine_depth < 0 or self.scale_hidden < 0 or self.router_hidden < 0:

@@ -3,7 +3,8 @@
     image (B,3,H,W) -> SwinPyramid -> [C1@H/4 .. C4@H/32] + pooled
     report -> TextTower -> sentence, words
     route (report / image / label in training, image at inference) -> top-1 expert (only it runs)
-    expert -> local map (B, D, H/4, W/4) x gate -> mean -> linear -> global embedding (B, E)
+    expert -> local map (B, D, H/4, W/4) x gate (1; straight-through gradient to the router) -> mean
+        -> linear -> global embedding (B, E)
     losses: global InfoNCE (gathered over ranks) + GLoRIA local + router losses
 """
 
@@ -70,7 +71,7 @@ class MedMoE(PretrainedMixin, nn.Module):
         self.moe = MoELayer(experts, router=None, dispatch=config.dispatch)
         self.routing = MedMoERouting(self.text.width, info.channels[-1], config.num_experts,
                                      hidden_dim=config.router_hidden, jitter=config.router_jitter,
-                                     detach_image=config.detach_router_input)
+                                     detach_image=config.detach_router_input, gate=config.gate)
         self.image_proj = nn.Linear(config.local_dim, config.embed_dim)
         self.text_proj = _projection(self.text.width, config.embed_dim, config.text_projection, "embed_dim")
         self.word_proj = _projection(self.text.width, config.local_dim, config.text_projection, "local_dim")
@@ -168,7 +169,9 @@ class MedMoE(PretrainedMixin, nn.Module):
 
         Returns:
             dict with ``image_embeds`` (B, E) normalised, ``local_features`` (B, D, H/4, W/4),
-            ``router_logits`` / ``router_probs`` (B, K), ``expert_index`` (B,), ``gates`` (B,).
+            ``router_logits`` / ``router_probs`` (B, K) (the probabilities are the route's confidence),
+            ``expert_index`` (B,), ``gates`` (B,) the scale of the expert's output (1 unless
+            ``config.gate="probability"``).
         """
         local, global_, decision = self._image(images, lambda pooled: self.routing(pooled, route_by="image"))
         route = decision.taken
@@ -202,7 +205,8 @@ class MedMoE(PretrainedMixin, nn.Module):
             dict: ``image_embeds`` (B, E), ``text_embeds`` (B, E) (both normalised), ``local_features``
             (B, D, H/4, W/4), ``word_features`` (B, W, D), ``word_mask`` (B, W), ``words``,
             ``router_logits`` (B, K) of the router that routed, ``image_router_logits``,
-            ``text_router_logits``, ``expert_index`` (B,), ``gates`` (B,), ``route_source``,
+            ``text_router_logits``, ``expert_index`` (B,), ``gates`` (B,) (the scale of the expert's
+            output: 1 unless ``config.gate="probability"``), ``route_source``,
             ``logit_scale``; with ``return_loss`` also ``global_loss``, ``local_loss``, the router losses
             whose weight is non-zero, and ``loss``.
         """

@@ -54,15 +54,21 @@ class MedMoERouting(nn.Module):
         hidden_dim: routers' MLP width (0 = linear).
         jitter: multiplicative input noise in training.
         detach_image: stop the gradient of the image router's input (the pooled feature).
+        gate: ``straight_through`` (the chosen expert's output is scaled by exactly 1, the router gets the
+            gradient of its probability) or ``probability`` (scaled by the routing router's probability, so
+            the same image gets another embedding when the text router routed it in training than when
+            the image router does at inference).
     """
 
     def __init__(self, text_dim: int, image_dim: int, num_experts: int, *, hidden_dim: int = 128,
-                 jitter: float = 0.0, detach_image: bool = False) -> None:
+                 jitter: float = 0.0, detach_image: bool = False, gate: str = "straight_through") -> None:
         super().__init__()
         self.num_experts = num_experts
         self.detach_image = detach_image
-        self.text_router = Router(text_dim, num_experts, hidden_dim=hidden_dim, gating="top1", jitter=jitter)
-        self.image_router = Router(image_dim, num_experts, hidden_dim=hidden_dim, gating="top1", jitter=jitter)
+        self.text_router = Router(text_dim, num_experts, hidden_dim=hidden_dim, gating="top1", gate=gate,
+                                  jitter=jitter)
+        self.image_router = Router(image_dim, num_experts, hidden_dim=hidden_dim, gating="top1", gate=gate,
+                                   jitter=jitter)
 
     def forward(self, pooled: Tensor, sentence: Tensor | None = None, *, labels: Tensor | None = None,
                 route_by: str = "image") -> RouteDecision:
@@ -88,7 +94,8 @@ class MedMoERouting(nn.Module):
         if labels is None:
             raise InvalidInputError("route_by='label' needs modality labels")
         known = labels != IGNORE
-        # Labelled rows go to their modality's expert with gate 1; the rest fall back to the report's route.
+        # Labelled rows go to their modality's expert with a constant gate 1 (the label chose, not a router,
+        # so no gradient); the rest fall back to the report's route and gate.
         index = torch.where(known, labels, text.expert_index[:, 0]).unsqueeze(1)
         gates = torch.where(known, torch.ones_like(text.gates[:, 0]), text.gates[:, 0]).unsqueeze(1)
         taken = RouterOutput(logits=text.logits, probs=text.probs, expert_index=index, gates=gates)
