@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +13,10 @@ import torch
 from torch import nn
 
 from medmoe.errors import InvalidInputError
+from medmoe.train.distributed import is_main
 from medmoe.train.task import default_param_groups
+
+logger = logging.getLogger(__name__)
 
 
 def warmup_cosine(steps: int, warmup_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
@@ -71,13 +75,33 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.needs_scaler)
 
 
+def cuda_autocast_dtype(capability: tuple[int, int], *, hip: bool = False) -> torch.dtype:
+    """The ``--amp auto`` dtype of a CUDA device with compute ``capability`` (major, minor).
+
+    bf16 only where the hardware computes it natively: Ampere (8.x) and newer, and ROCm devices. Older
+    GPUs (V100 7.0, T4 7.5) get fp16 with loss scaling: ``torch.cuda.is_bf16_supported()`` says yes on
+    them too because it counts emulation, which runs bf16 far slower than fp16.
+    """
+    return torch.bfloat16 if hip or capability[0] >= 8 else torch.float16
+
+
 def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """``auto``: bf16 on CUDA if supported, else fp16; off on CPU. ``fp16`` needs CUDA."""
+    """``auto``: bf16 on CUDA where native (see :func:`cuda_autocast_dtype`), else fp16; off on CPU.
+
+    ``fp16`` needs CUDA. The choice of ``auto`` is logged with its reason (on rank 0).
+    """
     if amp == "off":
         return Precision(device.type, None)
     if device.type == "cuda":
         if amp == "auto":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            capability = torch.cuda.get_device_capability(device)
+            hip = bool(torch.version.hip)
+            dtype = cuda_autocast_dtype(capability, hip=hip)
+            precision = Precision("cuda", dtype)
+            where = "ROCm" if hip else f"compute capability {capability[0]}.{capability[1]}"
+            why = "native bf16" if dtype is torch.bfloat16 else "no native bf16: fp16 with loss scaling"
+            (logger.info if is_main() else logger.debug)("--amp auto: %s on %s (%s)", precision.name, where, why)
+            return precision
         return Precision("cuda", torch.bfloat16 if amp == "bf16" else torch.float16)
     if amp == "auto":
         return Precision(device.type, None)
