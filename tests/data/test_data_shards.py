@@ -22,8 +22,9 @@ from medmoe.cli.main import main
 from medmoe.data import shards as shards_module
 from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report
 from medmoe.data.manifest import ManifestRow, read_manifest
-from medmoe.data.shards import IndexedShardDataset, ShardDataset, write_shards
-from medmoe.errors import CorruptFileError
+from medmoe.data.shards import ShardDataset, write_shards
+from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.train.data import BatchStream
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -198,45 +199,123 @@ def test_two_process_ddp_split(sharded, tmp_path, torchrun_env):
     assert sorted(rank0 + rank1) == list(range(10))
 
 
-def test_indexed_shards_give_the_manifest_items_exactly(sharded):
-    manifest, out, _ = sharded
-    a = ImageReportDataset(manifest, image_size=24, train=True, seed=3)
-    b = IndexedShardDataset(out, image_size=24, train=True, seed=3)
-    assert len(b) == len(a) == 10
-    for ds in (a, b):
-        ds.set_epoch(4)
-    for i in (7, 0, 9, 3):
-        x, y = a[i], b[i]
-        assert torch.allclose(x["image"], y["image"], atol=1e-5)
-        assert (x["report"], x["modality"], x["labels"], x["index"], x["path"]) == (
-            y["report"], y["modality"], y["labels"], y["index"], y["path"])
-    assert len(IndexedShardDataset(out, split="val")) == 3
+def _stream_batches(source, *, world, rank, workers, epochs=1, **kw):
+    stream = BatchStream(ShardDataset(source, image_size=8, train=True, seed=2, **kw), collate_image_report,
+                         batch_size=2, rank=rank, world_size=world, workers=workers, seed=2)
+    try:
+        out = []
+        for _ in range(epochs):
+            out.append([next(stream)["index"].tolist() for _ in range(stream.batches_per_epoch)])
+        return out
+    finally:
+        stream.close()
 
 
 @pytest.mark.timeout(180)
-def test_indexed_shards_with_workers_and_shuffled_sampler(sharded):
-    _, out, _ = sharded
-    ds = IndexedShardDataset(out, image_size=16)
-    order = torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()
-    loader = DataLoader(ds, batch_size=3, sampler=order, num_workers=2, collate_fn=collate_image_report)
-    seen = [int(i) for batch in loader for i in batch["index"]]
-    assert seen == order
-    ds.close()
+@pytest.mark.parametrize(("world", "workers"), [(1, 0), (2, 0), (1, 2), (2, 2)])
+def test_training_epoch_reads_every_sample_once_split_over_ranks_and_workers(tmp_path, world, workers):
+    path, _ = make_manifest(tmp_path / "src", n=16)
+    write_shards(path, tmp_path / "shards", per_shard=2)  # 8 equal shards
+    per_rank = [_stream_batches(tmp_path / "shards", world=world, rank=r, workers=workers, epochs=2)
+                for r in range(world)]
+    for epoch in range(2):
+        seen = [i for rank in per_rank for batch in rank[epoch] for i in batch]
+        assert sorted(seen) == list(range(16)), (epoch, seen)
+        assert len({len(rank[epoch]) for rank in per_rank}) == 1  # every rank takes the same number of steps
+    assert per_rank[0][0] != per_rank[0][1]  # the shard order and the mixing buffer change with the epoch
 
 
-def test_indexed_shards_errors(tmp_path, sharded):
-    _, out, _ = sharded
-    compressed = tmp_path / "packed.tar"
-    with tarfile.open(compressed, "w:gz") as tar:
-        tar.add(out / "index.json", arcname="000.json")
-    with pytest.raises(CorruptFileError, match="uncompressed"):
-        IndexedShardDataset(compressed)
-    # a shard truncated after indexing: the sample becomes a BadSample, not a crash
-    copy = tmp_path / "copy" / "shard-000000.tar"
-    copy.parent.mkdir()
-    copy.write_bytes((out / "shard-000000.tar").read_bytes())
-    ds = IndexedShardDataset(copy)
-    with open(copy, "r+b") as fh:
-        fh.truncate(2000)
-    item = ds[2]
-    assert isinstance(item, BadSample) and "truncated" in item.reason
+def _shards_with_a_corrupt_member(tmp_path):
+    path, _ = make_manifest(tmp_path / "src", n=12)
+    out = tmp_path / "shards"
+    write_shards(path, out, per_shard=3)
+    shard = out / "shard-000001.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    members[3:3] = [("broken.png", b"\x89PNG\r\n not really"), ("broken.txt", b"Broken image.")]
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_resume_is_exact_per_sample_with_a_corrupt_member(tmp_path, workers):
+    out = _shards_with_a_corrupt_member(tmp_path)
+    # index.json says 3 samples in that shard; it has 4: the broken one fills no slot, the next sample does
+    make = lambda **kw: BatchStream(  # noqa: E731
+        ShardDataset(out, image_size=8, train=True, seed=4), collate_image_report, batch_size=2, workers=workers,
+        seed=4, **kw)
+    reference = make()
+    batches, bad = [], []
+    for _ in range(reference.batches_per_epoch + 3):  # into the second epoch
+        batch = next(reference)
+        bad += batch["bad"]
+        batches.append((batch["index"].tolist(), batch["images"].clone()))
+    assert len({len(b[0]) for b in batches}) == 1  # batches stay full
+    assert bad and all("shard-000001.tar#broken" in b.path for b in bad)
+    for stop in (1, 3, reference.batches_per_epoch + 1):
+        first = make()
+        for _ in range(stop):
+            next(first)
+        epoch, position, consumed = first.epoch, first.position, dict(first.consumed)
+        first.close()
+        resumed = make(epoch=epoch, position=position, consumed=consumed)
+        for expected_index, expected_images in batches[stop:stop + 3]:
+            batch = next(resumed)
+            assert batch["index"].tolist() == expected_index, stop
+            assert torch.equal(batch["images"], expected_images)
+        resumed.close()
+    reference.close()
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving tmp_path (shards over the network, as corpora are kept)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.timeout(120)
+def test_shards_over_http_and_brace_patterns_read_as_from_disk(http_root):
+    root, url = http_root
+    path, _ = make_manifest(root / "src", n=7)
+    write_shards(path, root / "shards", per_shard=3)
+    local = ShardDataset(root / "shards", image_size=16)
+    pattern = ShardDataset(str(root / "shards" / "shard-{000000..000002}.tar"), image_size=16)
+    remote = ShardDataset(f"{url}/shards/shard-{{000000..000002}}.tar", image_size=16)
+    assert remote.shards[0] == f"{url}/shards/shard-000000.tar"
+    assert local.counts == pattern.counts == remote.counts == [3, 3, 1]  # remote counts from index.json
+    items = [{i["index"]: i for i in ds} for ds in (local, pattern, remote)]
+    assert sorted(items[0]) == list(range(7)) and items[0].keys() == items[1].keys() == items[2].keys()
+    for k in items[0]:
+        assert torch.equal(items[0][k]["image"], items[2][k]["image"])
+        assert items[0][k]["report"] == items[2][k]["report"]
+    missing = ShardDataset(f"{url}/shards/shard-000009.tar", image_size=16, shuffle=False)
+    with pytest.raises(CorruptFileError, match="shard-000009"):
+        missing.counts  # noqa: B018 - counting reads the shard (no index entry for it)
+
+
+def test_shard_source_errors(tmp_path):
+    with pytest.raises(InvalidInputError, match="no such file"):
+        ShardDataset(str(tmp_path / "shard-{000000..000002}.tar"))
+    path, _ = make_manifest(tmp_path / "src", n=3)
+    write_shards(path, tmp_path / "shards", per_shard=3)
+    ds = ShardDataset(tmp_path / "shards", image_size=8, train=True)
+    with pytest.raises(InvalidInputError, match="less than one batch"):
+        ds.configure(4, rank=0, world_size=1)

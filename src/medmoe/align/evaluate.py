@@ -26,6 +26,7 @@ from medmoe.align.retrieval import retrieval_metrics
 from medmoe.align.zeroshot import MODALITY_PROMPTS, ZeroShotClassifier, classification_metrics, label_prompts
 from medmoe.data.dataset import ImageReportDataset, collate_image_report
 from medmoe.data.modalities import MODALITIES
+from medmoe.data.shards import ShardDataset, looks_like_shards
 from medmoe.errors import InvalidInputError
 from medmoe.moe import confusion_matrix, routing_agreement
 
@@ -63,8 +64,15 @@ def model_image_size(model: nn.Module) -> int:
     return int(model.config.backbone.image_size)
 
 
-def make_dataset(manifest: str | os.PathLike, split: str | None, image_size: int) -> ImageReportDataset:
-    """The evaluation dataset: rows of ``split`` (every row when the manifest has no split column)."""
+def make_dataset(source: str | os.PathLike, split: str | None, image_size: int) -> ImageReportDataset | ShardDataset:
+    """The evaluation dataset of a manifest or a shard source (folder, pattern, URL): rows of ``split``
+    (every row when the manifest has no split column; shard samples without a split are always kept)."""
+    if looks_like_shards(source):
+        dataset = ShardDataset(source, split=split, image_size=image_size, train=False)
+        if dataset.num_samples == 0:
+            raise InvalidInputError(f"{source}: no sample of split {split!r} in {len(dataset.shards)} shard(s)")
+        return dataset
+    manifest = source
     dataset = ImageReportDataset(manifest, split=split, image_size=image_size, train=False)
     if len(dataset) == 0 and split is not None:
         all_rows = ImageReportDataset(manifest, split=None, image_size=image_size, train=False)
@@ -80,21 +88,34 @@ def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: 
                   workers: int = 0, progress: bool = True, max_items: int | None = None) -> Embeddings:
     """Embed every (image, report) pair of ``dataset`` (bad samples skipped, listed in ``bad``).
 
-    ``max_items`` keeps that many evenly spaced rows.
+    ``max_items`` keeps that many evenly spaced rows of a manifest, or the first that many samples of a
+    shard stream (write shards with ``--shuffle-seed`` so that a prefix is representative).
     """
     model = model.to(device).eval()
-    indices = list(range(len(dataset)))
-    if max_items is not None and max_items < len(dataset):
-        # Evenly spaced rows: manifests are often sorted by modality or class, so a prefix would not do.
-        indices = np.linspace(0, len(dataset) - 1, max_items).round().astype(int).tolist()
-    subset = torch.utils.data.Subset(dataset, indices)
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        source, total = dataset, getattr(dataset, "num_samples", None)
+    else:
+        indices = list(range(len(dataset)))
+        if max_items is not None and max_items < len(dataset):
+            # Evenly spaced rows: manifests are often sorted by modality or class, so a prefix would not do.
+            indices = np.linspace(0, len(dataset) - 1, max_items).round().astype(int).tolist()
+        source, total = torch.utils.data.Subset(dataset, indices), len(indices)
+    loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_image_report)
     parts: dict[str, list] = {k: [] for k in ("img", "txt", "exp", "probs", "mod")}
     out = Embeddings(*(torch.empty(0) for _ in range(5)))
-    for batch in tqdm(loader, desc="embed", disable=not progress, leave=False):
+    if max_items is not None and total is not None:
+        total = min(total, max_items)
+    bar = tqdm(total=total, desc="embed", unit="pair", disable=not progress, leave=False)
+    for batch in loader:
         out.bad += [(b.path, b.reason) for b in batch["bad"]]
+        if max_items is not None and len(out.indices) + batch["images"].shape[0] > max_items:
+            keep = max(0, max_items - len(out.indices))
+            batch = {k: (v[:keep] if k != "bad" else v) for k, v in batch.items()}
+        bar.update(batch["images"].shape[0] + len(batch["bad"]))
         if batch["images"].shape[0] == 0:
+            if max_items is not None and len(out.indices) >= max_items:
+                break
             continue
         features = model.image_features(batch["images"].to(device))
         parts["img"].append(features["image_embeds"].float().cpu())
@@ -106,6 +127,7 @@ def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: 
         out.reports += batch["reports"]
         out.paths += batch["paths"]
         out.indices += batch["index"].tolist()
+    bar.close()
     if not parts["img"]:
         raise InvalidInputError("no sample of the dataset could be loaded; see the logged bad samples")
     out.image_embeds, out.text_embeds = torch.cat(parts["img"]), torch.cat(parts["txt"])
@@ -220,8 +242,13 @@ def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None
     metrics["zero_shot"] = zero_shot_report(model, emb)
     metrics["routing"] = routing_report(emb, model.num_experts)
     if probe_split:
-        train = ImageReportDataset(manifest, split=probe_split, image_size=size, train=False)
-        if len(train) and split != probe_split:
+        if looks_like_shards(manifest):
+            train = ShardDataset(manifest, split=probe_split, image_size=size, train=False)
+            available = train.num_samples
+        else:
+            train = ImageReportDataset(manifest, split=probe_split, image_size=size, train=False)
+            available = len(train)
+        if available and split != probe_split:
             train_emb = embed_dataset(model, train, batch_size=batch_size, device=device, workers=workers,
                                       progress=progress, max_items=max_items)
             metrics["linear_probe"] = probe_report(train_emb, emb, probe_fractions, seed)
@@ -247,14 +274,32 @@ def _figures(model: nn.Module, dataset: ImageReportDataset, emb: Embeddings, met
         names = [m for m, keep in zip(MODALITIES, rows) if keep]
         written.append(str(save_confusion_matrix(matrix[rows], names, folder / "routing_confusion.png")))
     if examples > 0:
-        picks = _examples(emb, examples)
-        items = [dataset[dataset_index] for dataset_index in picks]
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            items = _stream_examples(dataset, examples)
+        else:
+            items = [dataset[dataset_index] for dataset_index in _examples(emb, examples)]
         items = [it for it in items if isinstance(it, dict)]
         if items:
             images = torch.stack([it["image"] for it in items]).to(device)
             reports = [it["report"] for it in items]
             written.append(str(save_attention_figure(model, images, reports, folder / "attention_maps.png")))
     return written
+
+
+def _stream_examples(dataset: torch.utils.data.IterableDataset, count: int, look: int = 256) -> list[dict]:
+    """Up to ``count`` items among the first ``look`` of a stream, one per modality first."""
+    first: dict[int, dict] = {}
+    rest: list[dict] = []
+    for n, item in enumerate(dataset):
+        if n >= look or len(first) >= count:
+            break
+        if not isinstance(item, dict):
+            continue
+        if item["modality"] in first:
+            rest.append(item)
+        else:
+            first[item["modality"]] = item
+    return (list(first.values()) + rest)[:count]
 
 
 def _examples(emb: Embeddings, count: int) -> list[int]:

@@ -18,10 +18,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from medmoe.align.evaluate import embed_dataset, routing_report
+from medmoe.align.evaluate import embed_dataset, make_dataset, routing_report
 from medmoe.align.retrieval import retrieval_metrics
 from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report
 from medmoe.data.reports import clean_report
+from medmoe.data.shards import ShardDataset, list_shards, looks_like_shards
+from medmoe.distributed import rank as process_rank
 from medmoe.errors import InvalidInputError
 from medmoe.moe import routing_entropy
 
@@ -36,7 +38,9 @@ class AlignTaskConfig:
     """What to train on and which model.
 
     Attributes:
-        data: training manifest.
+        data: training manifest, or a shard source: a folder of ``.tar`` shards, a brace pattern
+            (``corpus/shard-{000000..000999}.tar``), a glob or URLs (``https://``, ``pipe:``, fsspec schemes);
+            shards are streamed, each rank and loader worker reading its own (:class:`ShardDataset`).
         model: a registered name (``medmoe-nano``) or a saved model directory to continue from.
         overrides: config fields of the registered model (``{"num_experts": 1, "route_by": "image"}``).
         split: training rows.
@@ -44,7 +48,8 @@ class AlignTaskConfig:
         augment: random training augmentation (deterministic per (seed, epoch, index)).
         seed: augmentation seed.
         pretrained: load the pretrained parts the config names (text encoder weights).
-        val_data, val_split, val_max: retrieval / routing check at validation time (None: no validation).
+        val_data, val_split, val_max: retrieval / routing check at validation time (None: no validation);
+            ``val_data`` is a manifest or a shard source.
         text_cache: cache a frozen text tower's outputs per report (see ``MedMoE.enable_text_cache``).
         upcycle_steps: sparse upcycling (Komatsuzaki et al., ICLR 2023): for the first N steps expert 0
             runs wherever any expert is routed (the routers still learn their routes), then its weights are
@@ -67,6 +72,18 @@ class AlignTaskConfig:
     upcycle_steps: int = 0
 
 
+def _check_source(flag: str, source: str) -> None:
+    """Fail before any work on a ``--data`` that is neither a manifest file nor a shard source."""
+    if looks_like_shards(source):
+        list_shards(source)  # local shards must exist; remote ones are opened when read
+    elif not Path(source).is_file():
+        raise InvalidInputError(f"{flag} {source}: no such manifest file, shard folder or shard pattern")
+
+
+def is_main_process() -> bool:
+    return process_rank() == 0
+
+
 def build_align_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
     """A registered MedMoE (with overrides) or one loaded from a saved directory."""
     from medmoe.hub import load_model
@@ -87,14 +104,13 @@ class AlignTask:
     """MedMoE image-report alignment for :func:`medmoe.train.run_training`."""
 
     def __init__(self, config: AlignTaskConfig) -> None:
-        if not Path(config.data).is_file():
-            raise InvalidInputError(f"--data {config.data}: no such manifest file")
+        _check_source("--data", config.data)
         if config.upcycle_steps < 0:
             raise InvalidInputError(f"upcycle_steps must be >= 0, got {config.upcycle_steps}")
-        if config.val_data is not None and not Path(config.val_data).is_file():
-            raise InvalidInputError(f"--val-data {config.val_data}: no such manifest file")
+        if config.val_data is not None:
+            _check_source("--val-data", config.val_data)
         self.config = config
-        self._dataset: ImageReportDataset | None = None
+        self._dataset: ImageReportDataset | ShardDataset | None = None
         self._model: nn.Module | None = None
         self._image_size: int | None = config.image_size
 
@@ -123,10 +139,17 @@ class AlignTask:
         return self._image_size
 
     def train_dataset(self) -> Dataset:
-        self._dataset = ImageReportDataset(self.config.data, split=self.config.split, image_size=self.image_size,
-                                           train=self.config.augment, seed=self.config.seed)
+        cfg = self.config
+        if looks_like_shards(cfg.data):
+            self._dataset = ShardDataset(cfg.data, split=cfg.split, image_size=self.image_size, train=cfg.augment,
+                                         seed=cfg.seed, progress=is_main_process())
+            if self._dataset.num_samples == 0:
+                raise InvalidInputError(f"{cfg.data}: no training sample of split {cfg.split!r} in the shards")
+            return self._dataset
+        self._dataset = ImageReportDataset(cfg.data, split=cfg.split, image_size=self.image_size,
+                                           train=cfg.augment, seed=cfg.seed)
         if len(self._dataset) == 0:
-            raise InvalidInputError(f"{self.config.data}: no training row in split {self.config.split!r}")
+            raise InvalidInputError(f"{cfg.data}: no training row in split {cfg.split!r}")
         if self._model is not None and getattr(self._model, "_text_cache", None) is not None:
             self._model.warm_text_cache([clean_report(r.report) for r in self._dataset.rows])
         return self._dataset
@@ -140,7 +163,8 @@ class AlignTask:
         """
         bad = [s for s in samples if isinstance(s, BadSample)]
         good = [s for s in samples if not isinstance(s, BadSample)]
-        if bad and self._dataset is not None:
+        # A shard stream refills bad slots itself (the next sample of the reader), a manifest here.
+        if bad and isinstance(self._dataset, ImageReportDataset):
             for item in bad:
                 replacement = self._replacement(item.index, {s["index"] for s in good})
                 if replacement is not None:
@@ -191,8 +215,12 @@ class AlignTask:
         """Retrieval R@1/R@5 both ways and image-router agreement on up to ``val_max`` validation pairs."""
         if self.config.val_data is None:
             return {}
-        dataset = ImageReportDataset(self.config.val_data, split=self.config.val_split, image_size=self.image_size)
-        if len(dataset) < 2:
+        try:
+            dataset = make_dataset(self.config.val_data, self.config.val_split, self.image_size)
+        except InvalidInputError as err:
+            log.warning("validation skipped: %s", err)
+            return {}
+        if getattr(dataset, "num_samples", None) is None and len(dataset) < 2:
             log.warning("validation skipped: fewer than 2 rows in split %r of %s", self.config.val_split,
                         self.config.val_data)
             return {}

@@ -22,7 +22,10 @@ def _add_train(group: argparse._SubParsersAction) -> None:
 
     train = group.add_parser("train", help="train a MedMoE model (single process or torchrun DDP)")
     g = train.add_argument_group("alignment")
-    g.add_argument("--data", required=True, metavar="MANIFEST", help="training manifest (.csv / .jsonl)")
+    g.add_argument("--data", required=True, metavar="MANIFEST|SHARDS",
+                   help="training manifest (.csv / .jsonl), or shards: a folder of .tar, a brace pattern "
+                        "'corpus/shard-{000000..000999}.tar', a glob, or URLs (https://..., pipe:CMD, s3://... "
+                        "through fsspec); shards are streamed, each rank and loader worker reading its own")
     g.add_argument("--model", default="medmoe-nano", help="registered model name or a saved model directory")
     g.add_argument("--split", default="train", help="training rows (default train)")
     g.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
@@ -33,7 +36,8 @@ def _add_train(group: argparse._SubParsersAction) -> None:
                    help="override any model config field, e.g. --set balance_loss_weight=0.1 (repeatable)")
     g.add_argument("--no-augment", action="store_true", help="no training augmentation")
     g.add_argument("--random-text", action="store_true", help="random text-encoder weights (no pretrained load)")
-    g.add_argument("--val-data", default=None, metavar="MANIFEST", help="validation manifest (retrieval, routing)")
+    g.add_argument("--val-data", default=None, metavar="MANIFEST|SHARDS",
+                   help="validation manifest or shards (retrieval, routing)")
     g.add_argument("--val-split", default="val")
     g.add_argument("--val-max", type=int, default=256, help="validation pairs at most")
     g.add_argument("--upcycle-steps", type=int, default=0, metavar="N",
@@ -46,7 +50,7 @@ def _add_train(group: argparse._SubParsersAction) -> None:
 def _add_eval(group: argparse._SubParsersAction) -> None:
     ev = group.add_parser("eval", help="retrieval, zero-shot, linear probe and routing metrics + figures")
     ev.add_argument("--model", required=True, help="saved model directory (or a registered name, untrained)")
-    ev.add_argument("--data", required=True, metavar="MANIFEST")
+    ev.add_argument("--data", required=True, metavar="MANIFEST|SHARDS", help="manifest or shard source")
     ev.add_argument("--out", required=True, help="metrics JSON; figures go to <out stem>_figures/")
     ev.add_argument("--split", default="test", help="rows to evaluate (all rows if the manifest has no splits)")
     ev.add_argument("--probe-split", default="train", help="linear-probe training rows ('' to skip)")
@@ -76,9 +80,9 @@ def _add_compare(group: argparse._SubParsersAction) -> None:
 
 
 def _add_embed(group: argparse._SubParsersAction) -> None:
-    em = group.add_parser("embed", help="write image and report embeddings of a manifest to .npz")
+    em = group.add_parser("embed", help="write image and report embeddings of a manifest or shards to .npz")
     em.add_argument("--model", required=True, help="saved model directory (or a registered name)")
-    em.add_argument("--data", required=True, metavar="MANIFEST")
+    em.add_argument("--data", required=True, metavar="MANIFEST|SHARDS", help="manifest or shard source")
     em.add_argument("--out", required=True, help="output .npz")
     em.add_argument("--split", default=None, help="only rows of this split (default: all)")
     em.add_argument("--batch-size", type=int, default=32)

@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     shard.add_argument("--format", choices=("png", "jpg"), default="png", help="image encoding (default png)")
     shard.add_argument("--max-size", type=int, default=None, metavar="PX",
                        help="downsize images whose longer side exceeds PX")
+    shard.add_argument("--shuffle-seed", type=int, default=None, metavar="SEED",
+                       help="write rows in an order shuffled by SEED (recommended for training: shards are "
+                            "streamed, so a manifest sorted by dataset would give one-source batches)")
     shard.add_argument("--no-progress", action="store_true", help="no progress bar")
     shard.set_defaults(func=run_shard)
 
@@ -101,6 +104,7 @@ def run_shard(args: argparse.Namespace) -> int:
         args.manifest,
         args.out,
         per_shard=args.per_shard,
+        shuffle_seed=args.shuffle_seed,
         split=args.split,
         image_format=args.format,
         max_size=args.max_size,

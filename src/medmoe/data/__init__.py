@@ -33,7 +33,6 @@ _EXPORTS = {
     "collate_image_report": "medmoe.data.dataset",
     "check_manifest": "medmoe.data.check",
     "ShardDataset": "medmoe.data.shards",
-    "IndexedShardDataset": "medmoe.data.shards",
     "write_shards": "medmoe.data.shards",
     "import_source": "medmoe.data.adapters",
 }

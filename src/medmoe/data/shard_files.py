@@ -8,8 +8,13 @@ A shard is an uncompressed tar whose members are grouped by key (the file name u
 
 Shards written by other tools (UniMed, the MedMoE code: ``key.jpg`` + ``key.txt`` + optional ``key.cls``)
 read too: ``.json`` is optional. ``index.json`` in the output directory lists the shards and their
-sample counts. Uncompressed tars allow random access: :func:`scan_shard` records where each member's
-bytes are, :func:`read_members` reads them back.
+sample counts (per split too), which is what defines a training epoch without reading the shards.
+
+A shard source is a folder of ``.tar`` files, a glob, a brace pattern (``corpus/shard-{000000..000999}.tar``),
+a list, or remote URLs as WebDataset opens them: ``http(s)://`` (through ``curl``), ``pipe:COMMAND``, and any
+other scheme through fsspec (``s3://``, ``gs://``... with the matching fsspec backend installed). Reading a
+shard is WebDataset's streaming tar reader; medmoe adds only what it needs on top: errors that name the
+shard, and sample counts.
 """
 
 from __future__ import annotations
@@ -19,22 +24,27 @@ import io
 import json
 import logging
 import os
+import random
+import re
 import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import braceexpand
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+from webdataset.gopen import gopen, gopen_schemes
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from medmoe.data.dataset import BadSample
 from medmoe.data.manifest import ManifestRow, normalize_split, read_manifest
 from medmoe.data.readers import read_image
-from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +93,7 @@ def write_shards(
     image_format: str = "png",
     max_size: int | None = None,
     prefix: str = "shard",
+    shuffle_seed: int | None = None,
     progress: bool = False,
 ) -> ShardWriteResult:
     """Read every row's image through the real reader and write tar shards.
@@ -98,6 +109,10 @@ def write_shards(
         image_format: ``"png"`` (lossless 8-bit) or ``"jpg"`` (smaller).
         max_size: downsize images whose longer side exceeds this (keeps shards small; None keeps size).
         prefix: shard file name prefix.
+        shuffle_seed: write the rows in an order permuted by this seed (None keeps the manifest order).
+            Streaming reads shards sequentially, so a manifest sorted by dataset or modality would give
+            one-source batches; shuffling once here mixes every shard. Metadata ``index`` stays the row's
+            manifest position.
         progress: tqdm progress bar.
     """
     if per_shard < 1:
@@ -106,7 +121,9 @@ def write_shards(
         raise InvalidInputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     rows = read_manifest(manifest) if isinstance(manifest, str | os.PathLike) else list(manifest)
     wanted = normalize_split(split)
-    rows = [r for r in rows if wanted is None or normalize_split(r.split) == wanted]
+    positions = [i for i, r in enumerate(rows) if wanted is None or normalize_split(r.split) == wanted]
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(positions)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, Any]] = []
@@ -115,19 +132,21 @@ def write_shards(
     tmp_name = ""
     count = 0
     written = 0
+    splits: dict[str, int] = {}
 
     def close_shard() -> None:
-        nonlocal tar, count
+        nonlocal tar, count, splits
         if tar is None:
             return
         tar.close()
         final = out / f"{prefix}-{len(shards):06d}.tar"
         os.replace(tmp_name, final)
-        shards.append({"name": final.name, "count": count})
-        tar, count = None, 0
+        shards.append({"name": final.name, "count": count, "splits": splits})
+        tar, count, splits = None, 0, {}
 
     try:
-        for index, row in enumerate(tqdm(rows, desc="sharding", unit="sample", disable=not progress)):
+        for index in tqdm(positions, desc="sharding", unit="sample", disable=not progress):
+            row = rows[index]
             try:
                 image, meta = read_image(row.image)
                 encoded = _encode(image, image_format, max_size)
@@ -154,6 +173,8 @@ def write_shards(
             _add_member(tar, f"{key}.json", json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
             count += 1
             written += 1
+            row_split = normalize_split(row.split) or ""
+            splits[row_split] = splits.get(row_split, 0) + 1
             if count >= per_shard:
                 close_shard()
         close_shard()
@@ -167,25 +188,86 @@ def write_shards(
     return ShardWriteResult(shards=[str(out / s["name"]) for s in shards], samples=written, bad=bad)
 
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^pipe:")
+
+
+def is_remote(url: str) -> bool:
+    """Whether a shard location is a URL or a ``pipe:`` command rather than a local path."""
+    return bool(_URL.match(url)) and not url.startswith("file://")
+
+
+def _expand_one(text: str) -> list[str]:
+    names = list(braceexpand.braceexpand(text)) if "{" in text else [text]
+    if any(is_remote(n) for n in names):
+        return names
+    found: list[str] = []
+    for name in names:
+        name = name.removeprefix("file://")
+        if os.path.isdir(name):
+            found += sorted(glob.glob(os.path.join(name, "*.tar")))
+        elif any(ch in name for ch in "*?["):
+            found += sorted(glob.glob(name))
+        elif os.path.isfile(name):
+            found.append(name)
+        else:
+            raise InvalidInputError(f"shard {name!r}: no such file or folder")
+    return found
+
+
 def list_shards(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Shard files from a directory (its ``*.tar``), a glob pattern, a single file or a list, sorted.
+    """Shard locations from a folder (its ``*.tar``), a glob, a brace pattern, a URL or a list of these.
+
+    Brace patterns (``shard-{000000..000099}.tar``) expand as in WebDataset; local matches are sorted,
+    the order of a pattern or list is kept.
 
     Raises:
-        InvalidInputError: nothing matched.
+        InvalidInputError: nothing matched, or a local path in a pattern or list does not exist.
     """
-    if isinstance(source, str | os.PathLike):
-        text = os.fspath(source)
-        if os.path.isdir(text):
-            found = sorted(glob.glob(os.path.join(text, "*.tar")))
-        elif any(ch in text for ch in "*?["):
-            found = sorted(glob.glob(text))
-        else:
-            found = [text]
-    else:
-        found = sorted(os.fspath(s) for s in source)
+    items = [source] if isinstance(source, str | os.PathLike) else list(source)
+    found = [url for item in items for url in _expand_one(os.fspath(item))]
     if not found:
         raise InvalidInputError(f"no shards found in {source!r} (expected .tar files)")
     return found
+
+
+def looks_like_shards(source: str | os.PathLike) -> bool:
+    """Whether ``--data`` names shards (a folder of ``.tar``, a ``.tar`` file, pattern or URL) and not a manifest."""
+    text = os.fspath(source)
+    if is_remote(text) or "{" in text or text.endswith(".tar"):
+        return True
+    if os.path.isdir(text):
+        return bool(glob.glob(os.path.join(text, "*.tar")))
+    return any(ch in text for ch in "*?[") and any(n.endswith(".tar") for n in glob.glob(text))
+
+
+def open_shard(url: str) -> BinaryIO:
+    """A binary stream of one shard: a local file, WebDataset's ``gopen`` for the schemes it knows
+    (``http(s)`` through curl, ``pipe:``, ``gs``...), fsspec for the others (``s3://``, ``az://``...).
+
+    Raises:
+        MissingFileError / CorruptFileError: the shard cannot be opened (naming it and why).
+    """
+    from medmoe.data.readers import MissingFileError
+
+    if not is_remote(url):
+        path = url.removeprefix("file://")
+        if not os.path.isfile(path):
+            raise MissingFileError(f"{path}: no such shard")
+        return open(path, "rb")
+    scheme = url.split(":", 1)[0].lower()
+    try:
+        if scheme in gopen_schemes:
+            return gopen(url, "rb")
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    except FileNotFoundError as err:
+        tool = {"http": "curl", "https": "curl", "gs": "gsutil"}.get(scheme, "the command")
+        raise CorruptFileError(f"{url}: cannot open ({err}); is {tool} installed?") from err
+    except ImportError as err:
+        raise CorruptFileError(f"{url}: no fsspec backend for {scheme}:// ({err})") from err
+    except Exception as err:  # noqa: BLE001 - any opener failure names the shard
+        raise CorruptFileError(f"{url}: cannot open shard ({type(err).__name__}: {err})") from err
 
 
 def member_key(name: str) -> tuple[str, str] | None:
@@ -198,41 +280,54 @@ def member_key(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` for each group of consecutive members sharing a key.
+def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` for each sample of a shard, streamed (local path or URL).
+
+    Members are grouped by key as WebDataset does (``dir/key.ext``: key up to the first dot of the file
+    name); hidden files and ``__meta__`` entries are skipped.
 
     Raises:
-        CorruptFileError: the tar itself is unreadable (a bad member is the reader's problem, not this).
+        CorruptFileError: the shard cannot be opened or its tar stream is broken (samples read before the
+            damage have been yielded), or a key repeats an extension.
     """
-    key: str | None = None
-    group: dict[str, bytes] = {}
+    errors: list[Exception] = []
+
+    def stop(exn: Exception) -> bool:
+        errors.append(exn)
+        return False
+
+    stream = open_shard(url)
+    closed = False
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                parsed = member_key(member.name) if member.isfile() else None
-                if parsed is None:
-                    continue
-                if parsed[0] != key:
-                    if key is not None and group:
-                        yield key, group
-                    key, group = parsed[0], {}
-                handle = tar.extractfile(member)
-                group[parsed[1]] = handle.read() if handle else b""
-    except _TAR_ERRORS as err:
-        raise CorruptFileError(f"{path}: unreadable tar shard ({type(err).__name__}: {err})") from err
-    if key is not None and group:
-        yield key, group
+        files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=stop))
+        for sample in group_by_keys(files, handler=stop):
+            members = {k: v for k, v in sample.items() if not k.startswith("__")}
+            if members:
+                yield sample["__key__"], members
+        closed = True
+        stream.close()  # a remote reader's exit status (curl's HTTP error) surfaces here
+    except _TAR_ERRORS + (ValueError,) as err:
+        errors.append(err)
+    finally:
+        if not closed:
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - the first error is the one worth reporting
+                pass
+    if errors:
+        err = errors[0]
+        raise CorruptFileError(f"{url}: unreadable tar shard ({type(err).__name__}: {err})") from err
 
 
 def scan_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """``(key, {extension: (byte offset, size)})`` per sample, reading only the tar headers.
+    """``(key, {extension: (byte offset, size)})`` per sample of a local shard, reading only tar headers.
 
     Raises:
-        CorruptFileError: unreadable tar, or a compressed one (no random access).
+        CorruptFileError: unreadable tar.
     """
     samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 parsed = member_key(member.name) if member.isfile() else None
                 if parsed is None:
@@ -241,19 +336,71 @@ def scan_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
                     samples.append((parsed[0], {}))
                 samples[-1][1][parsed[1]] = (member.offset_data, member.size)
     except _TAR_ERRORS as err:
-        raise CorruptFileError(
-            f"{path}: cannot index tar shard ({type(err).__name__}: {err}); random access needs uncompressed tar"
-        ) from err
+        raise CorruptFileError(f"{path}: cannot read tar shard ({type(err).__name__}: {err})") from err
     return samples
 
 
-def read_members(handle, members: dict[str, tuple[int, int]]) -> dict[str, bytes]:
-    """Read the members :func:`scan_shard` located from an open binary file."""
-    out = {}
-    for ext, (offset, size) in members.items():
-        handle.seek(offset)
-        data = handle.read(size)
-        if len(data) != size:
-            raise CorruptFileError(f"{getattr(handle, 'name', 'shard')}: member .{ext} is truncated")
-        out[ext] = data
-    return out
+def _read_index(shards: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Entries of the ``index.json`` files next to the shards, by shard location (missing: none)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for folder in dict.fromkeys(url.rsplit("/", 1)[0] if "/" in url else "." for url in shards):
+        location = f"{folder}/{INDEX_NAME}"
+        try:
+            if is_remote(location):
+                if location.startswith("pipe:"):
+                    continue
+                with open_shard(location) as handle:
+                    data = json.loads(handle.read().decode("utf-8"))
+            elif os.path.isfile(location):
+                data = json.loads(Path(location).read_text(encoding="utf-8"))
+            else:
+                continue
+        except (MedMoEError, OSError, ValueError) as err:
+            logger.info("no usable %s (%s): counting samples in the shards", location, err)
+            continue
+        for entry in data.get("shards", []) if isinstance(data, dict) else []:
+            if isinstance(entry, dict) and "name" in entry:
+                entries[f"{folder}/{entry['name']}"] = entry
+    return {url: entries[url] for url in shards if url in entries}
+
+
+def _count_members(url: str, split: str | None) -> int:
+    if split is None and not is_remote(url):
+        return len(scan_shard(url))
+    count = 0
+    for _, members in iter_tar_samples(url):
+        count += split is None or _member_split(members) in (None, split)
+    return count
+
+
+def _member_split(members: dict[str, bytes]) -> str | None:
+    try:
+        meta = json.loads(members["json"]) if "json" in members else {}
+    except ValueError:
+        return None
+    return normalize_split(meta.get("split")) if isinstance(meta, dict) else None
+
+
+def shard_sample_counts(shards: Sequence[str], split: str | None = None, *, progress: bool = False) -> list[int]:
+    """Samples of each shard (of ``split`` only, when given): from ``index.json`` where it has them,
+    else by reading the shards once (headers only for local shards without a split filter).
+
+    Raises:
+        CorruptFileError: a shard that has to be counted cannot be read.
+    """
+    wanted = normalize_split(split)
+    index = _read_index(shards)
+    counts: list[int] = []
+    missing = 0
+    for url in tqdm(shards, desc="counting shard samples", disable=not progress, leave=False):
+        entry = index.get(url)
+        if entry is not None and wanted is None and isinstance(entry.get("count"), int):
+            counts.append(entry["count"])
+        elif entry is not None and isinstance(entry.get("splits"), dict):
+            counts.append(int(entry["splits"].get(wanted, 0)) + int(entry["splits"].get("", 0)))
+        else:
+            missing += 1
+            counts.append(_count_members(url, wanted))
+    if missing:
+        logger.info("counted the samples of %d shard(s) without an %s entry by reading them", missing, INDEX_NAME)
+    return counts

@@ -1,20 +1,28 @@
-"""Training from WebDataset-style tar shards (written by :func:`write_shards`, or by other tools).
+"""Training and evaluating straight from WebDataset-style tar shards, local or remote.
 
-Two datasets yield the same item dicts as :class:`~medmoe.data.dataset.ImageReportDataset`:
+:class:`ShardDataset` streams shards (WebDataset's tar reader; see :mod:`medmoe.data.shard_files` for the
+sources it accepts) and yields the same item dicts as :class:`~medmoe.data.dataset.ImageReportDataset`.
 
-- :class:`ShardDataset` (``IterableDataset``) streams shards sequentially, giving each DDP rank and
-  DataLoader worker its own shards (or, with fewer shards than readers, its own stride of samples), so that
-  together they see every sample exactly once per epoch. The cheapest way through corpora of millions.
-- :class:`IndexedShardDataset` (map-style) indexes the tar headers once and reads samples by seeking, so
-  the trainer's resumable sampler, shuffling and exact resume work on shards as on a manifest.
+Readers are the DDP ranks times the DataLoader workers. In epoch ``e`` the shard list is shuffled by
+``(seed, e)`` and reader ``r`` of ``R`` takes shards ``r, r + R, ...``; with fewer shards than readers
+every reader scans all shards and keeps every ``R``-th sample. Each sample is read by exactly one reader.
 
-The tar format itself (and :func:`write_shards`) lives in :mod:`medmoe.data.shard_files`.
+For training, :meth:`ShardDataset.configure` fixes the batch size and reader layout. An epoch is then
+``Q`` batches per reader, ``Q`` being the smallest reader's sample count over the batch size, so that
+every rank takes the same number of steps; the samples of the larger readers beyond ``Q`` batches (at most
+the size difference of their shards) wait for the next epoch's shard order. Within a reader a seeded
+shuffle buffer mixes samples across its shards. A bad sample (unreadable image, empty report) is
+reported with the next good item and its slot is filled by the next sample, so batches stay full. Resume
+is exact per sample: the trainer records how many samples each reader had consumed, and a resumed reader
+re-reads that many without decoding them (the bytes of its current epoch so far are read again, the
+images are not decoded).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import random
 import zlib
@@ -22,8 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
-from tqdm.auto import tqdm
+from torch.utils.data import IterableDataset, get_worker_info
 
 from medmoe.data.dataset import BadSample, build_item, sample_generator
 from medmoe.data.manifest import normalize_split
@@ -35,8 +42,8 @@ from medmoe.data.shard_files import (
     ShardWriteResult,
     iter_tar_samples,
     list_shards,
-    read_members,
-    scan_shard,
+    looks_like_shards,
+    shard_sample_counts,
     write_shards,
 )
 from medmoe.data.transforms import ImageTransform
@@ -45,12 +52,12 @@ from medmoe.errors import CorruptFileError, InvalidInputError
 __all__ = [
     "INDEX_NAME",
     "SHARD_FORMAT",
-    "IndexedShardDataset",
     "ShardDataset",
     "ShardWriteResult",
     "distributed_position",
     "iter_tar_samples",
     "list_shards",
+    "looks_like_shards",
     "write_shards",
 ]
 
@@ -70,41 +77,270 @@ def distributed_position() -> tuple[int, int]:
     return rank, world
 
 
-class _ShardSamples:
-    """Shared by both shard datasets: options, epoch, and decoding one sample's members into an item."""
 
-    def _setup(self, split, image_size, train, seed, transform, require_report) -> None:
+
+DEFAULT_SHUFFLE_BUFFER = 256
+
+
+def _metadata(members: dict[str, bytes]) -> dict[str, Any]:
+    """The sample's ``.json`` metadata; ``{}`` when absent (a malformed one is reported when decoding)."""
+    try:
+        meta = json.loads(members["json"].decode("utf-8")) if "json" in members else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _shuffle_buffer(source: Iterator[Any], rng: random.Random, size: int) -> Iterator[Any]:
+    """Yield ``source`` through a buffer of ``size`` items drawn at random (``BadSample`` passes straight)."""
+    if size <= 1:
+        yield from source
+        return
+    buffer: list[Any] = []
+    for item in source:
+        if isinstance(item, BadSample):
+            yield item
+            continue
+        buffer.append(item)
+        if len(buffer) >= size:
+            pick = rng.randrange(len(buffer))
+            buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class ShardDataset(IterableDataset):
+    """Stream image-report samples from tar shards; items are the dicts of
+    :class:`~medmoe.data.dataset.ImageReportDataset` (``index`` is the sample's metadata index: its
+    manifest position when written by :func:`write_shards`).
+
+    Without :meth:`configure` (evaluation, embedding) a pass yields every sample of the split once, in shard
+    order, with :class:`BadSample` objects for what cannot be read. After :meth:`configure` (training; the
+    trainer calls it) every reader yields exactly the epoch's quota of good items, see the module docstring.
+
+    Args:
+        source: folder of shards, glob, brace pattern, URL, shard file or list (:func:`list_shards`).
+        split: keep samples whose metadata split is this (samples without a split are kept).
+        image_size, train, seed, transform, require_report: as for ImageReportDataset.
+        shuffle: shuffle the shard order by (seed, epoch) and mix samples in a buffer (default: ``train``).
+        shuffle_buffer: samples held per reader for mixing (default 256 when shuffling; 0 = off).
+        progress: progress bar while counting the samples of shards that ``index.json`` does not list.
+
+    Example:
+        >>> ds = ShardDataset("corpus/shard-{000000..000999}.tar", split="train", train=True)
+        >>> loader = DataLoader(ds, batch_size=32, num_workers=4, collate_fn=collate_image_report)
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
+        split: str | None = None,
+        image_size: int = 224,
+        train: bool = False,
+        seed: int = 0,
+        transform: ImageTransform | None = None,
+        require_report: bool = True,
+        shuffle: bool | None = None,
+        shuffle_buffer: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        self.shards = list_shards(source)
         self.split = normalize_split(split)
         self.transform = transform or ImageTransform(image_size=image_size, train=train)
         self.seed = seed
-        self.epoch = 0
         self.require_report = require_report
+        self.shuffle = self.transform.train if shuffle is None else shuffle
+        if shuffle_buffer is not None and shuffle_buffer < 0:
+            raise InvalidInputError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        self.shuffle_buffer = (DEFAULT_SHUFFLE_BUFFER if self.shuffle else 0) if shuffle_buffer is None else shuffle_buffer
+        self.progress = progress
+        self.epoch = 0
+        self._counts: list[int] | None = None
+        self._layout: tuple[int, int, int, int] | None = None
+        # Epoch and start batch live in shared memory: persistent DataLoader workers keep their own copy of
+        # the dataset and read them there when the next epoch's iteration begins.
+        self._shared = multiprocessing.RawArray("q", 2)
+        self._resume: dict[int, int] = {}
+        self._resume_epoch = -1
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream (and, for ShardDataset, the shard order) of ``epoch``."""
+    # ---- sizes -------------------------------------------------------------------------------------
+    @property
+    def counts(self) -> list[int]:
+        """Samples of ``split`` in each shard (from ``index.json``, else counted once)."""
+        if self._counts is None:
+            self._counts = shard_sample_counts(self.shards, self.split, progress=self.progress)
+        return self._counts
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts)
+
+    def epoch_shards(self, epoch: int | None = None) -> list[str]:
+        """All shards in the order of ``epoch`` (default: the current one), the same on every reader."""
+        return [self.shards[i] for i in self._order(self.epoch if epoch is None else epoch)]
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.shards)))
+        if self.shuffle:
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def _plan(self, epoch: int, reader: int, readers: int) -> tuple[list[int], int, int]:
+        """(shard indices, sample stride, offset) of one reader in one epoch."""
+        order = self._order(epoch)
+        if len(order) >= readers:
+            return order[reader::readers], 1, 0
+        return order, readers, reader
+
+    def _reader_samples(self, epoch: int, reader: int, readers: int) -> int:
+        shards, stride, offset = self._plan(epoch, reader, readers)
+        total = sum(self.counts[i] for i in shards)
+        return total if stride == 1 else len(range(offset, total, stride))
+
+    # ---- the training protocol (BatchStream) ----------------------------------------------------------
+    def configure(self, batch_size: int, *, rank: int | None = None, world_size: int | None = None,
+                  workers: int = 0) -> None:
+        """Fix the batch size and reader layout of training (ranks x DataLoader workers) and count samples.
+
+        Raises:
+            InvalidInputError: the smallest reader gets fewer samples than one batch.
+        """
+        if rank is None or world_size is None:
+            rank, world_size = distributed_position()
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        self._layout = (batch_size, rank, world_size, max(1, workers))
+        self.batches_per_epoch(0)
+
+    def batches_per_epoch(self, epoch: int) -> int:
+        """Batches this rank takes in ``epoch`` (the same on every rank)."""
+        if self._layout is None:
+            raise InvalidInputError("call configure() before batches_per_epoch()")
+        batch_size, _, world, workers = self._layout
+        readers = world * workers
+        quota = min(self._reader_samples(epoch, r, readers) for r in range(readers)) // batch_size
+        if quota == 0:
+            raise InvalidInputError(
+                f"{len(self.shards)} shard(s) with {self.num_samples} samples of split {self.split!r} over {readers} "
+                f"reader(s) ({world} rank(s) x {workers} worker(s)): some reader gets less than one batch of "
+                f"{batch_size}; lower --batch-size or --workers, or write more (equal-sized) shards"
+            )
+        return quota * workers
+
+    def set_epoch(self, epoch: int, start: int = 0, consumed: dict[int, int] | None = None) -> None:
+        """Select ``epoch`` (shard order, augmentation), starting after ``start`` batches of this rank.
+
+        Args:
+            consumed: per reader, the samples it had consumed when the checkpoint was written (bad ones
+                included); makes a resumed epoch continue exactly. Without it, ``start`` batches per worker
+                are skipped, which is exact when no bad sample had been met.
+        """
         self.epoch = int(epoch)
+        self._shared[0], self._shared[1] = self.epoch, int(start)
+        if consumed:
+            self._resume, self._resume_epoch = {int(k): int(v) for k, v in consumed.items()}, self.epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any] | BadSample]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, start = int(self._shared[0]), int(self._shared[1])
+        if self._layout is None:
+            rank, world = distributed_position()
+            reader, readers = rank * workers + worker, world * workers
+            for item in self._samples(epoch, reader, readers):
+                yield item if isinstance(item, BadSample) else self._decode(*item)
+            return
+        batch_size, rank, world, configured = self._layout
+        if workers != configured:
+            raise InvalidInputError(f"ShardDataset configured for {configured} loader worker(s), iterated by {workers}")
+        # A resumed DataLoader starts its round robin at worker 0; the original run's next batch came from
+        # worker start % workers, so worker w plays the part of worker (w + start) % workers.
+        role = (worker + start) % workers
+        done = len(range(role, start, workers))
+        reader = rank * workers + role
+        skip = done * batch_size
+        if start and epoch == self._resume_epoch:
+            skip = self._resume.get(reader, skip)
+        wanted = (self.batches_per_epoch(epoch) // workers - done) * batch_size
+        yield from self._quota(epoch, reader, world * workers, skip, wanted)
+
+    # ---- reading ------------------------------------------------------------------------------------
+    def _samples(self, epoch: int, reader: int, readers: int, cycle: int = 0) -> Iterator[Any]:
+        """``(shard, key, members, meta)`` of one reader's samples through the shuffle buffer;
+        a shard that breaks becomes a :class:`BadSample`."""
+        shards, stride, offset = self._plan(epoch, reader, readers)
+
+        def raw() -> Iterator[Any]:
+            position = 0
+            for i in shards:
+                url = self.shards[i]
+                try:
+                    for key, members in iter_tar_samples(url):
+                        meta = _metadata(members)
+                        if not self._wanted(meta):
+                            continue
+                        take = stride == 1 or position % stride == offset
+                        position += 1
+                        if take:
+                            yield url, key, members, meta
+                except CorruptFileError as err:
+                    logger.warning("%s", err)
+                    yield BadSample(-1, url, str(err))
+
+        rng = random.Random(f"{self.seed}:{epoch}:{reader}:{cycle}")
+        return _shuffle_buffer(raw(), rng, self.shuffle_buffer)
+
+    def _quota(self, epoch: int, reader: int, readers: int, skip: int, wanted: int) -> Iterator[dict[str, Any]]:
+        """``wanted`` good items after the first ``skip`` samples (not decoded); bad samples ride along in
+        the next good item's ``"bad"`` list and each carries ``"stream": (reader, samples consumed)``."""
+        consumed, yielded, cycle = 0, 0, 0
+        pending: list[BadSample] = []
+        while yielded < wanted:
+            good_in_cycle = 0
+            for sample in self._samples(epoch, reader, readers, cycle):
+                if isinstance(sample, BadSample):
+                    pending.append(sample)
+                    continue
+                consumed += 1
+                if consumed <= skip:
+                    continue
+                item = self._decode(*sample)
+                if isinstance(item, BadSample):
+                    pending.append(item)
+                    continue
+                good_in_cycle += 1
+                item["bad"], pending = pending, []
+                item["stream"] = (reader, consumed)
+                yield item
+                yielded += 1
+                if yielded == wanted:
+                    return
+            if good_in_cycle == 0 and consumed > skip:
+                raise CorruptFileError(
+                    f"reader {reader}: no readable sample in its shards {self._plan(epoch, reader, readers)[0]} "
+                    f"of {self.shards[0]}..."
+                )
+            cycle += 1
+            logger.warning("epoch %d, reader %d: its shards ran out %d item(s) before the epoch's quota (bad "
+                           "samples, or fewer samples than counted); reading them again", epoch, reader,
+                           wanted - yielded)
 
     def _wanted(self, meta: dict[str, Any]) -> bool:
         split = meta.get("split")
         return self.split is None or split is None or normalize_split(split) == self.split
 
-    def _decode(
-        self, shard: str, key: str, members: dict[str, bytes], index: int | None = None
-    ) -> dict[str, Any] | BadSample | None:
-        """``index`` None: the sample's own (metadata ``index``, else a hash of shard and key)."""
+    def _decode(self, shard: str, key: str, members: dict[str, bytes], meta: dict[str, Any]) -> dict[str, Any] | BadSample:
         name = f"{shard}#{key}"
-        meta: dict[str, Any] = {}
-        own = zlib.crc32(f"{os.path.basename(shard)}/{key}".encode()) & 0x7FFFFFFF
+        index = zlib.crc32(f"{os.path.basename(shard)}/{key}".encode()) & 0x7FFFFFFF
         try:
-            if "json" in members:
-                meta = json.loads(members["json"].decode("utf-8"))
-                own = int(meta.get("index", own))
-            index = own if index is None else index
-            if not self._wanted(meta):
-                return None
+            if "json" in members and not meta:
+                json.loads(members["json"].decode("utf-8"))  # raises with the reason for a broken one
+            index = int(meta.get("index", index))
             ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
             if ext is None:
-                return BadSample(index, name, f"no image member (have {sorted(members)})")
+                return self._bad(BadSample(index, name, f"no image member (have {sorted(members)})"))
             image, image_meta = decode_image(members[ext], f"{name}.{ext}")
             labels = meta.get("labels") or []
             if not labels and "cls" in members:
@@ -118,173 +354,18 @@ class _ShardSamples:
                 index=index,
                 path=str(meta.get("source") or name),
                 transform=self.transform,
-                generator=sample_generator(self.seed, self.epoch, index) if self.transform.train else None,
+                generator=sample_generator(self.seed, self.epoch_of_item(), index) if self.transform.train else None,
                 require_report=self.require_report,
             )
         except Exception as err:  # any failure is a bad sample, never a dead run
-            item = BadSample(own if index is None else index, name, f"{type(err).__name__}: {err}")
-        if isinstance(item, BadSample):
-            logger.warning("bad sample %s: %s", item.path, item.reason)
-        return item
+            item = BadSample(index, name, f"{type(err).__name__}: {err}")
+        return self._bad(item) if isinstance(item, BadSample) else item
 
-
-class ShardDataset(_ShardSamples, IterableDataset):
-    """Stream image-report samples from tar shards; items are the same dicts as
-    :class:`~medmoe.data.dataset.ImageReportDataset` (or :class:`BadSample`), ``index`` being the
-    sample's metadata index (its manifest position when written by :func:`write_shards`).
-
-    Readers are the DDP ranks (torch.distributed if initialised, else env ``RANK`` / ``WORLD_SIZE``) times
-    the DataLoader workers. With at least as many shards as readers each reader gets whole shards
-    (``shard i -> reader i mod R``); otherwise every reader scans all shards and keeps every R-th sample,
-    so no rank is left idle. Either way each sample is read by exactly one reader. Ranks may get different
-    sample counts when shard sizes differ; keep shards equal-sized (``write_shards`` does, except the last).
-
-    Args:
-        source: directory of shards, glob pattern, shard file or list of shard files.
-        split: keep samples whose metadata split is this (samples without metadata are kept).
-        image_size, train, seed, transform, require_report: as for ImageReportDataset.
-        shuffle: shuffle the shard order each epoch by (seed, epoch) (default: ``train``).
-
-    Example:
-        >>> ds = ShardDataset("shards/", train=True)
-        >>> loader = DataLoader(ds, batch_size=32, num_workers=2, collate_fn=collate_image_report)
-    """
-
-    def __init__(
-        self,
-        source: str | os.PathLike | Sequence[str | os.PathLike],
-        split: str | None = None,
-        image_size: int = 224,
-        train: bool = False,
-        seed: int = 0,
-        transform: ImageTransform | None = None,
-        require_report: bool = True,
-        shuffle: bool | None = None,
-    ) -> None:
-        super().__init__()
-        self.shards = list_shards(source)
-        self._setup(split, image_size, train, seed, transform, require_report)
-        self.shuffle = self.transform.train if shuffle is None else shuffle
-
-    def reader_position(self) -> tuple[int, int]:
-        """(this reader's id, number of readers) over ranks x DataLoader workers."""
-        rank, world = distributed_position()
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * workers + worker, world * workers
-
-    def epoch_shards(self) -> list[str]:
-        """All shards in this epoch's order (the same on every reader)."""
-        order = list(self.shards)
-        if self.shuffle:
-            random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
-        return order
-
-    def __iter__(self) -> Iterator[dict[str, Any] | BadSample]:
-        reader, readers = self.reader_position()
-        order = self.epoch_shards()
-        if len(order) >= readers:
-            mine, stride = order[reader::readers], 1
-        else:
-            mine, stride = order, readers
-        position = 0
-        for shard in mine:
-            try:
-                for key, members in iter_tar_samples(shard):
-                    if stride > 1:
-                        take = position % stride == reader
-                        position += 1
-                        if not take:
-                            continue
-                    item = self._decode(shard, key, members)
-                    if item is not None:
-                        yield item
-            except CorruptFileError as err:
-                logger.warning("%s", err)
-                yield BadSample(-1, shard, str(err))
-
-
-class IndexedShardDataset(_ShardSamples, Dataset):
-    """Map-style random access to the samples of uncompressed tar shards.
-
-    At construction the tar headers are scanned (no image data is read) to record where each member's bytes
-    are; ``__getitem__`` seeks there. ``index`` in the items is the position in this dataset, exactly as for
-    :class:`~medmoe.data.dataset.ImageReportDataset`, so augmentation depends on (seed, epoch, index) and any
-    sampler (shuffling, DDP, exact resume) works unchanged.
-
-    Args:
-        source: directory of shards, glob pattern, shard file or list of shard files.
-        split: keep samples whose metadata split is this; this reads every ``.json`` member once at
-            construction (write one split per shard folder to avoid it).
-        image_size, train, seed, transform, require_report: as for ImageReportDataset.
-        progress: tqdm progress bar while indexing.
-
-    Raises:
-        CorruptFileError: a shard is unreadable or compressed.
-    """
-
-    def __init__(
-        self,
-        source: str | os.PathLike | Sequence[str | os.PathLike],
-        split: str | None = None,
-        image_size: int = 224,
-        train: bool = False,
-        seed: int = 0,
-        transform: ImageTransform | None = None,
-        require_report: bool = True,
-        progress: bool = False,
-    ) -> None:
-        self.shards = list_shards(source)
-        self._setup(split, image_size, train, seed, transform, require_report)
-        self.samples: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
-        for shard_id, shard in enumerate(tqdm(self.shards, desc="indexing shards", disable=not progress)):
-            entries = scan_shard(shard)
-            if self.split is not None:
-                with open(shard, "rb") as handle:
-                    entries = [e for e in entries if "json" not in e[1] or self._wanted(self._meta(handle, e[1]))]
-            self.samples += [(shard_id, key, members) for key, members in entries]
-        self._handles: dict[int, Any] = {}
-        self._pid = os.getpid()
+    def epoch_of_item(self) -> int:
+        """The epoch being read (from shared memory, so that persistent workers see the current one)."""
+        return int(self._shared[0])
 
     @staticmethod
-    def _meta(handle, members: dict[str, tuple[int, int]]) -> dict[str, Any]:
-        try:
-            return json.loads(read_members(handle, {"json": members["json"]})["json"])
-        except (ValueError, CorruptFileError):
-            return {}  # unreadable metadata: keep the sample; loading it will report the problem
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _handle(self, shard_id: int):
-        if os.getpid() != self._pid:  # a forked DataLoader worker must not share the parent's file offsets
-            self._handles, self._pid = {}, os.getpid()
-        if shard_id not in self._handles:
-            self._handles[shard_id] = open(self.shards[shard_id], "rb")
-        return self._handles[shard_id]
-
-    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
-        if not 0 <= index < len(self.samples):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self.samples)}")
-        shard_id, key, members = self.samples[index]
-        shard = self.shards[shard_id]
-        try:
-            data = read_members(self._handle(shard_id), members)
-        except (OSError, CorruptFileError) as err:
-            bad = BadSample(index, f"{shard}#{key}", f"{type(err).__name__}: {err}")
-            logger.warning("bad sample %s: %s", bad.path, bad.reason)
-            return bad
-        item = self._decode(shard, key, data, index=index)
-        # the split was applied while indexing; a sample never disappears here
-        return item if item is not None else BadSample(index, f"{shard}#{key}", "split changed after indexing")
-
-    def close(self) -> None:
-        """Close the shard files this process opened."""
-        for handle in self._handles.values():
-            handle.close()
-        self._handles = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_handles"] = {}  # open files do not pickle (spawned workers open their own)
-        return state
+    def _bad(item: BadSample) -> BadSample:
+        logger.warning("bad sample %s: %s", item.path, item.reason)
+        return item

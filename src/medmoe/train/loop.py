@@ -159,6 +159,8 @@ class _Run:
 
     def _save(self, step: int) -> Path:
         rng = gather_objects(capture_rng_state(self.device))
+        # A streaming dataset's readers live on every rank: keep all their counts for an exact resume.
+        consumed = {reader: n for part in gather_objects(self.stream.consumed) for reader, n in part.items()}
         path = checkpoint_path(self.run_dir, step)
         if self.env.is_main:
             state = {
@@ -170,6 +172,7 @@ class _Run:
                 "step": step,
                 "epoch": self.stream.epoch,
                 "position": self.stream.position,
+                "consumed": consumed,
                 "rng": rng,
                 "world_size": self.env.world_size,
                 "batch_size": self.cfg.batch_size,
@@ -207,9 +210,11 @@ class _Run:
                 path, state.get("world_size"), state.get("batch_size"), state.get("accum_steps"),
                 self.env.world_size, self.cfg.batch_size, self.cfg.accum_steps,
             )
+        self.resume_consumed = {int(k): int(v) for k, v in (state.get("consumed") or {}).items()}
         if not same:
             seen = position * int(state.get("batch_size", self.cfg.batch_size)) * int(state.get("world_size", 1))
             position = seen // (self.cfg.batch_size * self.env.world_size)
+            self.resume_consumed = {}
         rng = state["rng"]
         if isinstance(rng, list) and len(rng) == self.env.world_size:
             restore_rng_state(rng[self.env.rank], self.device)
@@ -334,6 +339,7 @@ class _Run:
         self.last_values: dict[str, float] = {}
         self.samples_local = 0
         self.step, epoch, position = 0, 0, 0
+        self.resume_consumed: dict[int, int] = {}
         if state is not None and resumed_from is not None:
             epoch, position = self._restore(resumed_from, state)
             self.step = int(state["step"])
@@ -343,7 +349,7 @@ class _Run:
         self.stream = BatchStream(
             dataset, self.task.collate, batch_size=cfg.batch_size, rank=env.rank,
             world_size=env.world_size, seed=cfg.seed, workers=cfg.workers,
-            pin_memory=self.device.type == "cuda", epoch=epoch, position=position,
+            pin_memory=self.device.type == "cuda", epoch=epoch, position=position, consumed=self.resume_consumed,
         )
         self.model = wrap_model(model, env)
         self.model.train()
