@@ -16,3 +16,29 @@ def torchrun_env(tmp_path):
     scratch.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     return {**env, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
+
+
+@pytest.fixture
+def http_server():
+    """Start local HTTP servers on 127.0.0.1: ``http_server(folder)`` serves ``folder`` and returns its URL
+    (shards read over the network, as corpora are kept)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def start(folder) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -272,28 +272,9 @@ def test_stream_resume_is_exact_per_sample_with_a_corrupt_member(tmp_path, worke
     reference.close()
 
 
-@pytest.fixture
-def http_root(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving tmp_path (shards over the network, as corpora are kept)."""
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.mark.timeout(120)
-def test_shards_over_http_and_brace_patterns_read_as_from_disk(http_root):
-    root, url = http_root
+def test_shards_over_http_and_brace_patterns_read_as_from_disk(tmp_path, http_server):
+    root, url = tmp_path, http_server(tmp_path)
     path, _ = make_manifest(root / "src", n=7)
     write_shards(path, root / "shards", per_shard=3)
     local = ShardDataset(root / "shards", image_size=16)

@@ -1,0 +1,114 @@
+"""Training MedMoE from tar shards: folders, brace patterns, HTTP, exact resume, 2 processes and 2 nodes."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from align_tiny import TINY, write_tiny_manifest
+from test_align_task import CrashingTask, args_for, logged_losses
+
+from medmoe.align.task import AlignTask, AlignTaskConfig
+from medmoe.data.shards import write_shards
+from medmoe.train import run_training
+
+WORKER = Path(__file__).with_name("shard_train_worker.py")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """12 training pairs of the tiny manifest in 6 shards of 2 (the corrupt row is skipped when writing)."""
+    root = tmp_path_factory.mktemp("shards")
+    manifest = write_tiny_manifest(root)
+    result = write_shards(manifest, root / "shards", per_shard=2, split="train", shuffle_seed=0)
+    assert result.samples == 12 and len(result.shards) == 6
+    return root / "shards"
+
+
+def config(data, **kw):
+    return AlignTaskConfig(data=str(data), model="medmoe-nano", overrides=dict(TINY), **kw)
+
+
+@pytest.mark.timeout(240)
+def test_folder_brace_pattern_and_http_train_alike(shards, tmp_path, http_server):
+    flags = ("--steps", "3")
+    sources = {"folder": shards, "pattern": shards / "shard-{000000..000005}.tar",
+               "http": f"{http_server(shards)}/shard-{{000000..000005}}.tar"}
+    losses = {}
+    for name, source in sources.items():
+        result = run_training(AlignTask(config(source)), args_for(tmp_path / name, *flags))
+        assert result.steps == 3 and result.bad_samples == 0
+        losses[name] = logged_losses(tmp_path / name)
+    assert losses["folder"] == losses["pattern"] == losses["http"]
+
+
+@pytest.mark.timeout(240)
+def test_resume_from_shards_gives_the_same_next_losses(shards, tmp_path):
+    flags = ("--steps", "7", "--ckpt-every", "3", "--workers", "2")  # 7 steps of 2 cross an epoch of 6
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    run_training(CrashingTask(config(shards)), args_for(ref_dir, *flags))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(CrashingTask(config(shards), crash_at_call=5), args_for(run_dir, *flags))
+    result = run_training(CrashingTask(config(shards)), args_for(run_dir, *flags, "--resume", "latest"))
+    assert result.resumed_from.name == "step_0000003.pt"
+    ref, resumed = logged_losses(ref_dir), logged_losses(run_dir)
+    for step in range(4, 8):
+        assert resumed[step] == ref[step], step
+
+
+def test_cli_rejects_a_missing_shard_pattern(tmp_path, capsys):
+    from medmoe.cli.main import main
+
+    code = main(["align", "train", "--data", str(tmp_path / "s-{000..003}.tar"), "--out", str(tmp_path / "r")])
+    assert code != 0
+    assert "no such file" in capsys.readouterr().err
+
+
+def _seen(out, ranks):
+    return [json.loads((out / f"seen{r}.json").read_text()) for r in range(ranks)]
+
+
+@pytest.mark.ddp
+@pytest.mark.timeout(300)
+def test_two_process_torchrun_reads_disjoint_shards_every_sample_once(shards, tmp_path, torchrun_env):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
+           str(shards), str(tmp_path), "3"]  # 3 steps x 2 ranks x batch 2 = one epoch of 12
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=torchrun_env,
+                            cwd=Path(__file__).parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = _seen(tmp_path, 2)
+    assert len(rank0) == len(rank1) == 6 and not set(rank0) & set(rank1)
+    assert len(set(rank0 + rank1)) == 12  # the 12 training pairs (metadata index = manifest row)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.ddp
+@pytest.mark.timeout(300)
+def test_two_node_simulation_ends_with_identical_parameters(shards, tmp_path, torchrun_env):
+    port = _free_port()
+    procs = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port), str(WORKER),
+               str(shards), str(tmp_path), "2"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=torchrun_env, cwd=Path(__file__).parent))
+    for proc in procs:
+        _, err = proc.communicate(timeout=280)
+        assert proc.returncode == 0, err[-3000:]
+    first, second = (torch.load(tmp_path / f"params{r}.pt", weights_only=True) for r in (0, 1))
+    initial = dict(AlignTask(config(shards)).build_model().named_parameters())
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert any(not torch.equal(first[k], initial[k]) for k in first)  # it did train
+    rank0, rank1 = _seen(tmp_path, 2)
+    assert len(rank0) == len(rank1) == 4 and not set(rank0) & set(rank1)
