@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from data_helpers import deid_ultrasound, dicom_file, package_dir
 from PIL import Image
 
@@ -311,3 +312,159 @@ def test_detect_format_magic_before_extension():
     assert detect_format(b"\x1f\x8b\x08", "volume.bin") == "nifti"
     assert detect_format(b"hello", "notes.txt") is None
     assert detect_format(b"hello", "scan.nii.gz") == "nifti"
+
+
+# --- decoding at the size that is needed (target_size) ---------------------------------------------------
+
+
+def _xray_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Float image in [0, 1]: gradient, slow ripple, a bright disc with sharp edges and pixel noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = 0.15 + 0.55 * x / width + 0.15 * np.sin(y / (height / 8))
+    image += 0.12 * (((x - 0.5 * width) ** 2 + (y - 0.45 * height) ** 2) < (0.15 * height) ** 2)
+    image += rng.normal(0.0, 0.03, (height, width)).astype(np.float32)
+    return np.clip(image, 0.0, 1.0)
+
+
+def _write_dicom(path, stored: np.ndarray, **tags) -> None:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # computed radiography
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def large_images(tmp_path_factory):
+    """Full-size inputs as a loader meets them: 3000x2500 JPEG and PNG, 2000x2000 12-bit DICOMs."""
+    root = tmp_path_factory.mktemp("large")
+    picture = _xray_like(2500, 3000)
+    Image.fromarray(np.round(picture * 255).astype(np.uint8)).save(root / "chest.jpg", quality=92)
+    Image.fromarray(np.round(picture * 255).astype(np.uint8)).save(root / "chest.png", compress_level=1)
+    stored = np.round(_xray_like(2000, 2000, seed=1) * 4095)
+    _write_dicom(root / "window.dcm", stored, WindowCenter=2000, WindowWidth=3000,
+                 RescaleSlope=1, RescaleIntercept=0)
+    _write_dicom(root / "robust.dcm", stored)  # no window: percentile range
+    _write_dicom(root / "ct_hu.dcm", stored, RescaleSlope=0.5, RescaleIntercept=-1024)
+    _write_dicom(root / "mono1.dcm", stored, PhotometricInterpretation="MONOCHROME1")
+    return root
+
+
+def _final(image: np.ndarray, size: int = 224) -> torch.Tensor:
+    from medmoe.data.transforms import resize_pad, to_tensor
+
+    return resize_pad(to_tensor(image), size)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("name", "options", "reduced_shape"),
+    [
+        ("chest.jpg", {}, (625, 750)),  # JPEG draft mode: 1/4 scale
+        ("chest.png", {}, (417, 500)),  # 3000 // 448 = 6, edge blocks kept
+        ("window.dcm", {}, (500, 500)),
+        ("robust.dcm", {}, (500, 500)),
+        ("ct_hu.dcm", {"window": (-400, 1500)}, (500, 500)),
+        ("mono1.dcm", {}, (500, 500)),
+    ],
+)
+def test_reduced_decode_matches_full_decode_after_resize(large_images, name, options, reduced_shape):
+    path = large_images / name
+    full, full_meta = read_image(path, **options)
+    small, small_meta = read_image(path, target_size=448, **options)
+    assert small.dtype == np.float32 and small.shape == reduced_shape
+    assert 448 <= max(small.shape) < 2 * 448
+    assert small_meta == full_meta  # the metadata describes the stored image
+    assert small.min() >= 0.0 and small.max() <= 1.0
+    difference = (_final(small) - _final(full)).abs()
+    assert float(difference.mean()) < 1 / 255, f"mean abs difference {float(difference.mean()) * 255:.2f}/255"
+    assert float(difference.max()) < 16 / 255
+
+
+def test_jpeg_draft_mode_decodes_fewer_pixels(large_images, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    drafts = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        drafts.append((mode, size))
+        return original(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    image, meta = read_image(large_images / "chest.jpg", target_size=300)
+    assert drafts == [("L", (300, 250))]
+    assert image.shape == (313, 375)  # libjpeg's 1/8 scale, not a reduction of the full decode
+    assert meta.original_shape == (2500, 3000)
+
+
+def _peak_bytes_per_pixel(path, pixels: int, **options) -> float:
+    import tracemalloc  # NumPy reports its allocations to tracemalloc
+
+    tracemalloc.start()
+    try:
+        read_image(path, **options)
+        return tracemalloc.get_traced_memory()[1] / pixels
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "pixels", "limit"),
+    [("chest.jpg", 3000 * 2500, 2.0), ("chest.png", 3000 * 2500, 2.0), ("window.dcm", 2000 * 2000, 12.0)],
+)
+def test_reduced_decode_makes_no_full_size_float64_copy(large_images, name, pixels, limit):
+    # A float64 copy of the full image alone is 8 bytes per stored pixel; the DICOM path holds the file's
+    # 16-bit pixels twice (bytes, array) and one float32 copy for the box reduction: 8 bytes per pixel.
+    full = _peak_bytes_per_pixel(large_images / name, pixels)
+    reduced = _peak_bytes_per_pixel(large_images / name, pixels, target_size=448)
+    assert full >= 8.0  # the unreduced path does make one: the measurement sees it
+    assert reduced < limit, f"{reduced:.1f} bytes per pixel"
+
+
+def test_large_16_bit_png_and_rgb_jpeg_reduce(tmp_path):
+    picture = _xray_like(1000, 1200, seed=2)
+    Image.fromarray(np.round(picture * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    full, meta = read_image(tmp_path / "deep.png")
+    small, _ = read_image(tmp_path / "deep.png", target_size=300)
+    assert meta.photometric.startswith("I") and small.shape == (250, 300) and small.dtype == np.float32
+    assert float((_final(small, 128) - _final(full, 128)).abs().mean()) < 1 / 255
+
+    rgb = np.stack([picture, 1 - picture, np.full_like(picture, 0.3)], axis=-1)
+    Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(tmp_path / "colour.jpg", quality=92)
+    full_rgb, _ = read_image(tmp_path / "colour.jpg")
+    small_rgb, _ = read_image(tmp_path / "colour.jpg", target_size=150)
+    assert small_rgb.shape == (125, 150, 3)  # 1/8 scale keeps the colour channels
+    assert float((_final(small_rgb, 96) - _final(full_rgb, 96)).abs().mean()) < 1 / 255
+
+
+def test_target_size_not_below_the_image_changes_nothing(tmp_path, large_images):
+    Image.fromarray((_xray_like(300, 400) * 255).astype(np.uint8)).save(tmp_path / "small.jpg")
+    for path in (tmp_path / "small.jpg", dicom_file("CT_small.dcm")):
+        np.testing.assert_array_equal(read_image(path, target_size=400)[0], read_image(path)[0])
+    vol = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(_volume_with_marker(), np.eye(4)), vol)
+    np.testing.assert_array_equal(read_image(vol, target_size=4)[0], read_image(vol)[0])  # NIfTI: full size
+    data = (large_images / "window.dcm").read_bytes()
+    np.testing.assert_array_equal(decode_image(data, "w.dcm", target_size=448)[0],
+                                  read_image(large_images / "window.dcm", target_size=448)[0])
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "224"])
+def test_target_size_must_be_a_positive_integer(bad):
+    with pytest.raises(InvalidInputError, match="target_size"):
+        read_image(dicom_file("CT_small.dcm"), target_size=bad)

@@ -3,6 +3,12 @@
     >>> image, meta = read_image("chest.dcm")          # (H, W) float32 in [0, 1]
     >>> meta.modality, meta.spacing
     ('xray', (0.139, 0.139))
+    >>> small, _ = read_image("chest.dcm", target_size=448)   # longer side in [448, 896)
+
+``target_size`` is for loaders that resize anyway: the reader may then decode at reduced size (JPEG DCT
+scaling, integer box reduction of the stored pixels) instead of converting millions of full-resolution
+pixels to float. Resizing the reduced image to the final size gives the same picture as resizing the full
+one, within interpolation tolerance.
 
 The format is detected from the file's first bytes (DICOM preamble, PNG/JPEG/TIFF signatures, gzip or
 NIfTI header) with the extension as fallback, so a PNG named ``.dcm`` still reads. Every failure is a
@@ -87,6 +93,7 @@ def read_image(
     axial_slice: int | None = None,
     projection: str | None = None,
     window: tuple[float, float] | None = None,
+    target_size: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read one 2-D image from a file.
 
@@ -96,15 +103,22 @@ def read_image(
         axial_slice: axial slice of a NIfTI volume; default the middle one.
         projection: ``"mip"`` or ``"mean"`` along the axial axis of a NIfTI volume instead of a slice.
         window: (center, width) overriding the VOI of grayscale DICOM and NIfTI (e.g. ``(40, 400)`` HU).
+        target_size: the longer side (pixels) the caller will resize to, or None for the full image. The
+            image then comes back with its longer side at least ``target_size`` and under
+            ``2 * target_size`` (reduced by an integer factor, aspect ratio kept up to rounding), or at full
+            size when the stored image is not larger. Never smaller than needed: the caller still resizes.
+            NIfTI slices always come back at full size.
 
     Returns:
         ``(image, meta)``: ``image`` is float32 ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB) in [0, 1] after
-        windowing, MONOCHROME1 inversion and colour conversion; ``meta`` is an :class:`ImageMeta`.
+        windowing, MONOCHROME1 inversion and colour conversion; ``meta`` is an :class:`ImageMeta` that
+        describes the stored image (``original_shape``, ``spacing``) even when ``image`` is reduced.
 
     Raises:
         MissingFileError: ``path`` does not exist.
         CorruptFileError: the file is empty, truncated, of an unsupported type or otherwise unreadable.
-        InvalidInputError: an option does not fit the file (frame / slice out of range, bad projection).
+        InvalidInputError: an option does not fit the file (frame / slice out of range, bad projection) or
+            ``target_size`` is not a positive integer.
     """
     name = os.fspath(path)
     if not os.path.exists(name):
@@ -120,8 +134,8 @@ def read_image(
     if size == 0:
         raise CorruptFileError(f"{name}: file is empty")
     fmt = _checked_format(head, name)
-    _check_options(fmt, name, frame, axial_slice, projection)
-    return _dispatch(fmt, name, name, None, frame, axial_slice, projection, window)
+    _check_options(fmt, name, frame, axial_slice, projection, target_size)
+    return _dispatch(fmt, name, name, None, frame, axial_slice, projection, window, target_size)
 
 
 def decode_image(
@@ -132,6 +146,7 @@ def decode_image(
     axial_slice: int | None = None,
     projection: str | None = None,
     window: tuple[float, float] | None = None,
+    target_size: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Like :func:`read_image` for a file held in memory (e.g. a member of a tar shard).
 
@@ -142,8 +157,8 @@ def decode_image(
     if not data:
         raise CorruptFileError(f"{name}: file is empty")
     fmt = _checked_format(data[:_HEAD_BYTES], name)
-    _check_options(fmt, name, frame, axial_slice, projection)
-    return _dispatch(fmt, None, name, data, frame, axial_slice, projection, window)
+    _check_options(fmt, name, frame, axial_slice, projection, target_size)
+    return _dispatch(fmt, None, name, data, frame, axial_slice, projection, window, target_size)
 
 
 def _checked_format(head: bytes, name: str) -> str:
@@ -156,20 +171,27 @@ def _checked_format(head: bytes, name: str) -> str:
     return fmt
 
 
-def _check_options(fmt: str, name: str, frame, axial_slice, projection) -> None:
+def _check_options(fmt: str, name: str, frame, axial_slice, projection, target_size) -> None:
+    if target_size is not None and (
+        isinstance(target_size, bool) or not isinstance(target_size, int | np.integer) or target_size < 1
+    ):
+        raise InvalidInputError(f"{name}: target_size must be a positive integer or None, got {target_size!r}")
     if fmt == "nifti" and frame is not None:
         raise InvalidInputError(f"{name}: is NIfTI; use axial_slice=, not frame=")
     if fmt != "nifti" and (axial_slice is not None or projection is not None):
         raise InvalidInputError(f"{name}: axial_slice / projection apply to NIfTI volumes, this file is {fmt}")
 
 
-def _dispatch(fmt, path, name, data, frame, axial_slice, projection, window):
+def _dispatch(fmt, path, name, data, frame, axial_slice, projection, window, target_size):
+    target_size = None if target_size is None else int(target_size)
     try:
         if fmt == "dicom":
-            return read_dicom(path if data is None else io.BytesIO(data), name, frame=frame, window=window)
+            source = path if data is None else io.BytesIO(data)
+            return read_dicom(source, name, frame=frame, window=window, target_size=target_size)
         if fmt == "nifti":
-            return read_nifti(path, name, data=data, axial_slice=axial_slice, projection=projection, window=window)
-        return read_pillow(path if data is None else io.BytesIO(data), name, frame=frame)
+            return read_nifti(path, name, data=data, axial_slice=axial_slice, projection=projection, window=window,
+                              target_size=target_size)
+        return read_pillow(path if data is None else io.BytesIO(data), name, frame=frame, target_size=target_size)
     except MedMoEError:
         raise
     except Exception as err:  # a reader bug or library edge case must still name the file

@@ -2,6 +2,10 @@
 
 Grayscale: stored values -> Modality LUT / rescale slope-intercept -> VOI LUT or window center/width ->
 MONOCHROME1 inversion. Colour: YBR is converted to RGB by pydicom, PALETTE COLOR through its LUT.
+
+When the caller needs fewer pixels (``target_size``), the image is box-reduced by an integer factor as early
+as the pipeline allows: the stored integers before a linear rescale slope/intercept (averaging commutes
+with it), else the output of a Modality LUT or palette lookup; windowing then runs on the small image.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
 
 from medmoe.data.modalities import try_normalize_modality
-from medmoe.data.readers.intensity import apply_window, robust_rescale
+from medmoe.data.readers.intensity import (
+    apply_window,
+    box_reduce,
+    range_sample,
+    reduction_factor,
+    robust_rescale,
+)
 from medmoe.data.readers.meta import ImageMeta
 from medmoe.errors import CorruptFileError, InvalidInputError
 
@@ -31,6 +41,7 @@ def read_dicom(
     *,
     frame: int | None = None,
     window: tuple[float, float] | None = None,
+    target_size: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read one frame of a DICOM image.
 
@@ -39,6 +50,8 @@ def read_dicom(
         name: the path (or name) used in error messages and in the metadata.
         frame: frame of a multi-frame object; default the middle one.
         window: (center, width) overriding the file's own VOI for grayscale images.
+        target_size: the longer side the caller needs; the image is box-reduced by the largest integer
+            factor that keeps its longer side at least ``target_size`` (so under ``2 * target_size``).
 
     Returns:
         ``(image, meta)``: float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1], and :class:`ImageMeta`.
@@ -67,13 +80,14 @@ def read_dicom(
         index = (n_frames // 2 if frame is None else frame) if n_frames > 1 else None
         try:
             arr = pixel_array(ds, index=index)
+            factor = reduction_factor(arr.shape[0], arr.shape[1], target_size)
             photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
             if samples == 3:
-                image = _colour_to_unit(arr, ds)
+                image = _colour_to_unit(arr, ds, factor)
             elif photometric == "PALETTE COLOR":
-                image = _palette_to_unit(arr, ds)
+                image = _palette_to_unit(arr, ds, factor)
             else:
-                image = _grey_to_unit(arr, ds, window, name)
+                image = _grey_to_unit(arr, ds, window, name, factor)
                 if photometric == "MONOCHROME1":
                     image = 1.0 - image
         except (CorruptFileError, InvalidInputError):
@@ -99,8 +113,17 @@ def read_dicom(
     return np.ascontiguousarray(image, dtype=np.float32), meta
 
 
-def _grey_to_unit(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None, name: str) -> np.ndarray:
-    values = apply_modality_lut(arr, ds).astype(np.float64)
+def _grey_to_unit(
+    arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None, name: str, factor: int = 1
+) -> np.ndarray:
+    if factor > 1 and "ModalityLUTSequence" not in ds:
+        values = apply_modality_lut(box_reduce(arr, factor), ds)
+        sample = apply_modality_lut(range_sample(arr, factor), ds)
+    else:
+        # A Modality LUT is indexed by the stored integers, so it runs before averaging.
+        full = apply_modality_lut(arr, ds)
+        values, sample = box_reduce(full, factor), range_sample(full, factor)
+    values = values.astype(np.float64)
     if window is not None:
         return apply_window(values, *window)
     if "VOILUTSequence" in ds:
@@ -114,7 +137,7 @@ def _grey_to_unit(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | No
             return np.clip((out - low) / (high - low), 0.0, 1.0)
         except Exception as err:
             logger.debug("%s: ignoring unusable window (%s); rescaling to the data range", name, err)
-    return robust_rescale(values)
+    return robust_rescale(values, sample=sample)
 
 
 def _window_output_range(ds: Dataset) -> tuple[float, float]:
@@ -134,16 +157,16 @@ def _window_output_range(ds: Dataset) -> tuple[float, float]:
     return low, high
 
 
-def _colour_to_unit(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+def _colour_to_unit(arr: np.ndarray, ds: Dataset, factor: int = 1) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
-        return robust_rescale(arr.astype(np.float64))
+        return robust_rescale(box_reduce(arr, factor), sample=range_sample(arr, factor))
     bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
-    return np.clip(arr.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
+    return np.clip(box_reduce(arr, factor).astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
 
 
-def _palette_to_unit(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+def _palette_to_unit(arr: np.ndarray, ds: Dataset, factor: int = 1) -> np.ndarray:
     rgb = apply_color_lut(arr, ds)
-    return rgb.astype(np.float64) / float(np.iinfo(rgb.dtype).max)
+    return box_reduce(rgb, factor).astype(np.float64) / float(np.iinfo(rgb.dtype).max)
 
 
 def _spacing(ds: Dataset) -> tuple[float, float] | None:

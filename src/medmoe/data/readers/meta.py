@@ -15,7 +15,8 @@ class ImageMeta:
         modality: medmoe's modality name (one of ``MODALITIES``) when the file says which, else None.
         source_modality: the modality as the file spells it (DICOM code such as ``"CR"``), or None.
         body_part: lower-case body part when known (DICOM BodyPartExamined), else None.
-        spacing: pixel spacing in mm as (row, col) when known and positive, else None.
+        spacing: pixel spacing in mm as (row, col) of the stored pixels when known and positive, else None
+            (an image read with ``target_size`` has coarser pixels: ``original_shape`` over its own shape).
         photometric: the photometric interpretation of the stored pixels (``"MONOCHROME1"``,
             ``"RGB"``, ``"PALETTE COLOR"``, ...; for Pillow images the PIL mode).
         original_shape: shape of the stored data (frames/slices included), e.g. ``(30, 240, 320, 3)``.

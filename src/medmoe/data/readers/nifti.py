@@ -44,6 +44,7 @@ def read_nifti(
     axial_slice: int | None = None,
     projection: str | None = None,
     window: tuple[float, float] | None = None,
+    target_size: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read an axial slice (default the middle one) or an axial projection of a NIfTI volume.
 
@@ -57,6 +58,8 @@ def read_nifti(
         axial_slice: slice index along the volume's inferior-superior axis.
         projection: ``"mip"`` (maximum) or ``"mean"`` along that axis instead of a slice.
         window: (center, width) in the volume's units (HU for CT); default a robust percentile range.
+        target_size: accepted for symmetry with the other readers and ignored: slices are small and a
+            volume is read whole anyway, so the slice comes back at full resolution.
 
     Returns:
         ``(image, meta)``: float32 ``(H, W)`` in [0, 1] and :class:`ImageMeta`.
