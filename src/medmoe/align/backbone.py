@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from transformers import SwinBackbone, SwinConfig
+from transformers.models.swin.modeling_swin import SwinStage
 
 from medmoe.align.config import BackboneConfig
 from medmoe.errors import CorruptFileError, InvalidInputError
@@ -84,6 +85,11 @@ class SwinPyramid(nn.Module):
         super().__init__()
         self.config = config
         self.swin = SwinBackbone(swin_config(config))
+        # SwinModel's final norm feeds only its pooled output, which a backbone never returns: left trainable,
+        # it would be a parameter without a gradient in every step (DDP without find_unused_parameters fails).
+        self.swin.swin.layernorm.requires_grad_(False)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.swin)
         channels = tuple(int(c) for c in self.swin.channels)
         self.feature_info = FeatureInfo(channels, tuple(config.patch_size * 2**s for s in range(4)))
         self.check_size(config.image_size, config.image_size)
@@ -118,6 +124,23 @@ class SwinPyramid(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         features = list(self.swin(images).feature_maps)
         return Pyramid(features, features[-1].mean(dim=(2, 3)))
+
+
+def enable_gradient_checkpointing(swin: SwinBackbone) -> None:
+    """Recompute every Swin block in the backward pass instead of keeping its activations (training only).
+
+    Only the blocks are checkpointed: HF also checkpoints each stage around its blocks, and that nesting
+    runs every block's forward three times instead of two for little more memory saved (a stage input
+    instead of its blocks' inputs).
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(swin, "activation_checkpointing_enable"):  # transformers >= 5.x deprecates the older name
+        swin.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        swin.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for module in swin.modules():
+        if isinstance(module, SwinStage):
+            module.gradient_checkpointing = False
 
 
 # transformers 4.x -> 5.x Swin parameter names (order matters: "attention.output.dense" before "output.dense").

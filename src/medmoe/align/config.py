@@ -25,6 +25,8 @@ class BackboneConfig:
         weights: None (random init), a local Hugging Face Swin directory (config.json + weights), or a
             MedCLIP-style checkpoint file whose vision keys are remapped (``pytorch_model.bin`` /
             ``.safetensors``). Never a hub name.
+        gradient_checkpointing: recompute each Swin block's activations in the backward pass instead of
+            keeping them (less memory for a longer step; training only, outputs unchanged).
     """
 
     image_size: int = 224
@@ -35,6 +37,13 @@ class BackboneConfig:
     window_size: int = 7
     drop_path_rate: float = 0.1
     weights: str | None = None
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise InvalidInputError(
+                f"backbone.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
+            )
 
 
 @dataclass
