@@ -91,6 +91,25 @@ class MedMoE(PretrainedMixin, nn.Module):
         return self.config.num_experts
 
     @property
+    def may_leave_parameters_unused(self) -> bool:
+        """Whether a training step can leave a trainable parameter without a gradient (DDP's
+        ``find_unused_parameters``, see :func:`medmoe.train.distributed.may_leave_parameters_unused`).
+
+        True with K > 1 (an expert no sample chose), when a router is idle (``route_by="image"`` never calls
+        the text router; the image router learns from ``distill_loss`` alone), when a contrastive term is off
+        (its projections then get no gradient) or when the whole text tower trains (its pooler is unused).
+        """
+        c = self.config
+        return (c.num_experts > 1 or c.route_by == "image" or not c.distill_loss_weight
+                or not (c.global_loss_weight and c.local_loss_weight) or c.text.freeze == "none")
+
+    @property
+    def compile_targets(self) -> list[nn.Module]:
+        """What ``--compile`` compiles: the tensor-only parts. The forward reads report strings, so a
+        whole-model graph would be recompiled for every new batch of reports."""
+        return [self.backbone.swin, *self.moe.experts]
+
+    @property
     def logit_scale(self) -> Tensor:
         """The global InfoNCE scale, clamped to [1, 100]."""
         return self.log_logit_scale.exp().clamp(1.0, MAX_LOGIT_SCALE)

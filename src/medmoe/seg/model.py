@@ -116,6 +116,23 @@ class MoME(nn.Module, PretrainedMixin):
         return self.experts.num_experts
 
     @property
+    def may_leave_parameters_unused(self) -> bool:
+        """Whether a training step can leave a trainable parameter without a gradient (DDP's
+        ``find_unused_parameters``, see :func:`medmoe.train.distributed.may_leave_parameters_unused`).
+
+        Every scale expert runs and is gated softly for every prompted class, and the heads are generated
+        per class, so the whole network takes part in every step; only a text tower that trains whole
+        leaves its pooler unused.
+        """
+        return self.config.text.freeze == "none"
+
+    @property
+    def compile_targets(self) -> list[nn.Module]:
+        """What ``--compile`` compiles: the SwinUNETR and the scale experts (tensor-only, fixed shapes). The
+        forward reads prompt strings, so a whole-model graph would be recompiled per set of classes."""
+        return [self.backbone, self.experts]
+
+    @property
     def text_dim(self) -> int:
         return self.text.width
 

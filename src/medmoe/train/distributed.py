@@ -33,6 +33,7 @@ __all__ = [
     "gather_with_grad",
     "is_distributed",
     "is_main",
+    "may_leave_parameters_unused",
     "rank",
     "setup_distributed",
     "teardown_distributed",
@@ -137,16 +138,49 @@ def teardown_distributed(env: DistEnv, *, synchronize: bool = True) -> None:
         close_process_group(synchronize=synchronize)
 
 
+# The attribute a model declares (a bool, usually a property) to tell DDP whether a training step can
+# leave one of its trainable parameters without a gradient.
+UNUSED_PARAMETERS_ATTR = "may_leave_parameters_unused"
+
+
+def may_leave_parameters_unused(model: nn.Module) -> bool:
+    """Whether DDP must look for parameters that a step did not use (``find_unused_parameters``).
+
+    A model answers through its ``may_leave_parameters_unused`` attribute: True when some step can leave a
+    trainable parameter out of the graph (a Mixture-of-Experts expert that no local sample chose, a router
+    that is never called, a branch whose loss is switched off), False when every trainable parameter
+    takes part in every step (a static graph, where the search is a wasted graph traversal per step).
+    A model that does not declare it gets True: slower but correct, whereas a wrong False makes DDP fail
+    at the next step with "Expected to have finished reduction in the prior iteration".
+
+    Raises:
+        InvalidInputError: the attribute is present but not a bool.
+    """
+    declared = getattr(model, UNUSED_PARAMETERS_ATTR, None)
+    if declared is None:
+        return True
+    if not isinstance(declared, bool):
+        raise InvalidInputError(
+            f"{type(model).__name__}.{UNUSED_PARAMETERS_ATTR} is {declared!r}: expected True or False"
+        )
+    return declared
+
+
 def wrap_model(model: nn.Module, env: DistEnv) -> nn.Module:
     """DDP-wrap ``model`` when distributed; otherwise return it unchanged.
 
-    ``find_unused_parameters=True`` because a Mixture-of-Experts expert that no local sample chose
-    gets no gradient on that rank in that step; DDP must still take part in its all-reduce.
+    ``find_unused_parameters`` follows :func:`may_leave_parameters_unused`: a Mixture-of-Experts expert
+    that no local sample chose gets no gradient on that rank in that step, and DDP must still take part in
+    its all-reduce; a model whose every parameter is used in every step skips that search.
     """
     if env.world_size <= 1:
         return model
+    find_unused = may_leave_parameters_unused(model)
+    if env.is_main:
+        logger.info("DDP over %d ranks, find_unused_parameters=%s (%s.%s)", env.world_size, find_unused,
+                    type(model).__name__, UNUSED_PARAMETERS_ATTR)
     device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
