@@ -172,9 +172,12 @@ def test_text_cache_gives_the_same_outputs_and_needs_a_frozen_tower(batch):
     assert model.warm_text_cache(reports + reports[:1], batch_size=3) == 4
     with torch.no_grad():
         warmed = model(images, reports, modality=modality, return_loss=True)
-    assert torch.allclose(plain["loss"], warmed["loss"], atol=1e-5)
+    # the cache holds float16 copies on the CPU: equal to the float32 outputs up to float16 rounding
+    assert torch.allclose(plain["loss"], warmed["loss"], rtol=2e-3, atol=2e-3)
     for key in ("text_embeds", "word_features", "loss"):
-        assert torch.allclose(plain[key], cached[key], atol=1e-5), key
+        assert torch.allclose(plain[key], cached[key], rtol=2e-3, atol=2e-3), key
+    sentence, words, _ = model._text_cache[reports[0]]
+    assert sentence.dtype == words.dtype == torch.float16 and words.device.type == "cpu"
     assert torch.equal(plain["word_mask"], cached["word_mask"]) and plain["words"] == cached["words"]
     with pytest.raises(InvalidInputError, match="frozen"):
         tiny_model().enable_text_cache()

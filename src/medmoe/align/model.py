@@ -118,9 +118,11 @@ class MedMoE(PretrainedMixin, nn.Module):
     def enable_text_cache(self, enabled: bool = True) -> None:
         """Remember the frozen text tower's output per report (training on a fixed corpus re-reads it).
 
-        A report met in training is encoded on its own (no padding), so its cached output does not depend
-        on the batch it first appeared in and a resumed run computes exactly what an uninterrupted one did;
-        :meth:`warm_text_cache` fills it in batches up front. The cache is not part of the saved model.
+        Entries are kept on the CPU in float16 (sentence + word features: ``(1 + words) x width x 2`` bytes a
+        report), so the cache costs host memory, not accelerator memory. A report met in training is encoded
+        on its own (no padding), so its cached output does not depend on the batch it first appeared in and a
+        resumed run computes exactly what an uninterrupted one did; :meth:`warm_text_cache` fills it in
+        batches up front. The cache is not part of the saved model.
 
         Raises:
             InvalidInputError: the text tower is not frozen (its output changes while training).
@@ -129,25 +131,43 @@ class MedMoE(PretrainedMixin, nn.Module):
             raise InvalidInputError("the text cache needs a frozen text tower (text.freeze='all')")
         self._text_cache = {} if enabled else None
 
+    def text_cache_bytes(self, reports: int) -> int:
+        """Host memory the cache needs for ``reports`` distinct reports (at most ``max_length`` words each)."""
+        return int(reports) * (1 + int(self.config.text.max_length)) * int(self.text.width) * 2
+
+    def _store(self, report: str, sentence: Tensor, words: Tensor, word_text: list[str]) -> None:
+        self._text_cache[report] = (sentence.detach().to("cpu", torch.float16),
+                                    words.detach().to("cpu", torch.float16), list(word_text))
+
     @torch.no_grad()
     def warm_text_cache(self, reports: list[str], *, batch_size: int = 64, progress: bool = False) -> int:
         """Encode the unique ``reports`` into the cache in batches (much faster than one by one).
 
         Reports are taken in sorted order in fixed batches, so the cached values depend only on the set of
-        reports (a resumed run warms identically). Returns the number of reports added.
+        reports (a resumed run warms identically). Under ``torch.distributed`` each rank encodes every
+        world-size-th batch and the ranks exchange their parts, so the corpus is encoded once, not once per
+        rank, and every rank ends with the same cache. Returns the number of reports added.
         """
         from tqdm import tqdm
+
+        from medmoe.distributed import all_gather_objects, rank, world_size
 
         if self._text_cache is None:
             raise InvalidInputError("call enable_text_cache() before warm_text_cache()")
         todo = sorted({r for r in reports if r not in self._text_cache})
-        for start in tqdm(range(0, len(todo), batch_size), desc="text cache", disable=not progress, leave=False):
+        starts = list(range(0, len(todo), batch_size))[rank()::world_size()]
+        mine: dict[str, tuple[Tensor, Tensor, list[str]]] = {}
+        for start in tqdm(starts, desc="text cache", disable=not progress, leave=False):
             chunk = todo[start:start + batch_size]
             out = self.text(chunk)
             for b, report in enumerate(chunk):
                 n = len(out.word_text[b])
-                self._text_cache[report] = (out.sentence[b].clone(), out.words[b, :n].clone(), out.word_text[b])
-        log.info("text cache: %d reports encoded (%d cached)", len(todo), len(self._text_cache))
+                self._store(report, out.sentence[b], out.words[b, :n], out.word_text[b])
+                mine[report] = self._text_cache[report]
+        for part in all_gather_objects(mine):
+            self._text_cache.update(part)
+        log.info("text cache: %d reports encoded (%d cached, %.2f GB in host memory)", len(todo),
+                 len(self._text_cache), self.text_cache_bytes(len(self._text_cache)) / 1e9)
         return len(todo)
 
     def _text(self, reports: list[str]) -> TextOutput:
@@ -160,17 +180,19 @@ class MedMoE(PretrainedMixin, nn.Module):
             if report not in cache:
                 with torch.no_grad():
                     one = self.text([report])
-                cache[report] = (one.sentence[0], one.words[0, : len(one.word_text[0])], one.word_text[0])
+                self._store(report, one.sentence[0], one.words[0, : len(one.word_text[0])], one.word_text[0])
         entries = [cache[r] for r in reports]
-        device = self.image_proj.weight.device  # the cache may predate a move of the model
+        device = self.image_proj.weight.device  # the cache lives on the CPU; the model may not
+        dtype = self.image_proj.weight.dtype
         width = max(1, max(e[1].shape[0] for e in entries))
-        words = torch.zeros(len(entries), width, entries[0][0].shape[-1], dtype=entries[0][0].dtype, device=device)
-        mask = torch.zeros(len(entries), width, dtype=torch.bool, device=device)
+        words = torch.zeros(len(entries), width, entries[0][0].shape[-1], dtype=dtype)
+        mask = torch.zeros(len(entries), width, dtype=torch.bool)
         for b, (_, w, _) in enumerate(entries):
-            words[b, : w.shape[0]] = w.to(device)
+            words[b, : w.shape[0]] = w
             mask[b, : w.shape[0]] = True
-        sentence = torch.stack([e[0] for e in entries]).to(device)
-        return TextOutput(sentence, words, mask, [list(e[2]) for e in entries])
+        sentence = torch.stack([e[0] for e in entries]).to(dtype)
+        return TextOutput(sentence.to(device), words.to(device, non_blocking=True), mask.to(device),
+                          [list(e[2]) for e in entries])
 
     def encode_text(self, reports: list[str], *, normalize: bool = True) -> Tensor:
         """(B, E) report embeddings (L2-normalised by default)."""

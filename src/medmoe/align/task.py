@@ -50,7 +50,12 @@ class AlignTaskConfig:
         pretrained: load the pretrained parts the config names (text encoder weights).
         val_data, val_split, val_max: retrieval / routing check at validation time (None: no validation);
             ``val_data`` is a manifest or a shard source.
-        text_cache: cache a frozen text tower's outputs per report (see ``MedMoE.enable_text_cache``).
+        text_cache: cache a frozen text tower's outputs per report (see ``MedMoE.enable_text_cache``): on the
+            CPU in float16, built once (a manifest's reports are encoded up front, split across ranks and
+            exchanged; a shard stream's as they are met). Off by itself when the text tower trains, or when
+            the corpus would need more than ``text_cache_gb`` of host memory (then every step encodes its
+            reports).
+        text_cache_gb: host-memory budget of the text cache, in GB (per process).
         upcycle_steps: sparse upcycling (Komatsuzaki et al., ICLR 2023): for the first N steps expert 0
             runs wherever any expert is routed (the routers still learn their routes), then its weights are
             copied into every expert and each specialises from there. 0 = off (experts start from their own
@@ -69,6 +74,7 @@ class AlignTaskConfig:
     val_split: str | None = "val"
     val_max: int = 256
     text_cache: bool = True
+    text_cache_gb: float = 4.0
     upcycle_steps: int = 0
 
 
@@ -145,14 +151,29 @@ class AlignTask:
                                          seed=cfg.seed, progress=is_main_process())
             if self._dataset.num_samples == 0:
                 raise InvalidInputError(f"{cfg.data}: no training sample of split {cfg.split!r} in the shards")
+            self._budget_text_cache(self._dataset.num_samples)
             return self._dataset
         self._dataset = ImageReportDataset(cfg.data, split=cfg.split, image_size=self.image_size,
                                            train=cfg.augment, seed=cfg.seed)
         if len(self._dataset) == 0:
             raise InvalidInputError(f"{cfg.data}: no training row in split {cfg.split!r}")
-        if self._model is not None and getattr(self._model, "_text_cache", None) is not None:
-            self._model.warm_text_cache([clean_report(r.report) for r in self._dataset.rows])
+        reports = sorted({clean_report(r.report) for r in self._dataset.rows})
+        if self._budget_text_cache(len(reports)):
+            self._model.warm_text_cache(reports, progress=is_main_process())
         return self._dataset
+
+    def _budget_text_cache(self, reports: int) -> bool:
+        """Keep the text cache only if ``reports`` fit in ``text_cache_gb``; True when it is on."""
+        model = self._model
+        if model is None or getattr(model, "_text_cache", None) is None:
+            return False
+        need = model.text_cache_bytes(reports)
+        if need > self.config.text_cache_gb * 1e9:
+            model.enable_text_cache(False)
+            log.info("text cache off: %d reports would take %.1f GB of host memory (text_cache_gb=%g); "
+                     "each step encodes its reports", reports, need / 1e9, self.config.text_cache_gb)
+            return False
+        return True
 
     def collate(self, samples: list[Any]) -> dict[str, Any]:
         """Stack a batch; each bad sample is reported and its slot refilled with another dataset item.

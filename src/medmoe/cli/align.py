@@ -40,6 +40,9 @@ def _add_train(group: argparse._SubParsersAction) -> None:
                    help="validation manifest or shards (retrieval, routing)")
     g.add_argument("--val-split", default="val")
     g.add_argument("--val-max", type=int, default=256, help="validation pairs at most")
+    g.add_argument("--text-cache-gb", type=float, default=4.0, metavar="GB",
+                   help="host memory for caching a frozen text tower's outputs (float16 on the CPU); a corpus "
+                        "that needs more trains without the cache (default 4)")
     g.add_argument("--upcycle-steps", type=int, default=0, metavar="N",
                    help="sparse upcycling: one shared expert for the first N steps, then copied into all "
                         "experts (default 0: off)")
@@ -115,6 +118,7 @@ def run_train(args: argparse.Namespace) -> int:
         data=args.data, model=args.model, overrides=overrides, split=args.split or None, image_size=args.image_size,
         augment=not args.no_augment, seed=args.seed, pretrained=not args.random_text, val_data=args.val_data,
         val_split=args.val_split, val_max=args.val_max, upcycle_steps=args.upcycle_steps,
+        text_cache_gb=args.text_cache_gb,
     )
     result = run_training(AlignTask(config), args)
     if is_main():

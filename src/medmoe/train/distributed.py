@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from medmoe.distributed import gather_with_grad, is_distributed, rank, world_size
+from medmoe.distributed import all_gather_objects, gather_with_grad, is_distributed, rank, world_size
 from medmoe.errors import InvalidInputError
 
 __all__ = [
@@ -219,11 +219,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` as a list indexed by rank (``[obj]`` when not distributed)."""
-    if not is_distributed():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    return all_gather_objects(obj)
 
 
 class ResumableSampler(Sampler[int]):
