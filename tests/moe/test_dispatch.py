@@ -135,3 +135,31 @@ def test_tied_experts_run_expert_zero_with_the_router_gates_then_upcycle_copies_
     with torch.no_grad():
         layer.experts[1][0].weight.add_(1.0)  # copies, not shared storage
     assert not torch.equal(layer.experts[1][0].weight, layer.experts[0][0].weight)
+
+
+def test_sparse_dispatch_reads_the_device_once(monkeypatch):
+    """Each read of a device value stalls a CUDA stream: the routing must be read back in a single one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    host_reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: host_reads.append(self.shape) or tolist(self))
+    torch.manual_seed(6)
+    experts = mlp_experts(6)
+    route = Router(8, 6, gating="topk", top_k=2)(torch.randn(12, 8))
+    with torch.no_grad(), RecordOps() as recorded:
+        out = sparse_dispatch(experts, torch.randn(12, 16), route.expert_index, route.gates)
+    # _local_scalar_dense is what .item(), int() and bool() of a tensor run.
+    syncing = {"nonzero", "_unique2", "unique_dim", "bincount", "masked_select", "_local_scalar_dense"}
+    assert not syncing & set(recorded.ops), sorted(syncing & set(recorded.ops))
+    assert host_reads == [torch.Size([6])]  # the per-expert counts
+    assert out.shape == (12, 16)

@@ -2,7 +2,9 @@
 
 :func:`sparse_dispatch` runs only the experts that some input was sent to: it groups the rows of the
 batch by expert, runs each hit expert once on its rows, scales by the gate and ``index_add_``s the result
-back. :func:`dense_dispatch` runs every expert on every row and is kept as the reference the tests check
+back. Which experts run is decided on the host, so the sparse path reads one small tensor back from the
+device per call (the rows each expert received) and nothing else: no ``unique``, ``nonzero`` or scalar
+reads, each of which would stall a CUDA stream once more. :func:`dense_dispatch` runs every expert on every row and is kept as the reference the tests check
 the sparse path against.
 
 A row is whatever the experts consume: a whole sample (MedMoE routes one expert per image over its whole
@@ -59,8 +61,24 @@ def _check(experts: Sequence[nn.Module], expert_index: Tensor, gates: Tensor, n:
         raise InvalidInputError(
             f"expert_index and gates must both be (N={n}, k); got {tuple(expert_index.shape)} and {tuple(gates.shape)}"
         )
-    if expert_index.numel() and (int(expert_index.min()) < 0 or int(expert_index.max()) >= len(experts)):
-        raise InvalidInputError(f"expert_index out of range [0, {len(experts)})")
+
+
+def _out_of_range_error(flat_expert: Tensor, num_experts: int) -> InvalidInputError:
+    bad = flat_expert[(flat_expert < 0) | (flat_expert >= num_experts)]
+    return InvalidInputError(f"expert_index holds {int(bad[0])}: out of range [0, {num_experts})")
+
+
+def _expert_counts(flat_expert: Tensor, num_experts: int) -> list[int]:
+    """Slots routed to each expert, read to the host in the dispatch's only synchronisation.
+
+    Counting by comparison with ``arange(K)`` (not ``bincount``, which synchronises once more on CUDA to size
+    its output) also checks the range: an index outside ``[0, K)`` matches no expert, so the counts fall short.
+    """
+    hits = flat_expert.unsqueeze(1) == torch.arange(num_experts, device=flat_expert.device)
+    counts = hits.sum(dim=0).tolist()
+    if sum(counts) != flat_expert.numel():
+        raise _out_of_range_error(flat_expert, num_experts)
+    return counts
 
 
 def sparse_dispatch(experts: Sequence[nn.Module], inputs: Inputs, expert_index: Tensor, gates: Tensor) -> Tensor:
@@ -80,14 +98,19 @@ def sparse_dispatch(experts: Sequence[nn.Module], inputs: Inputs, expert_index: 
     k = expert_index.shape[1]
     flat_expert = expert_index.reshape(-1)
     flat_gate = gates.reshape(-1)
-    flat_row = torch.arange(n, device=expert_index.device).repeat_interleave(k)
-    hit = torch.unique(flat_expert).tolist()
-    if k == 1 and len(hit) == 1:  # the whole batch went to one expert: no gather, no scatter
-        return _scale(_call(experts[hit[0]], inputs), flat_gate, inputs)
+    counts = _expert_counts(flat_expert, len(experts))
+    if k == 1 and n and max(counts) == n:  # the whole batch went to one expert: no gather, no scatter
+        return _scale(_call(experts[counts.index(n)], inputs), flat_gate, inputs)
+    # Slots sorted by expert: each expert's slots are one contiguous slice, cut with the host-side counts.
+    order = torch.argsort(flat_expert, stable=True)
     out: Tensor | None = None
-    for e in hit:
-        slots = (flat_expert == e).nonzero(as_tuple=True)[0]
-        rows = flat_row.index_select(0, slots)
+    start = 0
+    for e, count in enumerate(counts):
+        if not count:
+            continue
+        slots = order[start : start + count]
+        start += count
+        rows = slots // k if k > 1 else slots  # slot n * k + j is row n's j-th choice
         picked = _rows(inputs, rows)
         y = _scale(_call(experts[e], picked), flat_gate.index_select(0, slots), picked)
         if out is None:
@@ -106,6 +129,10 @@ def dense_dispatch(experts: Sequence[nn.Module], inputs: Inputs, expert_index: T
     """Reference: run every expert on every row, weight by a (N, K) combine matrix built from the routing."""
     n = _num_rows(inputs)
     _check(experts, expert_index, gates, n)
+    # scatter_add would fail on a bad index only by a device-side assert on CUDA; a compiled graph skips the
+    # check rather than break at a data-dependent branch.
+    if not torch.compiler.is_compiling() and bool(((expert_index < 0) | (expert_index >= len(experts))).any()):
+        raise _out_of_range_error(expert_index.reshape(-1), len(experts))
     combine = gates.new_zeros((n, len(experts))).scatter_add(1, expert_index, gates)
     outputs = torch.stack([_call(expert, inputs) for expert in experts], dim=1)  # (N, K, ...)
     combine = combine.to(outputs.dtype).view(n, len(experts), *([1] * (outputs.dim() - 2)))
