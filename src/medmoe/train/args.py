@@ -53,6 +53,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                    help="validate every N steps (0: only at the end, if the task validates)")
     g.add_argument("--max-nonfinite-steps", type=int, default=d.max_nonfinite_steps,
                    help="abort after this many consecutive steps with a non-finite loss")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (its compile_targets); falls back to eager if compiling fails")
+    g.add_argument("--compile-backend", default=d.compile_backend, metavar="NAME",
+                   help="torch.compile backend: inductor (default), aot_eager, eager (debugging), ...")
     g.add_argument("--resume", metavar="latest|PATH",
                    help="continue from the newest complete checkpoint in RUN_DIR (latest) or from PATH")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")

@@ -20,6 +20,9 @@ class TrainConfig:
 
     One optimiser step consumes ``accum_steps`` micro-batches of ``batch_size`` samples on each rank:
     the global batch is ``batch_size * accum_steps * world_size``.
+
+    ``compile`` runs ``torch.compile`` with ``compile_backend`` on the model's ``compile_targets`` (see
+    :mod:`medmoe.train.compile`); a backend that fails on the trial step falls back to eager with a warning.
     """
 
     out: Path
@@ -42,6 +45,8 @@ class TrainConfig:
     resume: str | None = None
     progress: bool = True
     max_nonfinite_steps: int = 10
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -64,6 +69,8 @@ class TrainConfig:
             raise InvalidInputError(f"--min-lr-ratio {self.min_lr_ratio!r}: expected a value in [0, 1]")
         if self.amp not in AMP_MODES:
             raise InvalidInputError(f"--amp {self.amp!r}: expected one of {AMP_MODES}")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise InvalidInputError(f"--compile-backend {self.compile_backend!r}: expected a backend name")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise InvalidInputError(f"--device {self.device!r}: expected one of {DEVICES} or 'cuda:N'")
 

@@ -7,7 +7,8 @@ Run directory layout (``--out RUN_DIR``)::
     tb/                  TensorBoard scalars (rank 0)
     checkpoints/         step_XXXXXXX.pt, the newest --keep-ckpts of them
     model/               task.export(model, RUN_DIR/model) at the end (save_pretrained by default)
-    summary.json         steps, final losses, bad samples, non-finite steps, wall time, samples/s
+    summary.json         steps, final losses, bad samples, non-finite steps, wall time, samples/s,
+                         data_wait_s / data_wait_share (time this run's steps waited for batches), compile
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from medmoe.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from medmoe.train.compile import compile_in_place, uncompile
 from medmoe.train.config import TrainConfig
 from medmoe.train.data import BatchStream, move_to_device
 from medmoe.train.distributed import (
@@ -119,6 +121,9 @@ class _Run:
         self.device = env.device
         self.run_dir = cfg.out
         self.ckpt_dir = checkpoint_dir(cfg.out)
+        self.compiled: str | None = None  # the torch.compile backend in use
+        self.data_wait_s = 0.0  # this run's time in next(stream), and in whole steps (rank-local)
+        self.step_s = 0.0
 
     # ---- set-up -------------------------------------------------------------------------------------
 
@@ -224,6 +229,58 @@ class _Run:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["step"], epoch, position)
         return epoch, position
 
+    # ---- torch.compile ------------------------------------------------------------------------------
+
+    def _compile(self, model: nn.Module, dataset: Any) -> str | None:
+        """Compile ``model`` in place and try it on a trial step; the backend, or None after falling back.
+
+        Compilation happens at the first call, so a missing C compiler or an operation the backend cannot
+        handle shows up only then: the trial step finds out before training starts, instead of failing the
+        run at its first step. Ranks decide together (a failure on any rank makes every rank run eagerly),
+        assuming that a compiler failure stops every rank before the step's collectives.
+        """
+        backend = self.cfg.compile_backend
+        targets = compile_in_place(model, backend)
+        started = time.perf_counter()
+        failure: Exception | None = None
+        try:
+            self._trial_step(model, dataset)
+        except Exception as err:  # noqa: BLE001 - whatever the compiler raised, training goes on eagerly
+            failure = err
+        if all_reduce_sum(1.0 if failure is not None else 0.0) == 0:
+            if self.env.is_main:
+                logger.info("--compile: %s compiled %d module(s) in %.1f s (trial step)", backend, len(targets),
+                            time.perf_counter() - started)
+            return backend
+        uncompile(targets)
+        if self.env.is_main:
+            reason = "on another rank" if failure is None else f"{type(failure).__name__}: {failure}"
+            logger.warning("--compile: backend %s failed on the trial step (%s); training without torch.compile",
+                           backend, " ".join(reason.split())[:600])
+        return None
+
+    def _trial_step(self, model: nn.Module, dataset: Any) -> None:
+        """Forward and backward of the dataset's first batch on the bare model, leaving no trace: gradients,
+        buffers (BatchNorm statistics) and RNG states are as before, and the data stream is not touched."""
+        samples = [dataset[i] for i in range(min(len(dataset), self.cfg.batch_size))]
+        batch = self.task.collate(samples)
+        if isinstance(batch, dict):
+            batch.pop("bad", None)
+        batch = move_to_device(batch, self.device)
+        rng = capture_rng_state(self.device)
+        buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        try:
+            with self.precision.autocast():
+                out = self.task.training_step(model, batch)
+            loss, _ = split_step_output(out)
+            loss.backward()
+        finally:
+            model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            restore_rng_state(rng, self.device)
+
     # ---- steps --------------------------------------------------------------------------------------
 
     def _report_bad(self, bad: list[Any]) -> None:
@@ -236,11 +293,15 @@ class _Run:
 
     def _train_step(self, stop: StopRequest) -> tuple[dict[str, float], bool]:
         cfg = self.cfg
+        started = time.perf_counter()
+        waited = 0.0
         acc = StepAccumulator()
         bad_here = 0
         ddp = isinstance(self.model, DistributedDataParallel)
         for micro in range(cfg.accum_steps):
+            before = time.perf_counter()
             batch = next(self.stream)
+            waited += time.perf_counter() - before
             if not isinstance(batch, dict):
                 raise InvalidInputError(f"collate returned {type(batch).__name__}: expected a dict batch")
             bad = list(batch.pop("bad", None) or [])
@@ -266,6 +327,7 @@ class _Run:
         values = {k: v / self.env.world_size for k, v in zip(keys, reduced[: len(keys)])}
         self.bad_total += int(round(reduced[-2]))
         values["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        values["data_wait_s"] = waited  # this rank's: where loading falls behind, it does so rank by rank
 
         if all_finite(values):
             self.consecutive_nonfinite = 0
@@ -291,6 +353,8 @@ class _Run:
             # A skipped first step makes torch warn about the call order; the schedule stays tied to steps.
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
+        self.data_wait_s += waited
+        self.step_s += time.perf_counter() - started
         return values, reduced[-1] > 0
 
     def _validate(self) -> dict[str, float]:
@@ -351,6 +415,7 @@ class _Run:
             world_size=env.world_size, seed=cfg.seed, workers=cfg.workers,
             pin_memory=self.device.type == "cuda", epoch=epoch, position=position, consumed=self.resume_consumed,
         )
+        self.compiled = self._compile(model, dataset) if cfg.compile else None
         self.model = wrap_model(model, env)
         self.model.train()
         if env.is_main:
@@ -447,6 +512,9 @@ class _Run:
             "world_size": self.env.world_size,
             "device": str(self.device),
             "precision": self.precision.name,
+            "compile": self.compiled,
+            "data_wait_s": round(self.data_wait_s, 3),
+            "data_wait_share": round(self.data_wait_s / self.step_s, 4) if self.step_s > 0 else None,
             "resumed_from": str(result.resumed_from) if result.resumed_from else None,
             "checkpoint": str(result.checkpoint),
             "model_dir": str(result.model_dir),

@@ -19,6 +19,12 @@ Optional methods (the trainer checks with ``getattr``; :class:`TaskBase` provide
     param_groups(model) -> list[dict]                     # AdamW groups; default: no decay on biases/norms
     export(model, directory: Path) -> None                # rank 0, bare module; default save_pretrained
 
+Optional attributes of the model that ``build_model()`` returns::
+
+    may_leave_parameters_unused: bool     # False: every step uses every trainable parameter (DDP skips
+                                          # its search for unused ones); absent: True, the safe default
+    compile_targets: list[nn.Module]      # what --compile compiles (its tensor-only parts); absent: all
+
 Contract details:
 
 * ``build_model()`` and ``train_dataset()`` are called once per run, on every rank, right after the RNGs
