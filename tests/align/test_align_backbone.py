@@ -102,3 +102,63 @@ def test_weights_that_are_not_a_swin_are_refused(tmp_path):
         load_backbone_weights(SwinPyramid(TINY), str(tmp_path / "junk.bin"))
     with pytest.raises(InvalidInputError, match="no such file"):
         load_backbone_weights(SwinPyramid(TINY), str(tmp_path / "missing"))
+
+
+# --- uint8 batches, normalised on the device --------------------------------------------------------------
+
+
+def _pictures(n: int = 2, size: int = 64) -> list:
+    """Smooth float pictures in [0, 1] with some texture, as a reader returns them (H, W)."""
+    g = torch.Generator().manual_seed(7)
+    y, x = torch.meshgrid(torch.linspace(0, 1, size + 10), torch.linspace(0, 1, size + 20), indexing="ij")
+    return [((0.3 + 0.4 * x + 0.2 * torch.sin(9 * y + k)) + 0.05 * torch.rand(x.shape, generator=g)).clamp(0, 1)
+            .numpy() for k in range(n)]
+
+
+def test_uint8_batches_give_the_float_path_outputs():
+    from medmoe.data.transforms import ImageTransform
+
+    net = SwinPyramid(TINY).eval()
+    pictures = _pictures()
+    old = torch.stack([ImageTransform(image_size=64, normalized=True)(p) for p in pictures])  # float path
+    new = torch.stack([ImageTransform(image_size=64)(p) for p in pictures])  # uint8 path
+    assert new.dtype == torch.uint8
+    with torch.no_grad():
+        a, b = net(old), net(new)
+    # uint8 rounding moves inputs by at most 0.5/255: the outputs move by a small fraction of their size
+    # (measured: about 1% on average; a different picture moves them by about 65%).
+    scale = float(a.pooled.abs().mean())
+    assert float((a.pooled - b.pooled).abs().mean()) < 0.02 * scale
+    assert float((a.pooled - b.pooled).abs().max()) < 0.08 * scale
+    assert float((a.pooled[0] - a.pooled[1]).abs().mean()) > 0.2 * scale
+    for fa, fb in zip(a.features, b.features, strict=True):
+        assert float((fa - fb).abs().mean()) < 0.02 * float(fa.abs().mean())
+
+
+def test_uint8_input_is_normalised_by_the_backbone():
+    from medmoe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    net = SwinPyramid(TINY).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    by_hand = (images.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = net(images).pooled
+        assert torch.allclose(out, net(by_hand).pooled, atol=1e-5)
+        # a backbone that only cast (to 0..255 or to 0..1) would give these instead
+        for unnormalised in (images.float(), images.float() / 255):
+            assert not torch.allclose(out, net(unnormalised).pooled, atol=1e-2)
+        grey = images[:, :1]
+        assert torch.allclose(net(grey).pooled, net(grey.repeat(1, 3, 1, 1)).pooled, atol=1e-6)
+
+
+def test_model_embeds_uint8_and_normalised_float_images_alike():
+    from align_tiny import tiny_model
+
+    from medmoe.data.transforms import normalize_uint8_batch
+
+    model = tiny_model().eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(images), model.encode_image(normalize_uint8_batch(images)),
+                              atol=1e-5)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from data_helpers import dicom_file, make_manifest
+from PIL import Image
 from torch.utils.data import DataLoader
 
-from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report
+import medmoe.data.dataset as dataset_module
+from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report, sample_generator
 from medmoe.data.manifest import ManifestRow, read_manifest
 from medmoe.data.modalities import MODALITIES
+from medmoe.data.readers import read_image
+from medmoe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -22,7 +27,7 @@ def test_item_contents(tmp_path):
     assert len(ds) == 3
     item = ds[1]
     assert set(item) == {"image", "report", "modality", "labels", "index", "path"}
-    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
     assert item["report"] == "Finding number 1 in the left lung. Case 1."
     assert item["modality"] == MODALITIES.index("ct")  # "CT" in the manifest, normalised
     assert item["labels"] == ["label1"]
@@ -120,6 +125,7 @@ def test_collate_drops_and_reports_bad_samples(tmp_path):
     assert batch["bad"] == [BadSample(7, "/x.png", "broken")]
     empty = collate_image_report([BadSample(1, "/a", "r")], image_size=16)
     assert empty["images"].shape == (0, 3, 16, 16) and empty["reports"] == [] and len(empty["bad"]) == 1
+    assert batch["images"].dtype == torch.uint8 and empty["images"].dtype == torch.uint8
 
 
 def test_loader_counts_bad_samples_over_an_epoch(tmp_path):
@@ -131,3 +137,44 @@ def test_loader_counts_bad_samples_over_an_epoch(tmp_path):
         good += len(batch["reports"])
         bad += len(batch["bad"])
     assert (good, bad) == (3, 1)
+
+
+# --- decoding at the size that is needed, uint8 items -----------------------------------------------------
+
+
+def _large_jpeg(path, seed: int = 0):
+    """A 3000x2500 radiograph-like JPEG: gradient, ripple, a round opacity with sharp edges, noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:2500, 0:3000].astype(np.float32)
+    picture = 40 + 140 * x / 3000 + 30 * np.sin(y / 300) + 40 * (((x - 1500) ** 2 + (y - 1100) ** 2) < 400**2)
+    picture = np.clip(picture + rng.normal(0, 8, picture.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(picture).save(path, quality=92)
+    return path
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_items_decode_at_the_transform_decode_size(tmp_path, monkeypatch, train):
+    path = _large_jpeg(tmp_path / "chest.jpg")
+    decoded = []
+
+    def spy(*args, **kwargs):
+        image, meta = read_image(*args, **kwargs)
+        decoded.append((kwargs.get("target_size"), image.shape))
+        return image, meta
+
+    monkeypatch.setattr(dataset_module, "read_image", spy)
+    ds = ImageReportDataset([ManifestRow(image=str(path), report="FINDINGS: Round opacity.")], image_size=224,
+                            train=train, seed=4)
+    ds.set_epoch(1)
+    item = ds[0]
+    assert ds.transform.decode_size == 334
+    assert decoded == [(334, (313, 375))]  # libjpeg's 1/8 scale
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 224, 224)
+    # The old path: full-resolution decode, normalised float transform. Same picture within rounding and
+    # resampling, compared in [0, 1] units.
+    full, _ = read_image(path)
+    old = ImageTransform(image_size=224, train=train, normalized=True)(
+        full, generator=sample_generator(4, 1, 0) if train else None)
+    old = old * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    difference = (item["image"].float() / 255 - old).abs()
+    assert float(difference.mean()) < 1 / 255, f"{float(difference.mean()) * 255:.2f}/255"  # measured 0.3-0.4

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from medmoe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, resize_pad, rotate, to_tensor
+from medmoe.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTransform,
+    normalize_uint8_batch,
+    random_resized_crop_box,
+    resize_pad,
+    rotate,
+    to_tensor,
+    to_uint8,
+)
 from medmoe.errors import InvalidInputError
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _unnormalize(x: torch.Tensor) -> torch.Tensor:
+    """A transform's output back in [0, 1]: uint8 / 255, or float normalised with ImageNet mean / std."""
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
     return x * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 
 
@@ -28,7 +43,7 @@ def test_resize_pad_keeps_aspect_and_centres():
 
 def test_eval_transform_grey_to_normalised_three_channels():
     image = np.full((30, 60), 0.5, np.float32)
-    out = ImageTransform(image_size=32)(image)
+    out = ImageTransform(image_size=32, normalized=True)(image)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     restored = _unnormalize(out)
     assert torch.allclose(restored[:, 16, 16], torch.full((3,), 0.5), atol=1e-5)
@@ -40,7 +55,7 @@ def test_eval_transform_grey_to_normalised_three_channels():
 def test_rgb_input_keeps_its_colours():
     image = np.zeros((20, 20, 3), np.float32)
     image[..., 1] = 1.0
-    restored = _unnormalize(ImageTransform(image_size=16)(image))
+    restored = _unnormalize(ImageTransform(image_size=16, normalized=True)(image))
     assert torch.allclose(restored[:, 8, 8], torch.tensor([0.0, 1.0, 0.0]), atol=1e-5)
 
 
@@ -88,3 +103,65 @@ def test_invalid_transform_arguments(kwargs):
 def test_to_tensor_rejects_bad_shapes():
     with pytest.raises(InvalidInputError, match="shape"):
         to_tensor(np.zeros((4, 4, 4), np.float32))
+
+
+# --- uint8 output, normalised on the device ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_uint8_output_is_the_float_output_rounded(train):
+    image = np.random.default_rng(1).random((70, 90)).astype(np.float32)
+    u = ImageTransform(image_size=32, train=train)(image, generator=torch.Generator().manual_seed(2))
+    f = ImageTransform(image_size=32, train=train, normalized=True)(image, generator=torch.Generator().manual_seed(2))
+    assert u.dtype == torch.uint8 and u.shape == (3, 32, 32)
+    assert torch.equal(u[0], u[1]) and torch.equal(u[1], u[2])
+    # the same picture: at most half a grey level apart before normalisation
+    assert float((u.float() / 255 - _unnormalize(f)).abs().max()) <= 0.5 / 255 + 1e-6
+    # and normalising the uint8 batch on the "device" gives the float output within that rounding
+    batch = normalize_uint8_batch(u[None])
+    assert batch.dtype == torch.float32 and batch.shape == (1, 3, 32, 32)
+    assert float((batch[0] - f).abs().max()) <= 0.5 / 255 / min(IMAGENET_STD) + 1e-5
+
+
+def test_normalize_uint8_batch_formula_and_checks():
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    out = normalize_uint8_batch(images)
+    expected = (torch.tensor([0.0, 0.2, 1.0]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(out[1, :, 1, 0], expected, atol=1e-6)
+    grey = normalize_uint8_batch(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8), mean=(0.5,), std=(0.5,))
+    assert torch.allclose(grey, torch.ones(1, 1, 2, 2))
+    with pytest.raises(InvalidInputError, match="uint8"):
+        normalize_uint8_batch(images.float())
+    with pytest.raises(InvalidInputError, match="shape"):
+        normalize_uint8_batch(images[0])
+
+
+def test_uint8_output_rejects_custom_statistics_and_non_finite_pixels():
+    with pytest.raises(InvalidInputError, match="normalized=True"):
+        ImageTransform(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    ImageTransform(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), normalized=True)  # fine when it normalises
+    image = np.full((8, 8), 0.5, np.float32)
+    image[2, 3] = np.nan
+    with pytest.raises(InvalidInputError, match="non-finite"):
+        ImageTransform(image_size=8)(image)
+    assert torch.equal(to_uint8(torch.tensor([[[-0.2, 0.0, 0.5, 1.0, 1.3]]])),
+                       torch.tensor([[[0, 0, 128, 255, 255]]], dtype=torch.uint8))
+
+
+def test_random_crop_covers_the_same_part_of_the_picture_at_any_resolution():
+    for seed in range(20):
+        small = random_resized_crop_box(300, 360, (0.8, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(seed))
+        large = random_resized_crop_box(1500, 1800, (0.8, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(seed))
+        assert all(abs(5 * a - b) <= 5 for a, b in zip(small, large, strict=True)), (seed, small, large)
+
+
+def test_decode_size_leaves_the_smallest_crop_enough_pixels():
+    assert ImageTransform(image_size=224).decode_size == 334
+    assert ImageTransform(image_size=224, train=True).decode_size == 334  # one rule for every split
+    for size, scale in ((224, (0.8, 1.0)), (96, (0.5, 1.0)), (64, (0.9, 1.0))):
+        t = ImageTransform(image_size=size, train=True, scale=scale)
+        # a 16:9 image decoded with its longer side at decode_size: every crop keeps >= image_size pixels
+        width, height = t.decode_size, math.ceil(t.decode_size * 9 / 16)
+        for seed in range(200):
+            _, _, h, w = random_resized_crop_box(height, width, t.scale, t.ratio, torch.Generator().manual_seed(seed))
+            assert max(h, w) >= size - 1, (size, scale, seed, h, w)

@@ -117,11 +117,23 @@ class SwinPyramid(nn.Module):
                     )
 
     def forward(self, images: Tensor) -> Pyramid:
+        """Args:
+            images: (B, 3, H, W) or (B, 1, H, W), either uint8 in 0..255 (dataset batches; normalised here,
+                on their device, with ImageNet mean / std) or float already normalised that way.
+
+        Returns:
+            The :class:`Pyramid` of the batch.
+        """
+        # Imported here: medmoe.data is not otherwise needed by the backbone module.
+        from medmoe.data.transforms import normalize_uint8_batch
+
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise InvalidInputError(f"images must be (B, 3, H, W) or (B, 1, H, W), got shape {tuple(images.shape)}")
         self.check_size(images.shape[-2], images.shape[-1])
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
+        if images.dtype == torch.uint8:
+            images = normalize_uint8_batch(images)
         features = list(self.swin(images).feature_maps)
         return Pyramid(features, features[-1].mean(dim=(2, 3)))
 

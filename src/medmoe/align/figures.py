@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medmoe.align.losses import word_region_attention
+from medmoe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # Words that carry no finding: not worth an attention panel.
 _STOPWORDS = frozenset(
@@ -88,8 +89,13 @@ def attention_maps(model: nn.Module, images: Tensor, reports: list[str]) -> tupl
     return torch.stack(maps), out["words"]
 
 
-def _display(image: Tensor, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> np.ndarray:
-    x = image.float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+def _display(image: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """(3, H, W) model input -> (H, W, 3) float in [0, 1] for imshow: uint8 as stored by the datasets,
+    float as normalised with ``mean`` / ``std``."""
+    if image.dtype == torch.uint8:
+        x = image.cpu().float() / 255.0
+    else:
+        x = image.float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
     return x.clamp(0, 1).permute(1, 2, 0).numpy()
 
 

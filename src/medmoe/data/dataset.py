@@ -66,7 +66,12 @@ def build_item(
     generator: torch.Generator | None,
     require_report: bool,
 ) -> dict[str, Any] | BadSample:
-    """Shared by the manifest and the shard datasets: decoded image + row fields -> item dict."""
+    """Shared by the manifest and the shard datasets: decoded image + row fields -> item dict.
+
+    ``image`` is a reader's output, ideally decoded with ``target_size=transform.decode_size``; the item's
+    ``"image"`` is what ``transform`` returns (uint8 ``(3, S, S)`` by default). Non-finite pixels make a
+    :class:`BadSample` (float output) or raise :class:`~medmoe.errors.InvalidInputError` (uint8 output).
+    """
     report = clean_report(raw_report)
     if require_report and not report:
         return BadSample(index, path, "empty report after cleaning")
@@ -86,8 +91,13 @@ def build_item(
 class ImageReportDataset(Dataset):
     """Image-report pairs from a manifest.
 
-    Each item is a dict ``{"image": (3, S, S) float32, "report": str (cleaned), "modality": int index into
-    MODALITIES or -1, "labels": list[str], "index": int, "path": str}``, or a :class:`BadSample`.
+    Each item is a dict ``{"image": (3, S, S) uint8, "report": str (cleaned), "modality": int index into
+    MODALITIES or -1, "labels": list[str], "index": int, "path": str}``, or a :class:`BadSample`. The model
+    normalises uint8 images on its device (``SwinPyramid.forward``).
+
+    Images are decoded at ``transform.decode_size`` (1.5 S) rather than at full resolution: JPEG DCT
+    scaling and integer box reduction make a 3000x2500 radiograph several times cheaper to load, with the
+    same result within interpolation noise (see :attr:`ImageTransform.decode_size`).
 
     Args:
         manifest: a manifest path, or rows whose ``image`` paths are absolute (or relative to the cwd).
@@ -144,7 +154,7 @@ class ImageReportDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.rows)}")
         row = self.rows[index]
         try:
-            image, meta = read_image(row.image)
+            image, meta = read_image(row.image, target_size=self.transform.decode_size)
             generator = sample_generator(self.seed, self.epoch, index) if self.transform.train else None
             item = build_item(
                 image=image,
@@ -173,9 +183,9 @@ def collate_image_report(samples: Sequence[dict[str, Any] | BadSample], image_si
         image_size: side of the empty image tensor returned when every sample is bad (else inferred).
 
     Returns:
-        ``{"images": (B, 3, S, S), "reports": list[str], "modality": (B,) long, "labels": list[list[str]],
-        "index": (B,) long, "paths": list[str], "bad": list[BadSample]}`` with B the number of good samples
-        (possibly 0).
+        ``{"images": (B, 3, S, S) uint8 (the items' dtype), "reports": list[str], "modality": (B,) long,
+        "labels": list[list[str]], "index": (B,) long, "paths": list[str], "bad": list[BadSample]}`` with B
+        the number of good samples (possibly 0).
     """
     good = [s for s in samples if not isinstance(s, BadSample)]
     bad = [s for s in samples if isinstance(s, BadSample)]
@@ -183,7 +193,7 @@ def collate_image_report(samples: Sequence[dict[str, Any] | BadSample], image_si
         images = torch.stack([s["image"] for s in good])
     else:
         side = image_size or 0
-        images = torch.empty((0, 3, side, side), dtype=torch.float32)
+        images = torch.empty((0, 3, side, side), dtype=torch.uint8)
     return {
         "images": images,
         "reports": [s["report"] for s in good],
