@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
 from medmoe.errors import InvalidInputError
@@ -262,7 +264,10 @@ class _Run:
     def _trial_step(self, model: nn.Module, dataset: Any) -> None:
         """Forward and backward of the dataset's first batch on the bare model, leaving no trace: gradients,
         buffers (BatchNorm statistics) and RNG states are as before, and the data stream is not touched."""
-        samples = [dataset[i] for i in range(min(len(dataset), self.cfg.batch_size))]
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
+            samples = list(itertools.islice(iter(dataset), self.cfg.batch_size))
+        else:
+            samples = [dataset[i] for i in range(min(len(dataset), self.cfg.batch_size))]
         batch = self.task.collate(samples)
         if isinstance(batch, dict):
             batch.pop("bad", None)
@@ -396,6 +401,8 @@ class _Run:
         self.optimizer = build_optimizer(model, self.task, lr=cfg.lr, weight_decay=cfg.weight_decay, device=self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
         self.scaler = self.precision.grad_scaler()
+        # Before the data stream exists, so that the trial step cannot disturb it.
+        self.compiled = self._compile(model, dataset) if cfg.compile else None
         self.model = model
         self.bad_total = 0
         self.nonfinite = 0
@@ -415,7 +422,6 @@ class _Run:
             world_size=env.world_size, seed=cfg.seed, workers=cfg.workers,
             pin_memory=self.device.type == "cuda", epoch=epoch, position=position, consumed=self.resume_consumed,
         )
-        self.compiled = self._compile(model, dataset) if cfg.compile else None
         self.model = wrap_model(model, env)
         self.model.train()
         if env.is_main:
