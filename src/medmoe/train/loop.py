@@ -8,7 +8,8 @@ Run directory layout (``--out RUN_DIR``)::
     checkpoints/         step_XXXXXXX.pt, the newest --keep-ckpts of them
     model/               task.export(model, RUN_DIR/model) at the end (save_pretrained by default)
     summary.json         steps, final losses, bad samples, non-finite steps, wall time, samples/s,
-                         data_wait_s / data_wait_share (time this run's steps waited for batches), compile
+                         step_time_s, data_wait_s / data_wait_share (of this run's step time, the part spent
+                         waiting for batches), compile (the torch.compile backend in use, or null)
 """
 
 from __future__ import annotations
@@ -519,6 +520,7 @@ class _Run:
             "device": str(self.device),
             "precision": self.precision.name,
             "compile": self.compiled,
+            "step_time_s": round(self.step_s, 3),
             "data_wait_s": round(self.data_wait_s, 3),
             "data_wait_share": round(self.data_wait_s / self.step_s, 4) if self.step_s > 0 else None,
             "resumed_from": str(result.resumed_from) if result.resumed_from else None,
