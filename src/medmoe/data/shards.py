@@ -341,7 +341,7 @@ class ShardDataset(IterableDataset):
             ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
             if ext is None:
                 return self._bad(BadSample(index, name, f"no image member (have {sorted(members)})"))
-            image, image_meta = decode_image(members[ext], f"{name}.{ext}")
+            image, image_meta = decode_image(members[ext], f"{name}.{ext}", target_size=self.transform.decode_size)
             labels = meta.get("labels") or []
             if not labels and "cls" in members:
                 labels = [members["cls"].decode("utf-8").strip()]
