@@ -236,7 +236,8 @@ class MedMoE(PretrainedMixin, nn.Module):
         """Encode a batch of image-report pairs.
 
         Args:
-            images: (B, 3, H, W) normalised by ``medmoe.data.ImageTransform``.
+            images: (B, 3, H, W) uint8 as ``medmoe.data.ImageTransform`` returns them (normalised on the
+                model's device), or float32 already normalised (ImageNet mean / std).
             reports: B report strings (None: image side only, routed by the image).
             modality: (B,) modality ids (negative = unknown), for ``route_by="label"`` and the router CE.
             return_loss: add the weighted loss terms (``*_loss``) and their sum ``loss``.
