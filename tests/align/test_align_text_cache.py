@@ -65,3 +65,12 @@ def test_cache_turns_off_over_its_budget_and_when_the_text_tower_trains(tmp_path
     trained.build_model()
     trained.train_dataset()
     assert trained._model._text_cache is None
+
+
+def test_cached_text_under_bf16_autocast():
+    model = tiny_model(text=FROZEN["text"]).eval()
+    model.enable_text_cache()
+    model.warm_text_cache(REPORTS[:3])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(3, 3, 64, 64), REPORTS[:3])
+    assert out["text_embeds"].shape[0] == 3 and torch.isfinite(out["text_embeds"].float()).all()

@@ -190,7 +190,8 @@ class MedMoE(PretrainedMixin, nn.Module):
         for b, (_, w, _) in enumerate(entries):
             words[b, : w.shape[0]] = w
             mask[b, : w.shape[0]] = True
-        sentence = torch.stack([e[0] for e in entries]).to(dtype)
+        # cast each entry first: stacking float16 under CPU autocast (bf16) is not supported
+        sentence = torch.stack([e[0].to(dtype) for e in entries])
         return TextOutput(sentence.to(device), words.to(device, non_blocking=True), mask.to(device),
                           [list(e[2]) for e in entries])
 
