@@ -13,8 +13,9 @@ paths take turns, each batch's fastest of ``--repeats`` passes counts, see :func
 
 It then times medmoe-swin-t training steps (forward, backward, AdamW; batch ``--train-batch`` at the
 model's 224 px, batches from the reduced loader) and reports, per format and path, the ratio of one
-worker's images/s to training images/s and the workers one training process needs. The manifest section
-times a small PNG corpus at 0 and 2 workers.
+worker's images/s to training images/s and the workers one training process needs. The PNG section
+times a small PNG corpus from its manifest and from shards (streamed with :class:`ShardDataset`) at 0 and 2
+workers; the last section times full-size JPEG files against shards written once at ``decode_size``.
 
     nice python benchmarks/bench_data.py --n 24 --device cpu
 
@@ -49,6 +50,7 @@ from medmoe.data.dataset import (
 )
 from medmoe.data.manifest import ManifestRow, write_manifest
 from medmoe.data.readers import read_image
+from medmoe.data.shards import ShardDataset, write_shards
 from medmoe.data.transforms import ImageTransform
 
 REPORTS = (
@@ -275,10 +277,26 @@ def main() -> None:
             key: math.ceil(1 / ratio) for key, ratio in result["worker_to_train_ratio"].items()
         }
         png = ImageReportDataset(png_manifest, image_size=args.image_size, train=True)
+        write_shards(png_manifest, root / "png-shards", per_shard=max(1, args.png_n // 4))
+        png_shards = ShardDataset(root / "png-shards", image_size=args.image_size, train=True)
         for workers in (0, 2):
-            result[f"manifest_png_{workers}_workers"] = {
-                "source": f"{args.png_n} x {args.png_size}^2 PNG", **loader_rates({"png": png}, workers, 32)["png"],
+            rates = loader_rates({"manifest": png, "shards": png_shards}, workers, 32, args.repeats)
+            result[f"png_{workers}_workers"] = {
+                "source": f"{args.png_n} x {args.png_size}^2 PNG", **rates,
+                "shards_over_manifest": round(rates["shards"]["images_per_s"] / rates["manifest"]["images_per_s"], 2),
             }
+        # Corpus-scale advice measured: shards written once at decode_size (data shard --max-size --format jpg)
+        # against the full-size JPEG files they came from, both through today's reduced-size decoding.
+        decode_size = ImageTransform(image_size=args.image_size, train=True).decode_size
+        write_shards(manifests["jpeg"], root / "jpeg-shards", per_shard=max(1, args.n // 2), image_format="jpg",
+                     max_size=decode_size)
+        rates = loader_rates({
+            "full_size_files": ImageReportDataset(manifests["jpeg"], image_size=args.image_size, train=True),
+            "reduced_shards": ShardDataset(root / "jpeg-shards", image_size=args.image_size, train=True),
+        }, 0, args.batch_size, args.repeats)
+        result["jpeg_shards_at_decode_size"] = {
+            **rates, "speedup": round(rates["reduced_shards"]["images_per_s"] / rates["full_size_files"]["images_per_s"], 2),
+        }
     print(json.dumps(result, indent=1))
 
 
