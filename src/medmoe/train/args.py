@@ -42,9 +42,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="micro-batches per optimiser step")
     g.add_argument("--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: no clipping)")
     g.add_argument("--amp", choices=AMP_MODES, default=d.amp,
-                   help="mixed precision: auto = bf16 (or fp16) on CUDA, off on CPU")
+                   help="mixed precision: auto = bf16 where the GPU computes it natively (compute "
+                        "capability >= 8), else fp16 with loss scaling; off on CPU")
     g.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)} or cuda:N")
-    g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes per rank")
+    g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes per rank (started once, kept for the whole run)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps (and at the end)")
     g.add_argument("--keep-ckpts", type=int, default=d.keep_ckpts, help="keep the newest N checkpoints")
