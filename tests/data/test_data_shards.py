@@ -225,26 +225,18 @@ def test_training_epoch_reads_every_sample_once_split_over_ranks_and_workers(tmp
     assert per_rank[0][0] != per_rank[0][1]  # the shard order and the mixing buffer change with the epoch
 
 
-def _shards_with_a_corrupt_member(tmp_path):
+def _shards_with_a_corrupt_member(tmp_path, damage_shard):
     path, _ = make_manifest(tmp_path / "src", n=12)
     out = tmp_path / "shards"
     write_shards(path, out, per_shard=3)
-    shard = out / "shard-000001.tar"
-    with tarfile.open(shard) as tar:
-        members = [(m.name, tar.extractfile(m).read()) for m in tar]
-    members[3:3] = [("broken.png", b"\x89PNG\r\n not really"), ("broken.txt", b"Broken image.")]
-    with tarfile.open(shard, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    damage_shard(out / "shard-000001.tar")
     return out
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("workers", [0, 2])
-def test_stream_resume_is_exact_per_sample_with_a_corrupt_member(tmp_path, workers):
-    out = _shards_with_a_corrupt_member(tmp_path)
+def test_stream_resume_is_exact_per_sample_with_a_corrupt_member(tmp_path, workers, damage_shard):
+    out = _shards_with_a_corrupt_member(tmp_path, damage_shard)
     # index.json says 3 samples in that shard; it has 4: the broken one fills no slot, the next sample does
     make = lambda **kw: BatchStream(  # noqa: E731
         ShardDataset(out, image_size=8, train=True, seed=4), collate_image_report, batch_size=2, workers=workers,
