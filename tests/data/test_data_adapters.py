@@ -339,8 +339,34 @@ def test_wds(tmp_path):
     assert first.labels == ["3"] and first.split == "train" and first.modality is None
     assert second.modality == "mri" and second.labels == ["normal"] and second.split == "test"
     assert Path(first.image).read_bytes() == _image_bytes("JPEG", 50)
-    assert Path(second.image) == (tmp_path / "extracted" / "shard-000000" / "000001.png").resolve()
+    assert Path(second.image) == (tmp_path / "extracted" / "train" / "shard-000000" / "000001.png").resolve()
     assert len(result.skipped["no image"]) == 1
+
+
+def test_wds_gives_every_sample_its_own_file(tmp_path):
+    """Issue 16, finding 1: same-named shards in two folders, keys sharing a base name and a key repeated
+    later in a tar used to land on one file (7 rows, 5 files): rows pointed to other samples' images."""
+    root = tmp_path / "shards"
+    values = {}
+    for split, start in (("train", 10), ("val", 100)):
+        (root / split).mkdir(parents=True)
+        with tarfile.open(root / split / "shard-000000.tar", "w") as tar:
+            for i, key in enumerate(("a/dup", "b/dup", "c", "../escape", "c", "c")):
+                value = start + i
+                _add(tar, f"{key}.png", _image_bytes("PNG", value))
+                _add(tar, f"{key}.txt", f"report {split} {key} {value}".encode())
+                values.setdefault((split, key), value)
+    result = import_source("wds", root, extract_dir=tmp_path / "out")
+    assert len(result.rows) == 6  # a/dup, b/dup, c in each of the two shards
+    assert len({row.image for row in result.rows}) == 6
+    for row in result.rows:
+        split, key, value = row.report.split()[1:]
+        assert row.split == split
+        pixels = np.asarray(Image.open(row.image))
+        assert int(pixels[0, 0]) == int(value) == values[(split, key)], row
+    assert len(result.skipped["duplicate key in shard (a later sample reuses it)"]) == 4  # later and next
+    assert len(result.skipped["unsafe key (would write outside the extract folder)"]) == 2
+    assert all(Path(row.image).is_relative_to((tmp_path / "out").resolve()) for row in result.rows)
 
 
 # ------------------------------------------------------------------ CLI
@@ -359,7 +385,7 @@ def test_cli_import_wds_default_extract_dir(tmp_path):
     _wds_tree(tmp_path / "shards")
     out = tmp_path / "wds.jsonl"
     assert main(["data", "import", "wds", str(tmp_path / "shards"), "--out", str(out)]) == 0
-    assert (tmp_path / "wds-images" / "shard-000000" / "000000.jpg").is_file()
+    assert (tmp_path / "wds-images" / "train" / "shard-000000" / "000000.jpg").is_file()
     assert len(read_manifest(out)) == 2
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 from webdataset.gopen import gopen, gopen_schemes
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from medmoe.data.dataset import BadSample
 from medmoe.data.manifest import ManifestRow, normalize_split, read_manifest
@@ -117,6 +117,8 @@ def write_shards(
     """
     if per_shard < 1:
         raise InvalidInputError(f"per_shard must be >= 1, got {per_shard}")
+    if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
+        raise InvalidInputError(f"max_size must be a positive number of pixels or None, got {max_size!r}")
     if image_format not in ("png", "jpg"):
         raise InvalidInputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     rows = read_manifest(manifest) if isinstance(manifest, str | os.PathLike) else list(manifest)
@@ -284,7 +286,8 @@ def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """``(key, {extension: bytes})`` for each sample of a shard, streamed (local path or URL).
 
     Members are grouped by key as WebDataset does (``dir/key.ext``: key up to the first dot of the file
-    name); hidden files and ``__meta__`` entries are skipped.
+    name); hidden files and ``__meta__`` entries are skipped. A member repeating an extension of the current
+    sample starts a new sample under the same key (reported by the callers that care).
 
     Raises:
         CorruptFileError: the shard cannot be opened or its tar stream is broken (samples read before the
@@ -299,11 +302,22 @@ def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     stream = open_shard(url)
     closed = False
     try:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=stop))
-        for sample in group_by_keys(files, handler=stop):
-            members = {k: v for k, v in sample.items() if not k.startswith("__")}
-            if members:
-                yield sample["__key__"], members
+        key, group = None, {}
+        for member in tar_file_iterator(stream, handler=stop):
+            prefix, suffix = base_plus_ext(member["fname"])
+            if prefix is None:
+                continue
+            suffix = suffix.lower()
+            # A member that repeats one already in the sample starts a new sample with the same key, where
+            # WebDataset's group_by_keys raises and the rest of the shard would be lost; callers see the
+            # repeated key and report it.
+            if prefix != key or suffix in group:
+                if group:
+                    yield key, group
+                key, group = prefix, {}
+            group[suffix] = member["data"]
+        if group:
+            yield key, group
         closed = True
         stream.close()  # a remote reader's exit status (curl's HTTP error) surfaces here
     except _TAR_ERRORS + (ValueError,) as err:

@@ -3,8 +3,10 @@
 Each sample is a group of members sharing a key: an image (``.jpg`` / ``.jpeg`` / ``.png``), its text
 (``.txt``), optionally a class (``.cls``, becomes the label) and metadata (``.json`` with any of
 ``modality``, ``labels``, ``dataset``, ``split``). A manifest needs image files, so images are extracted
-under ``extract_dir/<shard name>/<key>.<ext>``. To train straight from the shards instead, use
-:class:`medmoe.data.shards.ShardDataset`.
+under ``extract_dir/<shard path below root, without .tar>/<key>.<ext>``: one file per sample, also when two
+folders hold shards of the same name or keys share a base name. A key that repeats within a shard, or one
+that would write outside ``extract_dir``, is skipped and reported. To train straight from the shards
+instead, use :class:`medmoe.data.shards.ShardDataset`.
 
 The split comes from the metadata, else from a ``train`` / ``val`` / ``test`` folder in the shard's
 path, else from the ``split`` argument.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
@@ -64,16 +66,25 @@ def import_wds(
     result = ImportResult(NAME)
     for shard in tqdm(shards, desc=NAME, unit="shard", disable=not progress):
         shard_split = _split_from_path(shard, base)
-        target = out / shard.name.removesuffix(".tar")
+        target = out / shard.relative_to(base).with_suffix("")
         try:
             samples = list(iter_tar_samples(str(shard)))
         except MedMoEError as err:
             result.skip("unreadable shard", f"{shard} ({err})")
             continue
+        seen: set[str] = set()
         for key, members in samples:
             ext = next((e for e in _IMAGE_EXTS if e in members), None)
             if ext is None:
                 result.skip("no image", f"{shard}#{key}")
+                continue
+            if key in seen:
+                result.skip("duplicate key in shard (a later sample reuses it)", f"{shard}#{key}")
+                continue
+            seen.add(key)
+            parts = PurePosixPath(key).parts
+            if not parts or PurePosixPath(key).is_absolute() or any(p in ("..", ".") for p in parts):
+                result.skip("unsafe key (would write outside the extract folder)", f"{shard}#{key}")
                 continue
             text = members.get("txt", b"").decode("utf-8", errors="replace").strip()
             try:
@@ -85,7 +96,7 @@ def import_wds(
             labels = [str(v) for v in meta.get("labels") or []]
             if not labels and "cls" in members:
                 labels = [members["cls"].decode("utf-8", errors="replace").strip()]
-            image = target / f"{os.path.basename(key)}.{ext}"
+            image = target.joinpath(*parts[:-1], f"{parts[-1]}.{ext}")
             image.parent.mkdir(parents=True, exist_ok=True)
             image.write_bytes(members[ext])
             result.rows.append(
