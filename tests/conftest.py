@@ -19,6 +19,23 @@ def torchrun_env(tmp_path):
 
 
 @pytest.fixture
+def torchrun(torchrun_env):
+    """``torchrun(script, *args, cwd=None, timeout=220)``: run ``script`` in 2 processes (gloo) with
+    ``torch.distributed.run --standalone`` and fail with their output when any of them fails."""
+    import subprocess
+    import sys
+
+    def run(script, *args, cwd=None, timeout: float = 220):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               *(str(a) for a in args)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=torchrun_env, cwd=cwd)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return proc
+
+    return run
+
+
+@pytest.fixture
 def http_server():
     """Start local HTTP servers on 127.0.0.1: ``http_server(folder)`` serves ``folder`` and returns its URL
     (shards read over the network, as corpora are kept)."""

@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,12 +7,9 @@ from align_tiny import ddp_batch, ddp_model
 
 @pytest.mark.ddp
 @pytest.mark.timeout(240)
-def test_two_process_gathered_loss_and_gradients_equal_one_process(tmp_path, torchrun_env):
+def test_two_process_gathered_loss_and_gradients_equal_one_process(tmp_path, torchrun):
     worker = Path(__file__).with_name("ddp_align_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=230, env=torchrun_env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun(str(worker), str(tmp_path), timeout=230)
 
     model = ddp_model()
     images, reports = ddp_batch()

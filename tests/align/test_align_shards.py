@@ -79,13 +79,10 @@ def _seen(out, ranks):
 @pytest.mark.ddp
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("pattern", [False, True], ids=["folder", "brace-pattern"])
-def test_two_process_torchrun_reads_disjoint_shards_every_sample_once(shards, tmp_path, torchrun_env, pattern):
+def test_two_process_torchrun_reads_disjoint_shards_every_sample_once(shards, tmp_path, torchrun, pattern):
     source = shards / "shard-{000000..000005}.tar" if pattern else shards
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-           str(source), str(tmp_path), "3"]  # 3 steps x 2 ranks x batch 2 = one epoch of 12
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=torchrun_env,
-                            cwd=Path(__file__).parent)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # 3 steps x 2 ranks x batch 2 = one epoch of 12
+    torchrun(WORKER, source, tmp_path, 3, cwd=Path(__file__).parent, timeout=280)
     rank0, rank1 = _seen(tmp_path, 2)
     assert len(rank0) == len(rank1) == 6 and not set(rank0) & set(rank1)
     assert len(set(rank0 + rank1)) == 12  # the 12 training pairs (metadata index = manifest row)

@@ -1,7 +1,5 @@
 """The frozen-text cache at corpus scale: float16 on the CPU, built once across ranks, off over budget."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,14 +28,11 @@ dist.destroy_process_group()
 
 @pytest.mark.ddp
 @pytest.mark.timeout(180)
-def test_two_ranks_encode_half_each_and_end_with_the_single_process_cache(tmp_path, torchrun_env):
+def test_two_ranks_encode_half_each_and_end_with_the_single_process_cache(tmp_path, torchrun):
     script = tmp_path / "warm.py"
     script.write_text(WORKER)
     here = str(Path(__file__).parent)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(tmp_path), here]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=torchrun_env, cwd=here)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun(str(script), str(tmp_path), here, cwd=here, timeout=170)
     single = tiny_model(text=FROZEN["text"]).eval()
     single.enable_text_cache()
     single.warm_text_cache(REPORTS, batch_size=2)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -185,14 +183,11 @@ dist.destroy_process_group()
 
 @pytest.mark.ddp
 @pytest.mark.timeout(180)
-def test_two_process_ddp_split(sharded, tmp_path, torchrun_env):
+def test_two_process_ddp_split(sharded, tmp_path, torchrun):
     _, out, _ = sharded
     worker = tmp_path / "shard_worker.py"
     worker.write_text(WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(out), str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=torchrun_env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun(str(worker), str(out), str(tmp_path), timeout=170)
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0 and rank1 and not set(rank0) & set(rank1)

@@ -83,6 +83,11 @@ def make_dataset(source: str | os.PathLike, split: str | None, image_size: int) 
     return dataset
 
 
+def dataset_size(dataset: ImageReportDataset | ShardDataset) -> int:
+    """Pairs in a manifest dataset or a shard stream (its sample count)."""
+    return dataset.num_samples if isinstance(dataset, ShardDataset) else len(dataset)
+
+
 @torch.no_grad()
 def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: int = 32, device: str = "cpu",
                   workers: int = 0, progress: bool = True, max_items: int | None = None) -> Embeddings:
@@ -93,7 +98,7 @@ def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: 
     """
     model = model.to(device).eval()
     if isinstance(dataset, torch.utils.data.IterableDataset):
-        source, total = dataset, getattr(dataset, "num_samples", None)
+        source, total = dataset, getattr(dataset, "num_samples", None)  # any stream; ShardDataset counts
     else:
         indices = list(range(len(dataset)))
         if max_items is not None and max_items < len(dataset):
@@ -242,13 +247,10 @@ def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None
     metrics["zero_shot"] = zero_shot_report(model, emb)
     metrics["routing"] = routing_report(emb, model.num_experts)
     if probe_split:
-        if looks_like_shards(manifest):
-            train = ShardDataset(manifest, split=probe_split, image_size=size, train=False)
-            available = train.num_samples
-        else:
-            train = ImageReportDataset(manifest, split=probe_split, image_size=size, train=False)
-            available = len(train)
-        if available and split != probe_split:
+        # not make_dataset: a manifest without splits must not fall back to probing on its test rows
+        dataset_type = ShardDataset if looks_like_shards(manifest) else ImageReportDataset
+        train = dataset_type(manifest, split=probe_split, image_size=size, train=False)
+        if dataset_size(train) and split != probe_split:
             train_emb = embed_dataset(model, train, batch_size=batch_size, device=device, workers=workers,
                                       progress=progress, max_items=max_items)
             metrics["linear_probe"] = probe_report(train_emb, emb, probe_fractions, seed)

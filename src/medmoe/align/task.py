@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from medmoe.align.evaluate import embed_dataset, make_dataset, routing_report
+from medmoe.align.evaluate import dataset_size, embed_dataset, make_dataset, routing_report
 from medmoe.align.retrieval import retrieval_metrics
 from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report
 from medmoe.data.reports import clean_report
@@ -86,10 +86,6 @@ def _check_source(flag: str, source: str) -> None:
         raise InvalidInputError(f"{flag} {source}: no such manifest file, shard folder or shard pattern")
 
 
-def is_main_process() -> bool:
-    return process_rank() == 0
-
-
 def build_align_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
     """A registered MedMoE (with overrides) or one loaded from a saved directory."""
     from medmoe.hub import load_model
@@ -117,6 +113,7 @@ class AlignTask:
             _check_source("--val-data", config.val_data)
         self.config = config
         self._dataset: ImageReportDataset | ShardDataset | None = None
+        self._val_dataset: ImageReportDataset | ShardDataset | str | None = None  # str: why there is none
         self._model: nn.Module | None = None
         self._image_size: int | None = config.image_size
 
@@ -148,7 +145,7 @@ class AlignTask:
         cfg = self.config
         if looks_like_shards(cfg.data):
             self._dataset = ShardDataset(cfg.data, split=cfg.split, image_size=self.image_size, train=cfg.augment,
-                                         seed=cfg.seed, progress=is_main_process())
+                                         seed=cfg.seed, progress=process_rank() == 0)
             if self._dataset.num_samples == 0:
                 raise InvalidInputError(f"{cfg.data}: no training sample of split {cfg.split!r} in the shards")
             self._budget_text_cache(self._dataset.num_samples)
@@ -159,7 +156,7 @@ class AlignTask:
             raise InvalidInputError(f"{cfg.data}: no training row in split {cfg.split!r}")
         reports = sorted({clean_report(r.report) for r in self._dataset.rows})
         if self._budget_text_cache(len(reports)):
-            self._model.warm_text_cache(reports, progress=is_main_process())
+            self._model.warm_text_cache(reports, progress=process_rank() == 0)
         return self._dataset
 
     def _budget_text_cache(self, reports: int) -> bool:
@@ -236,14 +233,15 @@ class AlignTask:
         """Retrieval R@1/R@5 both ways and image-router agreement on up to ``val_max`` validation pairs."""
         if self.config.val_data is None:
             return {}
-        try:
-            dataset = make_dataset(self.config.val_data, self.config.val_split, self.image_size)
-        except InvalidInputError as err:
-            log.warning("validation skipped: %s", err)
-            return {}
-        if getattr(dataset, "num_samples", None) is None and len(dataset) < 2:
-            log.warning("validation skipped: fewer than 2 rows in split %r of %s", self.config.val_split,
-                        self.config.val_data)
+        if self._val_dataset is None:  # built once: shards are counted, a manifest is read, only here
+            try:
+                self._val_dataset = make_dataset(self.config.val_data, self.config.val_split, self.image_size)
+            except InvalidInputError as err:
+                self._val_dataset = str(err)
+        dataset = self._val_dataset
+        if isinstance(dataset, str) or dataset_size(dataset) < 2:
+            reason = dataset if isinstance(dataset, str) else f"fewer than 2 pairs in split {self.config.val_split!r}"
+            log.warning("validation skipped: %s (%s)", reason, self.config.val_data)
             return {}
         device = next(model.parameters()).device
         emb = embed_dataset(model, dataset, device=str(device), progress=False, max_items=self.config.val_max)

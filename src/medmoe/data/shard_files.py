@@ -378,21 +378,22 @@ def _read_index(shards: Sequence[str]) -> dict[str, dict[str, Any]]:
     return {url: entries[url] for url in shards if url in entries}
 
 
+def sample_metadata(members: dict[str, bytes]) -> dict[str, Any]:
+    """A sample's ``.json`` metadata; ``{}`` when absent or unreadable (decoding the sample reports why)."""
+    try:
+        meta = json.loads(members["json"].decode("utf-8")) if "json" in members else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _count_members(url: str, split: str | None) -> int:
     if split is None and not is_remote(url):
         return len(scan_shard(url))
     count = 0
     for _, members in iter_tar_samples(url):
-        count += split is None or _member_split(members) in (None, split)
+        count += split is None or normalize_split(sample_metadata(members).get("split")) in (None, split)
     return count
-
-
-def _member_split(members: dict[str, bytes]) -> str | None:
-    try:
-        meta = json.loads(members["json"]) if "json" in members else {}
-    except ValueError:
-        return None
-    return normalize_split(meta.get("split")) if isinstance(meta, dict) else None
 
 
 def shard_sample_counts(shards: Sequence[str], split: str | None = None, *, progress: bool = False) -> list[int]:

@@ -43,6 +43,7 @@ from medmoe.data.shard_files import (
     iter_tar_samples,
     list_shards,
     looks_like_shards,
+    sample_metadata,
     shard_sample_counts,
     write_shards,
 )
@@ -80,15 +81,6 @@ def distributed_position() -> tuple[int, int]:
 
 
 DEFAULT_SHUFFLE_BUFFER = 256
-
-
-def _metadata(members: dict[str, bytes]) -> dict[str, Any]:
-    """The sample's ``.json`` metadata; ``{}`` when absent (a malformed one is reported when decoding)."""
-    try:
-        meta = json.loads(members["json"].decode("utf-8")) if "json" in members else {}
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def _shuffle_buffer(source: Iterator[Any], rng: random.Random, size: int) -> Iterator[Any]:
@@ -156,7 +148,6 @@ class ShardDataset(IterableDataset):
             raise InvalidInputError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         self.shuffle_buffer = (DEFAULT_SHUFFLE_BUFFER if self.shuffle else 0) if shuffle_buffer is None else shuffle_buffer
         self.progress = progress
-        self.epoch = 0
         self._counts: list[int] | None = None
         self._layout: tuple[int, int, int, int] | None = None
         # Epoch and start batch live in shared memory: persistent DataLoader workers keep their own copy of
@@ -164,6 +155,11 @@ class ShardDataset(IterableDataset):
         self._shared = multiprocessing.RawArray("q", 2)
         self._resume: dict[int, int] = {}
         self._resume_epoch = -1
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being read (shared memory: persistent workers see the one the trainer set)."""
+        return int(self._shared[0])
 
     # ---- sizes -------------------------------------------------------------------------------------
     @property
@@ -237,10 +233,9 @@ class ShardDataset(IterableDataset):
                 included); makes a resumed epoch continue exactly. Without it, ``start`` batches per worker
                 are skipped, which is exact when no bad sample had been met.
         """
-        self.epoch = int(epoch)
-        self._shared[0], self._shared[1] = self.epoch, int(start)
+        self._shared[0], self._shared[1] = int(epoch), int(start)
         if consumed:
-            self._resume, self._resume_epoch = {int(k): int(v) for k, v in consumed.items()}, self.epoch
+            self._resume, self._resume_epoch = {int(k): int(v) for k, v in consumed.items()}, int(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any] | BadSample]:
         info = get_worker_info()
@@ -250,7 +245,7 @@ class ShardDataset(IterableDataset):
             rank, world = distributed_position()
             reader, readers = rank * workers + worker, world * workers
             for item in self._samples(epoch, reader, readers):
-                yield item if isinstance(item, BadSample) else self._decode(*item)
+                yield item if isinstance(item, BadSample) else self._decode(epoch, *item)
             return
         batch_size, rank, world, configured = self._layout
         if workers != configured:
@@ -278,7 +273,7 @@ class ShardDataset(IterableDataset):
                 url = self.shards[i]
                 try:
                     for key, members in iter_tar_samples(url):
-                        meta = _metadata(members)
+                        meta = sample_metadata(members)
                         if not self._wanted(meta):
                             continue
                         take = stride == 1 or position % stride == offset
@@ -306,7 +301,7 @@ class ShardDataset(IterableDataset):
                 consumed += 1
                 if consumed <= skip:
                     continue
-                item = self._decode(*sample)
+                item = self._decode(epoch, *sample)
                 if isinstance(item, BadSample):
                     pending.append(item)
                     continue
@@ -331,7 +326,8 @@ class ShardDataset(IterableDataset):
         split = meta.get("split")
         return self.split is None or split is None or normalize_split(split) == self.split
 
-    def _decode(self, shard: str, key: str, members: dict[str, bytes], meta: dict[str, Any]) -> dict[str, Any] | BadSample:
+    def _decode(self, epoch: int, shard: str, key: str, members: dict[str, bytes],
+                meta: dict[str, Any]) -> dict[str, Any] | BadSample:
         name = f"{shard}#{key}"
         index = zlib.crc32(f"{os.path.basename(shard)}/{key}".encode()) & 0x7FFFFFFF
         try:
@@ -354,16 +350,12 @@ class ShardDataset(IterableDataset):
                 index=index,
                 path=str(meta.get("source") or name),
                 transform=self.transform,
-                generator=sample_generator(self.seed, self.epoch_of_item(), index) if self.transform.train else None,
+                generator=sample_generator(self.seed, epoch, index) if self.transform.train else None,
                 require_report=self.require_report,
             )
         except Exception as err:  # any failure is a bad sample, never a dead run
             item = BadSample(index, name, f"{type(err).__name__}: {err}")
         return self._bad(item) if isinstance(item, BadSample) else item
-
-    def epoch_of_item(self) -> int:
-        """The epoch being read (from shared memory, so that persistent workers see the current one)."""
-        return int(self._shared[0])
 
     @staticmethod
     def _bad(item: BadSample) -> BadSample:

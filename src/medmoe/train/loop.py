@@ -166,9 +166,10 @@ class _Run:
     # ---- checkpoints --------------------------------------------------------------------------------
 
     def _save(self, step: int) -> Path:
-        rng = gather_objects(capture_rng_state(self.device))
-        # A streaming dataset's readers live on every rank: keep all their counts for an exact resume.
-        consumed = {reader: n for part in gather_objects(self.stream.consumed) for reader, n in part.items()}
+        # One gather: every rank's RNG states, and the counts of its streaming readers (exact resume).
+        parts = gather_objects((capture_rng_state(self.device), self.stream.consumed))
+        rng = [part[0] for part in parts]
+        consumed = {reader: n for part in parts for reader, n in part[1].items()}
         path = checkpoint_path(self.run_dir, step)
         if self.env.is_main:
             state = {
@@ -196,7 +197,8 @@ class _Run:
         self.last_ckpt_step = step
         return path
 
-    def _restore(self, path: Path, state: dict[str, Any]) -> tuple[int, int]:
+    def _restore(self, path: Path, state: dict[str, Any]) -> tuple[int, int, dict[int, int]]:
+        """Load ``state``; returns (epoch, position, per-reader counts of a streaming dataset)."""
         unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -218,11 +220,11 @@ class _Run:
                 path, state.get("world_size"), state.get("batch_size"), state.get("accum_steps"),
                 self.env.world_size, self.cfg.batch_size, self.cfg.accum_steps,
             )
-        self.resume_consumed = {int(k): int(v) for k, v in (state.get("consumed") or {}).items()}
+        consumed = {int(k): int(v) for k, v in (state.get("consumed") or {}).items()}
         if not same:
             seen = position * int(state.get("batch_size", self.cfg.batch_size)) * int(state.get("world_size", 1))
             position = seen // (self.cfg.batch_size * self.env.world_size)
-            self.resume_consumed = {}
+            consumed = {}  # readers of another layout: the stream continues at the same fraction of the epoch
         rng = state["rng"]
         if isinstance(rng, list) and len(rng) == self.env.world_size:
             restore_rng_state(rng[self.env.rank], self.device)
@@ -230,7 +232,7 @@ class _Run:
             _seed_everything(self.cfg.seed + 1_000_003 * self.env.rank + int(state["step"]))
         if self.env.is_main:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["step"], epoch, position)
-        return epoch, position
+        return epoch, position, consumed
 
     # ---- torch.compile ------------------------------------------------------------------------------
 
@@ -411,9 +413,9 @@ class _Run:
         self.last_values: dict[str, float] = {}
         self.samples_local = 0
         self.step, epoch, position = 0, 0, 0
-        self.resume_consumed: dict[int, int] = {}
+        consumed: dict[int, int] = {}
         if state is not None and resumed_from is not None:
-            epoch, position = self._restore(resumed_from, state)
+            epoch, position, consumed = self._restore(resumed_from, state)
             self.step = int(state["step"])
         self.last_ckpt_step = self.step if state is not None else -1
         self.reduce_device = self.device if self.device.type == "cuda" and env.world_size > 1 else torch.device("cpu")
@@ -421,7 +423,7 @@ class _Run:
         self.stream = BatchStream(
             dataset, self.task.collate, batch_size=cfg.batch_size, rank=env.rank,
             world_size=env.world_size, seed=cfg.seed, workers=cfg.workers,
-            pin_memory=self.device.type == "cuda", epoch=epoch, position=position, consumed=self.resume_consumed,
+            pin_memory=self.device.type == "cuda", epoch=epoch, position=position, consumed=consumed,
         )
         self.model = wrap_model(model, env)
         self.model.train()
