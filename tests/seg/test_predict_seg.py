@@ -19,7 +19,7 @@ from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.data import load_datalist
 from medmoe.seg.evaluate import label_on_image_grid
-from medmoe.seg.io import read_ct, read_label, write_nifti
+from medmoe.data.volumes import read_ct, read_label, write_nifti
 from medmoe.seg.metrics import case_metrics
 from medmoe.seg.postprocess import postprocess_masks
 from medmoe.seg.predict import SegPrediction, predict_volume, save_prediction, sliding_window_probabilities
@@ -266,7 +266,7 @@ def test_separable_resampling_equals_monai_and_handles_oblique_grids():
 def test_masks_are_thresholded_after_resampling_the_probabilities_to_the_input_grid():
     """A sphere predicted as a one-voxel probability ramp on a 6 mm grid comes back on a 2 mm (LPS) input grid
     with its true boundary; thresholding on the 6 mm grid and copying nearest voxels back made a staircase."""
-    from medmoe.seg.io import Volume
+    from medmoe.data.volumes import Volume
     from medmoe.seg.predict import probabilities_to_native
     from medmoe.seg.resample import resample_to_grid
 

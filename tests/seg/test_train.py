@@ -10,7 +10,7 @@ import torch
 import medmoe
 from medmoe.cli.main import main
 from medmoe.errors import InvalidInputError
-from medmoe.seg.io import write_nifti
+from medmoe.data.volumes import write_nifti
 from medmoe.seg.phantoms import FULL_LABELS, Grid, relabel, render_phantom
 from medmoe.seg.task import SegTask, SegTaskConfig, dice_scores
 

@@ -67,7 +67,7 @@ def _device(name: str | None):
 
 def run_predict(args: argparse.Namespace) -> int:
     from medmoe.hub import load_model
-    from medmoe.seg.io import read_ct
+    from medmoe.data.volumes import read_ct
     from medmoe.seg.predict import check_prompts, predict_volume, save_prediction
 
     # Cheap checks first: a bad prompt list or input fails before the model is loaded.

@@ -33,18 +33,26 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BadSample:
-    """A sample that could not be loaded: its dataset index, its image path and why."""
+    """A sample that could not be loaded (image-report or CT): its dataset index, its path, why, and for
+    segmentation its source dataset. Datasets return it instead of raising; collate functions move it to
+    ``batch["bad"]`` and the trainer counts it."""
 
     index: int
     path: str
     reason: str
+    dataset: str = ""
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed from ``(seed, epoch, index)``, hashed with NumPy's SeedSequence so that nearby triples
+    give unrelated streams: the one per-item seeder of every medmoe dataset (exact resume)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF])
+    return int(state.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A torch generator seeded by ``(seed, epoch, index)`` (hashed with NumPy's SeedSequence, so nearby
-    triples give unrelated streams)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF])
-    return torch.Generator().manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
+    """A torch generator seeded by :func:`sample_seed`."""
+    return torch.Generator().manual_seed(sample_seed(seed, epoch, index))
 
 
 def modality_label(row_modality: str | None, image_modality: str | None) -> int:

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from medmoe.data.dataset import BadSample, sample_seed
 from medmoe.errors import InvalidInputError, MedMoEError
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.transforms import augment_transforms, preprocess_transforms
@@ -35,15 +36,6 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("training", "validation", "test")
 DEFAULT_SPACING = (1.5, 1.5, 1.5)
-
-
-@dataclass
-class BadSample:
-    """A sample that could not be loaded; ``collate`` moves it to ``batch["bad"]``."""
-
-    path: str
-    reason: str
-    dataset: str = ""
 
 
 @dataclass
@@ -132,10 +124,6 @@ def load_datalist(path: str | os.PathLike, template: ClassTemplate | None = None
     if not splits:
         raise InvalidInputError(f"{path}: no 'training', 'validation' or 'test' list")
     return Datalist(path=path, splits=splits, template=template, label_maps=label_maps)
-
-
-def _item_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.default_rng([seed, epoch, index]).integers(2**31 - 1))
 
 
 class SegDataset(Dataset):
@@ -251,7 +239,7 @@ class SegDataset(Dataset):
             self.n_bad += 1
             reason = f"{type(root).__name__}: {root}"
             logger.warning("skipping %s: %s", entry["image"], reason)
-            return BadSample(path=entry["image"], reason=reason, dataset=entry["dataset"])
+            return BadSample(index=i, path=entry["image"], reason=reason, dataset=entry["dataset"])
 
     def volume(self, i: int) -> dict | BadSample:
         """Preprocessed volume of entry ``i`` (from the cache when cached)."""
@@ -282,11 +270,11 @@ class SegDataset(Dataset):
             return vol
         if not self.train:
             return self._finish(vol, entry["dataset"], entry["image"])
-        self.augment.set_random_state(seed=_item_seed(self.seed, self.epoch, index))
+        self.augment.set_random_state(seed=sample_seed(self.seed, self.epoch, index) % (2**32))
         try:
             patches = self.augment(dict(vol))
         except (RuntimeError, ValueError) as err:
-            return BadSample(path=entry["image"], reason=f"patch sampling failed: {err}", dataset=entry["dataset"])
+            return BadSample(index=i, path=entry["image"], reason=f"patch sampling failed: {err}", dataset=entry["dataset"])
         patches = patches if isinstance(patches, list) else [patches]
         return [self._finish(p, entry["dataset"], entry["image"]) for p in patches]
 

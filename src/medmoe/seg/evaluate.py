@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from medmoe.errors import InvalidInputError, MedMoEError
 from medmoe.seg.data import load_datalist
-from medmoe.seg.io import Volume, read_ct, read_label, same_grid
+from medmoe.data.volumes import Volume, read_ct, read_label, same_grid
 from medmoe.seg.metrics import aggregate, case_metrics, tumour_detection
 from medmoe.seg.overlay import save_overlay
 from medmoe.seg.predict import predict_volume

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
 from medmoe.seg.classes import ClassTemplate
-from medmoe.seg.io import Volume, read_ct, write_nifti
+from medmoe.data.volumes import Volume, read_ct, write_nifti
 from medmoe.seg.postprocess import postprocess_masks
 from medmoe.seg.resample import resample_to_grid
 from medmoe.seg.transforms import HU_WINDOW

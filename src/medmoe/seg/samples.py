@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medmoe.errors import CorruptFileError, InvalidInputError
-from medmoe.seg.io import write_nifti
+from medmoe.data.volumes import write_nifti
 from medmoe.seg.phantoms import FULL_LABELS, Grid, relabel, render_phantom
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from medmoe.errors import InvalidInputError
-from medmoe.seg.io import VolumeReader, same_grid
+from medmoe.data.volumes import VolumeReader, same_grid
 from medmoe.seg.resample import resample_to_grid
 
 HU_WINDOW = (-175.0, 250.0)

@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from seg_testkit import TOTALSEG_SKIP, totalseg_datalist, write_dicom_series
 
 from medmoe.errors import CorruptFileError, InvalidInputError
-from medmoe.seg.io import VolumeReader, read_ct, read_label, write_nifti
+from medmoe.data.volumes import VolumeReader, read_ct, read_label, write_nifti
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,4 +1,7 @@
-"""Reading CT volumes (NIfTI files, DICOM series folders) and label maps; writing NIfTI.
+"""Reading 3-D volumes (NIfTI files, DICOM series folders) with their geometry, and label maps; writing NIfTI.
+
+The one volume reader of medmoe: segmentation training, evaluation and prediction read CTs here, and the 2-D
+image readers of :mod:`medmoe.data.readers` share its NIfTI opener (:func:`~medmoe.data.readers.nifti.load_nifti`).
 
 Every volume comes back as a :class:`Volume`: an ``(X, Y, Z)`` array in the file's own voxel order and the
 4x4 voxel -> world affine in RAS+ millimetres (the NIfTI convention, which is also MONAI's default space).
@@ -25,6 +28,7 @@ import pydicom
 from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
+from medmoe.data.readers.nifti import load_nifti
 from medmoe.errors import CorruptFileError, InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -102,7 +106,7 @@ def read_ct(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
     if p.is_dir():
         volume = read_dicom_series(p, check_ct=check_ct)
     elif is_nifti(p):
-        volume = read_nifti(p)
+        volume = read_nifti_volume(p)
     elif _looks_like_dicom(p) or p.suffix.lower() == ".dcm":
         _reject_single_dicom(p)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -124,7 +128,7 @@ def read_label(path: str | os.PathLike) -> Volume:
         raise InvalidInputError(f"{p}: no such label file")
     if not is_nifti(p):
         raise InvalidInputError(f"{p}: label maps must be NIfTI (.nii/.nii.gz), got {p.suffix!r}")
-    volume = read_nifti(p)
+    volume = read_nifti_volume(p)
     arr = volume.array
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
@@ -136,14 +140,14 @@ def read_label(path: str | os.PathLike) -> Volume:
     return volume
 
 
-def read_nifti(path: str | os.PathLike) -> Volume:
+def read_nifti_volume(path: str | os.PathLike) -> Volume:
     """Read a 3-D NIfTI file (a trailing singleton 4th dimension is dropped)."""
     p = Path(path)
+    image = load_nifti(str(p), str(p))
     try:
-        image = nib.load(str(p))
         array = np.asarray(image.dataobj)
-    except Exception as err:  # nibabel and gzip raise many types for truncated or foreign files
-        raise CorruptFileError(f"{p}: cannot read as NIfTI ({type(err).__name__}: {err})") from err
+    except Exception as err:  # nibabel and gzip raise many types for truncated files
+        raise CorruptFileError(f"{p}: cannot read NIfTI voxel data ({type(err).__name__}: {err})") from err
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     _require_3d(array.shape, p)
