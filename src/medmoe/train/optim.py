@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medmoe.devices import cuda_autocast_dtype
 from medmoe.errors import InvalidInputError
 from medmoe.train.distributed import is_main
 from medmoe.train.task import default_param_groups
@@ -73,16 +74,6 @@ class Precision:
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device_type, enabled=self.needs_scaler)
-
-
-def cuda_autocast_dtype(capability: tuple[int, int], *, hip: bool = False) -> torch.dtype:
-    """The ``--amp auto`` dtype of a CUDA device with compute ``capability`` (major, minor).
-
-    bf16 only where the hardware computes it natively: Ampere (8.x) and newer, and ROCm devices. Older
-    GPUs (V100 7.0, T4 7.5) get fp16 with loss scaling: ``torch.cuda.is_bf16_supported()`` says yes on
-    them too because it counts emulation, which runs bf16 far slower than fp16.
-    """
-    return torch.bfloat16 if hip or capability[0] >= 8 else torch.float16
 
 
 def resolve_precision(amp: str, device: torch.device) -> Precision:

@@ -1,0 +1,68 @@
+"""Picking a torch device and its autocast dtype (library code: prediction uses it; the trainer too).
+
+``resolve_device("auto")`` is CUDA when a GPU is visible, else the CPU; :func:`autocast_dtype` is the
+reduced precision a device runs inference in (bf16 where the GPU computes it natively, else fp16; none on
+CPU, where autocast to bf16 is slower than fp32 for 3-D convolutions).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medmoe.errors import InvalidInputError
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def cuda_autocast_dtype(capability: tuple[int, int], *, hip: bool = False) -> torch.dtype:
+    """The ``--amp auto`` dtype of a CUDA device with compute ``capability`` (major, minor).
+
+    bf16 only where the hardware computes it natively: Ampere (8.x) and newer, and ROCm devices. Older
+    GPUs (V100 7.0, T4 7.5) get fp16 with loss scaling: ``torch.cuda.is_bf16_supported()`` says yes on
+    them too because it counts emulation, which runs bf16 far slower than fp16.
+    """
+    return torch.bfloat16 if hip or capability[0] >= 8 else torch.float16
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None): ``cuda`` when available, else ``cpu``; any other name is checked and returned.
+
+    Raises:
+        InvalidInputError: an unknown device string, or CUDA asked for where none is visible.
+    """
+    if isinstance(name, torch.device):
+        device = name
+    elif name is None or str(name).strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(str(name).strip())
+        except (RuntimeError, ValueError) as err:
+            raise InvalidInputError(f"device {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"device {name!r}: CUDA is not available here (use --device auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidInputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def autocast_dtype(device: torch.device | str, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for inference on ``device``: None means full fp32.
+
+    Args:
+        device: where the model runs.
+        amp: ``auto`` (bf16 where native, else fp16 on CUDA; off on CPU), ``bf16``, ``fp16`` or ``off``.
+    """
+    if amp not in AMP_CHOICES:
+        raise InvalidInputError(f"amp {amp!r}: expected one of {AMP_CHOICES}")
+    device = torch.device(device)
+    if amp == "off" or device.type != "cuda":
+        if amp in ("bf16", "fp16") and device.type != "cuda":
+            raise InvalidInputError(f"amp {amp!r} needs a CUDA device; {device} runs in fp32 (use amp 'auto' or 'off')")
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    return cuda_autocast_dtype(torch.cuda.get_device_capability(device), hip=bool(torch.version.hip))
