@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -6,6 +8,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Preprocessed CTs go to one throw-away folder per test session, never to the user's ~/.cache.
+os.environ["MEDMOE_CACHE"] = tempfile.mkdtemp(prefix="medmoe-test-cache-")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_cache():
+    yield
+    shutil.rmtree(os.environ["MEDMOE_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture

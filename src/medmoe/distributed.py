@@ -73,3 +73,27 @@ def all_gather_objects(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over ranks (``x`` itself when not distributed); NCCL reduces on this rank's GPU, the
+    result comes back on ``x``'s device."""
+    if not is_distributed():
+        return x
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = x.detach().to(device).clone()
+    dist.all_reduce(out)
+    return out.to(x.device)
+
+
+def share(n: int) -> range:
+    """This rank's share of ``n`` work items (``rank, rank + world, ...``); all of them when not distributed."""
+    if not is_distributed():
+        return range(n)
+    return range(dist.get_rank(), n, dist.get_world_size())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import numpy as np
@@ -91,8 +92,9 @@ def test_validation_items_are_whole_volumes_with_labels_on_the_anatomy(tmp_path_
     for i in range(len(ds)):
         item = ds[i]
         assert isinstance(item, dict)
-        assert item["image"].shape[0] == 1 and item["label"].shape[1:] == item["image"].shape[1:]
-        assert item["label"].shape[0] == len(names) == item["label_mask"].shape[0]
+        # whole volumes carry label ids (int16), not K float channels
+        assert item["image"].shape[0] == 1 and item["label_ids"].shape == item["image"].shape
+        assert item["label_ids"].dtype == torch.int16 and item["label_mask"].shape[0] == len(names)
         # body crop: the 240 mm antero-posterior field of view shrinks to the body (air in front and behind)
         assert item["image"].shape[2] < 240 / 4
         # every dataset (stored RAS or LPS, at its own spacing) ends up with labels on the right tissue
@@ -100,13 +102,14 @@ def test_validation_items_are_whole_volumes_with_labels_on_the_anatomy(tmp_path_
         for name, (lo, hi) in {"liver": (40, 80), "aorta": (130, 230), "kidney_left": (70, 170)}.items():
             k = names.index(name)
             if item["label_mask"][k]:
-                assert lo < float(hu[item["label"][k].bool()].median()) < hi, (item["dataset"], name)
+                assert lo < float(hu[ds.class_mask(item, k)].median()) < hi, (item["dataset"], name)
                 seen.add(item["dataset"])
         # and in RAS: the array's first axis runs towards the patient's right, whatever the file's orientation
         right, left = names.index("kidney_right"), names.index("kidney_left")
         if item["label_mask"][right]:
             x = torch.arange(hu.shape[0], dtype=torch.float32)[:, None, None]
-            centre = [float((x * item["label"][k]).sum() / item["label"][k].sum()) for k in (right, left)]
+            masks = [ds.class_mask(item, k).float() for k in (right, left)]
+            centre = [float((x * m).sum() / m.sum()) for m in masks]
             assert centre[0] > centre[1] + 10, item["dataset"]
     assert seen == {"phantom-A", "phantom-B", "phantom-C"}
 
@@ -121,8 +124,10 @@ def test_bad_volumes_are_skipped_with_path_and_reason(tmp_path, tmp_path_factory
                         {"image": str(tmp_path / "missing.nii.gz"), "label": good["label"], "dataset": "toy"}]}
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps(doc))
-    ds = build_seg_dataset(path, "training", patch_size=PATCH, spacing=SPACING, progress=False)
-    assert ds.n_bad == 2
+    ds = build_seg_dataset(path, "training", patch_size=PATCH, spacing=SPACING, progress=False,
+                           cache_dir=tmp_path / "cache")
+    assert ds.prepare() == {"built": 1, "cached": 0, "bad": 2}
+    assert ds.prepare() == {"built": 0, "cached": 3, "bad": 0}  # failures are recorded, not retried
     batch = seg_collate([ds[0], ds[1], ds[2]])
     assert batch["image"].shape[0] == 1
     assert [b.path for b in batch["bad"]] == [str(broken), str(tmp_path / "missing.nii.gz")]
@@ -158,14 +163,14 @@ def test_real_dicom_ct_and_its_label_map_align_after_loading(tmp_path_factory):
     assert isinstance(item, dict), getattr(item, "reason", "")
     assert item["path"].endswith("example_ct_dicom") and item["dataset"] == "TotalSegmentator"
     names = ds.class_names
-    present = item["label"].amax(dim=(1, 2, 3)).bool()
+    present = [bool(ds.class_mask(item, k).any()) for k in range(len(names))]
     assert present[names.index("liver")] and present[names.index("vertebrae_T12")]
     assert item["label_mask"].all()  # TotalSegmentator labels every class of its own datalist
     # geometry: the DICOM series (LPS) and its NIfTI label map (flipped rows) end up voxel-aligned, so the
     # liver label covers liver-bright soft tissue and the vertebra label covers bone
     image = item["image"][0]
-    liver = item["label"][names.index("liver")].bool()
-    bone = item["label"][names.index("vertebrae_T12")].bool()
+    liver = ds.class_mask(item, names.index("liver"))
+    bone = ds.class_mask(item, names.index("vertebrae_T12"))
     hu = lambda w: w * 425.0 - 175.0  # noqa: E731
     assert 20 < hu(float(image[liver].median())) < 200
     assert hu(float(image[bone].median())) > hu(float(image[liver].median())) + 50
@@ -236,33 +241,81 @@ def test_soft_labels_average_the_footprint_of_a_coarser_voxel():
 
 
 def test_patches_centre_on_every_labelled_class_equally_not_on_the_largest():
-    from monai.data import MetaTensor
-    from monai.transforms import Compose
-
-    from medmoe.seg.transforms import ClassIndicesd, augment_transforms
+    from medmoe.seg.cache import class_locations
+    from medmoe.seg.patches import centre_groups, crop, patch_starts
 
     # id 1: a big organ (4096 voxels), id 2: a small one (8), id 3: labelled in the file but not a class here
-    label = np.zeros((1, 48, 48, 48), np.int16)
-    label[0, 2:18, 2:18, 2:18] = 1
-    label[0, 40:42, 40:42, 40:42] = 2
-    label[0, 30:34, 2:6, 2:6] = 3
-    image = np.full((1, 48, 48, 48), 0.5, np.float32)
-    image[0, :, :, 46:] = 0.0  # air: never a background centre
-    table = np.zeros((4, 2), bool)
-    table[1, 0] = table[2, 1] = True
-    d = ClassIndicesd({"toy": table})({"image": MetaTensor(image), "label": MetaTensor(label), "dataset": "toy"})
-    background, big, small = d["label_cls_indices"]
-    assert len(big) == 16**3 and len(small) == 8
-    assert len(background) == 48 * 48 * 46 - 16**3 - 8 and not np.isin(small, background).any()
-    flat = label[0].ravel()
-    assert (flat[small] == 2).all() and (flat[big] == 1).all() and (flat[background] != 1).all()
+    label = np.zeros((48, 48, 48), np.int16)
+    label[2:18, 2:18, 2:18] = 1
+    label[40:42, 40:42, 40:42] = 2
+    label[30:34, 2:6, 2:6] = 3
+    image = np.full((48, 48, 48), 0.5, np.float32)
+    image[:, :, 46:] = 0.0  # air: never a background centre
+    locations = class_locations(label, image, limit=1000, seed=0)
+    assert {k: len(v) for k, v in locations.items() if k != "edge"} == {"1": 1000, "2": 8, "3": 64, "body": 1000}
+    assert all(v.dtype == np.int32 for v in locations.values())
+    flat = label.ravel()
+    assert (flat[locations["2"]] == 2).all() and (flat[locations["1"]] == 1).all()
+    assert (flat[locations["body"]] == 0).all() and (image.ravel()[locations["body"]] > 0).all()
+    # the subset is a function of the seed: the same volume keeps its locations
+    assert np.array_equal(class_locations(label, image, 1000, 0)["1"], locations["1"])
 
-    crop = Compose([augment_transforms((8, 8, 8), samples_per_volume=300)])
-    crop.set_random_state(seed=0)
-    patches = crop(d)
-    centred = Counter("small" if (p["label"] == 2).any() else "big" if (p["label"] == 1).all() else "other"
-                      for p in patches)
+    is_class = np.array([False, True, True, False])
+    groups = centre_groups(locations, is_class)
+    assert len(groups) == 3 and len(groups[0]) == 1000 + 64  # id 3 counts as background
+    starts = patch_starts(label.shape, (8, 8, 8), groups, 300, np.random.RandomState(0))
+    patches = [crop(label[None], s, (8, 8, 8))[0] for s in starts]
+    centred = Counter("small" if (p == 2).any() else "big" if (p == 1).all() else "other" for p in patches)
     assert 70 <= centred["small"] <= 130  # ~1/3 of the patches, although the small organ is 0.2 % of the foreground
+    assert all(0 <= s[i] <= 40 for s in starts for i in range(3))  # inside the volume
 
-    with pytest.raises(InvalidInputError, match="no lookup table for dataset 'other'"):
-        ClassIndicesd({"toy": table})({"image": MetaTensor(image), "label": MetaTensor(label), "dataset": "other"})
+
+def test_crop_pads_with_zeros_outside_and_reads_only_the_patch(tmp_path):
+    from medmoe.seg.patches import crop, patch_starts
+
+    array = np.arange(5 * 6 * 7, dtype=np.float32).reshape(1, 5, 6, 7)
+    np.save(tmp_path / "a.npy", array)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    out = crop(mapped, (-2, 3, 4), (4, 4, 4))
+    assert out.shape == (1, 4, 4, 4) and isinstance(out, np.ndarray) and not isinstance(out, np.memmap)
+    assert np.array_equal(out[0, 2:, :3, :3], array[0, :2, 3:, 4:]) and not out[0, :2].any() and not out[0, :, 3:].any()
+    # a volume thinner than the patch: the patch is centred on it (zero padding on both sides)
+    (start,) = patch_starts((5, 6, 7), (8, 8, 8), [np.array([0])], 1, np.random.RandomState(0))
+    assert start == (-1, -1, 0)
+
+
+def test_disk_cache_is_reused_and_invalidated_by_settings_and_edits(tmp_path, tmp_path_factory):
+    source = load_datalist(phantom_datalist(tmp_path_factory)).entries("training")[0]
+    image = tmp_path / "ct.nii.gz"
+    image.write_bytes(open(source["image"], "rb").read())
+    doc = {"label_maps": json.loads(phantom_datalist(tmp_path_factory).read_text()).get("label_maps", {}),
+           "training": [{"image": str(image), "label": source["label"], "dataset": source["dataset"]}]}
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(doc))
+    cache = tmp_path / "cache"
+    kwargs = dict(patch_size=PATCH, progress=False, cache_dir=cache, seed=3)
+    first = build_seg_dataset(path, "training", spacing=SPACING, **kwargs)
+    assert first.prepare() == {"built": 1, "cached": 0, "bad": 0}
+    a = first[0][0]
+    again = build_seg_dataset(path, "training", spacing=SPACING, **kwargs)  # a second run: nothing to do
+    assert again.prepare() == {"built": 0, "cached": 1, "bad": 0}
+    assert torch.equal(again[0][0]["image"], a["image"]) and torch.equal(again[0][0]["label"], a["label"])
+    assert isinstance(again.volume(0).image, np.memmap)
+    # another spacing is another settings folder; the first stays valid
+    other = build_seg_dataset(path, "training", spacing=(5.0, 5.0, 5.0), **kwargs)
+    assert other.prepare()["built"] == 1 and other.cache.folder != first.cache.folder
+    assert json.loads((other.cache.folder / "settings.json").read_text())["spacing"] == [5.0, 5.0, 5.0]
+    # an edited image is preprocessed again
+    image.write_bytes(image.read_bytes())
+    os.utime(image, ns=(1, 1))
+    assert build_seg_dataset(path, "training", spacing=SPACING, **kwargs).prepare()["built"] == 1
+    assert len([d for d in first.cache.folder.iterdir() if d.is_dir()]) == 2
+
+
+def test_prepare_splits_the_volumes_across_ranks(tmp_path, tmp_path_factory):
+    ds = build_seg_dataset(phantom_datalist(tmp_path_factory), "training", patch_size=PATCH, spacing=SPACING,
+                           progress=False, cache_dir=tmp_path / "cache")
+    n = len(ds.entries)
+    assert ds.prepare(rank=1, world_size=2, workers=2) == {"built": n // 2, "cached": 0, "bad": 0}
+    assert [ds.cache.cached(e) for e in ds.entries] == [i % 2 == 1 for i in range(n)]
+    assert ds.prepare(rank=0, world_size=2)["built"] == n - n // 2

@@ -117,3 +117,55 @@ def test_run_config_yaml_sets_seg_train_defaults():
     args = build_parser().parse_args(["seg", "train", "--config", str(config), "--out", "run", "--steps", "7"])
     assert args.patch_size == [64, 32, 32] and args.spacing == [4.5, 4.5, 4.5] and args.soft_labels is True
     assert args.model == "mome-nano" and args.steps == 7 and args.val_split == "validation"
+
+
+VALIDATE_SCRIPT = """
+import json, sys
+import torch, torch.distributed as dist
+from medmoe.seg.task import SegTask, SegTaskConfig, validation_dice
+
+distributed = sys.argv[4] == "ddp"
+if distributed:
+    dist.init_process_group("gloo")
+task = SegTask(SegTaskConfig(data=sys.argv[1], patch_size=(32, 32, 32), spacing=(8.0, 8.0, 8.0), progress=False,
+                             overrides={"text": {"model": "tiny-bert"}}, pretrained=False, cache_dir=sys.argv[3]))
+torch.manual_seed(0)
+model = task.build_model().eval()
+task.train_dataset()
+out = validation_dice(model, task._validation_dataset())
+if not distributed or dist.get_rank() == 0:
+    json.dump(out, open(sys.argv[2], "w"))
+if distributed:
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.ddp
+@pytest.mark.timeout(300)
+def test_distributed_validation_equals_one_process(tmp_path, torchrun, torchrun_env):
+    """Each of 2 ranks predicts its share of 3 validation cases; the reduced Dice equals one process's."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    root.mkdir()
+    doc = {"label_maps": {"toy-full": {str(i): n for i, n in FULL_LABELS.items()}}, "training": [], "validation": []}
+    for i, split in enumerate(["training", "validation", "validation", "validation"]):
+        phantom = render_phantom((11, i), Grid.make(SPACING))
+        image = write_nifti(phantom.image, phantom.affine, root / f"img{i}.nii.gz")
+        label = write_nifti(relabel(phantom, FULL_LABELS), phantom.affine, root / f"lab{i}.nii.gz", dtype="uint8")
+        doc[split].append({"image": image.name, "label": label.name, "dataset": "toy-full"})
+    (root / "datalist.json").write_text(json.dumps(doc))
+    script = tmp_path / "validate.py"
+    script.write_text(VALIDATE_SCRIPT)
+    args = [str(root / "datalist.json"), None, str(tmp_path / "cache")]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    proc = subprocess.run([sys.executable, str(script), args[0], str(one), args[2], "single"], env=torchrun_env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(script, args[0], two, args[2], "ddp")
+    single, ddp = json.loads(one.read_text()), json.loads(two.read_text())
+    assert set(single) == set(ddp) and "dice_mean" in single and len(single) > 3
+    assert single["cases"] == ddp["cases"] == 3  # each case scored once, by one rank
+    for key, value in single.items():
+        assert ddp[key] == pytest.approx(value, abs=1e-9), key

@@ -39,7 +39,18 @@ def _add_train(group: argparse._SubParsersAction) -> None:
     g.add_argument("--samples-per-volume", type=int, default=1,
                    help="patches per volume and item; each centred on the body or on one labelled class "
                         "present, all equally likely (class-balanced)")
-    g.add_argument("--no-cache", action="store_true", help="read volumes from disk every time (no memory cache)")
+    g.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="preprocessed-volume cache, reused by runs with the same spacing (default: $MEDMOE_CACHE/volumes "
+                        "or ~/.cache/medmoe/volumes; put it on storage every node sees)")
+    g.add_argument("--cache-workers", type=int, default=2,
+                   help="processes per rank that preprocess the rank's share of the volumes before training")
+    g.add_argument("--no-cache", action="store_true",
+                   help="preprocess every volume at every access (writes nothing; slow)")
+    g.add_argument("--max-locations", type=int, default=10_000,
+                   help="patch-centre voxels kept per class and volume (bounded memory, as nnU-Net)")
+    g.add_argument("--augment", choices=("light", "strong", "none"), default="light",
+                   help="light: intensity jitter; strong: + contrast, noise, rotation/scaling and patches at the "
+                        "body's edge (for few training scans)")
     g.add_argument("--no-balance", action="store_true", help="sample volumes, not source datasets, uniformly")
     g.add_argument("--soft-labels", action="store_true",
                    help="train against partial-volume class fractions instead of nearest-neighbour labels "
@@ -67,6 +78,8 @@ def run_train(args: argparse.Namespace) -> int:
         data=args.data, model=args.model, overrides=parse_overrides(args.set_fields, example="feature_size=24"),
         patch_size=tuple(args.patch_size) if args.patch_size else None,
         spacing=tuple(args.spacing) if args.spacing else None, cache=not args.no_cache,
+        cache_dir=args.cache_dir, cache_workers=args.cache_workers, max_locations=args.max_locations,
+        augmentation=args.augment,
         samples_per_volume=args.samples_per_volume, balance=not args.no_balance, bce_weight=args.bce_weight,
         dice_weight=args.dice_weight, dice_reduction=args.dice_reduction, balance_weight=args.balance_weight, seed=args.seed,
         pretrained=not args.random_text, val_split=args.val_split or None, val_max_cases=args.val_max_cases,

@@ -178,7 +178,8 @@ def train_seg(datalist: Path, run_dir: Path, budget: DemoBudget, *, seed: int, d
 
     task = SegTask(SegTaskConfig(data=str(datalist), model="mome-nano", overrides=dict(budget.seg_overrides),
                                  patch_size=budget.seg_patch, spacing=budget.seg_spacing, seed=seed,
-                                 val_split=None, progress=progress, soft_labels=budget.seg_soft_labels))
+                                 val_split=None, progress=progress, soft_labels=budget.seg_soft_labels,
+                                 cache_dir=str(run_dir.parent / "cache")))
     result = run_training(task, TrainConfig(
         out=_fresh(run_dir), steps=budget.seg_steps, batch_size=budget.seg_batch, lr=budget.seg_lr,
         warmup_steps=budget.seg_warmup, workers=0, seed=seed, device=device, ckpt_every=budget.seg_steps,

@@ -24,13 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from medmoe.data.dataset import BadSample, sample_seed
 from medmoe.errors import InvalidInputError, MedMoEError
+from medmoe.seg.cache import DEFAULT_MAX_LOCATIONS, CachedVolume, VolumeCache, default_cache_dir, failure_reason
 from medmoe.seg.classes import ClassTemplate
-from medmoe.seg.transforms import augment_transforms, preprocess_transforms
+from medmoe.seg.patches import centre_groups, crop, patch_starts
+from medmoe.seg.transforms import HU_WINDOW, Augmentation, preprocess_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -127,17 +129,25 @@ def load_datalist(path: str | os.PathLike, template: ClassTemplate | None = None
 
 
 class SegDataset(Dataset):
-    """CT volumes with partial labels, preprocessed once (optionally cached) and randomly cropped per item.
+    """CT volumes with partial labels: preprocessed once into a disk cache, read back one patch at a time.
 
     With ``train=True`` an item is a list of ``samples_per_volume`` patch dicts; otherwise one dict with the
-    whole preprocessed volume. Each dict holds:
+    whole preprocessed volume. A training patch dict holds:
 
     - ``image``: (1, X, Y, Z) float32 in [0, 1] (HU window), RAS, at ``spacing``;
-    - ``label``: (K, X, Y, Z) float32 multi-hot over :attr:`class_names`;
+    - ``label``: (K, X, Y, Z) float32 multi-hot over :attr:`class_names` (class fractions with ``soft_labels``);
     - ``label_mask``: (K,) bool, classes the source dataset annotates;
     - ``dataset``: canonical dataset name; ``path``: the image path.
 
-    A volume that cannot be read or transformed yields a :class:`BadSample` instead.
+    A whole-volume item (``train=False``) holds ``label_ids`` (1, X, Y, Z) int16 instead of ``label``: K
+    float channels of a whole CT would cost K times the volume; :meth:`class_mask` gives one class's mask.
+
+    A volume that cannot be read or transformed yields a :class:`~medmoe.data.dataset.BadSample` instead.
+
+    Memory per process does not grow with the number of volumes: the deterministic preprocessing is stored in
+    ``cache_dir`` (see :mod:`medmoe.seg.cache`) and each item copies only its patches out of memory maps;
+    patch centres come from at most ``max_locations`` stored voxels per class (int32). :meth:`prepare`
+    fills the cache before training, each rank its own share of the volumes with a pool of workers.
 
     With ``balance=True`` every source dataset gets the same share of each epoch: the dataset has
     ``n_sources * max(items per source)`` virtual indices; index i draws source ``i % n_sources`` and walks
@@ -148,24 +158,28 @@ class SegDataset(Dataset):
         entries: datalist entries with absolute paths (see :func:`load_datalist`).
         template: class template with every entry's dataset registered.
         class_names: channel order of ``label`` (default: classes labelled by the entries' datasets).
-        patch_size: training patch (voxels); volumes are padded to at least this size.
+        patch_size: training patch (voxels); volumes smaller than it are zero-padded.
         spacing: target voxel size in mm.
         train: random patches + augmentation; False returns whole volumes.
-        cache: preprocess every volume up front and keep it in memory.
+        cache: store preprocessed volumes in ``cache_dir`` (False: preprocess at every access).
+        cache_dir: the cache folder (default :func:`~medmoe.seg.cache.default_cache_dir`).
+        max_locations: most patch-centre voxels kept per class and volume.
         seed: base seed of the per-item randomness.
         samples_per_volume: patches drawn from a volume per item (``train`` only).
         balance: uniform sampling across source datasets (``train`` only).
-        progress: tqdm bar while caching.
+        progress: tqdm bar in :meth:`prepare`.
         soft_labels: ``label`` holds each class's partial-volume fraction of a voxel (in [0, 1], footprint-averaged
             native-grid masks, see :class:`~medmoe.seg.transforms.SoftMultiHotd`) instead
             of the nearest-neighbour multi-hot. Costs K float16 channels per cached volume.
+        augmentation: random changes to training patches (:class:`~medmoe.seg.transforms.Augmentation`).
     """
 
     def __init__(self, entries: Sequence[dict[str, str]], template: ClassTemplate, *,
                  class_names: Sequence[str] | None = None, patch_size: Sequence[int] = (96, 96, 96),
-                 spacing: Sequence[float] = DEFAULT_SPACING, train: bool = True, cache: bool = True, seed: int = 0,
-                 samples_per_volume: int = 1, balance: bool | None = None, progress: bool = True,
-                 soft_labels: bool = False) -> None:
+                 spacing: Sequence[float] = DEFAULT_SPACING, train: bool = True, cache: bool = True,
+                 cache_dir: str | os.PathLike | None = None, max_locations: int = DEFAULT_MAX_LOCATIONS,
+                 seed: int = 0, samples_per_volume: int = 1, balance: bool | None = None, progress: bool = True,
+                 soft_labels: bool = False, augmentation: Augmentation | None = None) -> None:
         if not entries:
             raise InvalidInputError("SegDataset: no entries (is the datalist split empty?)")
         if samples_per_volume < 1:
@@ -182,23 +196,24 @@ class SegDataset(Dataset):
         self.train = train
         self.seed = seed
         self.epoch = 0
+        self.progress = progress
         self.samples_per_volume = samples_per_volume if train else 1
         self.masks = {d: template.label_mask(d, self.class_names) for d in datasets}
         self.tables = {d: torch.from_numpy(template.lookup_table(d, self.class_names)) for d in datasets}
-        self.soft_labels = soft_labels
+        self.is_class = {d: t.any(dim=1).numpy() for d, t in self.tables.items()}
+        self.soft_labels = soft_labels and train
         tables = {d: t.numpy() for d, t in self.tables.items()}
-        self.preprocess = preprocess_transforms(self.spacing, pad_to=self.patch_size if train else None,
-                                                class_tables=tables if train else None,
-                                                soft_tables=tables if soft_labels else None)
-        self.augment = (augment_transforms(self.patch_size, samples_per_volume=self.samples_per_volume,
-                                           soft=soft_labels) if train else None)
+        preprocess = preprocess_transforms(self.spacing, soft_tables=tables if self.soft_labels else None)
+        settings = {"spacing": self.spacing, "hu_window": HU_WINDOW, "crop_foreground": True,
+                    "soft_labels": ({d: [self.class_names, t.tolist()] for d, t in tables.items()}
+                                    if self.soft_labels else None)}
+        self.cache = VolumeCache((cache_dir or default_cache_dir()) if cache else None, settings, preprocess,
+                                 max_locations=max_locations)
+        self.augmentation = augmentation or Augmentation()
+        self.augment = self.augmentation.transforms(self.patch_size, soft=self.soft_labels) if train else None
         self.balance = train and (len(datasets) > 1 if balance is None else balance)
         self.sources = {d: [i for i, e in enumerate(self.entries) if e["dataset"] == d] for d in datasets}
-        self._cache: dict[int, dict | BadSample] = {}
         self.n_bad = 0
-        if cache:
-            for i in tqdm(range(len(self.entries)), desc="caching CT volumes", disable=not progress):
-                self._cache[i] = self._load(i)
 
     # ------------------------------------------------------------------ sizes and indices
     def __len__(self) -> int:
@@ -223,44 +238,78 @@ class SegDataset(Dataset):
         return items[int(rng.permutation(len(items))[round_ % len(items)])]
 
     # ------------------------------------------------------------------ loading
-    def _load(self, i: int) -> dict | BadSample:
+    def prepare(self, *, rank: int = 0, world_size: int = 1, workers: int = 0) -> dict[str, int]:
+        """Preprocess into the cache the volumes of this rank's share (entries ``rank::world_size``) that are
+        not there yet, ``workers`` processes at a time. Other ranks fill the rest; a volume missing when an
+        item needs it is built then.
+
+        Returns:
+            {"built": volumes preprocessed now, "cached": already there, "bad": failures (logged)}.
+        """
+        if self.cache.folder is None:
+            return {"built": 0, "cached": 0, "bad": 0}
+        mine = list(range(rank, len(self.entries), world_size))
+        todo = [i for i in mine if not self.cache.cached(self.entries[i])]
+        counts = {"built": 0, "cached": len(mine) - len(todo), "bad": 0}
+        if not todo:
+            return counts
+        loader = DataLoader(_Preparer(self, todo), batch_size=None, num_workers=workers)
+        for reason in tqdm(loader, total=len(todo), desc=f"preprocessing CTs into {self.cache.folder}",
+                           disable=not self.progress):
+            counts["bad" if reason else "built"] += 1
+        return counts
+
+    def _entry(self, i: int) -> dict[str, str]:
+        entry = self.entries[i]
+        if "label" not in entry and self.train:
+            raise InvalidInputError("entry has no label file")
+        return entry
+
+    def volume(self, i: int) -> CachedVolume | BadSample:
+        """Preprocessed volume of entry ``i`` (memory-mapped from the cache; built first when missing)."""
         entry = self.entries[i]
         try:
-            if "label" not in entry:
-                raise InvalidInputError("entry has no label file")
-            out = self.preprocess({"image": entry["image"], "label": entry["label"], "dataset": entry["dataset"]})
-            out["dataset"] = entry["dataset"]
-            return out
+            return self.cache.load(self._entry(i))
         except (MedMoEError, RuntimeError, ValueError, OSError, KeyError, IndexError) as err:
-            # MONAI wraps a reader's exception in RuntimeError("applying transform ..."); report the root cause.
-            root = err
-            while root.__cause__ is not None:
-                root = root.__cause__
             self.n_bad += 1
-            reason = f"{type(root).__name__}: {root}"
+            reason = failure_reason(err)
             logger.warning("skipping %s: %s", entry["image"], reason)
             return BadSample(index=i, path=entry["image"], reason=reason, dataset=entry["dataset"])
 
-    def volume(self, i: int) -> dict | BadSample:
-        """Preprocessed volume of entry ``i`` (from the cache when cached)."""
-        return self._cache[i] if i in self._cache else self._load(i)
-
-    def _finish(self, d: dict, dataset: str, path: str) -> dict[str, Any]:
-        image = d["image"]
-        image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-        if "soft_label" in d:
-            return {"image": image.float().contiguous(), "label": d["soft_label"].float().contiguous(),
-                    "label_mask": self.masks[dataset].clone(), "dataset": dataset, "path": path}
-        label = d["label"]
-        label = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(label)
-        ids = label[0].long()
+    def _multi_hot(self, ids: np.ndarray, dataset: str, path: str) -> torch.Tensor:
+        ids = torch.from_numpy(ids[0].astype(np.int64))
         table = self.tables[dataset]
         if ids.numel() and int(ids.max()) >= table.shape[0]:
             logger.debug("%s: label ids above the %s map are background", path, dataset)
             ids = torch.where(ids < table.shape[0], ids, torch.zeros_like(ids))
-        multi_hot = table[ids].permute(3, 0, 1, 2).float().contiguous()
-        return {"image": image.float().contiguous(), "label": multi_hot, "label_mask": self.masks[dataset].clone(),
-                "dataset": dataset, "path": path}
+        return table[ids].permute(3, 0, 1, 2).float().contiguous()
+
+    def class_mask(self, item: dict[str, Any], k: int) -> torch.Tensor:
+        """(X, Y, Z) bool mask of class ``class_names[k]`` in a whole-volume item (``label_ids``)."""
+        column = self.tables[item["dataset"]][:, k]
+        ids = item["label_ids"][0].long().clamp(0, column.shape[0] - 1)
+        return column[ids]
+
+    def _patches(self, vol: CachedVolume, dataset: str, path: str, index: int) -> list[dict[str, Any]]:
+        seed = sample_seed(self.seed, self.epoch, index)
+        groups = centre_groups(vol.locations, self.is_class[dataset], edge=self.augmentation.edge_patches)
+        size = self.augmentation.crop_size(self.patch_size)
+        starts = patch_starts(vol.shape, size, groups, self.samples_per_volume,
+                              np.random.RandomState(seed % 2**32))
+        self.augment.set_random_state(seed=(seed >> 32) % 2**32)
+        out = []
+        for start in starts:
+            d = {"image": torch.from_numpy(crop(vol.image, start, size)),
+                 "label": torch.from_numpy(crop(vol.label, start, size))}
+            if self.soft_labels:
+                d["soft_label"] = torch.from_numpy(crop(vol.soft, start, size).astype(np.float32))
+            d = self.augment(d)
+            image = torch.as_tensor(d["image"]).float().contiguous()
+            label = (torch.as_tensor(d["soft_label"]).float().contiguous() if self.soft_labels
+                     else self._multi_hot(np.asarray(torch.as_tensor(d["label"])), dataset, path))
+            out.append({"image": image, "label": label, "label_mask": self.masks[dataset].clone(),
+                        "dataset": dataset, "path": path})
+        return out
 
     def __getitem__(self, index: int) -> dict[str, Any] | list[dict[str, Any]] | BadSample:
         i = self.entry_index(index)
@@ -268,23 +317,41 @@ class SegDataset(Dataset):
         vol = self.volume(i)
         if isinstance(vol, BadSample):
             return vol
+        dataset = entry["dataset"]
         if not self.train:
-            return self._finish(vol, entry["dataset"], entry["image"])
-        self.augment.set_random_state(seed=sample_seed(self.seed, self.epoch, index) % (2**32))
+            item = {"image": torch.from_numpy(np.array(vol.image, dtype=np.float32)),
+                    "label_mask": self.masks[dataset].clone(), "dataset": dataset, "path": entry["image"],
+                    "affine": vol.affine}
+            if vol.label is not None:
+                item["label_ids"] = torch.from_numpy(np.array(vol.label))
+            return item
         try:
-            patches = self.augment(dict(vol))
+            return self._patches(vol, dataset, entry["image"], index)
         except (RuntimeError, ValueError) as err:
-            return BadSample(index=i, path=entry["image"], reason=f"patch sampling failed: {err}", dataset=entry["dataset"])
-        patches = patches if isinstance(patches, list) else [patches]
-        return [self._finish(p, entry["dataset"], entry["image"]) for p in patches]
+            return BadSample(index=i, path=entry["image"], reason=f"patch sampling failed: {err}", dataset=dataset)
+
+
+class _Preparer(Dataset):
+    """Builds cache entries in DataLoader workers; yields "" or the failure reason."""
+
+    def __init__(self, dataset: SegDataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> str:
+        vol = self.dataset.volume(self.indices[j])
+        return vol.reason if isinstance(vol, BadSample) else ""
 
 
 def build_seg_dataset(datalist_path: str | os.PathLike, split: str = "training", *,
                       patch_size: Sequence[int] = (96, 96, 96), spacing: Sequence[float] = DEFAULT_SPACING,
-                      cache: bool = True, train: bool = True, seed: int = 0, samples_per_volume: int = 1,
-                      class_names: Sequence[str] | None = None, balance: bool | None = None,
-                      template: ClassTemplate | None = None, progress: bool = True,
-                      soft_labels: bool = False) -> SegDataset:
+                      cache: bool = True, cache_dir: str | os.PathLike | None = None, train: bool = True,
+                      seed: int = 0, samples_per_volume: int = 1, class_names: Sequence[str] | None = None,
+                      balance: bool | None = None, template: ClassTemplate | None = None, progress: bool = True,
+                      soft_labels: bool = False, augmentation: Augmentation | None = None,
+                      max_locations: int = DEFAULT_MAX_LOCATIONS) -> SegDataset:
     """The :class:`SegDataset` of one split of a datalist.
 
     The channel order defaults to the classes labelled by any dataset of the whole datalist (every split),
@@ -292,15 +359,16 @@ def build_seg_dataset(datalist_path: str | os.PathLike, split: str = "training",
 
     Example:
         >>> ds = build_seg_dataset("samples/phantoms/datalist.json", "training", patch_size=(48, 48, 48),
-        ...                        spacing=(3.0, 3.0, 3.0))
+        ...                        spacing=(3.0, 3.0, 3.0), cache_dir="cache/")
         >>> batch = seg_collate([ds[0], ds[1]])
         >>> batch["image"].shape, batch["label"].shape          # (2, 1, 48, 48, 48), (2, K, 48, 48, 48)
     """
     datalist = load_datalist(datalist_path, template)
     names = list(class_names) if class_names is not None else datalist.class_names()
     return SegDataset(datalist.entries(split), datalist.template, class_names=names, patch_size=patch_size,
-                      spacing=spacing, train=train, cache=cache, seed=seed, samples_per_volume=samples_per_volume,
-                      balance=balance, progress=progress, soft_labels=soft_labels)
+                      spacing=spacing, train=train, cache=cache, cache_dir=cache_dir, seed=seed,
+                      samples_per_volume=samples_per_volume, balance=balance, progress=progress,
+                      soft_labels=soft_labels, augmentation=augmentation, max_locations=max_locations)
 
 
 def seg_collate(samples: Sequence[Any]) -> dict[str, Any]:

@@ -39,7 +39,14 @@ class SegTaskConfig:
         overrides: config fields of the registered model (``{"feature_size": 24}``).
         patch_size: training patch in voxels (default: the model's ``roi_size``; written into the model).
         spacing: training spacing in mm (default: the model's; written into the model).
-        cache: preprocess every volume once and keep it in memory.
+        cache: preprocess every volume once into ``cache_dir`` and read patches from memory maps (False:
+            preprocess at every access; nothing written).
+        cache_dir: the preprocessed-volume cache (default ``$MEDMOE_CACHE/volumes`` or
+            ``~/.cache/medmoe/volumes``); shared by runs with the same preprocessing settings.
+        cache_workers: processes per rank that fill the cache before training (each rank its share).
+        max_locations: most patch-centre voxels kept per class and volume (nnU-Net-style subsampling).
+        augmentation: ``light`` (intensity jitter), ``strong`` (+ contrast, noise, rotation/scaling, patches at
+            the body's edge) or ``none``; see :class:`~medmoe.seg.transforms.Augmentation`.
         samples_per_volume: random patches drawn per volume and item.
         balance: uniform sampling across the source datasets.
         bce_weight, dice_weight: loss weights.
@@ -48,7 +55,8 @@ class SegTaskConfig:
         seed: patch sampling / augmentation seed.
         pretrained: load the text tower's pretrained weights (MiniLM).
         val_split: datalist split for validation Dice (None: no validation).
-        val_max_cases: validate on at most this many cases.
+        val_max_cases: validate on at most this many cases (spread over the ranks: each rank predicts its
+            share and the Dice sums are reduced).
         val_overlap: sliding-window overlap at validation.
         progress: tqdm bars while caching and validating.
         soft_labels: train against partial-volume class fractions (native masks averaged over a training
@@ -64,6 +72,10 @@ class SegTaskConfig:
     patch_size: tuple[int, int, int] | None = None
     spacing: tuple[float, float, float] | None = None
     cache: bool = True
+    cache_dir: str | None = None
+    cache_workers: int = 2
+    max_locations: int = 10_000
+    augmentation: str = "light"
     samples_per_volume: int = 1
     balance: bool = True
     bce_weight: float = 1.0
@@ -151,19 +163,32 @@ class SegTask:
             self.spacing = tuple(cfg.spacing or (base.spacing if base else (1.5, 1.5, 1.5)))
         return self.patch_size, self.spacing
 
-    def train_dataset(self) -> Dataset:
+    def _dataset(self, split: str, train: bool):
         from medmoe.seg.data import build_seg_dataset
+        from medmoe.seg.transforms import Augmentation
+
+        patch, spacing = self._geometry()
+        cfg = self.config
+        return build_seg_dataset(cfg.data, split, patch_size=patch, spacing=spacing, cache=cfg.cache,
+                                 cache_dir=cfg.cache_dir, train=train, seed=cfg.seed,
+                                 samples_per_volume=cfg.samples_per_volume, balance=cfg.balance,
+                                 progress=cfg.progress, soft_labels=cfg.soft_labels and train,
+                                 augmentation=Augmentation.named(cfg.augmentation), max_locations=cfg.max_locations,
+                                 class_names=None if train else self.class_names)
+
+    def train_dataset(self) -> Dataset:
+        """The training dataset; its volumes are preprocessed into the cache first, each rank its share."""
+        from medmoe.distributed import barrier, rank, world_size
 
         if self._train_ds is None:
-            patch, spacing = self._geometry()
-            cfg = self.config
-            self._train_ds = build_seg_dataset(cfg.data, "training", patch_size=patch, spacing=spacing, cache=cfg.cache,
-                                               train=True, seed=cfg.seed, samples_per_volume=cfg.samples_per_volume,
-                                               balance=cfg.balance, progress=cfg.progress,
-                                               soft_labels=cfg.soft_labels)
-            self.class_names = list(self._train_ds.class_names)
-            log.info("training on %d volumes of %s; %d classes: %s", len(self._train_ds.entries),
-                     sorted(self._train_ds.sources), len(self.class_names), ", ".join(self.class_names))
+            ds = self._dataset("training", train=True)
+            counts = ds.prepare(rank=rank(), world_size=world_size(), workers=self.config.cache_workers)
+            barrier()
+            self._train_ds = ds
+            self.class_names = list(ds.class_names)
+            log.info("training on %d volumes of %s; %d classes: %s; cache %s (this rank: %s)", len(ds.entries),
+                     sorted(ds.sources), len(self.class_names), ", ".join(self.class_names),
+                     ds.cache.folder, counts)
         return self._train_ds
 
     def collate(self, samples: list[Any]) -> dict[str, Any]:
@@ -202,15 +227,10 @@ class SegTask:
 
     # ------------------------------------------------------------------ validation
     def _validation_dataset(self):
-        from medmoe.seg.data import build_seg_dataset
-
         if self._val_ds is None:
-            patch, spacing = self._geometry()
             if self.class_names is None:
                 self.train_dataset()
-            self._val_ds = build_seg_dataset(self.config.data, self.config.val_split, patch_size=patch, spacing=spacing,
-                                             cache=False, train=False, class_names=self.class_names,
-                                             progress=False)
+            self._val_ds = self._dataset(self.config.val_split, train=False)
         return self._val_ds
 
     @torch.no_grad()
@@ -224,37 +244,54 @@ class SegTask:
 
 
 def validation_dice(model: nn.Module, dataset, *, max_cases: int | None = None, overlap: float = 0.25,
-                    threshold: float = 0.5, progress: bool = False) -> dict[str, float]:
+                    threshold: float = 0.5, sw_batch_size: int = 2, progress: bool = False) -> dict[str, float]:
     """Mean Dice per class of ``model`` on the whole volumes of a ``SegDataset(train=False)``.
 
+    Under torchrun each rank predicts its share of the cases (``rank::world_size``) and the per-class Dice
+    sums and counts are summed over ranks, so every rank returns the same numbers as one process would.
+    Each case is prompted with the classes its dataset labels; windows run on the model's device (with
+    autocast on a GPU unless the caller set one) and are stitched on the CPU, so GPU memory holds windows,
+    not a whole CT's K-class logits.
+
     Returns:
-        ``{"dice/<class>": mean over cases that label it, "dice_mean": mean over classes}``; a class that is
-        absent from a case and not predicted there is left out of that case (NaN-aware means).
+        ``{"dice/<class>": mean over cases that label it, "dice_mean": mean over classes, "cases": cases
+        scored}``; a class that is absent from a case and not predicted there is left out of that case
+        (NaN-aware means).
     """
-    from monai.inferers import sliding_window_inference
+    from medmoe.devices import autocast_dtype
+    from medmoe.distributed import all_reduce_sum, share
+    from medmoe.seg.predict import sliding_window_probabilities
 
     model.eval()
     device = next(model.parameters()).device
+    dtype = None if torch.is_autocast_enabled(device.type) else autocast_dtype(device)
     names = list(dataset.class_names)
-    emb = model.embed_prompts(names)
     roi = tuple(model.config.roi_size)
     sums = torch.zeros(len(names), dtype=torch.float64)
     counts = torch.zeros(len(names), dtype=torch.float64)
     n = len(dataset) if max_cases is None else min(len(dataset), max_cases)
-    for i in tqdm(range(n), desc="validation", disable=not progress):
+    scored = 0
+    for i in tqdm(share(n), desc="validation", disable=not progress):
         item = dataset[i]
         if not isinstance(item, dict):
             log.warning("validation: skipping %s (%s)", getattr(item, "path", "?"), getattr(item, "reason", "?"))
             continue
-        image = item["image"][None].to(device)
-        logits = sliding_window_inference(image, roi_size=roi, sw_batch_size=2, predictor=model, overlap=overlap,
-                                          mode="gaussian", text_emb=emb)
-        pred = (torch.sigmoid(logits[0].float()) > threshold).cpu()
-        dice = dice_scores(pred, item["label"] > 0.5).double()
-        use = item["label_mask"].bool() & ~torch.isnan(dice)
-        sums += torch.where(use, dice, 0.0)
-        counts += use.double()
+        labelled = item["label_mask"].nonzero().flatten().tolist()
+        if not labelled or "label_ids" not in item:
+            continue
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            emb = model.embed_prompts([names[k] for k in labelled])
+            probs = sliding_window_probabilities(model, item["image"], emb, roi, overlap=overlap,
+                                                 sw_batch_size=sw_batch_size, device=device, output_device="cpu")
+        for j, k in enumerate(labelled):
+            dice = dice_scores((probs[j] > threshold)[None], dataset.class_mask(item, k)[None])[0].double()
+            if not torch.isnan(dice):
+                sums[k] += dice
+                counts[k] += 1
+        scored += 1
+    sums, counts = all_reduce_sum(sums), all_reduce_sum(counts)
     out = {f"dice/{name}": float(sums[k] / counts[k]) for k, name in enumerate(names) if counts[k] > 0}
     if out:
         out["dice_mean"] = sum(out.values()) / len(out)
+    out["cases"] = float(all_reduce_sum(torch.tensor([scored], dtype=torch.float64))[0])
     return out

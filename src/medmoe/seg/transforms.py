@@ -1,13 +1,14 @@
 """MONAI dictionary transform chains for CT segmentation and the few transforms MONAI lacks.
 
 The chain is split into a deterministic part (load, align label to image, RAS, resample, HU window, crop to
-the body, per-class voxel indices), which a dataset may cache, and a random part (class-balanced patch
-sampling, intensity jitter), which a dataset reseeds per item. No flips: left and right organs are different classes.
+the body), which :mod:`medmoe.seg.cache` stores on disk, and a random part applied to each training patch
+(:class:`Augmentation`), which a dataset reseeds per item. No flips: left and right organs are different classes.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import logging
 import warnings
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -25,13 +26,15 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     Orientationd,
-    RandCropByLabelClassesd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ResampleToMatch,
     ScaleIntensityRanged,
     Spacingd,
-    SpatialPadd,
 )
 from monai.utils import convert_to_numpy
 from scipy import ndimage
@@ -175,40 +178,6 @@ class SoftMultiHotd(MapTransform):
         return d
 
 
-class ClassIndicesd(MapTransform):
-    """Flat voxel indices for class-balanced patch sampling: ``[background, class a, class b, ...]``.
-
-    Every label id of the sample's dataset that maps to a class (``tables[dataset]``, as for
-    :class:`SoftMultiHotd`) and is present gets its own entry; background is the body (image > 0) outside
-    them. :class:`~monai.transforms.RandCropByLabelClassesd` reading this list centres a patch on each
-    entry with equal probability, so a kidney is as likely a centre as the liver, which is 10x larger
-    (foreground oversampling per class, as nnU-Net does), instead of picking foreground voxels uniformly.
-
-    Writes ``d[out_key]``: a list of int64 arrays.
-    """
-
-    def __init__(self, tables: Mapping[str, np.ndarray], *, label_key: str = "label", image_key: str = "image",
-                 out_key: str = "label_cls_indices") -> None:
-        super().__init__([label_key])
-        self.tables = {k: np.asarray(v, dtype=bool) for k, v in tables.items()}
-        self.label_key, self.image_key, self.out_key = label_key, image_key, out_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        is_class = _dataset_table(self.tables, d.get("dataset"), "ClassIndicesd").any(axis=1)
-        ids = convert_to_numpy(d[self.label_key])[0].ravel().astype(np.int64)
-        ids = np.where((ids > 0) & (ids < is_class.shape[0]), ids, 0)
-        ids = np.where(is_class[ids], ids, 0)
-        # one stable sort groups the voxels by id, each group in ascending voxel order
-        order = np.argsort(ids, kind="stable")
-        present, starts = np.unique(ids[order], return_index=True)
-        groups = dict(zip(present.tolist(), np.split(order, starts[1:])))
-        background = groups.pop(0, np.zeros(0, dtype=np.int64))
-        body = convert_to_numpy(d[self.image_key])[0].ravel() > 0
-        d[self.out_key] = [background[body[background]], *groups.values()]
-        return d
-
-
 @contextlib.contextmanager
 def _quiet_reader_registration() -> Iterator[None]:
     """LoadImage instantiates every MONAI reader; the GPU DICOM one warns on each CPU-only construction."""
@@ -237,8 +206,7 @@ def load_transforms(*, with_label: bool = True, check_ct: bool = True) -> list:
 
 
 def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, crop_foreground: bool = True,
-                          pad_to: Sequence[int] | None = None, hu_window: tuple[float, float] = HU_WINDOW,
-                          check_ct: bool = True, class_tables: Mapping[str, np.ndarray] | None = None,
+                          hu_window: tuple[float, float] = HU_WINDOW, check_ct: bool = True,
                           soft_tables: Mapping[str, np.ndarray] | None = None) -> Compose:
     """Deterministic part: load, RAS, resample to ``spacing`` mm, window HU to [0, 1], crop to the body.
 
@@ -246,11 +214,8 @@ def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, 
         spacing: target voxel size (mm) along x, y, z.
         with_label: also load and transform ``"label"`` (nearest-neighbour resampling).
         crop_foreground: crop to the bounding box of the body.
-        pad_to: pad (zeros) so every axis is at least this long (the patch size for training).
         hu_window: HU mapped to 0 and 1 (clipped).
         check_ct: reject inputs that are not CT.
-        class_tables: dataset -> lookup table; precompute ``label_cls_indices`` (:class:`ClassIndicesd`) for
-            class-balanced patch sampling (the input dict then needs ``"dataset"``).
         soft_tables: dataset -> lookup table; also write ``soft_label``, the (K, X, Y, Z) float16 class
             fractions of :class:`SoftMultiHotd` (the input dict then needs ``"dataset"``).
 
@@ -273,38 +238,76 @@ def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, 
     ]
     if crop_foreground:
         chain.append(CropForegroundd(keys=keys, source_key="image", select_fn=body_foreground, allow_smaller=True))
-    if pad_to is not None:
-        chain.append(SpatialPadd(keys=keys, spatial_size=tuple(int(p) for p in pad_to)))
     chain.append(EnsureTyped(keys="image", dtype=torch.float32, track_meta=True))
     if with_label:
         chain.append(EnsureTyped(keys="label", dtype=torch.int16, track_meta=True))
-        if class_tables is not None:
-            chain.append(ClassIndicesd(class_tables))
     if soft:
         chain.append(SoftMultiHotd(soft_tables))
         chain.append(DeleteItemsd(keys="native_ids"))
     return Compose(chain)
 
 
-def augment_transforms(patch_size: Sequence[int], *, samples_per_volume: int = 1, intensity_scale: float = 0.1,
-                       intensity_shift: float = 0.05, soft: bool = False) -> Compose:
-    """Random part: class-balanced patch sampling and light intensity jitter (no flips).
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes to a training patch (all off but the light intensity jitter by default).
 
-    A patch is centred on a random voxel of a random entry of ``label_cls_indices`` (background or one of
-    the labelled classes present, equally likely; see :class:`ClassIndicesd`). ``soft=True`` crops
-    ``soft_label`` (see :class:`SoftMultiHotd`) with the same windows.
+    No flips: left and right organs are different classes.
 
-    Returns:
-        A Compose producing a list of ``samples_per_volume`` dicts with ``patch_size`` patches.
+    Attributes:
+        intensity_scale, intensity_shift: ``x * (1 + u)``, ``x + v`` with u, v uniform in +-these, each with
+            probability 0.5 (on the [0, 1] windowed image).
+        contrast: nnU-Net's intensity set on top: gamma in [0.7, 1.5], Gaussian noise (sd 0.03) and Gaussian
+            smoothing (sigma 0.5-1 voxel), each with probability 0.15-0.3. For models that must generalise
+            from few scanners.
+        spatial: rotation (+-15 degrees about each axis) and scaling (+-15 %), with probability 0.3; the patch
+            is cropped ``spatial_margin`` larger and resampled back to the patch size, so that rotated
+            corners hold image, not padding.
+        spatial_margin: enlargement of the crop for ``spatial``.
+        edge_patches: add the body's outer surface as a patch-centre group, so patches show where the body
+            ends (arms, the table, air) as often as they show each organ.
     """
-    if len(patch_size) != 3 or any(int(p) <= 0 for p in patch_size):
-        raise InvalidInputError(f"patch_size {patch_size}: expected three positive voxel counts")
-    return Compose([
-        RandCropByLabelClassesd(
-            keys=["image", "label", "soft_label"] if soft else ["image", "label"], label_key="label",
-            spatial_size=tuple(int(p) for p in patch_size), num_samples=samples_per_volume,
-            indices_key="label_cls_indices", allow_smaller=False, warn=False,
-        ),
-        RandScaleIntensityd(keys="image", factors=intensity_scale, prob=0.5),
-        RandShiftIntensityd(keys="image", offsets=intensity_shift, prob=0.5),
-    ])
+
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.05
+    contrast: bool = False
+    spatial: bool = False
+    spatial_margin: float = 1.25
+    edge_patches: bool = False
+
+    @classmethod
+    def named(cls, name: str) -> Augmentation:
+        """``light`` (default), ``strong`` (contrast + spatial + edge patches) or ``none``."""
+        presets = {"light": cls(), "strong": cls(contrast=True, spatial=True, edge_patches=True),
+                   "none": cls(intensity_scale=0.0, intensity_shift=0.0)}
+        if name not in presets:
+            raise InvalidInputError(f"augmentation {name!r}: expected one of {sorted(presets)}")
+        return presets[name]
+
+    def crop_size(self, patch: Sequence[int]) -> tuple[int, int, int]:
+        """The size to crop before :meth:`transforms` (larger than ``patch`` with ``spatial``)."""
+        factor = self.spatial_margin if self.spatial else 1.0
+        return tuple(int(np.ceil(int(p) * factor)) for p in patch)
+
+    def transforms(self, patch: Sequence[int], *, soft: bool = False) -> Compose:
+        """Compose over one crop dict {"image", "label"[, "soft_label"]} -> a ``patch``-sized, augmented dict."""
+        if len(patch) != 3 or any(int(p) <= 0 for p in patch):
+            raise InvalidInputError(f"patch_size {patch}: expected three positive voxel counts")
+        keys = ["image", "label", "soft_label"] if soft else ["image", "label"]
+        chain: list = []
+        if self.spatial:
+            chain.append(RandAffined(
+                keys=keys, mode=("bilinear", "nearest", "bilinear")[:len(keys)], prob=0.3,
+                rotate_range=(np.pi / 12,) * 3, scale_range=(0.15,) * 3, padding_mode="zeros",
+                spatial_size=tuple(int(p) for p in patch)))
+        if self.intensity_scale:
+            chain.append(RandScaleIntensityd(keys="image", factors=self.intensity_scale, prob=0.5))
+        if self.intensity_shift:
+            chain.append(RandShiftIntensityd(keys="image", offsets=self.intensity_shift, prob=0.5))
+        if self.contrast:
+            chain += [
+                RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3),
+                RandGaussianNoised(keys="image", std=0.03, prob=0.15),
+                RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0),
+                                    prob=0.15),
+            ]
+        return Compose(chain)
