@@ -46,7 +46,7 @@ class SegTaskConfig:
         cache_workers: processes per rank that fill the cache before training (each rank its share).
         max_locations: most patch-centre voxels kept per class and volume (nnU-Net-style subsampling).
         augmentation: ``light`` (intensity jitter), ``strong`` (+ contrast, noise, rotation/scaling, patches at
-            the body's edge) or ``none``; see :class:`~medmoe.seg.transforms.Augmentation`.
+            the body's edge), ``none``, or an :class:`~medmoe.seg.transforms.Augmentation`.
         samples_per_volume: random patches drawn per volume and item.
         balance: uniform sampling across the source datasets.
         bce_weight, dice_weight: loss weights.
@@ -75,7 +75,7 @@ class SegTaskConfig:
     cache_dir: str | None = None
     cache_workers: int = 2
     max_locations: int = 10_000
-    augmentation: str = "light"
+    augmentation: Any = "light"
     samples_per_volume: int = 1
     balance: bool = True
     bce_weight: float = 1.0
@@ -173,7 +173,9 @@ class SegTask:
                                  cache_dir=cfg.cache_dir, train=train, seed=cfg.seed,
                                  samples_per_volume=cfg.samples_per_volume, balance=cfg.balance,
                                  progress=cfg.progress, soft_labels=cfg.soft_labels and train,
-                                 augmentation=Augmentation.named(cfg.augmentation), max_locations=cfg.max_locations,
+                                 augmentation=(cfg.augmentation if isinstance(cfg.augmentation, Augmentation)
+                                               else Augmentation.named(cfg.augmentation)),
+                                 max_locations=cfg.max_locations,
                                  class_names=None if train else self.class_names)
 
     def train_dataset(self) -> Dataset:
