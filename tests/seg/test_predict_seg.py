@@ -15,11 +15,11 @@ from pydicom.data import get_testdata_file
 from seg_testkit import TOTALSEG_SKIP, BandModel, phantom_datalist, totalseg_datalist
 
 from medmoe.cli.main import main
+from medmoe.data.volumes import read_ct, read_label, write_nifti
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.data import load_datalist
 from medmoe.seg.evaluate import label_on_image_grid
-from medmoe.data.volumes import read_ct, read_label, write_nifti
 from medmoe.seg.metrics import case_metrics
 from medmoe.seg.postprocess import postprocess_masks
 from medmoe.seg.predict import SegPrediction, predict_volume, save_prediction, sliding_window_probabilities
@@ -64,7 +64,8 @@ def _blob_ct(tmp_path):
 def test_prediction_is_on_the_input_grid_and_lands_on_the_structure(tmp_path):
     path, blob = _blob_ct(tmp_path)
     model = BandModel(spacing=(3.0, 3.0, 3.0), smooth=False)
-    pred = predict_volume(model, path, ["bone", "fat"], return_probabilities=True)
+    # "fat" is no template class: free text, which the stand-in model segments by its HU band
+    pred = predict_volume(model, path, ["bone", "fat"], return_probabilities=True, allow_free_text=True)
     source = nib.load(path)
     assert nib.aff2axcodes(source.affine) == ("L", "P", "S")  # the model runs in RAS at 3 mm, the file is LPS
     assert pred.masks.shape == (2, *source.shape) and pred.masks.dtype == bool
@@ -292,3 +293,38 @@ def test_masks_are_thresholded_after_resampling_the_probabilities_to_the_input_g
     staircase = resample_to_grid((probs.numpy() > 0.5).astype(np.uint8), coarse, fine, truth.shape, "nearest")[0] > 0
     assert dice(masks[0], truth) > 0.95 and dice(staircase, truth) < 0.9
     np.testing.assert_array_equal(masks, kept > 0.5)
+
+
+def test_a_constant_probability_stays_constant_at_every_native_voxel_including_the_far_edges():
+    """The model grid ends at the last native voxel centre rounded to its spacing, so the input's outermost
+    voxels lie up to half a model voxel beyond it; linear resampling blended them with zeros (a constant 1
+    read 0.67 on the last native slice) until coordinates were clamped inside the model grid's footprint."""
+    from medmoe.data.volumes import Volume
+    from medmoe.seg.predict import preprocess_volume, probabilities_to_native
+    from medmoe.seg.resample import resample_to_grid
+
+    spacing = (1.1, 0.7, 2.5)  # extents 39.6 x 15.4 x 25 mm: 13.2 x 5.1 x 8.3 model voxels, rounded down
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])  # LPS, like a DICOM series
+    affine[:3, 3] = (40.0, 25.0, -60.0)
+    volume = Volume(array=np.zeros((37, 23, 11), np.float32), affine=affine, path="grid")
+    image = preprocess_volume(volume, (3.0, 3.0, 3.0))
+    processed = image.affine.numpy()
+    ones = torch.ones((2, *image.shape[1:]))
+    masks, kept = probabilities_to_native(ones, processed, volume, 0.5, keep_probabilities=True)
+    assert masks.all()
+    np.testing.assert_allclose(kept, 1.0, atol=1e-6)
+    # the old zero padding loses the far edges; points beyond the footprint still read 0 with the border
+    legacy = resample_to_grid(ones[:1], processed, affine, volume.shape, "linear")[0]
+    assert legacy[:, :, -1].max() < 0.7 and legacy.min() < 0.5  # 0.67 on the last native slice
+    shifted = affine.copy()
+    shifted[2, 3] += 10 * spacing[2]  # starts 10 slices up: its last slices lie beyond the model grid
+    beyond = resample_to_grid(ones[:1], processed, shifted, volume.shape, "linear", padding="border")[0]
+    assert (beyond[:, :, -1] == 0).all() and (beyond[:, :, 0] == 1).all()
+    with pytest.raises(InvalidInputError, match="padding"):
+        resample_to_grid(ones[:1], processed, affine, volume.shape, "linear", padding="reflect")
+    # the oblique (MONAI) path clamps the same way
+    c, s = np.cos(0.2), np.sin(0.2)
+    oblique = affine.copy()
+    oblique[:2, :2] = np.array([[c, -s], [s, c]]) @ affine[:2, :2]
+    inside = resample_to_grid(ones[:1], processed, oblique, volume.shape, "linear", padding="border")[0]
+    assert set(np.unique(inside)) <= {0.0, 1.0} and inside.mean() > 0.5

@@ -1,4 +1,4 @@
-"""`medmoe seg predict | eval | build-samples`: registered on the `medmoe seg` group by ``cli/seg.py``.
+"""`medmoe seg predict | classes | eval | build-samples`: registered on the `medmoe seg` group by ``cli/seg.py``.
 
 Handlers import the library lazily (``medmoe --help`` stays fast).
 """
@@ -7,29 +7,104 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+
+logger = logging.getLogger(__name__)
+
+PREDICT_EPILOG = """\
+examples:
+  # one CT (NIfTI or a DICOM series folder) -> one label map on the CT's own grid
+  medmoe seg predict --model runs/mome/model --input ct.nii.gz --prompt liver --prompt spleen --out mask.nii.gz
+
+  # every class the model knows, one binary mask per class (overlaps kept), statistics in the summary
+  medmoe seg predict --model runs/mome/model --input ct.nii.gz --prompt all --per-class --out pred/
+
+  # a folder of cases (NIfTI files and/or one sub-folder per DICOM series) -> pred/<case>.nii.gz + index.json
+  medmoe seg predict --model runs/mome/model --input cases/ --prompt liver --out pred/
+
+  # DICOM in, DICOM-SEG out (for PACS viewers), quick low-resolution run
+  medmoe seg predict --model runs/mome/model --input series/ --prompt liver --prompt "liver tumor" \\
+      --format dicom-seg --out liver_seg.dcm --fast
+
+  medmoe seg classes              # the classes and the datasets that label them
+  medmoe seg classes --dataset KiTS
+
+outputs: label value i = i-th prompt (later prompts win overlaps; --per-class keeps them). Each case's JSON
+summary gives per class the voxel count, volume (ml) and mean/std HU inside the mask. Nothing is computed
+until every input, prompt and output path has been checked. Exit status: 0 all cases written, 1 an error or
+at least one failed case (listed at the end; the other cases are still written).
+"""
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``predict``, ``eval`` and ``build-samples`` on the ``medmoe seg`` sub-command group."""
-    predict = sub.add_parser("predict", help="segment prompted classes in a CT (NIfTI file or DICOM series folder)")
-    predict.add_argument("--model", required=True, help="a saved model directory (config.json + model.safetensors)")
-    predict.add_argument("--input", required=True, help="CT as .nii/.nii.gz or a folder holding one DICOM series")
-    predict.add_argument("--prompt", action="append", default=[], metavar="CLASS",
-                         help="a class to segment (repeat; label value i = i-th prompt, later prompts win overlaps)")
-    predict.add_argument("--out", required=True, help="output label map (.nii.gz), on the input's grid and affine")
-    predict.add_argument("--probabilities", action="store_true",
-                         help="also write one probability map per class next to --out")
-    predict.add_argument("--summary", default=None, help="write a JSON summary (volume in ml per class)")
-    predict.add_argument("--overlay", default=None, help="write an overlay PNG of the prediction")
-    predict.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    predict.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    predict.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
-    predict.add_argument("--device", default=None, help="where windows run, e.g. cuda:0 (default: cpu)")
-    predict.add_argument("--no-postprocess", action="store_true", help="skip largest-component / lesion clean-up")
-    predict.add_argument("--allow-non-ct", action="store_true", help="skip the CT modality and HU-range checks")
-    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    """Register ``predict``, ``classes``, ``eval`` and ``build-samples`` on the ``medmoe seg`` group."""
+    predict = sub.add_parser(
+        "predict", help="segment prompted classes in CTs (NIfTI file, DICOM series folder or a folder of cases)",
+        description="Segment text-prompted classes in CT volumes with a saved MoME model; masks come back on\n"
+                    "each CT's own voxel grid (shape, spacing, orientation and affine of the input).",
+        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = predict.add_argument_group("input and output")
+    io.add_argument("--model", required=True, metavar="DIR", help="a saved model directory (config.json + model.safetensors)")
+    io.add_argument("--input", required=True, metavar="PATH",
+                    help="a CT: .nii/.nii.gz file or a folder with one DICOM series; or a folder of cases "
+                         "(NIfTI files and/or sub-folders holding one DICOM series each)")
+    io.add_argument("--out", required=True, metavar="PATH",
+                    help="one case: a .nii.gz (or .dcm) file, or a folder; several cases: a folder "
+                         "(<case>.nii.gz, <case>.json, index.json)")
+    io.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
+    cls = predict.add_argument_group("classes")
+    cls.add_argument("--prompt", action="append", default=[], metavar="CLASS",
+                     help="a class to segment (repeat; names, synonyms, typos resolve; see `medmoe seg classes`); "
+                          "'all' = every class of the model")
+    cls.add_argument("--allow-free-text", action="store_true",
+                     help="accept prompts that name no template class (embedded as unseen classes the model was "
+                          "not trained on) instead of refusing them")
+    what = predict.add_argument_group("what to write")
+    what.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
+                      help="nifti: a label map (default); dicom-seg: a DICOM Segmentation with one segment per "
+                           "class (DICOM input only; default when --out ends in .dcm)")
+    what.add_argument("--per-class", action="store_true",
+                      help="also one binary mask per class, <out>/<case>/<class>.nii.gz (overlaps kept)")
+    what.add_argument("--probabilities", action="store_true",
+                      help="also one float32 probability map per class next to the output")
+    what.add_argument("--summary", default=None, metavar="JSON",
+                      help="one case: write its JSON summary here (with a folder --out: <out>/<case>.json by "
+                           "default); folder of cases: the index JSON (default <out>/index.json)")
+    what.add_argument("--overlay", nargs="?", const=True, default=None, metavar="PNG",
+                      help="an overlay PNG of CT slices with the masks: next to each output, or at PNG (one case)")
+    speed = predict.add_argument_group("speed and device")
+    speed.add_argument("--device", default="auto", metavar="DEVICE",
+                       help="where the model runs: auto (CUDA if available, else CPU; default), cpu, cuda, cuda:N")
+    speed.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                       help="GPU autocast: auto = bf16 where native, else fp16 (default); CPU always runs fp32")
+    speed.add_argument("--fast", action="store_true",
+                       help="low resolution (like TotalSegmentator --fast): twice the model's spacing, overlap "
+                            "0.25, about 10x faster; coarser masks, small structures often lost")
+    speed.add_argument("--overlap", type=float, default=None, metavar="F",
+                       help="sliding-window overlap in [0, 1) (default 0.5; 0.25 with --fast)")
+    speed.add_argument("--sw-batch-size", type=int, default=1, metavar="N", help="windows per forward pass (default 1)")
+    pred = predict.add_argument_group("prediction")
+    pred.add_argument("--threshold", type=float, default=0.5, metavar="P", help="probability threshold (default 0.5)")
+    pred.add_argument("--no-postprocess", action="store_true",
+                      help="skip the clean-up (largest component per organ, lesions inside their organ)")
+    pred.add_argument("--allow-non-ct", action="store_true", help="skip the CT modality and HU-range checks")
+    pred.add_argument("--no-progress", action="store_true", help="no progress bars")
     predict.set_defaults(func=run_predict)
+
+    classes = sub.add_parser(
+        "classes", help="list the class template: names, prompts, synonyms, datasets that label each class",
+        description="The classes `medmoe seg predict --prompt` accepts (names, synonyms and small typos\n"
+                    "resolve), with the datasets that label each; or one dataset's label map.",
+        epilog="examples:\n  medmoe seg classes\n  medmoe seg classes --dataset BTCV\n"
+               "  medmoe seg classes --model runs/mome/model --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    classes.add_argument("--dataset", default=None, metavar="NAME",
+                         help="only this dataset's label map (label id -> class); names and aliases resolve")
+    classes.add_argument("--model", default=None, metavar="DIR",
+                         help="only the classes of this saved model (what --prompt all segments)")
+    classes.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    classes.set_defaults(func=run_classes)
 
     ev = sub.add_parser("eval", help="Dice, HD95, NSD and tumour detection of a model on a datalist split")
     ev.add_argument("--model", required=True, help="a saved model directory")
@@ -65,29 +140,184 @@ def _device(name: str | None):
     return torch.device(name) if name else None
 
 
+def _check_settings(args: argparse.Namespace) -> None:
+    from medmoe.errors import InvalidInputError
+
+    if not 0.0 < args.threshold < 1.0:
+        raise InvalidInputError(f"--threshold {args.threshold}: expected a probability in (0, 1)")
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise InvalidInputError(f"--overlap {args.overlap}: expected a fraction in [0, 1)")
+    if args.sw_batch_size < 1:
+        raise InvalidInputError(f"--sw-batch-size {args.sw_batch_size}: expected >= 1")
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    from medmoe.hub import load_model
-    from medmoe.data.volumes import read_ct
-    from medmoe.seg.predict import check_prompts, predict_volume, save_prediction
+    # light imports only until every check has passed (MONAI alone takes seconds to import)
+    from medmoe.devices import autocast_dtype, resolve_device
+    from medmoe.errors import InvalidInputError, MedMoEError
+    from medmoe.hub import read_model_config
+    from medmoe.seg.cases import find_cases
+    from medmoe.seg.classes import ClassTemplate
+    from medmoe.seg.outputs import plan_outputs
+    from medmoe.seg.prompts import (
+        ALL_CLASSES,
+        check_prompts,
+        class_file_name,
+        model_class_names,
+        resolve_prompt_list,
+    )
 
-    # Cheap checks first: a bad prompt list or input fails before the model is loaded.
+    # Everything that can fail without the model fails first: prompts, settings, input, model config,
+    # output paths, device. Then the model is loaded once for all cases.
     check_prompts(args.prompt)
-    volume = read_ct(args.input, check_ct=not args.allow_non_ct)
-    model = load_model(args.model, device=args.device)
-    prediction = predict_volume(
-        model, volume, args.prompt, threshold=args.threshold, overlap=args.overlap,
-        sw_batch_size=args.sw_batch_size, device=_device(args.device), postprocess=not args.no_postprocess,
-        return_probabilities=args.probabilities, progress=not args.no_progress)
-    prediction.meta["model"] = str(args.model)
-    info = save_prediction(prediction, args.out, probabilities=args.probabilities, summary=args.summary)
-    if args.overlay:
-        from medmoe.seg.overlay import save_overlay
+    _check_settings(args)
+    cases = find_cases(args.input)
+    model_type, fields = read_model_config(args.model)
+    if model_type != "mome":
+        raise InvalidInputError(f"--model {args.model}: a {model_type!r} model; seg predict needs a MoME segmentation model")
+    template = ClassTemplate.default()
+    model_classes, source = model_class_names(fields, template)
+    prompts, classes = resolve_prompt_list(args.prompt, template, model_classes=model_classes,
+                                           allow_free_text=args.allow_free_text)
+    if any(p.strip().lower() == ALL_CLASSES for p in args.prompt):
+        logger.info("--prompt all: %d classes, %s", len(model_classes), source)
+    names = [c or p for c, p in zip(classes, prompts)]
+    plan = plan_outputs(cases, args.out, class_files=[class_file_name(n) for n in names], fmt=args.format,
+                        per_class=args.per_class, probabilities=args.probabilities, summary=args.summary,
+                        overlay=args.overlay, overwrite=args.overwrite)
+    device = resolve_device(args.device)
+    amp_dtype = autocast_dtype(device, args.amp)
+    from tqdm.auto import tqdm
 
-        names = [c or p for c, p in zip(prediction.classes, prediction.prompts)]
-        save_overlay(volume.array, volume.affine, prediction.masks, names, args.overlay, title=str(args.input))
+    from medmoe.data.volumes import read_ct
+    from medmoe.hub import load_model
+    from medmoe.seg.predict import predict_volume, save_prediction
+
+    single = not cases.folder
+    first = read_ct(cases.cases[0].path, check_ct=not args.allow_non_ct) if single else None
+    logger.info("segmenting %d class(es) in %d case(s) on %s (%s%s)", len(prompts), len(cases.cases), device,
+                str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", ", fast" if args.fast else "")
+    model = load_model(args.model, device=str(device))
+
+    done: list[dict] = []
+    failed: list[dict] = []
+    bar = tqdm(plan.cases, desc="cases", unit="case", disable=single or args.no_progress)
+    for item in bar:
+        case = item.case
+        bar.set_postfix_str(case.name)
+        try:
+            volume = first if single else read_ct(case.path, check_ct=not args.allow_non_ct)
+            first = None
+            prediction = predict_volume(
+                model, volume, prompts, threshold=args.threshold, overlap=args.overlap,
+                sw_batch_size=args.sw_batch_size, device=device, amp=args.amp, fast=args.fast,
+                postprocess=not args.no_postprocess, return_probabilities=args.probabilities,
+                progress=single and not args.no_progress, allow_free_text=args.allow_free_text)
+            prediction.meta.update(model=str(args.model), case=case.name)
+            if item.overlay is not None:
+                from medmoe.seg.overlay import save_overlay
+
+                save_overlay(volume.array, volume.affine, prediction.masks, prediction.names, item.overlay,
+                             title=f"{case.name}: {', '.join(prediction.names[:6])}"
+                                   f"{' ...' if len(prediction.names) > 6 else ''}")
+                prediction.meta["overlay"] = str(item.overlay)
+            del volume
+            info = save_prediction(prediction, item.main, probabilities=args.probabilities, summary=item.summary,
+                                   per_class=item.per_class)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # a bad case of a folder is reported and skipped
+            if single:
+                raise
+            reason = str(err) if isinstance(err, MedMoEError) else f"{type(err).__name__}: {err}"
+            logger.debug("case %s failed", case.name, exc_info=True)
+            tqdm.write(f"medmoe: case {case.name} failed: {reason}", file=sys.stderr)
+            failed.append({"case": case.name, "input": str(case.path), "error": reason})
+            continue
+        done.append({"case": case.name, "input": str(case.path), "output": str(item.main),
+                     "summary": str(item.summary) if item.summary else None,
+                     "per_class": str(item.per_class) if item.per_class else None,
+                     "classes": {r["class"] or r["prompt"]: {k: r.get(k) for k in ("voxels", "volume_ml", "mean_hu")}
+                                 for r in info["classes"]},
+                     "seconds": info.get("total_seconds")})
+        if single:
+            _print_classes(info)
+    if plan.index is not None:
+        index = {"input": str(args.input), "out": str(args.out), "model": str(args.model), "prompts": prompts,
+                 "classes": classes, "format": plan.format, "device": str(device), "fast": bool(args.fast),
+                 "cases": done, "failed": failed, "ignored": [str(p) for p in cases.ignored]}
+        plan.index.parent.mkdir(parents=True, exist_ok=True)
+        plan.index.write_text(json.dumps(index, indent=2) + "\n")
+    if single and done:
+        extra = [p for p in (plan.cases[0].summary, plan.cases[0].per_class, plan.cases[0].overlay) if p]
+        print(f"wrote {plan.cases[0].main}" + "".join(f" and {p}" for p in extra))
+    elif not single:
+        for row in done:
+            found = sum(1 for c in row["classes"].values() if c["voxels"])
+            print(f"{row['case']:24s} {found:3d}/{len(prompts)} classes found  -> {row['output']}")
+        print(f"wrote {len(done)} of {len(plan.cases)} case(s) to {args.out} (index {plan.index})")
+    if failed:
+        print(f"{len(failed)} case(s) failed:", file=sys.stderr)
+        for row in failed:
+            print(f"  {row['case']}: {row['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_classes(info: dict) -> None:
+    print(f"{'':3s}  {'prompt':28s} {'class':28s} {'volume':>12s} {'mean HU':>9s}")
     for row in info["classes"]:
-        print(f"{row['label_value']:3d}  {row['prompt']:28s} {str(row['class']):28s} {row['volume_ml']:10.1f} ml")
-    print(f"wrote {args.out}" + (f" and {args.summary}" if args.summary else ""))
+        hu = "" if row.get("mean_hu") is None else f"{row['mean_hu']:9.1f}"
+        print(f"{row['label_value']:3d}  {row['prompt'][:28]:28s} {str(row['class'])[:28]:28s} "
+              f"{row['volume_ml']:9.1f} ml {hu:>9s}")
+
+
+def run_classes(args: argparse.Namespace) -> int:
+    from medmoe.hub import read_model_config
+    from medmoe.seg.classes import ClassTemplate
+    from medmoe.seg.prompts import model_class_names
+
+    template = ClassTemplate.default()
+    if args.dataset:
+        name = template.dataset_name(args.dataset)
+        labels = template.label_map(name)
+        labelled = template.labelled_classes(name)
+        derived = [c for c in labelled if c not in labels.values()]
+        if args.json:
+            print(json.dumps({"dataset": name, "labels": {str(k): v for k, v in labels.items()},
+                              "labelled_classes": labelled}, indent=2))
+            return 0
+        print(f"{name}: label id -> class")
+        for label_id, cls in labels.items():
+            print(f"{label_id:5d}  {cls}")
+        if derived:
+            print(f"also labelled (unions of labelled parts): {', '.join(derived)}")
+        return 0
+    names, source = list(template.names), "every class of the class template"
+    if args.model:
+        _, fields = read_model_config(args.model)
+        names, source = model_class_names(fields, template)
+    labelled_by: dict[str, list[str]] = {n: [] for n in template.names}
+    for dataset in template.datasets:
+        for cls in template.labelled_classes(dataset):
+            labelled_by[cls].append(dataset)
+    rows = []
+    for n in names:
+        info = template.info(n)
+        rows.append({"name": n, "display": info.display, "prompt": template.prompt(n), "kind": info.kind,
+                     "parent": info.parent, "parts": list(info.parts), "synonyms": list(info.synonyms),
+                     "datasets": labelled_by[n]})
+    if args.json:
+        print(json.dumps({"source": source, "prompt_template": template.prompt_template, "classes": rows}, indent=2))
+        return 0
+    print(f"{len(rows)} classes ({source}); prompt: {template.prompt_template!r}. Names, display names, synonyms "
+          "and small typos resolve.")
+    print(f"{'class':30s} {'kind':7s} {'labelled by':40s} other names")
+    for row in rows:
+        others = [row["display"]] if row["display"] != row["name"].replace("_", " ") else []
+        others += row["synonyms"]
+        print(f"{row['name']:30s} {row['kind']:7s} {','.join(row['datasets']) or '-':40s} {', '.join(others)}")
+    print(f"datasets: {', '.join(template.datasets)} (label maps: medmoe seg classes --dataset NAME)")
     return 0
 
 

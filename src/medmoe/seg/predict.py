@@ -1,14 +1,17 @@
 """Whole-CT prediction: a NIfTI file or DICOM series in, one mask per prompt on the native grid out.
 
-Pipeline: read (HU) -> RAS -> resample to the model's training spacing -> HU window -> MONAI sliding-window
-inference with the prompt embeddings passed through as ``text_emb=`` (gaussian blending; windows run on
-``device``, the stitched volume stays on ``output_device`` so memory is bounded by one volume of K
-probabilities) -> sigmoid -> probabilities resampled back to the input grid (linear) -> threshold -> post-processing
-(largest component for organs, lesions inside their organ) on the input grid.
+Pipeline: read (HU) -> RAS -> resample to the model's training spacing (twice as coarse with ``fast=True``)
+-> HU window -> edge-padding of axes thinner than the training window -> MONAI sliding-window inference
+with the prompt embeddings passed through as ``text_emb=`` (gaussian blending; windows run on ``device``,
+under bf16/fp16 autocast on a GPU, the stitched volume stays on ``output_device`` so memory is bounded by
+one volume of K probabilities) -> sigmoid -> padding cropped -> probabilities resampled back to the input
+grid (linear, clamped at the edges) -> threshold -> post-processing (largest component for organs, lesions
+inside their organ) on the input grid -> per-class statistics (volume, mean HU).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,19 +22,33 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import Orientation, ScaleIntensityRange, Spacing
 from torch import Tensor, nn
 
+from medmoe.data.volumes import Volume, read_ct, write_nifti
+from medmoe.devices import autocast_dtype, resolve_device
 from medmoe.errors import InvalidInputError
 from medmoe.seg.classes import ClassTemplate
-from medmoe.data.volumes import Volume, read_ct, write_nifti
 from medmoe.seg.postprocess import postprocess_masks
+from medmoe.seg.prompts import (  # noqa: F401  (part of this module's API)
+    ALL_CLASSES,
+    check_prompts,
+    class_file_name,
+    model_class_names,
+    resolve_prompt_list,
+    suggest_classes,
+)
 from medmoe.seg.resample import resample_to_grid
 from medmoe.seg.transforms import HU_WINDOW
 
 logger = logging.getLogger(__name__)
+
+FAST_FACTOR = 2.0
+DEFAULT_OVERLAP = 0.5
+FAST_OVERLAP = 0.25
 
 
 @dataclass
@@ -42,8 +59,10 @@ class SegPrediction:
         masks: (K, X, Y, Z) bool, one (post-processed) mask per prompt; may overlap (a tumour lies in its organ).
         affine: (4, 4) voxel -> RAS mm of the input.
         prompts: the K prompts as given.
-        classes: the K canonical template classes (None for a prompt outside the template).
+        classes: the K canonical template classes (None for a free-text prompt outside the template).
         probabilities: (K, X, Y, Z) float32 sigmoid probabilities, when asked for.
+        statistics: per class ``voxels``, ``volume_ml``, ``mean_hu`` and ``std_hu`` inside the mask (HU
+            None for an empty mask), when the CT intensities were at hand.
         meta: timing, spacing and settings.
     """
 
@@ -52,11 +71,17 @@ class SegPrediction:
     prompts: list[str]
     classes: list[str | None]
     probabilities: np.ndarray | None = None
+    statistics: list[dict[str, Any]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def voxel_ml(self) -> float:
         return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    @property
+    def names(self) -> list[str]:
+        """The K class names: the canonical class, or the prompt itself for a free-text prompt."""
+        return [c or p for c, p in zip(self.classes, self.prompts)]
 
     def label_map(self) -> np.ndarray:
         """(X, Y, Z) label map: value i where prompt i (1-based) is predicted; later prompts win overlaps."""
@@ -71,16 +96,39 @@ class SegPrediction:
         return [float(m.sum()) * self.voxel_ml for m in self.masks]
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary: per prompt its class, label value, voxel count and volume (ml)."""
+        """JSON-ready summary: per prompt its class, label value, voxel count, volume (ml) and mean/std HU."""
         rows = []
-        for i, (prompt, name, mask) in enumerate(zip(self.prompts, self.classes, self.masks)):
-            row = {"prompt": prompt, "class": name, "label_value": i + 1, "voxels": int(mask.sum()),
-                   "volume_ml": round(float(mask.sum()) * self.voxel_ml, 3)}
+        stats = self.statistics or [None] * len(self.prompts)
+        for i, (prompt, name, mask, stat) in enumerate(zip(self.prompts, self.classes, self.masks, stats)):
+            row = {"prompt": prompt, "class": name, "label_value": i + 1}
+            if stat is None:
+                stat = {"voxels": int(mask.sum()), "volume_ml": round(float(mask.sum()) * self.voxel_ml, 3)}
+            row.update(stat)
             if self.probabilities is not None:
                 row["max_probability"] = round(float(self.probabilities[i].max()), 4)
             rows.append(row)
         return {"classes": rows, "shape": list(self.masks.shape[1:]), "affine": np.round(self.affine, 6).tolist(),
                 **self.meta}
+
+
+def class_statistics(masks: np.ndarray, hu: np.ndarray | None, voxel_ml: float) -> list[dict[str, Any]]:
+    """Per class: ``voxels``, ``volume_ml`` and, with the CT at hand, ``mean_hu`` / ``std_hu`` inside the mask.
+
+    Args:
+        masks: (K, X, Y, Z) bool.
+        hu: (X, Y, Z) CT in Hounsfield units on the same grid, or None.
+        voxel_ml: volume of one voxel in millilitres.
+    """
+    rows = []
+    for mask in masks:
+        n = int(mask.sum())
+        row: dict[str, Any] = {"voxels": n, "volume_ml": round(n * voxel_ml, 3)}
+        if hu is not None:
+            inside = hu[mask].astype(np.float64) if n else None
+            row["mean_hu"] = round(float(inside.mean()), 2) if n else None
+            row["std_hu"] = round(float(inside.std()), 2) if n else None
+        rows.append(row)
+    return rows
 
 
 def _config_tuple(config: Any, names: Sequence[str]) -> tuple | None:
@@ -100,18 +148,6 @@ def model_geometry(model: nn.Module) -> tuple[tuple[int, ...] | None, tuple[floa
     return roi, spacing, (float(window[0]), float(window[1]))
 
 
-def check_prompts(prompts: Any) -> list[str]:
-    """The prompts as a list of non-empty strings, or a clear error (empty list, a bare string, ...)."""
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise InvalidInputError(f"prompts must be a list of class names, got {type(prompts).__name__}")
-    if len(prompts) == 0:
-        raise InvalidInputError("the prompt list is empty: give at least one class to segment, e.g. --prompt liver")
-    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
-    if bad:
-        raise InvalidInputError(f"prompts must be non-empty strings, got {bad!r}")
-    return [str(p) for p in prompts]
-
-
 def _logits_of(output: Any) -> Tensor:
     if isinstance(output, Tensor):
         return output
@@ -123,7 +159,17 @@ def _logits_of(output: Any) -> Tensor:
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    def norm(d: torch.device) -> tuple[str, int]:
+        index = d.index if d.index is not None else (torch.cuda.current_device() if d.type == "cuda" else 0)
+        return d.type, index
+
+    return norm(a) == norm(b)
 
 
 def preprocess_volume(volume: Volume, spacing: Sequence[float], hu_window: tuple[float, float] = HU_WINDOW) -> MetaTensor:
@@ -135,10 +181,32 @@ def preprocess_volume(volume: Volume, spacing: Sequence[float], hu_window: tuple
     return ScaleIntensityRange(a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True)(image)
 
 
+def pad_to_window(image: Tensor, roi_size: Sequence[int]) -> tuple[Tensor, tuple[slice, ...] | None]:
+    """Pad a (1, X, Y, Z) image to at least ``roi_size`` by repeating its edge voxels (both sides evenly).
+
+    MONAI's sliding window pads with a constant (0 = -175 HU after the window, soft tissue on one side
+    and air on none), which a model never saw at the edge of a slab: a 7-slice slab padded with zeros to
+    32 slices loses most of its Dice. Repeating the edge slices keeps the intensities plausible.
+
+    Returns:
+        ``(padded, crop)``: ``padded[:, crop]`` (and the probabilities') is the original extent; ``crop`` is
+        None when nothing was padded.
+    """
+    shape = tuple(int(s) for s in image.shape[1:])
+    pads = [max(int(r) - s, 0) for s, r in zip(shape, roi_size)]
+    if not any(pads):
+        return image, None
+    before = [p // 2 for p in pads]
+    after = [p - b for p, b in zip(pads, before)]
+    x = (image.as_tensor() if isinstance(image, MetaTensor) else image)[None].float()
+    padded = F.pad(x, (before[2], after[2], before[1], after[1], before[0], after[0]), mode="replicate")[0]
+    return padded, tuple(slice(b, b + s) for b, s in zip(before, shape))
+
+
 def sliding_window_probabilities(model: nn.Module, image: Tensor, text_emb: Tensor, roi_size: Sequence[int], *,
                                  overlap: float = 0.5, sw_batch_size: int = 1, device: torch.device | str | None = None,
                                  output_device: torch.device | str = "cpu", mode: str = "gaussian",
-                                 progress: bool = False) -> Tensor:
+                                 progress: bool = False, amp_dtype: torch.dtype | None = None) -> Tensor:
     """Stitched sigmoid probabilities of one preprocessed volume.
 
     Args:
@@ -148,6 +216,8 @@ def sliding_window_probabilities(model: nn.Module, image: Tensor, text_emb: Tens
         roi_size: window size in voxels.
         device: where windows run (default: the model's device).
         output_device: where the stitched (K, X, Y, Z) volume lives (CPU keeps GPU memory bounded).
+        amp_dtype: run the windows under autocast to this dtype (bf16/fp16 on a GPU); logits are
+            stitched in fp32.
 
     Returns:
         (K, X, Y, Z) float32 probabilities on ``output_device``.
@@ -157,7 +227,9 @@ def sliding_window_probabilities(model: nn.Module, image: Tensor, text_emb: Tens
     device = torch.device(device) if device is not None else _model_device(model)
 
     def predictor(window: Tensor, text_emb: Tensor) -> Tensor:
-        return _logits_of(model(window, text_emb=text_emb)).float()
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(window, text_emb=text_emb)
+        return _logits_of(out).float()
 
     with torch.no_grad():
         logits = sliding_window_inference(
@@ -175,7 +247,9 @@ def probabilities_to_native(probs: Tensor, processed_affine: np.ndarray, volume:
     Thresholding after resampling keeps the sub-voxel boundary that the probabilities carry; thresholding
     on the coarser model grid and copying the nearest voxel back makes staircase boundaries that cost several
     Dice points on organs only a few model voxels thick. One class at a time bounds memory to one float
-    volume on the input grid.
+    volume on the input grid. The model grid covers the input's extent only up to its last voxel centre,
+    so the input's outermost voxels read the edge probabilities (clamped, ``padding="border"``) rather
+    than a blend with zeros.
 
     Args:
         probs: (K, X', Y', Z') probabilities on the model grid.
@@ -191,61 +265,101 @@ def probabilities_to_native(probs: Tensor, processed_affine: np.ndarray, volume:
     masks = np.zeros((probs.shape[0], *volume.shape), dtype=bool)
     kept = np.zeros((probs.shape[0], *volume.shape), dtype=np.float32) if keep_probabilities else None
     for k in range(probs.shape[0]):
-        native = resample_to_grid(probs[k:k + 1], processed_affine, volume.affine, volume.shape, "linear")[0]
+        native = resample_to_grid(probs[k:k + 1], processed_affine, volume.affine, volume.shape, "linear",
+                                  padding="border")[0]
         masks[k] = native > threshold
         if kept is not None:
             kept[k] = np.clip(native, 0.0, 1.0)
     return masks, kept
 
 
+def _thin_axes_warning(volume: Volume, shape: Sequence[int], roi_size: Sequence[int], spacing: Sequence[float]) -> str:
+    axes = [f"{'XYZ'[i]} {int(s)} voxels ({int(s) * float(spacing[i]):.0f} mm)"
+            for i, (s, r) in enumerate(zip(shape, roi_size)) if s < r]
+    window = " x ".join(f"{int(r)}" for r in roi_size)
+    return (f"{volume.path}: thinner than the model's {window}-voxel window at {'/'.join(f'{s:g}' for s in spacing)} "
+            f"mm along {', '.join(axes)}; padded by repeating its edge slices. The model sees repeated edge slices "
+            "instead of anatomy there: organs cut by the slab's edge are less reliable than in a whole CT")
+
+
 def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts: Sequence[str], *,
-                   threshold: float = 0.5, overlap: float = 0.5, sw_batch_size: int = 1,
+                   threshold: float = 0.5, overlap: float | None = None, sw_batch_size: int = 1,
                    device: torch.device | str | None = None, output_device: torch.device | str = "cpu",
-                   roi_size: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
-                   postprocess: bool = True, return_probabilities: bool = False, check_ct: bool = True,
-                   progress: bool = False, template: ClassTemplate | None = None) -> SegPrediction:
+                   amp: str = "auto", roi_size: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
+                   fast: bool = False, fast_factor: float = FAST_FACTOR, postprocess: bool = True,
+                   return_probabilities: bool = False, check_ct: bool = True, progress: bool = False,
+                   template: ClassTemplate | None = None, allow_free_text: bool = False) -> SegPrediction:
     """Segment ``prompts`` in a whole CT and return masks on the input's own voxel grid.
 
     Args:
         model: a MoME model, or any module with ``embed_prompts(prompts) -> (K, T)``,
             ``forward(volume, text_emb=...) -> (B, K, *S)`` logits and ``config.roi_size`` / ``config.spacing``.
         source: a NIfTI file, a DICOM series folder, or an already read :class:`Volume` (HU).
-        prompts: K class names or prompts (typos of template classes resolve).
+        prompts: K class names or prompts (synonyms and typos of template classes resolve); ``"all"`` is
+            every class of the model (:func:`model_class_names`). Repeats of a class are segmented once.
         threshold: probability above which a voxel is in the mask.
-        overlap: sliding-window overlap in [0, 1).
+        overlap: sliding-window overlap in [0, 1) (default 0.5; 0.25 with ``fast``).
         sw_batch_size: windows per forward pass.
-        device: where windows run (default: the model's device).
+        device: where windows run: ``"auto"`` (CUDA if available, else CPU), a device, or None for the
+            model's device. The model is moved there if it is elsewhere.
         output_device: where the stitched probabilities are kept (``"cpu"`` for whole CTs on a GPU).
-        roi_size, spacing: override the model config's window size and training spacing.
+        amp: autocast of the windows on a GPU: ``auto`` (bf16 where native, else fp16), ``bf16``, ``fp16``,
+            ``off``. Always fp32 on CPU.
+        roi_size, spacing: override the model config's window size and spacing.
+        fast: low-resolution mode: run at ``fast_factor`` x the model's spacing (8x fewer voxels at 2x)
+            with overlap 0.25, and resample back. The model then sees organs at 1/``fast_factor`` of the
+            size it was trained on: masks are coarser and small structures (vessels, adrenals, lesions)
+            are often lost; see docs/seg.md for the measured cost.
         postprocess: largest connected component for organs; lesions kept inside their parent organ.
         return_probabilities: also resample the probabilities to the input grid (linear).
         check_ct: refuse inputs that are not CT (DICOM Modality, HU range).
         progress: tqdm bar over the windows.
-        template: class template for post-processing (default: the model's, else the packaged one).
+        template: class template for resolution and post-processing (default: the model's, else the packaged one).
+        allow_free_text: accept prompts that name no template class (embedded as unseen classes) instead of
+            raising.
 
     Returns:
-        :class:`SegPrediction` with (K, X, Y, Z) masks in the input's voxel order and affine.
+        :class:`SegPrediction` with (K, X, Y, Z) masks in the input's voxel order and affine, and per-class
+        statistics (volume, mean HU).
 
     Raises:
-        InvalidInputError: empty prompt list, a 2-D or non-CT input, bad settings.
+        InvalidInputError: empty prompt list, an unknown prompt, a 2-D or non-CT input, bad settings.
         CorruptFileError: an unreadable file.
     """
-    prompts = check_prompts(prompts)
     if not 0.0 < threshold < 1.0:
         raise InvalidInputError(f"threshold {threshold}: expected a probability in (0, 1)")
+    overlap = (FAST_OVERLAP if fast else DEFAULT_OVERLAP) if overlap is None else float(overlap)
     if not 0.0 <= overlap < 1.0:
         raise InvalidInputError(f"overlap {overlap}: expected a fraction in [0, 1)")
+    if sw_batch_size < 1:
+        raise InvalidInputError(f"sw_batch_size {sw_batch_size}: expected >= 1")
+    if fast and not fast_factor >= 1.0:
+        raise InvalidInputError(f"fast_factor {fast_factor}: expected >= 1 (how much coarser than the model's spacing)")
     cfg_roi, cfg_spacing, hu_window = model_geometry(model)
     roi_size = tuple(roi_size or cfg_roi or ())
-    spacing = tuple(spacing or cfg_spacing or ())
+    trained_spacing = tuple(cfg_spacing or ())
+    if spacing is None:
+        spacing = tuple(float(s) * (fast_factor if fast else 1.0) for s in trained_spacing)
+    spacing = tuple(float(s) for s in spacing)
     if len(roi_size) != 3 or len(spacing) != 3:
         raise InvalidInputError(
             f"{type(model).__name__} config gives roi_size {roi_size or None} and spacing {spacing or None}; "
             "pass roi_size=(x, y, z) and spacing=(mm, mm, mm)")
+    if any(s <= 0 for s in spacing):
+        raise InvalidInputError(f"spacing {spacing}: expected positive millimetres")
     if not hasattr(model, "embed_prompts"):
         raise InvalidInputError(f"{type(model).__name__} has no embed_prompts(prompts); expected a MoME model")
     template = template or getattr(model, "template", None) or ClassTemplate.default()
+    wants_all = any(isinstance(p, str) and p.strip().lower() == ALL_CLASSES for p in check_prompts(prompts))
+    model_classes = model_class_names(model, template)[0] if wants_all else None
+    prompts, classes = resolve_prompt_list(prompts, template, model_classes=model_classes,
+                                           allow_free_text=allow_free_text)
+    run_device = resolve_device(device) if device is not None else _model_device(model)
+    amp_dtype = autocast_dtype(run_device, amp)
     volume = source if isinstance(source, Volume) else read_ct(source, check_ct=check_ct)
+    if not _same_device(_model_device(model), run_device):
+        logger.info("moving the model to %s", run_device)
+        model.to(run_device)
 
     start = time.perf_counter()
     was_training = model.training
@@ -255,56 +369,112 @@ def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts
             text_emb = model.embed_prompts(list(prompts))
         image = preprocess_volume(volume, spacing, hu_window)
         processed_affine = image.affine.numpy().copy()
+        processed_shape = tuple(int(s) for s in image.shape[1:])
+        image, crop = pad_to_window(image, roi_size)
+        if crop is not None:
+            logger.warning(_thin_axes_warning(volume, processed_shape, roi_size, spacing))
         probs = sliding_window_probabilities(model, image, text_emb, roi_size, overlap=overlap,
-                                             sw_batch_size=sw_batch_size, device=device, output_device=output_device,
-                                             progress=progress)
+                                             sw_batch_size=sw_batch_size, device=run_device,
+                                             output_device=output_device, progress=progress, amp_dtype=amp_dtype)
+        if crop is not None:
+            probs = probs[(slice(None), *crop)]
     finally:
         model.train(was_training)
     infer_s = time.perf_counter() - start
-    classes = [template.resolve(p) for p in prompts]
     native, probabilities = probabilities_to_native(probs, processed_affine, volume, threshold,
                                                     keep_probabilities=return_probabilities)
     if postprocess:
         native = postprocess_masks(native, classes, template)
+    voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
     meta = {
-        "input": volume.path, "input_spacing_mm": [round(s, 4) for s in volume.spacing],
-        "model_spacing_mm": list(spacing), "roi_size": list(roi_size), "processed_shape": list(probs.shape[1:]),
-        "threshold": threshold, "overlap": overlap, "postprocess": postprocess,
+        "input": volume.path, "input_format": volume.meta.get("format"), "input_shape": list(volume.shape),
+        "input_spacing_mm": [round(s, 4) for s in volume.spacing],
+        "model_spacing_mm": list(spacing), "trained_spacing_mm": list(trained_spacing), "fast": bool(fast),
+        "roi_size": list(roi_size), "processed_shape": list(processed_shape), "padded_to_window": crop is not None,
+        "threshold": threshold, "overlap": overlap, "postprocess": postprocess, "device": str(run_device),
+        "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
         "inference_seconds": round(infer_s, 3), "total_seconds": round(time.perf_counter() - start, 3),
     }
+    if volume.meta.get("series_uid"):
+        meta["series_uid"] = volume.meta["series_uid"]
     logger.info("predicted %d class(es) on %s in %.1f s", len(prompts), volume.path, meta["total_seconds"])
     return SegPrediction(masks=native, affine=volume.affine.copy(), prompts=list(prompts), classes=classes,
-                         probabilities=probabilities, meta=meta)
+                         probabilities=probabilities, statistics=class_statistics(native, volume.array, voxel_ml),
+                         meta=meta)
 
 
-def save_prediction(prediction: SegPrediction, out: str | os.PathLike, *, probabilities: bool = False,
-                    summary: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Write the label map (``out``), optional per-class probability maps and a JSON summary.
+def _kinds(classes: Sequence[str | None]) -> list[str | None]:
+    template = ClassTemplate.default()
+    return [template.info(c).kind if c is not None and c in template else None for c in classes]
 
-    Probability maps go next to ``out`` as ``<stem>_prob_<i>_<class>.nii.gz`` (float32).
+
+def _nifti_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def save_prediction(prediction: SegPrediction, out: str | os.PathLike | None, *, probabilities: bool = False,
+                    summary: str | os.PathLike | None = None,
+                    per_class: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write the prediction: label map or DICOM-SEG, per-class masks, probability maps, JSON summary.
+
+    Args:
+        prediction: from :func:`predict_volume`.
+        out: ``.nii`` / ``.nii.gz``: the label map (value i = prompt i, later prompts win overlaps);
+            ``.dcm``: a DICOM-SEG with one segment per class (overlaps kept; the input must have been a
+            DICOM series folder, still in place); None: no combined output.
+        probabilities: also write one float32 probability map per class next to ``out`` as
+            ``<stem>_prob_<i>_<class>.nii.gz``.
+        summary: write the JSON summary (classes, statistics, settings, files) here.
+        per_class: a folder for one binary uint8 NIfTI per class, ``<class>.nii.gz`` (canonical name;
+            overlaps kept).
 
     Returns:
-        The summary dict (also written to ``summary`` when given).
+        The summary dict.
     """
-    import json
-
-    out = Path(out)
-    if not str(out).lower().endswith((".nii", ".nii.gz")):
-        raise InvalidInputError(f"{out}: the output mask must be a .nii or .nii.gz file")
-    write_nifti(prediction.label_map(), prediction.affine, out)
     info = prediction.summary()
-    info["output"] = str(out)
+    files: dict[str, Any] = {}
+    if out is not None:
+        out = Path(out)
+        lower = str(out).lower()
+        if lower.endswith((".nii", ".nii.gz")):
+            write_nifti(prediction.label_map(), prediction.affine, out)
+            files["labels"] = str(out)
+        elif lower.endswith(".dcm"):
+            from medmoe.seg.dicom_seg import write_dicom_seg
+
+            if prediction.meta.get("input_format") != "dicom" or not prediction.meta.get("series_uid"):
+                raise InvalidInputError(f"{out}: DICOM-SEG needs a DICOM series input; {prediction.meta.get('input')} "
+                                        "is not one (write a .nii.gz instead)")
+            write_dicom_seg(prediction.masks, prediction.names, out, folder=prediction.meta["input"],
+                            series_uid=prediction.meta["series_uid"], affine=prediction.affine,
+                            kinds=_kinds(prediction.classes))
+            files["dicom_seg"] = str(out)
+        else:
+            raise InvalidInputError(f"{out}: the output must be a .nii/.nii.gz label map or a .dcm DICOM-SEG file")
+        info["output"] = str(out)
+    if per_class is not None:
+        folder = Path(per_class)
+        files["per_class"] = {}
+        for row, mask, name in zip(info["classes"], prediction.masks, prediction.names):
+            path = write_nifti(mask.astype(np.uint8), prediction.affine, folder / f"{class_file_name(name)}.nii.gz")
+            row["mask_file"] = str(path)
+            files["per_class"][name] = str(path)
     if probabilities:
         if prediction.probabilities is None:
             raise InvalidInputError("probabilities were not computed; call predict_volume(..., return_probabilities=True)")
-        stem = out.name[: -len(".nii.gz")] if out.name.lower().endswith(".nii.gz") else out.stem
-        for i, (row, prob) in enumerate(zip(info["classes"], prediction.probabilities)):
-            name = (row["class"] or row["prompt"]).replace(" ", "_").replace("/", "_")
-            path = write_nifti(prob, prediction.affine, out.with_name(f"{stem}_prob_{i + 1}_{name}.nii.gz"), dtype=np.float32)
+        if out is None:
+            raise InvalidInputError("probability maps are written next to the output file; give out=")
+        stem = _nifti_stem(out)
+        for i, (row, prob, name) in enumerate(zip(info["classes"], prediction.probabilities, prediction.names)):
+            path = write_nifti(prob, prediction.affine, out.with_name(f"{stem}_prob_{i + 1}_{class_file_name(name)}.nii.gz"),
+                               dtype=np.float32)
             row["probability_map"] = str(path)
+    info["files"] = files
     if summary:
         Path(summary).parent.mkdir(parents=True, exist_ok=True)
         Path(summary).write_text(json.dumps(info, indent=2) + "\n")
     return info
-
-
