@@ -165,7 +165,8 @@ def test_real_dicom_ct_and_its_label_map_align_after_loading(tmp_path_factory):
     names = ds.class_names
     present = [bool(ds.class_mask(item, k).any()) for k in range(len(names))]
     assert present[names.index("liver")] and present[names.index("vertebrae_T12")]
-    assert item["label_mask"].all()  # TotalSegmentator labels every class of its own datalist
+    # TotalSegmentator labels every class of its datalist but the aorta report's coeliac trunk
+    assert {n for k, n in enumerate(names) if not item["label_mask"][k]} == {"celiac_trunk"}
     # geometry: the DICOM series (LPS) and its NIfTI label map (flipped rows) end up voxel-aligned, so the
     # liver label covers liver-bright soft tissue and the vertebra label covers bone
     image = item["image"][0]
@@ -189,7 +190,52 @@ def test_totalsegmentator_pack_label_map_matches_the_template(tmp_path_factory):
     assert {k: template.resolve(v) for k, v in tarball_map.items()} == packaged
     doc = json.loads(datalist.read_text())
     assert doc["test"][0]["image"] == "example_ct_dicom"
-    assert np.unique([e["dataset"] for e in doc["training"] + doc["test"]]).tolist() == ["TotalSegmentator"]
+    assert [e["dataset"] for e in doc["training"]] == ["TotalSegmentator", "aorta-report"]
+    assert [e["dataset"] for e in doc["test"]] == ["TotalSegmentator"]
+
+
+@pytest.mark.slow
+def test_aorta_report_masks_merge_onto_its_ct_only_where_they_cover_it(tmp_path_factory):
+    datalist = totalseg_datalist(tmp_path_factory)
+    if datalist is None:
+        pytest.skip(TOTALSEG_SKIP)
+    from medmoe.data.volumes import read_ct, read_label
+
+    doc = json.loads(datalist.read_text())
+    assert doc["label_maps"]["aorta-report"] == {"1": "aorta", "2": "heart", "3": "brachiocephalic_trunk",
+                                                 "4": "celiac_trunk"}
+    # masks whose crop cuts the structure (T12, the left carotid and subclavian) or that are empty stay out
+    assert {"vertebrae_T12", "subclavian_artery_left", "iliac_artery_left"} <= set(doc["aorta_report"]["excluded"])
+    root = datalist.parent
+    ct, label = read_ct(root / "aorta_report/example_ct.nii.gz"), read_label(root / "aorta_report/label.nii.gz")
+    assert label.shape == ct.shape == (233, 167, 191)
+    np.testing.assert_allclose(label.affine, ct.affine, atol=1e-4)
+    counts = np.bincount(label.array.ravel(), minlength=5)
+    assert counts[1] == pytest.approx(72810, abs=20) and counts[2] == pytest.approx(198176, abs=20)
+    assert float(np.median(ct.array[label.array == 1])) > 200  # arterial phase: the aorta is bright on its CT
+
+
+def test_a_cropped_mask_counts_only_when_its_crop_holds_the_structure():
+    from medmoe.data.volumes import Volume
+    from medmoe.seg.samples import mask_coverage, merge_masks
+
+    ct = Volume(np.zeros((20, 20, 20), np.int16), np.diag([1.5, 1.5, 1.5, 1.0]), "ct")
+    crop_affine = ct.affine.copy()
+    crop_affine[:3, 3] = [1.5 * 5, 0.0, 0.0]  # a 10 x 20 x 20 crop starting at i = 5
+    inside = np.zeros((10, 20, 20), np.uint8)
+    inside[3:6, 0:4, 5:8] = 1  # touches j = 0, a face the crop shares with the CT: fine
+    cut = np.zeros((10, 20, 20), np.uint8)
+    cut[0:3, 5:8, 5:8] = 1  # touches i = 0 of the crop, which lies inside the CT: cut by the crop
+    assert mask_coverage(Volume(inside, crop_affine, "a"), ct) is None
+    assert "cut by the crop" in mask_coverage(Volume(cut, crop_affine, "b"), ct)
+    assert "empty" in mask_coverage(Volume(np.zeros_like(inside), crop_affine, "c"), ct)
+    full = np.zeros((20, 20, 20), np.uint8)
+    full[9:12, 1:3, 5:8] = 1  # on the CT's own grid: counts; 12 of its 18 voxels are the first mask's too
+    label, kept, excluded = merge_masks(ct, [("aorta", Volume(inside, crop_affine, "a")),
+                                             ("heart", Volume(cut, crop_affine, "b")), ("liver", Volume(full, ct.affine, "d"))])
+    assert kept == {1: "aorta", 2: "liver"} and set(excluded) == {"heart"}
+    assert (label == 1).sum() == inside.sum() and label[8, 0, 5] == 1  # crop voxel (3, 0, 5) at CT (8, 0, 5)
+    assert (label == 2).sum() == 6  # the earlier mask keeps the shared voxels
 
 
 def test_soft_labels_are_partial_volume_fractions_aligned_with_the_hard_labels(tmp_path_factory):
