@@ -49,8 +49,19 @@ def test_quick_demo_writes_a_sane_report_and_metrics(tmp_path, capsys):
     dice = seg["eval"]["mean"]["dice"]
     assert dice is None or (isinstance(dice, float) and (math.isnan(dice) or 0.0 <= dice <= 1.0))
     assert set(seg["real_ct"]["classes"]) == {"liver", "spleen", "kidney_left", "kidney_right"}
+    # the real CT never trained on: scored on the classes trained and present there, with its overlay
+    test = seg["real_ct_test"]
+    assert test["classes"] == ["spleen", "liver", "stomach", "aorta", "pancreas"]
+    assert set(test["per_class"]) == set(test["classes"]) and test["cases"][0]["path"].endswith("example_ct_dicom")
+    assert all(v["dice"] is None or 0.0 <= v["dice"] <= 1.0 for v in test["per_class"].values())
+    assert test["volumes_ml"]["liver"]["reference_ml"] > 300 and (out / "seg" / "real_ct_test").is_dir()
+    training = json.loads((out / "runs" / "seg-train.json").read_text())
+    assert {"example-ct", "aorta-report"} <= {e["dataset"] for e in training["training"]}
+    assert "example_ct_dicom" not in json.dumps(training)  # never trained on
 
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4  # confusion matrices, attention maps, CT overlays
     assert "figure missing" not in html and "MoE vs one expert, pair by pair" in html
+    assert "Real CT never trained on" in html and html.count("data:image/png;base64,") >= 5
+    assert "unseen real DICOM series (never trained on): liver" in printed
     assert (out / "seg" / "real_ct_mask.nii.gz").is_file()

@@ -21,6 +21,8 @@ class DemoBudget:
         seg_eval_cases: held-out phantoms scored.
         seg_overlap: sliding-window overlap at evaluation and prediction.
         seg_soft_labels: train MoME against partial-volume class fractions (suits coarse spacings).
+        seg_augmentation: MoME's training augmentation preset (``light``, ``strong`` or ``none``; see
+            :class:`~medmoe.seg.transforms.Augmentation` and docs/seg.md, "Real CTs").
         seg_overrides: mome-nano config fields changed for the demo.
     """
 
@@ -42,6 +44,7 @@ class DemoBudget:
     seg_eval_cases: int | None
     seg_overlap: float
     seg_soft_labels: bool = False
+    seg_augmentation: str = "light"
     seg_overrides: dict = field(default_factory=dict)
 
 

@@ -1,5 +1,7 @@
-"""The demo: build the built-in data, train and evaluate MedMoE against a one-expert baseline, train and
-evaluate MoME on CT phantoms, predict organs on a real CT, and write ``report.html`` + ``metrics.json``.
+"""The demo: build the built-in data, train and evaluate MedMoE against a one-expert baseline, train MoME on
+CT phantoms plus two real CTs (each its own partially labelled dataset), evaluate it on held-out phantoms
+and on a third real CT it never trained on (the TotalSegmentator DICOM series), and write ``report.html`` +
+``metrics.json``.
 
 Every number in the report is computed in the run that writes it; only the data (deterministic by seed)
 is reused when it is already there.
@@ -27,8 +29,16 @@ ALIGN_DATASETS = ("modality-bench", "iu-cxr", "real-samples")
 # Retrieval of the MoE and the one-expert model is compared pair by pair on the two test splits.
 COMPARED_DATASETS = ("modality-bench", "iu-cxr")
 REAL_CT_PROMPTS = ("liver", "spleen", "kidney left", "kidney right")  # free text: resolved through synonyms
-REAL_CT_CLASSES = ("liver", "spleen", "kidney_left", "kidney_right")   # what the real CT teaches in training
+# What each real training CT teaches: the classes of its label map kept in training (the rest of the map is
+# never prompted). The 3 mm abdomen-pelvis CT teaches the phantoms' eight organs; the 1.5 mm chest CT of the
+# aorta report its aorta and heart (its brachiocephalic and coeliac trunks are a few voxels at the demo's 6 mm).
+REAL_CT_CLASSES = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "gallbladder", "pancreas", "aorta")
 REAL_CT_DATASET = "example-ct"
+AORTA_CT_CLASSES = ("aorta", "heart")
+AORTA_CT_DATASET = "aorta-report"
+# pack dataset -> (the demo's dataset name, the classes it trains)
+REAL_TRAINING = {"TotalSegmentator": (REAL_CT_DATASET, REAL_CT_CLASSES),
+                 "aorta-report": (AORTA_CT_DATASET, AORTA_CT_CLASSES)}
 
 
 @dataclass
@@ -74,8 +84,8 @@ def build_data(root: Path, budget: DemoBudget, seed: int, progress: bool) -> dic
     if not phantoms.is_file():
         build_phantom_pack(phantoms.parent, seed=seed, quick=budget.seg_quick_data, progress=progress)
     real = root / "ct" / "totalseg" / "datalist.json"
-    if not real.is_file():
-        build_totalseg_pack(real.parent)
+    if not real.is_file() or AORTA_CT_DATASET not in json.loads(real.read_text()).get("label_maps", {}):
+        build_totalseg_pack(real.parent)  # absent, or written before the aorta-report CT joined the pack
     paths.update(phantoms=phantoms, totalseg=real)
     return paths
 
@@ -89,33 +99,77 @@ def combined_manifest(manifests: list[Path], out: Path) -> Path:
     return out
 
 
+def _entries(doc: dict, root: Path, split: str, dataset: str | None = None) -> list[dict]:
+    """A split's entries with absolute paths (so a derived datalist can live anywhere), optionally renamed."""
+    rows = []
+    for e in doc.get(split, []):
+        row = {**e, "image": str((root / e["image"]).resolve()), "label": str((root / e["label"]).resolve())}
+        rows.append({**row, "dataset": dataset} if dataset else row)
+    return rows
+
+
 def seg_training_datalist(phantoms: Path, real: Path, out: Path) -> Path:
-    """The phantom datalist plus the real example CT as one more partially labelled dataset.
+    """The phantom datalist plus the real training CTs, each as one more partially labelled dataset.
 
-    The real CT keeps only :data:`REAL_CT_CLASSES` of its TotalSegmentator map, so training prompts stay few;
-    the validation and test splits stay the phantoms'. Paths become absolute so ``out`` can live anywhere.
+    Each real CT of ``real``'s training split joins under the name :data:`REAL_TRAINING` gives its pack
+    dataset and keeps only that entry's classes of its label map, so training prompts stay few; the
+    validation and test splits stay the phantoms'. Paths become absolute so ``out`` can live anywhere.
     """
-    def entries(doc: dict, root: Path, split: str, dataset: str | None = None) -> list[dict]:
-        rows = []
-        for e in doc.get(split, []):
-            row = {**e, "image": str((root / e["image"]).resolve()), "label": str((root / e["label"]).resolve())}
-            rows.append({**row, "dataset": dataset} if dataset else row)
-        return rows
-
     ph, ct = json.loads(phantoms.read_text()), json.loads(real.read_text())
-    ct_map = next(iter(ct["label_maps"].values()))
-    keep = {i: name for i, name in ct_map.items() if name in REAL_CT_CLASSES}
-    if set(keep.values()) != set(REAL_CT_CLASSES):
-        raise MedMoEError(f"{real}: the real CT's label map lacks {sorted(set(REAL_CT_CLASSES) - set(keep.values()))}")
-    doc = {**ph, "description": f"{ph.get('description', 'phantoms')} + the real example CT ({REAL_CT_DATASET})",
-           "label_maps": {**ph.get("label_maps", {}), REAL_CT_DATASET: keep},
-           "training": entries(ph, phantoms.parent, "training") + entries(ct, real.parent, "training", REAL_CT_DATASET)}
+    label_maps = {**ph.get("label_maps", {})}
+    training = _entries(ph, phantoms.parent, "training")
+    names = []
+    for source, (name, classes) in REAL_TRAINING.items():
+        rows = [e for e in ct.get("training", []) if e.get("dataset") == source]
+        if not rows:
+            continue
+        source_map = ct.get("label_maps", {}).get(source, {})
+        keep = {i: c for i, c in source_map.items() if c in classes}
+        if set(keep.values()) != set(classes):
+            raise MedMoEError(f"{real}: the label map of {source} lacks {sorted(set(classes) - set(keep.values()))}")
+        label_maps[name] = keep
+        training += _entries({"training": rows}, real.parent, "training", name)
+        names.append(name)
+    if not names:
+        raise MedMoEError(f"{real}: no training CT of {sorted(REAL_TRAINING)}")
+    doc = {**ph, "description": f"{ph.get('description', 'phantoms')} + the real CTs {', '.join(names)}",
+           "label_maps": label_maps, "training": training}
     for split in ("validation", "test"):
         if split in ph:
-            doc[split] = entries(ph, phantoms.parent, split)
+            doc[split] = _entries(ph, phantoms.parent, split)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     return out
+
+
+def real_test_datalist(real: Path, training: Path, out: Path) -> tuple[Path, list[str]]:
+    """The real CTs of ``real``'s test split (the DICOM series, never trained on) as a datalist of their own,
+    and the classes to score there: those some training dataset labels and the test label map shows.
+
+    Returns:
+        (datalist path, classes in template order), classes present in at least one test label (a class
+        trained but absent from the slab has no Dice).
+    """
+    from medmoe.data.volumes import read_label
+    from medmoe.seg.data import load_datalist
+
+    ct = json.loads(real.read_text())
+    doc = {"description": "the real test CT(s) of the TotalSegmentator pack (never trained on)",
+           "label_maps": ct.get("label_maps", {}), "test": _entries(ct, real.parent, "test")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    train_list = load_datalist(training)
+    trained = set(train_list.class_names({e["dataset"] for e in train_list.entries("training")}))
+    test = load_datalist(out)
+    present: set[str] = set()
+    for e in test.entries("test"):
+        table = test.template.label_map(e["dataset"])
+        ids = np.unique(read_label(e["label"]).array)
+        present.update(table[int(i)] for i in ids if int(i) in table)
+    classes = [n for n in test.template.names if n in trained and n in present]
+    if not classes:
+        raise MedMoEError(f"{real}: its test CT shows none of the trained classes")
+    return out, classes
 
 
 def _fresh(directory: Path) -> Path:
@@ -172,13 +226,16 @@ def compare_align(align: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_seg(datalist: Path, run_dir: Path, budget: DemoBudget, *, seed: int, device: str,
-              progress: bool) -> tuple[Path, dict[str, Any]]:
+              progress: bool, augmentation: Any = None) -> tuple[Path, dict[str, Any]]:
+    """Train mome-nano at the budget's settings (``augmentation``: a preset name or an ``Augmentation``,
+    default the budget's)."""
     from medmoe.seg.task import SegTask, SegTaskConfig
     from medmoe.train import TrainConfig, run_training
 
     task = SegTask(SegTaskConfig(data=str(datalist), model="mome-nano", overrides=dict(budget.seg_overrides),
                                  patch_size=budget.seg_patch, spacing=budget.seg_spacing, seed=seed,
                                  val_split=None, progress=progress, soft_labels=budget.seg_soft_labels,
+                                 augmentation=budget.seg_augmentation if augmentation is None else augmentation,
                                  cache_dir=str(run_dir.parent / "cache")))
     result = run_training(task, TrainConfig(
         out=_fresh(run_dir), steps=budget.seg_steps, batch_size=budget.seg_batch, lr=budget.seg_lr,
@@ -190,18 +247,46 @@ def train_seg(datalist: Path, run_dir: Path, budget: DemoBudget, *, seed: int, d
 
 
 def evaluate_seg(model_dir: Path, datalist: Path, out_dir: Path, budget: DemoBudget, *, device: str,
-                 progress: bool) -> dict[str, Any]:
+                 progress: bool, split: str = "test", overlays: bool = True) -> dict[str, Any]:
+    """Held-out phantoms (``split`` of the phantom datalist), scored on the classes each case labels."""
     import medmoe
     from medmoe.seg.evaluate import evaluate
 
     model = medmoe.load_model(model_dir, device=device)
-    return evaluate(model, datalist, split="test", out=out_dir / "phantoms.json", overlay_dir=out_dir / "overlays",
-                    device=device, progress=progress, max_cases=budget.seg_eval_cases, overlap=budget.seg_overlap)
+    name = "phantoms" if split == "test" else f"phantoms-{split}"
+    return evaluate(model, datalist, split=split, out=out_dir / f"{name}.json",
+                    overlay_dir=out_dir / "overlays" if overlays else None, device=device, progress=progress,
+                    max_cases=budget.seg_eval_cases, overlap=budget.seg_overlap)
+
+
+def evaluate_real_test(model_dir: Path, datalist: Path, classes: list[str], out_dir: Path, budget: DemoBudget, *,
+                       device: str, progress: bool) -> dict[str, Any]:
+    """The real CT never trained on (the DICOM series): ``evaluate`` on ``classes``, with an overlay figure.
+
+    Returns ``evaluate``'s report plus ``classes`` and ``figure`` (the overlay PNG).
+    """
+    import medmoe
+    from medmoe.seg.evaluate import evaluate
+
+    model = medmoe.load_model(model_dir, device=device)
+    report = evaluate(model, datalist, split="test", classes=classes, out=out_dir / "real_ct_test.json",
+                      overlay_dir=out_dir / "real_ct_test", device=device, progress=progress,
+                      overlap=budget.seg_overlap)
+    from medmoe.data.volumes import read_ct
+
+    figures = [c["overlay"] for c in report["cases"] if c.get("overlay")]
+    volumes: dict[str, dict[str, float]] = {}
+    for case in report["cases"]:  # one case (the DICOM series): reference and predicted volume per class
+        voxel_ml = float(np.prod(read_ct(case["path"]).spacing)) / 1000.0
+        volumes = {c: {"reference_ml": round(m["gt_voxels"] * voxel_ml, 2), "predicted_ml": round(m["pred_voxels"] * voxel_ml, 2)}
+                   for c, m in case["metrics"].items()}
+    return {**report, "classes": list(classes), "figure": figures[0] if figures else None, "volumes_ml": volumes}
 
 
 def predict_real_ct(model_dir: Path, datalist: Path, out_dir: Path, budget: DemoBudget, *,
                     device: str) -> dict[str, Any]:
-    """Predict the demo organs on the real example CT and score them against TotalSegmentator's masks."""
+    """Predict the demo organs on the real example CT (a training scan: this checks the fit and the
+    whole-CT path, not generalisation) and score them against TotalSegmentator's masks."""
     import medmoe
     from medmoe.seg.data import load_datalist
     from medmoe.data.volumes import read_ct, read_label
@@ -211,7 +296,7 @@ def predict_real_ct(model_dir: Path, datalist: Path, out_dir: Path, budget: Demo
 
     model = medmoe.load_model(model_dir, device=device)
     lst = load_datalist(datalist)
-    entry = lst.entries("training")[0]
+    entry = next(e for e in lst.entries("training") if e["dataset"] == "TotalSegmentator")
     ct = read_ct(entry["image"])
     prediction = predict_volume(model, ct, list(REAL_CT_PROMPTS), device=device, overlap=budget.seg_overlap)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,15 +335,20 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str =
                                                    progress=progress)}
     align["moe_vs_single"] = compare_align(align)
     seg_data = seg_training_datalist(data["phantoms"], data["totalseg"], out / "runs" / "seg-train.json")
-    with Step("train mome-nano on CT phantoms + the real example CT", timings, say):
+    test_data, test_classes = real_test_datalist(data["totalseg"], seg_data, out / "runs" / "seg-real-test.json")
+    with Step("train mome-nano on CT phantoms + two real CTs", timings, say):
         seg_dir, seg_train = train_seg(seg_data, out / "runs" / "seg", budget, seed=seed, device=device,
                                        progress=progress)
     with Step("evaluate mome-nano on held-out phantoms", timings, say):
         seg_eval = evaluate_seg(seg_dir, seg_data, out / "seg", budget, device=device, progress=progress)
-    with Step("predict organs on a real CT", timings, say):
+    with Step("evaluate mome-nano on the real DICOM series it never trained on", timings, say):
+        real_test = evaluate_real_test(seg_dir, test_data, test_classes, out / "seg", budget, device=device,
+                                       progress=progress)
+    with Step("predict organs on a real training CT", timings, say):
         real_ct = predict_real_ct(seg_dir, data["totalseg"], out / "seg", budget, device=device)
     metrics = {"quick": quick, "seed": seed, "device": device, "budget": budget.__dict__, "timings_s": timings,
-               "align": align, "seg": {"train": seg_train, "eval": seg_eval, "real_ct": real_ct}}
+               "align": align, "seg": {"train": seg_train, "eval": seg_eval, "real_ct_test": real_test,
+                                       "real_ct": real_ct}}
     metrics_path = out / "metrics.json"
     tmp = metrics_path.with_name(".metrics.json.tmp")
     tmp.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
