@@ -312,7 +312,8 @@ def test_a_thin_slab_is_padded_with_its_edge_slices_and_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         pred = predict_volume(model, slab, ["liver"], check_ct=False)
     assert "thinner than the model's 32 x 32 x 32-voxel window" in caplog.text and "repeated edge slices" in caplog.text
-    assert pred.meta["padded_to_window"] is True
+    assert pred.meta["padded_to_window"] == "edge"
+    assert predict_volume(model, slab, ["liver"], check_ct=False, pad_mode="constant").meta["padded_to_window"] == "constant"
     # the liver runs through every slice: the edge slices are found as well as the middle ones
     truth = liver[:, :, 8:12]
     found = [(pred.masks[0, :, :, z] & truth[:, :, z]).sum() / truth[:, :, z].sum() for z in range(4)]
@@ -369,3 +370,22 @@ def test_save_prediction_refuses_dicom_seg_for_a_nifti_prediction(tmp_path):
     pred = predict_volume(BandModel(spacing=(3.0, 3.0, 3.0), bands_hu=BANDS), ct, ["liver"])
     with pytest.raises(InvalidInputError, match="DICOM-SEG needs a DICOM series input"):
         save_prediction(pred, tmp_path / "x.dcm")
+
+
+def test_dicom_seg_of_an_anonymised_series_refers_to_the_file_meta_uids(tmp_path, caplog):
+    """Anonymisers blank the UIDs in the data set (the TotalSegmentator example does): SOP Instance UIDs are
+    taken from the file meta, missing study/series UIDs are generated (logged)."""
+    series = write_dicom_series(tmp_path / "anon", body_ct()[0][:, :, :6], spacing=SPACING)
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ds.SOPClassUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
+        ds.save_as(f)
+    pred = predict_volume(BandModel(spacing=(3.0, 3.0, 3.0), bands_hu=BANDS), series, ["liver"])
+    with caplog.at_level(logging.WARNING):
+        save_prediction(pred, tmp_path / "seg.dcm")
+    assert "SeriesInstanceUID, StudyInstanceUID" in caplog.text
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    metas = {pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID for f in series.iterdir()}
+    refs = {g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for g in seg.PerFrameFunctionalGroupsSequence}
+    assert refs and refs <= metas and seg.StudyInstanceUID

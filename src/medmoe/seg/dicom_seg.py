@@ -79,20 +79,41 @@ def source_slices(folder: str | os.PathLike, series_uid: str, shape: Sequence[in
     orientation = np.asarray(slices[0].ImageOrientationPatient, dtype=np.float64)
     normal = np.cross(orientation[:3], orientation[3:])
     slices.sort(key=lambda ds: float(np.asarray(ds.ImagePositionPatient, dtype=np.float64) @ normal))
-    frame_uid = None
-    for ds in slices:
-        for keyword in _TYPE2:
-            if keyword not in ds:
-                setattr(ds, keyword, "")
-        if "FrameOfReferenceUID" not in ds:  # same UID for every slice: they share one frame
-            frame_uid = frame_uid or pydicom.uid.generate_uid()
-            ds.FrameOfReferenceUID = frame_uid
-        if "StudyInstanceUID" not in ds:
-            raise CorruptFileError(f"{folder}: slices lack StudyInstanceUID; cannot reference them in a DICOM-SEG")
+    _complete_headers(slices, folder)
     first_ras = _LPS_TO_RAS[:3, :3] @ np.asarray(slices[0].ImagePositionPatient, dtype=np.float64)
     if not np.allclose(first_ras, np.asarray(affine)[:3, 3], atol=1e-2):
         raise CorruptFileError(f"{folder}: the first slice is not where the volume starts; did the folder change?")
     return slices
+
+
+def _complete_headers(slices: list[pydicom.Dataset], folder: Path) -> None:
+    """Fill what anonymised series leave out, in memory, so a DICOM-SEG can reference them.
+
+    Empty type 2 attributes are added; SOP Class / Instance UIDs blanked in the data set are taken from
+    the file meta (where DICOM keeps a copy); a missing Study / Series Instance UID or Frame of Reference
+    UID gets one new UID shared by every slice (logged: the SEG then cannot be linked to the study in a
+    PACS, since the source carries no UID to link to).
+    """
+    generated: dict[str, str] = {}
+    for ds in slices:
+        for keyword in _TYPE2:
+            if keyword not in ds or ds.get(keyword) is None:
+                setattr(ds, keyword, "")
+        meta = getattr(ds, "file_meta", None)
+        for keyword, meta_keyword in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                      ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not str(ds.get(keyword, "") or ""):
+                value = str(meta.get(meta_keyword, "") or "") if meta is not None else ""
+                if not value:
+                    raise CorruptFileError(f"{folder}: a slice has no {keyword}; a DICOM-SEG cannot reference it")
+                setattr(ds, keyword, value)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            if not str(ds.get(keyword, "") or ""):
+                generated.setdefault(keyword, pydicom.uid.generate_uid())
+                setattr(ds, keyword, generated[keyword])
+    if generated:
+        logger.warning("%s: the series has no %s (anonymised?); the DICOM-SEG uses new UIDs for them, so viewers "
+                       "will not attach it to the source study", folder, ", ".join(sorted(generated)))
 
 
 def write_dicom_seg(masks: np.ndarray, names: Sequence[str], path: str | os.PathLike, *,
