@@ -275,7 +275,7 @@ def test_prompt_all_and_the_classes_command(saved_nano, tmp_path, capsys, caplog
     assert main(["seg", "classes"]) == 0
     table = capsys.readouterr().out
     liver_row = next(line for line in table.splitlines() if line.startswith("liver "))
-    assert "BTCV" in liver_row and "LiTS" in liver_row and "hepar" in liver_row
+    assert "hepar, hepatic parenchyma; labelled by BTCV, AMOS22" in liver_row and "LiTS" in liver_row
     assert main(["seg", "classes", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     rows = {r["name"]: r for r in doc["classes"]}

@@ -324,11 +324,12 @@ def run_classes(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(rows)} classes ({source}); prompt: {template.prompt_template!r}. Names, display names, synonyms "
           "and small typos resolve.")
-    print(f"{'class':30s} {'kind':7s} {'labelled by':40s} other names")
+    print(f"{'class':30s} {'kind':7s} other names; datasets that label it")
     for row in rows:
         others = [row["display"]] if row["display"] != row["name"].replace("_", " ") else []
         others += row["synonyms"]
-        print(f"{row['name']:30s} {row['kind']:7s} {','.join(row['datasets']) or '-':40s} {', '.join(others)}")
+        labelled = f"labelled by {', '.join(row['datasets'])}" if row["datasets"] else "labelled by no dataset"
+        print(f"{row['name']:30s} {row['kind']:7s} {', '.join(others) + '; ' if others else ''}{labelled}")
     print(f"datasets: {', '.join(template.datasets)} (label maps: medmoe seg classes --dataset NAME)")
     return 0
 

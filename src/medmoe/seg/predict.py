@@ -353,6 +353,8 @@ def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts
         raise InvalidInputError(f"overlap {overlap}: expected a fraction in [0, 1)")
     if sw_batch_size < 1:
         raise InvalidInputError(f"sw_batch_size {sw_batch_size}: expected >= 1")
+    if pad_mode not in PAD_MODES:
+        raise InvalidInputError(f"pad_mode {pad_mode!r}: expected one of {PAD_MODES}")
     if fast and not fast_factor >= 1.0:
         raise InvalidInputError(f"fast_factor {fast_factor}: expected >= 1 (how much coarser than the model's spacing)")
     cfg_roi, cfg_spacing, hu_window = model_geometry(model)
