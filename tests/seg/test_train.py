@@ -97,6 +97,7 @@ def test_cli_train_exports_a_model_that_predicts(datalist, tmp_path, capsys):
     assert {"val/dice/liver", "val/dice/spleen", "val/dice/kidney_right", "val/dice/kidney_left"} <= set(val)
     model = medmoe.load_model(out / "model")
     assert tuple(model.config.roi_size) == (32, 32, 32) and tuple(model.config.spacing) == SPACING
+    assert set(model.config.trained_classes) == set(FULL_LABELS.values()) | {"kidney"}  # what --prompt all predicts
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 32, 32, 32), ["liver"]).shape == (1, 1, 32, 32, 32)
 

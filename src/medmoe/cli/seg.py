@@ -1,4 +1,4 @@
-"""`medmoe seg`: train MoME text-prompted CT segmentation (predict, eval and build-samples: ``seg_tools``)."""
+"""`medmoe seg`: train MoME text-prompted CT segmentation (predict, classes, eval and build-samples: ``seg_tools``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _voxels(text: str) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("seg", help="MoME text-prompted CT segmentation: train, predict, eval, build-samples")
+    parser = sub.add_parser("seg", help="MoME text-prompted CT segmentation: train, predict, classes, eval, build-samples")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     group = parser.add_subparsers(dest="seg_command", metavar="SUBCOMMAND")
     _add_train(group)

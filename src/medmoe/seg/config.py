@@ -41,6 +41,8 @@ class MoMEConfig:
             prompts could tell them apart.
         classes: the class names whose prompt embeddings are cached (empty: every class of the template;
             filled in with the explicit list when the model is built, so a saved model keeps its set).
+        trained_classes: the classes the model was trained to segment (written by ``SegTask`` when it saves
+            the model; empty for a model never trained here). ``seg predict --prompt all`` predicts these.
         roi_size: training patch / sliding-window size (each a multiple of 32).
         spacing: voxel spacing in mm the model was trained at.
         hu_window: HU range mapped to [0, 1].
@@ -64,6 +66,7 @@ class MoMEConfig:
     center_text: bool = True
     scale_text: bool = True
     classes: tuple[str, ...] = ()
+    trained_classes: tuple[str, ...] = ()
     roi_size: tuple[int, int, int] = (96, 96, 96)
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     hu_window: tuple[float, float] = (-175.0, 250.0)

@@ -225,6 +225,10 @@ class SegTask:
         return losses
 
     def export(self, model: nn.Module, directory) -> None:
+        """Save the model with the classes it was trained on (``config.trained_classes``)."""
+        if self.class_names is None:
+            self.train_dataset()
+        model.config.trained_classes = tuple(self.class_names)
         model.save_pretrained(directory)
 
     # ------------------------------------------------------------------ validation
