@@ -38,8 +38,8 @@ import torch
 from monai.networks.nets import SwinUNETR
 
 import medmoe
-from medmoe.seg.backbone import _norm_name
 from medmoe.data.volumes import Volume
+from medmoe.seg.backbone import _norm_name
 
 BTCV13 = ["spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
           "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right",

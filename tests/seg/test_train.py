@@ -9,8 +9,8 @@ import torch
 
 import medmoe
 from medmoe.cli.main import main
-from medmoe.errors import InvalidInputError
 from medmoe.data.volumes import write_nifti
+from medmoe.errors import InvalidInputError
 from medmoe.seg.phantoms import FULL_LABELS, Grid, relabel, render_phantom
 from medmoe.seg.task import SegTask, SegTaskConfig, dice_scores
 

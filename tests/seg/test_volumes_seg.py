@@ -13,8 +13,8 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from seg_testkit import TOTALSEG_SKIP, totalseg_datalist, write_dicom_series
 
-from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.data.volumes import VolumeReader, read_ct, read_label, write_nifti
+from medmoe.errors import CorruptFileError, InvalidInputError
 
 pytestmark = pytest.mark.timeout(120)
 

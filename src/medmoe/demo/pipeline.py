@@ -288,8 +288,8 @@ def predict_real_ct(model_dir: Path, datalist: Path, out_dir: Path, budget: Demo
     """Predict the demo organs on the real example CT (a training scan: this checks the fit and the
     whole-CT path, not generalisation) and score them against TotalSegmentator's masks."""
     import medmoe
-    from medmoe.seg.data import load_datalist
     from medmoe.data.volumes import read_ct, read_label
+    from medmoe.seg.data import load_datalist
     from medmoe.seg.metrics import case_metrics
     from medmoe.seg.overlay import save_overlay
     from medmoe.seg.predict import predict_volume, save_prediction

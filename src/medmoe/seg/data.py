@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 
 from medmoe.data.dataset import BadSample, sample_seed
 from medmoe.errors import InvalidInputError, MedMoEError
-from medmoe.seg.cache import DEFAULT_MAX_LOCATIONS, CachedVolume, VolumeCache, default_cache_dir, failure_reason
+from medmoe.seg.cache import (
+    DEFAULT_MAX_LOCATIONS,
+    CachedVolume,
+    VolumeCache,
+    default_cache_dir,
+    failure_reason,
+)
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.patches import centre_groups, crop, patch_starts
 from medmoe.seg.transforms import HU_WINDOW, Augmentation, preprocess_transforms

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from medmoe.data.volumes import Volume, read_ct, read_label, same_grid
 from medmoe.errors import InvalidInputError, MedMoEError
 from medmoe.seg.data import load_datalist
-from medmoe.data.volumes import Volume, read_ct, read_label, same_grid
 from medmoe.seg.metrics import aggregate, case_metrics, tumour_detection
 from medmoe.seg.overlay import save_overlay
 from medmoe.seg.predict import predict_volume

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.data.volumes import Volume, read_ct, read_label, write_nifti
+from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.seg.phantoms import FULL_LABELS, Grid, relabel, render_phantom
 
 logger = logging.getLogger(__name__)

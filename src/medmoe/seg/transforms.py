@@ -8,10 +8,10 @@ the body), which :mod:`medmoe.seg.cache` stores on disk, and a random part appli
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import logging
 import warnings
 from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,8 +39,8 @@ from monai.transforms import (
 from monai.utils import convert_to_numpy
 from scipy import ndimage
 
-from medmoe.errors import InvalidInputError
 from medmoe.data.volumes import VolumeReader, same_grid
+from medmoe.errors import InvalidInputError
 from medmoe.seg.resample import resample_to_grid
 
 HU_WINDOW = (-175.0, 250.0)
