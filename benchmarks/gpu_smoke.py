@@ -10,14 +10,16 @@ prints one JSON object:
 - ``peak_memory_gib``: ``torch.cuda.max_memory_allocated`` over the run (CUDA only);
 - ``data_wait_share``: of the step time, the part spent waiting for the next batch (the loader's share;
   near 0 means the GPU is the bottleneck, not the data pipeline);
-- the same for ``--seg-steps`` MoME steps on generated CT phantoms (0 skips them).
+- the same for ``--seg-steps`` MoME steps on generated CT phantoms (0 skips them), then whole-CT prediction
+  of the trained model (13 prompts, autocast, stitching on the CPU) on a 256 x 256 x 240 phantom at 1.5 mm.
 
 Defaults are sized for one modern GPU (well under 8 minutes on an H100/H200, bf16). On a CPU it checks the
 wiring in a few minutes::
 
     python benchmarks/gpu_smoke.py                                     # CUDA, medmoe-swin-t, bf16
     python benchmarks/gpu_smoke.py --device cpu --model medmoe-nano --steps 3 --batch-size 8 \\
-        --samples 64 --workers 2 --seg-model mome-nano --seg-steps 2 --seg-batch-size 1
+        --samples 64 --workers 2 --seg-model mome-nano --seg-steps 2 --seg-batch-size 1 \\
+        --predict-fov-mm 96 96 96
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def seg_part(args: argparse.Namespace, work: Path, device: torch.device) -> dict
 
     datalist = build_phantom_pack(work / "phantoms", seed=0, sizes=(2, 0, 0), progress=False)
     task = SegTask(SegTaskConfig(data=str(datalist), model=args.seg_model, val_split=None, progress=False,
-                                 channels_last=device.type == "cpu"))
+                                 channels_last=device.type == "cpu", cache_dir=str(work / "cache")))
     cfg = TrainConfig(out=work / "seg_run", steps=args.seg_steps, batch_size=args.seg_batch_size, lr=1e-4,
                       warmup_steps=1, amp=args.amp, device=args.device, workers=args.workers,
                       ckpt_every=args.seg_steps, log_every=1, progress=False)
@@ -154,7 +156,36 @@ def seg_part(args: argparse.Namespace, work: Path, device: torch.device) -> dict
     run_training(task, cfg)
     out = summary_figures(cfg.out, peak_memory(device))
     out.update(model=args.seg_model, batch_size=args.seg_batch_size, patches_per_s=out.pop("images_per_s"))
+    out["predict"] = predict_part(cfg.out / "model", device, tuple(args.predict_fov_mm))
     return out
+
+
+def predict_part(model_dir: Path, device: torch.device, fov_mm: tuple[float, float, float]) -> dict:
+    """Whole-CT prediction of the trained model (13 prompts, windows on ``device`` with autocast, stitching
+    on the CPU) on a 1.5 mm phantom CT covering ``fov_mm`` (default 256 x 256 x 240 voxels): seconds and
+    peak GPU memory."""
+    import medmoe
+    from medmoe.data.volumes import Volume
+    from medmoe.seg.phantoms import Grid, render_phantom
+    from medmoe.seg.predict import predict_volume
+
+    phantom = render_phantom((9, 0), Grid.make((1.5, 1.5, 1.5), fov_mm=fov_mm))
+    volume = Volume(array=phantom.image.astype(np.float32), affine=phantom.affine, path="phantom")
+    model = medmoe.load_model(model_dir, device=device)
+    prompts = ["liver", "spleen", "kidney_left", "kidney_right", "stomach", "aorta", "pancreas", "gallbladder",
+               "esophagus", "inferior_vena_cava", "portal_vein_and_splenic_vein", "adrenal_gland_left",
+               "adrenal_gland_right"]
+    reset_peak(device)
+    start = time.perf_counter()
+    prediction = predict_volume(model, volume, prompts, device=device, sw_batch_size=4, progress=False,
+                                allow_free_text=True)
+    seconds = time.perf_counter() - start
+    return {"ct_shape": list(volume.shape), "prompts": len(prompts), "seconds": round(seconds, 2),
+            "autocast": prediction.meta.get("autocast"), "peak_memory_gib": _gib(peak_memory(device))}
+
+
+def _gib(n: int | None) -> float | None:
+    return None if n is None else round(n / 2**30, 2)
 
 
 def main() -> None:
@@ -174,6 +205,8 @@ def main() -> None:
     parser.add_argument("--seg-model", default="mome-swinunetr")
     parser.add_argument("--seg-steps", type=int, default=20, help="MoME steps on phantoms (0: skip)")
     parser.add_argument("--seg-batch-size", type=int, default=2)
+    parser.add_argument("--predict-fov-mm", type=float, nargs=3, default=(384.0, 384.0, 360.0),
+                        help="field of view of the whole-CT prediction phantom at 1.5 mm (default 256x256x240 voxels)")
     parser.add_argument("--keep", type=Path, help="keep the shards and run directories here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
