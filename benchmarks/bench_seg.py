@@ -6,8 +6,10 @@ Both networks share the feature size, depths, norm and patch:
 - ``mome``: the same SwinUNETR + 5 scale experts + per-class voxel router + K dynamic heads, K prompts.
 
 Forward passes (inference, ``torch.no_grad``) are timed interleaved so machine drift hits both alike;
-``forward_ratio`` = median MoME time / median plain time is the figure MoME is held to (<= 1.25 at K = 13).
-With ``--train`` one forward+backward step of each is timed too.
+``forward_ratio`` = median MoME time / median plain time is the figure MoME is held to (<= 1.15 at K = 13, peak
+memory ratio <= 1.25). ``forward_cpu_ratio`` is the same ratio of process CPU time, steadier than wall time on a
+shared machine (other processes' load does not count; at one thread it is the work done). With ``--train`` one
+forward+backward step of each is timed too.
 
 Peak memory of one forward: on CUDA ``torch.cuda.max_memory_allocated`` (activations + weights); on CPU the
 peak resident-set growth of a fresh process during the forward (Linux ``VmHWM`` after resetting it through
@@ -121,11 +123,11 @@ def time_forward(args, device: torch.device) -> dict:
     x = torch.rand(args.batch, 1, args.patch, args.patch, args.patch, device=device)
     out: dict = {}
 
-    def run(which: str, train: bool) -> float:
+    def run(which: str, train: bool) -> tuple[float, float]:
         model, kwargs = models[which]
         model.train(train)
         _sync(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if train:
             model(x, **kwargs).float().mean().backward()
             model.zero_grad(set_to_none=True)
@@ -133,20 +135,21 @@ def time_forward(args, device: torch.device) -> dict:
             with torch.no_grad():
                 model(x, **kwargs)
         _sync(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     modes = [False, True] if args.train else [False]
     for train in modes:
         tag = "train_step" if train else "forward"
-        times: dict[str, list[float]] = {"plain": [], "mome": []}
+        times: dict[str, list[tuple[float, float]]] = {"plain": [], "mome": []}
         for which in times:  # warm-up
             run(which, train)
         for _ in range(args.repeats):
             for which in times:
                 times[which].append(run(which, train))
-        plain, mome = statistics.median(times["plain"]), statistics.median(times["mome"])
-        out[f"{tag}_s"] = {"plain": round(plain, 4), "mome": round(mome, 4)}
-        out[f"{tag}_ratio"] = round(mome / plain, 4)
+        for i, clock in enumerate(("", "_cpu")):
+            plain, mome = (statistics.median(t[i] for t in times[w]) for w in ("plain", "mome"))
+            out[f"{tag}{clock}_s"] = {"plain": round(plain, 4), "mome": round(mome, 4)}
+            out[f"{tag}{clock}_ratio"] = round(mome / plain, 4)
     out["params_m"] = {"plain": round(sum(p.numel() for p in models["plain"][0].parameters()) / 1e6, 3),
                        "mome_without_text": round(sum(p.numel() for n, p in models["mome"][0].named_parameters()
                                                       if not n.startswith("text.")) / 1e6, 3)}
