@@ -27,6 +27,9 @@ component) on
 - the phantom validation split (2 cases per phantom dataset, scored on the classes each labels);
 - the phantom test split (12 held-out phantoms, every class labelled): the sanity check.
 
+``--seed S`` (S != 0) runs the variants again with another seed, stored as ``<variant>-seed<S>`` next to the
+seed-0 results in the same ``--out``: the size of seed-to-seed differences, to read the variants' gaps by.
+
 Rule for the demo's default, fixed before the run: ``strong`` (the standard remedies together) unless its
 mean Dice on the phantom validation split is more than 0.05 below the ``light`` baseline's; then the variant
 with the best phantom-validation mean Dice. The DICOM numbers play no part in it.
@@ -56,6 +59,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+import medmoe  # noqa: E402
 from medmoe.demo.budget import FULL  # noqa: E402
 from medmoe.demo.pipeline import (  # noqa: E402
     evaluate_real_test,
@@ -98,12 +102,17 @@ def _organ_mean(per_class: dict) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def run_key(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
 def run_variant(name: str, args, seg_data: Path, test_data: Path, classes: list[str]) -> dict:
     budget = dataclasses.replace(FULL, seg_steps=args.steps)
-    run_dir = args.out / "runs" / name  # the variants share the preprocessed CTs in OUT/runs/cache
-    eval_dir = args.out / "eval" / name
+    key = run_key(name, args.seed)
+    run_dir = args.out / "runs" / key  # the variants share the preprocessed CTs in OUT/runs/cache
+    eval_dir = args.out / "eval" / key
     model_dir = run_dir / "model"
-    result: dict = {"augmentation": dataclasses.asdict(VARIANTS[name])}
+    result: dict = {"variant": name, "seed": args.seed, "augmentation": dataclasses.asdict(VARIANTS[name])}
     if args.eval_only:
         if not model_dir.is_dir():
             raise SystemExit(f"--eval-only: {model_dir} missing")
@@ -128,7 +137,7 @@ def run_variant(name: str, args, seg_data: Path, test_data: Path, classes: list[
 
 
 def default_by_rule(results: dict) -> dict:
-    val = {name: r["phantom_validation"]["mean"]["dice"] for name, r in results.items()}
+    val = {name: r["phantom_validation"]["mean"]["dice"] for name, r in results.items() if name in VARIANTS}
     if "strong" in val and "light" in val and val["strong"] is not None and val["light"] is not None:
         if val["strong"] >= val["light"] - RULE_MARGIN:
             return {"choice": "strong", "phantom_validation_dice": val}
@@ -166,29 +175,34 @@ def main() -> None:
     seg_data = seg_training_datalist(phantoms, real, args.out / "seg-train.json")
     test_data, classes = real_test_datalist(real, seg_data, args.out / "seg-real-test.json")
     results_path = args.out / "results.json"
-    previous = json.loads(results_path.read_text()).get("variants", {}) if results_path.is_file() else {}
+    old = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    previous = old.get("variants", {})
+    command = ("OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/exp_seg_real_ct.py "
+               f"--out {args.out} --variants {','.join(names)} --steps {args.steps} --seed {args.seed}"
+               + (f" --json {args.json}" if args.json else "") + (" --eval-only" if args.eval_only else ""))
+    commands = [c for c in old.get("commands", [old["command"]] if "command" in old else []) if c != command]
     results: dict = {}
     for name in names:
+        key = run_key(name, args.seed)
         start = time.perf_counter()
-        results[name] = run_variant(name, args, seg_data, test_data, classes)
-        results[name]["wall_seconds"] = round(time.perf_counter() - start, 1)
-        print(f"[{name}] DICOM Dice " + ", ".join(f"{c} {v['dice']}" for c, v in results[name]["dicom"]["per_class"].items())
-              + f"; phantom validation {results[name]['phantom_validation']['mean']['dice']}, test 8 organs "
-              f"{results[name]['phantom_test']['mean_8_organs']}", flush=True)
-        doc = {"variants": {**previous, **results}}
-        results_path.write_text(json.dumps(doc, indent=1) + "\n")
+        results[key] = run_variant(name, args, seg_data, test_data, classes)
+        results[key]["wall_seconds"] = round(time.perf_counter() - start, 1)
+        print(f"[{key}] DICOM Dice " + ", ".join(f"{c} {v['dice']}" for c, v in results[key]["dicom"]["per_class"].items())
+              + f"; phantom validation {results[key]['phantom_validation']['mean']['dice']}, test 8 organs "
+              f"{results[key]['phantom_test']['mean_8_organs']}", flush=True)
+        doc = {**old, "variants": {**previous, **results}}
+        results_path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     variants = {**previous, **results}
     doc = {
         "experiment": "mome-nano (medmoe demo's MoME budget) on phantoms + two real CTs, one remedy at a time; "
                       "evaluated on the TotalSegmentator DICOM series (never trained on) and the phantoms",
-        "command": "OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/exp_seg_real_ct.py "
-                   f"--out {args.out} --steps {args.steps} --seed {args.seed}"
-                   + (f" --json {args.json}" if args.json else "") + (" --eval-only" if args.eval_only else ""),
-        "settings": {"model": "mome-nano", "steps": args.steps, "seed": args.seed, "batch_size": FULL.seg_batch,
+        "commands": [*commands, command],
+        "settings": {"model": "mome-nano", "steps": args.steps, "batch_size": FULL.seg_batch,
                      "lr": FULL.seg_lr, "warmup_steps": FULL.seg_warmup, "spacing_mm": FULL.seg_spacing,
                      "patch": FULL.seg_patch, "soft_labels": FULL.seg_soft_labels, "overlap": FULL.seg_overlap,
                      "dicom_classes": classes, "threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "python": platform.python_version(), "git": _git()},
+                     "torch": torch.__version__, "python": platform.python_version(), "git": _git(),
+                     "medmoe_source": str(Path(medmoe.__file__).resolve().parent)},
         "rule": f"demo default: strong unless its phantom-validation mean Dice is more than {RULE_MARGIN} below "
                 "light's, then the best phantom-validation mean Dice; DICOM numbers not used",
         "default_by_rule": default_by_rule(variants),
