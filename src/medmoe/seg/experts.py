@@ -11,6 +11,27 @@ def _groups(channels: int) -> int:
     return next(g for g in (4, 2, 1) if channels % g == 0)
 
 
+def _linear_weights(n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """(n_out, n_in) matrix of 1-D linear interpolation (``align_corners=False``): the weights F.interpolate uses."""
+    eye = torch.eye(n_in, device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))[None]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.to(like.dtype)
+
+
+def upsample_trilinear(x: Tensor, size: tuple[int, int, int]) -> Tensor:
+    """``F.interpolate(x, size, mode="trilinear", align_corners=False)`` of (B, C, d, h, w), computed as the
+    separable product it is: one interpolation matrix per axis, applied by matmul (last axis first).
+
+    Equal up to float rounding; on CPU 2-5x faster for the 8-channel experts (96^3 from 6^3 .. 48^3:
+    11-39 ms against 46-63 ms per scale, one thread), whose channels-first trilinear kernel is not vectorised.
+    """
+    b, c, d, h, w = x.shape
+    out_d, out_h, out_w = size
+    x = x @ _linear_weights(w, out_w, x).T  # (B, C, d, h, W)
+    x = _linear_weights(h, out_h, x) @ x.reshape(b * c * d, h, out_w)  # (B*C*d, H, W)
+    x = _linear_weights(d, out_d, x) @ x.reshape(b * c, d, out_h * out_w)  # (B*C, D, H*W)
+    return x.view(b, c, out_d, out_h, out_w)
+
+
 class ScaleExperts(nn.Module):
     """Expert s: Conv3d 3x3x3 (C_s -> c_e) + GroupNorm + LeakyReLU on decoder output s, then trilinear
     upsampling to the fusion resolution (average pooling for a scale finer than it).
@@ -22,8 +43,10 @@ class ScaleExperts(nn.Module):
         in_channels: C_s of each decoder output, coarse to fine.
         out_channels: c_e.
 
+    Trilinear upsampling runs as three 1-D interpolations by matmul (:func:`upsample_trilinear`).
+
     Shapes:
-        features: S tensors (B, C_s, *size_s) -> (B, S, c_e, *size).
+        features: S tensors (B, C_s, *size_s) -> S tensors (B, c_e, *size).
     """
 
     def __init__(self, in_channels: list[int], out_channels: int) -> None:
@@ -42,7 +65,7 @@ class ScaleExperts(nn.Module):
     def num_experts(self) -> int:
         return len(self.blocks)
 
-    def forward(self, features: list[Tensor], size: tuple[int, int, int]) -> Tensor:
+    def forward(self, features: list[Tensor], size: tuple[int, int, int]) -> list[Tensor]:
         outs = []
         for block, feat in zip(self.blocks, features):
             y = block(feat)
@@ -51,6 +74,6 @@ class ScaleExperts(nn.Module):
             elif all(a >= b for a, b in zip(y.shape[2:], size)):
                 y = F.adaptive_avg_pool3d(y, size)  # the full-res scale under half-res fusion: average, not alias
             else:
-                y = F.interpolate(y, size=size, mode="trilinear", align_corners=False)
+                y = upsample_trilinear(y, size)
             outs.append(y)
-        return torch.stack(outs, dim=1)
+        return outs

@@ -19,7 +19,9 @@ class DynamicHeads(nn.Module):
 
     Shapes:
         bottleneck: (B, Cb, d, h, w); text: (K, T) -> params (B, K, P).
-        features: (B, K, C, *size) with params -> logits (B, K, *size).
+        params -> :meth:`layers`: three (weight (B*K, out, in), bias (B*K, out, 1)).
+        features: (B, K, C, *size) with params -> logits (B, K, *size) (:meth:`forward`, or :meth:`run` on
+        (B, K, C, X) voxel chunks with the layers).
     """
 
     def __init__(self, bottleneck_channels: int, text_dim: int, in_channels: int, hidden: int = 8,
@@ -43,17 +45,31 @@ class DynamicHeads(nn.Module):
         joint = torch.cat([image[:, None].expand(b, k, -1), words[None].expand(b, k, -1)], dim=-1)
         return self.controller(joint)
 
+    def layers(self, params: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """(B, K, P) params -> the three convs' (weight (B*K, out, in), bias (B*K, out, 1)), as views."""
+        params = params.reshape(-1, self.num_params)
+        out, offset = [], 0
+        for (out_c, in_c), n_bias in self.layer_shapes:
+            weight = params[:, offset:offset + out_c * in_c].view(-1, out_c, in_c)
+            offset += out_c * in_c
+            out.append((weight, params[:, offset:offset + n_bias, None]))
+            offset += n_bias
+        return out
+
+    @staticmethod
+    def run(layers: list[tuple[Tensor, Tensor]], features: Tensor) -> Tensor:
+        """Run the heads of :meth:`layers` on (B, K, C, X) features -> (B, K, X) logits.
+
+        Each layer is one grouped 1x1x1 conv for all B*K heads: a batched matmul, then the bias added in place.
+        """
+        b, k, c, n = features.shape
+        x = features.reshape(b * k, c, n)
+        for i, (weight, bias) in enumerate(layers):
+            x = torch.bmm(weight.to(x.dtype), x).add_(bias.to(x.dtype))
+            if i < len(layers) - 1:
+                x = x.relu_()
+        return x.view(b, k, n)
+
     def forward(self, features: Tensor, params: Tensor) -> Tensor:
         b, k, c, *size = features.shape
-        x = features.reshape(b * k, c, -1)
-        params = params.reshape(b * k, -1).to(x.dtype)
-        offset = 0
-        for layer, ((out_c, in_c), n_bias) in enumerate(self.layer_shapes):
-            weight = params[:, offset:offset + out_c * in_c].reshape(b * k, out_c, in_c)
-            offset += out_c * in_c
-            bias = params[:, offset:offset + n_bias].reshape(b * k, n_bias, 1)
-            offset += n_bias
-            x = torch.baddbmm(bias, weight, x)  # one grouped 1x1x1 conv (+ bias) for all B*K heads
-            if layer < len(self.layer_shapes) - 1:
-                x = x.relu_()
-        return x.reshape(b, k, *size)
+        return self.run(self.layers(params), features.reshape(b, k, c, -1)).view(b, k, *size)

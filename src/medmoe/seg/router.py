@@ -1,11 +1,12 @@
 """Text-conditioned voxel router: per class k and voxel x, a softmax over the decoder scales.
 
-    g_{k,s}(x) = softmax_s( <v(x), W_s t_k> / sqrt(d) )
+    g_{k,s}(x) = softmax_s( <v(x), W_s t_k> / sqrt(d) ),   v(x) = V f(x) + c
 
-v(x) is a 1x1x1 projection of the finest decoder feature at the fusion resolution; W_s t_k a per-scale
-projection of the prompt embedding. Unlike the token routers of ``medmoe.moe`` this is a dense (soft)
-mixture at every voxel, so there is nothing to dispatch; it keeps the core's conventions: fp32 softmax and
-auxiliary losses returned, never stored.
+v(x) is a 1x1x1 projection of the finest decoder feature f at the fusion resolution; W_s t_k a per-scale
+projection of the prompt embedding. Since v is linear in f, the logits are computed as one matmul of the
+prompt queries folded into V, ``(W_s t_k)^T V f(x) + (W_s t_k)^T c``, without materialising v. Unlike the
+token routers of ``medmoe.moe`` this is a dense (soft) mixture at every voxel, so there is nothing to
+dispatch; it keeps the core's conventions: fp32 softmax and auxiliary losses returned, never stored.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ class ScaleRouter(nn.Module):
     """Per-class, per-voxel soft gates over S scales.
 
     Args:
-        voxel_channels: channels of the feature map v(x) is projected from.
+        voxel_channels: channels C_v of the feature map v(x) is projected from.
         text_dim: width of the prompt embeddings t_k.
         num_scales: S.
         dim: d.
 
     Shapes:
-        voxel_features: (B, C, *size); text: (K, T) -> gates (B, K, S, *size) float32, summing to 1 over S.
+        voxel_features: (B, C_v, *size); text: (K, T) -> gates (B, K, S, *size) float32, summing to 1 over S.
     """
 
     def __init__(self, voxel_channels: int, text_dim: int, num_scales: int, dim: int) -> None:
@@ -36,14 +37,21 @@ class ScaleRouter(nn.Module):
         self.num_scales = num_scales
         self.dim = dim
 
+    def queries(self, text: Tensor) -> tuple[Tensor, Tensor]:
+        """The prompt queries folded into the voxel projection: weight (K*S, C_v) and bias (K*S, 1), rows
+        ordered (k, s), such that ``weight @ f(x) + bias = <v(x), W_s t_k> / sqrt(d)`` (fp32 outside autocast)."""
+        q = self.text_proj(text).view(-1, self.dim).float() / math.sqrt(self.dim)  # (K*S, d)
+        return q @ self.voxel_proj.weight.flatten(1).float(), (q @ self.voxel_proj.bias.float())[:, None]
+
+    def gates(self, queries: tuple[Tensor, Tensor], voxel_features: Tensor) -> Tensor:
+        """(B, K, S, X) float32 gates of flattened voxel features (B, C_v, X); ``queries`` from :meth:`queries`."""
+        weight, bias = queries
+        logits = torch.matmul(weight, voxel_features.float()).add_(bias)  # (B, K*S, X)
+        return logits.view(logits.shape[0], -1, self.num_scales, logits.shape[-1]).softmax(dim=2)
+
     def flat(self, voxel_features: Tensor, text: Tensor) -> Tensor:
-        """(B, K, S, X) gates, X = voxels flattened (contiguous): the layout the fusion reads."""
-        b = voxel_features.shape[0]
-        k = text.shape[0]
-        v = self.voxel_proj(voxel_features).flatten(2)  # (B, d, X)
-        q = self.text_proj(text).view(k * self.num_scales, self.dim) / math.sqrt(self.dim)  # rows: (k, s)
-        logits = torch.matmul(q.float(), v.float())  # (B, K*S, X), fp32 for the softmax
-        return logits.view(b, k, self.num_scales, -1).softmax(dim=2)  # voxels stay contiguous
+        """(B, K, S, X) gates, X = voxels flattened (contiguous)."""
+        return self.gates(self.queries(text), voxel_features.flatten(2))
 
     def forward(self, voxel_features: Tensor, text: Tensor) -> Tensor:
         b, _, *size = voxel_features.shape
@@ -56,8 +64,8 @@ def gate_usage(gates: Tensor) -> Tensor:
     return gates.float().mean(dim=dims)
 
 
-def gate_balance_loss(gates: Tensor) -> Tensor:
+def gate_balance_loss(gates: Tensor | None = None, *, usage: Tensor | None = None) -> Tensor:
     """Soft Switch-style balance: ``S * sum_s usage_s^2``; 1 when the scales are used equally, S when one
-    scale takes every voxel. Differentiable through the mean gates."""
-    usage = gate_usage(gates)
+    scale takes every voxel. Differentiable through the mean gates (or the given ``usage``)."""
+    usage = gate_usage(gates) if usage is None else usage
     return usage.numel() * usage.pow(2).sum()
