@@ -169,6 +169,14 @@ def test_chunked_training_step_matches_unchunked_gradients():
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_gates_and_usage_stay_fp32_under_autocast(model):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_outputs(_volume(32, 32, 32), ["liver", "spleen"], return_gates=True)
+    assert out["logits"].dtype == torch.bfloat16
+    assert out["gates"].dtype == out["gate_usage"].dtype == out["balance_loss"].dtype == torch.float32
+    assert abs(float(out["gate_usage"].sum()) - 1) < 1e-5
+
+
 def test_router_softmax_is_fp32_and_balance_loss_bounds():
     torch.manual_seed(0)
     router = ScaleRouter(voxel_channels=4, text_dim=6, num_scales=5, dim=8).to(torch.bfloat16)

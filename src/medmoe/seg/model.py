@@ -274,7 +274,7 @@ class MoME(nn.Module, PretrainedMixin):
             g = self.router.gates(queries, voxel[..., chunk])  # (B, K, S, n) fp32
             fused = fuse_scales(g.to(experts[0].dtype), [e[..., chunk] for e in experts])  # (B, K, C, n)
             logits.append(self.heads.run(layers, fused))  # (B, K, n)
-            gate_sum = gate_sum + g.sum(dim=-1)  # (B, K, S)
+            gate_sum = gate_sum + g.sum(dim=-1, dtype=torch.float32)  # (B, K, S)
             if return_gates:
                 gates.append(g)
         logits = (torch.cat(logits, dim=-1) if len(logits) > 1 else logits[0]).view(b, k, *size)

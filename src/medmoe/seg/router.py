@@ -46,7 +46,7 @@ class ScaleRouter(nn.Module):
     def gates(self, queries: tuple[Tensor, Tensor], voxel_features: Tensor) -> Tensor:
         """(B, K, S, X) float32 gates of flattened voxel features (B, C_v, X); ``queries`` from :meth:`queries`."""
         weight, bias = queries
-        logits = torch.matmul(weight, voxel_features.float()).add_(bias)  # (B, K*S, X)
+        logits = torch.matmul(weight, voxel_features.float()).float().add_(bias)  # (B, K*S, X), fp32 under autocast too
         return logits.view(logits.shape[0], -1, self.num_scales, logits.shape[-1]).softmax(dim=2)
 
     def flat(self, voxel_features: Tensor, text: Tensor) -> Tensor:
