@@ -155,6 +155,14 @@ def _git() -> dict:
     return {"commit": run("rev-parse", "HEAD"), "dirty_seg_files": run("status", "--short", "--", "src/medmoe/seg")}
 
 
+def _source() -> str:
+    """Where medmoe was imported from: the repository's src, or a copy elsewhere (not named: docs and results
+    name no file outside the repository)."""
+    repo = Path(__file__).resolve().parents[1]
+    source = Path(medmoe.__file__).resolve().parent
+    return "src of this repository" if source.is_relative_to(repo) else "a copy of src outside the repository"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/exp-seg-real-ct"))
@@ -164,6 +172,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=FULL.seg_steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-only", action="store_true", help="evaluate the models saved under OUT")
+    parser.add_argument("--code-note", default="", help="recorded as is, e.g. which commit a copied src tree is")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
@@ -202,7 +211,7 @@ def main() -> None:
                      "patch": FULL.seg_patch, "soft_labels": FULL.seg_soft_labels, "overlap": FULL.seg_overlap,
                      "dicom_classes": classes, "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "python": platform.python_version(), "git": _git(),
-                     "medmoe_source": str(Path(medmoe.__file__).resolve().parent)},
+                     "medmoe_source": _source(), "code_note": args.code_note},
         "rule": f"demo default: strong unless its phantom-validation mean Dice is more than {RULE_MARGIN} below "
                 "light's, then the best phantom-validation mean Dice; DICOM numbers not used",
         "default_by_rule": default_by_rule(variants),
