@@ -15,7 +15,8 @@ import sys
 
 # Command groups, in the order `medmoe --help` lists them. A module that is missing is skipped so that a
 # partial checkout still runs the groups it has.
-GROUPS = ("medmoe.cli.models", "medmoe.cli.data", "medmoe.cli.align", "medmoe.cli.seg", "medmoe.cli.demo")
+GROUPS = ("medmoe.cli.models", "medmoe.cli.data", "medmoe.cli.align", "medmoe.cli.seg", "medmoe.cli.demo",
+          "medmoe.cli.serve", "medmoe.cli.export")
 
 
 def build_parser() -> argparse.ArgumentParser:
