@@ -27,9 +27,12 @@ import numpy as np
 import pydicom
 from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
+from pydicom.pixels import pixel_array
 
 from medmoe.data.readers.nifti import load_nifti
+from medmoe.data.readers.safety import require_regular_file
 from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.limits import MAX_VOXELS_ENV, check_budget
 
 logger = logging.getLogger(__name__)
 
@@ -85,28 +88,31 @@ def _dicom_files(folder: Path) -> list[Path]:
     return dicoms
 
 
-def read_ct(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
+def read_ct(path: str | os.PathLike, *, check_ct: bool = True, max_voxels: int | None = None) -> Volume:
     """Read a CT volume from a NIfTI file or a DICOM series folder.
 
     Args:
         path: ``.nii`` / ``.nii.gz`` file, or a folder holding one DICOM series (one file per slice).
         check_ct: refuse DICOM whose Modality is not CT and volumes whose intensities are not plausible
             Hounsfield units (no air or fat anywhere, e.g. MR or a photograph).
+        max_voxels: limit on the volume's voxels (default ``MEDMOE_MAX_VOXELS``, 2**30: a 512 x 512 x 2000
+            CT passes), checked from the NIfTI header or the DICOM headers before any voxel is decoded.
 
     Returns:
         :class:`Volume` with ``array`` (X, Y, Z) float32 in HU.
 
     Raises:
         InvalidInputError: the path does not exist, is not a volume format, is 2-D, or is not CT.
-        CorruptFileError: the file exists but cannot be decoded.
+        CorruptFileError: the file exists but cannot be decoded, or is not a regular file (FIFO, device).
+        DecodeLimitError: the headers claim more voxels than ``max_voxels``.
     """
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"{p}: no such file or folder (expected a CT as NIfTI or a DICOM series folder)")
     if p.is_dir():
-        volume = read_dicom_series(p, check_ct=check_ct)
+        volume = read_dicom_series(p, check_ct=check_ct, max_voxels=max_voxels)
     elif is_nifti(p):
-        volume = read_nifti_volume(p)
+        volume = read_nifti_volume(p, max_voxels=max_voxels, dtype=np.float32)
     elif _looks_like_dicom(p) or p.suffix.lower() == ".dcm":
         _reject_single_dicom(p)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -121,14 +127,15 @@ def read_ct(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
     return volume
 
 
-def read_label(path: str | os.PathLike) -> Volume:
-    """Read an integer label map (NIfTI). Values are rounded to integers; negative values are rejected."""
+def read_label(path: str | os.PathLike, *, max_voxels: int | None = None) -> Volume:
+    """Read an integer label map (NIfTI). Values are rounded to integers; negative values are rejected.
+    ``max_voxels`` as for :func:`read_ct`."""
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"{p}: no such label file")
     if not is_nifti(p):
         raise InvalidInputError(f"{p}: label maps must be NIfTI (.nii/.nii.gz), got {p.suffix!r}")
-    volume = read_nifti_volume(p)
+    volume = read_nifti_volume(p, max_voxels=max_voxels)
     arr = volume.array
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
@@ -140,12 +147,26 @@ def read_label(path: str | os.PathLike) -> Volume:
     return volume
 
 
-def read_nifti_volume(path: str | os.PathLike) -> Volume:
-    """Read a 3-D NIfTI file (a trailing singleton 4th dimension is dropped)."""
+def read_nifti_volume(path: str | os.PathLike, *, max_voxels: int | None = None, dtype: Any = None) -> Volume:
+    """Read a 3-D NIfTI file (a trailing singleton 4th dimension is dropped).
+
+    Args:
+        path: the ``.nii`` / ``.nii.gz`` file.
+        max_voxels: limit on the voxels its header announces (default ``MEDMOE_MAX_VOXELS``), checked
+            before reading them.
+        dtype: the float dtype of a scaled image (``scl_slope`` / ``scl_inter`` set) or of the result; None
+            keeps unscaled data in its stored dtype and scales to float32 (never to nibabel's float64).
+    """
     p = Path(path)
-    image = load_nifti(str(p), str(p))
+    require_regular_file(p, "NIfTI file")
+    image = load_nifti(str(p), str(p), max_voxels=max_voxels)
     try:
-        array = np.asarray(image.dataobj)
+        proxy = image.dataobj
+        scaled = nib.is_proxy(proxy) and not (float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0)
+        if scaled or dtype is not None:
+            array = image.get_fdata(dtype=np.dtype(dtype or np.float32), caching="unchanged")
+        else:
+            array = np.asarray(proxy)
     except Exception as err:  # nibabel and gzip raise many types for truncated files
         raise CorruptFileError(f"{p}: cannot read NIfTI voxel data ({type(err).__name__}: {err})") from err
     while array.ndim > 3 and array.shape[-1] == 1:
@@ -184,13 +205,17 @@ def _reject_single_dicom(path: Path) -> None:
     )
 
 
-def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True) -> Volume:
+def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True, max_voxels: int | None = None) -> Volume:
     """Stack a folder of single-frame DICOM slices into a volume in HU.
 
     The series with the most slices is used when the folder holds several (others are logged). Slices are
     sorted by their position along the slice normal, and each is rescaled with its own slope/intercept.
+    Headers are read first (pixel data deferred, not loaded): Rows x Columns x slices is checked against
+    ``max_voxels`` (default ``MEDMOE_MAX_VOXELS``) before any slice is decoded, and the slices are then
+    decoded one at a time into one float32 array.
 
     Raises:
+        DecodeLimitError: the series claims more voxels than ``max_voxels``.
         InvalidInputError: no DICOM files, a non-CT modality (when ``check_ct``), or a single slice.
         CorruptFileError: unreadable files or missing geometry tags.
     """
@@ -203,7 +228,7 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True) -> Vo
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                headers.append((f, pydicom.dcmread(f, force=True)))
+                headers.append((f, pydicom.dcmread(f, force=True, defer_size="64 KB")))
         except Exception as err:
             raise CorruptFileError(f"{f}: not a readable DICOM file ({type(err).__name__}: {err})") from err
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
@@ -257,20 +282,34 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True) -> Vo
     if gaps.max() - gaps.min() > 0.1 * np.median(gaps):
         logger.warning("%s: uneven slice spacing (%.2f..%.2f mm); using the mean", folder, gaps.min(), gaps.max())
     step = (positions[-1] - positions[0]) / (len(slices) - 1)
-    planes = []
-    for f, ds in slices:
+    sizes = sorted({(_int_tag(ds, "Rows", f), _int_tag(ds, "Columns", f)) for f, ds in slices})
+    if len(sizes) != 1:
+        raise CorruptFileError(f"{folder}: slices differ in size {sizes}")
+    rows, cols = sizes[0]
+    check_budget(str(folder), f"{len(slices)} slices of {rows} x {cols}", rows * cols * len(slices),
+                 MAX_VOXELS_ENV, max_voxels)
+    array = np.empty((cols, rows, len(slices)), dtype=np.float32)
+    for k, (f, ds) in enumerate(slices):
+        frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+        if frames != 1 or samples != 1:
+            raise InvalidInputError(
+                f"{f}: expected a single-frame greyscale slice, got {frames} frame(s) of {samples} sample(s)"
+            )
         try:
-            pixels = ds.pixel_array.astype(np.float32)
+            pixels = pixel_array(ds)
         except Exception as err:
             raise CorruptFileError(f"{f}: cannot decode pixel data ({type(err).__name__}: {err})") from err
-        if pixels.ndim != 2:
-            raise InvalidInputError(f"{f}: expected a single-frame greyscale slice, got pixel shape {pixels.shape}")
+        if pixels.shape != (rows, cols):
+            if pixels.ndim != 2:
+                raise InvalidInputError(f"{f}: expected a single-frame greyscale slice, got pixel shape {pixels.shape}")
+            raise CorruptFileError(f"{f}: pixel data of shape {pixels.shape}, its header says {(rows, cols)}")
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        planes.append(pixels.T * slope + intercept)  # (rows, cols) -> (col, row) to match x, y
-    if len({p.shape for p in planes}) != 1:
-        raise CorruptFileError(f"{folder}: slices differ in size {sorted({p.shape for p in planes})}")
-    array = np.stack(planes, axis=-1)
+        plane = array[:, :, k]
+        plane[...] = pixels.T  # (rows, cols) -> (col, row) to match x, y
+        plane *= np.float32(slope)
+        plane += np.float32(intercept)
+        del ds.PixelData  # the decoded slice is in the volume; drop the file's bytes
     lps = np.eye(4)
     lps[:3, 0] = row_dir * col_spacing
     lps[:3, 1] = col_dir * row_spacing
@@ -282,6 +321,13 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True) -> Vo
         path=str(folder),
         meta={"format": "dicom", "modality": modality, "series_uid": uid, "n_slices": len(slices)},
     )
+
+
+def _int_tag(ds: pydicom.Dataset, keyword: str, path: Path) -> int:
+    try:
+        return int(ds[keyword].value)
+    except Exception as err:  # missing or malformed
+        raise CorruptFileError(f"{path}: DICOM {keyword} missing or malformed ({err})") from err
 
 
 def check_hounsfield(volume: Volume) -> None:

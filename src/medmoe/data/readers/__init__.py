@@ -13,7 +13,9 @@ one, within interpolation tolerance.
 The format is detected from the file's first bytes (DICOM preamble, PNG/JPEG/TIFF signatures, gzip or
 NIfTI header) with the extension as fallback, so a PNG named ``.dcm`` still reads. Every failure is a
 medmoe error naming the file and the reason: :class:`MissingFileError` for a path that does not exist,
-:class:`~medmoe.errors.CorruptFileError` for anything unreadable.
+:class:`~medmoe.errors.CorruptFileError` for anything unreadable (FIFOs and devices included: they are
+refused, never opened), :class:`~medmoe.limits.DecodeLimitError` for a file whose header claims more
+pixels than ``MEDMOE_MAX_PIXELS`` / ``MEDMOE_MAX_VOXELS`` allow (see :mod:`medmoe.limits`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from medmoe.data.readers.dicom import read_dicom
 from medmoe.data.readers.meta import ImageMeta
 from medmoe.data.readers.nifti import PROJECTIONS, read_nifti
 from medmoe.data.readers.pillow import read_pillow
+from medmoe.data.readers.safety import require_regular_file
 from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
 
 __all__ = [
@@ -94,6 +97,8 @@ def read_image(
     projection: str | None = None,
     window: tuple[float, float] | None = None,
     target_size: int | None = None,
+    max_pixels: int | None = None,
+    max_voxels: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read one 2-D image from a file.
 
@@ -108,6 +113,9 @@ def read_image(
             ``2 * target_size`` (reduced by an integer factor, aspect ratio kept up to rounding), or at full
             size when the stored image is not larger. Never smaller than needed: the caller still resizes.
             NIfTI slices always come back at full size.
+        max_pixels: limit on the values the file holds (rows x columns x channels x frames; for NIfTI the
+            slice read), default ``MEDMOE_MAX_PIXELS``; checked from the header before decoding.
+        max_voxels: limit on the voxels of a NIfTI volume, default ``MEDMOE_MAX_VOXELS``.
 
     Returns:
         ``(image, meta)``: ``image`` is float32 ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB) in [0, 1] after
@@ -116,7 +124,9 @@ def read_image(
 
     Raises:
         MissingFileError: ``path`` does not exist.
-        CorruptFileError: the file is empty, truncated, of an unsupported type or otherwise unreadable.
+        CorruptFileError: the file is empty, truncated, of an unsupported type, not a regular file (a FIFO,
+            a device) or otherwise unreadable.
+        DecodeLimitError: the header claims more than ``max_pixels`` / ``max_voxels`` (a CorruptFileError).
         InvalidInputError: an option does not fit the file (frame / slice out of range, bad projection) or
             ``target_size`` is not a positive integer.
     """
@@ -125,8 +135,8 @@ def read_image(
         raise MissingFileError(f"{name}: no such file")
     if os.path.isdir(name):
         raise CorruptFileError(f"{name}: is a directory, expected an image file")
+    size = require_regular_file(name, "image file").st_size
     try:
-        size = os.path.getsize(name)
         with open(name, "rb") as fh:
             head = fh.read(_HEAD_BYTES)
     except OSError as err:
@@ -135,7 +145,8 @@ def read_image(
         raise CorruptFileError(f"{name}: file is empty")
     fmt = _checked_format(head, name)
     _check_options(fmt, name, frame, axial_slice, projection, target_size)
-    return _dispatch(fmt, name, name, None, frame, axial_slice, projection, window, target_size)
+    return _dispatch(fmt, name, name, None, frame, axial_slice, projection, window, target_size,
+                     (max_pixels, max_voxels))
 
 
 def decode_image(
@@ -147,6 +158,8 @@ def decode_image(
     projection: str | None = None,
     window: tuple[float, float] | None = None,
     target_size: int | None = None,
+    max_pixels: int | None = None,
+    max_voxels: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Like :func:`read_image` for a file held in memory (e.g. a member of a tar shard).
 
@@ -158,7 +171,8 @@ def decode_image(
         raise CorruptFileError(f"{name}: file is empty")
     fmt = _checked_format(data[:_HEAD_BYTES], name)
     _check_options(fmt, name, frame, axial_slice, projection, target_size)
-    return _dispatch(fmt, None, name, data, frame, axial_slice, projection, window, target_size)
+    return _dispatch(fmt, None, name, data, frame, axial_slice, projection, window, target_size,
+                     (max_pixels, max_voxels))
 
 
 def _checked_format(head: bytes, name: str) -> str:
@@ -182,16 +196,19 @@ def _check_options(fmt: str, name: str, frame, axial_slice, projection, target_s
         raise InvalidInputError(f"{name}: axial_slice / projection apply to NIfTI volumes, this file is {fmt}")
 
 
-def _dispatch(fmt, path, name, data, frame, axial_slice, projection, window, target_size):
+def _dispatch(fmt, path, name, data, frame, axial_slice, projection, window, target_size, limits):
     target_size = None if target_size is None else int(target_size)
+    max_pixels, max_voxels = limits
     try:
         if fmt == "dicom":
             source = path if data is None else io.BytesIO(data)
-            return read_dicom(source, name, frame=frame, window=window, target_size=target_size)
+            return read_dicom(source, name, frame=frame, window=window, target_size=target_size,
+                              max_pixels=max_pixels)
         if fmt == "nifti":
             return read_nifti(path, name, data=data, axial_slice=axial_slice, projection=projection, window=window,
-                              target_size=target_size)
-        return read_pillow(path if data is None else io.BytesIO(data), name, frame=frame, target_size=target_size)
+                              target_size=target_size, max_pixels=max_pixels, max_voxels=max_voxels)
+        return read_pillow(path if data is None else io.BytesIO(data), name, frame=frame, target_size=target_size,
+                           max_pixels=max_pixels)
     except MedMoEError:
         raise
     except Exception as err:  # a reader bug or library edge case must still name the file

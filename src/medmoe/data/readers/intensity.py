@@ -17,7 +17,10 @@ def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     if not width > 0:
         raise InvalidInputError(f"window width must be > 0, got {width}")
     low = center - width / 2.0
-    return np.clip((values.astype(np.float64) - low) / width, 0.0, 1.0)
+    out = values.astype(np.float32)
+    out -= np.float32(low)
+    out /= np.float32(width)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def robust_rescale(
@@ -27,25 +30,31 @@ def robust_rescale(
 
     Percentiles rather than min/max so that a few saturated pixels (burned-in text, metal) do not flatten
     the contrast of the rest. A constant image maps to zeros. The caller checks for non-finite values.
+    The result is float32 (one copy of ``values``); the percentiles are computed in float64.
 
     Args:
         values: the image to rescale.
         low_pct, high_pct: the percentiles mapped onto 0 and 1.
         sample: values to take the percentiles from instead of ``values`` (see :func:`range_sample`).
     """
-    values = values.astype(np.float64)
-    source = values if sample is None else np.asarray(sample, dtype=np.float64)
-    finite = source[np.isfinite(source)]
-    if finite.size == 0:
-        return np.zeros_like(values)
+    source = np.asarray(values if sample is None else sample).reshape(-1)
     # Percentiles of a subsample: exact enough for a display range and much faster on large images.
-    step = max(1, finite.size // 1_000_000)
-    low, high = np.percentile(finite[::step], [low_pct, high_pct])
+    subsample = source[:: max(1, source.size // 1_000_000)].astype(np.float64)
+    subsample = subsample[np.isfinite(subsample)]
+    if subsample.size == 0:
+        return np.zeros(np.shape(values), dtype=np.float32)
+    low, high = np.percentile(subsample, [low_pct, high_pct])
     if high <= low:
+        finite = source[np.isfinite(source)] if source.dtype.kind == "f" else source
+        if finite.size == 0:
+            return np.zeros(np.shape(values), dtype=np.float32)
         low, high = float(finite.min()), float(finite.max())
     if high <= low:
-        return np.zeros_like(values)
-    return np.clip((values - low) / (high - low), 0.0, 1.0)
+        return np.zeros(np.shape(values), dtype=np.float32)
+    out = np.asarray(values).astype(np.float32)
+    out -= np.float32(low)
+    out /= np.float32(high - low)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def reduction_factor(height: int, width: int, target_size: int | None) -> int:
