@@ -39,12 +39,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 from webdataset.gopen import gopen, gopen_schemes
-from webdataset.tariterators import base_plus_ext, tar_file_iterator
+from webdataset.tariterators import base_plus_ext
 
 from medmoe.data.dataset import BadSample
 from medmoe.data.manifest import ManifestRow, normalize_split, read_manifest
 from medmoe.data.readers import read_image
 from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
+from medmoe.limits import MAX_MEMBER_BYTES_ENV, limit
 
 logger = logging.getLogger(__name__)
 
@@ -282,30 +283,71 @@ def member_key(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _member_problem(info: tarfile.TarInfo, allowed: int) -> str | None:
+    """Why a tar member may not be read (None when it may): only regular files within the size limit."""
+    if info.issparse():
+        return f"a GNU sparse file claiming {info.size:,} bytes"
+    if not info.isreg():
+        kinds = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character "
+                 "device", tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO"}
+        return kinds.get(info.type, f"a special member (type {info.type!r})")
+    if info.size > allowed:
+        return (f"{info.size:,} bytes, over the member limit of {allowed:,} (raise it with "
+                f"{MAX_MEMBER_BYTES_ENV}=N or max_member_bytes=; see docs/security.md)")
+    return None
+
+
+def _tar_members(stream: BinaryIO, url: str, allowed: int) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """``(name, data, None)`` of the regular members of a tar stream (compressed too), directories skipped;
+    ``(name, None, problem)`` for a refused one (sparse, link, device, FIFO, over ``allowed`` bytes), whose
+    data is never read, after which the stream stops.
+
+    Raises:
+        CorruptFileError: a member shorter than its header says.
+    """
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for info in tar:
+            if info.isdir():
+                continue
+            problem = _member_problem(info, allowed)
+            if problem is not None:
+                yield info.name, None, problem
+                return
+            handle = tar.extractfile(info)
+            data = handle.read() if handle is not None else b""
+            if len(data) != info.size:
+                raise CorruptFileError(f"{url}: member {info.name!r} truncated ({len(data)} of {info.size} bytes)")
+            yield info.name, data, None
+
+
+def iter_tar_samples(url: str, *, max_member_bytes: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """``(key, {extension: bytes})`` for each sample of a shard, streamed (local path or URL).
 
     Members are grouped by key as WebDataset does (``dir/key.ext``: key up to the first dot of the file
     name); hidden files and ``__meta__`` entries are skipped. A member repeating an extension of the current
     sample starts a new sample under the same key (reported by the callers that care).
 
+    Only regular members are read, each checked from its tar header before its data: sparse members (whose
+    stated size can be far above what the shard stores), links, devices and FIFOs are refused, and so is a
+    member over ``max_member_bytes`` (default ``MEDMOE_MAX_MEMBER_BYTES``, 512 MiB; see :mod:`medmoe.limits`).
+
     Raises:
-        CorruptFileError: the shard cannot be opened or its tar stream is broken (samples read before the
-            damage have been yielded), or a key repeats an extension.
+        CorruptFileError: the shard cannot be opened, its tar stream is broken, or a member is refused
+            (samples read before the damage have been yielded); the message names the shard (and member).
     """
-    errors: list[Exception] = []
-
-    def stop(exn: Exception) -> bool:
-        errors.append(exn)
-        return False
-
+    allowed = limit(MAX_MEMBER_BYTES_ENV, max_member_bytes)
     stream = open_shard(url)
     closed = False
+    failure: Exception | None = None
     try:
         key, group = None, {}
-        for member in tar_file_iterator(stream, handler=stop):
-            prefix, suffix = base_plus_ext(member["fname"])
-            if prefix is None:
+        for fname, data, problem in _tar_members(stream, url, allowed):
+            prefix, suffix = base_plus_ext(fname.removeprefix("./"))
+            if problem is not None:
+                if group and prefix != key:
+                    yield key, group  # complete: the refused member belongs to the next sample
+                raise CorruptFileError(f"{url}: member {fname!r} refused: {problem}")
+            if prefix is None or os.path.basename(fname).startswith(("__", ".")):
                 continue
             suffix = suffix.lower()
             # A member that repeats one already in the sample starts a new sample with the same key, where
@@ -315,22 +357,23 @@ def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
                 if group:
                     yield key, group
                 key, group = prefix, {}
-            group[suffix] = member["data"]
+            group[suffix] = data
         if group:
             yield key, group
         closed = True
         stream.close()  # a remote reader's exit status (curl's HTTP error) surfaces here
-    except _TAR_ERRORS + (ValueError,) as err:
-        errors.append(err)
+    except MedMoEError:
+        raise
+    except Exception as err:  # tarfile, zlib, lzma, OSError, EOFError ...: every tar error names the shard
+        failure = err
     finally:
         if not closed:
             try:
                 stream.close()
             except Exception:  # noqa: BLE001 - the first error is the one worth reporting
                 pass
-    if errors:
-        err = errors[0]
-        raise CorruptFileError(f"{url}: unreadable tar shard ({type(err).__name__}: {err})") from err
+    if failure is not None:
+        raise CorruptFileError(f"{url}: unreadable tar shard ({type(failure).__name__}: {failure})") from failure
 
 
 def scan_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
@@ -343,7 +386,7 @@ def scan_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
-                parsed = member_key(member.name) if member.isfile() else None
+                parsed = member_key(member.name) if member.isfile() and not member.issparse() else None
                 if parsed is None:
                     continue
                 if not samples or samples[-1][0] != parsed[0]:
