@@ -1,0 +1,89 @@
+"""`medmoe serve`: a local web page for search, zero-shot classification and CT segmentation (Gradio).
+
+The handler imports Gradio and the models lazily (``medmoe --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """\
+examples:
+  # classification (and search, with an index built by `medmoe align index`) and CT segmentation
+  medmoe serve --model runs/align/model --index runs/align/index --seg-model runs/mome/model
+
+  # segmentation only, on the first GPU, reachable from other machines (no authentication: trusted networks only)
+  medmoe serve --seg-model runs/mome/model --device cuda --host 0.0.0.0 --port 8080
+
+tabs: Search (--model and --index): text -> image search with thumbnails, scores and reports.
+Classify (--model): zero-shot class probabilities of an uploaded PNG/JPEG/DICOM image, the router's expert,
+word-region attention of a report or prompt. Segment (--seg-model): an uploaded NIfTI or zipped DICOM series,
+prompted classes, an axial slice viewer with the masks, the label map to download.
+Bad uploads (wrong type, corrupt, empty, too large) get a message in the page; the server keeps running.
+"""
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
+        return value
+
+    return parse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``medmoe serve``."""
+    from medmoe.serve.uploads import DEFAULT_MAX_CT_VOXELS, DEFAULT_MAX_UPLOAD_MB
+
+    parser = sub.add_parser(
+        "serve", help="a local web page: text->image search, zero-shot classification, CT segmentation",
+        description="Start a local web page (Gradio) over a MedMoE model, its search index and a MoME model.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    models = parser.add_argument_group("what to serve (at least one model)")
+    models.add_argument("--model", default=None, metavar="DIR",
+                        help="a saved MedMoE model directory (Search and Classify tabs)")
+    models.add_argument("--seg-model", default=None, metavar="DIR",
+                        help="a saved MoME segmentation model directory (Segment tab)")
+    models.add_argument("--index", default=None, metavar="IDX",
+                        help="an index folder written by `medmoe align index` with --model (Search tab)")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the "
+                             "page, which has no login, to the network)")
+    server.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    server.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="where the models run: auto (CUDA if available, else CPU; default), cpu, cuda, cuda:N")
+    limits = parser.add_argument_group("upload limits")
+    limits.add_argument("--max-upload-mb", type=_positive(float), default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
+                        help=f"largest upload, and largest unpacked zip (default {DEFAULT_MAX_UPLOAD_MB})")
+    limits.add_argument("--max-ct-voxels", type=_positive(int), default=DEFAULT_MAX_CT_VOXELS, metavar="N",
+                        help=f"largest CT the Segment tab accepts, in voxels (default {DEFAULT_MAX_CT_VOXELS:,} = "
+                             "512 x 512 x 1024)")
+    parser.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from medmoe.errors import InvalidInputError
+    from medmoe.serve.uploads import UploadLimits
+
+    if not 0 <= args.port <= 65535:
+        raise InvalidInputError(f"--port {args.port}: expected 0 to 65535")
+    limits = UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_ct_voxels=args.max_ct_voxels)
+    from medmoe.serve.services import load_services
+
+    services = load_services(args.model, args.seg_model, args.index, device=args.device, limits=limits)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s: anyone who reaches this address can use the page (it has no login)",
+                       args.host)
+    from medmoe.serve.app import launch
+
+    try:
+        launch(services, host=args.host, port=args.port)
+    finally:
+        services.close()
+    return 0

@@ -1,0 +1,203 @@
+"""The Classify tab: zero-shot classes of one uploaded image, the router's chosen expert and the word-region
+attention of a report or prompt over the image.
+
+Class probabilities are the softmax of the model's logit scale times the cosines between the image and each
+class's prompt ensemble (:class:`~medmoe.align.zeroshot.ZeroShotClassifier`); a class named like one of the six
+modalities uses that modality's prompts, any other class the label templates. The expert and its
+probabilities are the image router's (the inference route). The attention maps are GLoRIA's word-region
+attention of the words of the text over the image's local features (:func:`medmoe.align.figures.attention_maps`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medmoe.align.zeroshot import MODALITY_PROMPTS, ZeroShotClassifier, label_prompts
+from medmoe.data.modalities import MODALITIES, try_normalize_modality
+from medmoe.errors import InvalidInputError
+from medmoe.serve.pictures import fit, heat_overlay, to_rgb
+
+DEFAULT_CLASSES = ", ".join(MODALITY_PROMPTS)
+MAX_CLASSES = 50
+MAX_CLASS_CHARS = 100
+MAX_TEXT_CHARS = 2000
+WORD_MAPS = 5
+DISPLAY = 320
+
+
+@dataclass
+class ClassifyResult:
+    """What the tab shows for one image.
+
+    Attributes:
+        probabilities: class -> probability (sums to 1).
+        expert: the chosen expert's name.
+        expert_probabilities: expert name -> router probability.
+        attention: ``(picture (H, W, 3) uint8, caption)``: the image, the mean attention over the chosen
+            words, then one map per word.
+        text: the report or prompt the attention was computed for.
+        modality: the modality the file declares (DICOM), or None.
+    """
+
+    probabilities: dict[str, float]
+    expert: str
+    expert_probabilities: dict[str, float]
+    attention: list[tuple[np.ndarray, str]]
+    text: str
+    modality: str | None = None
+
+    def message(self, name: str) -> str:
+        top = max(self.probabilities, key=self.probabilities.get)
+        return (f"{name}: **{top}** ({self.probabilities[top]:.1%}); routed to **{self.expert}** "
+                f"({self.expert_probabilities[self.expert]:.1%}); attention of \u201c{self.text}\u201d")
+
+
+def parse_classes(text: str) -> list[str]:
+    """Class names from a comma- or line-separated text (blanks and repeats dropped, order kept).
+
+    Raises:
+        InvalidInputError: fewer than two classes, too many, or a name that is too long.
+    """
+    names, seen = [], set()
+    for part in re.split(r"[,\n;]", str(text or "")):
+        name = " ".join(part.split())
+        if name and name.lower() not in seen:
+            if len(name) > MAX_CLASS_CHARS:
+                raise InvalidInputError(f"class name {name[:30]!r}...: at most {MAX_CLASS_CHARS} characters")
+            seen.add(name.lower())
+            names.append(name)
+    if len(names) < 2:
+        raise InvalidInputError("give at least two class names, separated by commas (e.g. \u201cnormal, "
+                                "pleural effusion\u201d)")
+    if len(names) > MAX_CLASSES:
+        raise InvalidInputError(f"{len(names)} classes: at most {MAX_CLASSES}")
+    return names
+
+
+def class_prompts(names: Sequence[str]) -> dict[str, list[str]]:
+    """The prompt ensemble of each class: a modality's own prompts for a modality's name or synonym (``"MRI"``,
+    ``"x-ray"``), else the label templates."""
+    prompts = {}
+    for name in names:
+        modality = try_normalize_modality(name)
+        prompts[name] = list(MODALITY_PROMPTS[modality]) if modality in MODALITY_PROMPTS else label_prompts([name])[name]
+    return prompts
+
+
+def expert_names(model: nn.Module) -> list[str]:
+    """``expert k``, with the modality it was trained for when the router learned modalities (one expert
+    per modality and ``route_by="label"`` or a router cross-entropy)."""
+    cfg = model.config
+    k = int(cfg.num_experts)
+    knows_modality = k == len(MODALITIES) and (cfg.route_by == "label" or cfg.router_ce_loss_weight > 0)
+    return [f"expert {e} ({MODALITIES[e]})" if knows_modality else f"expert {e}" for e in range(k)]
+
+
+def prepare_image(path: str | Path, image_size: int) -> tuple[torch.Tensor, np.ndarray, str | None]:
+    """Read an image file as the model sees it.
+
+    Returns:
+        ``(uint8 (1, 3, S, S) model input, (S, S, 3) uint8 picture of it, declared modality or None)``.
+
+    Raises:
+        MedMoEError: an unreadable, empty or unsupported file (its message names the reason).
+    """
+    from medmoe.data.readers import read_image
+    from medmoe.data.transforms import ImageTransform
+
+    transform = ImageTransform(image_size=image_size)
+    image, meta = read_image(path, target_size=transform.decode_size)
+    x = transform(image)
+    return x[None], to_rgb(x.permute(1, 2, 0).numpy()), getattr(meta, "modality", None)
+
+
+def content_words(words: Sequence[str], count: int = WORD_MAPS) -> list[int]:
+    """Positions of up to ``count`` words worth a map: content words, else any word with a letter."""
+    from medmoe.align.figures import pick_words
+
+    chosen = pick_words(words, count)
+    if not chosen:
+        chosen = [i for i, w in enumerate(words) if any(ch.isalpha() for ch in w)][:count]
+    return chosen
+
+
+class Classifier:
+    """Zero-shot classification with one model; class vectors are cached per class list (thread-safe).
+
+    Args:
+        model: a MedMoE model in eval mode.
+        cache_size: class lists whose vectors are kept.
+    """
+
+    def __init__(self, model: nn.Module, cache_size: int = 16) -> None:
+        self.model = model
+        self.image_size = int(model.config.backbone.image_size)
+        self.experts = expert_names(model)
+        self._cache: OrderedDict[tuple[str, ...], ZeroShotClassifier] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def classifier(self, names: Sequence[str]) -> ZeroShotClassifier:
+        key = tuple(names)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        clf = ZeroShotClassifier.from_prompts(self.model, class_prompts(names))
+        with self._lock:
+            self._cache[key] = clf
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return clf
+
+    @torch.no_grad()
+    def classify(self, path: str | Path, classes_text: str, text: str = "") -> ClassifyResult:
+        """Classify the image at ``path`` against the classes of ``classes_text``; attention of ``text``
+        (default: the top class's first prompt).
+
+        Raises:
+            InvalidInputError: bad class list or text; MedMoEError: an unreadable image.
+        """
+        names = parse_classes(classes_text)
+        text = " ".join(str(text or "").split())
+        if len(text) > MAX_TEXT_CHARS:
+            raise InvalidInputError(f"the report or prompt has {len(text)} characters; at most {MAX_TEXT_CHARS}")
+        device = next(self.model.parameters()).device
+        images, picture, modality = prepare_image(path, self.image_size)
+        images = images.to(device)
+        clf = self.classifier(names)
+        features = self.model.image_features(images)
+        scale = float(self.model.logit_scale)
+        probs = (scale * clf.logits(features["image_embeds"])).softmax(dim=-1)[0].cpu().tolist()
+        probabilities = {n: float(p) for n, p in zip(names, probs)}
+        router = features["router_probs"][0].float().cpu().tolist()
+        expert = self.experts[int(features["expert_index"][0])]
+        if not text:
+            text = class_prompts([max(probabilities, key=probabilities.get)]).popitem()[1][0]
+        attention = self.attention(images, picture, text)
+        return ClassifyResult(probabilities, expert, dict(zip(self.experts, map(float, router))), attention, text,
+                              modality)
+
+    def attention(self, images: torch.Tensor, picture: np.ndarray, text: str) -> list[tuple[np.ndarray, str]]:
+        """The picture, the mean word-region attention over the chosen words, then one map per word."""
+        from medmoe.align.figures import attention_maps
+
+        maps, words = attention_maps(self.model, images, [text])
+        chosen = content_words(words[0])
+        if not chosen:
+            raise InvalidInputError(f"\u201c{text}\u201d has no word to show attention for; type a report or prompt")
+        heat = maps[0, chosen].float().cpu().numpy()
+        side = max(DISPLAY, picture.shape[0])
+        panels = [(fit(picture, side), "image"),
+                  (fit(heat_overlay(picture, heat.mean(0)), side), f"mean of: {', '.join(words[0][i] for i in chosen)}")]
+        panels += [(fit(heat_overlay(picture, h), side), words[0][i]) for h, i in zip(heat, chosen)]
+        return panels

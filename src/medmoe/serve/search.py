@@ -1,0 +1,127 @@
+"""The Search tab: text -> image search over a saved index, as thumbnails with scores and reports."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from medmoe.errors import InvalidInputError, MedMoEError
+from medmoe.serve.pictures import fit, placeholder, to_rgb
+
+logger = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 1000
+MAX_K = 100
+THUMBNAIL = 256
+CAPTION_CHARS = 90
+
+
+@dataclass
+class SearchResult:
+    """The hits of one query, ready for the page.
+
+    Attributes:
+        thumbnails: ``(picture (H, W, 3) uint8, caption)`` per hit, best first.
+        rows: ``[rank, score, id, report]`` per hit (the results table).
+        unreadable: ids of hits whose image could not be read (shown as grey squares).
+    """
+
+    thumbnails: list[tuple[np.ndarray, str]]
+    rows: list[list]
+    unreadable: list[str] = field(default_factory=list)
+
+    def message(self, query: str) -> str:
+        text = f"{len(self.rows)} image(s) for \u201c{query}\u201d"
+        if self.unreadable:
+            text += f"; {len(self.unreadable)} could not be read: {', '.join(self.unreadable[:5])}"
+        return text
+
+
+def load_index(path: str | os.PathLike):
+    """Load a saved index folder (``medmoe align index``) with :class:`medmoe.align.index.SearchIndex`.
+
+    Raises:
+        InvalidInputError: the path does not exist.
+    """
+    from medmoe.align.index import SearchIndex
+
+    if not Path(path).exists():
+        raise InvalidInputError(f"--index {path}: no such folder (write one with `medmoe align index`)")
+    return SearchIndex.load(path)
+
+
+def resolve_image(path: str, root: Path | None) -> Path:
+    """A hit's image path; a relative path that does not exist as given is looked up under ``root``."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and root is not None:
+        return root / p
+    return p
+
+
+def thumbnail(path: Path, side: int = THUMBNAIL) -> np.ndarray:
+    """An (H, W, 3) uint8 picture of an indexed image with its longer side ``side`` (any readable format).
+
+    Raises:
+        MedMoEError: the image cannot be read (missing, corrupt).
+    """
+    from medmoe.data.readers import read_image
+
+    image, _ = read_image(path, target_size=side)
+    return fit(to_rgb(image), side)
+
+
+def caption(rank: int, score: float, report: str, chars: int = CAPTION_CHARS) -> str:
+    report = " ".join(str(report).split())
+    short = report if len(report) <= chars else report[: chars - 1].rstrip() + "\u2026"
+    return f"#{rank}  {score:.3f}  {short}"
+
+
+def check_query(query: str, k: int) -> tuple[str, int]:
+    """The stripped query and k as an int, or an :class:`InvalidInputError` saying what to change."""
+    query = " ".join(str(query or "").split())
+    if not query:
+        raise InvalidInputError("type what to search for, e.g. \u201cpleural effusion\u201d")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidInputError(f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS}")
+    try:
+        k = int(k)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"number of results {k!r}: expected a whole number") from err
+    if not 1 <= k <= MAX_K:
+        raise InvalidInputError(f"number of results {k}: expected 1 to {MAX_K}")
+    return query, k
+
+
+def search_images(model: nn.Module, index, query: str, k: int = 12, *, root: Path | None = None,
+                  side: int = THUMBNAIL) -> SearchResult:
+    """Search ``index`` with a text query and read the hits' images as thumbnails.
+
+    Args:
+        model: the MedMoE model the index was built with (encodes the query).
+        index: a :class:`medmoe.align.index.SearchIndex` (``search_text(model, texts, k)``).
+        query: the text to search for.
+        k: number of hits.
+        root: folder that relative image paths of the index are tried under.
+        side: thumbnail size in pixels.
+
+    Raises:
+        InvalidInputError: an empty or too long query, or k out of range.
+    """
+    query, k = check_query(query, k)
+    hits = index.search_text(model, [query], k=k)[0]
+    thumbnails, rows, unreadable = [], [], []
+    for hit in hits:
+        try:
+            picture = thumbnail(resolve_image(hit.path, root), side)
+        except (MedMoEError, OSError) as err:
+            logger.warning("search hit %s: image not shown (%s)", hit.id, err)
+            picture = placeholder(side)
+            unreadable.append(str(hit.id))
+        thumbnails.append((picture, caption(hit.rank, hit.score, hit.report)))
+        rows.append([int(hit.rank), round(float(hit.score), 4), str(hit.id), str(hit.report)])
+    return SearchResult(thumbnails, rows, unreadable)

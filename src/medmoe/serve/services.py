@@ -1,0 +1,170 @@
+"""What the page calls: the loaded models and index, one lock per model, a scratch folder for results.
+
+:class:`Services` holds no Gradio object, so the tabs' work is tested as plain calls; :mod:`medmoe.serve.app`
+wires its methods to the page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medmoe.errors import InvalidInputError, MedMoEError
+from medmoe.serve.classify import Classifier, ClassifyResult
+from medmoe.serve.search import SearchResult, search_images
+from medmoe.serve.segment import SegView, gather_prompts, segment_upload
+from medmoe.serve.uploads import UploadLimits, display_name, uploaded_file
+
+logger = logging.getLogger(__name__)
+
+KEEP_RESULTS = 16
+
+
+@contextlib.contextmanager
+def _named_after_upload(path: Path):
+    """Re-raise medmoe errors with the server's path of an upload replaced by the file's own name."""
+    try:
+        yield
+    except MedMoEError as err:
+        text = str(err)
+        if str(path) not in text:
+            raise
+        raise type(err)(text.replace(str(path), display_name(path))) from err
+
+
+class Services:
+    """The page's back end.
+
+    Args:
+        model: a MedMoE model (Search and Classify), or None.
+        seg_model: a MoME model (Segment), or None.
+        index: a :class:`medmoe.align.index.SearchIndex` built with ``model`` (Search), or None.
+        index_root: folder that relative image paths of the index are tried under.
+        device: where the models run.
+        limits: what uploads are accepted.
+        workdir: scratch folder for results (a new temporary folder by default, removed by :meth:`close`).
+    """
+
+    def __init__(self, model: nn.Module | None = None, seg_model: nn.Module | None = None, index=None, *,
+                 index_root: Path | None = None, device: torch.device | str = "cpu",
+                 limits: UploadLimits | None = None, workdir: Path | None = None) -> None:
+        if index is not None and model is None:
+            raise InvalidInputError("a search index needs the MedMoE model it was built with (--model)")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval() if model is not None else None
+        self.seg_model = seg_model.to(self.device).eval() if seg_model is not None else None
+        self.index = index
+        self.index_root = index_root
+        self.limits = limits or UploadLimits()
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="medmoe-serve-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.classifier = Classifier(self.model) if self.model is not None else None
+        self._model_lock = threading.Lock()
+        self._seg_lock = threading.Lock()
+        self._count = 0
+        self._count_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ what the page offers
+    @property
+    def can_search(self) -> bool:
+        return self.index is not None
+
+    @property
+    def can_classify(self) -> bool:
+        return self.model is not None
+
+    @property
+    def can_segment(self) -> bool:
+        return self.seg_model is not None
+
+    def seg_classes(self) -> list[str]:
+        """The classes the Segment tab offers: the model's trained classes (else its class set)."""
+        from medmoe.seg.prompts import model_class_names
+
+        return model_class_names(self.seg_model)[0] if self.seg_model is not None else []
+
+    # ------------------------------------------------------------------ the tabs' work
+    def search(self, query: str, k: int = 12) -> SearchResult:
+        if not self.can_search:
+            raise InvalidInputError("no index loaded: start `medmoe serve` with --index IDX")
+        with self._model_lock, torch.no_grad():
+            return search_images(self.model, self.index, query, k, root=self.index_root)
+
+    def classify(self, upload, classes: str, text: str = "") -> ClassifyResult:
+        if not self.can_classify:
+            raise InvalidInputError("no MedMoE model loaded: start `medmoe serve` with --model M")
+        path = uploaded_file(upload, self.limits, what="an image (PNG, JPEG, DICOM)")
+        with self._model_lock, _named_after_upload(path):
+            return self.classifier.classify(path, classes, text)
+
+    def segment(self, upload, selected: list[str] | None, free_text: str = "", fast: bool = False) -> SegView:
+        if not self.can_segment:
+            raise InvalidInputError("no MoME model loaded: start `medmoe serve` with --seg-model S")
+        prompts = gather_prompts(selected, free_text)
+        path = uploaded_file(upload, self.limits, what="a CT (.nii, .nii.gz or a .zip of a DICOM series)")
+        out_dir = self._result_dir()
+        with self._seg_lock, _named_after_upload(path):
+            return segment_upload(self.seg_model, path, prompts, out_dir, self.limits, device=self.device, fast=fast)
+
+    # ------------------------------------------------------------------ scratch space
+    def _result_dir(self) -> Path:
+        """A fresh folder for one result; the oldest are removed beyond :data:`KEEP_RESULTS` (the page has
+        copied their files to its own cache by then)."""
+        with self._count_lock:
+            self._count += 1
+            number = self._count
+        folder = self.workdir / f"result-{number:06d}"
+        folder.mkdir(parents=True)
+        old = sorted(p for p in self.workdir.glob("result-*") if p.is_dir())
+        for stale in old[:-KEEP_RESULTS]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return folder
+
+    def close(self) -> None:
+        """Remove the scratch folder when this object made it."""
+        if self._own_workdir and os.path.isdir(self.workdir):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def load_services(model_dir: str | None, seg_model_dir: str | None, index_dir: str | None, *,
+                  device: str = "auto", limits: UploadLimits | None = None) -> Services:
+    """Check every argument, then load the models and the index.
+
+    Raises:
+        InvalidInputError / NotAModelDirectoryError: a missing or wrong-kind model, an index without a model,
+            nothing to serve, a bad device.
+    """
+    from medmoe.devices import resolve_device
+    from medmoe.hub import load_model, read_model_config
+
+    if not model_dir and not seg_model_dir:
+        raise InvalidInputError("nothing to serve: give --model (MedMoE) and/or --seg-model (MoME)")
+    if index_dir and not model_dir:
+        raise InvalidInputError("--index needs --model, the MedMoE model the index was built with")
+    for flag, path, wanted in (("--model", model_dir, "medmoe"), ("--seg-model", seg_model_dir, "mome")):
+        if path:
+            kind, _ = read_model_config(path)
+            if kind != wanted:
+                raise InvalidInputError(f"{flag} {path}: a {kind!r} model; {flag} needs a {wanted!r} model")
+    if index_dir and not Path(index_dir).exists():
+        raise InvalidInputError(f"--index {index_dir}: no such folder (write one with `medmoe align index`)")
+    resolved = resolve_device(device)
+    model = load_model(model_dir, device=str(resolved)) if model_dir else None
+    seg_model = load_model(seg_model_dir, device=str(resolved)) if seg_model_dir else None
+    index = None
+    if index_dir:
+        from medmoe.serve.search import load_index
+
+        index = load_index(index_dir)
+    logger.info("serving on %s: model %s, seg model %s, index %s", resolved, model_dir, seg_model_dir, index_dir)
+    return Services(model, seg_model, index, index_root=Path(index_dir) if index_dir else None, device=resolved,
+                    limits=limits)
