@@ -84,7 +84,7 @@ def test_manifest_errors_name_file_and_row(tmp_path):
         read_manifest(bad_json)
     no_image = tmp_path / "noimage.csv"
     no_image.write_text("image,report\n,text\n")
-    with pytest.raises(CorruptFileError, match="row 1 has no 'image'"):
+    with pytest.raises(CorruptFileError, match=r"line 2 \(row 1\) has no 'image'"):
         read_manifest(no_image)
 
 

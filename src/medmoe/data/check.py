@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from medmoe.data.manifest import SPLITS, read_manifest
+from medmoe.data.manifest import SPLITS, scan_manifest
 from medmoe.data.modalities import MODALITIES, try_normalize_modality
 from medmoe.data.readers import read_image
 from medmoe.data.reports import clean_report
 
 # Problem kinds, in the order the summary lists them.
-PROBLEM_KINDS = ("missing file", "unreadable image", "empty report", "unknown modality", "bad split")
+PROBLEM_KINDS = ("malformed row", "missing file", "unreadable image", "empty report", "unknown modality", "bad split")
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,18 @@ def check_manifest(path: str | os.PathLike, *, read_images: bool = True, progres
         progress: show a tqdm progress bar.
 
     Returns:
-        A :class:`CheckResult` listing every problem with its row and path.
+        A :class:`CheckResult` listing every problem with its row and path. A row that cannot be parsed (a
+        CSV row with the wrong number of fields, bytes that are not UTF-8, a JSONL line that is not a JSON
+        object) is a ``malformed row`` problem naming its line; the check goes on past it.
 
     Raises:
         MissingFileError / CorruptFileError / InvalidInputError: the manifest itself cannot be read.
     """
-    rows = read_manifest(path)
-    result = CheckResult(manifest=os.fspath(path), n_rows=len(rows))
+    rows, malformed = scan_manifest(path)
+    result = CheckResult(manifest=os.fspath(path), n_rows=len(rows) + len(malformed))
+    for problem in malformed:
+        detail = f"line {problem.line} {problem.detail}"
+        result.problems.append(RowProblem(problem.row, os.fspath(path), "malformed row", detail))
     for row in tqdm(rows, desc="checking", unit="row", disable=not progress):
         for kind, detail in check_row_fields(row):
             result.problems.append(RowProblem(row.row, row.image, kind, detail))

@@ -28,12 +28,14 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medmoe.data.readers import MissingFileError
+from medmoe.data.readers.safety import require_regular_file
 from medmoe.errors import CorruptFileError, InvalidInputError
 
 COLUMNS = ("image", "report", "modality", "labels", "dataset", "split")
@@ -104,20 +106,24 @@ def _blank(value: object) -> str | None:
     return text or None
 
 
-def _labels(value: object, where: str) -> list[str]:
+class _RowError(ValueError):
+    """One row's value is unusable; the caller adds the row and line."""
+
+
+def _labels(value: object) -> list[str]:
     if value is None or value == "":
         return []
     if isinstance(value, str):
         return [part.strip() for part in value.split(LABEL_SEPARATOR) if part.strip()]
     if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
         return [str(v).strip() for v in value if str(v).strip()]
-    raise CorruptFileError(f"{where}: 'labels' must be a list of strings or a '|'-separated string")
+    raise _RowError("has 'labels' that are neither a list of strings nor a '|'-separated string")
 
 
-def _row_from_record(record: dict, row: int, base: Path, where: str) -> ManifestRow:
+def _row_from_record(record: dict, row: int, base: Path) -> ManifestRow:
     image = _blank(record.get("image"))
     if image is None:
-        raise CorruptFileError(f"{where}: row {row} has no 'image' value")
+        raise _RowError("has no 'image' value")
     resolved = image if os.path.isabs(image) else os.path.normpath(os.path.join(base, image))
     report = record.get("report")
     # An empty extra cell means "absent": CSV cannot tell the two apart.
@@ -130,12 +136,35 @@ def _row_from_record(record: dict, row: int, base: Path, where: str) -> Manifest
         image=resolved,
         report="" if report is None else str(report),
         modality=_blank(record.get("modality")),
-        labels=_labels(record.get("labels"), f"{where}: row {row}"),
+        labels=_labels(record.get("labels")),
         dataset=_blank(record.get("dataset")),
         split=normalize_split(record.get("split")),
         extra=extra,
         row=row,
     )
+
+
+@dataclass(frozen=True)
+class ManifestProblem:
+    """A manifest row that cannot be read: ``row`` is 1-based among data rows, ``line`` the file's line."""
+
+    row: int
+    line: int
+    detail: str
+
+    def __str__(self) -> str:
+        return f"line {self.line} (row {self.row}) {self.detail}"
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
+
+
+def _undecodable(text: str) -> str | None:
+    """A description of the first byte of ``text`` that was not UTF-8, or None when there is none."""
+    found = _UNDECODABLE.search(text)
+    if found is None:
+        return None
+    return f"is not UTF-8 text (byte 0x{ord(found.group()) - 0xDC00:02x} at character {found.start() + 1}); save the manifest as UTF-8"
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
@@ -144,46 +173,115 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     Raises:
         MissingFileError: ``path`` does not exist.
         InvalidInputError: unsupported suffix.
-        CorruptFileError: unreadable file, missing ``image`` / ``report`` columns, a malformed JSON line or
-            a row without an image (the message names the file and row).
+        CorruptFileError: unreadable file or missing ``image`` / ``report`` columns, or a malformed row: a
+            CSV row with more or fewer fields than the header (unquoted commas), bytes that are not UTF-8,
+            a line that is not a JSON object, a row without an image. The message names the file, the row
+            and the line of the first, and counts the others (:func:`scan_manifest` lists them all).
+    """
+    rows, problems = scan_manifest(path)
+    if problems:
+        more = (f" (and {len(problems) - 1} more malformed row(s); `medmoe data check` lists them all)"
+                if len(problems) > 1 else "")
+        raise CorruptFileError(f"{os.fspath(path)}: {problems[0]}{more}")
+    return rows
+
+
+def scan_manifest(path: str | os.PathLike) -> tuple[list[ManifestRow], list[ManifestProblem]]:
+    """Read every row of a manifest that can be read, and describe every one that cannot.
+
+    ``medmoe data check`` reports all malformed rows this way instead of stopping at the first.
+
+    Returns:
+        ``(rows, problems)``: the good rows (image paths absolute) and one :class:`ManifestProblem` per
+        malformed row, in file order.
+
+    Raises:
+        MissingFileError / InvalidInputError: as :func:`read_manifest`.
+        CorruptFileError: the file cannot be read at all (not a regular file, an OS error, a CSV header
+            without ``image`` / ``report`` or with bytes that are not UTF-8, a CSV syntax error).
     """
     path = Path(path)
     fmt = manifest_format(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingFileError(f"{path}: manifest not found")
+    require_regular_file(path, "manifest file")
     base = path.resolve().parent
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CorruptFileError(f"{path}: cannot read manifest ({err})") from err
-    rows: list[ManifestRow] = []
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    except OSError as err:
+        raise CorruptFileError(f"{path}: cannot read manifest ({err.strerror or err})") from err
     if fmt == "csv":
-        try:
-            reader = csv.DictReader(io.StringIO(text, newline=""))
-            fields = reader.fieldnames or []
-            missing = [c for c in ("image", "report") if c not in fields]
-            if missing:
-                raise CorruptFileError(f"{path}: CSV manifest lacks column(s) {missing}; header is {fields}")
-            for number, record in enumerate(reader, start=1):
-                rows.append(_row_from_record(record, number, base, str(path)))
-        except csv.Error as err:
-            raise CorruptFileError(f"{path}: malformed CSV ({err})") from err
-        return rows
+        return _scan_csv(text, path, base)
+    return _scan_jsonl(text, path, base)
+
+
+def _scan_csv(text: str, path: Path, base: Path) -> tuple[list[ManifestRow], list[ManifestProblem]]:
+    rows: list[ManifestRow] = []
+    problems: list[ManifestProblem] = []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        fields = reader.fieldnames or []
+        bad_header = _undecodable(",".join(fields))
+        if bad_header:
+            raise CorruptFileError(f"{path}: line 1 (the header): {bad_header}")
+        missing = [c for c in ("image", "report") if c not in fields]
+        if missing:
+            raise CorruptFileError(f"{path}: CSV manifest lacks column(s) {missing}; header is {fields}")
+        for number, record in enumerate(reader, start=1):
+            line = reader.line_num
+            values = [v for k, v in record.items() if k is not None]
+            extra = record.get(None) or []
+            if extra or any(v is None for v in values):
+                count = sum(v is not None for v in values) + len(extra)
+                problems.append(ManifestProblem(number, line, (
+                    f"has {count} field(s) where the header has {len(fields)} (a value holding commas, quotes or line "
+                    "breaks must be quoted)")))
+                continue
+            bad_text = next((d for d in map(_undecodable, values) if d), None)
+            if bad_text:
+                problems.append(ManifestProblem(number, line, bad_text))
+                continue
+            _add_row(rows, problems, record, number, line, base)
+    except csv.Error as err:
+        raise CorruptFileError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from err
+    return rows, problems
+
+
+def _scan_jsonl(text: str, path: Path, base: Path) -> tuple[list[ManifestRow], list[ManifestProblem]]:
+    rows: list[ManifestRow] = []
+    problems: list[ManifestProblem] = []
     number = 0
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         number += 1
+        bad_text = _undecodable(line)
+        if bad_text:
+            problems.append(ManifestProblem(number, line_no, bad_text))
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise CorruptFileError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from err
+            problems.append(ManifestProblem(number, line_no, f"is not valid JSON ({err.msg})"))
+            continue
+        except RecursionError:
+            problems.append(ManifestProblem(number, line_no, "is not valid JSON (nested too deeply)"))
+            continue
         if not isinstance(record, dict):
-            raise CorruptFileError(f"{path}: line {line_no} is not a JSON object")
-        if "report" not in record:
-            raise CorruptFileError(f"{path}: line {line_no} lacks the 'report' key")
-        rows.append(_row_from_record(record, number, base, str(path)))
-    return rows
+            problems.append(ManifestProblem(number, line_no, "is not a JSON object"))
+        elif "report" not in record:
+            problems.append(ManifestProblem(number, line_no, "lacks the 'report' key"))
+        else:
+            _add_row(rows, problems, record, number, line_no, base)
+    return rows, problems
+
+
+def _add_row(rows: list[ManifestRow], problems: list[ManifestProblem], record: dict, number: int, line: int,
+             base: Path) -> None:
+    try:
+        rows.append(_row_from_record(record, number, base))
+    except _RowError as err:
+        problems.append(ManifestProblem(number, line, str(err)))
 
 
 def _relative_image(image: str, base: Path) -> str:
