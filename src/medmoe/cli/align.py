@@ -15,6 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_eval(group)
     _add_compare(group)
     _add_embed(group)
+    from medmoe.cli.align_search import add_search_commands  # zeroshot, index, search
+
+    add_search_commands(group)
 
 
 def _add_train(group: argparse._SubParsersAction) -> None:
