@@ -182,6 +182,23 @@ def test_other_model_or_data_in_the_folder_is_an_error_unless_overwrite(exact, t
         build_index(model, smaller, tmp_path / "stuff", progress=False)
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_index_of_shards_has_a_part_per_shard_and_the_manifest_embeddings(exact, tmp_path, manifest, model):
+    from medmoe.data.shards import write_shards
+
+    written = write_shards(manifest, tmp_path / "shards", per_shard=5)  # the corrupt row is left out
+    out = build_index(model, tmp_path / "shards", tmp_path / "idx", kind="hnsw", progress=False, workers=2)
+    assert len(list((out / "parts").iterdir())) == len(written.shards) == 4
+    index, reference = SearchIndex.load(out), SearchIndex.load(exact)
+    assert index.meta["n"] == 16 and index.meta["kind"] == "hnsw"
+    by_path = {it["path"]: row for row, it in enumerate(reference.items)}
+    rows = [by_path[it["path"]] for it in index.items]  # each shard sample's source image
+    assert sorted(rows) == list(range(16))
+    assert [it["id"] for it in index.items] == [f"{r:09d}" for r in rows]  # the sample keys (manifest rows)
+    shard_vectors, manifest_vectors = merge_parts(out, 4)["images"], merge_parts(exact, 4)["images"]
+    assert np.allclose(shard_vectors, manifest_vectors[rows], atol=1e-5)
+
+
 def test_search_errors_name_the_folder_and_the_mismatch(exact, tmp_path, model):
     index = SearchIndex.load(exact)
     with pytest.raises(InvalidInputError, match=r"query vectors of width 8: the index .* holds width 24"):

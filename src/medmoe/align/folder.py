@@ -31,6 +31,7 @@ from medmoe.align.zeroshot import ZeroShotClassifier, label_prompts
 from medmoe.data.dataset import ImageReportDataset, collate_image_report
 from medmoe.data.manifest import ManifestRow
 from medmoe.data.shards import ShardDataset, looks_like_shards
+from medmoe.devices import resolve_device
 from medmoe.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,8 @@ def _read_classes_file(path: Path) -> dict[str, list[str]]:
 
 @torch.no_grad()
 def zero_shot_folder(model: nn.Module, source: str | os.PathLike, prompts: Mapping[str, Sequence[str]],
-                     out: str | os.PathLike, *, split: str | None = None, batch_size: int = 32, device: str = "cpu",
+                     out: str | os.PathLike, *, split: str | None = None, batch_size: int = 32,
+                     device: str | torch.device = "cpu",
                      workers: int = 0, progress: bool = True) -> ZeroShotResult:
     """Classify every image of ``source`` (folder, manifest or shards) and write the predictions CSV.
 
@@ -190,7 +192,9 @@ def zero_shot_folder(model: nn.Module, source: str | os.PathLike, prompts: Mappi
     Args:
         model: a MedMoE model; prompts: ``{class: [prompt, ...]}`` (see :func:`class_prompts`).
         split: rows of a manifest or shards to keep (default all).
+        device: ``cpu``, ``cuda[:N]`` or ``auto`` (a GPU when present).
     """
+    device = resolve_device(device)
     model = model.to(device).eval()
     names = _check_names(list(prompts), "classes")
     classifier = ZeroShotClassifier.from_prompts(model, prompts)

@@ -48,6 +48,7 @@ from medmoe.align.index_parts import (
     model_fingerprint,
     write_part,
 )
+from medmoe.devices import resolve_device
 from medmoe.errors import InvalidInputError, MedMoEError
 
 log = logging.getLogger(__name__)
@@ -215,13 +216,15 @@ def _prepare_folder(out: Path, build: dict[str, Any], overwrite: bool) -> str | 
             old = json.loads(recorded.read_text())
         except (OSError, json.JSONDecodeError) as err:
             return f"{recorded}: unreadable ({err}); use --overwrite to rebuild"
-        for what in ("model_fingerprint", "data"):
-            if old.get(what) != build[what]:
-                detail = (f"model {old.get('model')} ({old.get('model_fingerprint')})" if what == "model_fingerprint"
-                          else f"data {(old.get('data') or {}).get('source')}")
-                return (f"{out}: holds an index of {detail}, not of this run's "
-                        f"{'model ' + build['model'] if what == 'model_fingerprint' else 'data'}; "
-                        "use --overwrite to replace it or another --out")
+        if old.get("model_fingerprint") != build["model_fingerprint"]:
+            return (f"{out}: holds an index of model {old.get('model')} (weights {old.get('model_fingerprint')}), not "
+                    f"of this run's model {build['model']} (weights {build['model_fingerprint']}); use --overwrite "
+                    "to replace it or another --out")
+        old_data, data = old.get("data") or {}, build["data"]
+        changed = [f"{k} {old_data.get(k)!r} -> {data[k]!r}" for k in data if old_data.get(k) != data[k]]
+        if changed:
+            return (f"{out}: holds an index of data {old_data.get('source')} ({'; '.join(changed)}); use "
+                    "--overwrite to replace it or another --out")
     elif out.is_dir() and any(out.iterdir()) and not overwrite and not recorded.is_file():
         return f"{out}: a non-empty folder that is not a search index; give a new or empty folder"
     if overwrite and out.is_dir():
@@ -269,7 +272,7 @@ def build_index(model: nn.Module, data: str | os.PathLike, out: str | os.PathLik
     if batch_size < 1:
         raise InvalidInputError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
-    device = torch.device(device)
+    device = resolve_device(device)
     gallery = Gallery.open(data, model_image_size(model), split=split, chunk_size=chunk_size)
     name = model_name or getattr(model.config, "name_or_path", None) or "<in memory>"
     build = {"model": name, "model_fingerprint": model_fingerprint(model), "data": gallery.fingerprint()}
