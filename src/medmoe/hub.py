@@ -74,8 +74,18 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+MAX_CONFIG_BYTES = 2**20
+
+
 def read_model_config(directory: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-    """``(model_type, config fields)`` of a saved model directory, with clear errors."""
+    """``(model_type, config fields)`` of a saved model directory, with clear errors.
+
+    Raises:
+        NotAModelDirectoryError: no directory, no or an unreadable ``config.json`` (over 1 MiB, not JSON,
+            not an object), or a ``model_type`` that is not the name of a model family.
+    """
+    from medmoe.registry import FAMILIES
+
     path = Path(directory)
     if not path.is_dir():
         raise NotAModelDirectoryError(f"{path}: not a directory (expected a saved medmoe model)")
@@ -83,35 +93,73 @@ def read_model_config(directory: str | os.PathLike) -> tuple[str, dict[str, Any]
     if not cfg_path.is_file():
         raise NotAModelDirectoryError(f"{path}: not a medmoe model directory (no {CONFIG_NAME})")
     try:
-        meta = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise NotAModelDirectoryError(f"{cfg_path}: corrupt config ({err})") from err
+        if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+            raise NotAModelDirectoryError(f"{cfg_path}: {cfg_path.stat().st_size:,} bytes; a config is under 1 MiB")
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise NotAModelDirectoryError(f"{cfg_path}: corrupt config ({type(err).__name__}: {err})") from err
+    except OSError as err:
+        raise NotAModelDirectoryError(f"{cfg_path}: cannot read ({err.strerror or err})") from err
     if not isinstance(meta, dict) or "model_type" not in meta:
         raise NotAModelDirectoryError(f"{cfg_path}: not a medmoe config (no 'model_type' field)")
+    model_type = meta.pop("model_type")
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
+        raise NotAModelDirectoryError(
+            f"{cfg_path}: model_type {model_type!r} is not a medmoe model family; expected one of {sorted(FAMILIES)}"
+        )
     meta.pop("medmoe_version", None)
-    return meta.pop("model_type"), meta
+    return model_type, meta
 
 
-def load_model(directory: str | os.PathLike, *, device: str | None = None) -> nn.Module:
+def load_model(directory: str | os.PathLike, *, device: str | None = None, family: str | None = None) -> nn.Module:
     """Load a model written by ``save_pretrained``; outputs equal the saved model's exactly.
 
+    Before any tensor of the model is allocated, the config is checked (field types, size ranges,
+    :mod:`medmoe.model_checks`) and the safetensors header is read and compared with the shapes the config
+    gives (built with parameters on the ``meta`` device), so a hand-edited or hostile directory fails in one
+    line. Weights are read with safetensors only: never pickle.
+
+    Args:
+        directory: the saved model.
+        device: move the model there.
+        family: the model family the caller needs (``"medmoe"`` alignment, ``"mome"`` segmentation);
+            another family is refused with a message saying what the directory holds.
+
     Raises:
-        NotAModelDirectoryError: the directory, its config or its weights are missing or corrupt.
+        NotAModelDirectoryError: the directory, its config or its weights are missing, corrupt, do not
+            match each other, or hold another family than ``family``.
     """
+    from medmoe.model_checks import (
+        check_sizes,
+        check_text_config,
+        compare_with_header,
+        expected_shapes,
+        read_safetensors_header,
+    )
     from medmoe.registry import model_class
 
     path = Path(directory)
     model_type, fields = read_model_config(path)
+    if family is not None and model_type != family:
+        raise NotAModelDirectoryError(
+            f"{path}: holds a {describe_family(model_type)} model; this needs a {describe_family(family)} model"
+        )
     try:
         cls = model_class(model_type)
         config = config_from_dict(cls.config_class, fields, where=str(path / CONFIG_NAME))
+        check_sizes(config, str(path / CONFIG_NAME))
+        if (path / TEXT_DIR).is_dir() and dataclasses.is_dataclass(getattr(config, "text", None)):
+            if (path / TEXT_DIR / CONFIG_NAME).is_file():
+                check_text_config(path / TEXT_DIR / CONFIG_NAME)
+            config = dataclasses.replace(config, text=dataclasses.replace(config.text, model=str(path / TEXT_DIR)))
     except InvalidInputError as err:
-        raise NotAModelDirectoryError(f"{path / CONFIG_NAME}: {err}") from err
-    if (path / TEXT_DIR).is_dir() and dataclasses.is_dataclass(getattr(config, "text", None)):
-        config = dataclasses.replace(config, text=dataclasses.replace(config.text, model=str(path / TEXT_DIR)))
+        raise NotAModelDirectoryError(str(err)) from err
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise NotAModelDirectoryError(f"{path}: not a medmoe model directory (no {WEIGHTS_NAME})")
+    header = read_safetensors_header(weights)
+    shapes, aliases = expected_shapes(cls, config)
+    compare_with_header(shapes, aliases, header, str(weights))
     model = cls(config, load_pretrained=False)
     try:
         missing, unexpected = _load_safetensors(model, str(weights), strict=False)
@@ -124,3 +172,11 @@ def load_model(directory: str | os.PathLike, *, device: str | None = None) -> nn
         )
     model.eval()
     return model.to(device) if device else model
+
+
+_FAMILY_NAMES = {"medmoe": "MedMoE image-report alignment (medmoe)", "mome": "MoME segmentation (mome)"}
+
+
+def describe_family(model_type: str) -> str:
+    """A model family as people call it, e.g. ``"MoME segmentation (mome)"``."""
+    return _FAMILY_NAMES.get(model_type, repr(model_type))

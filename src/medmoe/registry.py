@@ -43,19 +43,24 @@ def get_model_config(name: str) -> dict[str, Any]:
 
 def model_class(model_type: str) -> type[nn.Module]:
     """The class implementing a model family."""
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise InvalidInputError(f"unknown model_type {model_type!r}; known: {sorted(FAMILIES)}")
     module_name, class_name = FAMILIES[model_type].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
 def build_config(name: str, **overrides: Any):
-    """The config dataclass of model ``name`` with ``overrides`` applied (by field name)."""
+    """The config dataclass of model ``name`` with ``overrides`` applied (by field name), its field types
+    and size ranges checked (:func:`medmoe.model_checks.check_sizes`)."""
+    from medmoe.model_checks import check_sizes
+
     raw = get_model_config(name)
     model_type = raw.pop("model_type")
     cls = model_class(model_type)
     config = config_from_dict(cls.config_class, raw, where=name)
-    return merge_overrides(config, overrides, where=name) if overrides else config
+    config = merge_overrides(config, overrides, where=name) if overrides else config
+    check_sizes(config, name)
+    return config
 
 
 def create_model(name: str, *, pretrained: bool = True, **overrides: Any) -> nn.Module:

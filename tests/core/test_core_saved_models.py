@@ -1,0 +1,113 @@
+"""Issue 16, finding 7: a saved model's config.json is data. Wrong types, absurd sizes and another model type
+fail in one line, and the safetensors header is compared with the config before the model is allocated."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import medmoe
+from medmoe.errors import NotAModelDirectoryError
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _saved(tmp_path, name: str, config: dict, model_type="medmoe", weights: dict | None = None):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type, **config}))
+    save_file(weights or {"x": torch.zeros(2)}, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"num_experts": 1e7}, r"config\.json\.num_experts: expected an integer, got 10000000\.0"),
+        ({"num_experts": "six"}, r"num_experts: expected an integer, got 'six'"),
+        ({"num_experts": 6.5}, r"num_experts: expected an integer, got 6\.5"),
+        ({"num_experts": 10_000_000}, r"num_experts: 10000000 is outside the allowed range \[1, 64\]"),
+        ({"backbone": {"depths": [1e6, 2, 2, 2]}}, r"backbone\.depths\[0\]: expected an integer"),
+        ({"backbone": {"depths": [1_000_000, 2, 2, 2]}}, r"backbone\.depths: 1000000 is outside the allowed range"),
+        ({"backbone": "swin"}, r"backbone: expected a mapping of BackboneConfig fields, got 'swin'"),
+        ({"route_by": 3}, r"route_by: expected a string, got 3"),
+        ({"learn_logit_scale": "yes"}, r"learn_logit_scale: expected true or false"),
+        ({"logit_scale": float("nan")}, r"logit_scale: expected a finite number"),
+    ],
+)
+def test_bad_config_values_are_one_line_errors(tmp_path, config, message):
+    folder = _saved(tmp_path, "m", config)
+    with pytest.raises(NotAModelDirectoryError, match=message) as caught:
+        medmoe.load_model(folder)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("model_type", [["medmoe"], "swin", None, 7])
+def test_model_type_must_name_a_family(tmp_path, model_type):
+    folder = _saved(tmp_path, "m", {}, model_type=model_type)
+    with pytest.raises(NotAModelDirectoryError, match=r"model_type .* is not a medmoe model family"):
+        medmoe.load_model(folder)
+
+
+def test_wrong_family_is_refused_by_name(tmp_path):
+    folder = _saved(tmp_path, "seg", {}, model_type="mome")
+    with pytest.raises(NotAModelDirectoryError, match=r"holds a MoME segmentation \(mome\) model; this needs a "
+                                                      r"MedMoE image-report alignment"):
+        medmoe.load_model(folder, family="medmoe")
+
+
+_CLAIM = json.dumps({"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\x00" * 4, "shorter than the 8-byte header length"),
+        ((2**40).to_bytes(8, "little") + b"{}", "exceeds the file"),
+        ((2).to_bytes(8, "little") + b"[]", "header is not a JSON object"),
+        (len(_CLAIM).to_bytes(8, "little") + _CLAIM + b"\x00" * 16, "lie outside the file's 16 data bytes"),
+    ],
+)
+def test_broken_safetensors_headers_are_named(tmp_path, raw, message):
+    folder = _saved(tmp_path, "m", {})
+    (folder / "model.safetensors").write_bytes(raw)
+    with pytest.raises(NotAModelDirectoryError, match=message):
+        medmoe.load_model(folder)
+
+
+def test_header_is_compared_before_the_model_is_allocated(tmp_path):
+    """An in-range but huge config over a tiny weights file fails on the header, not after allocating."""
+    config = {"local_dim": 8192, "embed_dim": 8192, "router_hidden": 8192, "scale_hidden": 8192,
+              "text": {"model": "tiny-bert"}}
+    folder = _saved(tmp_path, "huge", config)
+    script = textwrap.dedent(f"""
+        import resource, medmoe
+        from medmoe.errors import NotAModelDirectoryError
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            medmoe.load_model({str(folder)!r})
+        except NotAModelDirectoryError as err:
+            print("ERROR", str(err)[:300])
+        print("GROWTH_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=200)
+    assert "ERROR" in proc.stdout and "weights do not match the config" in proc.stdout, proc.stdout + proc.stderr
+    growth_mb = int(proc.stdout.split("GROWTH_KB")[1].split()[0]) / 1024
+    assert growth_mb < 600, f"{growth_mb:.0f} MB allocated before the error"
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 3 * 2**20  # KB: under 3 GB in all
+
+
+def test_real_models_still_round_trip(tmp_path):
+    for name, options in (("medmoe-nano", {"text": {"model": "tiny-bert"}}), ("mome-nano", {"feature_size": 12})):
+        model = medmoe.create_model(name, pretrained=False, **options)
+        folder = model.save_pretrained(tmp_path / name)
+        loaded = medmoe.load_model(folder, family=model.model_type)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, loaded.state_dict()[key]), (name, key)
