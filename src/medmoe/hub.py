@@ -46,8 +46,13 @@ class PretrainedMixin:
     model_type: str
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the model to ``directory`` (created or replaced atomically); returns its path."""
+        """Write the model to ``directory`` (created or replaced atomically); returns its path.
+
+        An existing ``directory`` is replaced only when it is empty or a model medmoe saved (see
+        :func:`check_replaceable`): never a folder holding other files.
+        """
         target = Path(directory)
+        check_replaceable(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
@@ -62,6 +67,36 @@ class PretrainedMixin:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return target
+
+
+_MODEL_ENTRIES = {CONFIG_NAME, WEIGHTS_NAME, TEXT_DIR}
+
+
+def check_replaceable(target: str | os.PathLike) -> None:
+    """Refuse to replace ``target`` unless it is absent, an empty folder, or a model folder medmoe wrote
+    (``config.json`` with ``medmoe_version``, and nothing but ``config.json``, ``model.safetensors``, ``text/``).
+
+    Raises:
+        InvalidInputError: naming the folder and what in it medmoe did not write.
+    """
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise InvalidInputError(f"{target}: exists and is not a model folder medmoe saved; refusing to replace it")
+    entries = sorted(p.name for p in target.iterdir())
+    if not entries:
+        return
+    foreign = [name for name in entries if name not in _MODEL_ENTRIES]
+    try:
+        ours = "medmoe_version" in json.loads((target / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if foreign or not ours:
+        what = f"files medmoe did not write ({foreign[:5]})" if foreign else "no config.json written by medmoe"
+        raise InvalidInputError(
+            f"{target}: holds {what}; refusing to replace it. Move them away or choose another output folder"
+        )
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:

@@ -99,12 +99,22 @@ def _add_embed(group: argparse._SubParsersAction) -> None:
 
 
 def _load(name_or_dir: str, device: str):
+    """An alignment model from a saved directory or a registered name; another family is a one-line error."""
     from pathlib import Path
 
     import medmoe
+    from medmoe.errors import InvalidInputError
+    from medmoe.hub import describe_family
+    from medmoe.registry import get_model_config
 
     if Path(name_or_dir).is_dir():
-        return medmoe.load_model(name_or_dir, device=device)
+        return medmoe.load_model(name_or_dir, device=device, family="medmoe")
+    if Path(name_or_dir).exists():
+        raise InvalidInputError(f"--model {name_or_dir}: is a file; expected a saved model folder or a registered name")
+    family = get_model_config(name_or_dir).get("model_type")
+    if family != "medmoe":
+        raise InvalidInputError(f"--model {name_or_dir}: a {describe_family(family)} model; this command needs a "
+                                f"{describe_family('medmoe')} model")
     return medmoe.create_model(name_or_dir).to(device).eval()
 
 
@@ -123,6 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
         val_split=args.val_split, val_max=args.val_max, upcycle_steps=args.upcycle_steps,
         text_cache_gb=args.text_cache_gb,
     )
+    _check_run_dir(args.out)
     result = run_training(AlignTask(config), args)
     if is_main():
         losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.final_losses.items()))
@@ -136,7 +147,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from medmoe.align.evaluate import evaluate
+    from medmoe.cli.paths import check_output_file
 
+    check_output_file(args.out)
     model = _load(args.model, args.device)
     metrics = evaluate(
         model, args.data, split=args.split or None, out=args.out, probe_split=args.probe_split or None,
@@ -169,8 +182,10 @@ def _read_metrics(path: str) -> dict:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such metrics file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise InvalidInputError(f"{path}: not a metrics JSON ({err})") from None
+    except OSError as err:
+        raise InvalidInputError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -180,6 +195,10 @@ def run_compare(args: argparse.Namespace) -> int:
     from medmoe.align.compare import DIRECTIONS, compare_retrieval, interval_points, verdict
 
     a, b = _read_metrics(args.a), _read_metrics(args.b)
+    if args.out:
+        from medmoe.cli.paths import check_output_file
+
+        check_output_file(args.out)
     result = compare_retrieval(a, b, resamples=args.resamples, level=args.level, seed=args.seed)
     result.update(a_metrics=args.a, b_metrics=args.b)
     print(f"A = {args.a}\nB = {args.b}\n{result['n']} shared test pairs"
@@ -201,9 +220,19 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_embed(args: argparse.Namespace) -> int:
     from medmoe.align.embed import embed_manifest
+    from medmoe.cli.paths import check_output_file
 
+    check_output_file(args.out)
     model = _load(args.model, args.device)
     path = embed_manifest(model, args.data, args.out, split=args.split, batch_size=args.batch_size,
                           device=args.device, workers=args.workers, progress=not args.no_progress)
     print(f"embeddings: {path}")
     return 0
+
+
+def _check_run_dir(out) -> None:
+    """Before training: RUN_DIR writable, and its ``model/`` (replaced at the end) empty or a model medmoe saved."""
+    from medmoe.cli.paths import check_output_dir
+    from medmoe.hub import check_replaceable
+
+    check_replaceable(check_output_dir(out) / "model")

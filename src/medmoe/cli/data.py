@@ -75,9 +75,12 @@ def run_check(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from medmoe.cli.paths import check_output_dir, check_output_file
     from medmoe.data.adapters import import_source
-    from medmoe.data.manifest import write_manifest
+    from medmoe.data.manifest import manifest_format, write_manifest
 
+    manifest_format(args.out)
+    check_output_file(args.out)
     options: dict = {"progress": not args.no_progress}
     if args.source != "wds":
         options["skip_missing"] = not args.keep_missing
@@ -88,6 +91,7 @@ def run_import(args: argparse.Namespace) -> int:
         out = Path(args.out)
         options["extract_dir"] = args.extract_dir or str(out.with_name(out.name.split(".")[0] + "-images"))
         options["split"] = args.split
+        check_output_dir(options["extract_dir"], "--extract-dir")
     result = import_source(args.source, args.root, **options)
     path = write_manifest(result.rows, args.out)
     splits = ", ".join(f"{k} {v}" for k, v in sorted(result.split_counts().items())) or "none"
@@ -98,7 +102,15 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_shard(args: argparse.Namespace) -> int:
+    from medmoe.cli.paths import check_output_dir
     from medmoe.data.shards import write_shards
+    from medmoe.errors import InvalidInputError
+
+    if args.max_size is not None and args.max_size < 1:
+        raise InvalidInputError(f"--max-size {args.max_size}: max_size must be a positive number of pixels")
+    if args.per_shard < 1:
+        raise InvalidInputError(f"--per-shard {args.per_shard}: expected at least 1 sample per shard")
+    check_output_dir(args.out)
 
     result = write_shards(
         args.manifest,

@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let the demo use a non-empty DIR it did not create (it replaces runs/, align/, seg/ there)")
     parser.set_defaults(func=run)
 
 
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError("--device cuda: no CUDA device is available here; use --device cpu")
     result = run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed, progress=not args.no_progress,
-                      say=lambda m: print(m, file=sys.stderr, flush=True))
+                      say=lambda m: print(m, file=sys.stderr, flush=True), overwrite=args.overwrite)
     width = max(len(r[0]) for r in result.summary_rows)
     print(f"\n{'metric':{width}s}  {'MoE/MoME':>9s}  {'1 expert':>9s}")
     for what, a, b in result.summary_rows:

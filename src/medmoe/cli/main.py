@@ -53,11 +53,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MedMoEError as err:
-        print(f"medmoe: error: {err}", file=sys.stderr)
+        print(f"medmoe: error: {_one_line(str(err))}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a path the user gave: missing, unwritable, under a file, a full disk ...
+        print(f"medmoe: error: {os_error_text(err)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("medmoe: error: out of memory (see docs/security.md for the size limits of inputs)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("medmoe: interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_text(err: OSError) -> str:
+    """``path: reason`` for an OS error (both paths of a rename), without Python's ``[Errno N]`` noise."""
+    reason = err.strerror or str(err) or type(err).__name__
+    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    return f"{' -> '.join(os.fsdecode(p) for p in paths)}: {reason}" if paths else reason
+
+
+def _one_line(text: str) -> str:
+    """A message on one line (a few carry a matrix or a list on the next lines): lines joined by spaces."""
+    return " ".join(line.strip() for line in text.strip().splitlines())
 
 
 if __name__ == "__main__":

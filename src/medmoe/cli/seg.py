@@ -85,6 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
         pretrained=not args.random_text, val_split=args.val_split or None, val_max_cases=args.val_max_cases,
         val_overlap=args.val_overlap, progress=not args.no_progress, soft_labels=args.soft_labels,
     )
+    _check_run_dir(args.out)
     result = run_training(SegTask(config), args)
     if is_main():
         losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.final_losses.items()))
@@ -95,3 +96,11 @@ def run_train(args: argparse.Namespace) -> int:
         if result.model_dir:
             print(f"model saved to {result.model_dir}")
     return 0
+
+
+def _check_run_dir(out) -> None:
+    """Before training: RUN_DIR writable, and its ``model/`` (replaced at the end) empty or a model medmoe saved."""
+    from medmoe.cli.paths import check_output_dir
+    from medmoe.hub import check_replaceable
+
+    check_replaceable(check_output_dir(out) / "model")

@@ -160,7 +160,7 @@ def run_predict(args: argparse.Namespace) -> int:
     # light imports only until every check has passed (MONAI alone takes seconds to import)
     from medmoe.devices import autocast_dtype, resolve_device
     from medmoe.errors import InvalidInputError, MedMoEError
-    from medmoe.hub import read_model_config
+    from medmoe.hub import describe_family, read_model_config
     from medmoe.seg.cases import find_cases
     from medmoe.seg.classes import ClassTemplate
     from medmoe.seg.outputs import plan_outputs
@@ -179,7 +179,8 @@ def run_predict(args: argparse.Namespace) -> int:
     cases = find_cases(args.input)
     model_type, fields = read_model_config(args.model)
     if model_type != "mome":
-        raise InvalidInputError(f"--model {args.model}: a {model_type!r} model; seg predict needs a MoME segmentation model")
+        raise InvalidInputError(f"--model {args.model}: holds a {describe_family(model_type)} model; seg predict needs "
+                                f"a {describe_family('mome')} model")
     template = ClassTemplate.default()
     model_classes, source = model_class_names(fields, template)
     prompts, classes = resolve_prompt_list(args.prompt, template, model_classes=model_classes,
@@ -208,7 +209,7 @@ def run_predict(args: argparse.Namespace) -> int:
     first = read_ct(cases.cases[0].path, check_ct=not args.allow_non_ct) if single else None
     logger.info("segmenting %d class(es) in %d case(s) on %s (%s%s)", len(prompts), len(cases.cases), device,
                 str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", ", fast" if args.fast else "")
-    model = load_model(args.model, device=str(device))
+    model = load_model(args.model, device=str(device))  # the family was checked with the config above
 
     done: list[dict] = []
     failed: list[dict] = []
@@ -335,10 +336,16 @@ def run_classes(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from medmoe.cli.paths import check_output_file
     from medmoe.hub import load_model
     from medmoe.seg.evaluate import evaluate
 
-    model = load_model(args.model, device=args.device)
+    check_output_file(args.out)
+    if args.overlays:
+        from medmoe.cli.paths import check_output_dir
+
+        check_output_dir(args.overlays, "--overlays")
+    model = load_model(args.model, device=args.device, family="mome")
     report = evaluate(model, args.data, split=args.split, classes=args.classes, out=args.out,
                       overlay_dir=args.overlays, nsd_tolerance_mm=args.nsd_tolerance, threshold=args.threshold,
                       overlap=args.overlap, sw_batch_size=args.sw_batch_size, device=_device(args.device),
@@ -365,7 +372,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_build_samples(args: argparse.Namespace) -> int:
+    from medmoe.cli.paths import check_output_dir
     from medmoe.seg.samples import build_samples
+
+    check_output_dir(args.out)
 
     paths = build_samples(args.out, seed=args.seed, quick=args.quick, real=not args.no_real,
                           download=not args.no_download, progress=not args.no_progress)

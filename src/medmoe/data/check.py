@@ -11,7 +11,9 @@ from tqdm.auto import tqdm
 from medmoe.data.manifest import SPLITS, scan_manifest
 from medmoe.data.modalities import MODALITIES, try_normalize_modality
 from medmoe.data.readers import read_image
+from medmoe.data.readers.safety import require_regular_file
 from medmoe.data.reports import clean_report
+from medmoe.errors import CorruptFileError
 
 # Problem kinds, in the order the summary lists them.
 PROBLEM_KINDS = ("malformed row", "missing file", "unreadable image", "empty report", "unknown modality", "bad split")
@@ -96,8 +98,15 @@ def check_manifest(path: str | os.PathLike, *, read_images: bool = True, progres
     for row in tqdm(rows, desc="checking", unit="row", disable=not progress):
         for kind, detail in check_row_fields(row):
             result.problems.append(RowProblem(row.row, row.image, kind, detail))
-        if not os.path.isfile(row.image):
+        if not os.path.exists(row.image):
             result.problems.append(RowProblem(row.row, row.image, "missing file", "no such file"))
+        elif not os.path.isfile(row.image):  # a folder, a FIFO, a device: never opened
+            try:
+                require_regular_file(row.image, "image file")
+                detail = "not a regular file"
+            except CorruptFileError as err:
+                detail = str(err).removeprefix(f"{row.image}: ")
+            result.problems.append(RowProblem(row.row, row.image, "unreadable image", detail))
         elif read_images:
             try:
                 read_image(row.image)

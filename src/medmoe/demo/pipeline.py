@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medmoe.demo.budget import FULL, QUICK, DemoBudget
+from medmoe.demo.ownership import claim_output_dir, owned_fresh
 from medmoe.errors import MedMoEError
 
 log = logging.getLogger(__name__)
@@ -173,9 +173,9 @@ def real_test_datalist(real: Path, training: Path, out: Path) -> tuple[Path, lis
 
 
 def _fresh(directory: Path) -> Path:
-    if directory.exists():
-        shutil.rmtree(directory)
-    return directory
+    """Empty a run folder of the demo: only inside the output folder the demo claimed (its marker file)."""
+    out = next(p for p in directory.parents if p.name == "runs").parent
+    return owned_fresh(directory, out)
 
 
 def train_align(train_manifest: Path, run_dir: Path, num_experts: int, budget: DemoBudget, *, seed: int,
@@ -313,11 +313,16 @@ def predict_real_ct(model_dir: Path, datalist: Path, out_dir: Path, budget: Demo
 
 
 def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str = "cpu", seed: int = 0,
-             progress: bool = True, say: Callable[[str], None] = log.info) -> DemoResult:
-    """Run every stage of the demo; see the module docstring. Returns the metrics and the report's path."""
+             progress: bool = True, say: Callable[[str], None] = log.info, overwrite: bool = False) -> DemoResult:
+    """Run every stage of the demo; see the module docstring. Returns the metrics and the report's path.
+
+    ``out`` is claimed first (:func:`~medmoe.demo.ownership.claim_output_dir`): a non-empty folder the demo
+    did not create is refused unless ``overwrite``, and only the demo's own run folders are ever replaced.
+    """
     from medmoe.demo.summary import build_report, summary_rows
 
     out = Path(out)
+    claim_output_dir(out, overwrite=overwrite)
     budget = QUICK if quick else FULL
     timings: dict[str, float] = {}
     data_root = out / "data" / ("quick" if quick else "full")

@@ -1,0 +1,55 @@
+"""Output locations checked before a command starts its long work, with one-line errors naming the path.
+
+A check creates the folder that will hold the output (the command would create it anyway) and writes and
+removes a probe file there, so that a path under a file, a read-only place (``/proc``) or a full disk fails
+in the first second instead of after an hour of training or embedding.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from medmoe.errors import InvalidInputError
+
+
+def _writable_folder(folder: Path, option: str) -> None:
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise InvalidInputError(f"{option} {folder}: {parent} is a file, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".medmoe-probe-"):
+            pass
+    except OSError as err:
+        raise InvalidInputError(f"{option} {folder}: cannot write there ({err.strerror or err})") from None
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Check that ``path`` can be written as a file (its folder created); returns it as a Path.
+
+    Raises:
+        InvalidInputError: ``path`` is a folder, lies under a file, or its folder cannot be created or
+            written (the message names the option and the path).
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidInputError(f"{option} {target}: is a folder; expected a file name")
+    _writable_folder(target.parent if str(target.parent) else Path("."), option)
+    return target
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Check that ``path`` is (or can be created as) a writable folder; creates it and returns it.
+
+    Raises:
+        InvalidInputError: ``path`` is a file, lies under a file, or cannot be created or written.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InvalidInputError(f"{option} {target}: is a file; expected a folder")
+    _writable_folder(target, option)
+    return target
