@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from medmoe.align.faiss_index import build_faiss, choose_index, search_faiss
+from medmoe.align.faiss_index import build_faiss, choose_index, import_faiss, search_faiss
 from medmoe.registry import get_model_config
 
 
@@ -67,8 +67,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import faiss
-
+    faiss = import_faiss()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     dim = int(get_model_config(args.model)["embed_dim"])

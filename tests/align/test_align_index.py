@@ -266,9 +266,9 @@ with open(f"{log}/rank{os.environ['RANK']}.json", "w") as f:
 
 @pytest.mark.ddp
 @pytest.mark.timeout(240)
-def test_two_process_torchrun_build_equals_the_single_process_one(tmp_path, manifest, torchrun):
+def test_two_process_torchrun_build_equals_the_single_process_one(exact, tmp_path, manifest, torchrun):
     model_dir = tmp_path / "model"
-    tiny_model().save_pretrained(model_dir)
+    tiny_model().save_pretrained(model_dir)  # the weights of the `model` fixture, which built `exact`
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER)
     torchrun(script, model_dir, manifest, tmp_path / "ddp", tmp_path, timeout=230)
@@ -276,15 +276,15 @@ def test_two_process_torchrun_build_equals_the_single_process_one(tmp_path, mani
     assert [r["code"] for r in ranks] == [0, 0]
     assert ranks[0]["chunks"] == [0, 2, 4] and ranks[1]["chunks"] == [1, 3, 5]  # 17 rows in chunks of 3
 
-    assert cli(["align", "index", "--model", str(model_dir), "--data", str(manifest), "--out", str(tmp_path / "one"),
-                "--chunk-size", "3", "--device", "cpu", "--no-progress"]) == 0
-    two, one = merge_parts(tmp_path / "ddp", 6), merge_parts(tmp_path / "one", 6)
+    two, one = merge_parts(tmp_path / "ddp", 6), merge_parts(exact, 4)  # chunking does not change the result
     assert two["items"] == one["items"] and two["bad"] == one["bad"]
     for key in ("images", "reports"):
         assert np.allclose(two[key], one[key], atol=1e-6), key
     assert np.array_equal(two["experts"], one["experts"])
-    a, b = SearchIndex.load(tmp_path / "ddp"), SearchIndex.load(tmp_path / "one")
-    assert {k: v for k, v in a.meta.items() if k != "created"} == {k: v for k, v in b.meta.items() if k != "created"}
+    a, b = SearchIndex.load(tmp_path / "ddp"), SearchIndex.load(exact)
+    assert a.meta["model"] == str(model_dir.resolve())
+    same = {k: v for k, v in a.meta.items() if k not in ("created", "model")}
+    assert same == {k: v for k, v in b.meta.items() if k not in ("created", "model")}
     assert a.items == b.items
     queries = np.asarray(one["reports"][:4])
     assert [[h.row for h in q] for q in a.search(queries)] == [[h.row for h in q] for q in b.search(queries)]

@@ -26,6 +26,7 @@ on unclustered vectors their recall at these settings is low.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,14 @@ HNSW_EF_CONSTRUCTION = 64
 MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per centroid
 TRAIN_POINTS_PER_LIST = 64
 PQ_TRAIN_POINTS = 65_536
+
+
+def import_faiss():
+    """The ``faiss`` module, imported without its loader's INFO lines (which CPU build it tries first)."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
 
 
 @dataclass
@@ -108,8 +117,7 @@ def choose_index(n: int, dim: int, kind: str = "auto") -> IndexPlan:
 def build_faiss(vectors: np.ndarray, plan: IndexPlan, *, seed: int = 0):
     """A FAISS index of ``plan`` holding ``vectors`` (rows in order). Training (IVF, PQ) uses a sample
     drawn with ``seed`` (at most 64 points a list, 65,536 for PQ), so a rebuild gives the same index."""
-    import faiss
-
+    faiss = import_faiss()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise InvalidInputError(f"expected (n, dim) vectors with n >= 1, got shape {x.shape}")
@@ -130,8 +138,7 @@ def build_faiss(vectors: np.ndarray, plan: IndexPlan, *, seed: int = 0):
 
 def configure_search(index, plan: IndexPlan, k: int) -> None:
     """Set the search-time parameters of ``plan`` on ``index`` (``efSearch`` at least ``k``)."""
-    import faiss
-
+    faiss = import_faiss()
     if plan.kind in ("ivf", "ivfpq"):
         faiss.extract_index_ivf(index).nprobe = int(plan.params["nprobe"])
     elif plan.kind == "hnsw":

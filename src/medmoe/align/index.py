@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from medmoe import distributed
 from medmoe.align.evaluate import model_image_size
-from medmoe.align.faiss_index import IndexPlan, build_faiss, choose_index, search_faiss
+from medmoe.align.faiss_index import IndexPlan, build_faiss, choose_index, import_faiss, search_faiss
 from medmoe.align.index_parts import (
     DEFAULT_CHUNK_SIZE,
     Gallery,
@@ -103,8 +103,7 @@ class SearchIndex:
         Raises:
             InvalidInputError: not an index folder (no ``meta.json``, an unfinished build) or a damaged file.
         """
-        import faiss
-
+        faiss = import_faiss()
         folder = Path(path)
         meta_path = folder / "meta.json"
         if not meta_path.is_file():
@@ -256,9 +255,11 @@ def build_index(model: nn.Module, data: str | os.PathLike, out: str | os.PathLik
     own device: the ranks embed the missing chunks between them and rank 0 builds the index.
 
     Args:
-        model: a MedMoE model; model_name: what ``meta.json`` records as the model (default: its config's
-            ``name_or_path`` if any, else ``"<in memory>"``); search loads that model when given none.
-        kind: ``auto`` (by size), ``exact``, ``ivf``, ``hnsw`` or ``ivfpq``; see :mod:`medmoe.align.faiss_index`.
+        model: a MedMoE model; model_name: what ``meta.json`` records as the model (a saved model directory
+            or a registered name; default ``"<in memory>"``); ``medmoe align search`` loads it when given none.
+        kind: ``auto`` (by size), ``exact``, ``pq``, ``ivf``, ``hnsw`` or ``ivfpq``; see
+            :mod:`medmoe.align.faiss_index`.
+        device: ``cpu``, ``cuda[:N]`` or ``auto``; under torchrun, each rank's own.
         chunk_size: manifest rows per part (a shard source has a part per shard).
         overwrite: replace an index of another model or data in ``out`` (otherwise an error).
 
@@ -274,7 +275,7 @@ def build_index(model: nn.Module, data: str | os.PathLike, out: str | os.PathLik
     out = Path(out)
     device = resolve_device(device)
     gallery = Gallery.open(data, model_image_size(model), split=split, chunk_size=chunk_size)
-    name = model_name or getattr(model.config, "name_or_path", None) or "<in memory>"
+    name = model_name or "<in memory>"
     build = {"model": name, "model_fingerprint": model_fingerprint(model), "data": gallery.fingerprint()}
     message = _prepare_folder(out, build, overwrite) if distributed.rank() == 0 else None
     _raise_if_any(message)
@@ -313,8 +314,7 @@ def _embed_chunks(model: nn.Module, gallery: Gallery, chunks: list[int], out: Pa
 
 def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any], progress: bool) -> None:
     """Rank 0: merge the parts, build the FAISS indexes, write items, errors and meta (meta last)."""
-    import faiss
-
+    faiss = import_faiss()
     merged = merge_parts(out, gallery.num_chunks)
     n = len(merged["items"])
     if n == 0:
