@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
 from medmoe.seg.config import NORMS
+from medmoe.weights.monai_swin import load_swinunetr
+from medmoe.weights.report import LoadReport
 
 
 @dataclass
@@ -81,6 +83,13 @@ class SwinUNETRFeatures(nn.Module):
     @property
     def bottleneck_channels(self) -> int:
         return 16 * self.feature_size
+
+    def load_weights(self, source: str, part: str = "encoder") -> LoadReport:
+        """Load a MONAI SwinUNETR checkpoint: ``"encoder"`` fills the Swin ViT (MONAI's self-supervised
+        ``model_swinvit.pt``), ``"full"`` the Swin ViT, conv encoders and decoders (a whole SwinUNETR or a
+        Universal-Model checkpoint). The report is logged and returned; see :mod:`medmoe.weights.monai_swin`.
+        """
+        return load_swinunetr(self.net, source, part).log()
 
     def forward(self, volume: Tensor) -> DecoderFeatures:
         net = self.net

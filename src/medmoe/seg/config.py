@@ -47,6 +47,14 @@ class MoMEConfig:
         spacing: voxel spacing in mm the model was trained at.
         hu_window: HU range mapped to [0, 1].
         text: the text tower (frozen by default: prompt embeddings are cached).
+        init_weights: a whole SwinUNETR checkpoint (a MONAI ``SwinUNETR`` state dict, or the Universal Model's
+            ``{"net": {"module.backbone.*"}}``) loaded into the backbone and decoder when the model is built
+            (see :mod:`medmoe.weights.monai_swin`); empty: random init.
+        encoder_weights: MONAI's self-supervised Swin ViT checkpoint (``model_swinvit.pt``) loaded into the
+            encoder when the model is built (after ``init_weights``); empty: none.
+        prompt_embeddings: a file of precomputed prompt embeddings with their class names (see
+            :mod:`medmoe.weights.prompt_embeddings`), used for the class set instead of the text tower;
+            prompts outside the file are then refused.
     """
 
     in_channels: int = 1
@@ -71,3 +79,6 @@ class MoMEConfig:
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     hu_window: tuple[float, float] = (-175.0, 250.0)
     text: TextConfig = field(default_factory=lambda: TextConfig(model="minilm", max_length=32, freeze="all"))
+    init_weights: str = ""
+    encoder_weights: str = ""
+    prompt_embeddings: str = ""

@@ -30,6 +30,7 @@ from medmoe.seg.experts import ScaleExperts, upsample_trilinear
 from medmoe.seg.heads import DynamicHeads
 from medmoe.seg.router import ScaleRouter, gate_balance_loss
 from medmoe.text.tower import TextTower
+from medmoe.weights.prompt_embeddings import PromptTable, read_prompt_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class MoME(nn.Module, PretrainedMixin):
         super().__init__()
         _check_config(config)
         self.template = ClassTemplate.default()
-        classes = list(config.classes) or list(self.template.names)
+        table = read_prompt_embeddings(config.prompt_embeddings) if config.prompt_embeddings and load_pretrained else None
+        classes = list(config.classes) or (self._table_classes(table) if table else list(self.template.names))
         unknown = [c for c in classes if c not in self.template]
         if unknown:
             raise InvalidInputError(f"config.classes: {unknown} are not class template names (see ClassTemplate.names)")
@@ -94,6 +96,12 @@ class MoME(nn.Module, PretrainedMixin):
             config.in_channels, config.feature_size, depths=tuple(config.depths), num_heads=tuple(config.num_heads),
             window_size=config.window_size, norm=config.norm, use_checkpoint=config.use_checkpoint,
             drop_path_rate=config.drop_path_rate)
+        # what config.init_weights / encoder_weights filled (logged; empty when none or not load_pretrained)
+        self.weight_reports = []
+        if load_pretrained:
+            for source, part in ((config.init_weights, "full"), (config.encoder_weights, "encoder")):
+                if source:
+                    self.weight_reports.append(self.backbone.load_weights(source, part))
         self.text = TextTower(config.text, load_pretrained=load_pretrained)
         text_dim = self.text.width
         channels = self.backbone.channels
@@ -112,7 +120,10 @@ class MoME(nn.Module, PretrainedMixin):
         self.class_names: tuple[str, ...] = tuple(classes)
         self._class_index = {name: i for i, name in enumerate(classes)}
         with torch.no_grad():
-            raw = self._encode_raw([self.template.prompt(name) for name in classes])
+            if table is not None:
+                raw = self._table_rows(table, classes)
+            else:
+                raw = self._encode_raw([self.template.prompt(name) for name in classes])
         center = raw.mean(dim=0) if config.center_text else torch.zeros_like(raw[0])
         # persistent: a saved model reloads the very embeddings (and centre) it was trained with
         self.register_buffer("text_center", center)
@@ -148,6 +159,22 @@ class MoME(nn.Module, PretrainedMixin):
         emb = self.text(texts).sentence
         return F.normalize(emb, dim=-1) if self.config.normalize_text else emb
 
+    def _table_classes(self, table: PromptTable) -> list[str]:
+        """The template classes of a prompt-embedding file's rows (the class set when config.classes is empty)."""
+        names = [self.template.resolve(c) for c in table.classes]
+        unknown = [c for c, n in zip(table.classes, names) if n is None]
+        if unknown:
+            log.warning("%s: rows %s are not class template names; they are left out", table.source, unknown)
+        if len(unknown) == len(names):
+            raise InvalidInputError(f"{table.source}: no row is a class template name ({list(table.classes)[:5]})")
+        return list(dict.fromkeys(n for n in names if n is not None))
+
+    def _table_rows(self, table: PromptTable, classes: list[str]) -> Tensor:
+        """Raw (K, T) embeddings of ``classes`` read from a prompt-embedding file instead of the text tower."""
+        table.check_width(self.text_dim)
+        rows = table.rows(classes, resolve=self.template.resolve)
+        return F.normalize(rows, dim=-1) if self.config.normalize_text else rows
+
     def _finish_text(self, raw: Tensor) -> Tensor:
         if not self.config.center_text:
             return raw
@@ -182,13 +209,17 @@ class MoME(nn.Module, PretrainedMixin):
         training and the mask is only as good as its nearness to known classes in text space.
         """
         names = self.resolve_prompts(prompts)
-        use_cache = self.text.frozen
+        use_cache = self.text.frozen or bool(self.config.prompt_embeddings)
         rows: list[int] = []
         fresh: list[str] = []
         for prompt, name in zip(prompts, names):
             if name is not None and use_cache and name in self._class_index:
                 rows.append(self._class_index[name])
                 continue
+            if self.config.prompt_embeddings:
+                raise InvalidInputError(
+                    f"prompt {prompt!r} has no row in the prompt embeddings {self.config.prompt_embeddings} "
+                    f"(classes: {list(self.class_names)}); the text tower is not used for them")
             if name is None:
                 log.warning("prompt %r matches no class of the template; embedding it on the fly as an unseen "
                             "class (the heads were not trained on it)", prompt)

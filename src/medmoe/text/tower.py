@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -14,8 +15,13 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTr
 from medmoe.errors import InvalidInputError
 from medmoe.text.config import TextConfig
 from medmoe.text.words import word_assignment
+from medmoe.weights.clip_text import is_clip_folder, load_clip_text
+from medmoe.weights.open_clip import load_open_clip_text
+from medmoe.weights.report import LoadReport
 
 log = logging.getLogger(__name__)
+
+POOLINGS = ("auto", "mean", "cls", "eos")
 
 
 @dataclass
@@ -92,8 +98,8 @@ class TextTower(nn.Module):
 
     def __init__(self, config: TextConfig, *, load_pretrained: bool = True) -> None:
         super().__init__()
-        if config.pooling not in ("mean", "cls"):
-            raise InvalidInputError(f"text pooling must be 'mean' or 'cls', got {config.pooling!r}")
+        if config.pooling not in POOLINGS:
+            raise InvalidInputError(f"text pooling must be one of {POOLINGS}, got {config.pooling!r}")
         if config.max_length < 4:
             raise InvalidInputError(f"text max_length must be >= 4, got {config.max_length}")
         self.config = config
@@ -101,12 +107,29 @@ class TextTower(nn.Module):
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(directory)
         if not self.tokenizer.is_fast:
             raise InvalidInputError(f"{directory}: a fast tokenizer (tokenizer.json) is needed for word alignment")
+        clip = not tiny and is_clip_folder(directory)
+        if config.projection and not clip:
+            raise InvalidInputError(f"text projection=true applies CLIP's text_projection; {directory} is not a "
+                                    "CLIP model folder")
+        if config.weights and clip:
+            raise InvalidInputError("text weights= reads an open_clip checkpoint with a Hugging Face text encoder "
+                                    "into a non-CLIP architecture; a CLIP folder carries its own weights")
+        #: what the pretrained weights filled (None: the weights came whole from a HF folder, or none were loaded)
+        self.load_report: LoadReport | None = None
         if tiny:
             self.encoder = AutoModel.from_config(tiny_bert_config(len(self.tokenizer)))
+        elif clip:
+            self.encoder, self.load_report = load_clip_text(directory, projection=config.projection,
+                                                            pretrained=load_pretrained)
+        elif load_pretrained and config.weights:
+            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
+            self.load_report = load_open_clip_text(self.encoder, config.weights)
         elif load_pretrained:
             self.encoder = AutoModel.from_pretrained(directory)
         else:
             self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
+        self.pooling = config.pooling if config.pooling != "auto" else ("eos" if clip else "mean")
+        self._inputs = set(inspect.signature(self.encoder.forward).parameters)
         if config.word_layers < 1:
             raise InvalidInputError(f"word_layers must be >= 1, got {config.word_layers}")
         self._word_layers = min(config.word_layers, self.encoder.config.num_hidden_layers)
@@ -115,7 +138,9 @@ class TextTower(nn.Module):
 
     @property
     def width(self) -> int:
-        """H, the encoder's hidden size."""
+        """H, the encoder's hidden size (CLIP's projection size with ``projection``)."""
+        if self.config.projection:
+            return self.encoder.config.projection_dim
         return self.encoder.config.hidden_size
 
     @property
@@ -156,21 +181,35 @@ class TextTower(nn.Module):
             raise InvalidInputError("texts is empty")
         enc = self.tokenize(list(texts))
         device = next(self.encoder.parameters()).device
-        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: v.to(device) for k, v in enc.items()
+                  if k in ("input_ids", "attention_mask", "token_type_ids") and k in self._inputs}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            hidden = self.encoder(**inputs, output_hidden_states=True).hidden_states
-        last = hidden[-1]
-        mask = inputs["attention_mask"].to(last.dtype)
-        if self.config.pooling == "mean":
-            sentence = (last * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        else:
-            sentence = last[:, 0]
-        word_states = torch.stack(hidden[-self._word_layers:]).sum(0)
+            out = self.encoder(**inputs, output_hidden_states=True)
+            # the last state is last_hidden_state: CLIP applies its final layer norm there, not in hidden_states
+            hidden, last = out.hidden_states, out.last_hidden_state
+            sentence = self._pool(last, inputs["attention_mask"])
+            word_states = torch.stack((*hidden[len(hidden) - self._word_layers:-1], last)).sum(0)
+            if self.config.projection:
+                sentence = self.encoder.text_projection(sentence)
+                word_states = self.encoder.text_projection(word_states)
         max_words = max(1, max(len(set(w for w in enc.word_ids(b) if w is not None)) for b in range(len(texts))))
         assign, word_mask, word_text = word_assignment(enc, list(texts), max_words, self.config.drop_punctuation)
         words = torch.bmm(assign.to(word_states), word_states)
         width = max(1, int(word_mask.sum(1).max()))
         return TextOutput(sentence, words[:, :width], word_mask[:, :width].to(device), word_text)
+
+    def _pool(self, last: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, H) sentence states of (B, L, H) token states under :attr:`pooling`."""
+        if self.pooling == "mean":
+            mask = attention_mask.to(last.dtype).unsqueeze(-1)
+            return (last * mask).sum(1) / mask.sum(1).clamp_min(1)
+        if self.pooling == "cls":
+            return last[:, 0]
+        # eos: the last real token (CLIP's end-of-text token; texts are padded on the right)
+        if self.tokenizer.padding_side == "left":
+            return last[:, -1]
+        ends = attention_mask.long().sum(1).clamp_min(1) - 1
+        return last[torch.arange(last.shape[0], device=last.device), ends]
 
     def save_assets(self, directory: str | os.PathLike) -> None:
         """Write the encoder config and tokenizer files (not weights) so a saved model is self-contained."""
