@@ -1,0 +1,343 @@
+"""Export MedMoE and MoME to ONNX and check the files against PyTorch with onnxruntime.
+
+``export_onnx(model, out_dir)`` writes one ``<graph>.onnx`` per exported graph plus ``export.json`` (the
+model, its config hash, each graph's inputs / outputs as the ONNX files declare them, the opset, the
+exporter and the parity results):
+
+* MedMoE: ``image_encoder.onnx`` (images -> image_embeds, router_probs, expert_index) and
+  ``text_encoder.onnx`` (input_ids, attention_mask -> text_embeds), with the tokenizer in ``tokenizer/``.
+* MoME: ``mome.onnx`` (volume, text_emb -> logits), with the model's class-prompt embeddings in
+  ``class_embeddings.npz``.
+
+Graphs are traced with ``torch.onnx.export(dynamo=True)``; when that fails for a graph, the TorchScript
+exporter is tried and the reason recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from medmoe.config import config_to_dict
+from medmoe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from medmoe.errors import InvalidInputError, MedMoEError
+from medmoe.export.graphs import PromptedSegmenter, RoutedImageEncoder, TextEncoder, eager_attention
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+DEFAULT_ATOL = 1e-4
+MANIFEST = "export.json"
+SAMPLE_REPORTS = (
+    "Chest radiograph: mild cardiomegaly, no pleural effusion.",
+    "CT abdomen: 4 mm nodule in the left lobe.",
+    "MRI brain: no acute lesion.",
+    "Ultrasound: hypoechoic mass with posterior shadowing, no free fluid, normal kidneys.",
+    "Normal study.",
+)
+
+
+class ExportParityError(MedMoEError):
+    """An exported graph's onnxruntime outputs differ from PyTorch's beyond the tolerance."""
+
+
+@dataclass
+class Case:
+    """Parity inputs and a function computing the model's own outputs on them (its public method, not the
+    traced module, so the check covers the export wrapper too)."""
+
+    inputs: tuple[Tensor, ...]
+    expected: Callable[[], list[Tensor]]
+
+
+@dataclass
+class Graph:
+    """One graph to export and how to check it.
+
+    Attributes:
+        name: file stem (``<name>.onnx``).
+        module: the tensor-only module to trace (:mod:`medmoe.export.graphs`).
+        example: example inputs for tracing.
+        input_names / output_names: the graph's names, in order.
+        dynamic: input name -> {axis: dimension name} of the axes left dynamic.
+        cases: parity cases (other sizes than ``example``'s, to exercise the dynamic axes).
+        exact: outputs that must be equal, not close (routing choices).
+    """
+
+    name: str
+    module: nn.Module
+    example: tuple[Tensor, ...]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic: dict[str, dict[int, str]]
+    cases: list[Case]
+    exact: tuple[str, ...] = ()
+    translations: dict[Any, Callable] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- graphs
+def _medmoe_graphs(model: nn.Module, seed: int) -> list[Graph]:
+    g = torch.Generator().manual_seed(seed)
+    size = model.config.backbone.image_size
+
+    def image_case(b: int) -> Case:
+        x = torch.randn(b, 3, size, size, generator=g)
+
+        def expected() -> list[Tensor]:
+            out = model.image_features(x)
+            return [out["image_embeds"], out["router_probs"], out["expert_index"]]
+
+        return Case((x,), expected)
+
+    image = Graph("image_encoder", RoutedImageEncoder(model).eval(), image_case(2).inputs, ["images"],
+                  ["image_embeds", "router_probs", "expert_index"], {"images": {0: "batch"}},
+                  [image_case(3), image_case(1)], exact=("expert_index",))
+
+    def text_case(texts: Sequence[str]) -> Case:
+        enc = model.text.tokenize(list(texts))
+        return Case((enc["input_ids"], enc["attention_mask"]), lambda: [model.encode_text(list(texts))])
+
+    dynamic = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}}
+    text = Graph("text_encoder", TextEncoder(model).eval(), text_case(SAMPLE_REPORTS[:2]).inputs,
+                 ["input_ids", "attention_mask"], ["text_embeds"], dynamic,
+                 [text_case(SAMPLE_REPORTS[:3]), text_case(SAMPLE_REPORTS[3:])])
+    return [image, text]
+
+
+def _mome_graphs(model: nn.Module, seed: int) -> list[Graph]:
+    g = torch.Generator().manual_seed(seed)
+    roi = tuple(model.config.roi_size)
+    names = list(model.class_names)
+
+    def case(b: int, k: int) -> Case:
+        volume = torch.rand(b, model.config.in_channels, *roi, generator=g)
+        emb = model.embed_prompts([names[i % len(names)] for i in range(k)])
+        return Case((volume, emb), lambda: [model(volume, text_emb=emb)])
+
+    return [Graph("mome", PromptedSegmenter(model).eval(), case(2, 3).inputs, ["volume", "text_emb"], ["logits"],
+                  {"volume": {0: "batch"}, "text_emb": {0: "classes"}}, [case(1, 2), case(2, 5)],
+                  translations=_pool_translations())]
+
+
+def _pool_translations() -> dict[Any, Callable]:
+    """ONNX for ``adaptive_avg_pool3d`` (MoME's full-resolution scale under half-resolution fusion), which
+    the dynamo exporter lacks: an ``AveragePool`` whose window is the (static, whole) ratio of the sizes."""
+    from onnxscript import opset18 as op
+
+    def adaptive_avg_pool3d(x, output_size):
+        sizes = [int(s) for s in x.shape[-3:]]
+        kernel = [s // o for s, o in zip(sizes, output_size)]
+        if any(k * o != s for k, o, s in zip(kernel, output_size, sizes)):
+            raise InvalidInputError(f"adaptive_avg_pool3d {sizes} -> {list(output_size)}: sizes must divide")
+        return op.AveragePool(x, kernel_shape=kernel, strides=kernel)
+
+    return {torch.ops.aten._adaptive_avg_pool3d.default: adaptive_avg_pool3d}
+
+
+def model_graphs(model: nn.Module, *, seed: int = 0) -> list[Graph]:
+    """The graphs ``export_onnx`` writes for ``model`` (a MedMoE or a MoME)."""
+    model_type = getattr(model, "model_type", None)
+    if model_type == "medmoe":
+        return _medmoe_graphs(model, seed)
+    if model_type == "mome":
+        return _mome_graphs(model, seed)
+    raise InvalidInputError(f"cannot export a {type(model).__name__}: expected a MedMoE or MoME model")
+
+
+# ---------------------------------------------------------------------------------------------- export
+def _trace(graph: Graph, path: Path, opset: int | None) -> tuple[str, str | None]:
+    """Write ``graph`` to ``path``; returns (exporter used, why the dynamo exporter failed or None)."""
+    dims = {name: {axis: torch.export.Dim(_dim_name(dim)) for axis, dim in axes.items()}
+            for name, axes in graph.dynamic.items()}
+    dynamic_shapes = {name: dims.get(name) for name in graph.input_names}
+    try:
+        program = torch.onnx.export(graph.module, graph.example, None, dynamo=True, opset_version=opset,
+                                    input_names=graph.input_names, output_names=graph.output_names,
+                                    dynamic_shapes=dynamic_shapes, custom_translation_table=graph.translations or None,
+                                    verbose=False)
+        program.save(str(path), external_data=None)
+        return "dynamo", None
+    except Exception as err:  # noqa: BLE001 - any tracing failure falls back to the TorchScript exporter
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        log.warning("%s: the dynamo exporter failed (%s); trying the TorchScript exporter", graph.name, reason)
+    torch.onnx.export(graph.module, graph.example, str(path), dynamo=False, opset_version=opset or 18,
+                      input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=graph.dynamic)
+    return "torchscript", reason
+
+
+def _dim_name(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def _io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Inputs and outputs (name, shape with named dynamic axes, dtype) and the default-domain opset."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def describe(values) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+        return out
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return describe(proto.graph.input), describe(proto.graph.output), int(opset)
+
+
+def check_parity(graph: Graph, path: Path, *, atol: float = DEFAULT_ATOL) -> dict[str, Any]:
+    """Run ``path`` with onnxruntime (CPU) on ``graph.cases`` and compare with the model's own outputs.
+
+    Returns:
+        ``{"ok", "atol", "max_abs_diff": {output: float}, "exact": [outputs compared for equality],
+        "routing_identical": bool | None, "cases": [input shapes]}``; ``ok`` needs every difference <= atol
+        and the ``exact`` outputs equal.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diffs = {name: 0.0 for name in graph.output_names}
+    identical = True
+    shapes = []
+    for case in graph.cases:
+        with torch.no_grad():
+            expected = [t.detach().cpu().numpy() for t in case.expected()]
+        got = session.run(graph.output_names, {n: t.numpy() for n, t in zip(graph.input_names, case.inputs)})
+        shapes.append({n: list(t.shape) for n, t in zip(graph.input_names, case.inputs)})
+        for name, want, have in zip(graph.output_names, expected, got):
+            if want.shape != have.shape:
+                raise ExportParityError(f"{path.name}: output {name} has shape {have.shape}, PyTorch {want.shape}")
+            if name in graph.exact:
+                identical = identical and bool(np.array_equal(want, have))
+                diffs[name] = max(diffs[name], float(np.abs(want.astype(np.int64) - have.astype(np.int64)).max(initial=0)))
+            else:
+                diffs[name] = max(diffs[name], float(np.abs(want.astype(np.float64) - have).max(initial=0.0)))
+    close = all(d <= atol for n, d in diffs.items() if n not in graph.exact)
+    return {"ok": bool(close and identical), "atol": atol, "max_abs_diff": diffs, "exact": list(graph.exact),
+            "routing_identical": identical if graph.exact else None, "cases": shapes}
+
+
+def _config_hash(model: nn.Module) -> tuple[dict[str, Any], str]:
+    config = config_to_dict(model.config)
+    text = json.dumps(config, sort_keys=True, default=str)
+    return config, hashlib.sha256(text.encode()).hexdigest()
+
+
+def planned_paths(model: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
+    """Every path ``export_onnx`` writes in ``out_dir`` for ``model``."""
+    out = Path(out_dir)
+    names = [f"{g}.onnx" for g in (("image_encoder", "text_encoder") if model.model_type == "medmoe" else ("mome",))]
+    extra = ["tokenizer"] if model.model_type == "medmoe" else ["class_embeddings.npz"]
+    paths = [out / n for n in names] + [out / f"{n}.data" for n in names] + [out / e for e in extra]
+    return [*paths, out / MANIFEST]
+
+
+def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | None = None, overwrite: bool = False,
+                check: bool = True, atol: float = DEFAULT_ATOL, opset: int | None = None,
+                seed: int = 0) -> dict[str, Any]:
+    """Export ``model`` to ONNX in ``out_dir`` and (by default) check every graph with onnxruntime.
+
+    Args:
+        model: a MedMoE or MoME (put in eval mode; exported on the CPU in float32).
+        out_dir: created if missing.
+        name: what to record as the model (a registered name or a directory); default ``model.model_name``.
+        overwrite: replace files an earlier export wrote; without it an existing file is an error.
+        check: compare onnxruntime with PyTorch on random inputs (``atol`` on values, equality on routes).
+        opset: ONNX opset (None: the exporter's default).
+        seed: seed of the random parity inputs.
+
+    Returns:
+        The ``export.json`` manifest (also written to ``out_dir``).
+
+    Raises:
+        InvalidInputError: a file exists and ``overwrite`` is False, or the model cannot be exported.
+        ExportParityError: with ``check``, a graph differs from PyTorch (the files and manifest are kept).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out}: exists and is not a directory")
+    existing = [p for p in planned_paths(model, out) if p.exists()]
+    if existing and not overwrite:
+        raise InvalidInputError(f"{out}: would overwrite {', '.join(p.name for p in existing)}; "
+                                "pass --overwrite (overwrite=True) to replace them")
+    for p in existing:
+        if p.is_dir():
+            import shutil
+
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu").float().eval()
+    config, digest = _config_hash(model)
+    manifest: dict[str, Any] = {
+        "format": "onnx", "model": name or getattr(model, "model_name", None), "model_type": model.model_type,
+        "config_sha256": digest, "config": config, "versions": _versions(check), "graphs": {},
+    }
+    failed = []
+    for graph in model_graphs(model, seed=seed):
+        path = out / f"{graph.name}.onnx"
+        start = time.perf_counter()
+        with torch.no_grad(), eager_attention(graph.module):
+            exporter, reason = _trace(graph, path, opset)
+        seconds = time.perf_counter() - start
+        inputs, outputs, used_opset = _io(path)
+        entry: dict[str, Any] = {"file": path.name, "inputs": inputs, "outputs": outputs, "opset": used_opset,
+                                 "exporter": exporter, "export_s": round(seconds, 2)}
+        if reason:
+            entry["dynamo_error"] = reason
+        if (out / f"{path.name}.data").exists():
+            entry["external_data"] = f"{path.name}.data"
+        if check:
+            entry["parity"] = check_parity(graph, path, atol=atol)
+            if not entry["parity"]["ok"]:
+                failed.append(graph.name)
+        log.info("%s: %s in %.1f s (%s)", path.name, exporter, seconds, entry.get("parity", "not checked"))
+        manifest["graphs"][graph.name] = entry
+    manifest.update(_assets(model, out))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if failed:
+        details = {g: manifest["graphs"][g]["parity"]["max_abs_diff"] for g in failed}
+        raise ExportParityError(f"onnxruntime differs from PyTorch beyond atol={atol} (or in routing) for "
+                                f"{', '.join(failed)}: {details}; files kept in {out} (see {MANIFEST})")
+    return manifest
+
+
+def _assets(model: nn.Module, out: Path) -> dict[str, Any]:
+    """What a runtime needs besides the graphs: MedMoE's tokenizer, MoME's class-prompt embeddings."""
+    if model.model_type == "medmoe":
+        model.text.tokenizer.save_pretrained(out / "tokenizer")
+        return {"tokenizer": "tokenizer", "max_length": int(model.config.text.max_length),
+                "image_size": int(model.config.backbone.image_size),
+                "image_normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
+    names = list(model.class_names)
+    with torch.no_grad():
+        table = model.embed_prompts(names).cpu().numpy()
+    np.savez(out / "class_embeddings.npz", names=np.array(names), embeddings=table)
+    return {"class_embeddings": "class_embeddings.npz", "roi_size": list(model.config.roi_size)}
+
+
+def _versions(check: bool) -> dict[str, str]:
+    import onnx
+
+    from medmoe import __version__
+
+    versions = {"medmoe": __version__, "torch": torch.__version__, "onnx": onnx.__version__}
+    if check:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    return versions
