@@ -16,7 +16,12 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo bench lint clean
+# The browser test of `medmoe serve` drives Debian's headless Chromium (tests/serve/test_serve_browser.py).
+CHROMIUM     := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO         := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: setup browser test test-fast demo bench lint clean
 
 setup: $(STAMP) $(TOTALSEG)
 
@@ -34,7 +39,16 @@ $(TOTALSEG): | $(PY)
 	mkdir -p $(CACHE)
 	$(PIP) download --no-deps --no-binary :all: totalsegmentator==2.18.0 -d $(CACHE)
 
-test: setup
+# Installs chromium + chromium-driver when either is missing (CI runs as root; elsewhere through sudo).
+browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+		echo "installing chromium and chromium-driver for the browser test (apt-get)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest -q
 
 test-fast: setup

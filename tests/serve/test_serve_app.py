@@ -308,3 +308,12 @@ def test_serve_checks_its_arguments_before_loading(services, tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "--seg-model", str(seg_dir), "--max-upload-mb", "0"])
+
+
+def test_the_viewer_opens_on_the_slice_with_most_mask_nearest_the_middle(services, tmp_path):
+    view = services.segment(str(phantom_nifti(tmp_path / "ct.nii.gz")), ["liver"], "", False)
+    assert view.best_slice() == (view.depth - 1) // 2 or view.best_slice() == view.depth // 2  # mask everywhere
+    view.labels[:] = 0
+    assert view.best_slice() in ((view.depth - 1) // 2, view.depth // 2)
+    view.labels[:, :, 3] = 1
+    assert view.best_slice() == 3

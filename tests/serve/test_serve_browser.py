@@ -31,7 +31,7 @@ from serve_testkit import (
     write_gallery,
 )
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]  # slow: `make test-fast` leaves it out, CI runs it
 
 CHROMIUM = os.environ.get("MEDMOE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("MEDMOE_CHROMEDRIVER", "/usr/bin/chromedriver")

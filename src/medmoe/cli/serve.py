@@ -82,6 +82,9 @@ def run_serve(args: argparse.Namespace) -> int:
                        args.host)
     from medmoe.serve.app import launch
 
+    for noisy in ("httpx", "faiss.loader"):  # one line per request / library probe at the default level
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
     try:
         launch(services, host=args.host, port=args.port)
     finally:

@@ -114,9 +114,11 @@ class SegView:
         return class_colours(len(self.names))
 
     def best_slice(self) -> int:
-        """The axial slice with the most labelled voxels (the middle one when nothing was found)."""
+        """The axial slice with the most labelled voxels, the one nearest the middle among equals (the middle
+        one when nothing was found)."""
         counts = (self.labels > 0).sum(axis=(0, 1))
-        return int(np.argmax(counts)) if counts.any() else self.depth // 2
+        best = np.flatnonzero(counts == counts.max())
+        return int(best[np.argmin(np.abs(best - (self.depth - 1) / 2))])
 
     def render(self, z: int, size: int = DISPLAY) -> np.ndarray:
         """Axial slice ``z`` (clipped to the volume) as an (H, W, 3) uint8 picture with the masks: filled at
