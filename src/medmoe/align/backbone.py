@@ -18,6 +18,7 @@ from transformers.models.swin.modeling_swin import SwinStage
 
 from medmoe.align.config import BackboneConfig
 from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.weights.report import LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,10 @@ class SwinPyramid(nn.Module):
         channels = tuple(int(c) for c in self.swin.channels)
         self.feature_info = FeatureInfo(channels, tuple(config.patch_size * 2**s for s in range(4)))
         self.check_size(config.image_size, config.image_size)
+        #: what config.weights filled (None: no weights file was loaded)
+        self.load_report: LoadReport | None = None
         if load_pretrained and config.weights:
-            load_backbone_weights(self, config.weights)
+            self.load_report = load_backbone_weights(self, config.weights)
 
     @property
     def out_channels(self) -> int:
@@ -186,25 +189,34 @@ def remap_medclip_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         A state dict with ``swin.swin.*`` / ``swin.hidden_states_norms.*`` keys, ready for
         ``SwinPyramid.load_state_dict(..., strict=False)``.
     """
-    prefixes = ("module.", "vision_model.model.", "vision_model.", "img_encoder.model.", "image_encoder.model.",
-                "model.")
     out: dict[str, Tensor] = {}
     for key, value in state.items():
-        name = key
-        for prefix in prefixes:
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-        if name.startswith("swin."):
-            name = name[len("swin."):]
-        for old, new in _RENAMES_4X:
-            name = name.replace(old, new)
-        if name.startswith("hidden_states_norms."):
-            out[f"swin.{name}"] = value
-        elif name.startswith(("embeddings.", "encoder.")) and "relative_position_index" not in name:
-            out[f"swin.swin.{name}"] = value
-        elif name in ("layernorm.weight", "layernorm.bias"):
-            out[f"swin.hidden_states_norms.stage4.{name.split('.')[-1]}"] = value
+        name = medclip_key(key)
+        if name is not None:
+            out[name] = value
     return out
+
+
+def medclip_key(key: str) -> str | None:
+    """The :class:`SwinPyramid` name of one MedCLIP-style checkpoint key (None: not a Swin weight); see
+    :func:`remap_medclip_state_dict`."""
+    prefixes = ("module.", "vision_model.model.", "vision_model.", "img_encoder.model.", "image_encoder.model.",
+                "model.")
+    name = key
+    for prefix in prefixes:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    if name.startswith("swin."):
+        name = name[len("swin."):]
+    for old, new in _RENAMES_4X:
+        name = name.replace(old, new)
+    if name.startswith("hidden_states_norms."):
+        return f"swin.{name}"
+    if name.startswith(("embeddings.", "encoder.")) and "relative_position_index" not in name:
+        return f"swin.swin.{name}"
+    if name in ("layernorm.weight", "layernorm.bias"):
+        return f"swin.hidden_states_norms.stage4.{name.split('.')[-1]}"
+    return None
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -223,8 +235,13 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def load_backbone_weights(net: SwinPyramid, source: str) -> None:
+def load_backbone_weights(net: SwinPyramid, source: str) -> LoadReport:
     """Load Swin weights from a local HF directory or a (MedCLIP-style) checkpoint file.
+
+    Returns:
+        The :class:`~medmoe.weights.report.LoadReport` (also logged): unexpected keys in the file's names
+        (text tower, projection heads, ``logit_scale``, ``relative_position_index`` buffers, which are
+        recomputed), missing keys in the backbone's (e.g. the stage 1-3 output norms a ``SwinModel`` lacks).
 
     Raises:
         InvalidInputError: ``source`` does not exist.
@@ -239,7 +256,8 @@ def load_backbone_weights(net: SwinPyramid, source: str) -> None:
         path = found[0]
     elif not path.is_file():
         raise InvalidInputError(f"backbone weights {source!r}: no such file or directory (hub names are not fetched)")
-    state = remap_medclip_state_dict(_read_state_dict(path))
+    raw = _read_state_dict(path)
+    state = remap_medclip_state_dict(raw)
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
@@ -249,5 +267,6 @@ def load_backbone_weights(net: SwinPyramid, source: str) -> None:
         raise CorruptFileError(f"{path}: shapes differ from the configured Swin for {mismatched[:5]}")
     missing = sorted(set(own) - set(usable))
     net.load_state_dict(usable, strict=False)
-    log.info("loaded %d backbone tensors from %s (%d left at init: %s)", len(usable), path, len(missing),
-             missing[:6])
+    unexpected = sorted(k for k in raw if medclip_key(k) not in own)
+    return LoadReport(str(path), "Swin backbone (SwinPyramid)", matched=sorted(usable), missing=missing,
+                      unexpected=unexpected).log(log)
