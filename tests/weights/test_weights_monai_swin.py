@@ -172,3 +172,26 @@ def test_saved_model_reloads_without_the_weight_file(tmp_path):
     assert again.config.encoder_weights == str(path) and again.weight_reports == []
     for key, value in source.swinViT.state_dict().items():
         torch.testing.assert_close(again.backbone.net.swinViT.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_disruptive_autoencoder_layout_maps_as_monai_filter_does(tmp_path):
+    from monai.networks.nets.swin_unetr import filter_swinunetr
+
+    source = _source(seed=8)
+    state = {}
+    for key, value in source.swinViT.state_dict().items():  # MONAI's documented ssl_pretrained_weights.pth layout
+        key = key.replace("layers1.0.", "layers1.0.0.").replace("layers2.0.", "layers2.0.0.")
+        key = key.replace("layers3.0.", "layers3.0.0.").replace("layers4.0.", "layers4.0.0.")
+        state[f"encoder.{key}"] = value.clone()
+    state.update({"encoder.mask_token": torch.zeros(1, 1, 12), "encoder.norm.weight": torch.ones(192),
+                  "out.conv.conv.weight": torch.zeros(1, 12, 1, 1, 1)})
+    for key, value in state.items():
+        expected = filter_swinunetr(key, value)
+        assert swinunetr_key(key, "encoder") == (expected[0] if expected else None), key
+    path = tmp_path / "ssl_pretrained_weights.pth"
+    torch.save({"model": state}, path)
+    target = SwinUNETRFeatures(1, 12, depths=(1, 1, 1, 1), window_size=4)
+    report = target.load_weights(str(path), "encoder")
+    assert report.complete and report.unexpected == ["encoder.mask_token", "encoder.norm.weight",
+                                                     "out.conv.conv.weight"]
+    torch.testing.assert_close(target.net.swinViT.state_dict(), source.swinViT.state_dict(), rtol=0, atol=0)

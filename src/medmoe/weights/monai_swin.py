@@ -7,6 +7,9 @@ Two layouts are read:
   "module.layers1.0.downsample.reduction.weight", ...}}`` (the Swin ViT without its ``swinViT.`` name, MLP
   layers as ``fc1`` / ``fc2``). Keys already named ``swinViT.`` / ``swin_vit.`` (MONAI's self-supervised
   tutorial) are accepted too. Only ``swinViT`` is filled; the conv encoder and decoder keep their init.
+* the **Disruptive Autoencoder** pre-training weights MONAI documents with ``filter_swinunetr``
+  (``{"model": {"encoder.patch_embed...", "encoder.layers1.0.0.blocks.0...", "encoder.mask_token", ...}}``):
+  the stage index ``.0.0.`` becomes ``.0.``; ``mask_token`` and the final ``norm`` have no place and are unexpected.
 * a **whole SwinUNETR**: a plain MONAI ``SwinUNETR`` state dict, or one wrapped as a segmentation network's
   ``backbone`` (``{"net": {"module.backbone.swinViT...", "module.backbone.encoder1...",
   "module.backbone.decoder5...", ...}}``, the CLIP-Driven Universal Model layout). The Swin ViT, the conv
@@ -17,6 +20,7 @@ Two layouts are read:
 from __future__ import annotations
 
 import os
+import re
 
 from torch import nn
 
@@ -30,6 +34,9 @@ _BLOCKS = ("encoder1.", "encoder2.", "encoder3.", "encoder4.", "encoder10.",
            "decoder1.", "decoder2.", "decoder3.", "decoder4.", "decoder5.")
 
 
+_DAE_STAGE = re.compile(r"^encoder\.(layers[1-4])\.0\.0\.")
+
+
 def _mlp_names(key: str) -> str:
     # the self-supervised checkpoint predates MONAI's MLPBlock names (SwinUNETR.load_from maps them the same way)
     return key.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
@@ -39,7 +46,7 @@ def swinunetr_key(key: str, part: str = "full") -> str | None:
     """The MONAI ``SwinUNETR`` name of a checkpoint key, or None when it has no place there.
 
     Args:
-        key: a key of either layout (see the module docstring).
+        key: a key of any layout of the module docstring.
         part: ``"encoder"`` keeps only the Swin ViT; ``"full"`` also the conv encoders and the decoders.
 
     Example:
@@ -50,6 +57,10 @@ def swinunetr_key(key: str, part: str = "full") -> str | None:
     """
     name = strip_prefix(key)
     name = name[len("backbone."):] if name.startswith("backbone.") else name
+    if name.startswith("encoder.patch_embed."):
+        name = name[len("encoder."):]
+    elif _DAE_STAGE.match(name):
+        name = _DAE_STAGE.sub(r"\1.0.", name)
     for prefix in _SWIN_NAMES:
         if name.startswith(prefix):
             return "swinViT." + _mlp_names(name[len(prefix):])
