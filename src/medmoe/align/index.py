@@ -292,7 +292,7 @@ def build_index(model: nn.Module, data: str | os.PathLike, out: str | os.PathLik
     message = None
     if distributed.rank() == 0:
         try:
-            _write_index(out, gallery, kind, build, progress)
+            _write_index(out, gallery, kind, build)
         except MedMoEError as err:
             if not distributed.is_distributed():
                 raise
@@ -312,7 +312,7 @@ def _embed_chunks(model: nn.Module, gallery: Gallery, chunks: list[int], out: Pa
             write_part(out, chunk, part)
 
 
-def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any], progress: bool) -> None:
+def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any]) -> None:
     """Rank 0: merge the parts, build the FAISS indexes, write items, errors and meta (meta last)."""
     faiss = import_faiss()
     merged = merge_parts(out, gallery.num_chunks)
@@ -332,8 +332,7 @@ def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any], 
     plans = {}
     for target, (vectors, rows) in targets.items():
         plans[target] = target_plan = choose_index(len(vectors), dim, kind)
-        if progress:
-            print(f"building the {target_plan.kind} index of {len(vectors)} {target}", flush=True)
+        log.info("building the %s index of %d %s", target_plan.kind, len(vectors), target)
         started = time.perf_counter()
         index = build_faiss(vectors, target_plan)
         faiss.write_index(index, str(out / f".{target}.faiss.tmp"))

@@ -112,7 +112,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     if result.errors:
         print(f"{len(result.errors)} unreadable (listed in {result.errors_out}):")
         for path, reason in result.errors[:20]:
-            print(f"  {path}: {reason}")
+            print(f"  {reason}" if path in reason else f"  {path}: {reason}")
         if len(result.errors) > 20:
             print(f"  ... {len(result.errors) - 20} more")
     return 0
@@ -134,7 +134,8 @@ def run_index(args: argparse.Namespace) -> int:
         teardown_distributed(env, synchronize=ok)
     if env.rank == 0:
         meta = SearchIndex.load(out).meta
-        params = ", ".join(f"{k}={v}" for k, v in meta["params"].items()) or "no parameters"
+        params = ", ".join([meta["params"]["factory"]] + [f"{k}={v}" for k, v in meta["params"].items()
+                                                         if k != "factory"])
         print(f"{meta['n']} items indexed ({', '.join(meta['targets'])}); {meta['kind']} index ({params}); "
               f"{meta['unreadable']} unreadable (listed in {out / 'errors.csv'})")
         print(f"index: {out}")
