@@ -53,9 +53,10 @@ class RoutedImageEncoder(nn.Module):
 class TextEncoder(nn.Module):
     """MedMoE's report side: token ids and attention mask -> :meth:`MedMoE.encode_text`'s embedding.
 
-    Runs the Hugging Face text encoder, pools its last hidden state as :class:`medmoe.text.TextTower` does
-    (masked mean or the first token) and applies the text projection. ``token_type_ids`` are left out: the
-    tower's single-sentence inputs are all zeros, the encoder's default.
+    Runs the tower's Hugging Face encoder, pools its last hidden state with the tower's own pooling (mean,
+    first token or end-of-text token), applies CLIP's text projection when the tower does, then the model's
+    text projection. ``token_type_ids`` are left out: the tower's single-sentence inputs are all zeros, the
+    encoder's default.
 
     Shapes:
         input_ids, attention_mask: (B, L) int64 from the model's tokenizer (``padding=True``).
@@ -64,17 +65,15 @@ class TextEncoder(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.encoder = model.text.encoder
-        self.pooling = model.text.config.pooling
+        self.tower = model.text
         self.text_proj = model.text_proj
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        last = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "mean":
-            mask = attention_mask.to(last.dtype).unsqueeze(-1)
-            sentence = (last * mask).sum(1) / mask.sum(1).clamp_min(1)
-        else:
-            sentence = last[:, 0]
+        tower = self.tower
+        last = tower.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        sentence = tower._pool(last, attention_mask)
+        if tower.config.projection:
+            sentence = tower.encoder.text_projection(sentence)
         return F.normalize(self.text_proj(sentence), dim=-1)
 
 

@@ -15,12 +15,14 @@ exporter is tried and the reason recorded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,9 +160,9 @@ def model_graphs(model: nn.Module, *, seed: int = 0) -> list[Graph]:
 # ---------------------------------------------------------------------------------------------- export
 def _trace(graph: Graph, path: Path, opset: int | None) -> tuple[str, str | None]:
     """Write ``graph`` to ``path``; returns (exporter used, why the dynamo exporter failed or None)."""
-    dims = {name: {axis: torch.export.Dim(_dim_name(dim)) for axis, dim in axes.items()}
-            for name, axes in graph.dynamic.items()}
-    dynamic_shapes = {name: dims.get(name) for name in graph.input_names}
+    named = {dim: torch.export.Dim(dim) for axes in graph.dynamic.values() for dim in axes.values()}  # shared by name
+    dynamic_shapes = {name: {axis: named[dim] for axis, dim in graph.dynamic.get(name, {}).items()} or None
+                      for name in graph.input_names}
     try:
         program = torch.onnx.export(graph.module, graph.example, None, dynamo=True, opset_version=opset,
                                     input_names=graph.input_names, output_names=graph.output_names,
@@ -176,8 +178,26 @@ def _trace(graph: Graph, path: Path, opset: int | None) -> tuple[str, str | None
     return "torchscript", reason
 
 
-def _dim_name(name: str) -> str:
-    return name.replace("-", "_")
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Keep the exporter's INFO chatter (hundreds of optimiser lines) and its note that torchvision's ops are
+    not registered out of the log unless medmoe logs at DEBUG."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    levels = {"onnxscript": logging.WARNING, "onnx_ir": logging.WARNING, "torch.onnx": logging.ERROR}
+    saved = {name: logging.getLogger(name).level for name in levels}
+    try:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            # inputs sharing a dynamic axis (input_ids, attention_mask) make it note that the name is reused
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -291,7 +311,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | Non
     for graph in model_graphs(model, seed=seed):
         path = out / f"{graph.name}.onnx"
         start = time.perf_counter()
-        with torch.no_grad(), eager_attention(graph.module):
+        with torch.no_grad(), eager_attention(graph.module), _quiet_exporter():
             exporter, reason = _trace(graph, path, opset)
         seconds = time.perf_counter() - start
         inputs, outputs, used_opset = _io(path)
@@ -308,7 +328,9 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | Non
         log.info("%s: %s in %.1f s (%s)", path.name, exporter, seconds, entry.get("parity", "not checked"))
         manifest["graphs"][graph.name] = entry
     manifest.update(_assets(model, out))
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    text = json.dumps(manifest, indent=2) + "\n"
+    (out / MANIFEST).write_text(text)
+    manifest = json.loads(text)  # what the file holds (tuples as lists)
     if failed:
         details = {g: manifest["graphs"][g]["parity"]["max_abs_diff"] for g in failed}
         raise ExportParityError(f"onnxruntime differs from PyTorch beyond atol={atol} (or in routing) for "
