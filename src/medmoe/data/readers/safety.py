@@ -141,8 +141,8 @@ def _inflate_counting(handle: BinaryIO, name: str, max_pixels: int | None) -> tu
                 if total > ceiling:
                     raise DecodeLimitError(f"{name}: deflated DICOM inflates to over {ceiling:,} bytes; refused "
                                            "(see MEDMOE_MAX_PIXELS in docs/security.md)")
-                if not pending and len(out) < _CHUNK:
-                    break
+                if inflater.eof or (not pending and len(out) < _CHUNK):
+                    break  # bytes after the end of the stream (a padding byte) are not data
             if not data or inflater.eof:
                 break
     except zlib.error as err:

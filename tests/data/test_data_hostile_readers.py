@@ -1,0 +1,181 @@
+"""Issue 16, finding 6: small files that claim gigabytes. Every reader checks the decoded size from the
+header against MEDMOE_MAX_PIXELS / MEDMOE_MAX_VOXELS (or its argument) before decoding, and decodes in the
+smallest dtype that holds the data."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import tracemalloc
+import zlib
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from medmoe.data.readers import decode_image, read_image
+from medmoe.data.readers.nifti import check_nifti_size
+from medmoe.data.volumes import read_ct, read_dicom_series
+from medmoe.errors import InvalidInputError
+from medmoe.limits import DecodeLimitError, limit
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _peak(function, *args, **kwargs) -> tuple[object, int]:
+    """(result or exception, peak traced bytes): NumPy and Python allocations both reach tracemalloc."""
+    tracemalloc.start()
+    try:
+        try:
+            result = function(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - returned for the test to inspect
+            result = err
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _png_header_only(width: int, height: int, colour_type: int = 2) -> bytes:
+    """A PNG signature, an IHDR claiming ``width x height`` and an empty image: a few dozen bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_png_claiming_more_pixels_than_the_limit_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(20000, 20000))
+    error, peak = _peak(read_image, path)
+    assert isinstance(error, DecodeLimitError), error
+    assert "20000 x 20000 x 3 band(s) = 1,200,000,000 values, over the limit of 268,435,456" in str(error)
+    assert "MEDMOE_MAX_PIXELS" in str(error) and peak < 4 * 2**20
+
+
+def test_single_colour_png_decodes_without_float64_copies(tmp_path):
+    """The 280 KB 9400 x 9400 single-colour PNG took 3.7 GB (float64 RGB); here 3000 x 3000 at a bound."""
+    path = tmp_path / "flat.png"
+    Image.new("RGB", (3000, 3000), (40, 40, 40)).save(path)
+    (image, meta), peak = _peak(read_image, path)
+    assert image.shape == (3000, 3000) and image.dtype == np.float32 and meta.original_shape == (3000, 3000)
+    # uint8 RGB (27 MB) and the float32 grey result (36 MB); float64 RGB alone was 216 MB
+    assert peak < 80 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_pixel_limit_from_environment_and_argument(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(path)
+    monkeypatch.setenv("MEDMOE_MAX_PIXELS", "5000")
+    with pytest.raises(DecodeLimitError, match=r"100 x 100 x 1 band\(s\) = 10,000 values, over the limit of 5,000"):
+        read_image(path)
+    assert read_image(path, max_pixels=20_000)[0].shape == (100, 100)
+    monkeypatch.setenv("MEDMOE_MAX_PIXELS", "lots")
+    with pytest.raises(InvalidInputError, match="MEDMOE_MAX_PIXELS='lots': expected a positive number"):
+        read_image(path)
+    with pytest.raises(InvalidInputError, match="max_pixels argument: expected a positive number"):
+        limit("MEDMOE_MAX_PIXELS", -1)
+
+
+def _deflated_multiframe(path, frames: int, rows: int, cols: int):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.NumberOfFrames = "OT", rows, cols, frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.zeros((frames, rows, cols), np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_deflated_multiframe_dicom_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """A 1 MB deflated DICOM of 8 frames of 8192 x 8192 took 4.6 GB; here 8 x 1024 x 1024 under a lower limit."""
+    path = _deflated_multiframe(tmp_path / "frames.dcm", 8, 1024, 1024)
+    assert path.stat().st_size < 100_000  # 16 MiB of pixels in a few kilobytes
+    monkeypatch.setenv("MEDMOE_MAX_PIXELS", str(4 * 2**20))
+    error, peak = _peak(read_image, path)
+    assert isinstance(error, DecodeLimitError), error
+    assert "8 frame(s) x 1024 x 1024 x 1 sample(s) = 8,388,608 values" in str(error)
+    assert peak < 12 * 2**20, f"{peak / 2**20:.0f} MiB"  # inflated in 1 MiB chunks, at most 8 MiB of header kept
+    error, _ = _peak(decode_image, path.read_bytes(), "frames.dcm")
+    assert isinstance(error, DecodeLimitError)
+    image, meta = read_image(path, max_pixels=2**24)  # within the limit it reads as before
+    assert image.shape == (1024, 1024) and meta.original_shape == (8, 1024, 1024)
+
+
+def _nifti_header_gz(shape, dtype=np.int16) -> bytes:
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    buffer = io.BytesIO()
+    header.write_to(buffer)
+    return gzip.compress(buffer.getvalue() + b"\x00" * 4)
+
+
+def test_tiny_nifti_claiming_32767_squared_by_2_is_refused_before_reading(tmp_path):
+    data = _nifti_header_gz((32767, 32767, 2))
+    path = tmp_path / "claim.nii.gz"
+    path.write_bytes(data)
+    assert len(data) < 200
+    for reader in (lambda: read_image(path), lambda: decode_image(data, "claim.nii.gz"), lambda: read_ct(path)):
+        error, peak = _peak(reader)
+        assert isinstance(error, DecodeLimitError), error
+        assert "32767 x 32767 x 2 voxels = 2,147,352,578 values, over the limit of 1,073,741,824" in str(error)
+        assert "MEDMOE_MAX_VOXELS" in str(error) and peak < 4 * 2**20
+
+
+def test_uncompressed_nifti_shorter_than_its_header_is_corrupt(tmp_path):
+    path = tmp_path / "short.nii"
+    path.write_bytes(gzip.decompress(_nifti_header_gz((512, 512, 40))))
+    with pytest.raises(Exception, match=r"truncated NIfTI file: its header announces"):
+        read_ct(path)
+
+
+def test_real_ct_sizes_pass_the_default_voxel_limit():
+    header = nib.Nifti1Header()
+    header.set_data_shape((512, 512, 2000))
+    check_nifti_size(header, "ct.nii.gz")  # 524 million voxels: a long whole-body CT
+    header.set_data_shape((2048, 2048, 300))
+    with pytest.raises(DecodeLimitError, match="MEDMOE_MAX_VOXELS"):
+        check_nifti_size(header, "big.nii.gz")
+    check_nifti_size(header, "big.nii.gz", max_voxels=2**31)
+
+
+def test_dicom_series_is_checked_from_headers_before_decoding(tmp_path, monkeypatch):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for k in range(3):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPClassUID, ds.SOPInstanceUID = pydicom.uid.CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID = "CT", "1.2.3"
+        ds.Rows = ds.Columns = 32
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, 2.0 * k]
+        ds.PixelSpacing, ds.RescaleSlope, ds.RescaleIntercept = [1, 1], 1, -1024
+        ds.PixelData = np.full((32, 32), 24 + k, np.int16).tobytes()
+        ds.save_as(folder / f"{k}.dcm", enforce_file_format=True)
+    decoded = []
+    monkeypatch.setattr("medmoe.data.volumes.pixel_array", lambda ds: decoded.append(ds) or None)
+    with pytest.raises(DecodeLimitError, match=r"3 slices of 32 x 32 = 3,072 values, over the limit of 2,000"):
+        read_dicom_series(folder, max_voxels=2000)
+    assert decoded == []
+    monkeypatch.undo()
+    volume = read_dicom_series(folder)
+    assert volume.shape == (32, 32, 3) and volume.array.dtype == np.float32
+    assert float(volume.array[0, 0, 2]) == 26 - 1024
