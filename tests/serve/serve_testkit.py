@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "seg"))
 from align_tiny import TINY  # noqa: E402
 from seg_testkit import write_dicom_series  # noqa: E402
 
+from medmoe.seg.phantoms import FOV_MM  # noqa: E402, F401  (the phantoms' field of view, for test sizes)
+
 SEG_CLASSES = ("liver", "spleen", "kidney_right", "liver_tumour")
 REPORTS = {
     "xray": ("Chest x-ray: pleural effusion at the right base.", "Chest x-ray: clear lungs, no effusion."),

@@ -295,6 +295,18 @@ def test_page_has_one_tab_per_service(services):
     assert "tab-segment" in ids and not {"tab-search", "tab-classify"} & ids
 
 
+def test_a_model_with_many_classes_offers_a_searchable_list(services, monkeypatch):
+    import gradio as gr
+
+    from medmoe.seg.classes import ClassTemplate
+    from medmoe.serve.app import build_app
+
+    names = list(ClassTemplate.default().names)
+    monkeypatch.setattr(services, "seg_classes", lambda: names)
+    chooser = [b for b in build_app(services).blocks.values() if b.elem_id == "segment-classes"][0]
+    assert isinstance(chooser, gr.Dropdown) and chooser.multiselect and len(chooser.choices) == len(names) > 24
+
+
 # ---------------------------------------------------------------------------------------------- the command
 def test_serve_checks_its_arguments_before_loading(services, tmp_path, capsys):
     seg_dir = services.seg_model.save_pretrained(tmp_path / "mome")

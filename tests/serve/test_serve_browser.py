@@ -22,8 +22,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from serve_testkit import (
+    FOV_MM,
     always_finding_seg_model,
     corrupt_png,
     phantom_nifti,
@@ -37,7 +40,6 @@ CHROMIUM = os.environ.get("MEDMOE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("MEDMOE_CHROMEDRIVER", "/usr/bin/chromedriver")
 STARTUP_S = 180
 ACTION_S = 150
-MAX_CT_VOXELS = 100_000  # the 8 mm phantom has 25,920 voxels, the 4 mm one 207,360
 
 
 def require_browser() -> None:
@@ -81,8 +83,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
                else always_finding_seg_model().save_pretrained(root / "mome"))
     image = Path(os.environ.get("MEDMOE_SERVE_IMAGE") or sorted(manifest.parent.rglob("*.png"))[-1])
     ct = Path(os.environ.get("MEDMOE_SERVE_CT") or phantom_nifti(root / "abdomen.nii.gz"))
+    # the server accepts CTs up to the test CT's size; the "too large" CT is a phantom with 1.5x more voxels
+    max_voxels = int(np.prod(nib.load(ct).shape[:3]))
+    fov_voxels = np.prod(FOV_MM)
+    big_ct = phantom_nifti(root / "big_ct.nii.gz", spacing=float((fov_voxels / (1.5 * max_voxels)) ** (1 / 3)))
+    assert np.prod(nib.load(big_ct).shape) > max_voxels
     return {"model": model_dir, "seg_model": seg_dir, "index": index, "image": image, "ct": ct,
-            "big_ct": phantom_nifti(root / "big_ct.nii.gz", spacing=4.0),
+            "max_ct_voxels": max_voxels, "big_ct": big_ct,
             "broken": corrupt_png(root / "broken.png"), "log": root / "server.log"}
 
 
@@ -92,7 +99,7 @@ def server(files):
     port = free_port()
     cmd = [sys.executable, "-m", "medmoe", "serve", "--model", str(files["model"]), "--seg-model",
            str(files["seg_model"]), "--index", str(files["index"]), "--port", str(port), "--device", "cpu",
-           "--max-ct-voxels", str(MAX_CT_VOXELS)]
+           "--max-ct-voxels", str(files["max_ct_voxels"])]
     log = open(files["log"], "w")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -172,7 +179,7 @@ def upload(driver, component: str, path: Path) -> None:
     if clear:
         clear[0].click()
     wait(driver, 30).until(lambda d: css(d, f"#{component} input[type=file]"))
-    css(driver, f"#{component} input[type=file]")[0].send_keys(str(path))
+    css(driver, f"#{component} input[type=file]")[0].send_keys(str(path.resolve()))
     wait(driver, 60).until(lambda d: css(d, f"#{component} td.filename[aria-label='{path.name}']"))
 
 
@@ -254,13 +261,16 @@ def test_a_ct_upload_shows_an_overlay_across_slices_and_the_mask_to_download(bro
     chosen = [box.find_element("xpath", "..").text
               for box in css(browser, "#segment-classes input[type=checkbox]") if box.is_selected()]
     assert chosen, "no class is ticked by default"
+    extra = css(browser, "#segment-extra textarea, #segment-extra input")[0]
+    extra.clear()
+    extra.send_keys("liver")  # typed classes join the ticked ones (a repeat is segmented once)
     browser.find_element("id", "segment-button").click()
     text = wait_for_status(browser, "segment", "class(es) found")
     assert_no_error(browser, "segment")
     assert "axial slices" in text
     wait(browser, 30).until(lambda d: loaded_images(d, "#segment-overlay img") == 1)
     legend = browser.find_element("id", "segment-legend").text
-    assert legend and all(name in legend for name in chosen), (legend, chosen)
+    assert legend and all(name in legend for name in [*chosen, "liver"]), (legend, chosen)
     # the slider moves through the slices: another slice, another picture
     before = css(browser, "#segment-overlay img")[0].get_attribute("src")
     number = css(browser, "#segment-slice input[type=number]")[0]

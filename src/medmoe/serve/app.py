@@ -23,6 +23,7 @@ from medmoe.serve.services import Services  # noqa: E402
 logger = logging.getLogger(__name__)
 
 TITLE = "medmoe"
+MAX_CHECKBOXES = 24
 CSS = """
 #search-status, #classify-status, #segment-status { min-height: 1.5em; }
 .medmoe-error { color: #b91c1c; font-weight: 600; }
@@ -141,7 +142,11 @@ def _segment_tab(services: Services) -> None:
             with gr.Column(scale=1):
                 upload = gr.File(label="CT (.nii, .nii.gz, .zip of a DICOM series)", type="filepath",
                                  elem_id="segment-upload")
-                chosen = gr.CheckboxGroup(classes, value=classes[:4], label="classes", elem_id="segment-classes")
+                if len(classes) <= MAX_CHECKBOXES:
+                    chosen = gr.CheckboxGroup(classes, value=classes[:4], label="classes", elem_id="segment-classes")
+                else:  # a model that records no trained classes offers the whole template: a searchable list
+                    chosen = gr.Dropdown(classes, value=classes[:4], multiselect=True, label="classes",
+                                         elem_id="segment-classes")
                 extra = gr.Textbox(label="more classes (comma-separated names; synonyms resolve)",
                                    elem_id="segment-extra")
                 fast = gr.Checkbox(label="fast (half resolution, coarser masks)", value=False, elem_id="segment-fast")
