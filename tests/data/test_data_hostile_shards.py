@@ -148,3 +148,15 @@ def test_wds_import_rows_point_to_their_own_images(tmp_path):
         pixels = np.asarray(Image.open(row.image))
         assert int(pixels[0, 0]) == expected[(row.split, row.extra["key"])], row
     assert {row.split for row in result.rows} == {"train", "val"}
+
+
+def test_wds_import_never_writes_two_samples_to_one_file_across_shards(tmp_path):
+    """Finding 1, the remaining case: shard `train.tar` with key `shard-000000/a` and shard
+    `train/shard-000000.tar` with key `a` both map to `train/shard-000000/a.png`."""
+    root = tmp_path / "shards"
+    _shard(root / "train.tar", _good("shard-000000/a", 50))
+    _shard(root / "train" / "shard-000000.tar", _good("a", 60))
+    result = import_source("wds", root, extract_dir=tmp_path / "out")
+    assert len(result.rows) == 1 and len(result.skipped["output path taken by another shard's sample"]) == 1
+    row = result.rows[0]
+    assert int(np.asarray(Image.open(row.image))[0, 0]) == {"shard-000000/a": 50, "a": 60}[row.extra["key"]]

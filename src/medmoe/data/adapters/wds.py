@@ -64,6 +64,7 @@ def import_wds(
     base = root.parent if root.is_file() else root
     out = Path(extract_dir)
     result = ImportResult(NAME)
+    written: set[Path] = set()  # one file per sample across shards (train.tar#x/a and train/x.tar#a meet)
     for shard in tqdm(shards, desc=NAME, unit="shard", disable=not progress):
         shard_split = _split_from_path(shard, base)
         target = out / shard.relative_to(base).with_suffix("")
@@ -97,6 +98,10 @@ def import_wds(
             if not labels and "cls" in members:
                 labels = [members["cls"].decode("utf-8", errors="replace").strip()]
             image = target.joinpath(*parts[:-1], f"{parts[-1]}.{ext}")
+            if image in written:
+                result.skip("output path taken by another shard's sample", f"{shard}#{key} -> {image}")
+                continue
+            written.add(image)
             image.parent.mkdir(parents=True, exist_ok=True)
             image.write_bytes(members[ext])
             result.rows.append(
