@@ -273,6 +273,7 @@ def test_handlers_turn_errors_into_messages_and_clear_outputs(services, tmp_path
     assert gallery == [] and "type what to search for" in status
     good = app._classify_handler(services)(str(png(tmp_path / "ok.png")), "xray, ct", "")
     assert good[0] and "routed to" in good[-1]
+    assert app._render_slice(None, 3) is None  # the viewer before any segmentation
 
 
 @pytest.mark.filterwarnings("ignore:.*:UserWarning")
@@ -318,6 +319,8 @@ def test_serve_checks_its_arguments_before_loading(services, tmp_path, capsys):
     assert "--index needs --model" in capsys.readouterr().err
     assert main(["serve", "--seg-model", str(tmp_path / "missing")]) == 1
     assert "not a directory" in capsys.readouterr().err
+    assert main(["serve", "--seg-model", str(seg_dir), "--port", "70000"]) == 1
+    assert "--port 70000: expected 1 to 65535" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "--seg-model", str(seg_dir), "--max-upload-mb", "0"])
 

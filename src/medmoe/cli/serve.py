@@ -71,8 +71,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from medmoe.errors import InvalidInputError
     from medmoe.serve.uploads import UploadLimits
 
-    if not 0 <= args.port <= 65535:
-        raise InvalidInputError(f"--port {args.port}: expected 0 to 65535")
+    if not 1 <= args.port <= 65535:
+        raise InvalidInputError(f"--port {args.port}: expected 1 to 65535")
     limits = UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_ct_voxels=args.max_ct_voxels)
     from medmoe.serve.services import load_services
 

@@ -82,9 +82,13 @@ def _segment_handler(services: Services):
 
 
 def _render_slice(view, z):
-    if view is None:
+    if view is None:  # nothing segmented yet, or the session's result expired
         return None
-    return view.render(int(z))
+    try:
+        return view.render(int(z))
+    except Exception as err:  # noqa: BLE001
+        failure("draw the slice", err)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- tabs
@@ -167,7 +171,8 @@ def _segment_tab(services: Services) -> None:
 
 def build_app(services: Services) -> gr.Blocks:
     """The page: a header naming what is loaded, then the tabs the services support."""
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+    style = {} if "css" in _launch_parameters() else {"css": CSS}  # Gradio 5 styles the Blocks, 6 the launch
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600), **style) as app:
         loaded = [what for what, ok in (("search", services.can_search), ("classification", services.can_classify),
                                         ("segmentation", services.can_segment)) if ok]
         gr.Markdown(f"## medmoe\n{', '.join(loaded).capitalize()} on `{services.device}`. Uploads stay on this "
@@ -186,6 +191,15 @@ def launch(services: Services, *, host: str = "127.0.0.1", port: int = 7860, blo
     """Build the page and serve it on ``host:port`` (queue of one job at a time per model)."""
     app = build_app(services)
     app.queue(default_concurrency_limit=1)
+    optional = {"css": CSS, "footer_links": [], "ssr_mode": False}  # not every supported Gradio has each
+    accepted = _launch_parameters()
     return app.launch(server_name=host, server_port=port, max_file_size=services.limits.max_bytes,
-                      allowed_paths=[str(services.workdir)], show_error=False, ssr_mode=False, inbrowser=False,
-                      prevent_thread_lock=not block, css=CSS, footer_links=[], quiet=False)
+                      allowed_paths=[str(services.workdir)], show_error=False, inbrowser=False,
+                      prevent_thread_lock=not block, quiet=False,
+                      **{k: v for k, v in optional.items() if k in accepted})
+
+
+def _launch_parameters() -> set[str]:
+    import inspect
+
+    return set(inspect.signature(gr.Blocks.launch).parameters)
