@@ -126,7 +126,7 @@ def test_medmoe_manifest_records_graphs_shapes_opset_and_parity(medmoe_model, me
     assert (out / "tokenizer" / "tokenizer.json").is_file()
 
 
-def test_mome_cli_writes_the_graph_and_a_manifest(mome_export, capsys):
+def test_mome_cli_writes_the_graph_and_a_manifest(mome_export):
     _, _, out, code = mome_export
     assert code == 0
     manifest = json.loads((out / "export.json").read_text())
@@ -225,3 +225,5 @@ def test_failed_parity_is_an_error_and_overwrite_replaces(monkeypatch, mome_expo
         export_onnx(medmoe.load_model(saved), out, overwrite=True)
     with pytest.raises(InvalidInputError, match="would overwrite"):
         export_onnx(medmoe.load_model(saved), out)
+    with pytest.raises(InvalidInputError, match="expected a MedMoE or MoME"):
+        export_onnx(nn.Linear(2, 2), tmp_path / "linear")

@@ -147,14 +147,16 @@ def _pool_translations() -> dict[Any, Callable]:
     return {torch.ops.aten._adaptive_avg_pool3d.default: adaptive_avg_pool3d}
 
 
+def _family(model: nn.Module) -> str:
+    model_type = getattr(model, "model_type", None)
+    if model_type not in ("medmoe", "mome"):
+        raise InvalidInputError(f"cannot export a {type(model).__name__}: expected a MedMoE or MoME model")
+    return model_type
+
+
 def model_graphs(model: nn.Module, *, seed: int = 0) -> list[Graph]:
     """The graphs ``export_onnx`` writes for ``model`` (a MedMoE or a MoME)."""
-    model_type = getattr(model, "model_type", None)
-    if model_type == "medmoe":
-        return _medmoe_graphs(model, seed)
-    if model_type == "mome":
-        return _mome_graphs(model, seed)
-    raise InvalidInputError(f"cannot export a {type(model).__name__}: expected a MedMoE or MoME model")
+    return _medmoe_graphs(model, seed) if _family(model) == "medmoe" else _mome_graphs(model, seed)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -259,8 +261,9 @@ def _config_hash(model: nn.Module) -> tuple[dict[str, Any], str]:
 def planned_paths(model: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
     """Every path ``export_onnx`` writes in ``out_dir`` for ``model``."""
     out = Path(out_dir)
-    names = [f"{g}.onnx" for g in (("image_encoder", "text_encoder") if model.model_type == "medmoe" else ("mome",))]
-    extra = ["tokenizer"] if model.model_type == "medmoe" else ["class_embeddings.npz"]
+    medmoe = _family(model) == "medmoe"
+    names = [f"{g}.onnx" for g in (("image_encoder", "text_encoder") if medmoe else ("mome",))]
+    extra = ["tokenizer"] if medmoe else ["class_embeddings.npz"]
     paths = [out / n for n in names] + [out / f"{n}.data" for n in names] + [out / e for e in extra]
     return [*paths, out / MANIFEST]
 
