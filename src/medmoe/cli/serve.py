@@ -85,8 +85,16 @@ def run_serve(args: argparse.Namespace) -> int:
     for noisy in ("httpx", "faiss.loader"):  # one line per request / library probe at the default level
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `kill` stops the page like Ctrl-C does
     try:
         launch(services, host=args.host, port=args.port)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         services.close()
     return 0
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(0)
