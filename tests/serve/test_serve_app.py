@@ -129,6 +129,7 @@ def test_search_shows_thumbnails_best_first_with_reports(services, gallery):
     assert picture.dtype == np.uint8 and picture.ndim == 3 and max(picture.shape[:2]) == 256
     assert picture.std() > 5  # the image itself, not a placeholder
     assert caption.startswith("#1 ") and result.rows[0][3][:20] in caption
+    assert f"  {result.rows[0][1]:.3f}  " in caption  # the table shows the caption's score
     assert "5 image(s) for \u201cpleural effusion\u201d" == result.message("pleural effusion")
 
 

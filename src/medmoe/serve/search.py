@@ -27,7 +27,7 @@ class SearchResult:
 
     Attributes:
         thumbnails: ``(picture (H, W, 3) uint8, caption)`` per hit, best first.
-        rows: ``[rank, score, id, report]`` per hit (the results table).
+        rows: ``[rank, score (3 decimals, as in the caption), id, report]`` per hit (the results table).
         unreadable: ids of hits whose image could not be read (shown as grey squares).
     """
 
@@ -123,5 +123,5 @@ def search_images(model: nn.Module, index, query: str, k: int = 12, *, root: Pat
             picture = placeholder(side)
             unreadable.append(str(hit.id))
         thumbnails.append((picture, caption(hit.rank, hit.score, hit.report)))
-        rows.append([int(hit.rank), round(float(hit.score), 4), str(hit.id), str(hit.report)])
+        rows.append([int(hit.rank), round(float(hit.score), 3), str(hit.id), str(hit.report)])
     return SearchResult(thumbnails, rows, unreadable)
