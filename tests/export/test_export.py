@@ -10,6 +10,7 @@ import hashlib
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -21,6 +22,7 @@ from medmoe.config import config_to_dict
 from medmoe.errors import InvalidInputError
 from medmoe.export import ExportParityError, check_parity, export_onnx
 from medmoe.export import onnx as export_module
+from medmoe.export.graphs import RoutedImageEncoder
 from medmoe.export.onnx import Case, Graph
 
 pytestmark = pytest.mark.timeout(900)
@@ -123,6 +125,8 @@ def test_medmoe_manifest_records_graphs_shapes_opset_and_parity(medmoe_model, me
         assert graph["exporter"] == "dynamo" and graph["opset"] >= 18
         assert graph["parity"]["ok"] and max(graph["parity"]["max_abs_diff"].values()) <= 1e-4
     assert image["parity"]["routing_identical"] is True
+    ops = [node.op_type for node in onnx.load(out / "image_encoder.onnx", load_external_data=False).graph.node]
+    assert ops.count("If") == 3 and ops.count("ArgMax") == 1 and ops.count("GatherElements") == 1  # K experts
     assert (out / "tokenizer" / "tokenizer.json").is_file()
 
 
@@ -227,3 +231,31 @@ def test_failed_parity_is_an_error_and_overwrite_replaces(monkeypatch, mome_expo
         export_onnx(medmoe.load_model(saved), out)
     with pytest.raises(InvalidInputError, match="expected a MedMoE or MoME"):
         export_onnx(nn.Linear(2, 2), tmp_path / "linear")
+
+
+def test_branch_free_image_encoder_equals_the_branching_one(medmoe_model):
+    """The form the TorchScript fallback traces (every expert runs) gives the same outputs bit for bit."""
+    images = _mixed_batch(medmoe_model)
+    with torch.no_grad():
+        branching = RoutedImageEncoder(medmoe_model).eval()(images)
+        every = RoutedImageEncoder(medmoe_model, branches=False).eval()(images)
+    for a, b in zip(branching, every):
+        assert torch.equal(a, b)
+
+
+def test_torchscript_fallback_is_used_and_recorded_when_dynamo_fails(monkeypatch, mome_export, tmp_path):
+    _, saved, _, _ = mome_export
+    real = torch.onnx.export
+    x = torch.rand(2, 4)
+
+    def no_dynamo(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("no dynamo today")
+        return real(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    monkeypatch.setattr(export_module, "model_graphs", lambda model, seed=0: [
+        Graph("mome", _Scale().eval(), (x,), ["x"], ["y"], {"x": {0: "batch"}}, [Case((x[:1],), lambda: [x[:1] * 2])])])
+    graph = export_onnx(medmoe.load_model(saved), tmp_path / "ts")["graphs"]["mome"]
+    assert graph["exporter"] == "torchscript" and "no dynamo today" in graph["dynamo_error"]
+    assert graph["parity"]["ok"] and graph["inputs"][0]["shape"] == ["batch", 4]

@@ -17,11 +17,18 @@ from torch import Tensor, nn
 class RoutedImageEncoder(nn.Module):
     """MedMoE's image side routed by the image router, as :meth:`MedMoE.image_features` computes it.
 
-    The route is data-dependent (each image picks its expert), so every expert runs on the whole batch and
-    each sample's output is gathered from the expert its router picked (argmax of the probabilities, the
-    first one on a tie, as ``torch.max`` and ONNX ``ArgMax`` both do). The graph is static and the result
-    exact: the gather copies the chosen expert's output and nothing else contributes. The price is K expert
-    passes instead of one; the backbone runs once.
+    The route is data-dependent (each image picks its expert). In the graph each expert sits in a
+    ``torch.cond`` (ONNX ``If``) that runs it on the whole batch when at least one image chose it and yields
+    zeros otherwise; each image's output is then gathered from the expert its router chose (argmax of the
+    probabilities, the first one on a tie, as ``torch.max`` and ONNX ``ArgMax`` both do). The result is exact:
+    the gather copies the chosen expert's output and nothing else contributes. A batch of one runs one
+    expert, like the model; a batch that uses m experts runs m experts on all its images (the model's sparse
+    dispatch runs each on its own images only).
+
+    Args:
+        model: a MedMoE.
+        branches: False: run every expert unconditionally (no ``If``; for tracers that cannot keep a
+            data-dependent branch, such as the TorchScript exporter, which would freeze one side of it).
 
     Shapes:
         images: (B, 3, H, W) float32, normalised with ImageNet mean / std (``medmoe.data.ImageTransform``
@@ -29,19 +36,36 @@ class RoutedImageEncoder(nn.Module):
         -> ``image_embeds`` (B, E) L2-normalised, ``router_probs`` (B, K) float32, ``expert_index`` (B,) int64.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, branches: bool = True) -> None:
         super().__init__()
+        self.branches = branches
         self.backbone = model.backbone
         self.router = model.routing.image_router
         self.experts = model.moe.experts
         self.image_proj = model.image_proj
         self.gate = model.config.gate
+        self.local_dim = model.config.local_dim
+
+    def _expert_if_chosen(self, e: int, chosen: Tensor, features: tuple[Tensor, ...]) -> Tensor:
+        """Expert ``e`` on the whole batch if ``chosen`` (a bool scalar), else zeros of its output's shape."""
+        expert = self.experts[e]
+
+        def run(*levels: Tensor) -> Tensor:
+            return expert(list(levels))
+
+        def skip(*levels: Tensor) -> Tensor:
+            first = levels[0]
+            return first.new_zeros(first.shape[0], self.local_dim, first.shape[2], first.shape[3])
+
+        return torch.cond(chosen, run, skip, features) if self.branches else run(*features)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pyramid = self.backbone(images)
         probs = self.router.net(pyramid.pooled).float().softmax(dim=-1)  # as select_experts: fp32 softmax
         top, index = probs.max(dim=-1)
-        outputs = torch.stack([expert(pyramid.features) for expert in self.experts], dim=1)  # (B, K, D, h, w)
+        features = tuple(pyramid.features)
+        outputs = torch.stack([self._expert_if_chosen(e, (index == e).any(), features)
+                               for e in range(len(self.experts))], dim=1)  # (B, K, D, h, w)
         b, _, d, h, w = outputs.shape
         local = outputs.gather(1, index.view(b, 1, 1, 1, 1).expand(b, 1, d, h, w)).squeeze(1)
         if self.gate == "probability":  # straight_through gates are exactly 1 in the forward
