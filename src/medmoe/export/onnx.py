@@ -177,8 +177,10 @@ def _trace(graph: Graph, path: Path, opset: int | None) -> tuple[str, str | None
         log.warning("%s: the dynamo exporter failed (%s); trying the TorchScript exporter", graph.name, reason)
     if getattr(graph.module, "branches", False):
         graph.module.branches = False  # tracing would keep one side of each If: run every expert instead
-    torch.onnx.export(graph.module, graph.example, str(path), dynamo=False, opset_version=opset or 18,
-                      input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=graph.dynamic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": the warning above says why
+        torch.onnx.export(graph.module, graph.example, str(path), dynamo=False, opset_version=opset or 18,
+                          input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=graph.dynamic)
     return "torchscript", reason
 
 
