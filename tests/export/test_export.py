@@ -223,7 +223,9 @@ def test_failed_parity_is_an_error_and_overwrite_replaces(monkeypatch, mome_expo
     assert "parity" not in json.loads((out / "export.json").read_text())["graphs"]["mome"]
     monkeypatch.setattr(export_module, "model_graphs", lambda model, seed=0: graphs(model, seed, wrong=False))
     assert main(["export", "--model", str(saved), "--out", str(out), "--overwrite"]) == 0
-    assert json.loads((out / "export.json").read_text())["graphs"]["mome"]["parity"]["ok"] is True
+    written = json.loads((out / "export.json").read_text())
+    assert written["graphs"]["mome"]["parity"]["ok"] is True
+    assert written["roi_size"] == [32, 32, 32] and len(written["spacing"]) == 3 and len(written["hu_window"]) == 2
     with pytest.raises(ExportParityError):
         monkeypatch.setattr(export_module, "model_graphs", graphs)
         export_onnx(medmoe.load_model(saved), out, overwrite=True)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -302,8 +303,6 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | Non
                                 "pass --overwrite (overwrite=True) to replace them")
     for p in existing:
         if p.is_dir():
-            import shutil
-
             shutil.rmtree(p)
         else:
             p.unlink()
@@ -317,6 +316,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | Non
     failed = []
     for graph in model_graphs(model, seed=seed):
         path = out / f"{graph.name}.onnx"
+        log.info("%s: tracing (the dynamo exporter takes a minute or more)", path.name)
         start = time.perf_counter()
         with torch.no_grad(), eager_attention(graph.module), _quiet_exporter():
             exporter, reason = _trace(graph, path, opset)
@@ -332,7 +332,8 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | Non
             entry["parity"] = check_parity(graph, path, atol=atol)
             if not entry["parity"]["ok"]:
                 failed.append(graph.name)
-        log.info("%s: %s in %.1f s (%s)", path.name, exporter, seconds, entry.get("parity", "not checked"))
+        log.info("%s: %s exporter, %.1f s; parity %s", path.name, exporter, seconds,
+                 entry["parity"]["max_abs_diff"] if check else "not checked")
         manifest["graphs"][graph.name] = entry
     manifest.update(_assets(model, out))
     text = json.dumps(manifest, indent=2) + "\n"
@@ -356,7 +357,8 @@ def _assets(model: nn.Module, out: Path) -> dict[str, Any]:
     with torch.no_grad():
         table = model.embed_prompts(names).cpu().numpy()
     np.savez(out / "class_embeddings.npz", names=np.array(names), embeddings=table)
-    return {"class_embeddings": "class_embeddings.npz", "roi_size": list(model.config.roi_size)}
+    return {"class_embeddings": "class_embeddings.npz", "roi_size": list(model.config.roi_size),
+            "spacing": list(model.config.spacing), "hu_window": list(model.config.hu_window)}
 
 
 def _versions(check: bool) -> dict[str, str]:
