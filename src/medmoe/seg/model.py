@@ -112,9 +112,10 @@ class MoME(nn.Module, PretrainedMixin):
                                   config.head_hidden, config.text_proj_dim)
         # voxels per chunk of the per-voxel stage on one CPU thread, as elements of a (B, K, C, chunk) tensor: the
         # chunk's per-class tensors stay in cache (None: the whole patch at once, as on accelerators). With more
-        # threads chunks are 16x larger: every multi-threaded op waits for its slowest thread, so many small ops
-        # lose most on a shared machine (what MoME adds to the SwinUNETR, 2 threads on a loaded 2-core machine,
-        # 96^3, K = 13, F = 24: 2^19-element chunks 8-14 s, 2^23 3.1-3.6 s, the whole patch 3.7-3.9 s; one
+        # threads chunks are 4x larger: every multi-threaded op waits for its slowest thread, so many small ops
+        # lose on a shared machine, while very large chunks leave the cache (MoME / SwinUNETR forward, 96^3,
+        # K = 13, F = 24, 2 threads on a quiet 2-core machine: 2^19-element chunks 1.11, 2^21 1.11, 2^23 1.19;
+        # on a loaded machine, what MoME adds: 2^19 8-14 s, 2^23 3.1-3.6 s, the whole patch 3.7-3.9 s; one
         # thread: 1.4, 2.2, 2.6-2.9 s).
         self.cpu_chunk_elements: int | None = 1 << 19
         self.class_names: tuple[str, ...] = tuple(classes)
@@ -296,7 +297,7 @@ class MoME(nn.Module, PretrainedMixin):
         (b, c, n_voxels), k = experts[0].shape, text.shape[0]
         step = n_voxels
         if volume.device.type == "cpu" and self.cpu_chunk_elements:
-            elements = self.cpu_chunk_elements * (1 if torch.get_num_threads() == 1 else 16)
+            elements = self.cpu_chunk_elements * (1 if torch.get_num_threads() == 1 else 4)
             step = max(1, elements // (b * k * c))
         # router, fusion and heads are per voxel: run them on chunks of voxels, never holding (B, K, C, X)
         logits, gates, gate_sum = [], [], 0
