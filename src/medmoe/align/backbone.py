@@ -18,6 +18,7 @@ from transformers.models.swin.modeling_swin import SwinStage
 
 from medmoe.align.config import BackboneConfig
 from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.weights.files import read_state_dict
 from medmoe.weights.report import LoadReport
 
 log = logging.getLogger(__name__)
@@ -219,22 +220,6 @@ def medclip_key(key: str) -> str | None:
     return None
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure means the file is not a usable checkpoint
-        raise CorruptFileError(f"{path}: cannot read backbone weights ({err})") from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CorruptFileError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
 def load_backbone_weights(net: SwinPyramid, source: str) -> LoadReport:
     """Load Swin weights from a local HF directory or a (MedCLIP-style) checkpoint file.
 
@@ -256,7 +241,7 @@ def load_backbone_weights(net: SwinPyramid, source: str) -> LoadReport:
         path = found[0]
     elif not path.is_file():
         raise InvalidInputError(f"backbone weights {source!r}: no such file or directory (hub names are not fetched)")
-    raw = _read_state_dict(path)
+    raw = read_state_dict(path, "backbone weights")
     state = remap_medclip_state_dict(raw)
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
