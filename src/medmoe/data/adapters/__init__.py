@@ -13,11 +13,16 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from medmoe.data.adapters.busi import import_busi
 from medmoe.data.adapters.chexpert5x200 import import_chexpert5x200
 from medmoe.data.adapters.common import ImportResult, hash_split
 from medmoe.data.adapters.iu_xray import import_iu_xray
+from medmoe.data.adapters.medmnist_organ import import_organamnist, import_organcmnist, import_organsmnist
 from medmoe.data.adapters.mimic_cxr import import_mimic_cxr
+from medmoe.data.adapters.mrnet import import_mrnet_acl, import_mrnet_meniscus
 from medmoe.data.adapters.roco import import_roco
+from medmoe.data.adapters.rsna_pneumonia import import_rsna_pneumonia
+from medmoe.data.adapters.thyroid_us import import_thyroid_us
 from medmoe.data.adapters.wds import import_wds
 from medmoe.errors import InvalidInputError
 
@@ -27,17 +32,34 @@ SOURCES: dict[str, Callable[..., ImportResult]] = {
     "iu-xray": import_iu_xray,
     "roco": import_roco,
     "wds": import_wds,
+    # labelled test sets of the papers' zero-shot and linear-probe protocols (medmoe.align.suites)
+    "rsna-pneumonia": import_rsna_pneumonia,
+    "thyroid-us": import_thyroid_us,
+    "busi": import_busi,
+    "mrnet-acl": import_mrnet_acl,
+    "mrnet-meniscus": import_mrnet_meniscus,
+    "organamnist": import_organamnist,
+    "organcmnist": import_organcmnist,
+    "organsmnist": import_organsmnist,
 }
 
 __all__ = [
     "SOURCES",
     "ImportResult",
     "hash_split",
+    "import_busi",
     "import_chexpert5x200",
     "import_iu_xray",
     "import_mimic_cxr",
+    "import_mrnet_acl",
+    "import_mrnet_meniscus",
+    "import_organamnist",
+    "import_organcmnist",
+    "import_organsmnist",
     "import_roco",
+    "import_rsna_pneumonia",
     "import_source",
+    "import_thyroid_us",
     "import_wds",
 ]
 
