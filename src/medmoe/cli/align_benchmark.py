@@ -1,0 +1,111 @@
+"""`medmoe align benchmark`: the MedMoE paper's zero-shot (Table 1) and linear-probe (Table 2) protocols."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_benchmark_command(group: argparse._SubParsersAction) -> None:
+    """Register ``benchmark`` on the ``medmoe align`` sub-parsers."""
+    from medmoe.align.suites.sets import EVAL_SETS, PROBE_SETS
+
+    bench = group.add_parser(
+        "benchmark", help="the paper's zero-shot / linear-probe protocols on public test sets, next to its numbers",
+        description="Run the MedMoE paper's evaluation protocols on the public test sets found under --root "
+                    "(one folder per set, in its public layout; see docs/protocols.md) and print the paper's "
+                    "rows (MedMoE, arXiv 2506.08356, Table 1 / Table 2) next to the model's. zeroshot: top-1 "
+                    "accuracy with prompt ensembles on the nine sets of Table 1 and their mean; probe: "
+                    "logistic regression on frozen image embeddings at 1 / 10 / 100 %% of the training labels on "
+                    "the sets of Table 2. Missing sets are listed, not fatal.")
+    bench.add_argument("--suite", choices=("zeroshot", "probe"), required=True, help="which protocol")
+    bench.add_argument("--root", required=True, metavar="DIR", help="folder holding one folder per test set")
+    bench.add_argument("--model", required=True,
+                       help="saved model folder, or a registered name (untrained weights: a smoke test)")
+    bench.add_argument("--sets", default=None, metavar="A,B",
+                       help=f"comma-separated subset of {', '.join(EVAL_SETS)} (default: the suite's sets; "
+                            f"probe: {', '.join(PROBE_SETS)})")
+    bench.add_argument("--out", default=None, metavar="JSON", help="write the results (and the paper's values) here")
+    bench.add_argument("--cache-dir", default=None, metavar="DIR",
+                       help="where MRNet slices and MedMNIST images are written as PNGs (default: a .medmoe-png "
+                            "folder inside each set's folder)")
+    bench.add_argument("--seeds", default="0,1,2", metavar="S,S",
+                       help="probe: seeds of the 1 %% / 10 %% subsamples, averaged (default 0,1,2)")
+    bench.add_argument("--max-items", type=int, default=None, metavar="N",
+                       help="at most N evenly spaced images per set and split (quick checks; not the protocol)")
+    bench.add_argument("--batch-size", type=int, default=32, help="images a batch (default 32)")
+    bench.add_argument("--device", default="auto", help="auto (a GPU when present, default), cpu, cuda or cuda:N")
+    bench.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(func=run_benchmark)
+
+
+def load_benchmark_model(name_or_dir: str, device: str):
+    """A model from a saved folder (:func:`medmoe.load_model`) or a registered name (:func:`medmoe.create_model`).
+
+    Raises:
+        InvalidInputError: ``name_or_dir`` is a file, not a folder or a name.
+    """
+    from pathlib import Path
+
+    import medmoe
+    from medmoe.errors import InvalidInputError
+
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return medmoe.load_model(path, device=device, family="medmoe")
+    if path.exists():
+        raise InvalidInputError(f"--model {name_or_dir}: is a file; expected a saved model folder or a registered name")
+    return medmoe.create_model(name_or_dir).to(device).eval()
+
+
+def _seeds(text: str) -> list[int]:
+    from medmoe.errors import InvalidInputError
+
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise InvalidInputError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2")
+    return seeds
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from medmoe.align.suites import (
+        format_probe_table,
+        format_zeroshot_table,
+        run_probe_suite,
+        run_zeroshot_suite,
+        select_sets,
+        write_suite_json,
+    )
+    from medmoe.cli.paths import check_output_file
+    from medmoe.devices import resolve_device
+    from medmoe.errors import InvalidInputError
+
+    if args.batch_size < 1 or args.workers < 0 or (args.max_items is not None and args.max_items < 1):
+        raise InvalidInputError("--batch-size and --max-items must be positive and --workers non-negative")
+    seeds = _seeds(args.seeds)
+    if args.sets is not None:
+        select_sets(args.sets, ())  # unknown names fail before the model loads
+    out = check_output_file(args.out) if args.out else None
+    device = resolve_device(args.device)
+    model = load_benchmark_model(args.model, str(device))
+    options = {"batch_size": args.batch_size, "device": str(device), "workers": args.workers,
+               "progress": not args.no_progress, "cache_dir": args.cache_dir, "max_items": args.max_items}
+    if args.suite == "zeroshot":
+        result = run_zeroshot_suite(model, args.root, args.sets, **options)
+        print(format_zeroshot_table(result, label=_label(args.model)))
+    else:
+        result = run_probe_suite(model, args.root, args.sets, seeds=seeds, **options)
+        print(format_probe_table(result, label=_label(args.model)))
+    if out is not None:
+        write_suite_json(result, out, model=args.model, max_items=args.max_items)
+        print(f"results: {out}")
+    return 0
+
+
+def _label(model: str) -> str:
+    from pathlib import Path
+
+    return Path(model).name or model

@@ -1,0 +1,149 @@
+"""The papers' protocols end to end: zero-shot and probe suites on fake public layouts, the tables, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from align_tiny import tiny_model
+from PIL import Image
+
+from medmoe.align.probe import linear_probe
+from medmoe.align.suites import (
+    EVAL_SETS,
+    embed_rows,
+    format_probe_table,
+    format_zeroshot_table,
+    load_set,
+    run_probe_suite,
+    run_zeroshot_suite,
+    write_suite_json,
+)
+from medmoe.align.zeroshot import ZeroShotClassifier
+from medmoe.cli.align_benchmark import add_benchmark_command
+from medmoe.errors import InvalidInputError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path, format="PNG")
+
+
+def _fake_root(root):
+    """Tiny copies of three public layouts: BUSI, MedMNIST OrganAMNIST and UniMed-CLIP's thyroid folds."""
+    rng = np.random.default_rng(0)
+    for label, value in (("benign", 60), ("malignant", 190)):
+        for i in range(1, 9):
+            _png(root / "busi" / "Dataset_BUSI_with_GT" / label / f"{label} ({i}).png",
+                 np.clip(value + 30 * rng.standard_normal((40, 48)), 0, 255))
+            _png(root / "busi" / "Dataset_BUSI_with_GT" / label / f"{label} ({i})_mask.png", np.full((40, 48), 255))
+    arrays = {}
+    for split, n in (("train", 33), ("test", 11)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 11).reshape(-1, 1)
+    (root / "medmnist").mkdir(parents=True)
+    np.savez(root / "medmnist" / "organamnist.npz", **arrays)
+    for split, n in (("train", 12), ("test", 6)):
+        lines = ["image,label"]
+        for i in range(n):
+            label = ("benign", "malignant")[i % 2]
+            _png(root / "thyroid_us" / "img" / f"{split}{i}.png", np.full((32, 32), 50 + 150 * (i % 2)))
+            lines.append(f"img/{split}{i}.png,{label}")
+        (root / "thyroid_us" / f"thyroid_{split}_fold1.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model().eval()
+
+
+@pytest.fixture
+def root(tmp_path):
+    return _fake_root(tmp_path / "eval")
+
+
+def _direct_accuracy(model, spec, rows) -> float:
+    """Top-1 accuracy computed without the suite: encode the images, score them against the prompts."""
+    emb = embed_rows(model, rows, batch_size=64, progress=False)
+    with torch.no_grad():
+        classifier = ZeroShotClassifier.from_prompts(model, {c: list(p) for c, p in spec.prompts.items()})
+        predicted = classifier.logits(emb.image_embeds).argmax(dim=1).tolist()
+    return float(np.mean([spec.classes[p] == labels[0] for p, labels in zip(predicted, emb.labels)]))
+
+
+def test_zeroshot_suite_matches_a_direct_computation_and_lists_missing_sets(model, root):
+    names = ["breast-us", "ct-axial", "thyroid-us", "rsna-pneumonia"]
+    result = run_zeroshot_suite(model, root, names, batch_size=8, progress=False)
+    assert set(result["sets"]) == {"breast-us", "ct-axial", "thyroid-us"}
+    assert "rsna-pneumonia" in result["missing"] and "rsna" in result["missing"]["rsna-pneumonia"]
+    for name, entry in result["sets"].items():
+        spec = EVAL_SETS[name]
+        rows = [r for r in load_set(spec, root) if r.split == "test"]
+        assert entry["n"] == len(rows) and entry["n_unreadable"] == 0
+        assert entry["accuracy"] == pytest.approx(_direct_accuracy(model, spec, rows))
+    assert result["sets"]["ct-axial"]["n"] == 11 and result["sets"]["thyroid-us"]["n"] == 6
+    assert result["mean_accuracy"] == pytest.approx(np.mean([e["accuracy"] for e in result["sets"].values()]))
+    table = format_zeroshot_table(result, label="tiny")
+    assert "MedMoE, arXiv 2506.08356, Table 1" in table and "66.03" in table
+    tiny_row = next(line for line in table.splitlines() if line.startswith("tiny"))
+    assert f"{100 * result['sets']['ct-axial']['accuracy']:.2f}" in tiny_row
+    assert "not run: rsna-pneumonia" in table
+
+
+def test_zeroshot_suite_without_any_set_is_an_error(model, tmp_path):
+    with pytest.raises(InvalidInputError, match="none of the evaluation sets"):
+        run_zeroshot_suite(model, tmp_path, progress=False)
+    with pytest.raises(InvalidInputError, match="'ct-transverse'"):
+        run_zeroshot_suite(model, tmp_path, "ct-transverse", progress=False)
+
+
+def test_probe_suite_averages_seeds_and_fits_the_full_set_once(model, root, tmp_path):
+    result = run_probe_suite(model, root, ["ct-axial", "thyroid-us"], fractions=(0.5, 1.0), seeds=(0, 1),
+                             batch_size=16, progress=False)
+    assert set(result["sets"]) == {"ct-axial", "thyroid-us"} and result["seeds"] == [0, 1]
+    axial = result["sets"]["ct-axial"]
+    assert (axial["n_train"], axial["n_test"]) == (33, 11)
+    assert len(axial["fractions"]["50%"]["runs"]) == 2 and len(axial["fractions"]["100%"]["runs"]) == 1
+    spec = EVAL_SETS["ct-axial"]
+    rows = load_set(spec, root)
+    train = embed_rows(model, [r for r in rows if r.split == "train"], progress=False)
+    test = embed_rows(model, [r for r in rows if r.split == "test"], progress=False)
+    direct = [linear_probe(train.image_embeds.numpy(), [s[0] for s in train.labels], test.image_embeds.numpy(),
+                           [s[0] for s in test.labels], fractions=(0.5,), seed=seed)["50%"]["accuracy"]
+              for seed in (0, 1)]
+    assert axial["fractions"]["50%"]["accuracy"] == pytest.approx(np.mean(direct))
+    table = format_probe_table(result, label="tiny")
+    assert "Table 2" in table and "42.68" in table and "33 / 11" in table
+    out = write_suite_json(result, tmp_path / "probe.json", model="tiny")
+    saved = json.loads(out.read_text())
+    assert saved["paper"]["rows"]["ct-axial"]["100%"] == 76.38 and saved["model"] == "tiny"
+
+
+def test_benchmark_command(model, root, tmp_path, capsys):
+    folder = model.save_pretrained(tmp_path / "tiny")
+    parser = argparse.ArgumentParser(prog="medmoe align")
+    add_benchmark_command(parser.add_subparsers(dest="command"))
+    out = tmp_path / "zs.json"
+    args = parser.parse_args(["benchmark", "--suite", "zeroshot", "--root", str(root), "--model", str(folder),
+                              "--sets", "thyroid-us,breast-us", "--out", str(out), "--device", "cpu",
+                              "--batch-size", "8", "--no-progress"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["suite"] == "zeroshot" and set(saved["sets"]) == {"thyroid-us", "breast-us"}
+    assert saved["paper"]["citation"] == "MedMoE, arXiv 2506.08356, Table 1"
+    assert "UniMed-CLIP" in printed and f"{100 * saved['sets']['thyroid-us']['accuracy']:.2f}" in printed
+    bad = parser.parse_args(["benchmark", "--suite", "probe", "--root", str(root), "--model", str(folder),
+                             "--seeds", "a,b", "--no-progress"])
+    with pytest.raises(InvalidInputError, match="--seeds"):
+        bad.func(bad)
+    unknown = parser.parse_args(["benchmark", "--suite", "zeroshot", "--root", str(root), "--model", str(folder),
+                                 "--sets", "mnist", "--no-progress"])
+    with pytest.raises(InvalidInputError, match="'mnist'"):
+        unknown.func(unknown)
