@@ -10,6 +10,7 @@ from PIL import Image
 
 from medmoe.data.adapters import SOURCES, import_source
 from medmoe.data.adapters.busi import import_busi
+from medmoe.data.adapters.chexpert5x200 import CLASSES as CHEXPERT
 from medmoe.data.adapters.medmnist_organ import CLASSES as ORGANS
 from medmoe.data.adapters.mrnet import middle_slice
 from medmoe.data.readers import MissingFileError, read_image
@@ -230,3 +231,37 @@ def test_organ_mnist_broken_layouts(tmp_path):
     _organ_npz(tmp_path / "organamnist.npz", {"test": 3})
     with pytest.raises(InvalidInputError, match="'dev'"):
         import_source("organamnist", tmp_path, splits=("dev",))
+
+
+# ------------------------------------------------------------------ the suite finds every set under one root
+
+def _chexpert(root):
+    header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT)
+    lines = [header]
+    for i, finding in enumerate(CHEXPERT):
+        relative = f"train/patient{i:05d}/study1/view1_frontal.jpg"
+        _png(root / relative)
+        lines.append(f"CheXpert-v1.0/{relative},F,60,Frontal,AP," + ",".join(
+            "1.0" if c == finding else "0.0" for c in CHEXPERT))
+    (root / "chexpert_5x200.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_every_suite_set_is_found_under_one_root_with_its_classes(tmp_path):
+    from medmoe.align.suites import EVAL_SETS, load_set
+
+    _chexpert(tmp_path / "chexpert")
+    _rsna(tmp_path / "rsna-pneumonia", n=80)
+    _thyroid(tmp_path / "thyroid_us")
+    _busi(tmp_path / "busi", n=12)
+    _mrnet(tmp_path / "MRNet-v1.0", {"train": [(0, 0, 1), (1, 1, 0)], "valid": [(1130, 1, 1), (1131, 0, 0)]})
+    for stem in ("organamnist", "organcmnist", "organsmnist"):
+        _organ_npz(tmp_path / "medmnist" / f"{stem}.npz", {"train": 4, "val": 1, "test": 22})
+    for name, spec in EVAL_SETS.items():
+        rows = load_set(spec, tmp_path, splits=("test",))
+        assert rows and {r.split for r in rows} == {"test"}, name
+        assert {r.labels[0] for r in rows} <= set(spec.classes), name
+    assert len(load_set(EVAL_SETS["chexpert-5x200"], tmp_path, splits=("test",))) == 5
+    assert {r.labels[0] for r in load_set(EVAL_SETS["ct-axial"], tmp_path, splits=("test",))} == set(ORGANS)
+    # a zero-shot run writes the PNGs of the test images only
+    assert not (tmp_path / "medmnist" / ".medmoe-png" / "organamnist" / "train").exists()
+    assert not (tmp_path / "MRNet-v1.0" / ".medmoe-png" / "mrnet" / "train").exists()

@@ -71,6 +71,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from medmoe.align.suites import (
         format_probe_table,
         format_zeroshot_table,
@@ -88,6 +90,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     seeds = _seeds(args.seeds)
     if args.sets is not None:
         select_sets(args.sets, ())  # unknown names fail before the model loads
+    if not Path(args.root).is_dir():
+        raise InvalidInputError(f"--root {args.root}: not a folder (it holds one folder per test set)")
     out = check_output_file(args.out) if args.out else None
     device = resolve_device(args.device)
     model = load_benchmark_model(args.model, str(device))

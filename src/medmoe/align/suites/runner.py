@@ -40,9 +40,9 @@ def find_set_folder(spec: EvalSet, root: Path) -> Path | None:
     return next((root / name for name in spec.folders if (root / name).is_dir()), None)
 
 
-def load_set(spec: EvalSet, root: Path, *, cache_dir: str | os.PathLike | None = None,
-             progress: bool = False) -> list[ManifestRow]:
-    """The rows of ``spec`` under ``root`` whose one label is a class of the set.
+def load_set(spec: EvalSet, root: Path, *, splits: tuple[str, ...] = ("train", "test"),
+             cache_dir: str | os.PathLike | None = None, progress: bool = False) -> list[ManifestRow]:
+    """The rows of ``spec`` under ``root`` in ``splits`` whose one label is a class of the set.
 
     Raises:
         MedMoEError: the folder is missing (:class:`~medmoe.data.readers.MissingFileError`) or the
@@ -55,10 +55,10 @@ def load_set(spec: EvalSet, root: Path, *, cache_dir: str | os.PathLike | None =
         raise MissingFileError(f"{root}: no folder {' or '.join(spec.folders)} for {spec.name}")
     options = dict(spec.options)
     if spec.writes_pngs:
-        options["cache_dir"] = cache_dir
+        options.update(cache_dir=cache_dir, splits=splits)
     result = import_source(spec.source, folder, progress=progress, **options)
     classes = set(spec.classes)
-    return [r for r in result.rows if len(r.labels) == 1 and r.labels[0] in classes]
+    return [r for r in result.rows if r.split in splits and len(r.labels) == 1 and r.labels[0] in classes]
 
 
 def embed_rows(model: nn.Module, rows: list[ManifestRow], *, batch_size: int = 32, device: str = "cpu",
@@ -73,11 +73,13 @@ def _collect(specs: list[EvalSet], root: Path, splits: tuple[str, ...], cache_di
              ) -> tuple[dict[str, dict[str, list[ManifestRow]]], dict[str, str]]:
     """``{set: {split: rows}}`` of the sets whose every split in ``splits`` has rows, and the reasons
     the others are missing."""
+    if not root.is_dir():
+        raise InvalidInputError(f"{root}: not a folder (the benchmark root holds one folder per test set)")
     found: dict[str, dict[str, list[ManifestRow]]] = {}
     missing: dict[str, str] = {}
     for spec in specs:
         try:
-            rows = load_set(spec, root, cache_dir=cache_dir, progress=progress)
+            rows = load_set(spec, root, splits=splits, cache_dir=cache_dir, progress=progress)
         except MedMoEError as err:
             missing[spec.name] = str(err)
             log.warning("%s: not evaluated (%s)", spec.name, err)

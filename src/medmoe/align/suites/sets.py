@@ -27,7 +27,8 @@ class EvalSet:
         folders: folder names tried under the root, in order.
         prompts: class (as the adapter labels rows) -> prompt ensemble; the score columns, in order.
         options: extra keyword arguments of the adapter.
-        writes_pngs: the adapter writes PNGs of array-stored images (it takes ``cache_dir``).
+        writes_pngs: the adapter writes PNGs of array-stored images; it takes ``cache_dir`` and ``splits``
+            (so that a zero-shot run writes only the test images).
     """
 
     name: str

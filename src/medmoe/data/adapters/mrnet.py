@@ -73,6 +73,7 @@ def import_mrnet(
     *,
     task: str = "acl",
     plane: str | None = None,
+    splits: tuple[str, ...] = ("train", "test"),
     cache_dir: str | os.PathLike | None = None,
     skip_missing: bool = True,
     progress: bool = False,
@@ -83,12 +84,13 @@ def import_mrnet(
         root: the ``MRNet-v1.0`` folder.
         task: ``acl`` (classes ``normal`` / ``acl tear``) or ``meniscus`` (``normal`` / ``meniscal tear``).
         plane: ``axial``, ``coronal`` or ``sagittal`` (default: sagittal for ACL, coronal for meniscus).
+        splits: which splits to read: ``train`` (the ``train`` exams) and / or ``test`` (``valid``).
         cache_dir: where the slices are written (default ``ROOT/.medmoe-png``).
         skip_missing: leave out exams whose volume does not exist.
         progress: tqdm progress bar over the exams.
 
     Raises:
-        InvalidInputError: an unknown task or plane.
+        InvalidInputError: an unknown task, plane or split.
         MissingFileError: no ``valid-<task>.csv`` (the test labels) under ``root``.
     """
     if task not in TASKS:
@@ -96,6 +98,8 @@ def import_mrnet(
     plane = plane or DEFAULT_PLANE[task]
     if plane not in PLANES:
         raise InvalidInputError(f"MRNet plane {plane!r}: expected one of {list(PLANES)}")
+    if unknown := [s for s in splits if s not in SPLITS.values()]:
+        raise InvalidInputError(f"MRNet split(s) {unknown}: expected some of {list(SPLITS.values())}")
     root = require_dir(root, NAME)
     if not (root / f"valid-{task}.csv").is_file():
         raise MissingFileError(f"{root}: no valid-{task}.csv (MRNet-v1.0 layout: train/, valid/, "
@@ -104,6 +108,8 @@ def import_mrnet(
     cache = cache_folder(root, cache_dir, NAME)
     result = ImportResult(name)
     for folder, split in SPLITS.items():
+        if split not in splits:
+            continue
         labels_csv = root / f"{folder}-{task}.csv"
         if not labels_csv.is_file():
             continue
