@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -103,6 +104,20 @@ def test_zeroshot_suite_without_any_set_is_an_error(model, tmp_path):
         run_zeroshot_suite(model, tmp_path, progress=False)
     with pytest.raises(InvalidInputError, match="'ct-transverse'"):
         run_zeroshot_suite(model, tmp_path, "ct-transverse", progress=False)
+
+
+def test_a_set_whose_images_all_fail_is_listed_and_the_others_still_run(model, root, tmp_path):
+    shutil.copytree(root / "thyroid_us", tmp_path / "thyroid_us")
+    for label in ("benign", "malignant"):
+        for i in range(1, 7):
+            path = tmp_path / "busi" / "Dataset_BUSI_with_GT" / label / f"{label} ({i}).png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\x89PNG\r\n not an image")
+    result = run_zeroshot_suite(model, tmp_path, ["breast-us", "thyroid-us"], progress=False)
+    assert list(result["sets"]) == ["thyroid-us"]
+    assert "could be loaded" in result["missing"]["breast-us"]
+    with pytest.raises(InvalidInputError, match="no evaluation set could be evaluated.*breast-us"):
+        run_zeroshot_suite(model, tmp_path, ["breast-us"], progress=False)
 
 
 def test_probe_suite_averages_seeds_and_fits_the_full_set_once(model, root, thyroid, tmp_path):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,23 @@ def _collect(specs: list[EvalSet], root: Path, splits: tuple[str, ...], cache_di
     return found, missing
 
 
+def _run_each(specs: list[EvalSet], found: dict, missing: dict[str, str], evaluate: Callable[[EvalSet, dict], dict],
+              desc: str, progress: bool) -> dict[str, dict[str, Any]]:
+    """``evaluate(spec, rows by split)`` for each found set; a set none of whose images reads (or that a
+    probe cannot fit) joins ``missing`` instead of ending the suite."""
+    results: dict[str, dict[str, Any]] = {}
+    for spec in tqdm([s for s in specs if s.name in found], desc=desc, unit="set", disable=not progress):
+        try:
+            results[spec.name] = evaluate(spec, found[spec.name])
+        except InvalidInputError as err:
+            missing[spec.name] = str(err)
+            log.warning("%s: not evaluated (%s)", spec.name, err)
+    if not results:
+        reasons = "; ".join(f"{name}: {why}" for name, why in missing.items())
+        raise InvalidInputError(f"no evaluation set could be evaluated ({reasons})")
+    return results
+
+
 def run_zeroshot_suite(model: nn.Module, root: str | os.PathLike, sets: str | Sequence[str] | None = None, *,
                        batch_size: int = 32, device: str = "cpu", workers: int = 0, progress: bool = True,
                        cache_dir: str | os.PathLike | None = None, max_items: int | None = None) -> dict[str, Any]:
@@ -112,22 +129,25 @@ def run_zeroshot_suite(model: nn.Module, root: str | os.PathLike, sets: str | Se
     Returns:
         ``{"suite": "zeroshot", "root", "sets": {name: {"accuracy", "n", "n_unreadable", "classes",
         "column"}}, "missing": {name: reason}, "mean_accuracy"}``; accuracies are fractions (0..1) and
-        the mean is over the sets found.
+        the mean is over the sets evaluated.
+
+    Raises:
+        InvalidInputError: ``root`` is not a folder, an unknown set name, or no set could be evaluated.
     """
     root = Path(root)
     specs = select_sets(sets, ZEROSHOT_SETS)
     found, missing = _collect(specs, root, ("test",), cache_dir, progress)
-    results: dict[str, dict[str, Any]] = {}
-    for spec in tqdm([s for s in specs if s.name in found], desc="zero-shot sets", unit="set",
-                     disable=not progress):
-        emb = embed_rows(model, found[spec.name]["test"], batch_size=batch_size, device=device, workers=workers,
+
+    def evaluate(spec: EvalSet, rows: dict[str, list[ManifestRow]]) -> dict[str, Any]:
+        emb = embed_rows(model, rows["test"], batch_size=batch_size, device=device, workers=workers,
                          progress=progress, max_items=max_items)
         classifier = ZeroShotClassifier.from_prompts(model, {c: list(p) for c, p in spec.prompts.items()})
-        scores = classifier.logits(emb.image_embeds).numpy()
-        metrics = classification_metrics(scores, emb.labels, spec.classes)
-        results[spec.name] = {"column": spec.column, "accuracy": metrics["accuracy"], "n": metrics["n_accuracy"],
-                              "n_unreadable": len(emb.bad), "classes": spec.classes}
+        metrics = classification_metrics(classifier.logits(emb.image_embeds).numpy(), emb.labels, spec.classes)
         log.info("%s: zero-shot top-1 %.4f on %d images", spec.name, metrics["accuracy"], metrics["n_accuracy"])
+        return {"column": spec.column, "accuracy": metrics["accuracy"], "n": metrics["n_accuracy"],
+                "n_unreadable": len(emb.bad), "classes": spec.classes}
+
+    results = _run_each(specs, found, missing, evaluate, "zero-shot sets", progress)
     return {"suite": "zeroshot", "root": str(root), "sets": results, "missing": missing,
             "mean_accuracy": float(np.mean([r["accuracy"] for r in results.values()]))}
 
@@ -148,28 +168,33 @@ def run_probe_suite(model: nn.Module, root: str | os.PathLike, sets: str | Seque
 
     Returns:
         ``{"suite": "probe", "root", "sets": {name: {"column", "n_train", "n_test", "fractions": {"1%":
-        {"accuracy" (mean over seeds), "std", "runs", "n_train"}}}}, "missing"}``.
+        {"accuracy" (mean over seeds), "std", "runs", "n_train"}}}}, "missing", "seeds"}``.
+
+    Raises:
+        InvalidInputError: no seed, ``root`` is not a folder, an unknown set name, or no set could be
+            evaluated.
     """
     if not seeds:
         raise InvalidInputError("the probe suite needs at least one seed")
     root = Path(root)
     specs = select_sets(sets, PROBE_SETS)
     found, missing = _collect(specs, root, ("train", "test"), cache_dir, progress)
-    results: dict[str, dict[str, Any]] = {}
     options = {"batch_size": batch_size, "device": device, "workers": workers, "progress": progress,
                "max_items": max_items}
-    for spec in tqdm([s for s in specs if s.name in found], desc="probe sets", unit="set", disable=not progress):
-        train = embed_rows(model, found[spec.name]["train"], **options)
-        test = embed_rows(model, found[spec.name]["test"], **options)
+
+    def evaluate(spec: EvalSet, rows: dict[str, list[ManifestRow]]) -> dict[str, Any]:
+        train, test = embed_rows(model, rows["train"], **options), embed_rows(model, rows["test"], **options)
+        train_x, test_x = train.image_embeds.numpy(), test.image_embeds.numpy()
         train_y, test_y = [s[0] for s in train.labels], [s[0] for s in test.labels]
         per_fraction: dict[str, dict[str, Any]] = {}
         for fraction in fractions:
-            runs = [linear_probe(train.image_embeds.numpy(), train_y, test.image_embeds.numpy(), test_y,
-                                 fractions=(fraction,), seed=seed) for seed in (seeds if fraction < 1 else seeds[:1])]
+            runs = [linear_probe(train_x, train_y, test_x, test_y, fractions=(fraction,), seed=seed)
+                    for seed in (seeds if fraction < 1 else seeds[:1])]
             name = next(iter(runs[0]))
             accuracies = [r[name]["accuracy"] for r in runs]
             per_fraction[name] = {"accuracy": float(np.mean(accuracies)), "std": float(np.std(accuracies)),
                                   "runs": accuracies, "n_train": runs[0][name]["n_train"]}
-        results[spec.name] = {"column": spec.column, "n_train": len(train), "n_test": len(test),
-                              "fractions": per_fraction}
+        return {"column": spec.column, "n_train": len(train), "n_test": len(test), "fractions": per_fraction}
+
+    results = _run_each(specs, found, missing, evaluate, "probe sets", progress)
     return {"suite": "probe", "root": str(root), "sets": results, "missing": missing, "seeds": list(seeds)}
