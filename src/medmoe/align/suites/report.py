@@ -65,7 +65,7 @@ def format_probe_table(result: dict[str, Any], label: str = "yours") -> str:
     fractions = list(TABLE2_FRACTIONS)
     for entry in result["sets"].values():
         fractions += [f for f in entry["fractions"] if f not in fractions]
-    lines = [f"Linear-probe accuracy (%); paper rows: MedMoE from {CITATION_TABLE2}",
+    lines = [f"Linear-probe accuracy (%); paper rows (the MedMoE model): {CITATION_TABLE2}",
              "set".ljust(16) + "row".ljust(10) + "".join(f.rjust(16) for f in fractions) + "   train / test"]
     for name, entry in result["sets"].items():
         column = EVAL_SETS[name].column if name in EVAL_SETS else name

@@ -128,8 +128,9 @@ def run_zeroshot_suite(model: nn.Module, root: str | os.PathLike, sets: str | Se
 
     Returns:
         ``{"suite": "zeroshot", "root", "sets": {name: {"accuracy", "n", "n_unreadable", "classes",
-        "column"}}, "missing": {name: reason}, "mean_accuracy"}``; accuracies are fractions (0..1) and
-        the mean is over the sets evaluated.
+        "column", "mean_auroc"}}, "missing": {name: reason}, "mean_accuracy"}``; accuracies are fractions
+        (0..1), the mean is over the sets evaluated; ``mean_auroc`` (one-vs-rest, not in the paper's
+        table) is kept for reference.
 
     Raises:
         InvalidInputError: ``root`` is not a folder, an unknown set name, or no set could be evaluated.
@@ -145,7 +146,7 @@ def run_zeroshot_suite(model: nn.Module, root: str | os.PathLike, sets: str | Se
         metrics = classification_metrics(classifier.logits(emb.image_embeds).numpy(), emb.labels, spec.classes)
         log.info("%s: zero-shot top-1 %.4f on %d images", spec.name, metrics["accuracy"], metrics["n_accuracy"])
         return {"column": spec.column, "accuracy": metrics["accuracy"], "n": metrics["n_accuracy"],
-                "n_unreadable": len(emb.bad), "classes": spec.classes}
+                "n_unreadable": len(emb.bad), "classes": spec.classes, "mean_auroc": metrics["mean_auroc"]}
 
     results = _run_each(specs, found, missing, evaluate, "zero-shot sets", progress)
     return {"suite": "zeroshot", "root": str(root), "sets": results, "missing": missing,
