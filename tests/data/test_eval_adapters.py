@@ -265,3 +265,48 @@ def test_every_suite_set_is_found_under_one_root_with_its_classes(tmp_path):
     # a zero-shot run writes the PNGs of the test images only
     assert not (tmp_path / "medmnist" / ".medmoe-png" / "organamnist" / "train").exists()
     assert not (tmp_path / "MRNet-v1.0" / ".medmoe-png" / "mrnet" / "train").exists()
+
+
+# ------------------------------------------------------------------ UniMed-CLIP's prepared folders
+
+def _prepared(root, csv_name: str, rows: list[tuple[str, str]], image_column: int = 0):
+    """A prepared folder: images and a CSV whose image / label columns sit at UniMed-CLIP's positions."""
+    header = ["idx", "image", "label"] if image_column == 1 else ["image", "label"]
+    lines = [",".join(header)]
+    for i, (name, label) in enumerate(rows):
+        _png(root / "images" / name)
+        lines.append(",".join(([str(i)] if image_column == 1 else []) + [f"images/{name}", label]))
+    (root / csv_name).write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("source, csv_name, values, classes, image_column", [
+    ("unimed-breast-us", "breast_test_fold1.csv", ("benign", "malignant"), ["benign", "malignant"], 0),
+    ("unimed-acl-mri", "test_fold1.csv", ("no", "yes"), ["normal", "acl tear"], 0),
+    ("unimed-meniscus-mri", "meniscus_test_fold1.csv", ("n", "p"), ["normal", "meniscal tear"], 0),
+    ("unimed-rsna-pneumonia", "RSNA_pneumonia_balanced_testfile.csv", ("0", "1.0"), ["normal", "pneumonia"], 1),
+])
+def test_unimed_prepared_folders(tmp_path, source, csv_name, values, classes, image_column):
+    _prepared(tmp_path, csv_name, [(f"{i}.png", values[i % 2]) for i in range(4)], image_column)
+    result = import_source(source, tmp_path)
+    assert _labels(result) == {"test": classes * 2}
+    assert result.rows[0].image == str(tmp_path / "images" / "0.png")
+    _prepared(tmp_path, csv_name.replace("test", "train"), [("t.png", values[1])], image_column)
+    assert _labels(import_source(source, tmp_path))["train"] == [classes[1]]
+    (tmp_path / csv_name).write_text("image,label\nimages/0.png,unknown\n" if image_column == 0 else
+                                     "i,image,label\n0,images/0.png,7\n")
+    with pytest.raises(CorruptFileError, match="line 2"):
+        import_source(source, tmp_path)
+    (tmp_path / csv_name).unlink()
+    with pytest.raises(MissingFileError, match=csv_name):
+        import_source(source, tmp_path)
+
+
+def test_the_suite_falls_back_to_the_prepared_folders(tmp_path):
+    from medmoe.align.suites import EVAL_SETS, load_set
+
+    _prepared(tmp_path / "acl_mri", "test_fold1.csv", [("a.png", "yes"), ("b.png", "no")])
+    _prepared(tmp_path / "breast_us", "breast_test_fold1.csv", [("a.png", "malignant")])
+    assert [r.labels for r in load_set(EVAL_SETS["acl-mri"], tmp_path)] == [["acl tear"], ["normal"]]
+    assert [r.labels for r in load_set(EVAL_SETS["breast-us"], tmp_path)] == [["malignant"]]
+    with pytest.raises(MissingFileError, match="MRNet-v1.0 or mrnet or meniscal_mri"):
+        load_set(EVAL_SETS["meniscus-mri"], tmp_path)

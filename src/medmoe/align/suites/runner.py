@@ -35,9 +35,14 @@ from medmoe.errors import InvalidInputError, MedMoEError
 log = logging.getLogger(__name__)
 
 
-def find_set_folder(spec: EvalSet, root: Path) -> Path | None:
-    """The first of ``spec.folders`` that is a folder under ``root``, or None."""
-    return next((root / name for name in spec.folders if (root / name).is_dir()), None)
+def find_set_folder(spec: EvalSet, root: Path) -> tuple[str, Path] | None:
+    """``(source, folder)`` of the first layout of ``spec`` whose folder exists under ``root``: the public
+    release's folders first, then the alternatives'; None when there is none."""
+    for source, folders in ((spec.source, spec.folders), *spec.alternatives):
+        folder = next((root / name for name in folders if (root / name).is_dir()), None)
+        if folder is not None:
+            return source, folder
+    return None
 
 
 def load_set(spec: EvalSet, root: Path, *, splits: tuple[str, ...] = ("train", "test"),
@@ -50,13 +55,15 @@ def load_set(spec: EvalSet, root: Path, *, splits: tuple[str, ...] = ("train", "
     """
     from medmoe.data.readers import MissingFileError
 
-    folder = find_set_folder(spec, root)
-    if folder is None:
-        raise MissingFileError(f"{root}: no folder {' or '.join(spec.folders)} for {spec.name}")
-    options = dict(spec.options)
-    if spec.writes_pngs:
+    found = find_set_folder(spec, root)
+    if found is None:
+        names = [*spec.folders, *(name for _, folders in spec.alternatives for name in folders)]
+        raise MissingFileError(f"{root}: no folder {' or '.join(names)} for {spec.name}")
+    source, folder = found
+    options = dict(spec.options) if source == spec.source else {}
+    if spec.writes_pngs and source == spec.source:
         options.update(cache_dir=cache_dir, splits=splits)
-    result = import_source(spec.source, folder, progress=progress, **options)
+    result = import_source(source, folder, progress=progress, **options)
     classes = set(spec.classes)
     return [r for r in result.rows if r.split in splits and len(r.labels) == 1 and r.labels[0] in classes]
 

@@ -29,6 +29,8 @@ class EvalSet:
         options: extra keyword arguments of the adapter.
         writes_pngs: the adapter writes PNGs of array-stored images; it takes ``cache_dir`` and ``splits``
             (so that a zero-shot run writes only the test images).
+        alternatives: other ``(source, folders)`` layouts of the same set (UniMed-CLIP's prepared folders),
+            tried when none of ``folders`` exists.
     """
 
     name: str
@@ -38,6 +40,7 @@ class EvalSet:
     prompts: Mapping[str, tuple[str, ...]]
     options: Mapping[str, Any] = field(default_factory=dict)
     writes_pngs: bool = False
+    alternatives: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def classes(self) -> list[str]:
@@ -99,11 +102,15 @@ EVAL_SETS: dict[str, EvalSet] = {s.name: s for s in (
     EvalSet("chexpert-5x200", "CheXpert5x200", "chexpert5x200", ("chexpert", "CheXpert-v1.0", "chexpert-5x200"),
             _CHEXPERT),
     EvalSet("rsna-pneumonia", "RSNA", "rsna-pneumonia", ("rsna-pneumonia", "rsna-pneumonia-detection-challenge",
-                                                         "rsna"), _RSNA),
+                                                         "rsna"), _RSNA,
+            alternatives=(("unimed-rsna-pneumonia", ("rsna_custom_test_set",)),)),
     EvalSet("thyroid-us", "Thyroid US", "thyroid-us", ("thyroid_us", "thyroid-us"), _THYROID),
-    EvalSet("breast-us", "Breast US", "busi", ("busi", "Dataset_BUSI_with_GT", "breast_us"), _BREAST),
-    EvalSet("acl-mri", "ACL MRI", "mrnet-acl", _MRNET, _ACL, writes_pngs=True),
-    EvalSet("meniscus-mri", "Meniscus MRI", "mrnet-meniscus", _MRNET, _MENISCUS, writes_pngs=True),
+    EvalSet("breast-us", "Breast US", "busi", ("busi", "Dataset_BUSI_with_GT"), _BREAST,
+            alternatives=(("unimed-breast-us", ("breast_us",)),)),
+    EvalSet("acl-mri", "ACL MRI", "mrnet-acl", _MRNET, _ACL, writes_pngs=True,
+            alternatives=(("unimed-acl-mri", ("acl_mri",)),)),
+    EvalSet("meniscus-mri", "Meniscus MRI", "mrnet-meniscus", _MRNET, _MENISCUS, writes_pngs=True,
+            alternatives=(("unimed-meniscus-mri", ("meniscal_mri",)),)),
     EvalSet("ct-axial", "CT axial", "organamnist", _MEDMNIST, _organs("axial"), writes_pngs=True),
     EvalSet("ct-coronal", "CT coronal", "organcmnist", _MEDMNIST, _organs("coronal"), writes_pngs=True),
     EvalSet("ct-sagittal", "CT sagittal", "organsmnist", _MEDMNIST, _organs("sagittal"), writes_pngs=True),

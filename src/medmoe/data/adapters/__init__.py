@@ -23,6 +23,12 @@ from medmoe.data.adapters.mrnet import import_mrnet_acl, import_mrnet_meniscus
 from medmoe.data.adapters.roco import import_roco
 from medmoe.data.adapters.rsna_pneumonia import import_rsna_pneumonia
 from medmoe.data.adapters.thyroid_us import import_thyroid_us
+from medmoe.data.adapters.unimed_folds import (
+    import_unimed_acl_mri,
+    import_unimed_breast_us,
+    import_unimed_meniscus_mri,
+    import_unimed_rsna_pneumonia,
+)
 from medmoe.data.adapters.wds import import_wds
 from medmoe.errors import InvalidInputError
 
@@ -41,6 +47,10 @@ SOURCES: dict[str, Callable[..., ImportResult]] = {
     "organamnist": import_organamnist,
     "organcmnist": import_organcmnist,
     "organsmnist": import_organsmnist,
+    "unimed-rsna-pneumonia": import_unimed_rsna_pneumonia,
+    "unimed-breast-us": import_unimed_breast_us,
+    "unimed-acl-mri": import_unimed_acl_mri,
+    "unimed-meniscus-mri": import_unimed_meniscus_mri,
 }
 
 __all__ = [

@@ -7,41 +7,22 @@ Expected layout (UniMed-CLIP's ``thyroid_us`` evaluation folder)::
     ROOT/<the image files the CSVs name>
 
 The first column is the image path and the second the label, ``benign`` or ``malignant`` (UniMed-CLIP
-reads the columns by position; their header names are not relied on). Assumption: the images are the
-public thyroid ultrasound set behind RadImageNet's downstream task, in these fold files; other folds are
-chosen with ``fold``. The train CSV is optional (only the linear probe needs it).
+reads the columns by position; their header names are not relied on). Assumption: these are the fold files
+of RadImageNet's thyroid-ultrasound downstream task as UniMed-CLIP distributes them (its evaluation reads
+fold 1); other folds are chosen with ``fold``. The train CSV is optional (only the linear probe needs it).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from medmoe.data.adapters.common import ImportResult, read_csv_table, require_dir
+from medmoe.data.adapters.common import ImportResult, require_dir
 from medmoe.data.adapters.labelled import label_row
+from medmoe.data.adapters.unimed_folds import read_fold_csv
 from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError
 
 NAME = "thyroid-us"
 CLASSES = ("benign", "malignant")
-
-
-def read_fold_csv(path: Path, classes: tuple[str, ...]) -> list[tuple[str, str]]:
-    """``(image, label)`` pairs from the first two columns of a fold CSV (labels lower-cased).
-
-    Raises:
-        CorruptFileError: fewer than two columns, or a label outside ``classes``.
-    """
-    table = read_csv_table(path)
-    if table and len(table[0]) < 2:
-        raise CorruptFileError(f"{path}: expected two columns (image, label), found {list(table[0])}")
-    pairs = []
-    for number, record in enumerate(table, start=2):
-        image, label = (str(v or "").strip() for v in list(record.values())[:2])
-        if label.lower() not in classes:
-            raise CorruptFileError(f"{path}: line {number}: label {label!r} is not one of {list(classes)}")
-        pairs.append((image, label.lower()))
-    return pairs
 
 
 def import_thyroid_us(
@@ -71,7 +52,7 @@ def import_thyroid_us(
         path = root / f"thyroid_{split}_fold{fold}.csv"
         if not path.is_file():
             continue
-        for image, label in read_fold_csv(path, CLASSES):
+        for image, label in read_fold_csv(path, 0, 1, {c: c for c in CLASSES}):
             image_path = root / image
             if skip_missing and not image_path.is_file():
                 result.skip("missing image", str(image_path))
