@@ -15,7 +15,7 @@ def add_benchmark_command(group: argparse._SubParsersAction) -> None:
                     "(one folder per set, in its public layout; see docs/protocols.md) and print the paper's "
                     "rows (MedMoE, arXiv 2506.08356, Table 1 / Table 2) next to the model's. zeroshot: top-1 "
                     "accuracy with prompt ensembles on the nine sets of Table 1 and their mean; probe: "
-                    "logistic regression on frozen image embeddings at 1 / 10 / 100 %% of the training labels on "
+                    "logistic regression on frozen image embeddings at 1 / 10 / 100 % of the training labels on "
                     "the sets of Table 2. Missing sets are listed, not fatal.")
     bench.add_argument("--suite", choices=("zeroshot", "probe"), required=True, help="which protocol")
     bench.add_argument("--root", required=True, metavar="DIR", help="folder holding one folder per test set")

@@ -1,8 +1,8 @@
 """Run the papers' protocols on the sets found under a root: zero-shot top-1 accuracy and linear probes.
 
     >>> result = run_zeroshot_suite(model, "/data/medmoe-eval")
-    >>> result["sets"]["rsna-pneumonia"]["accuracy"], result["mean_accuracy"], result["missing"]
-    (0.7832, 0.5826, {})
+    >>> result["sets"]["rsna-pneumonia"]["accuracy"]     # top-1 accuracy on the set's test images, 0..1
+    >>> result["mean_accuracy"], result["missing"]        # mean over the sets run; {set: why it was not run}
 
 Images are embedded by :func:`medmoe.align.evaluate.embed_dataset` (routed by the image alone) and scored
 with :class:`~medmoe.align.zeroshot.ZeroShotClassifier` (a class is the mean of its prompts' embeddings)
