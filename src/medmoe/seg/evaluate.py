@@ -1,4 +1,8 @@
-"""Evaluate a segmentation model on a datalist split: whole-CT prediction, metrics, overlays, one JSON."""
+"""Evaluate a segmentation model on a datalist split: whole-CT prediction, metrics, overlays, one JSON.
+
+Metrics are scored on each CT's native grid and, with ``eval_spacing``, also on an isotropic (or given)
+grid as the CLIP-Driven Universal Model reports them (Dice at 1.5 mm): see :func:`metrics_at_spacing`.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.transforms import Orientation, Spacing
 from torch import nn
 from tqdm.auto import tqdm
 
 from medmoe.data.volumes import Volume, read_ct, read_label, same_grid
 from medmoe.errors import InvalidInputError, MedMoEError
+from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.data import load_datalist
 from medmoe.seg.metrics import aggregate, case_metrics, tumour_detection
 from medmoe.seg.overlay import save_overlay
@@ -32,6 +39,83 @@ def label_on_image_grid(label: Volume, image: Volume) -> np.ndarray:
     if same_grid(label.affine, label.shape, image.affine, image.shape):
         return label.array
     return resample_to_grid(label.array[None], label.affine, image.affine, image.shape, "nearest")[0]
+
+
+def parse_eval_spacing(spacing: float | Sequence[float] | None) -> tuple[float, float, float] | None:
+    """``None``, one millimetre value (isotropic) or three, as a tuple of three positive floats (or None).
+
+    Raises:
+        InvalidInputError: not one or three positive finite numbers.
+    """
+    if spacing is None:
+        return None
+    values = [spacing] if isinstance(spacing, int | float) else list(spacing)
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"eval spacing {spacing!r}: expected one or three millimetre values") from err
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InvalidInputError(f"eval spacing {spacing!r}: expected one or three positive millimetre values")
+    return values[0], values[1], values[2]
+
+
+def spacing_label(spacing: Sequence[float]) -> str:
+    """``"1.5mm"`` for an isotropic spacing, ``"0.8x0.8x2.5mm"`` otherwise (table headers, log lines)."""
+    return f"{spacing[0]:g}mm" if len(set(spacing)) == 1 else "x".join(f"{s:g}" for s in spacing) + "mm"
+
+
+def evaluation_grid(image: Volume, spacing: Sequence[float]) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """``(affine, shape)`` of the RAS grid at ``spacing`` mm that covers ``image``.
+
+    It is the grid :func:`~medmoe.seg.predict.preprocess_volume` builds (MONAI ``Orientation`` to RAS, then
+    ``Spacing``), computed lazily from the geometry alone: with ``spacing`` equal to the model's, it is the
+    very grid the model predicted on.
+    """
+    placeholder = MetaTensor(torch.zeros(1).expand(1, *image.shape), affine=torch.as_tensor(image.affine))
+    oriented = Orientation(axcodes="RAS", labels=None, lazy=True)(placeholder)
+    resampled = Spacing(pixdim=tuple(float(s) for s in spacing), mode="nearest", lazy=True)(oriented)
+    affine = np.asarray(resampled.peek_pending_affine(), dtype=np.float64)
+    shape = tuple(int(s) for s in resampled.peek_pending_shape())
+    return affine, (shape[0], shape[1], shape[2])
+
+
+def metrics_at_spacing(masks: np.ndarray, image: Volume, label: Volume, dataset: str, names: Sequence[str],
+                       template: ClassTemplate, spacing: Sequence[float], *,
+                       nsd_tolerance_mm: float = 2.0) -> dict[str, dict[str, float]]:
+    """Dice, HD95 and NSD of one case on the grid at ``spacing`` mm (the Universal Model's protocol at 1.5).
+
+    The Universal Model resamples the CT to 1.5 mm, predicts there and scores against the label resampled
+    (nearest) to that grid. :func:`~medmoe.seg.predict.predict_volume` predicts on the same kind of grid
+    (RAS at the model's spacing, 1.5 mm for MoME) and resamples the probabilities to the native grid. So the
+    reference is the label file resampled nearest onto :func:`evaluation_grid`, as theirs, and the
+    prediction is the native-grid mask resampled nearest onto it. Nearest on the masks rather than the
+    probabilities linearly: the masks are what the native metrics score (post-processed: largest
+    component, lesions inside organs), no (K, X, Y, Z) float volume is held, and at a spacing equal to the
+    model's, each evaluation voxel centre is a model-grid centre whose native neighbour carries the model's
+    own probability up to half a native voxel of interpolation, so the mask the model made is recovered
+    wherever the native grid is finer; on a native axis coarser than ``spacing`` (thick slices) the masks
+    keep the native staircase.
+
+    Args:
+        masks: (K, X, Y, Z) bool prediction on the image's grid.
+        image: the CT (its grid is the masks').
+        label: the label map as read (its own grid).
+        dataset: the case's dataset (which label ids mean which class).
+        names: the K class names.
+        template: class template of the datalist.
+        spacing: three millimetre values.
+        nsd_tolerance_mm: NSD boundary tolerance.
+
+    Returns:
+        {class: {"dice", "hd95", "nsd", "gt_voxels", "pred_voxels"}} on the evaluation grid (voxel counts of it).
+    """
+    affine, shape = evaluation_grid(image, spacing)
+    prediction = resample_to_grid(masks, image.affine, affine, shape, "nearest")
+    ids = resample_to_grid(label.array[None], label.affine, affine, shape, "nearest")[0]
+    reference = template.multi_hot(ids, dataset, names)
+    return case_metrics(prediction, reference, spacing, names, nsd_tolerance_mm=nsd_tolerance_mm)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -49,11 +133,14 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
              overlay_dir: str | os.PathLike | None = None, nsd_tolerance_mm: float = 2.0, threshold: float = 0.5,
              overlap: float = 0.5, sw_batch_size: int = 1, device: torch.device | str | None = None,
              spacing: Sequence[float] | None = None, min_tumour_voxels: int = 1, progress: bool = True,
-             max_cases: int | None = None) -> dict[str, Any]:
+             max_cases: int | None = None,
+             eval_spacing: float | Sequence[float] | None = None) -> dict[str, Any]:
     """Predict every case of a split and score the classes each case's dataset labels.
 
     Metrics are computed on each CT's native grid and spacing. Tumour classes are also scored for
-    patient-level detection (a case is positive with at least ``min_tumour_voxels`` voxels).
+    patient-level detection (a case is positive with at least ``min_tumour_voxels`` voxels). With
+    ``eval_spacing`` the same prediction is also scored on a grid at that spacing
+    (:func:`metrics_at_spacing`), as the Universal Model reports Dice at 1.5 mm.
 
     Args:
         model: a MoME model (see :func:`~medmoe.seg.predict.predict_volume`).
@@ -65,10 +152,14 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
         nsd_tolerance_mm: NSD boundary tolerance.
         threshold, overlap, sw_batch_size, device, spacing: passed to ``predict_volume``.
         max_cases: evaluate only the first cases (smoke runs).
+        eval_spacing: also score at this spacing: one millimetre value (isotropic, e.g. 1.5) or three.
 
     Returns:
-        {"cases": [...], "per_dataset", "per_class", "mean", "tumour_detection", "bad": [...], "settings"}.
+        {"cases": [...], "per_dataset", "per_class", "mean", "tumour_detection", "bad": [...], "settings"};
+        with ``eval_spacing`` each case also has ``metrics_at_eval_spacing`` and the report has
+        ``at_eval_spacing``: {"spacing_mm", "per_dataset", "per_class", "mean"} (the same means at that grid).
     """
+    eval_spacing = parse_eval_spacing(eval_spacing)
     datalist = load_datalist(datalist_path)
     template = datalist.template
     wanted = None
@@ -105,6 +196,10 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
             continue
         metrics = case_metrics(prediction.masks, reference, image.spacing, names, nsd_tolerance_mm=nsd_tolerance_mm)
         case = {"path": entry["image"], "dataset": entry["dataset"], "seconds": round(seconds, 3), "metrics": metrics}
+        if eval_spacing is not None:
+            case["metrics_at_eval_spacing"] = metrics_at_spacing(
+                prediction.masks, image, label, entry["dataset"], names, template, eval_spacing,
+                nsd_tolerance_mm=nsd_tolerance_mm)
         if overlay_dir is not None:
             png = Path(overlay_dir) / f"case_{i:03d}_{Path(entry['image']).name.split('.')[0]}.png"
             save_overlay(image.array, image.affine, prediction.masks, names, png, reference=reference,
@@ -121,8 +216,12 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
         "bad": bad,
         "settings": {"datalist": str(datalist_path), "split": split, "nsd_tolerance_mm": nsd_tolerance_mm,
                      "threshold": threshold, "overlap": overlap, "min_tumour_voxels": min_tumour_voxels,
+                     "eval_spacing_mm": list(eval_spacing) if eval_spacing is not None else None,
                      "seconds": round(time.perf_counter() - start, 2)},
     }
+    if eval_spacing is not None:
+        at_spacing = aggregate([{"dataset": c["dataset"], "metrics": c["metrics_at_eval_spacing"]} for c in cases])
+        report["at_eval_spacing"] = {"spacing_mm": list(eval_spacing), **at_spacing}
     report = _json_safe(report)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
