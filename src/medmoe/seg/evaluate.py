@@ -118,13 +118,14 @@ def metrics_at_spacing(masks: np.ndarray, image: Volume, label: Volume, dataset:
     return case_metrics(prediction, reference, spacing, names, nsd_tolerance_mm=nsd_tolerance_mm)
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN floats as None and floats rounded to 6 decimals (in dicts, lists and tuples)."""
     if isinstance(obj, float):
         return None if math.isnan(obj) else round(obj, 6)
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -222,7 +223,7 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
     if eval_spacing is not None:
         at_spacing = aggregate([{"dataset": c["dataset"], "metrics": c["metrics_at_eval_spacing"]} for c in cases])
         report["at_eval_spacing"] = {"spacing_mm": list(eval_spacing), **at_spacing}
-    report = _json_safe(report)
+    report = json_safe(report)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=1) + "\n")
