@@ -66,41 +66,32 @@ def spacing_label(spacing: Sequence[float]) -> str:
     return f"{spacing[0]:g}mm" if len(set(spacing)) == 1 else "x".join(f"{s:g}" for s in spacing) + "mm"
 
 
-def evaluation_grid(image: Volume, spacing: Sequence[float]) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """``(affine, shape)`` of the RAS grid at ``spacing`` mm that covers ``image``.
+def image_at_spacing(image: Volume, spacing: Sequence[float]) -> Volume:
+    """The CT resampled (linear, HU) onto the RAS grid at ``spacing`` mm that covers it.
 
-    It is the grid :func:`~medmoe.seg.predict.preprocess_volume` builds (MONAI ``Orientation`` to RAS, then
-    ``Spacing``), computed lazily from the geometry alone: with ``spacing`` equal to the model's, it is the
-    very grid the model predicted on.
+    The grid and the interpolation are those of :func:`~medmoe.seg.predict.preprocess_volume` (MONAI
+    ``Orientation`` to RAS, then ``Spacing``, before the HU window), as the Universal Model's test transforms:
+    at the model's own spacing, predicting on the returned volume runs the model on the very grid and
+    intensities of the native prediction, and its masks stay on that grid.
     """
-    placeholder = MetaTensor(torch.zeros(1).expand(1, *image.shape), affine=torch.as_tensor(image.affine))
-    oriented = Orientation(axcodes="RAS", labels=None, lazy=True)(placeholder)
-    resampled = Spacing(pixdim=tuple(float(s) for s in spacing), mode="nearest", lazy=True)(oriented)
-    affine = np.asarray(resampled.peek_pending_affine(), dtype=np.float64)
-    shape = tuple(int(s) for s in resampled.peek_pending_shape())
-    return affine, (shape[0], shape[1], shape[2])
+    hu = MetaTensor(torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None],
+                    affine=torch.as_tensor(image.affine, dtype=torch.float64))
+    hu = Orientation(axcodes="RAS", labels=None)(hu)
+    hu = Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear")(hu)
+    return Volume(hu[0].as_tensor().numpy(), hu.affine.numpy().astype(np.float64), image.path,
+                  dict(image.meta))
 
 
-def metrics_at_spacing(masks: np.ndarray, image: Volume, label: Volume, dataset: str, names: Sequence[str],
+def metrics_at_spacing(masks: np.ndarray, grid: Volume, label: Volume, dataset: str, names: Sequence[str],
                        template: ClassTemplate, spacing: Sequence[float], *,
                        nsd_tolerance_mm: float = 2.0) -> dict[str, dict[str, float]]:
-    """Dice, HD95 and NSD of one case on the grid at ``spacing`` mm (the Universal Model's protocol at 1.5).
+    """Dice, HD95 and NSD of masks predicted on ``grid`` (:func:`image_at_spacing`) against the label there.
 
-    The Universal Model resamples the CT to 1.5 mm, predicts there and scores against the label resampled
-    (nearest) to that grid. :func:`~medmoe.seg.predict.predict_volume` predicts on the same kind of grid
-    (RAS at the model's spacing, 1.5 mm for MoME) and resamples the probabilities to the native grid. So the
-    reference is the label file resampled nearest onto :func:`evaluation_grid`, as theirs, and the
-    prediction is the native-grid mask resampled nearest onto it. Nearest on the masks rather than the
-    probabilities linearly: the masks are what the native metrics score (post-processed: largest
-    component, lesions inside organs), no (K, X, Y, Z) float volume is held, and at a spacing equal to the
-    model's, each evaluation voxel centre is a model-grid centre whose native neighbour carries the model's
-    own probability up to half a native voxel of interpolation, so the mask the model made is recovered
-    wherever the native grid is finer; on a native axis coarser than ``spacing`` (thick slices) the masks
-    keep the native staircase.
+    The reference is the label file resampled nearest onto the grid, as the Universal Model does.
 
     Args:
-        masks: (K, X, Y, Z) bool prediction on the image's grid.
-        image: the CT (its grid is the masks').
+        masks: (K, X, Y, Z) bool prediction on ``grid``.
+        grid: the CT at ``spacing`` (its affine and shape are the grid).
         label: the label map as read (its own grid).
         dataset: the case's dataset (which label ids mean which class).
         names: the K class names.
@@ -109,13 +100,11 @@ def metrics_at_spacing(masks: np.ndarray, image: Volume, label: Volume, dataset:
         nsd_tolerance_mm: NSD boundary tolerance.
 
     Returns:
-        {class: {"dice", "hd95", "nsd", "gt_voxels", "pred_voxels"}} on the evaluation grid (voxel counts of it).
+        {class: {"dice", "hd95", "nsd", "gt_voxels", "pred_voxels"}} on the grid (voxel counts of it).
     """
-    affine, shape = evaluation_grid(image, spacing)
-    prediction = resample_to_grid(masks, image.affine, affine, shape, "nearest")
-    ids = resample_to_grid(label.array[None], label.affine, affine, shape, "nearest")[0]
+    ids = resample_to_grid(label.array[None], label.affine, grid.affine, grid.shape, "nearest")[0]
     reference = template.multi_hot(ids, dataset, names)
-    return case_metrics(prediction, reference, spacing, names, nsd_tolerance_mm=nsd_tolerance_mm)
+    return case_metrics(masks, reference, spacing, names, nsd_tolerance_mm=nsd_tolerance_mm)
 
 
 def json_safe(obj: Any) -> Any:
@@ -129,6 +118,15 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def _predict_at_spacing(model: nn.Module, image: Volume, native_masks: np.ndarray, names: Sequence[str],
+                        eval_spacing: Sequence[float], **predict_kwargs: Any) -> tuple[np.ndarray, Volume]:
+    """``(masks, grid)``: the prediction on the CT resampled to ``eval_spacing`` (the native one if already there)."""
+    grid = image_at_spacing(image, eval_spacing)
+    if same_grid(grid.affine, grid.shape, image.affine, image.shape):
+        return native_masks, image
+    return predict_volume(model, grid, names, **predict_kwargs).masks, grid
+
+
 def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str = "test",
              classes: Sequence[str] | None = None, out: str | os.PathLike | None = None,
              overlay_dir: str | os.PathLike | None = None, nsd_tolerance_mm: float = 2.0, threshold: float = 0.5,
@@ -139,9 +137,16 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
     """Predict every case of a split and score the classes each case's dataset labels.
 
     Metrics are computed on each CT's native grid and spacing. Tumour classes are also scored for
-    patient-level detection (a case is positive with at least ``min_tumour_voxels`` voxels). With
-    ``eval_spacing`` the same prediction is also scored on a grid at that spacing
-    (:func:`metrics_at_spacing`), as the Universal Model reports Dice at 1.5 mm.
+    patient-level detection (a case is positive with at least ``min_tumour_voxels`` voxels).
+
+    With ``eval_spacing`` each case is also scored as the Universal Model reports Dice at 1.5 mm: its CT is
+    resampled to that spacing (:func:`image_at_spacing`), predicted there (a second inference; the masks
+    stay on that grid and are post-processed there) and compared with the label resampled nearest to it
+    (:func:`metrics_at_spacing`). :func:`~medmoe.seg.predict.predict_volume` keeps only native-grid
+    masks, and resampling those back instead (nearest) is not the model's own mask: on a synthetic
+    ellipsoid at the model's 1.5 mm, that Dice against the label was 0.744 where the model's mask on the
+    1.5 mm grid scores 0.742 for a 0.8 x 0.8 x 1 mm CT, but 0.512 where it scores 0.580 for 5 mm slices,
+    whose native steps the resampled masks keep. A CT already on that grid is not predicted twice.
 
     Args:
         model: a MoME model (see :func:`~medmoe.seg.predict.predict_volume`).
@@ -191,6 +196,10 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
             prediction = predict_volume(model, image, names, threshold=threshold, overlap=overlap,
                                         sw_batch_size=sw_batch_size, device=device, spacing=spacing, template=template)
             seconds = time.perf_counter() - t0
+            if eval_spacing is not None:
+                at_spacing = _predict_at_spacing(model, image, prediction.masks, names, eval_spacing, threshold=threshold,
+                                                 overlap=overlap, sw_batch_size=sw_batch_size, device=device,
+                                                 spacing=spacing, template=template)
         except MedMoEError as err:
             logger.warning("skipping %s: %s", entry["image"], err)
             bad.append({"path": entry["image"], "reason": f"{type(err).__name__}: {err}"})
@@ -199,8 +208,7 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
         case = {"path": entry["image"], "dataset": entry["dataset"], "seconds": round(seconds, 3), "metrics": metrics}
         if eval_spacing is not None:
             case["metrics_at_eval_spacing"] = metrics_at_spacing(
-                prediction.masks, image, label, entry["dataset"], names, template, eval_spacing,
-                nsd_tolerance_mm=nsd_tolerance_mm)
+                *at_spacing, label, entry["dataset"], names, template, eval_spacing, nsd_tolerance_mm=nsd_tolerance_mm)
         if overlay_dir is not None:
             png = Path(overlay_dir) / f"case_{i:03d}_{Path(entry['image']).name.split('.')[0]}.png"
             save_overlay(image.array, image.affine, prediction.masks, names, png, reference=reference,
