@@ -143,10 +143,11 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
     resampled to that spacing (:func:`image_at_spacing`), predicted there (a second inference; the masks
     stay on that grid and are post-processed there) and compared with the label resampled nearest to it
     (:func:`metrics_at_spacing`). :func:`~medmoe.seg.predict.predict_volume` keeps only native-grid
-    masks, and resampling those back instead (nearest) is not the model's own mask: on a synthetic
-    ellipsoid at the model's 1.5 mm, that Dice against the label was 0.744 where the model's mask on the
-    1.5 mm grid scores 0.742 for a 0.8 x 0.8 x 1 mm CT, but 0.512 where it scores 0.580 for 5 mm slices,
-    whose native steps the resampled masks keep. A CT already on that grid is not predicted twice.
+    masks, and resampling those back instead (nearest) is not the model's own mask: with the tests'
+    stand-in band model at 1.5 mm on a synthetic ellipsoid (docs/seg.md), that Dice against the label was
+    0.744 where the model's mask on the 1.5 mm grid scores 0.742 for a 0.8 x 0.8 x 1 mm CT, but 0.512 where
+    it scores 0.580 for 5 mm slices, whose native steps the resampled masks keep. A CT already on that
+    grid is not predicted twice.
 
     Args:
         model: a MoME model (see :func:`~medmoe.seg.predict.predict_volume`).
