@@ -14,6 +14,7 @@ import medmoe
 from medmoe.cli.seg_benchmark import (
     add_benchmark_command,
     add_eval_spacing_argument,
+    eval_spacing_lines,
     eval_spacing_of,
     load_seg_model,
 )
@@ -129,3 +130,11 @@ def test_eval_spacing_flag_and_model_loading_errors(monkeypatch):
     created = []
     monkeypatch.setattr(medmoe, "create_model", lambda name: created.append(name) or _model())
     assert isinstance(load_seg_model("mome-nano"), BandModel) and created == ["mome-nano"]
+
+
+def test_seg_eval_lines_at_the_spacing(two_datalists):
+    report = evaluate(_model(), two_datalists[0], progress=False, eval_spacing=3.0, max_cases=1)
+    lines = eval_spacing_lines(report)
+    assert lines[0].startswith("at 3mm: class") and lines[-1].startswith("at 3mm: mean")
+    assert any(line.startswith("at 3mm: liver") for line in lines)
+    assert eval_spacing_lines(evaluate(_model(), two_datalists[0], progress=False, max_cases=1)) == []

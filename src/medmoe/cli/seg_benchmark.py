@@ -1,8 +1,9 @@
 """`medmoe seg benchmark` (one model over several datalists) and the ``--eval-spacing`` flag of `seg eval`.
 
 ``add_benchmark_command(group)`` registers the command on the ``seg`` sub-command group;
-``add_eval_spacing_argument(parser)`` adds ``--eval-spacing MM`` to a parser (``seg eval``), and
-:func:`eval_spacing_of` reads it back for :func:`medmoe.seg.evaluate.evaluate`.
+``add_eval_spacing_argument(parser)`` adds ``--eval-spacing MM`` to a parser (``seg eval``),
+:func:`eval_spacing_of` reads it back for :func:`medmoe.seg.evaluate.evaluate` and
+:func:`eval_spacing_lines` gives the lines to print for the scores at that spacing.
 """
 
 from __future__ import annotations
@@ -42,6 +43,25 @@ def eval_spacing_of(args: argparse.Namespace) -> tuple[float, float, float] | No
     from medmoe.seg.evaluate import parse_eval_spacing
 
     return parse_eval_spacing(getattr(args, "eval_spacing", None))
+
+
+def eval_spacing_lines(report: dict) -> list[str]:
+    """Lines `seg eval` prints for a report with ``at_eval_spacing``: Dice and NSD per class and the mean."""
+    from medmoe.seg.evaluate import spacing_label
+
+    at = report.get("at_eval_spacing")
+    if not at:
+        return []
+
+    def num(value: float | None) -> str:
+        return "   n/a" if value is None else f"{value:6.3f}"
+
+    label = spacing_label(at["spacing_mm"])
+    lines = [f"at {label}: {'class':20s} {'dice':>6s} {'nsd':>6s}  n"]
+    lines += [f"at {label}: {name:20s} {num(row['dice'])} {num(row['nsd'])}  {row['n']}"
+              for name, row in at["per_class"].items()]
+    lines.append(f"at {label}: {'mean':20s} {num(at['mean']['dice'])} {num(at['mean']['nsd'])}")
+    return lines
 
 
 def load_seg_model(spec: str, device: str | None = None) -> nn.Module:
