@@ -45,11 +45,13 @@ class PretrainedMixin:
     config_class: type
     model_type: str
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, card: dict[str, Any] | None = None) -> Path:
         """Write the model to ``directory`` (created or replaced atomically); returns its path.
 
         An existing ``directory`` is replaced only when it is empty or a model medmoe saved (see
-        :func:`check_replaceable`): never a folder holding other files.
+        :func:`check_replaceable`): never a folder holding other files. The folder gets a model card,
+        ``README.md`` (:func:`medmoe.model_card.write_model_card`); ``card`` gives what the model cannot
+        know itself: ``{"training": {...}, "metrics": {...}}`` (the trainer passes them).
         """
         target = Path(directory)
         check_replaceable(target)
@@ -62,6 +64,9 @@ class PretrainedMixin:
             if text is not None and hasattr(text, "save_assets"):
                 text.save_assets(tmp / TEXT_DIR)
             _save_safetensors(self, str(tmp / WEIGHTS_NAME))
+            from medmoe.model_card import write_model_card
+
+            write_model_card(tmp, self, **(card or {}))
             _swap_into_place(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -69,7 +74,7 @@ class PretrainedMixin:
         return target
 
 
-_MODEL_ENTRIES = {CONFIG_NAME, WEIGHTS_NAME, TEXT_DIR}
+_MODEL_ENTRIES = {CONFIG_NAME, WEIGHTS_NAME, TEXT_DIR, "README.md"}  # README.md: the model card
 
 
 def check_replaceable(target: str | os.PathLike) -> None:

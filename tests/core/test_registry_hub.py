@@ -61,7 +61,7 @@ def test_unknown_model_and_unknown_override_name_the_value(toy_registry):
 def test_save_load_round_trip_gives_identical_outputs(toy_registry, tmp_path):
     model = medmoe.create_model("toy-big").eval()
     out_dir = model.save_pretrained(tmp_path / "saved")
-    assert sorted(p.name for p in out_dir.iterdir()) == ["config.json", "model.safetensors", "text"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["README.md", "config.json", "model.safetensors", "text"]
     loaded = medmoe.load_model(out_dir)
     x = torch.randn(2, 16)
     with torch.no_grad():

@@ -262,7 +262,7 @@ class AlignTask:
                 (decay if p.ndim >= 2 and "logit_scale" not in name else no_decay).append(p)
         return [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 
-    def export(self, model: nn.Module, directory: str | os.PathLike) -> None:
+    def export(self, model: nn.Module, directory: str | os.PathLike, card: dict | None = None) -> None:
         if model.moe.tied:  # the run ended before the upcycling step: every expert is expert 0
             model.moe.upcycle()
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, card=card)

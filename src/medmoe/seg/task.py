@@ -224,12 +224,12 @@ class SegTask:
         losses["prompted_classes"] = torch.tensor(float(len(prompts)), device=image.device)
         return losses
 
-    def export(self, model: nn.Module, directory) -> None:
+    def export(self, model: nn.Module, directory, card: dict | None = None) -> None:
         """Save the model with the classes it was trained on (``config.trained_classes``)."""
         if self.class_names is None:
             self.train_dataset()
         model.config.trained_classes = tuple(self.class_names)
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, card=card)
 
     # ------------------------------------------------------------------ validation
     def _validation_dataset(self):

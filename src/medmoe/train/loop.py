@@ -25,6 +25,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ from medmoe.train.interrupt import StopRequest, TrainingInterrupted
 from medmoe.train.logs import RunLogger
 from medmoe.train.optim import build_optimizer, build_scheduler, resolve_precision
 from medmoe.train.outputs import NonFiniteLossError, StepAccumulator, all_finite, split_step_output
-from medmoe.train.task import Task, export_model
+from medmoe.train.task import Task, call_export, export_model
 
 logger = logging.getLogger(__name__)
 
@@ -484,7 +485,8 @@ class _Run:
         if env.is_main:
             model_dir = self.run_dir / "model"
             export = getattr(self.task, "export", None)
-            (export or export_model)(unwrap_model(self.model), model_dir)
+            card = {"training": self._card_training(), "metrics": validation}
+            call_export(export or export_model, unwrap_model(self.model), model_dir, card)
         result = TrainResult(
             run_dir=self.run_dir,
             steps=self.step,
@@ -507,6 +509,20 @@ class _Run:
             )
         barrier()  # every rank returns once the exported model and summary exist
         return result
+
+    def _card_training(self) -> dict[str, Any]:
+        """The training facts of the exported model's card (``README.md``): data, steps, batch, seed, date."""
+        settings, task_config = self._settings(), getattr(self.task, "config", None)
+        data = {}
+        for key in ("model", "data", "split", "val_data"):  # the command line, else the task's config
+            value = getattr(settings, key, None) or getattr(task_config, key, None)
+            if value:
+                data[key] = str(value)
+        return {**data, "steps": self.step, "batch_size": self.cfg.batch_size,
+                "global_batch_size": self.cfg.batch_size * self.cfg.accum_steps * self.env.world_size,
+                "lr": self.cfg.lr, "seed": self.cfg.seed, "bad_samples": self.bad_total,
+                "nonfinite_steps": self.nonfinite, "world_size": self.env.world_size,
+                "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def _write_summary(self, result: TrainResult, start_step: int, samples: int) -> None:
         summary = {

@@ -17,7 +17,9 @@ Optional methods (the trainer checks with ``getattr``; :class:`TaskBase` provide
     before_step(model, step: int) -> None                 # every rank, bare module, before each step
     validate(model) -> dict[str, float]                   # every rank, bare module, eval mode, no_grad
     param_groups(model) -> list[dict]                     # AdamW groups; default: no decay on biases/norms
-    export(model, directory: Path) -> None                # rank 0, bare module; default save_pretrained
+    export(model, directory: Path, card=None) -> None     # rank 0, bare module; default save_pretrained
+                                                          # (card: the model card's training facts and
+                                                          # metrics; an export without it still works)
 
 Optional attributes of the model that ``build_model()`` returns::
 
@@ -83,8 +85,10 @@ Dataset contract for exact resume (``--resume latest`` reproduces an uninterrupt
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -128,8 +132,8 @@ class TaskBase:
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return default_param_groups(model)
 
-    def export(self, model: nn.Module, directory: str | os.PathLike) -> None:
-        export_model(model, directory)
+    def export(self, model: nn.Module, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> None:
+        export_model(model, directory, card=card)
 
 
 def default_param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -149,10 +153,10 @@ def default_param_groups(model: nn.Module) -> list[dict[str, Any]]:
     return groups
 
 
-def export_model(model: nn.Module, directory: str | os.PathLike) -> None:
-    """``model.save_pretrained(directory)``; a plain module without it gets ``model.safetensors``."""
+def export_model(model: nn.Module, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> None:
+    """``model.save_pretrained(directory, card=card)``; a plain module without it gets ``model.safetensors``."""
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, **({"card": card} if card is not None else {}))
         return
     from safetensors.torch import save_model
 
@@ -160,3 +164,16 @@ def export_model(model: nn.Module, directory: str | os.PathLike) -> None:
     path.mkdir(parents=True, exist_ok=True)
     save_model(model, str(path / "model.safetensors"))
     logger.info("%s has no save_pretrained; wrote its weights to %s", type(model).__name__, path)
+
+
+def call_export(export: Callable[..., None], model: nn.Module, directory: str | os.PathLike,
+                card: dict[str, Any] | None) -> None:
+    """``export(model, directory, card=card)``, or without ``card`` for a task whose export does not take it."""
+    try:
+        params = inspect.signature(export).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    if any(p.name == "card" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        export(model, directory, card=card)
+    else:
+        export(model, directory)

@@ -1,0 +1,142 @@
+"""`medmoe seg benchmark` (one model over several datalists) and the ``--eval-spacing`` flag of `seg eval`.
+
+``add_benchmark_command(group)`` registers the command on the ``seg`` sub-command group;
+``add_eval_spacing_argument(parser)`` adds ``--eval-spacing MM`` to a parser (``seg eval``),
+:func:`eval_spacing_of` reads it back for :func:`medmoe.seg.evaluate.evaluate` and
+:func:`eval_spacing_lines` gives the lines to print for the scores at that spacing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from torch import nn
+
+
+def _millimetres(text: str) -> float:
+    """A positive millimetre value (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of millimetres") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of millimetres")
+    return value
+
+
+def add_eval_spacing_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--eval-spacing MM [MM MM]`` (default: none, native grid only) to ``parser``."""
+    parser.add_argument("--eval-spacing", type=_millimetres, nargs="+", default=None, metavar="MM",
+                        help="also score on a grid at this spacing (one value: isotropic, or three), as the "
+                             "Universal Model reports Dice at 1.5 mm: --eval-spacing 1.5")
+
+
+def eval_spacing_of(args: argparse.Namespace) -> tuple[float, float, float] | None:
+    """The parsed ``--eval-spacing`` as three millimetre values, or None when it was not given.
+
+    Raises:
+        InvalidInputError: two values, or more than three.
+    """
+    from medmoe.seg.evaluate import parse_eval_spacing
+
+    return parse_eval_spacing(getattr(args, "eval_spacing", None))
+
+
+def eval_spacing_lines(report: dict) -> list[str]:
+    """Lines `seg eval` prints for a report with ``at_eval_spacing``: Dice and NSD per class and the mean."""
+    from medmoe.seg.evaluate import spacing_label
+
+    at = report.get("at_eval_spacing")
+    if not at:
+        return []
+
+    def num(value: float | None) -> str:
+        return "   n/a" if value is None else f"{value:6.3f}"
+
+    label = spacing_label(at["spacing_mm"])
+    lines = [f"at {label}: {'class':20s} {'dice':>6s} {'nsd':>6s}  n"]
+    lines += [f"at {label}: {name:20s} {num(row['dice'])} {num(row['nsd'])}  {row['n']}"
+              for name, row in at["per_class"].items()]
+    lines.append(f"at {label}: {'mean':20s} {num(at['mean']['dice'])} {num(at['mean']['nsd'])}")
+    return lines
+
+
+def load_seg_model(spec: str, device: str | None = None) -> nn.Module:
+    """A MoME model from a saved folder (``medmoe.load_model``) or a registered name (``medmoe.create_model``).
+
+    Raises:
+        InvalidInputError: ``spec`` is neither a folder nor a registered model, or names an alignment model.
+        NotAModelDirectoryError: the folder is not a saved MoME model.
+    """
+    import medmoe
+    from medmoe.errors import InvalidInputError
+    from medmoe.hub import describe_family
+
+    if Path(spec).is_dir():
+        return medmoe.load_model(spec, device=device, family="mome")
+    if spec not in medmoe.list_models():
+        raise InvalidInputError(f"--model {spec}: neither a saved model folder nor a registered model "
+                                f"({', '.join(medmoe.list_models())})")
+    model = medmoe.create_model(spec)
+    if getattr(model, "model_type", "mome") != "mome":
+        raise InvalidInputError(f"--model {spec}: a {describe_family(model.model_type)} model; "
+                                f"this needs a {describe_family('mome')} model")
+    model.eval()
+    return model.to(device) if device else model
+
+
+def add_benchmark_command(group: argparse._SubParsersAction) -> None:
+    """Register ``benchmark`` on the ``seg`` sub-command group."""
+    bench = group.add_parser(
+        "benchmark", help="evaluate one model over several datalists: a table per dataset and class",
+        description="Evaluate one MoME model on each DATALIST[:SPLIT] (split default: test) with `seg eval`'s\n"
+                    "protocol and print one table per dataset and class (Dice on the native grid, Dice at\n"
+                    "--eval-spacing, NSD, cases) and the overall mean; --out writes it all as JSON.",
+        epilog="example:\n  medmoe seg benchmark --model runs/mome/model --data btcv.json --data msd.json:validation "
+               "\\\n      --eval-spacing 1.5 --out benchmark.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("--model", required=True, help="a saved model folder or a registered model name")
+    bench.add_argument("--data", required=True, action="append", dest="datalists", metavar="DATALIST[:SPLIT]",
+                       help="a datalist JSON and optionally its split (repeatable)")
+    bench.add_argument("--out", default=None, metavar="JSON", help="write the tables and every report here")
+    add_eval_spacing_argument(bench)
+    bench.add_argument("--class", dest="classes", action="append", default=None, metavar="CLASS",
+                       help="only these classes (repeatable; default: every class each dataset labels)")
+    bench.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD boundary tolerance in mm (default 2)")
+    bench.add_argument("--overlap", type=float, default=0.5)
+    bench.add_argument("--threshold", type=float, default=0.5)
+    bench.add_argument("--sw-batch-size", type=int, default=1)
+    bench.add_argument("--device", default=None)
+    bench.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases of each")
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(func=run_benchmark)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """Handler of ``medmoe seg benchmark``: checks, model, :func:`~medmoe.seg.benchmark.benchmark`, tables."""
+    import torch
+
+    from medmoe.seg.benchmark import benchmark, format_tables, parse_datalist_spec
+
+    if args.out:
+        from medmoe.cli.paths import check_output_file
+
+        check_output_file(args.out)
+    spacing = eval_spacing_of(args)
+    for spec in args.datalists:
+        parse_datalist_spec(spec)
+    model = load_seg_model(args.model, device=args.device)
+    result = benchmark(model, args.datalists, eval_spacing=spacing, out=args.out, classes=args.classes,
+                       nsd_tolerance_mm=args.nsd_tolerance, threshold=args.threshold, overlap=args.overlap,
+                       sw_batch_size=args.sw_batch_size, device=torch.device(args.device) if args.device else None,
+                       max_cases=args.max_cases, progress=not args.no_progress)
+    print(format_tables(result))
+    skipped = sum(len(r["bad"]) for r in result["reports"])
+    if skipped:
+        print(f"{skipped} case(s) skipped (reasons in the JSON's reports[].bad)", file=sys.stderr)
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
