@@ -68,8 +68,8 @@ from medmoe.demo.pipeline import (  # noqa: E402
     seg_training_datalist,
     train_seg,
 )
-from medmoe.seg.samples import build_phantom_pack, build_totalseg_pack  # noqa: E402
 from medmoe.seg.transforms import Augmentation  # noqa: E402
+from medmoe_samples.ct.totalseg import build_phantom_pack, build_totalseg_pack  # noqa: E402
 
 VARIANTS: dict[str, Augmentation] = {
     "light": Augmentation(),
