@@ -27,8 +27,7 @@ _HEADER = re.compile(
 # "XXXX" (Open-i) and "___" (MIMIC) redactions; a hyphen glued to one ("x-XXXX") goes with it. Open-i's
 # four capital X's are also removed where glued to other characters ("4XXXX", "XXXXPM").
 _REDACTION = re.compile(r"(?:(?<=\w)-)?(?:X{4,}|\b[Xx]{2,}\b)|_{2,}")
-# A whole word holding an Open-i redaction ("x-XXXX" for "x-ray", "4XXXX,", "XXXXPM"), for normalize_text's
-# drop_redacted_words.
+# A whole word holding an Open-i redaction ("x-XXXX" for "x-ray", "4XXXX,", "XXXXPM").
 _REDACTED_WORD = re.compile(r"[\w/-]*XXXX[\w/-]*")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?)])")
 _EMPTY_PARENS = re.compile(r"\(\s*\)")
@@ -67,14 +66,8 @@ def _section_name(match: re.Match) -> str:
 def normalize_text(text: str, *, drop_redacted_words: bool = False) -> str:
     """Drop redaction marks ("XXXX", "___"), empty brackets and repeated punctuation; collapse whitespace.
 
-    Args:
-        text: report text.
-        drop_redacted_words: also drop the whole word an Open-i "XXXX" is glued into, not only the mark:
-            "chest x-XXXX." becomes "chest." instead of "chest x.", "4XXXX," becomes ",".
-
-    Example:
-        >>> normalize_text("Normal chest x-XXXX. No XXXX  effusion .", drop_redacted_words=True)
-        'Normal chest. No effusion.'
+    With ``drop_redacted_words`` the whole word an Open-i "XXXX" is glued into goes too: "chest x-XXXX."
+    becomes "chest." instead of "chest x.".
     """
     if drop_redacted_words:
         text = _REDACTED_WORD.sub(" ", text)

@@ -40,18 +40,10 @@ def parse_report(path: Path) -> dict:
 
 
 def parse_report_xml(data: bytes, source: str, default_id: str = "") -> dict:
-    """One Open-i XML report given as bytes (a file's, or a member's of ``NLMCXR_reports.tgz``).
+    """:func:`parse_report` of an XML document given as bytes (e.g. a member of ``NLMCXR_reports.tgz``).
 
-    Args:
-        data: the XML document.
-        source: what it was read from, for error messages.
-        default_id: the id when the report has no ``uId``.
-
-    Returns:
-        As :func:`parse_report`; section texts and MeSH terms with whitespace collapsed.
-
-    Raises:
-        CorruptFileError: ``data`` is not XML.
+    ``source`` names it in errors (:class:`CorruptFileError` when it is not XML); ``default_id`` is its id
+    when it has no ``uId``.
     """
     try:
         root = ET.fromstring(data)
