@@ -144,7 +144,7 @@ def align_part(args: argparse.Namespace, work: Path, device: torch.device) -> di
 def seg_part(args: argparse.Namespace, work: Path, device: torch.device) -> dict:
     from medmoe.seg.task import SegTask, SegTaskConfig
     from medmoe.train import TrainConfig, run_training
-    from medmoe_samples.ct.totalseg import build_phantom_pack
+    from medmoe_samples.ct.phantom_pack import build_phantom_pack
 
     datalist = build_phantom_pack(work / "phantoms", seed=0, sizes=(2, 0, 0), progress=False)
     task = SegTask(SegTaskConfig(data=str(datalist), model=args.seg_model, val_split=None, progress=False,
