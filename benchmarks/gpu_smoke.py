@@ -142,9 +142,9 @@ def align_part(args: argparse.Namespace, work: Path, device: torch.device) -> di
 
 
 def seg_part(args: argparse.Namespace, work: Path, device: torch.device) -> dict:
-    from medmoe.seg.samples import build_phantom_pack
     from medmoe.seg.task import SegTask, SegTaskConfig
     from medmoe.train import TrainConfig, run_training
+    from medmoe_samples.ct.phantom_pack import build_phantom_pack
 
     datalist = build_phantom_pack(work / "phantoms", seed=0, sizes=(2, 0, 0), progress=False)
     task = SegTask(SegTaskConfig(data=str(datalist), model=args.seg_model, val_split=None, progress=False,
@@ -166,8 +166,8 @@ def predict_part(model_dir: Path, device: torch.device, fov_mm: tuple[float, flo
     peak GPU memory."""
     import medmoe
     from medmoe.data.volumes import Volume
-    from medmoe.seg.phantoms import Grid, render_phantom
     from medmoe.seg.predict import predict_volume
+    from medmoe_samples.ct.phantoms import Grid, render_phantom
 
     phantom = render_phantom((9, 0), Grid.make((1.5, 1.5, 1.5), fov_mm=fov_mm))
     volume = Volume(array=phantom.image.astype(np.float32), affine=phantom.affine, path="phantom")

@@ -27,7 +27,7 @@ SPACING = (1.5, 1.5, 1.5)
 def write_cts(root: Path, n: int) -> Path:
     """``n`` labelled CTs (NIfTI, int16) and a datalist with them as training cases; returns the datalist."""
     from medmoe.data.volumes import write_nifti
-    from medmoe.seg.phantoms import FULL_LABELS, Grid, relabel, render_phantom
+    from medmoe_samples.ct.phantoms import FULL_LABELS, Grid, relabel, render_phantom
 
     root.mkdir(parents=True, exist_ok=True)
     grid = Grid.make(SPACING, fov_mm=FOV_MM)
@@ -142,7 +142,7 @@ def run(work: Path, *, steps: int = 3, patch: int = 64, sizes: tuple[int, int] =
     datalist = work / f"cts{sizes[0]}" / "datalist.json"
     out["cache_read"] = cache_read_comparison(datalist, work / "cache-read")
     from medmoe.data.volumes import write_nifti
-    from medmoe.seg.phantoms import Grid, render_phantom
+    from medmoe_samples.ct.phantoms import Grid, render_phantom
 
     phantom = render_phantom((5, 0), Grid.make(SPACING))  # 192 x 160 x 128 at 1.5 mm: a short default run
     ct = write_nifti(phantom.image, phantom.affine, work / "predict_ct.nii.gz", dtype=np.int16)

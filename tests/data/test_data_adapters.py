@@ -247,6 +247,21 @@ def test_iu_xray(tmp_path):
     assert len(result.skipped["unreadable XML"]) == 1 and len(result.skipped["no image"]) == 1
 
 
+def test_iu_report_xml_parses_from_bytes_like_from_a_file(tmp_path):
+    from medmoe.data.adapters.iu_xray import parse_report, parse_report_xml
+    from medmoe.errors import CorruptFileError
+
+    _iu_tree(tmp_path)
+    path = tmp_path / "ecgen-radiology" / "2.xml"
+    parsed = parse_report_xml(path.read_bytes(), "member 2.xml")
+    assert parsed == parse_report(path)
+    assert parsed["id"] == "CXR2" and parsed["sections"]["FINDINGS"] == "Left basilar opacity."
+    assert parsed["mesh"][0] == "Opacity/lung/base/left/mild"
+    assert parse_report_xml(b"<eCitation/>", "x", default_id="7")["id"] == "7"
+    with pytest.raises(CorruptFileError, match="member 4.xml: not a readable Open-i XML report"):
+        parse_report_xml((tmp_path / "ecgen-radiology" / "4.xml").read_bytes(), "member 4.xml")
+
+
 def test_hash_split_is_stable_and_proportional():
     splits = [hash_split(f"key{i}") for i in range(2000)]
     assert splits == [hash_split(f"key{i}") for i in range(2000)]

@@ -9,7 +9,7 @@ import pytest
 from data_helpers import package_dir
 
 from medmoe.data.modalities import MODALITIES, guess_modality, modality_index, normalize_modality
-from medmoe.data.reports import clean_report, extract_sections, split_sentences
+from medmoe.data.reports import clean_report, extract_sections, normalize_text, split_sentences
 from medmoe.errors import InvalidInputError
 
 pytestmark = pytest.mark.timeout(60)
@@ -94,6 +94,13 @@ def test_clean_report_headers_any_case_and_redactions():
     assert clean_report(text) == "No effusion. Normal chest x."
     assert clean_report("Conclusion: stable nodule.") == "stable nodule."
     assert clean_report("Findings: Chest 4XXXX, dated XXXXPM. Normal.") == "Chest 4, dated PM. Normal."
+
+
+def test_normalize_text_can_drop_whole_redacted_words():
+    text = "Normal chest x-XXXX. Chest 4XXXX, dated XXXXPM. No XXXX  effusion ."
+    assert normalize_text(text) == "Normal chest x. Chest 4, dated PM. No effusion."
+    assert normalize_text(text, drop_redacted_words=True) == "Normal chest. Chest, dated. No effusion."
+    assert normalize_text("T12/XXXX-level and left-sided", drop_redacted_words=True) == "and left-sided"
 
 
 def test_clean_report_without_headers_keeps_the_text():

@@ -14,9 +14,12 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, 
 from torch import nn
 
 from medmoe.seg.classes import ClassTemplate
-from medmoe.seg.samples import build_phantom_pack, build_totalseg_pack, find_totalseg_tarball
+from medmoe_samples.ct.phantom_pack import build_phantom_pack
+from medmoe_samples.ct.totalseg import TOTALSEG_SDIST_NAME, build_totalseg_pack
 
 _BUILT: dict[str, Path] = {}
+# Where `make setup` puts the TotalSegmentator sdist in this checkout (tests may run from any folder).
+TOTALSEG_SDIST = Path(__file__).resolve().parents[2] / ".cache" / TOTALSEG_SDIST_NAME
 HU_WINDOW = (-175.0, 250.0)
 
 
@@ -31,11 +34,9 @@ def phantom_datalist(tmp_path_factory) -> Path:
 def totalseg_datalist(tmp_path_factory) -> Path | None:
     """The TotalSegmentator example pack extracted once per session; None when the tarball is absent."""
     if "totalseg" not in _BUILT:
-        tarball = find_totalseg_tarball()
-        if tarball is None:
+        if not TOTALSEG_SDIST.is_file():
             return None
-        _BUILT["totalseg"] = build_totalseg_pack(tmp_path_factory.mktemp("totalseg_pack"), tarball=tarball,
-                                                 download=False)
+        _BUILT["totalseg"] = build_totalseg_pack(tmp_path_factory.mktemp("totalseg_pack"), sdist=TOTALSEG_SDIST)
     return _BUILT["totalseg"]
 
 

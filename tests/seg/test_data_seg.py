@@ -9,12 +9,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from seg_testkit import TOTALSEG_SKIP, phantom_datalist, totalseg_datalist
+from seg_testkit import TOTALSEG_SDIST, TOTALSEG_SKIP, phantom_datalist, totalseg_datalist
 
 from medmoe.errors import InvalidInputError
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.data import BadSample, build_seg_dataset, dataset_weights, load_datalist, seg_collate
-from medmoe.seg.samples import totalseg_class_map
+from medmoe_samples.ct.totalseg import totalseg_class_map
 
 pytestmark = pytest.mark.timeout(180)
 PATCH = (32, 32, 32)
@@ -181,9 +181,7 @@ def test_totalsegmentator_pack_label_map_matches_the_template(tmp_path_factory):
     datalist = totalseg_datalist(tmp_path_factory)
     if datalist is None:
         pytest.skip(TOTALSEG_SKIP)
-    from medmoe.seg.samples import find_totalseg_tarball
-
-    tarball_map = totalseg_class_map(find_totalseg_tarball())
+    tarball_map = totalseg_class_map(TOTALSEG_SDIST)
     assert len(tarball_map) == 117
     template = ClassTemplate.default()
     packaged = template.label_map("TotalSegmentator")
@@ -217,7 +215,7 @@ def test_aorta_report_masks_merge_onto_its_ct_only_where_they_cover_it(tmp_path_
 
 def test_a_cropped_mask_counts_only_when_its_crop_holds_the_structure():
     from medmoe.data.volumes import Volume
-    from medmoe.seg.samples import mask_coverage, merge_masks
+    from medmoe_samples.ct.totalseg import mask_coverage, merge_masks
 
     ct = Volume(np.zeros((20, 20, 20), np.int16), np.diag([1.5, 1.5, 1.5, 1.0]), "ct")
     crop_affine = ct.affine.copy()

@@ -11,8 +11,8 @@ import medmoe
 from medmoe.cli.main import main
 from medmoe.data.volumes import write_nifti
 from medmoe.errors import InvalidInputError
-from medmoe.seg.phantoms import FULL_LABELS, Grid, relabel, render_phantom
 from medmoe.seg.task import SegTask, SegTaskConfig, dice_scores
+from medmoe_samples.ct.phantoms import FULL_LABELS, Grid, relabel, render_phantom
 
 SPACING = (8.0, 8.0, 8.0)  # coarse phantoms: about 36 x 30 x 24 voxels, fast to cache and train on
 LABELS = {

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "seg"))
 from align_tiny import TINY  # noqa: E402
 from seg_testkit import write_dicom_series  # noqa: E402
 
-from medmoe.seg.phantoms import FOV_MM  # noqa: E402, F401  (the phantoms' field of view, for test sizes)
+from medmoe_samples.ct.phantoms import FOV_MM  # noqa: E402, F401  (the phantoms' field of view, for test sizes)
 
 SEG_CLASSES = ("liver", "spleen", "kidney_right", "liver_tumour")
 REPORTS = {
@@ -75,7 +75,7 @@ def always_finding_seg_model(spacing: float = 8.0) -> torch.nn.Module:
 
 def phantom_volume(spacing: float = 8.0):
     """A synthetic abdominal CT phantom (int16 HU, RAS affine) on a ``spacing`` mm grid."""
-    from medmoe.seg.phantoms import Grid, render_phantom
+    from medmoe_samples.ct.phantoms import Grid, render_phantom
 
     return render_phantom(0, Grid.make(spacing=(spacing,) * 3))
 

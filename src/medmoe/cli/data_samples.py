@@ -34,7 +34,7 @@ def add_parser(data_subparsers: argparse._SubParsersAction) -> None:
 
 def run_build_samples(args: argparse.Namespace) -> int:
     """Handler of ``medmoe data build-samples``: build, then print the counts per dataset."""
-    from medmoe.data.samples.build import build_samples
+    from medmoe_samples.pairs.build import build_samples
 
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     start = time.perf_counter()

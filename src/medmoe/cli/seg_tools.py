@@ -131,8 +131,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--quick", action="store_true", help="a few phantoms per dataset (smoke runs, tests)")
     build.add_argument("--seed", type=int, default=0, help="phantom seed (same seed, same files)")
     build.add_argument("--no-real", action="store_true", help="skip the TotalSegmentator examples")
-    build.add_argument("--no-download", action="store_true",
-                       help="fail instead of downloading the TotalSegmentator tarball from PyPI when absent")
+    build.add_argument("--totalseg-sdist", default=None, metavar="PATH",
+                       help="the totalsegmentator-2.18.0.tar.gz sdist (default $MEDMOE_TOTALSEG_SDIST, else "
+                            ".cache/totalsegmentator-2.18.0.tar.gz, which `make setup` downloads)")
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=run_build_samples)
 
@@ -373,11 +374,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_build_samples(args: argparse.Namespace) -> int:
     from medmoe.cli.paths import check_output_dir
-    from medmoe.seg.samples import build_samples
+    from medmoe_samples.ct.build import build_ct_samples
 
     check_output_dir(args.out)
 
-    paths = build_samples(args.out, seed=args.seed, quick=args.quick, real=not args.no_real,
-                          download=not args.no_download, progress=not args.no_progress)
+    paths = build_ct_samples(args.out, seed=args.seed, quick=args.quick, real=not args.no_real,
+                             sdist=args.totalseg_sdist, progress=not args.no_progress)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0

@@ -27,6 +27,8 @@ _HEADER = re.compile(
 # "XXXX" (Open-i) and "___" (MIMIC) redactions; a hyphen glued to one ("x-XXXX") goes with it. Open-i's
 # four capital X's are also removed where glued to other characters ("4XXXX", "XXXXPM").
 _REDACTION = re.compile(r"(?:(?<=\w)-)?(?:X{4,}|\b[Xx]{2,}\b)|_{2,}")
+# A whole word holding an Open-i redaction ("x-XXXX" for "x-ray", "4XXXX,", "XXXXPM").
+_REDACTED_WORD = re.compile(r"[\w/-]*XXXX[\w/-]*")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?)])")
 _EMPTY_PARENS = re.compile(r"\(\s*\)")
 _REPEATED_PUNCT = re.compile(r"([.,;])(?:\s*\1)+")
@@ -61,8 +63,14 @@ def _section_name(match: re.Match) -> str:
     return _SECTION_ALIASES.get(name, name)
 
 
-def normalize_text(text: str) -> str:
-    """Drop redaction marks ("XXXX", "___"), empty brackets and repeated punctuation; collapse whitespace."""
+def normalize_text(text: str, *, drop_redacted_words: bool = False) -> str:
+    """Drop redaction marks ("XXXX", "___"), empty brackets and repeated punctuation; collapse whitespace.
+
+    With ``drop_redacted_words`` the whole word an Open-i "XXXX" is glued into goes too: "chest x-XXXX."
+    becomes "chest." instead of "chest x.".
+    """
+    if drop_redacted_words:
+        text = _REDACTED_WORD.sub(" ", text)
     text = _REDACTION.sub(" ", text)
     text = _EMPTY_PARENS.sub(" ", text)
     text = re.sub(r"\s+", " ", text)

@@ -70,8 +70,9 @@ class Step:
 
 def build_data(root: Path, budget: DemoBudget, seed: int, progress: bool) -> dict[str, Path]:
     """The image-report packs and the CT packs; each is built only if its manifest/datalist is missing."""
-    from medmoe.data.samples import build_samples
-    from medmoe.seg.samples import build_phantom_pack, build_totalseg_pack
+    from medmoe_samples.ct.phantom_pack import build_phantom_pack
+    from medmoe_samples.ct.totalseg import build_totalseg_pack
+    from medmoe_samples.pairs import build_samples
 
     images = root / "images"
     which = tuple(key for key, name in zip(("modality", "iu", "real"), ALIGN_DATASETS)

@@ -33,10 +33,22 @@ _IGNORED_MESH = {"no indexing"}
 def parse_report(path: Path) -> dict:
     """``{"id", "sections": {LABEL: text}, "mesh": [major terms], "images": [parentImage ids]}``."""
     try:
-        tree = ET.parse(path)
-    except (ET.ParseError, OSError) as err:
+        data = Path(path).read_bytes()
+    except OSError as err:
         raise CorruptFileError(f"{path}: not a readable Open-i XML report ({err})") from err
-    root = tree.getroot()
+    return parse_report_xml(data, str(path), default_id=Path(path).stem)
+
+
+def parse_report_xml(data: bytes, source: str, default_id: str = "") -> dict:
+    """:func:`parse_report` of an XML document given as bytes (e.g. a member of ``NLMCXR_reports.tgz``).
+
+    ``source`` names it in errors (:class:`CorruptFileError` when it is not XML); ``default_id`` is its id
+    when it has no ``uId``.
+    """
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as err:
+        raise CorruptFileError(f"{source}: not a readable Open-i XML report ({err})") from err
     uid = root.find("uId")
     sections: dict[str, str] = {}
     for node in root.iter("AbstractText"):
@@ -45,7 +57,7 @@ def parse_report(path: Path) -> dict:
         if label and text:
             sections[label] = text
     return {
-        "id": uid.get("id") if uid is not None and uid.get("id") else path.stem,
+        "id": uid.get("id") if uid is not None and uid.get("id") else default_id,
         "sections": sections,
         "mesh": [" ".join("".join(n.itertext()).split()) for n in root.iter("major")],
         "images": [n.get("id") for n in root.iter("parentImage") if n.get("id")],

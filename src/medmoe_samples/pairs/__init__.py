@@ -1,0 +1,42 @@
+"""Built-in sample data: offline image-report packs written by ``medmoe data build-samples``.
+
+- ``modality-bench``: generated X-ray, CT, MRI, ultrasound, H&E pathology and fundus images whose findings
+  sit at each modality's typical scale, with varied template reports (:mod:`.modality_bench`).
+- ``iu-cxr``: the real Indiana University chest X-ray reports with radiographs rendered from their MeSH
+  terms (:mod:`.iu_pairs`).
+- ``real-samples``: real DICOM / JPEG / NIfTI / PNG files that installed packages carry (:mod:`.real_samples`).
+
+Each pack is ``DIR/<dataset>/manifest.csv`` (an ordinary medmoe manifest, read by
+:func:`medmoe.data.read_manifest`) + ``DIR/<dataset>/images/``.
+
+    >>> from medmoe_samples.pairs import build_samples
+    >>> counts = build_samples("samples", quick=True)  # doctest: +SKIP
+
+Names are imported on first use so that importing the package stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_samples": "medmoe_samples.pairs.build",
+    "PACKS": "medmoe_samples.pairs.build",
+    "DatasetCounts": "medmoe_samples.pairs.rows",
+    "MANIFEST_NAME": "medmoe_samples.pairs.rows",
+    "assign_splits": "medmoe_samples.pairs.rows",
+    "sample_row": "medmoe_samples.pairs.rows",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
