@@ -1,6 +1,6 @@
 """MedMoE: image-report alignment with modality-specialised scale-attention experts.
 
-    image (B,3,H,W) -> SwinPyramid -> [C1@H/4 .. C4@H/32] + pooled
+    image (B,3,H,W) -> SwinPyramid -> [C1@H/4 .. C4@H/32] (finest first) + pooled
     report -> TextTower -> sentence, words
     route (report / image / label in training, image at inference) -> top-1 expert (only it runs)
     expert -> local map (B, D, H/4, W/4) x gate (1; straight-through gradient to the router) -> mean
@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medmoe.align.backbone import FeatureInfo, SwinPyramid
+from medmoe.align.backbone import SwinPyramid
 from medmoe.align.config import MedMoEConfig
 from medmoe.align.experts import ScaleAttentionExpert
 from medmoe.align.losses import global_contrastive_loss, local_contrastive_loss
 from medmoe.align.routing import MedMoERouting, RouteDecision
+from medmoe.backbones import FeatureInfo
 from medmoe.errors import InvalidInputError
 from medmoe.hub import PretrainedMixin
 from medmoe.moe import MoELayer
@@ -69,7 +70,7 @@ class MedMoE(PretrainedMixin, nn.Module):
         experts = [ScaleAttentionExpert(info.channels, config.local_dim, hidden=config.scale_hidden,
                                         refine_depth=config.refine_depth) for _ in range(config.num_experts)]
         self.moe = MoELayer(experts, router=None, dispatch=config.dispatch)
-        self.routing = MedMoERouting(self.text.width, info.channels[-1], config.num_experts,
+        self.routing = MedMoERouting(self.text.width, info.pooled_channels, config.num_experts,
                                      hidden_dim=config.router_hidden, jitter=config.router_jitter,
                                      detach_image=config.detach_router_input, gate=config.gate)
         self.image_proj = nn.Linear(config.local_dim, config.embed_dim)
