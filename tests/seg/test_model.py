@@ -158,6 +158,25 @@ def test_forward_equals_reference_formula(fusion_scale, chunk):
         torch.testing.assert_close(out[key], ref[key], atol=1e-4, rtol=1e-4)
 
 
+def test_saved_layout_is_the_one_before_the_level_order():
+    """Models saved while the decoder outputs ran coarse to fine load unchanged: the expert blocks and the
+    router's row blocks keep that layout (``blocks.0`` is the coarsest level's), which
+    test_forward_equals_reference_formula computes with, and only the returned gates are in level order."""
+    torch.manual_seed(0)
+    m = medmoe.create_model("mome-nano", text={"model": "tiny-bert"}).eval()
+    state = m.state_dict()
+    f, c, d = 12, 8, 16  # mome-nano: feature_size, expert_channels, router_dim
+    assert [tuple(state[f"experts.blocks.{i}.0.weight"].shape) for i in range(5)] == [
+        (c, 8 * f, 3, 3, 3), (c, 4 * f, 3, 3, 3), (c, 2 * f, 3, 3, 3), (c, f, 3, 3, 3), (c, f, 3, 3, 3)]
+    assert tuple(state["router.voxel_proj.weight"].shape) == (d, f, 1, 1, 1)  # half-resolution fusion: level 1
+    assert state["router.text_proj.weight"].shape[0] == 5 * d
+    assert m.experts.block(0) is m.experts.blocks[4] and m.experts.block(4) is m.experts.blocks[0]
+    with torch.no_grad():
+        out = m.forward_outputs(_volume(32, 32, 32), ["liver"], return_gates=True)
+    usage = out["gates"].mean(dim=(0, 1, 3, 4, 5))
+    torch.testing.assert_close(out["gate_usage"], usage, atol=1e-6, rtol=1e-5)  # both finest first
+
+
 def test_chunked_training_step_matches_unchunked_gradients():
     torch.manual_seed(0)
     m = medmoe.create_model("mome-nano", text={"model": "tiny-bert"}).train()
