@@ -82,6 +82,11 @@ class SwinPyramid(PyramidBackbone):
         """Channels of the pooled feature (the deepest level)."""
         return self.feature_info.pooled_channels
 
+    def smallest_size(self) -> tuple[int, int]:
+        """The smallest (height, width) whose every stage grid the window divides."""
+        step = self.config.patch_size * 2 ** (len(self.feature_info) - 1) * self.config.window_size
+        return step, step
+
     def check_size(self, *size: int) -> None:
         """Raise unless every stage's token grid of a (height, width) image is a multiple of the window.
 
@@ -89,7 +94,7 @@ class SwinPyramid(PyramidBackbone):
         """
         self._check_dims(size)
         height, width = size
-        step = self.config.patch_size * 2 ** (len(self.feature_info) - 1) * self.config.window_size
+        step = self.smallest_size()[0]
         for stage, reduction in enumerate(self.feature_info.reductions):
             for side in (height, width):
                 if side % reduction or (side // reduction) % self.config.window_size:

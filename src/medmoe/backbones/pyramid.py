@@ -81,7 +81,8 @@ class Pyramid:
 class PyramidBackbone(nn.Module):
     """Base of the backbones: sets :attr:`feature_info`, checks input sizes, returns a :class:`Pyramid`.
 
-    A subclass sets ``self.feature_info`` in ``__init__`` and implements :meth:`check_size` and ``forward``.
+    A subclass sets ``self.feature_info`` in ``__init__`` and implements :meth:`check_size`,
+    :meth:`smallest_size` and ``forward``.
     """
 
     feature_info: FeatureInfo
@@ -94,6 +95,10 @@ class PyramidBackbone(nn.Module):
         Each backbone states its own rule (a Swin's windows, a U-Net's downsampling), with the fix in the
         message.
         """
+        raise NotImplementedError
+
+    def smallest_size(self) -> tuple[int, ...]:
+        """The smallest spatial size :meth:`check_size` accepts (for smoke tests and size advice)."""
         raise NotImplementedError
 
     def _check_dims(self, size: tuple[int, ...]) -> None:

@@ -66,6 +66,10 @@ class SwinUNETRFeatures(PyramidBackbone):
         self.feature_info = FeatureInfo(channels=(f, f, 2 * f, 4 * f, 8 * f), reductions=(1, 2, 4, 8, 16),
                                         pooled_channels=16 * f)
 
+    def smallest_size(self) -> tuple[int, int, int]:
+        """32^3, or 64 x 32 x 32 with instance norm (which needs more than one bottleneck voxel)."""
+        return (64, 32, 32) if self.norm == "instance" else (32, 32, 32)
+
     def check_size(self, *size: int) -> None:
         """Raise unless a (D, H, W) volume fits: every side a multiple of 32 (SwinUNETR downsamples 5 times),
         and with instance norm more than one bottleneck voxel (it cannot normalise a single one)."""
