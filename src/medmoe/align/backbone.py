@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import SwinBackbone, SwinConfig
 from transformers.models.swin.modeling_swin import SwinStage
 
@@ -81,6 +81,11 @@ class SwinPyramid(PyramidBackbone):
     def out_channels(self) -> int:
         """Channels of the pooled feature (the deepest level)."""
         return self.feature_info.pooled_channels
+
+    @property
+    def compile_target(self) -> nn.Module:
+        """The HF Swin: the wrapper's input checks and normalisation stay eager."""
+        return self.swin
 
     def smallest_size(self) -> tuple[int, int]:
         """The smallest (height, width) whose every stage grid the window divides."""

@@ -101,6 +101,11 @@ class PyramidBackbone(nn.Module):
         """The smallest spatial size :meth:`check_size` accepts (for smoke tests and size advice)."""
         raise NotImplementedError
 
+    @property
+    def compile_target(self) -> nn.Module:
+        """The tensor-only part that ``--compile`` compiles (default: the whole backbone)."""
+        return self
+
     def _check_dims(self, size: tuple[int, ...]) -> None:
         if len(size) != self.spatial_dims:
             raise InvalidInputError(
