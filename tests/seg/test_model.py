@@ -97,13 +97,18 @@ def test_dynamic_heads_match_per_class_convolutions():
 def _reference_forward(model, volume, text_emb):
     """The MoME formula as first written, unchunked and channels-first: every expert trilinear to the fusion
     resolution and stacked (B, S, C, X); gates softmax_s(<V f(x) + c, W_s t_k> / sqrt(d)) as (B, K, S, X); the
-    (B, K, C, X) fusion; each (sample, class) head as three 1x1x1 convs."""
+    (B, K, C, X) fusion; each (sample, class) head as three 1x1x1 convs.
+
+    Written in the layout of the models saved before the pyramid was ordered finest first: decoder outputs
+    coarse to fine, ``experts.blocks[s]`` and the router's row block s on the s-th of them; the gates and
+    usage it returns are then put in the level order (finest first) that MoME returns."""
     text = text_emb * math.sqrt(model.text_dim)
-    feats = model.backbone(volume)
+    pyramid = model.backbone(volume)
+    coarse_to_fine = pyramid.features[::-1]
     scale = model.config.fusion_scale
     size = tuple(s // scale for s in volume.shape[2:])
     experts = []
-    for block, feat in zip(model.experts.blocks, feats.scales):
+    for block, feat in zip(model.experts.blocks, coarse_to_fine):
         y = block(feat)
         if tuple(y.shape[2:]) != size:
             y = (F.adaptive_avg_pool3d(y, size) if y.shape[2] > size[0] else
@@ -111,13 +116,13 @@ def _reference_forward(model, volume, text_emb):
         experts.append(y.flatten(2))
     experts = torch.stack(experts, dim=1)  # (B, S, C, X)
     router = model.router
-    voxel = feats.scales[-1] if scale == 1 else feats.scales[-2]
+    voxel = coarse_to_fine[-1] if scale == 1 else coarse_to_fine[-2]
     v = router.voxel_proj(voxel).flatten(2)  # (B, d, X)
     q = router.text_proj(text).view(-1, router.dim) / math.sqrt(router.dim)  # (K*S, d)
     b, k, n_scales = volume.shape[0], text.shape[0], router.num_scales
     gates = torch.matmul(q, v).view(b, k, n_scales, -1).softmax(dim=2)
     fused = torch.einsum("bksx,bscx->bkcx", gates, experts)
-    params = model.heads.head_params(feats.bottleneck, text)
+    params = model.heads.head_params(pyramid.bottleneck, text)
     logits = torch.empty(b, k, *size)
     for i in range(b):
         for j in range(k):
@@ -133,7 +138,7 @@ def _reference_forward(model, volume, text_emb):
     if scale != 1:
         logits = F.interpolate(logits, size=tuple(volume.shape[2:]), mode="trilinear", align_corners=False)
     usage = gates.mean(dim=(0, 1, 3))
-    return {"logits": logits, "gates": gates.view(b, k, n_scales, *size), "gate_usage": usage,
+    return {"logits": logits, "gates": gates.view(b, k, n_scales, *size).flip(2), "gate_usage": usage.flip(0),
             "balance_loss": n_scales * usage.pow(2).sum()}
 
 
@@ -151,6 +156,25 @@ def test_forward_equals_reference_formula(fusion_scale, chunk):
         ref = _reference_forward(m, x, emb)
     for key in ("logits", "gates", "gate_usage", "balance_loss"):
         torch.testing.assert_close(out[key], ref[key], atol=1e-4, rtol=1e-4)
+
+
+def test_saved_layout_is_the_one_before_the_level_order():
+    """Models saved while the decoder outputs ran coarse to fine load unchanged: the expert blocks and the
+    router's row blocks keep that layout (``blocks.0`` is the coarsest level's), which
+    test_forward_equals_reference_formula computes with, and only the returned gates are in level order."""
+    torch.manual_seed(0)
+    m = medmoe.create_model("mome-nano", text={"model": "tiny-bert"}).eval()
+    state = m.state_dict()
+    f, c, d = 12, 8, 16  # mome-nano: feature_size, expert_channels, router_dim
+    assert [tuple(state[f"experts.blocks.{i}.0.weight"].shape) for i in range(5)] == [
+        (c, 8 * f, 3, 3, 3), (c, 4 * f, 3, 3, 3), (c, 2 * f, 3, 3, 3), (c, f, 3, 3, 3), (c, f, 3, 3, 3)]
+    assert tuple(state["router.voxel_proj.weight"].shape) == (d, f, 1, 1, 1)  # half-resolution fusion: level 1
+    assert state["router.text_proj.weight"].shape[0] == 5 * d
+    assert m.experts.block(0) is m.experts.blocks[4] and m.experts.block(4) is m.experts.blocks[0]
+    with torch.no_grad():
+        out = m.forward_outputs(_volume(32, 32, 32), ["liver"], return_gates=True)
+    usage = out["gates"].mean(dim=(0, 1, 3, 4, 5))
+    torch.testing.assert_close(out["gate_usage"], usage, atol=1e-6, rtol=1e-5)  # both finest first
 
 
 def test_chunked_training_step_matches_unchunked_gradients():
@@ -278,7 +302,9 @@ def test_save_load_round_trip(model, tmp_path):
 @pytest.mark.timeout(240)
 def test_paper_scale_model_builds_and_runs():
     m = medmoe.create_model("mome-swinunetr", text={"model": "tiny-bert"}).eval()
-    assert m.backbone.channels == [384, 192, 96, 48, 48] and m.backbone.bottleneck_channels == 768
+    info = m.backbone.feature_info
+    assert info.channels == (48, 48, 96, 192, 384) and info.reductions == (1, 2, 4, 8, 16)
+    assert info.pooled_channels == 768
     n_backbone = sum(p.numel() for p in m.backbone.parameters())
     assert 62_000_000 < n_backbone < 62_300_000  # MONAI SwinUNETR(feature_size=48) minus its 48->1 out conv
     with pytest.raises(InvalidInputError, match="single bottleneck voxel"):

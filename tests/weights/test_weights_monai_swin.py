@@ -54,7 +54,7 @@ def _swin_out(model) -> torch.Tensor:
 
 def _decoder_out(model) -> torch.Tensor:
     with torch.no_grad():
-        return model.backbone(_volume()).scales[-1]
+        return model.backbone(_volume()).features[0]
 
 
 def test_key_layouts_map_to_monai_names():

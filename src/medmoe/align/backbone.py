@@ -1,14 +1,13 @@
 """The image backbone: HF transformers ``SwinBackbone`` as a channels-first feature pyramid.
 
-``SwinPyramid(config)(images)`` returns the four stage outputs at H/4, H/8, H/16, H/32 (channels first)
-and a pooled feature (mean of the last stage), with a timm-style ``feature_info`` so that nothing
-downstream hard-codes channels.
+``SwinPyramid(config)(images)`` returns the four stage outputs at H/4, H/8, H/16, H/32 (channels first, finest
+first) and a pooled feature (mean of the last stage) as a :class:`~medmoe.backbones.Pyramid`, with its
+:class:`~medmoe.backbones.FeatureInfo` so that nothing downstream hard-codes channels.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from transformers import SwinBackbone, SwinConfig
 from transformers.models.swin.modeling_swin import SwinStage
 
 from medmoe.align.config import BackboneConfig
+from medmoe.backbones import FeatureInfo, Pyramid, PyramidBackbone
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.weights.files import read_state_dict
 from medmoe.weights.report import LoadReport
@@ -24,30 +24,6 @@ from medmoe.weights.report import LoadReport
 log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
-
-
-@dataclass(frozen=True)
-class FeatureInfo:
-    """Channels and reduction (input pixels per feature pixel) of each pyramid level, shallow to deep."""
-
-    channels: tuple[int, ...]
-    reductions: tuple[int, ...]
-
-    def __len__(self) -> int:
-        return len(self.channels)
-
-
-@dataclass
-class Pyramid:
-    """Backbone outputs for B images.
-
-    Attributes:
-        features: [(B, C_s, H / r_s, W / r_s)] for s = 1..4, r = 4, 8, 16, 32 (with patch size 4).
-        pooled: (B, C_4) mean of the deepest level.
-    """
-
-    features: list[Tensor]
-    pooled: Tensor
 
 
 def swin_config(config: BackboneConfig) -> SwinConfig:
@@ -63,7 +39,7 @@ def swin_config(config: BackboneConfig) -> SwinConfig:
     )
 
 
-class SwinPyramid(nn.Module):
+class SwinPyramid(PyramidBackbone):
     """Swin Transformer feature pyramid.
 
     Args:
@@ -74,7 +50,8 @@ class SwinPyramid(nn.Module):
     Shapes:
         images: (B, 3, H, W) normalised as ``medmoe.data.ImageTransform`` does (ImageNet mean / std); a
         (B, 1, H, W) grey image is repeated to 3 channels. H and W must keep every stage's grid a
-        multiple of the window size, see :meth:`check_size`.
+        multiple of the window size, see :meth:`check_size`. Returns a :class:`~medmoe.backbones.Pyramid`
+        whose bottleneck is the last level.
 
     Example:
         >>> net = SwinPyramid(BackboneConfig(image_size=64, embed_dim=24, depths=(1, 1, 2, 1),
@@ -93,7 +70,7 @@ class SwinPyramid(nn.Module):
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.swin)
         channels = tuple(int(c) for c in self.swin.channels)
-        self.feature_info = FeatureInfo(channels, tuple(config.patch_size * 2**s for s in range(4)))
+        self.feature_info = FeatureInfo(channels, tuple(config.patch_size * 2**s for s in range(4)), channels[-1])
         self.check_size(config.image_size, config.image_size)
         #: what config.weights filled (None: no weights file was loaded)
         self.load_report: LoadReport | None = None
@@ -103,14 +80,26 @@ class SwinPyramid(nn.Module):
     @property
     def out_channels(self) -> int:
         """Channels of the pooled feature (the deepest level)."""
-        return self.feature_info.channels[-1]
+        return self.feature_info.pooled_channels
 
-    def check_size(self, height: int, width: int) -> None:
-        """Raise unless every stage's token grid of an (height, width) image is a multiple of the window.
+    @property
+    def compile_target(self) -> nn.Module:
+        """The HF Swin: the wrapper's input checks and normalisation stay eager."""
+        return self.swin
+
+    def smallest_size(self) -> tuple[int, int]:
+        """The smallest (height, width) whose every stage grid the window divides."""
+        step = self.config.patch_size * 2 ** (len(self.feature_info) - 1) * self.config.window_size
+        return step, step
+
+    def check_size(self, *size: int) -> None:
+        """Raise unless every stage's token grid of a (height, width) image is a multiple of the window.
 
         HF Swin would otherwise pad windows with zeros, which silently changes what the model computes.
         """
-        step = self.config.patch_size * 2 ** (len(self.feature_info) - 1) * self.config.window_size
+        self._check_dims(size)
+        height, width = size
+        step = self.smallest_size()[0]
         for stage, reduction in enumerate(self.feature_info.reductions):
             for side in (height, width):
                 if side % reduction or (side // reduction) % self.config.window_size:
@@ -139,7 +128,7 @@ class SwinPyramid(nn.Module):
         if images.dtype == torch.uint8:
             images = normalize_uint8_batch(images)
         features = list(self.swin(images).feature_maps)
-        return Pyramid(features, features[-1].mean(dim=(2, 3)))
+        return Pyramid(features, features[-1])
 
 
 def enable_gradient_checkpointing(swin: SwinBackbone) -> None:

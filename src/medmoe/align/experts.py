@@ -20,13 +20,13 @@ class ScaleAttentionExpert(nn.Module):
     optionally refined by ``refine_depth`` x (conv3x3 + BN + ReLU).
 
     Args:
-        in_channels: channels of each pyramid level, shallow to deep (``feature_info.channels``).
+        in_channels: channels of each pyramid level, finest first (``feature_info.channels``).
         dim: D, output channels.
         hidden: hidden width of the scale-scoring MLP (0 = D // 2, as the released 768 -> 384 -> 1).
         refine_depth: number of conv refinement blocks.
 
     Shapes:
-        features: [(B, C_s, H_s, W_s)] -> (B, D, H_1, W_1).
+        features: [(B, C_s, H_s, W_s)], finest first -> (B, D, H_0, W_0) at the finest level's grid.
 
     Example:
         >>> expert = ScaleAttentionExpert((24, 48, 96, 192), dim=64)
@@ -48,7 +48,7 @@ class ScaleAttentionExpert(nn.Module):
         self.refine = nn.Sequential(*blocks)
 
     def scale_weights(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """(levels (B, S, D, H_1, W_1), weights (B, S, 1, H_1, W_1)) before the weighted sum."""
+        """(levels (B, S, D, H_0, W_0), weights (B, S, 1, H_0, W_0)) before the weighted sum."""
         if len(features) != len(self.proj):
             raise InvalidInputError(f"expected {len(self.proj)} pyramid levels, got {len(features)}")
         size = features[0].shape[-2:]

@@ -1,6 +1,6 @@
 """MedMoE: image-report alignment with modality-specialised scale-attention experts.
 
-    image (B,3,H,W) -> SwinPyramid -> [C1@H/4 .. C4@H/32] + pooled
+    image (B,3,H,W) -> backbone (Swin, or backbone.kind) -> [C1@H/4 .. C4@H/32] (finest first) + pooled
     report -> TextTower -> sentence, words
     route (report / image / label in training, image at inference) -> top-1 expert (only it runs)
     expert -> local map (B, D, H/4, W/4) x gate (1; straight-through gradient to the router) -> mean
@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medmoe.align.backbone import FeatureInfo, SwinPyramid
 from medmoe.align.config import MedMoEConfig
 from medmoe.align.experts import ScaleAttentionExpert
 from medmoe.align.losses import global_contrastive_loss, local_contrastive_loss
 from medmoe.align.routing import MedMoERouting, RouteDecision
+from medmoe.backbones import FeatureInfo, build_backbone
 from medmoe.errors import InvalidInputError
 from medmoe.hub import PretrainedMixin
 from medmoe.moe import MoELayer
@@ -63,13 +63,13 @@ class MedMoE(PretrainedMixin, nn.Module):
     def __init__(self, config: MedMoEConfig, *, load_pretrained: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.backbone = SwinPyramid(config.backbone, load_pretrained=load_pretrained)
+        self.backbone = build_backbone(config.backbone, load_pretrained=load_pretrained)
         self.text = TextTower(config.text, load_pretrained=load_pretrained)
         info = self.backbone.feature_info
         experts = [ScaleAttentionExpert(info.channels, config.local_dim, hidden=config.scale_hidden,
                                         refine_depth=config.refine_depth) for _ in range(config.num_experts)]
         self.moe = MoELayer(experts, router=None, dispatch=config.dispatch)
-        self.routing = MedMoERouting(self.text.width, info.channels[-1], config.num_experts,
+        self.routing = MedMoERouting(self.text.width, info.pooled_channels, config.num_experts,
                                      hidden_dim=config.router_hidden, jitter=config.router_jitter,
                                      detach_image=config.detach_router_input, gate=config.gate)
         self.image_proj = nn.Linear(config.local_dim, config.embed_dim)
@@ -97,17 +97,20 @@ class MedMoE(PretrainedMixin, nn.Module):
 
         True with K > 1 (an expert no sample chose), when a router is idle (``route_by="image"`` never calls
         the text router; the image router learns from ``distill_loss`` alone), when a contrastive term is off
-        (its projections then get no gradient) or when the whole text tower trains (its pooler is unused).
+        (its projections then get no gradient), when the whole text tower trains (its pooler is unused) or
+        when the image router's input is detached from a backbone whose bottleneck only it reads (EfficientNet's
+        head conv).
         """
         c = self.config
         return (c.num_experts > 1 or c.route_by == "image" or not c.distill_loss_weight
-                or not (c.global_loss_weight and c.local_loss_weight) or c.text.freeze == "none")
+                or not (c.global_loss_weight and c.local_loss_weight) or c.text.freeze == "none"
+                or (c.detach_router_input and c.backbone.kind != "swin"))  # a head conv only pooled reads
 
     @property
     def compile_targets(self) -> list[nn.Module]:
         """What ``--compile`` compiles: the tensor-only parts. The forward reads report strings, so a
         whole-model graph would be recompiled for every new batch of reports."""
-        return [self.backbone.swin, *self.moe.experts]
+        return [self.backbone.compile_target, *self.moe.experts]
 
     @property
     def logit_scale(self) -> Tensor:

@@ -1,30 +1,15 @@
-"""MONAI SwinUNETR as a feature pyramid: the bottleneck and the five decoder outputs."""
+"""MONAI SwinUNETR as a feature pyramid: the five decoder outputs (finest first) over the bottleneck."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from monai.networks.nets import SwinUNETR
 from torch import Tensor, nn
 
+from medmoe.backbones import FeatureInfo, Pyramid, PyramidBackbone
 from medmoe.errors import InvalidInputError
 from medmoe.seg.config import NORMS
 from medmoe.weights.monai_swin import load_swinunetr
 from medmoe.weights.report import LoadReport
-
-
-@dataclass
-class DecoderFeatures:
-    """SwinUNETR features of a (B, C, D, H, W) volume (F = feature_size).
-
-    Attributes:
-        bottleneck: (B, 16F, D/32, H/32, W/32), the encoder10 output.
-        scales: the five decoder outputs, coarse to fine: (B, 8F, /16), (B, 4F, /8), (B, 2F, /4), (B, F, /2),
-            (B, F, /1).
-    """
-
-    bottleneck: Tensor
-    scales: list[Tensor]
 
 
 def _norm_name(norm: str, feature_size: int) -> str | tuple:
@@ -36,11 +21,12 @@ def _norm_name(norm: str, feature_size: int) -> str | tuple:
     return norm
 
 
-class SwinUNETRFeatures(nn.Module):
+class SwinUNETRFeatures(PyramidBackbone):
     """MONAI's SwinUNETR encoder and decoder, returning the decoder pyramid instead of logits.
 
     The MONAI network is kept whole (``self.net``) so its weights load from MONAI checkpoints; only its
-    output block is replaced by an identity because MoME's heads take its place.
+    output block is replaced by an identity because MoME's heads take its place: level 0 of the pyramid is
+    what MONAI's output block would read (tests/seg/test_backbone.py checks that against MONAI's forward).
 
     Args:
         in_channels: image channels.
@@ -48,11 +34,18 @@ class SwinUNETRFeatures(nn.Module):
         depths, num_heads, window_size, use_checkpoint, drop_path_rate: passed to MONAI.
         norm: ``instance``, ``group`` or ``batch`` for the conv blocks.
 
+    Shapes:
+        volume: (B, C, D, H, W), sides multiples of 32 (:meth:`check_size`) -> :class:`~medmoe.backbones.Pyramid`
+        with features (B, F, /1), (B, F, /2), (B, 2F, /4), (B, 4F, /8), (B, 8F, /16) (F = feature_size; the
+        decoder outputs, finest first) and bottleneck (B, 16F, /32), the encoder10 output.
+
     Example:
         >>> feats = SwinUNETRFeatures(1, 12)(torch.zeros(1, 1, 64, 64, 64))
-        >>> [tuple(f.shape[1:]) for f in feats.scales][0]
+        >>> [tuple(f.shape[1:]) for f in feats.features][-1]
         (96, 4, 4, 4)
     """
+
+    spatial_dims = 3
 
     def __init__(self, in_channels: int, feature_size: int, *, depths: tuple[int, ...] = (2, 2, 2, 2),
                  num_heads: tuple[int, ...] = (3, 6, 12, 24), window_size: int = 7, norm: str = "instance",
@@ -68,21 +61,26 @@ class SwinUNETRFeatures(nn.Module):
         self.net.out = nn.Identity()
         self.in_channels = in_channels
         self.feature_size = feature_size
+        self.norm = norm
+        f = feature_size
+        self.feature_info = FeatureInfo(channels=(f, f, 2 * f, 4 * f, 8 * f), reductions=(1, 2, 4, 8, 16),
+                                        pooled_channels=16 * f)
 
-    @property
-    def channels(self) -> list[int]:
-        """Channels of the five decoder outputs, coarse to fine."""
-        f = self.feature_size
-        return [8 * f, 4 * f, 2 * f, f, f]
+    def smallest_size(self) -> tuple[int, int, int]:
+        """32^3, or 64 x 32 x 32 with instance norm (which needs more than one bottleneck voxel)."""
+        return (64, 32, 32) if self.norm == "instance" else (32, 32, 32)
 
-    @property
-    def reductions(self) -> list[int]:
-        """Downsampling factor of each decoder output, coarse to fine."""
-        return [16, 8, 4, 2, 1]
-
-    @property
-    def bottleneck_channels(self) -> int:
-        return 16 * self.feature_size
+    def check_size(self, *size: int) -> None:
+        """Raise unless a (D, H, W) volume fits: every side a multiple of 32 (SwinUNETR downsamples 5 times),
+        and with instance norm more than one bottleneck voxel (it cannot normalise a single one)."""
+        self._check_dims(size)
+        if any(side <= 0 or side % 32 for side in size):
+            raise InvalidInputError(
+                f"volume spatial size {tuple(size)} must be multiples of 32 (SwinUNETR downsamples 5 times)")
+        if self.norm == "instance" and all(side == 32 for side in size):
+            raise InvalidInputError(
+                f"volume {tuple(size)} leaves a single bottleneck voxel, which instance norm cannot "
+                "normalise; use at least 64 voxels along one axis (or a model with norm='group')")
 
     def load_weights(self, source: str, part: str = "encoder") -> LoadReport:
         """Load a MONAI SwinUNETR checkpoint: ``"encoder"`` fills the Swin ViT (MONAI's self-supervised
@@ -91,7 +89,8 @@ class SwinUNETRFeatures(nn.Module):
         """
         return load_swinunetr(self.net, source, part).log()
 
-    def forward(self, volume: Tensor) -> DecoderFeatures:
+    def forward(self, volume: Tensor) -> Pyramid:
+        """The pyramid of a (B, C, D, H, W) volume (size not checked here: MoME checks it with its advice)."""
         net = self.net
         hidden = net.swinViT(volume, net.normalize)
         enc0 = net.encoder1(volume)
@@ -104,4 +103,4 @@ class SwinUNETRFeatures(nn.Module):
         dec1 = net.decoder3(dec2, enc2)
         dec0 = net.decoder2(dec1, enc1)
         out = net.decoder1(dec0, enc0)
-        return DecoderFeatures(bottleneck, [dec3, dec2, dec1, dec0, out])
+        return Pyramid([out, dec0, dec1, dec2, dec3], bottleneck)

@@ -1,10 +1,14 @@
-"""Scale experts: one conv block per decoder output, brought to a common resolution."""
+"""Scale experts: one conv block per pyramid level (decoder output), brought to a common resolution."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from medmoe.errors import InvalidInputError
 
 
 def _groups(channels: int) -> int:
@@ -33,23 +37,26 @@ def upsample_trilinear(x: Tensor, size: tuple[int, int, int]) -> Tensor:
 
 
 class ScaleExperts(nn.Module):
-    """Expert s: Conv3d 3x3x3 (C_s -> c_e) + GroupNorm + LeakyReLU on decoder output s, then trilinear
-    upsampling to the fusion resolution (average pooling for a scale finer than it).
+    """Expert l: Conv3d 3x3x3 (C_l -> c_e) + GroupNorm + LeakyReLU on pyramid level l, then trilinear
+    upsampling to the fusion resolution (average pooling for a level finer than it).
 
-    The conv runs at the scale's own (coarse) resolution, so the cost is dominated by the finest scales.
-    GroupNorm rather than InstanceNorm: the coarsest scale of a 32^3 patch has a single voxel.
+    The conv runs at the level's own (coarse) resolution, so the cost is dominated by the finest levels.
+    GroupNorm rather than InstanceNorm: the coarsest level of a 32^3 patch has a single voxel.
 
     Args:
-        in_channels: C_s of each decoder output, coarse to fine.
+        in_channels: C_l of each pyramid level, finest first (``feature_info.channels``).
         out_channels: c_e.
 
-    Trilinear upsampling runs as three 1-D interpolations by matmul (:func:`upsample_trilinear`).
+    ``blocks`` holds the experts coarsest first (level l's is ``blocks[S - 1 - l]``, see :meth:`block`): the
+    layout, and so the state-dict keys and parameter order, of the models saved before the pyramid's levels
+    were ordered finest first, which therefore load unchanged. Trilinear upsampling runs as three 1-D
+    interpolations by matmul (:func:`upsample_trilinear`).
 
     Shapes:
-        features: S tensors (B, C_s, *size_s) -> S tensors (B, c_e, *size).
+        features: S tensors (B, C_l, *size_l), finest first -> S tensors (B, c_e, *size), finest first.
     """
 
-    def __init__(self, in_channels: list[int], out_channels: int) -> None:
+    def __init__(self, in_channels: Sequence[int], out_channels: int) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             nn.Sequential(
@@ -57,7 +64,7 @@ class ScaleExperts(nn.Module):
                 nn.GroupNorm(_groups(out_channels), out_channels),
                 nn.LeakyReLU(0.01),
             )
-            for c in in_channels
+            for c in reversed(in_channels)
         )
         self.out_channels = out_channels
 
@@ -65,14 +72,20 @@ class ScaleExperts(nn.Module):
     def num_experts(self) -> int:
         return len(self.blocks)
 
-    def forward(self, features: list[Tensor], size: tuple[int, int, int]) -> list[Tensor]:
+    def block(self, level: int) -> nn.Module:
+        """The expert of pyramid level ``level`` (0 = finest)."""
+        return self.blocks[self.num_experts - 1 - level]
+
+    def forward(self, features: Sequence[Tensor], size: tuple[int, int, int]) -> list[Tensor]:
+        if len(features) != self.num_experts:
+            raise InvalidInputError(f"expected {self.num_experts} pyramid levels, got {len(features)}")
         outs = []
-        for block, feat in zip(self.blocks, features):
-            y = block(feat)
+        for level, feat in enumerate(features):
+            y = self.block(level)(feat)
             if tuple(y.shape[2:]) == tuple(size):
                 pass
             elif all(a >= b for a, b in zip(y.shape[2:], size)):
-                y = F.adaptive_avg_pool3d(y, size)  # the full-res scale under half-res fusion: average, not alias
+                y = F.adaptive_avg_pool3d(y, size)  # the full-res level under half-res fusion: average, not alias
             else:
                 y = upsample_trilinear(y, size)
             outs.append(y)

@@ -1,7 +1,7 @@
 """MoME: text-prompted 3-D CT segmentation with a mixture of decoder-scale experts.
 
-    CT patch (B, 1, D, H, W) -> SwinUNETR -> bottleneck + 5 decoder outputs
-    expert s: conv block on scale s -> c_e channels -> trilinear to the fusion resolution
+    CT patch (B, 1, D, H, W) -> SwinUNETR -> 5 decoder outputs (pyramid levels, finest first) + bottleneck
+    expert s: conv block on level s -> c_e channels -> trilinear to the fusion resolution
     prompt k -> text tower -> t_k (cached for the model's class set; new prompts embedded on the fly)
     router: g_{k,s}(x) = softmax_s(<v(x), W_s t_k> / sqrt(d))
     fusion: F_k(x) = sum_s g_{k,s}(x) E_s(x)
@@ -104,11 +104,11 @@ class MoME(nn.Module, PretrainedMixin):
                     self.weight_reports.append(self.backbone.load_weights(source, part))
         self.text = TextTower(config.text, load_pretrained=load_pretrained)
         text_dim = self.text.width
-        channels = self.backbone.channels
-        self.experts = ScaleExperts(channels, config.expert_channels)
-        voxel_channels = channels[-1] if config.fusion_scale == 1 else channels[-2]
-        self.router = ScaleRouter(voxel_channels, text_dim, len(channels), config.router_dim)
-        self.heads = DynamicHeads(self.backbone.bottleneck_channels, text_dim, config.expert_channels,
+        info = self.backbone.feature_info
+        self.experts = ScaleExperts(info.channels, config.expert_channels)
+        voxel_channels = info.channels[info.level(config.fusion_scale)]
+        self.router = ScaleRouter(voxel_channels, text_dim, len(info), config.router_dim)
+        self.heads = DynamicHeads(info.pooled_channels, text_dim, config.expert_channels,
                                   config.head_hidden, config.text_proj_dim)
         # voxels per chunk of the per-voxel stage on one CPU thread, as elements of a (B, K, C, chunk) tensor: the
         # chunk's per-class tensors stay in cache (None: the whole patch at once, as on accelerators). With more
@@ -247,15 +247,11 @@ class MoME(nn.Module, PretrainedMixin):
         if volume.shape[1] != self.config.in_channels:
             raise InvalidInputError(
                 f"volume has {volume.shape[1]} channels, expected {self.config.in_channels} (shape {tuple(volume.shape)})")
-        bad = [s for s in volume.shape[2:] if s % 32]
-        if bad:
+        try:
+            self.backbone.check_size(*volume.shape[2:])
+        except InvalidInputError as err:
             raise InvalidInputError(
-                f"volume spatial size {tuple(volume.shape[2:])} must be multiples of 32 (SwinUNETR downsamples 5 "
-                f"times); pad it or use sliding_window_inference with roi_size={tuple(self.config.roi_size)}")
-        if self.config.norm == "instance" and all(s == 32 for s in volume.shape[2:]):
-            raise InvalidInputError(
-                f"volume {tuple(volume.shape[2:])} leaves a single bottleneck voxel, which instance norm cannot "
-                "normalise; use at least 64 voxels along one axis (or a model with norm='group')")
+                f"{err}; pad it or use sliding_window_inference with roi_size={tuple(self.config.roi_size)}") from None
 
     def _text(self, prompts: list[str] | None, text_emb: Tensor | None, like: Tensor) -> Tensor:
         if (prompts is None) == (text_emb is None):
@@ -280,20 +276,22 @@ class MoME(nn.Module, PretrainedMixin):
             return_gates: also return the (B, K, S, d, h, w) gates (memory: K*S floats per voxel).
 
         Returns:
-            ``logits`` (B, K, D, H, W); ``gate_usage`` (S,) mean gate per scale (finest last);
-            ``balance_loss`` () soft balance of the scales (1 = uniform); ``gates`` if asked.
+            ``logits`` (B, K, D, H, W); ``gate_usage`` (S,) mean gate per scale, in the pyramid's level order
+            (finest first, as ``gates``); ``balance_loss`` () soft balance of the scales (1 = uniform);
+            ``gates`` if asked.
         """
         self._check_volume(volume)
         text = self._text(prompts, text_emb, volume)
         if self.config.scale_text and self.config.normalize_text:
             text = text * math.sqrt(self.text_dim)
-        feats = self.backbone(volume)
+        pyramid = self.backbone(volume)
         scale = self.config.fusion_scale
         size = tuple(s // scale for s in volume.shape[2:])
-        experts = [e.flatten(2) for e in self.experts(feats.scales, size)]  # S x (B, C, X)
-        voxel = (feats.scales[-1] if scale == 1 else feats.scales[-2]).flatten(2)  # (B, C_v, X)
+        # S x (B, C, X) in the router's gate order, coarsest first (see ScaleRouter): the pyramid's reversed
+        experts = [e.flatten(2) for e in self.experts(pyramid.features, size)][::-1]
+        voxel = pyramid.features[self.backbone.feature_info.level(scale)].flatten(2)  # (B, C_v, X)
         queries = self.router.queries(text)
-        layers = self.heads.layers(self.heads.head_params(feats.bottleneck, text))
+        layers = self.heads.layers(self.heads.head_params(pyramid.bottleneck, text))
         (b, c, n_voxels), k = experts[0].shape, text.shape[0]
         step = n_voxels
         if volume.device.type == "cpu" and self.cpu_chunk_elements:
@@ -314,8 +312,9 @@ class MoME(nn.Module, PretrainedMixin):
             logits = upsample_trilinear(logits, tuple(volume.shape[2:]))
         usage = gate_sum.sum(dim=(0, 1)) / (b * k * n_voxels)  # (S,) mean gates
         out = {"logits": logits, "gate_usage": usage, "balance_loss": gate_balance_loss(usage=usage)}
+        out["gate_usage"] = usage.flip(0)  # the pyramid's level order, finest first
         if return_gates:
-            out["gates"] = torch.cat(gates, dim=-1).view(b, k, self.num_scales, *size)
+            out["gates"] = torch.cat(gates, dim=-1).view(b, k, self.num_scales, *size).flip(2)
         return out
 
     def forward(self, volume: Tensor, prompts: list[str] | None = None, *, text_emb: Tensor | None = None,
