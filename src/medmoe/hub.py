@@ -240,8 +240,8 @@ def _apply_trained_settings(config: Any, settings: dict[str, Any], allowed: tupl
         if before != after and key not in allowed and not any(key.startswith(f"{a}.") for a in allowed):
             can = f"only {', '.join(allowed)} can change" if allowed else "no setting can change"
             raise InvalidInputError(
-                f"{path}: {key}={_lookup(wanted, key)!r} would not match the trained weights (saved: {before!r}); "
-                f"on a saved model {can}. To change the architecture, train from a registered name"
+                f"{path}: cannot change {key} of a trained model ({before!r} -> {after!r}); on a saved model {can} "
+                f"(start from a registered name to change it)"
             )
     return merged
 

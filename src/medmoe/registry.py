@@ -173,9 +173,7 @@ def get_model_config(name: str) -> dict[str, Any]:
         return copy.deepcopy(_EXTRA_MODELS[name])
     path = _config_dir() / f"{name}.json"
     if not isinstance(name, str) or not path.is_file():
-        raise InvalidInputError(
-            f"unknown model {name!r}: neither a saved model directory nor a registered name ({list_models()})"
-        )
+        raise InvalidInputError(f"{name}: neither a saved model directory nor a registered model name ({list_models()})")
     return json.loads(path.read_text())
 
 

@@ -118,9 +118,10 @@ def test_a_folder_takes_trained_settings_and_refuses_architecture_overrides(toy_
     folder = medmoe.create_model("toy-big").save_pretrained(tmp_path / "saved")
     assert medmoe.create_model(folder, dropout=0.5).config.dropout == 0.5
     assert medmoe.create_model(folder, width=16).config.width == 16  # the saved value: nothing changes
-    with pytest.raises(InvalidInputError, match=r"saved: 16\).*only dropout can change") as caught:
+    with pytest.raises(InvalidInputError, match=r"cannot change width of a trained model \(16 -> 8\); on a saved "
+                                                r"model only dropout can change") as caught:
         medmoe.create_model(folder, width=8)
-    assert "width=8" in str(caught.value) and str(folder) in str(caught.value)
+    assert str(folder) in str(caught.value)
     with pytest.raises(InvalidInputError, match="text.max_length"):
         medmoe.create_model(folder, text={"max_length": 8})
     with pytest.raises(InvalidInputError, match="depth"):
@@ -143,7 +144,7 @@ def test_create_model_errors_name_the_path_or_name(toy_registry, tmp_path):
         medmoe.create_model(a_file)
     with pytest.raises(InvalidInputError, match=r"runs/nope/model: no such model directory"):
         medmoe.create_model("runs/nope/model")
-    with pytest.raises(InvalidInputError, match=r"unknown model 'toy-huge': neither a saved model directory"):
+    with pytest.raises(InvalidInputError, match=r"toy-huge: neither a saved model directory nor a registered model name"):
         medmoe.create_model("toy-huge")
 
 
