@@ -104,3 +104,22 @@ def test_example_config_in_the_repository_is_valid():
     args = parse_args(cli_parser(), ["train", "--data", "d", "--out", "o", "--config", str(example)])
     assert (args.steps, args.batch_size, args.lr, args.amp) == (2000, 32, 2e-4, "auto")
     TrainConfig.from_namespace(args)  # passes validation
+
+
+def test_config_is_read_only_by_the_two_pass_parse(tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "run.yaml", {"out": "a", "data": "d", "lr": 3e-4})
+    with pytest.raises(SystemExit):  # the parser's own parse would ignore the file: refused, not silent
+        cli_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(cfg)])
+    assert "was not read" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an abbreviation the pre-parser does not read
+        parse_args(cli_parser(), ["train", "--data", "d", "--out", "o", "--conf", str(cfg)])
+    assert "spell the flag out as --config" in capsys.readouterr().err
+
+
+def test_two_pass_parse_leaves_the_parser_as_it_was(tmp_path):
+    parser = cli_parser()
+    cfg = write_yaml(tmp_path / "run.yaml", {"out": "a", "data": "d", "lr": 3e-4})
+    assert parse_args(parser, ["train", "--config", str(cfg)]).lr == 3e-4
+    with pytest.raises(SystemExit):  # --data is required again: the YAML no longer gives it
+        parse_args(parser, ["train", "--out", "o"])
+    assert parse_args(parser, ["train", "--data", "d", "--out", "o"]).lr == 1e-4

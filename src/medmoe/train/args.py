@@ -38,7 +38,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--steps", type=int, default=d.steps, help="optimiser steps of the whole run")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per micro-batch per rank")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up, then cosine decay")
     g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="final lr as a fraction of --lr")
     g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="micro-batches per optimiser step")
@@ -48,7 +48,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         "capability >= 8), else fp16 with loss scaling; off on CPU")
     g.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)} or cuda:N")
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes per rank (started once, kept for the whole run)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the model's initialisation, data order and augmentation")
     g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps (and at the end)")
     g.add_argument("--keep-ckpts", type=int, default=d.keep_ckpts, help="keep the newest N checkpoints")
     g.add_argument("--log-every", type=int, default=d.log_every, help="metrics.jsonl / TensorBoard every N steps")
@@ -185,6 +186,9 @@ def yaml_defaults(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]
 
 def _typed(parser: argparse.ArgumentParser, path: Path, key: Any, action: argparse.Action, value: Any) -> Any:
     def convert(v: Any) -> Any:
+        if callable(action.type) and action.type not in (int, float) and isinstance(v, int | float) \
+                and not isinstance(v, bool):
+            v = str(v)  # a checking type such as a positive count reads the number's text
         if isinstance(v, str) and callable(action.type):
             try:
                 return action.type(v)
