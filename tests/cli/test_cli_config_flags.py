@@ -79,6 +79,19 @@ def test_bad_seg_values_are_usage_errors(argv, capsys):
 
 
 @dataclass
+class FutureLoss:
+    """Loss weights.
+
+    Attributes:
+        global_weight: weight of the global term.
+        local_weight: weight of the local term.
+    """
+
+    global_weight: float = 0.5
+    local_weight: float = 0.5
+
+
+@dataclass
 class FutureTaskConfig:
     """A task config with a field added later.
 
@@ -91,6 +104,8 @@ class FutureTaskConfig:
         crop: crop size, three numbers.
         freeze_text: keep the text tower frozen.
         seed: sampling seed.
+        loss: the loss weights.
+        schedule: anything JSON can say.
     """
 
     data: str
@@ -100,6 +115,8 @@ class FutureTaskConfig:
     crop: tuple[int, int, int] | None = None
     freeze_text: bool = True
     seed: int = 0
+    loss: FutureLoss = field(default_factory=FutureLoss)
+    schedule: Any = None
 
 
 def test_a_field_added_to_a_dataclass_gets_a_flag():
@@ -108,10 +125,14 @@ def test_a_field_added_to_a_dataclass_gets_a_flag():
     add_config_flags(parser, FutureTaskConfig, title="future")
     help_text = " ".join(parser.format_help().split())
     assert "--contrast-loss-weight" in help_text and "after the flags were written" in help_text
+    assert "--loss-local-weight" in help_text and "weight of the local term" in help_text
     args = parse_args(parser, ["--data", "x", "--out", "o", "--contrast-loss-weight", "0.25", "--mode", "b",
-                               "--crop", "1", "2", "3", "--no-freeze-text", "--seed", "4", "--set", "k=1"])
+                               "--crop", "1", "2", "3", "--no-freeze-text", "--seed", "4", "--set", "k=1",
+                               "--loss-local-weight", "2", "--schedule", '{"warmup": 3}'])
     assert config_from_args(FutureTaskConfig, args) == FutureTaskConfig(
-        data="x", overrides={"k": 1}, contrast_loss_weight=0.25, mode="b", crop=(1, 2, 3), freeze_text=False, seed=4)
+        data="x", overrides={"k": 1}, contrast_loss_weight=0.25, mode="b", crop=(1, 2, 3), freeze_text=False, seed=4,
+        loss=FutureLoss(local_weight=2.0), schedule={"warmup": 3})
+    assert config_from_args(FutureTaskConfig, parse_args(parser, ["--data", "x", "--out", "o"])) == FutureTaskConfig("x")
     with pytest.raises(SystemExit):
         parse_args(parser, ["--data", "x", "--out", "o", "--mode", "c"])
 

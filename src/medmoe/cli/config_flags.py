@@ -9,6 +9,7 @@ default; its help text is the field's entry in the class docstring's ``Attribute
 * The ``dict`` field (the model overrides) is ``--set KEY=VALUE`` (repeatable); model-config *shortcuts*
   (``--num-experts 4``) are the same as ``--set num_experts=4`` and win over it.
 * A field whose flag the trainer already has (``--seed``, ``--no-progress``) is read from that flag.
+* A nested dataclass field ``loss`` gives ``--loss-<subfield>`` flags; any other type takes a JSON value.
 
 What a dataclass cannot say (the spellings users have typed for years, choices of an ``Any`` field, a
 metavar) is in :data:`STYLES` and :data:`SHORTCUTS`, keyed by the config class's name.
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from medmoe.cli.overrides import parse_overrides
+from medmoe.cli.overrides import json_value, parse_overrides
 
 SET_DEST = "set_fields"
 
@@ -193,37 +194,54 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, *, title
     """Add a flag for every field of ``config_cls`` to ``parser`` (in a group named ``title``).
 
     Call it after the trainer's flags (``add_training_arguments``): a field whose ``--name`` or
-    ``--no-name`` the parser already has is read from that flag by :func:`config_from_args`.
-
-    Raises:
-        TypeError: a field whose type has no flag form and no :class:`FlagStyle` choices.
+    ``--no-name`` the parser already has is read from that flag by :func:`config_from_args`. A nested
+    dataclass field ``loss: LossWeights`` gives ``--loss-<subfield>`` flags (dest ``loss.<subfield>``); a
+    type with no flag form takes a JSON value.
     """
-    style = STYLES.get(config_cls.__name__, {})
+    group = parser.add_argument_group(title) if title else parser
+    _add_fields(parser, group, config_cls, STYLES.get(config_cls.__name__, {}), prefix="")
+    if any(_is_dict(h) for h in typing.get_type_hints(config_cls).values()):
+        group.add_argument("--set", action="append", dest=SET_DEST, metavar="KEY=VALUE",
+                           help=f"change a field of the model's config, e.g. --set {set_example(config_cls)} "
+                                f"(repeatable; a dotted key sets a nested field, text.max_length=32; values are "
+                                f"read as JSON). A saved model takes only settings that keep its weights valid")
+    for name, s in SHORTCUTS.get(config_cls.__name__, {}).items():
+        group.add_argument(_kebab(name), dest=name, type=s.type, choices=s.choices, metavar=s.metavar,
+                           default=None, help=f"{s.help}: a shortcut for --set {name}=VALUE (wins over --set)")
+
+
+def _is_dict(hint: Any) -> bool:
+    hint, _ = _unwrap_optional(hint)
+    return hint is dict or typing.get_origin(hint) is dict
+
+
+def _add_fields(parser: argparse.ArgumentParser, group: Any, config_cls: type, style: dict[str, FlagStyle], *,
+                prefix: str) -> None:
     docs = field_docs(config_cls)
     hints = typing.get_type_hints(config_cls)
     taken = parser._option_string_actions
-    group = parser.add_argument_group(title) if title else parser
     for f in dataclasses.fields(config_cls):
-        if _kebab(f.name) in taken or f"--no-{f.name.replace('_', '-')}" in taken:
-            continue
-        s = style.get(f.name, FlagStyle())
-        doc = f.metadata.get("help") or docs.get(f.name, "")
         hint, optional = _unwrap_optional(hints[f.name])
+        dest = f"{prefix}{f.name}"
+        if _is_dict(hint):
+            continue  # --set, added once
+        if dataclasses.is_dataclass(hint):
+            _add_fields(parser, group, hint, style, prefix=f"{dest}.")
+            continue
+        flag = _kebab(dest.replace(".", "_"))
+        if flag in taken or f"--no-{flag[2:]}" in taken:
+            continue
+        s = style.get(dest, FlagStyle())
+        doc = f.metadata.get("help") or docs.get(f.name, "")
         default = _default(f)
-        names = [s.option, _kebab(f.name), *s.aliases] if s.option else [_kebab(f.name), *s.aliases]
+        names = [s.option, flag, *s.aliases] if s.option else [flag, *s.aliases]
         if hint is bool:
             negated = [f"--no-{n[2:]}" for n in names]
-            group.add_argument(*names, *negated, *s.false_aliases, dest=f.name,
+            group.add_argument(*names, *negated, *s.false_aliases, dest=dest,
                                action=BoolFlag, false_options=(*negated, *s.false_aliases), default=default,
                                help=_help(doc, default, s.help, is_bool=True))
             continue
-        if typing.get_origin(hint) is dict or hint is dict:
-            group.add_argument("--set", action="append", dest=SET_DEST, metavar="KEY=VALUE",
-                               help=f"change a field of the model's config, e.g. --set {set_example(config_cls)} "
-                                    f"(repeatable; a dotted key sets a nested field, text.max_length=32; values are "
-                                    f"read as JSON). A saved model takes only settings that keep its weights valid")
-            continue
-        kwargs: dict[str, Any] = {"dest": f.name, "metavar": s.metavar, "choices": s.choices,
+        kwargs: dict[str, Any] = {"dest": dest, "metavar": s.metavar, "choices": s.choices,
                                   "help": _help(doc, default, s.help, is_bool=False)}
         if default is dataclasses.MISSING:
             kwargs["required"] = True
@@ -243,14 +261,11 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, *, title
             kwargs["type"] = s.type or (_optional_text if hint is str and optional else hint)
             if hint is str and optional and default:
                 kwargs["help"] = _help(f"{doc.rstrip('.')}; '' for none", default, s.help, is_bool=False)
-        elif s.choices is not None or s.type is not None:
-            kwargs["type"] = s.type
         else:
-            raise TypeError(f"{config_cls.__name__}.{f.name}: no flag for type {hint!r}; give it a FlagStyle")
+            kwargs["type"] = s.type or (None if s.choices is not None else json_value)
+            if kwargs["metavar"] is None and s.choices is None:
+                kwargs["metavar"] = "JSON"
         group.add_argument(*names, **kwargs)
-    for name, s in SHORTCUTS.get(config_cls.__name__, {}).items():
-        group.add_argument(_kebab(name), dest=name, type=s.type, choices=s.choices, metavar=s.metavar,
-                           default=None, help=f"{s.help}: a shortcut for --set {name}=VALUE (wins over --set)")
 
 
 class DeferredFlagsParser(argparse.ArgumentParser):
@@ -315,20 +330,26 @@ def config_from_args(config_cls: type, args: argparse.Namespace) -> Any:
     Raises:
         InvalidInputError: a malformed ``--set`` pair.
     """
-    data = vars(args)
+    return _build(config_cls, vars(args), prefix="", top=config_cls)
+
+
+def _build(config_cls: type, data: dict[str, Any], *, prefix: str, top: type) -> Any:
     hints = typing.get_type_hints(config_cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(config_cls):
         hint, _ = _unwrap_optional(hints[f.name])
-        if typing.get_origin(hint) is dict or hint is dict:
+        dest = f"{prefix}{f.name}"
+        if _is_dict(hint):
             pairs = list(data.get(SET_DEST) or [])
-            for name in SHORTCUTS.get(config_cls.__name__, {}):
+            for name in SHORTCUTS.get(top.__name__, {}):
                 if data.get(name) is not None:
                     pairs.append(f"{name}={json.dumps(data[name])}")
-            values[f.name] = parse_overrides(pairs, example=set_example(config_cls))
-        elif f.name in data:
-            value = data[f.name]
+            values[f.name] = parse_overrides(pairs, example=set_example(top))
+        elif dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, data, prefix=f"{dest}.", top=top)
+        elif dest in data:
+            value = data[dest]
             values[f.name] = tuple(value) if isinstance(value, list) and typing.get_origin(hint) is tuple else value
-        elif f"no_{f.name}" in data:
-            values[f.name] = not data[f"no_{f.name}"]
+        elif f"no_{dest}" in data:
+            values[f.name] = not data[f"no_{dest}"]
     return config_cls(**values)
