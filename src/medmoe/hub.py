@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as _load_safetensors
 from safetensors.torch import save_model as _save_safetensors
@@ -154,7 +155,7 @@ def read_model_config(directory: str | os.PathLike) -> tuple[str, dict[str, Any]
     return model_type, meta
 
 
-def load_model(directory: str | os.PathLike, *, device: Any = None, family: str | None = None,
+def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None, family: str | None = None,
                **settings: Any) -> nn.Module:
     """Load a model written by ``save_pretrained``; outputs equal the saved model's exactly.
 

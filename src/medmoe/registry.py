@@ -33,6 +33,7 @@ from medmoe.config import config_from_dict, merge_overrides
 from medmoe.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def build_config(name: str, **overrides: Any):
 
 
 def create_model(name_or_folder: str | os.PathLike, *, pretrained: bool = True, family: str | None = None,
-                 device: Any = None, **overrides: Any) -> nn.Module:
+                 device: str | torch.device | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model, or load one saved by ``save_pretrained``.
 
     Args:
