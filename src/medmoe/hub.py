@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as _load_safetensors
 from safetensors.torch import save_model as _save_safetensors
@@ -44,6 +45,14 @@ class PretrainedMixin:
     config: Any
     config_class: type
     model_type: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A class that names its own family registers it (medmoe.registry.register_family) when it is defined.
+        super().__init_subclass__(**kwargs)
+        if "model_type" in cls.__dict__:
+            from medmoe.registry import register_family
+
+            register_family(cls.model_type, cls)
 
     def save_pretrained(self, directory: str | os.PathLike, *, card: dict[str, Any] | None = None) -> Path:
         """Write the model to ``directory`` (created or replaced atomically); returns its path.
@@ -124,7 +133,7 @@ def read_model_config(directory: str | os.PathLike) -> tuple[str, dict[str, Any]
         NotAModelDirectoryError: no directory, no or an unreadable ``config.json`` (over 1 MiB, not JSON,
             not an object), or a ``model_type`` that is not the name of a model family.
     """
-    from medmoe.registry import FAMILIES
+    from medmoe.registry import family_names
 
     path = Path(directory)
     if not path.is_dir():
@@ -143,31 +152,36 @@ def read_model_config(directory: str | os.PathLike) -> tuple[str, dict[str, Any]
     if not isinstance(meta, dict) or "model_type" not in meta:
         raise NotAModelDirectoryError(f"{cfg_path}: not a medmoe config (no 'model_type' field)")
     model_type = meta.pop("model_type")
-    if not isinstance(model_type, str) or model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in family_names():
         raise NotAModelDirectoryError(
-            f"{cfg_path}: model_type {model_type!r} is not a medmoe model family; expected one of {sorted(FAMILIES)}"
+            f"{cfg_path}: model_type {model_type!r} is not a medmoe model family; expected one of {family_names()}"
         )
     meta.pop("medmoe_version", None)
     return model_type, meta
 
 
-def load_model(directory: str | os.PathLike, *, device: str | None = None, family: str | None = None) -> nn.Module:
+def load_model(directory: str | os.PathLike, *, device: str | torch.device | None = None, family: str | None = None,
+               **settings: Any) -> nn.Module:
     """Load a model written by ``save_pretrained``; outputs equal the saved model's exactly.
 
     Before any tensor of the model is allocated, the config is checked (field types, size ranges,
     :mod:`medmoe.model_checks`) and the safetensors header is read and compared with the shapes the config
     gives (built with parameters on the ``meta`` device), so a hand-edited or hostile directory fails in one
-    line. Weights are read with safetensors only: never pickle.
+    line. Weights are read with safetensors only: never pickle. ``medmoe.create_model(directory)`` calls this.
 
     Args:
         directory: the saved model.
         device: move the model there.
         family: the model family the caller needs (``"medmoe"`` alignment, ``"mome"`` segmentation);
             another family is refused with a message saying what the directory holds.
+        **settings: config fields to change before the model is built, only among the family's
+            ``trained_settings`` (see :class:`medmoe.registry.Family`), e.g. ``dispatch="dense"``; a value
+            equal to the saved one is accepted for any field.
 
     Raises:
         NotAModelDirectoryError: the directory, its config or its weights are missing, corrupt, do not
             match each other, or hold another family than ``family``.
+        InvalidInputError: a setting the config has no field for, or one a trained model cannot change.
     """
     from medmoe.model_checks import (
         check_sizes,
@@ -176,7 +190,7 @@ def load_model(directory: str | os.PathLike, *, device: str | None = None, famil
         expected_shapes,
         read_safetensors_header,
     )
-    from medmoe.registry import model_class
+    from medmoe.registry import get_family
 
     path = Path(directory)
     model_type, fields = read_model_config(path)
@@ -185,15 +199,21 @@ def load_model(directory: str | os.PathLike, *, device: str | None = None, famil
             f"{path}: holds a {describe_family(model_type)} model; this needs a {describe_family(family)} model"
         )
     try:
-        cls = model_class(model_type)
+        found = get_family(model_type)
+        cls = found.cls
         config = config_from_dict(cls.config_class, fields, where=str(path / CONFIG_NAME))
         check_sizes(config, str(path / CONFIG_NAME))
-        if (path / TEXT_DIR).is_dir() and dataclasses.is_dataclass(getattr(config, "text", None)):
-            if (path / TEXT_DIR / CONFIG_NAME).is_file():
-                check_text_config(path / TEXT_DIR / CONFIG_NAME)
-            config = dataclasses.replace(config, text=dataclasses.replace(config.text, model=str(path / TEXT_DIR)))
     except InvalidInputError as err:
         raise NotAModelDirectoryError(str(err)) from err
+    if settings:
+        config = _apply_trained_settings(config, settings, found.trained_settings, path)
+    if (path / TEXT_DIR).is_dir() and dataclasses.is_dataclass(getattr(config, "text", None)):
+        try:
+            if (path / TEXT_DIR / CONFIG_NAME).is_file():
+                check_text_config(path / TEXT_DIR / CONFIG_NAME)
+        except InvalidInputError as err:
+            raise NotAModelDirectoryError(str(err)) from err
+        config = dataclasses.replace(config, text=dataclasses.replace(config.text, model=str(path / TEXT_DIR)))
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise NotAModelDirectoryError(f"{path}: not a medmoe model directory (no {WEIGHTS_NAME})")
@@ -211,12 +231,45 @@ def load_model(directory: str | os.PathLike, *, device: str | None = None, famil
             f"unexpected {sorted(unexpected)[:5]})"
         )
     model.eval()
-    return model.to(device) if device else model
+    return model.to(device) if device is not None else model
 
 
-_FAMILY_NAMES = {"medmoe": "MedMoE image-report alignment (medmoe)", "mome": "MoME segmentation (mome)"}
+def _apply_trained_settings(config: Any, settings: dict[str, Any], allowed: tuple[str, ...], path: Path) -> Any:
+    """``config`` with ``settings`` merged, refusing a changed field that is not in ``allowed``."""
+    from medmoe.config import merge_overrides
+
+    where = str(path / CONFIG_NAME)
+    merged = merge_overrides(config, settings, where=where)  # unknown fields and bad types fail here
+    saved, wanted = config_to_dict(config), config_to_dict(merged)
+    for key in _dotted_keys(settings):
+        before, after = _lookup(saved, key), _lookup(wanted, key)
+        if before != after and key not in allowed and not any(key.startswith(f"{a}.") for a in allowed):
+            can = f"only {', '.join(allowed)} can change" if allowed else "no setting can change"
+            raise InvalidInputError(
+                f"{path}: cannot change {key} of a trained model ({before!r} -> {after!r}); on a saved model {can} "
+                f"(start from a registered name to change it)"
+            )
+    return merged
+
+
+def _dotted_keys(settings: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def describe_family(model_type: str) -> str:
-    """A model family as people call it, e.g. ``"MoME segmentation (mome)"``."""
-    return _FAMILY_NAMES.get(model_type, repr(model_type))
+    """A model family as people call it, e.g. ``"MoME segmentation (mome)"`` (see :mod:`medmoe.registry`)."""
+    from medmoe.registry import describe_family as describe
+
+    return describe(model_type)

@@ -4,6 +4,7 @@ nothing is deleted or replaced that the command did not create (finding 4)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import threading
@@ -131,7 +132,9 @@ def test_os_errors_reaching_the_cli_are_one_line(tmp_path, capsys, monkeypatch):
     parser = main_module.build_parser()
     args = parser.parse_args(["data", "check", "m.csv"])
     args.func = broken
-    monkeypatch.setattr(main_module, "build_parser", lambda: type("P", (), {"parse_args": lambda self, a: args})())
+    fake = argparse.ArgumentParser()
+    fake.parse_args = lambda a: args
+    monkeypatch.setattr(main_module, "build_parser", lambda: fake)
     assert main_module.main(["data", "check", "m.csv"]) == 1
     assert _error_line(capsys) == f"medmoe: error: {tmp_path / 'x'}: Permission denied"
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 import medmoe
-from medmoe.errors import NotAModelDirectoryError
+from medmoe.errors import InvalidInputError, NotAModelDirectoryError
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -111,3 +111,23 @@ def test_real_models_still_round_trip(tmp_path):
         loaded = medmoe.load_model(folder, family=model.model_type)
         for key, value in model.state_dict().items():
             assert torch.equal(value, loaded.state_dict()[key]), (name, key)
+
+
+def test_create_model_on_a_saved_medmoe_takes_inference_settings(tmp_path):
+    """A training run's model folder loads with create_model; dense dispatch (a trained setting) gives the
+    sparse model's embeddings; a size override is refused before any weight is read."""
+    torch.manual_seed(0)
+    tiny = {"text": {"model": "tiny-bert", "max_length": 16}, "local_dim": 16, "embed_dim": 16, "scale_hidden": 8,
+            "router_hidden": 8, "backbone": {"image_size": 64, "embed_dim": 8, "depths": [1, 1, 1, 1],
+                                             "num_heads": [1, 1, 2, 2], "window_size": 2, "drop_path_rate": 0.0}}
+    model = medmoe.create_model("medmoe-nano", pretrained=False, **tiny).eval()
+    folder = model.save_pretrained(tmp_path / "model")
+    images = torch.rand(3, 3, 64, 64)
+    dense = medmoe.create_model(str(folder), family="medmoe", dispatch="dense")
+    assert dense.config.dispatch == "dense" and not dense.training
+    with torch.no_grad():
+        torch.testing.assert_close(dense.encode_image(images), model.encode_image(images), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidInputError, match=r"cannot change local_dim of a trained model \(16 -> 32\)"):
+        medmoe.create_model(folder, local_dim=32)
+    with pytest.raises(InvalidInputError, match=r"medmoe-nano: a MedMoE image-report alignment \(medmoe\) model"):
+        medmoe.create_model("medmoe-nano", family="mome")

@@ -105,7 +105,7 @@ def test_cli_train_exports_a_model_that_predicts(datalist, tmp_path, capsys):
 def test_task_errors(datalist, tmp_path):
     with pytest.raises(InvalidInputError, match="datalist not found"):
         SegTask(SegTaskConfig(data=str(tmp_path / "nope.json")))
-    with pytest.raises(InvalidInputError, match="not a MoME"):
+    with pytest.raises(InvalidInputError, match=r"medmoe-nano: a MedMoE image-report alignment \(medmoe\) model; this needs a MoME segmentation"):
         SegTask(SegTaskConfig(data=str(datalist), model="medmoe-nano")).build_model()
 
 
@@ -113,9 +113,10 @@ def test_run_config_yaml_sets_seg_train_defaults():
     from pathlib import Path
 
     from medmoe.cli.main import build_parser
+    from medmoe.train.args import parse_args
 
     config = Path(__file__).resolve().parents[2] / "configs" / "seg-nano-phantoms.yaml"
-    args = build_parser().parse_args(["seg", "train", "--config", str(config), "--out", "run", "--steps", "7"])
+    args = parse_args(build_parser(), ["seg", "train", "--config", str(config), "--out", "run", "--steps", "7"])
     assert args.patch_size == [64, 32, 32] and args.spacing == [4.5, 4.5, 4.5] and args.soft_labels is True
     assert args.model == "mome-nano" and args.steps == 7 and args.val_split == "validation"
 

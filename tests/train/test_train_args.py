@@ -10,7 +10,7 @@ import yaml
 
 from medmoe.errors import InvalidInputError
 from medmoe.train import TrainConfig, add_training_arguments
-from medmoe.train.args import resolved_config, save_resolved_config
+from medmoe.train.args import parse_args, resolved_config, save_resolved_config
 
 
 def cli_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def test_yaml_sets_defaults_of_trainer_and_task_flags(tmp_path):
         "out": str(tmp_path / "run"), "data": "manifest.csv", "model": "medmoe-swin-t",
         "lr": 3e-4, "batch-size": 16, "amp": "bf16", "no_progress": True,
     })
-    args = cli_parser().parse_args(["train", "--config", str(cfg)])
+    args = parse_args(cli_parser(), ["train", "--config", str(cfg)])
     assert args.out == tmp_path / "run" and isinstance(args.out, Path)  # the flag's type applies
     assert args.data == Path("manifest.csv")  # a required flag may come from YAML
     assert (args.model, args.lr, args.batch_size, args.amp, args.no_progress) == ("medmoe-swin-t", 3e-4, 16, "bf16", True)
@@ -43,8 +43,8 @@ def test_yaml_sets_defaults_of_trainer_and_task_flags(tmp_path):
 
 def test_command_line_wins_over_yaml_wherever_it_appears(tmp_path):
     cfg = write_yaml(tmp_path / "run.yaml", {"out": "a", "data": "d", "lr": 3e-4, "steps": 50})
-    before = cli_parser().parse_args(["train", "--lr", "1e-4", "--config", str(cfg)])
-    after = cli_parser().parse_args(["train", "--config", str(cfg), "--lr", "1e-4", "--steps", "7"])
+    before = parse_args(cli_parser(), ["train", "--lr", "1e-4", "--config", str(cfg)])
+    after = parse_args(cli_parser(), ["train", "--config", str(cfg), "--lr", "1e-4", "--steps", "7"])
     assert before.lr == after.lr == 1e-4  # 1e-4 is also the built-in default: YAML must not override it
     assert (before.steps, after.steps) == (50, 7)
 
@@ -52,7 +52,7 @@ def test_command_line_wins_over_yaml_wherever_it_appears(tmp_path):
 def test_unknown_key_is_an_error_naming_it(tmp_path, capsys):
     cfg = write_yaml(tmp_path / "run.yaml", {"out": "a", "data": "d", "learning_rate": 0.1})
     with pytest.raises(SystemExit) as info:
-        cli_parser().parse_args(["train", "--config", str(cfg)])
+        parse_args(cli_parser(), ["train", "--config", str(cfg)])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown key 'learning_rate'" in err and str(cfg) in err and "lr" in err
@@ -66,23 +66,23 @@ def test_unknown_key_is_an_error_naming_it(tmp_path, capsys):
 def test_bad_yaml_values_are_errors(tmp_path, capsys, data, message):
     cfg = write_yaml(tmp_path / "run.yaml", data)
     with pytest.raises(SystemExit):
-        cli_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(cfg)])
+        parse_args(cli_parser(), ["train", "--data", "d", "--out", "o", "--config", str(cfg)])
     assert message in capsys.readouterr().err
 
 
 def test_missing_config_file_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(tmp_path / "nope.yaml")])
+        parse_args(cli_parser(), ["train", "--data", "d", "--out", "o", "--config", str(tmp_path / "nope.yaml")])
     assert "nope.yaml" in capsys.readouterr().err
 
 
 def test_resolved_config_loads_back_to_the_same_settings(tmp_path):
-    args = cli_parser().parse_args(["train", "--data", "d.csv", "--out", str(tmp_path / "r"), "--lr", "2e-3",
+    args = parse_args(cli_parser(), ["train", "--data", "d.csv", "--out", str(tmp_path / "r"), "--lr", "2e-3",
                                     "--resume", "latest", "--workers", "0"])
     saved = resolved_config(args)
     assert "resume" not in saved and "config" not in saved and "command" not in saved
     save_resolved_config(args, tmp_path / "config.yaml")
-    again = cli_parser().parse_args(["train", "--config", str(tmp_path / "config.yaml")])
+    again = parse_args(cli_parser(), ["train", "--config", str(tmp_path / "config.yaml")])
     for key in saved:
         assert getattr(again, key) == getattr(args, key), key
     assert again.resume is None
@@ -101,6 +101,25 @@ def test_train_config_validates_early(tmp_path):
 
 def test_example_config_in_the_repository_is_valid():
     example = Path(__file__).parents[2] / "configs" / "trainer-example.yaml"
-    args = cli_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(example)])
+    args = parse_args(cli_parser(), ["train", "--data", "d", "--out", "o", "--config", str(example)])
     assert (args.steps, args.batch_size, args.lr, args.amp) == (2000, 32, 2e-4, "auto")
     TrainConfig.from_namespace(args)  # passes validation
+
+
+def test_config_is_read_only_by_the_two_pass_parse(tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "run.yaml", {"out": "a", "data": "d", "lr": 3e-4})
+    with pytest.raises(SystemExit):  # the parser's own parse would ignore the file: refused, not silent
+        cli_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(cfg)])
+    assert "was not read" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an abbreviation the pre-parser does not read
+        parse_args(cli_parser(), ["train", "--data", "d", "--out", "o", "--conf", str(cfg)])
+    assert "spell the flag out as --config" in capsys.readouterr().err
+
+
+def test_two_pass_parse_leaves_the_parser_as_it_was(tmp_path):
+    parser = cli_parser()
+    cfg = write_yaml(tmp_path / "run.yaml", {"out": "a", "data": "d", "lr": 3e-4})
+    assert parse_args(parser, ["train", "--config", str(cfg)]).lr == 3e-4
+    with pytest.raises(SystemExit):  # --data is required again: the YAML no longer gives it
+        parse_args(parser, ["train", "--out", "o"])
+    assert parse_args(parser, ["train", "--data", "d", "--out", "o"]).lr == 1e-4

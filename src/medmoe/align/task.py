@@ -48,8 +48,10 @@ class AlignTaskConfig:
         augment: random training augmentation (deterministic per (seed, epoch, index)).
         seed: augmentation seed.
         pretrained: load the pretrained parts the config names (text encoder weights).
-        val_data, val_split, val_max: retrieval / routing check at validation time (None: no validation);
-            ``val_data`` is a manifest or a shard source.
+        val_data: manifest or shard source of the retrieval / routing check at validation time (None: no
+            validation).
+        val_split: validation rows of ``val_data``.
+        val_max: validation pairs at most.
         text_cache: cache a frozen text tower's outputs per report (see ``MedMoE.enable_text_cache``): on the
             CPU in float16, built once (a manifest's reports are encoded up front, split across ranks and
             exchanged; a shard stream's as they are met). Off by itself when the text tower trains, or when
@@ -86,22 +88,6 @@ def _check_source(flag: str, source: str) -> None:
         raise InvalidInputError(f"{flag} {source}: no such manifest file, shard folder or shard pattern")
 
 
-def build_align_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
-    """A registered MedMoE (with overrides) or one loaded from a saved directory."""
-    from medmoe.hub import load_model
-    from medmoe.registry import create_model, list_models
-
-    if Path(name_or_dir).is_dir():
-        if overrides:
-            raise InvalidInputError(f"config overrides {sorted(overrides)} apply to registered models, not to {name_or_dir}")
-        model = load_model(name_or_dir)
-        model.train()
-        return model
-    if name_or_dir not in list_models():
-        raise InvalidInputError(f"--model {name_or_dir!r}: neither a saved model directory nor one of {list_models()}")
-    return create_model(name_or_dir, pretrained=pretrained, **(overrides or {}))
-
-
 class AlignTask:
     """MedMoE image-report alignment for :func:`medmoe.train.run_training`."""
 
@@ -119,7 +105,10 @@ class AlignTask:
 
     # ---- model and data ------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        model = build_align_model(self.config.model, self.config.overrides, pretrained=self.config.pretrained)
+        from medmoe.registry import create_model
+
+        cfg = self.config
+        model = create_model(cfg.model, pretrained=cfg.pretrained, family="medmoe", **cfg.overrides).train()
         model.backbone.check_size(self.image_size, self.image_size)
         if self.config.text_cache and model.text.frozen:
             model.enable_text_cache()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from medmoe.cli.overrides import parse_overrides
+from medmoe.cli.config_flags import DeferredFlagsParser
+from medmoe.cli.models import model_from_flag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("align", help="MedMoE image-report alignment: train, eval, compare, embed")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-    group = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND")
+    group = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", parser_class=DeferredFlagsParser)
     _add_train(group)
     _add_eval(group)
     _add_compare(group)
@@ -21,35 +22,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(group: argparse._SubParsersAction) -> None:
+    from medmoe.cli.config_flags import add_task_flags
     from medmoe.train import add_training_arguments
 
-    train = group.add_parser("train", help="train a MedMoE model (single process or torchrun DDP)")
-    g = train.add_argument_group("alignment")
-    g.add_argument("--data", required=True, metavar="MANIFEST|SHARDS",
-                   help="training manifest (.csv / .jsonl), or shards: a folder of .tar, a brace pattern "
-                        "'corpus/shard-{000000..000999}.tar', a glob, or URLs (https://..., pipe:CMD, s3://... "
-                        "through fsspec); shards are streamed, each rank and loader worker reading its own")
-    g.add_argument("--model", default="medmoe-nano", help="registered model name or a saved model directory")
-    g.add_argument("--split", default="train", help="training rows (default train)")
-    g.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
-    g.add_argument("--num-experts", type=int, default=None, help="override the model's num_experts")
-    g.add_argument("--route-by", choices=("text", "image", "label"), default=None,
-                   help="override the model's training route")
-    g.add_argument("--set", action="append", metavar="KEY=VALUE", dest="set_fields",
-                   help="override any model config field, e.g. --set balance_loss_weight=0.1 (repeatable)")
-    g.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    g.add_argument("--random-text", action="store_true", help="random text-encoder weights (no pretrained load)")
-    g.add_argument("--val-data", default=None, metavar="MANIFEST|SHARDS",
-                   help="validation manifest or shards (retrieval, routing)")
-    g.add_argument("--val-split", default="val")
-    g.add_argument("--val-max", type=int, default=256, help="validation pairs at most")
-    g.add_argument("--text-cache-gb", type=float, default=4.0, metavar="GB",
-                   help="host memory for caching a frozen text tower's outputs (float16 on the CPU); a corpus "
-                        "that needs more trains without the cache (default 4)")
-    g.add_argument("--upcycle-steps", type=int, default=0, metavar="N",
-                   help="sparse upcycling: one shared expert for the first N steps, then copied into all "
-                        "experts (default 0: off)")
+    train = group.add_parser(
+        "train", help="train a MedMoE model (single process or torchrun DDP)",
+        description="Train a MedMoE model. The alignment flags are AlignTaskConfig's fields; --set changes any "
+                    "field of the model's config (--num-experts and --route-by are shortcuts of it).")
     add_training_arguments(train)
+    add_task_flags(train, "medmoe.align.task:AlignTaskConfig", title="alignment")
     train.set_defaults(func=run_train)
 
 
@@ -98,41 +79,12 @@ def _add_embed(group: argparse._SubParsersAction) -> None:
     em.set_defaults(func=run_embed)
 
 
-def _load(name_or_dir: str, device: str):
-    """An alignment model from a saved directory or a registered name; another family is a one-line error."""
-    from pathlib import Path
-
-    import medmoe
-    from medmoe.errors import InvalidInputError
-    from medmoe.hub import describe_family
-    from medmoe.registry import get_model_config
-
-    if Path(name_or_dir).is_dir():
-        return medmoe.load_model(name_or_dir, device=device, family="medmoe")
-    if Path(name_or_dir).exists():
-        raise InvalidInputError(f"--model {name_or_dir}: is a file; expected a saved model folder or a registered name")
-    family = get_model_config(name_or_dir).get("model_type")
-    if family != "medmoe":
-        raise InvalidInputError(f"--model {name_or_dir}: a {describe_family(family)} model; this command needs a "
-                                f"{describe_family('medmoe')} model")
-    return medmoe.create_model(name_or_dir).to(device).eval()
-
-
 def run_train(args: argparse.Namespace) -> int:
     from medmoe.align.task import AlignTask, AlignTaskConfig
+    from medmoe.cli.config_flags import config_from_args
     from medmoe.train import is_main, run_training
 
-    overrides = parse_overrides(args.set_fields, example="num_experts=1")
-    if args.num_experts is not None:
-        overrides["num_experts"] = args.num_experts
-    if args.route_by is not None:
-        overrides["route_by"] = args.route_by
-    config = AlignTaskConfig(
-        data=args.data, model=args.model, overrides=overrides, split=args.split or None, image_size=args.image_size,
-        augment=not args.no_augment, seed=args.seed, pretrained=not args.random_text, val_data=args.val_data,
-        val_split=args.val_split, val_max=args.val_max, upcycle_steps=args.upcycle_steps,
-        text_cache_gb=args.text_cache_gb,
-    )
+    config = config_from_args(AlignTaskConfig, args)
     _check_run_dir(args.out)
     result = run_training(AlignTask(config), args)
     if is_main():
@@ -150,7 +102,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from medmoe.cli.paths import check_output_file
 
     check_output_file(args.out)
-    model = _load(args.model, args.device)
+    model = model_from_flag(args.model, family="medmoe", device=args.device)
     metrics = evaluate(
         model, args.data, split=args.split or None, out=args.out, probe_split=args.probe_split or None,
         batch_size=args.batch_size, device=args.device, workers=args.workers, figures=not args.no_figures,
@@ -223,7 +175,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from medmoe.cli.paths import check_output_file
 
     check_output_file(args.out)
-    model = _load(args.model, args.device)
+    model = model_from_flag(args.model, family="medmoe", device=args.device)
     path = embed_manifest(model, args.data, args.out, split=args.split, batch_size=args.batch_size,
                           device=args.device, workers=args.workers, progress=not args.no_progress)
     print(f"embeddings: {path}")

@@ -87,14 +87,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(name_or_dir: str, device) -> tuple[object, str]:
-    """The model and how to name it in the index (a directory's absolute path, or the registered name)."""
+    """The MedMoE model and how to name it in the index (a directory's absolute path, or the registered name)."""
     from pathlib import Path
 
-    import medmoe
+    from medmoe.cli.models import model_from_flag
 
-    if Path(name_or_dir).is_dir():
-        return medmoe.load_model(name_or_dir, device=str(device)), str(Path(name_or_dir).resolve())
-    return medmoe.create_model(name_or_dir).to(device).eval(), name_or_dir
+    model = model_from_flag(name_or_dir, family="medmoe", device=device)
+    return model, str(Path(name_or_dir).resolve()) if Path(name_or_dir).is_dir() else name_or_dir
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:

@@ -38,30 +38,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _load(name_or_dir: str):
-    from pathlib import Path
-
-    import medmoe
-    from medmoe.errors import InvalidInputError
-
-    if Path(name_or_dir).is_dir():
-        return medmoe.load_model(name_or_dir)
-    if name_or_dir not in medmoe.list_models():
-        raise InvalidInputError(f"--model {name_or_dir!r}: neither a saved model directory nor one of "
-                                f"{medmoe.list_models()}")
-    return medmoe.create_model(name_or_dir).eval()
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from medmoe.cli.models import model_from_flag
     from medmoe.errors import InvalidInputError
     from medmoe.export import export_onnx, planned_paths
 
     if args.atol <= 0:
         raise InvalidInputError(f"--atol {args.atol}: expected a positive tolerance")
     out = Path(args.out)
-    model = _load(args.model)
+    model = model_from_flag(args.model)
     existing = [p.name for p in planned_paths(model, out) if p.exists()]
     if existing and not args.overwrite:  # checked again by export_onnx; here before any tracing
         raise InvalidInputError(f"{out}: would overwrite {', '.join(existing)}; pass --overwrite to replace them")

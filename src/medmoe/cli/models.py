@@ -21,3 +21,15 @@ def run(args: argparse.Namespace) -> int:
         for name in list_models():
             print(f"{name:24s} {get_model_config(name)['model_type']}")
     return 0
+
+
+def model_from_flag(value: str, *, family: str | None = None, device=None, flag: str = "--model"):
+    """The model a command's ``--model`` names (``medmoe.create_model``: a saved folder or a registered name),
+    in eval mode; an error names the flag (``--model runs/x: holds a MoME segmentation (mome) model; ...``)."""
+    import medmoe
+    from medmoe.errors import InvalidInputError, NotAModelDirectoryError
+
+    try:
+        return medmoe.create_model(value, family=family, device=device).eval()
+    except (InvalidInputError, NotAModelDirectoryError) as err:
+        raise type(err)(f"{flag} {err}") from None

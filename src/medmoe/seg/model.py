@@ -81,6 +81,7 @@ class MoME(nn.Module, PretrainedMixin):
 
     config_class = MoMEConfig
     model_type = "mome"
+    trained_settings = ("use_checkpoint", "drop_path_rate", "text.freeze")
 
     def __init__(self, config: MoMEConfig, *, load_pretrained: bool = True) -> None:
         super().__init__()

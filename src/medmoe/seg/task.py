@@ -49,7 +49,8 @@ class SegTaskConfig:
             the body's edge), ``none``, or an :class:`~medmoe.seg.transforms.Augmentation`.
         samples_per_volume: random patches drawn per volume and item.
         balance: uniform sampling across the source datasets.
-        bce_weight, dice_weight: loss weights.
+        bce_weight: weight of the binary cross-entropy term.
+        dice_weight: weight of the Dice term.
         dice_reduction: ``batch`` (Dice pooled per class over the batch) or ``sample`` (per sample and class).
         balance_weight: weight of the scale-balance term (0: off; the term is still logged).
         seed: patch sampling / augmentation seed.
@@ -92,22 +93,6 @@ class SegTaskConfig:
     channels_last: bool = True
 
 
-def build_seg_model(name_or_dir: str, overrides: dict[str, Any] | None = None, *, pretrained: bool = True) -> nn.Module:
-    """A registered MoME (with overrides) or one loaded from a saved directory (to fine-tune)."""
-    from medmoe.hub import load_model
-    from medmoe.registry import create_model, get_model_config, list_models
-
-    if Path(name_or_dir).is_dir():
-        if overrides:
-            raise InvalidInputError(f"config overrides {sorted(overrides)} apply to registered models, not to {name_or_dir}")
-        return load_model(name_or_dir).train()
-    if name_or_dir not in list_models():
-        raise InvalidInputError(f"--model {name_or_dir!r}: neither a saved model directory nor one of {list_models()}")
-    if get_model_config(name_or_dir)["model_type"] != "mome":
-        raise InvalidInputError(f"--model {name_or_dir!r} is not a MoME segmentation model")
-    return create_model(name_or_dir, pretrained=pretrained, **(overrides or {}))
-
-
 def dice_scores(pred: Tensor, target: Tensor) -> Tensor:
     """(K,) Dice of binary (K, *S) masks; NaN where both are empty (nothing to find, nothing found)."""
     pred, target = pred.flatten(1).float(), target.flatten(1).float()
@@ -139,14 +124,10 @@ class SegTask:
             overrides["roi_size"] = tuple(int(p) for p in cfg.patch_size)
         if cfg.spacing is not None:
             overrides["spacing"] = tuple(float(s) for s in cfg.spacing)
-        if Path(cfg.model).is_dir():
-            model = build_seg_model(cfg.model, pretrained=cfg.pretrained)
-            for key in ("roi_size", "spacing"):
-                if key in overrides and tuple(overrides[key]) != tuple(getattr(model.config, key)):
-                    raise InvalidInputError(f"{cfg.model} was trained with {key}={getattr(model.config, key)}; "
-                                            f"cannot fine-tune it at {overrides[key]}")
-        else:
-            model = build_seg_model(cfg.model, overrides, pretrained=cfg.pretrained)
+        from medmoe.registry import create_model
+
+        # A saved folder (fine-tuning) keeps its roi_size and spacing: create_model refuses other values.
+        model = create_model(cfg.model, pretrained=cfg.pretrained, family="mome", **overrides).train()
         self.patch_size = tuple(model.config.roi_size)
         self.spacing = tuple(model.config.spacing)
         if cfg.channels_last:

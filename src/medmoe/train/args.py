@@ -1,9 +1,10 @@
 """Command-line flags of every training command, and YAML run configs that set their defaults.
 
-``add_training_arguments(parser)`` adds the common flags to a (sub-)parser and makes ``--config FILE``
-work for *every* flag of that parser, including the task's own: the YAML's keys (``batch_size`` or
-``batch-size``) become the parser's defaults, so flags given on the command line still win wherever they
-appear. A key that the parser has no flag for is an error naming the key.
+``add_training_arguments(parser)`` adds the common flags to a (sub-)parser, among them ``--config FILE``.
+:func:`parse_args` parses a command line in two passes: a pre-parser reads ``--config``, the YAML's keys
+(``batch_size`` or ``batch-size``) are checked against the command's flags and become their defaults
+(``parser.set_defaults``), then the real parse runs, so flags given on the command line win wherever
+they appear. A key that the command has no flag for is an error naming the key.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g = parser.add_argument_group("training")
     g.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
                    help="run directory: checkpoints/, tb/, metrics.jsonl, summary.json, model/")
-    g.add_argument("--config", type=Path, metavar="YAML",
-                   help="YAML whose keys set the defaults of this command's flags (command line wins)")
+    g.add_argument("--config", type=Path, metavar="YAML", action=ConfigFileAction,
+                   help="YAML whose keys (flag names, e.g. batch_size: 16) set the defaults of this command's "
+                        "flags (command line wins)")
     g.add_argument("--steps", type=int, default=d.steps, help="optimiser steps of the whole run")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per micro-batch per rank")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up, then cosine decay")
     g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="final lr as a fraction of --lr")
     g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="micro-batches per optimiser step")
@@ -46,7 +48,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         "capability >= 8), else fp16 with loss scaling; off on CPU")
     g.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)} or cuda:N")
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading worker processes per rank (started once, kept for the whole run)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the model's initialisation, data order and augmentation")
     g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps (and at the end)")
     g.add_argument("--keep-ckpts", type=int, default=d.keep_ckpts, help="keep the newest N checkpoints")
     g.add_argument("--log-every", type=int, default=d.log_every, help="metrics.jsonl / TensorBoard every N steps")
@@ -61,46 +64,82 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--resume", metavar="latest|PATH",
                    help="continue from the newest complete checkpoint in RUN_DIR (latest) or from PATH")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    _enable_yaml_defaults(parser)
     return parser
 
 
-def _enable_yaml_defaults(parser: argparse.ArgumentParser) -> None:
-    # The YAML must be read before the parser runs (defaults are applied when parsing starts), and the
-    # CLI's subparsers call `parse_known_args` on this very parser object, so wrap it there.
-    if getattr(parser, "_medmoe_yaml_defaults", False):
-        return
-    original = parser.parse_known_args
+class ConfigFileAction(argparse.Action):
+    """``--config FILE``: read by :func:`parse_args` before the real parse; this action only checks that it was.
 
-    def parse_known_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
-        argv = list(sys.argv[1:] if args is None else args)
-        pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-        pre.add_argument("--config", type=Path)
-        try:
-            config = pre.parse_known_args(argv)[0].config
-        except argparse.ArgumentError:
-            config = None  # e.g. --config without a value: the real parser reports it properly
-        values: dict[str, Any] = {}
-        if config is not None:
-            values = yaml_defaults(parser, config)
-        namespace = namespace if namespace is not None else argparse.Namespace()
-        for key, value in values.items():
-            if not hasattr(namespace, key):
-                setattr(namespace, key, value)
-        # A flag that YAML provides is no longer required on the command line.
-        relaxed = [a for a in parser._actions if a.required and a.dest in values]
+    A parser's own ``parse_args`` would otherwise take the path and silently ignore the file (as would an
+    abbreviation such as ``--conf`` that the pre-parser does not know).
+    """
+
+    loaded: Path | None = None
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if self.loaded is None or Path(values) != self.loaded:
+            parser.error(f"{option_string} {values}: the file was not read; spell the flag out as --config "
+                         f"(programs parse with medmoe.train.args.parse_args)")
+        setattr(namespace, self.dest, values)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default ``sys.argv[1:]``) with ``parser``, the YAML of ``--config`` giving defaults.
+
+    Two passes: the command's parser (``parser`` or the sub-command ``argv`` selects) is found, a pre-parser
+    reads its ``--config``, the file's values are checked against that parser's flags and set with
+    ``set_defaults`` (a required flag that the YAML gives is no longer required), then ``parser`` parses
+    ``argv``. The parser is left as it was. A command without ``--config`` is parsed as usual.
+
+    Returns:
+        The namespace; for a training command it also records which keys a config may set
+        (:func:`resolved_config` saves those).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_parser(parser, argv)
+    if hasattr(command, "add_deferred_arguments"):  # flags added on first use (medmoe.cli.config_flags)
+        command.add_deferred_arguments()
+    config_action = next((a for a in command._actions if isinstance(a, ConfigFileAction)), None)
+    if config_action is None:
+        return parser.parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    pre.add_argument(*config_action.option_strings, dest="config", type=Path)
+    try:
+        path = pre.parse_known_args(argv)[0].config
+    except argparse.ArgumentError:
+        path = None  # e.g. --config without a value: the real parser reports it properly
+    values = yaml_defaults(command, path) if path is not None else {}
+    saved_defaults = dict(command._defaults), {a: a.default for a in command._actions}
+    relaxed = [a for a in command._actions if a.required and a.dest in values]
+    command.set_defaults(**values)
+    for action in relaxed:
+        action.required = False
+    config_action.loaded = path
+    try:
+        ns = parser.parse_args(argv)
+    finally:
+        command._defaults.clear()
+        command._defaults.update(saved_defaults[0])
+        for action, default in saved_defaults[1].items():
+            action.default = default
         for action in relaxed:
-            action.required = False
-        try:
-            ns, extras = original(argv, namespace)
-        finally:
-            for action in relaxed:
-                action.required = True
-        setattr(ns, CONFIG_KEYS_ATTR, sorted(_settable_actions(parser)))
-        return ns, extras
+            action.required = True
+        config_action.loaded = None
+    setattr(ns, CONFIG_KEYS_ATTR, sorted(_settable_actions(command)))
+    return ns
 
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-    parser._medmoe_yaml_defaults = True  # type: ignore[attr-defined]
+
+def _command_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The (sub-)parser that ``argv``'s command words select (``align train`` -> the ``train`` parser)."""
+    current = parser
+    for token in argv:
+        subparsers = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers:
+            break
+        if token in subparsers[0].choices:
+            current = subparsers[0].choices[token]
+    return current
 
 
 def _settable_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -131,15 +170,25 @@ def yaml_defaults(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]
         if key == "config":
             parser.error(f"--config {path}: key 'config' is not allowed inside a config file")
         action = actions.get(key)
+        spelling = f"--{key.replace('_', '-')}"
+        if action is None:
+            # a flag's other spelling (``no_augment: true`` for ``--no-augment``, as older run configs saved it)
+            action = next((a for a in actions.values() if spelling in a.option_strings), None)
         if action is None:
             valid = ", ".join(sorted(k for k in actions if k != "config"))
             parser.error(f"--config {path}: unknown key '{raw_key}' (valid keys: {valid})")
-        out[key] = _typed(parser, path, raw_key, action, value)
+        value = _typed(parser, path, raw_key, action, value)
+        if action.dest != key and hasattr(action, "value_of"):
+            value = action.value_of(spelling, value)
+        out[action.dest] = value
     return out
 
 
 def _typed(parser: argparse.ArgumentParser, path: Path, key: Any, action: argparse.Action, value: Any) -> Any:
     def convert(v: Any) -> Any:
+        if callable(action.type) and action.type not in (int, float) and isinstance(v, int | float) \
+                and not isinstance(v, bool):
+            v = str(v)  # a checking type such as a positive count reads the number's text
         if isinstance(v, str) and callable(action.type):
             try:
                 return action.type(v)
@@ -150,9 +199,15 @@ def _typed(parser: argparse.ArgumentParser, path: Path, key: Any, action: argpar
         return v
 
     value = [convert(v) for v in value] if isinstance(value, list) else convert(value)
-    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction) and not isinstance(value, bool):
+    if action.nargs == 0 and not isinstance(action, argparse._CountAction) and not isinstance(value, bool):
         parser.error(f"--config {path}: key '{key}': expected true or false, got {value!r}")
-    if action.type is int and not (isinstance(value, int) and not isinstance(value, bool)) and value is not None:
+    if isinstance(action, argparse._AppendAction) and value is not None and not isinstance(value, list):
+        value = [value]
+    if isinstance(action.nargs, int) and action.nargs > 0 and value is not None:
+        if not isinstance(value, list) or len(value) != action.nargs:
+            parser.error(f"--config {path}: key '{key}': expected a list of {action.nargs} values, got {value!r}")
+    items = value if isinstance(value, list) else [value]
+    if action.type is int and any(not isinstance(v, int) or isinstance(v, bool) for v in items if v is not None):
         parser.error(f"--config {path}: key '{key}': expected an integer, got {value!r}")
     if action.choices is not None and value is not None:
         items = value if isinstance(value, list) else [value]
