@@ -11,12 +11,12 @@ import pytest
 from seg_testkit import BandModel
 
 import medmoe
+from medmoe.cli.models import model_from_flag
 from medmoe.cli.seg_benchmark import (
     add_benchmark_command,
     add_eval_spacing_argument,
     eval_spacing_lines,
     eval_spacing_of,
-    load_seg_model,
 )
 from medmoe.errors import InvalidInputError
 from medmoe.seg.benchmark import benchmark, format_tables, parse_datalist_spec
@@ -101,7 +101,7 @@ def _parser():
 
 def test_the_cli_command_prints_the_tables_and_writes_json(two_datalists, tmp_path, monkeypatch, capsys):
     loaded = []
-    monkeypatch.setattr(medmoe, "load_model", lambda path, **kw: loaded.append((path, kw)) or _model())
+    monkeypatch.setattr(medmoe, "create_model", lambda path, **kw: loaded.append((path, kw)) or _model())
     folder = tmp_path / "model"
     folder.mkdir()
     out = tmp_path / "out" / "bench.json"
@@ -125,11 +125,10 @@ def test_eval_spacing_flag_and_model_loading_errors(monkeypatch):
         eval_spacing_of(parser.parse_args(["--eval-spacing", "1", "2"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--eval-spacing", "-1"])
-    with pytest.raises(InvalidInputError, match="neither a saved model folder nor a registered model"):
-        load_seg_model("no-such-model")
-    created = []
-    monkeypatch.setattr(medmoe, "create_model", lambda name: created.append(name) or _model())
-    assert isinstance(load_seg_model("mome-nano"), BandModel) and created == ["mome-nano"]
+    with pytest.raises(InvalidInputError, match="--model no-such-model: neither a saved model directory nor a registered"):
+        model_from_flag("no-such-model", family="mome")
+    with pytest.raises(InvalidInputError, match="needs a MoME"):
+        model_from_flag("medmoe-nano", family="mome")
 
 
 def test_seg_eval_lines_at_the_spacing(two_datalists):

@@ -9,7 +9,7 @@ from medmoe.cli.models import model_from_flag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("align", help="MedMoE image-report alignment: train, eval, compare, embed")
+    parser = sub.add_parser("align", help="MedMoE image-report alignment: train, eval, compare, embed, zeroshot, index, search, benchmark")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     group = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", parser_class=DeferredFlagsParser)
     _add_train(group)
@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from medmoe.cli.align_search import add_search_commands  # zeroshot, index, search
 
     add_search_commands(group)
+    from medmoe.cli.align_benchmark import add_benchmark_command  # the papers' protocols
+
+    add_benchmark_command(group)
 
 
 def _add_train(group: argparse._SubParsersAction) -> None:

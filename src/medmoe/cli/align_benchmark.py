@@ -39,25 +39,6 @@ def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=run_benchmark)
 
 
-def load_benchmark_model(name_or_dir: str, device: str):
-    """A model from a saved folder (:func:`medmoe.load_model`) or a registered name (:func:`medmoe.create_model`).
-
-    Raises:
-        InvalidInputError: ``name_or_dir`` is a file, not a folder or a name.
-    """
-    from pathlib import Path
-
-    import medmoe
-    from medmoe.errors import InvalidInputError
-
-    path = Path(name_or_dir)
-    if path.is_dir():
-        return medmoe.load_model(path, device=device, family="medmoe")
-    if path.exists():
-        raise InvalidInputError(f"--model {name_or_dir}: is a file; expected a saved model folder or a registered name")
-    return medmoe.create_model(name_or_dir).to(device).eval()
-
-
 def _seeds(text: str) -> list[int]:
     from medmoe.errors import InvalidInputError
 
@@ -94,7 +75,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--root {args.root}: not a folder (it holds one folder per test set)")
     out = check_output_file(args.out) if args.out else None
     device = resolve_device(args.device)
-    model = load_benchmark_model(args.model, str(device))
+    from medmoe.cli.models import model_from_flag
+
+    model = model_from_flag(args.model, family="medmoe", device=str(device))
     options = {"batch_size": args.batch_size, "device": str(device), "workers": args.workers,
                "progress": not args.no_progress, "cache_dir": args.cache_dir, "max_items": args.max_items}
     if args.suite == "zeroshot":

@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
-
-from torch import nn
 
 
 def _millimetres(text: str) -> float:
@@ -64,30 +61,6 @@ def eval_spacing_lines(report: dict) -> list[str]:
     return lines
 
 
-def load_seg_model(spec: str, device: str | None = None) -> nn.Module:
-    """A MoME model from a saved folder (``medmoe.load_model``) or a registered name (``medmoe.create_model``).
-
-    Raises:
-        InvalidInputError: ``spec`` is neither a folder nor a registered model, or names an alignment model.
-        NotAModelDirectoryError: the folder is not a saved MoME model.
-    """
-    import medmoe
-    from medmoe.errors import InvalidInputError
-    from medmoe.hub import describe_family
-
-    if Path(spec).is_dir():
-        return medmoe.load_model(spec, device=device, family="mome")
-    if spec not in medmoe.list_models():
-        raise InvalidInputError(f"--model {spec}: neither a saved model folder nor a registered model "
-                                f"({', '.join(medmoe.list_models())})")
-    model = medmoe.create_model(spec)
-    if getattr(model, "model_type", "mome") != "mome":
-        raise InvalidInputError(f"--model {spec}: a {describe_family(model.model_type)} model; "
-                                f"this needs a {describe_family('mome')} model")
-    model.eval()
-    return model.to(device) if device else model
-
-
 def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     """Register ``benchmark`` on the ``seg`` sub-command group."""
     bench = group.add_parser(
@@ -128,7 +101,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
     spacing = eval_spacing_of(args)
     for spec in args.datalists:
         parse_datalist_spec(spec)
-    model = load_seg_model(args.model, device=args.device)
+    from medmoe.cli.models import model_from_flag
+
+    model = model_from_flag(args.model, family="mome", device=args.device)
     result = benchmark(model, args.datalists, eval_spacing=spacing, out=args.out, classes=args.classes,
                        nsd_tolerance_mm=args.nsd_tolerance, threshold=args.threshold, overlap=args.overlap,
                        sw_batch_size=args.sw_batch_size, device=torch.device(args.device) if args.device else None,

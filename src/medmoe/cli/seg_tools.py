@@ -10,6 +10,13 @@ import json
 import logging
 import sys
 
+from medmoe.cli.seg_benchmark import (
+    add_benchmark_command,
+    add_eval_spacing_argument,
+    eval_spacing_lines,
+    eval_spacing_of,
+)
+
 logger = logging.getLogger(__name__)
 
 PREDICT_EPILOG = """\
@@ -124,7 +131,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--device", default=None)
     ev.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases")
     ev.add_argument("--no-progress", action="store_true")
+    add_eval_spacing_argument(ev)
     ev.set_defaults(func=run_eval)
+    add_benchmark_command(sub)
 
     build = sub.add_parser("build-samples", help="write synthetic CT phantoms and the real TotalSegmentator examples")
     build.add_argument("--out", required=True, help="output folder (phantoms/ and totalseg/ with datalists)")
@@ -350,7 +359,7 @@ def run_eval(args: argparse.Namespace) -> int:
     report = evaluate(model, args.data, split=args.split, classes=args.classes, out=args.out,
                       overlay_dir=args.overlays, nsd_tolerance_mm=args.nsd_tolerance, threshold=args.threshold,
                       overlap=args.overlap, sw_batch_size=args.sw_batch_size, device=_device(args.device),
-                      max_cases=args.max_cases, progress=not args.no_progress)
+                      max_cases=args.max_cases, progress=not args.no_progress, eval_spacing=eval_spacing_of(args))
 
     def fmt(v):
         return "   n/a" if v is None else f"{v:6.3f}"
@@ -364,6 +373,8 @@ def run_eval(args: argparse.Namespace) -> int:
     for name, det in report["tumour_detection"].items():
         print(f"{name}: sensitivity {fmt(det['sensitivity'])}, specificity {fmt(det['specificity'])} "
               f"(tp {det['tp']} fn {det['fn']} tn {det['tn']} fp {det['fp']})")
+    for line in eval_spacing_lines(report):
+        print(line)
     if report["bad"]:
         print(f"{len(report['bad'])} case(s) skipped:", file=sys.stderr)
         for row in report["bad"]:
