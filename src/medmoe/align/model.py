@@ -68,7 +68,7 @@ class MedMoE(PretrainedMixin, nn.Module):
         info = self.backbone.feature_info
         experts = [ScaleAttentionExpert(info.channels, config.local_dim, hidden=config.scale_hidden,
                                         refine_depth=config.refine_depth) for _ in range(config.num_experts)]
-        self.moe = MoELayer(experts, router=None, dispatch=config.dispatch)
+        self.moe = MoELayer(experts, dispatch=config.dispatch)
         self.routing = MedMoERouting(self.text.width, info.channels[-1], config.num_experts,
                                      hidden_dim=config.router_hidden, jitter=config.router_jitter,
                                      detach_image=config.detach_router_input, gate=config.gate)

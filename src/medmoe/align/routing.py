@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
-from medmoe.moe import Router, RouterOutput, load_balance_loss, router_ce_loss
+from medmoe.moe import Router, RouterOutput, load_balance_loss, router_ce_loss, router_distillation_loss
 
 IGNORE = -100
 
@@ -126,6 +126,6 @@ class MedMoERouting(nn.Module):
         if distill_weight:
             distill = zero
             if decision.source != "image":
-                distill = router_ce_loss(decision.image.logits, decision.taken.expert_index[:, 0].detach())
+                distill = router_distillation_loss(decision.image.logits, decision.taken.expert_index[:, 0])
             out["distill_loss"] = distill_weight * distill
         return out

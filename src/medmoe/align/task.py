@@ -25,7 +25,7 @@ from medmoe.data.reports import clean_report
 from medmoe.data.shards import ShardDataset, list_shards, looks_like_shards
 from medmoe.distributed import rank as process_rank
 from medmoe.errors import InvalidInputError
-from medmoe.moe import routing_entropy
+from medmoe.moe import expert_usage, route_agreement, routing_entropy
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +220,9 @@ class AlignTask:
         out = model(batch["images"], batch["reports"], modality=batch["modality"], return_loss=True)
         values = {k: v for k, v in out.items() if k == "loss" or k.endswith("_loss")}
         probs = torch.softmax(out["router_logits"].detach().float(), dim=-1)
-        k = probs.shape[-1]
-        usage = torch.bincount(out["expert_index"].detach(), minlength=k).float() / out["expert_index"].numel()
-        values["route/usage"] = usage
+        values["route/usage"] = expert_usage(out["expert_index"].detach(), probs.shape[-1])
         values["route/entropy"] = routing_entropy(probs).reshape(1)
-        agree = (out["image_expert_index"] == out["expert_index"]).float().mean()
+        agree = route_agreement(out["image_expert_index"], out["expert_index"])
         values["route/image_agreement"] = agree.detach().reshape(1)
         values["logit_scale"] = out["logit_scale"].detach().float().reshape(1)
         return values
