@@ -18,6 +18,8 @@ Optional methods (the trainer checks with ``getattr``; :class:`TaskBase` provide
     validate(model) -> dict[str, float]                   # every rank, bare module, eval mode, no_grad
     param_groups(model) -> list[dict]                     # AdamW groups; default: no decay on biases/norms
     export(model, directory: Path) -> None                # rank 0, bare module; default save_pretrained
+    may_leave_parameters_unused(model) -> bool            # DDP's find_unused_parameters, for tasks whose loss
+                                                          # weights leave parameters idle; default: the model's
 
 Optional attributes of the model that ``build_model()`` returns::
 
