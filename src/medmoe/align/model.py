@@ -54,8 +54,8 @@ class MedMoE(PretrainedMixin, nn.Module):
         >>> model.encode_image(torch.rand(2, 3, 64, 64)).shape      # no report, no label
         torch.Size([2, 96])
         >>> out = model(torch.rand(2, 3, 64, 64), ["No effusion.", "CT: small nodule."], return_loss=True)
-        >>> sorted(k for k in out if k.endswith("_loss"))
-        ['balance_loss', 'distill_loss', 'global_loss', 'local_loss']
+        >>> sorted(k for k in out if k.endswith("_loss"))    # weighted as medmoe.align.losses.AlignLossWeights()
+        ['balance_loss', 'distill_loss', 'global_loss', 'local_loss', 'router_ce_loss']
     """
 
     config_class = MedMoEConfig
