@@ -107,3 +107,56 @@ def test_loss_inputs_are_validated():
         global_contrastive_loss(torch.randn(3, 4), torch.randn(2, 4), 1.0)
     with pytest.raises(InvalidInputError, match="word_mask"):
         local_similarity(torch.randn(2, 3, 4), torch.ones(2, 2, dtype=torch.bool), torch.randn(2, 5, 4))
+
+
+def _forward_outputs(route_source="text"):
+    """A MedMoE forward dict of 4 pairs (what alignment_loss reads), fixed by a seed."""
+    g = torch.Generator().manual_seed(0)
+    router_logits = torch.randn(4, 6, generator=g, requires_grad=True)
+    return {
+        "image_embeds": F.normalize(torch.randn(4, 8, generator=g), dim=-1),
+        "text_embeds": F.normalize(torch.randn(4, 8, generator=g), dim=-1),
+        "logit_scale": torch.tensor(10.0),
+        "local_features": torch.randn(4, 8, 3, 3, generator=g),
+        "word_features": torch.randn(4, 5, 8, generator=g),
+        "word_mask": torch.ones(4, 5, dtype=torch.bool),
+        "router_logits": router_logits,
+        "router_probs": router_logits.float().softmax(-1),
+        "image_router_logits": torch.randn(4, 6, generator=g, requires_grad=True),
+        "expert_index": router_logits.argmax(-1),
+        "route_source": route_source,
+    }
+
+
+def test_alignment_loss_weights_each_term_and_sums_them():
+    from medmoe.align.losses import AlignLossWeights, alignment_loss
+    from medmoe.moe import load_balance_loss, router_ce_loss
+
+    out, modality = _forward_outputs(), torch.tensor([0, 3, -1, 9])
+    weights = AlignLossWeights(global_loss_weight=0.3, local_loss_weight=0.7, balance_loss_weight=0.1,
+                               router_ce_loss_weight=2.0, distill_loss_weight=0.5)
+    terms = alignment_loss(out, weights, modality=modality, gather=lambda x: x)
+    assert set(terms) == {"global_loss", "local_loss", "balance_loss", "router_ce_loss", "distill_loss", "loss"}
+    assert torch.equal(terms["global_loss"], 0.3 * global_contrastive_loss(
+        out["image_embeds"], out["text_embeds"], out["logit_scale"], gather=lambda x: x))
+    assert torch.equal(terms["local_loss"], 0.7 * local_contrastive_loss(
+        out["local_features"], out["word_features"], out["word_mask"]))
+    assert torch.equal(terms["balance_loss"], 0.1 * load_balance_loss(out["router_probs"], out["expert_index"][:, None]))
+    # unknown (-1) and out-of-range (9) modality ids do not count
+    assert torch.equal(terms["router_ce_loss"], 2.0 * router_ce_loss(out["router_logits"], torch.tensor([0, 3, -100, -100])))
+    assert torch.equal(terms["distill_loss"], 0.5 * F.cross_entropy(out["image_router_logits"], out["expert_index"]))
+    assert torch.allclose(terms["loss"], sum(v for k, v in terms.items() if k != "loss"))
+
+
+def test_alignment_loss_keeps_its_keys_when_a_term_has_nothing_to_do():
+    from medmoe.align.losses import AlignLossWeights, alignment_loss
+
+    by_image = alignment_loss(_forward_outputs("image"), modality=None)
+    assert float(by_image["distill_loss"].detach()) == 0.0 and float(by_image["router_ce_loss"].detach()) == 0.0
+    assert float(alignment_loss(_forward_outputs("label"))["balance_loss"].detach()) == 0.0
+    off = AlignLossWeights(balance_loss_weight=0, router_ce_loss_weight=0, distill_loss_weight=0, local_loss_weight=0)
+    assert set(alignment_loss(_forward_outputs(), off)) == {"global_loss", "loss"}
+    with pytest.raises(InvalidInputError, match="distill_loss_weight must be >= 0"):
+        AlignLossWeights(distill_loss_weight=-1.0)
+    with pytest.raises(InvalidInputError, match="with the reports"):
+        alignment_loss({"image_embeds": torch.zeros(2, 4)})

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from align_tiny import REPORTS, tiny_model
 
 import medmoe
+from medmoe.align.losses import AlignLossWeights
 from medmoe.errors import InvalidInputError
 
 
@@ -246,9 +247,9 @@ def test_probability_gate_keeps_the_old_switch_behaviour(batch):
 def _task_loss_router_grad(route_by: str, **overrides):
     """Gradient norm of the routing router's parameters from global + local contrastive terms alone."""
     images, reports = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(3)), REPORTS + REPORTS[:2]
-    model = tiny_model(route_by=route_by, balance_loss_weight=0.0, router_ce_loss_weight=0.0,
-                       distill_loss_weight=0.0, **overrides).train()
-    out = model(images, reports, return_loss=True)
+    model = tiny_model(route_by=route_by, **overrides).train()
+    contrastive_only = AlignLossWeights(balance_loss_weight=0.0, router_ce_loss_weight=0.0, distill_loss_weight=0.0)
+    out = model(images, reports, return_loss=True, loss_weights=contrastive_only)
     assert {k for k in out if k.endswith("_loss")} == {"global_loss", "local_loss"}
     out["loss"].backward()
     router = model.routing.text_router if route_by == "text" else model.routing.image_router

@@ -140,3 +140,45 @@ def test_cli_train_eval_embed(manifest, tmp_path):
         assert data["image_embeds"].shape == (12, 24) and data["text_embeds"].shape == (12, 24)
         assert np.allclose(np.linalg.norm(data["image_embeds"], axis=1), 1, atol=1e-5)
         assert data["paths"].shape == (12,) and data["expert_index"].shape == (12,)
+
+
+def test_loss_weights_given_as_model_overrides_go_to_the_task(manifest):
+    config = AlignTaskConfig(data=str(manifest), overrides={**TINY, "distill_loss_weight": 0.25, "local_loss_chunk": 2})
+    assert config.distill_loss_weight == 0.25 and config.local_loss_chunk == 2
+    assert "distill_loss_weight" not in config.overrides and config.overrides["local_dim"] == TINY["local_dim"]
+    assert AlignTask(config).loss_weights.distill_loss_weight == 0.25
+    same = AlignTaskConfig(data=str(manifest), distill_loss_weight=0.25, overrides={"distill_loss_weight": 0.25})
+    assert same.distill_loss_weight == 0.25
+    with pytest.raises(Exception, match="distill_loss_weight is given twice"):
+        AlignTaskConfig(data=str(manifest), distill_loss_weight=0.5, overrides={"distill_loss_weight": 0.25})
+    with pytest.raises(Exception, match="local_loss_chunk"):
+        AlignTaskConfig(data=str(manifest), overrides={"local_loss_chunk": "eight"})
+    with pytest.raises(Exception, match="global_loss_weight must be >= 0"):
+        AlignTask(AlignTaskConfig(data=str(manifest), global_loss_weight=-1.0))
+
+
+def test_a_model_saved_with_loss_weights_in_its_config_still_loads(tmp_path):
+    from align_tiny import tiny_model
+
+    import medmoe
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    config.pop("modality_experts")
+    config.update(global_loss_weight=0.5, local_loss_weight=0.5, balance_loss_weight=0.01, router_ce_loss_weight=1.0,
+                  distill_loss_weight=1.0, local_loss_chunk=0)  # as models were saved before the loss moved
+    path.write_text(json.dumps(config))
+    loaded = medmoe.load_model(tmp_path / "m")
+    assert loaded.config.modality_experts  # trained with a router cross-entropy: expert e is modality e
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    with pytest.raises(Exception, match="not config fields any more.*AlignTaskConfig"):
+        medmoe.create_model("medmoe-nano", distill_loss_weight=0.0)
+
+
+def test_the_task_records_whether_the_experts_learn_modalities(manifest):
+    assert AlignTask(task_config(manifest)).build_model().config.modality_experts
+    off = AlignTask(task_config(manifest, router_ce_loss_weight=0.0)).build_model()
+    assert not off.config.modality_experts

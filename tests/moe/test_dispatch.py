@@ -64,19 +64,19 @@ def test_gradients_agree_between_sparse_and_dense():
 def test_single_expert_equals_the_plain_expert():
     torch.manual_seed(3)
     expert = mlp_experts(1)[0]
-    layer = MoELayer([expert], Router(8, 1))
+    layer = MoELayer([expert])
     x = torch.randn(7, 16)
-    out = layer(x, condition=torch.randn(7, 8))
+    out = layer(x, route=Router(8, 1)(torch.randn(7, 8)))
     torch.testing.assert_close(out.output, expert(x))
     assert torch.all(out.route.gates == 1)
 
 
 def test_router_learns_from_the_task_loss_through_the_gate():
     torch.manual_seed(4)
-    layer = MoELayer(mlp_experts(3), Router(8, 3, gating="top1"))
-    out = layer(torch.randn(9, 16), condition=torch.randn(9, 8))
+    layer, router = MoELayer(mlp_experts(3)), Router(8, 3, gating="top1")
+    out = layer(torch.randn(9, 16), route=router(torch.randn(9, 8)))
     out.output.sum().backward()
-    grad = layer.router.net.weight.grad
+    grad = router.net.weight.grad
     assert grad is not None and grad.abs().sum() > 0
 
 
@@ -118,10 +118,10 @@ def test_inference_dispatch_never_overwrites_the_input(index):
 
 def test_tied_experts_run_expert_zero_with_the_router_gates_then_upcycle_copies_it():
     torch.manual_seed(0)
-    layer = MoELayer(mlp_experts(4), Router(8, 4))
+    layer, router = MoELayer(mlp_experts(4)), Router(8, 4)
     x, cond = torch.randn(24, 16), torch.randn(24, 8)
     layer.tie_experts()
-    out = layer(x, condition=cond)
+    out = layer(x, route=router(cond))
     assert len(set(out.route.expert_index[:, 0].tolist())) > 1  # the router still spreads the rows
     assert torch.allclose(out.output, layer.experts[0](x) * out.route.gates, atol=1e-6)
     out.output.sum().backward()

@@ -7,17 +7,19 @@ import torch.nn.functional as F
 
 from medmoe.errors import InvalidInputError
 from medmoe.moe import (
+    MoELayer,
     Router,
-    RoutingTracker,
+    SoftUsage,
     confusion_matrix,
+    expert_usage,
     load_balance_loss,
-    router_aux_losses,
+    route_agreement,
     router_ce_loss,
     router_distillation_loss,
-    router_z_loss,
     routing_agreement,
-    routing_scalars,
+    routing_entropy,
     select_experts,
+    soft_load_balance_loss,
 )
 
 
@@ -74,30 +76,75 @@ def test_router_ce_is_on_logits_not_probabilities():
     assert float(router_ce_loss(logits, torch.full((6,), -100))) == 0.0
 
 
-def test_distillation_trains_the_student_towards_the_teachers_choice():
+def test_distillation_trains_the_student_towards_the_route_taken():
     torch.manual_seed(0)
-    teacher = torch.randn(32, 5)
+    teacher = torch.randn(32, 5, requires_grad=True)
+    taken = teacher.argmax(-1)
     student = torch.zeros(32, 5, requires_grad=True)
     opt = torch.optim.SGD([student], lr=1.0)
     for _ in range(50):
         opt.zero_grad()
-        router_distillation_loss(student, teacher).backward()
+        router_distillation_loss(student, taken).backward()
         opt.step()
-    assert torch.equal(student.argmax(-1), teacher.argmax(-1))
+    assert torch.equal(student.argmax(-1), taken)
     assert teacher.grad is None
-    soft = router_distillation_loss(teacher.clone(), teacher, soft=True)
-    assert abs(float(soft)) < 1e-6
+    assert torch.equal(router_distillation_loss(student, taken), F.cross_entropy(student.float(), taken))
+    with pytest.raises(InvalidInputError, match="taken experts"):
+        router_distillation_loss(student, taken[:3])
 
 
-def test_z_loss_and_named_aux_losses():
-    logits = torch.randn(10, 3)
-    assert torch.allclose(router_z_loss(logits), torch.logsumexp(logits, -1).pow(2).mean())
-    route = select_experts(logits, "top1")
-    teacher = select_experts(torch.randn(10, 3), "top1")
-    losses = router_aux_losses(route, labels=torch.zeros(10, dtype=torch.long), teacher=teacher,
-                               balance_weight=0.1, z_weight=0.001, ce_weight=1.0, distill_weight=1.0)
-    assert set(losses) == {"balance_loss", "z_loss", "router_ce_loss", "distill_loss"}
-    assert set(router_aux_losses(route, balance_weight=0.1)) == {"balance_loss"}
+def test_soft_balance_loss_is_one_when_uniform_and_k_when_collapsed():
+    uniform = torch.full((2, 3, 4, 5), 0.25)
+    assert math.isclose(float(soft_load_balance_loss(SoftUsage(expert_dim=2).update(uniform).usage())), 1.0, rel_tol=1e-6)
+    collapsed = F.one_hot(torch.zeros(2, 3, 5, dtype=torch.long), 4).permute(0, 1, 3, 2).float()
+    assert float(soft_load_balance_loss(SoftUsage(expert_dim=2).update(collapsed).usage())) == 4.0
+    with pytest.raises(InvalidInputError, match="usage"):
+        soft_load_balance_loss(uniform)
+
+
+def test_soft_balance_is_the_switch_loss_when_the_gates_are_one_hot():
+    """With one-hot gates the soft usage equals the hard routing's fractions and mean probabilities."""
+    index = torch.tensor([0, 2, 2, 1, 2, 0])
+    gates = F.one_hot(index, 3).float()
+    assert torch.equal(SoftUsage(expert_dim=1, chunk_dim=0).update(gates).usage(), expert_usage(index, 3))
+    assert torch.allclose(soft_load_balance_loss(SoftUsage(expert_dim=1, chunk_dim=0).update(gates).usage()),
+                          load_balance_loss(gates, index.unsqueeze(1)))
+
+
+def test_soft_usage_over_chunks_equals_the_usage_of_the_whole():
+    torch.manual_seed(0)
+    gates = torch.randn(2, 3, 4, 10).softmax(dim=2)
+    whole = gates.mean(dim=(0, 1, 3))
+    meter = SoftUsage(expert_dim=2)
+    for chunk in gates.split(3, dim=-1):
+        meter.update(chunk)
+    torch.testing.assert_close(meter.usage(), whole)
+    leading = SoftUsage(expert_dim=2, chunk_dim=0)
+    for chunk in gates.split(1, dim=0):
+        leading.update(chunk)
+    torch.testing.assert_close(leading.usage(), whole)
+    with pytest.raises(InvalidInputError, match="before any update"):
+        SoftUsage(expert_dim=2).usage()
+    with pytest.raises(InvalidInputError, match="apart from chunk_dim"):
+        SoftUsage(expert_dim=3).update(gates)
+
+
+def test_usage_entropy_and_agreement_statistics():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    index = probs.argmax(-1, keepdim=True)
+    assert expert_usage(index, 2).tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert expert_usage(index, 2, dtype=torch.float64).dtype == torch.float64
+    assert expert_usage(torch.zeros(0, dtype=torch.long), 3).tolist() == [0.0, 0.0, 0.0]
+    assert float(routing_entropy(torch.full((4, 3), 1 / 3))) == pytest.approx(math.log(3))
+    assert float(route_agreement(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 1, 2]))) == 0.75
+    with pytest.raises(InvalidInputError, match="differ in shape"):
+        route_agreement(torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+
+
+def test_moe_layer_checks_the_route_width():
+    layer = MoELayer([torch.nn.Linear(4, 4) for _ in range(3)])
+    with pytest.raises(InvalidInputError, match="over 4 experts but the layer has 3"):
+        layer(torch.randn(2, 4), route=Router(8, 4)(torch.randn(2, 8)))
 
 
 def test_confusion_matrix_and_agreement():
@@ -108,16 +155,6 @@ def test_confusion_matrix_and_agreement():
     accuracy, mapping = routing_agreement(matrix)
     assert accuracy == pytest.approx(5 / 6) and mapping == {0: 2, 1: 0, 2: 1}
     assert routing_agreement(matrix, match="identity")[0] == pytest.approx(0.0)
-
-
-def test_routing_scalars_and_tracker():
-    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
-    scalars = routing_scalars(probs, probs.argmax(-1, keepdim=True))
-    assert scalars["route/usage_0"] == pytest.approx(2 / 3) and scalars["route/usage_1"] == pytest.approx(1 / 3)
-    tracker = RoutingTracker(2, num_labels=2)
-    tracker.update(probs, probs.argmax(-1, keepdim=True), torch.tensor([1, 1, 0]))
-    summary = tracker.summary()
-    assert summary["agreement"] == pytest.approx(1.0) and summary["count"] == 3
 
 
 def test_straight_through_gate_is_exactly_one_with_the_probability_gradient():

@@ -10,9 +10,10 @@ from monai.inferers import sliding_window_inference
 
 import medmoe
 from medmoe.errors import InvalidInputError
+from medmoe.moe import SoftUsage, soft_load_balance_loss
 from medmoe.seg.heads import DynamicHeads
 from medmoe.seg.model import MoME
-from medmoe.seg.router import ScaleRouter, gate_balance_loss
+from medmoe.seg.router import ScaleRouter
 
 BTCV13 = ["spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
           "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right",
@@ -209,8 +210,22 @@ def test_router_softmax_is_fp32_and_balance_loss_bounds():
     uniform = torch.full((1, 2, 5, 3), 0.2)
     one_scale = torch.zeros(1, 2, 5, 3)
     one_scale[:, :, 0] = 1
-    assert gate_balance_loss(uniform).item() == pytest.approx(1.0)
-    assert gate_balance_loss(one_scale).item() == pytest.approx(5.0)
+    assert soft_load_balance_loss(SoftUsage(expert_dim=2).update(uniform).usage()).item() == pytest.approx(1.0)
+    assert soft_load_balance_loss(SoftUsage(expert_dim=2).update(one_scale).usage()).item() == pytest.approx(5.0)
+
+
+def test_scale_usage_and_balance_from_the_moe_core_equal_the_former_formula_exactly():
+    """MoME took its usage and balance from its own code before they moved to ``medmoe.moe``: same bits."""
+    torch.manual_seed(0)
+    b, k, s, n = 2, 3, 5, 1000
+    gates = torch.randn(b, k, s, n).mul(3).softmax(dim=2)
+    meter, gate_sum = SoftUsage(expert_dim=2), 0
+    for chunk in gates.split(333, dim=-1):  # the model's voxel chunks
+        meter.update(chunk)
+        gate_sum = gate_sum + chunk.sum(dim=-1, dtype=torch.float32)
+    former_usage = gate_sum.sum(dim=(0, 1)) / (b * k * n)
+    assert torch.equal(meter.usage(), former_usage)
+    assert torch.equal(soft_load_balance_loss(meter.usage()), former_usage.numel() * former_usage.pow(2).sum())
 
 
 def test_sliding_window_equals_single_pass(model):

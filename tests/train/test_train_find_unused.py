@@ -45,6 +45,22 @@ def test_declared_answers_are_used_and_must_be_booleans():
         may_leave_parameters_unused(static)
 
 
+def test_a_task_that_answers_decides_for_the_model():
+    class Answers:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def may_leave_parameters_unused(self, model):
+            return self.answer
+
+    static = nn.Linear(2, 2)
+    static.may_leave_parameters_unused = False
+    assert may_leave_parameters_unused(static, Answers(True)) is True
+    assert may_leave_parameters_unused(static, object()) is False  # a task without an answer: the model's
+    with pytest.raises(InvalidInputError, match="Answers.may_leave_parameters_unused"):
+        may_leave_parameters_unused(static, Answers("yes"))
+
+
 @pytest.mark.parametrize(
     "overrides,idle_prefix",
     [
@@ -53,22 +69,38 @@ def test_declared_answers_are_used_and_must_be_booleans():
         ({"text": {**FROZEN_TEXT, "freeze": "last:1"}}, None),
         ({"num_experts": 6}, "moe.experts."),  # two samples reach at most two of six experts
         ({"route_by": "image"}, "routing.text_router."),
-        ({"distill_loss_weight": 0.0}, "routing.image_router."),
-        ({"global_loss_weight": 0.0}, "image_proj."),
-        ({"local_loss_weight": 0.0}, "word_proj."),
+        ({"loss": {"distill_loss_weight": 0.0}}, "routing.image_router."),
+        ({"loss": {"global_loss_weight": 0.0}}, "image_proj."),
+        ({"loss": {"local_loss_weight": 0.0}}, "word_proj."),
         ({"text": {**FROZEN_TEXT, "freeze": "none"}}, "text.encoder.pooler."),
     ],
 )
-def test_medmoe_declares_idle_parameters_exactly_when_a_step_leaves_some(overrides, idle_prefix):
+def test_medmoe_declares_idle_parameters_exactly_when_a_step_leaves_some(overrides, idle_prefix, tmp_path):
+    """The model answers for its architecture, the alignment task for its loss weights (given as ``loss``)."""
+    from medmoe.align.losses import AlignLossWeights, alignment_loss
+    from medmoe.align.task import AlignTask, AlignTaskConfig
+
+    overrides = dict(overrides)
+    weights = AlignLossWeights(**overrides.pop("loss", {}))
     torch.manual_seed(0)
     model = medmoe.create_model("medmoe-nano", **{**STATIC_MEDMOE, **overrides}).train()
-    out = model(torch.rand(2, 3, 64, 64), REPORTS, modality=torch.tensor([0, -1]), return_loss=True)
-    idle = idle_parameters(model, out["loss"])
+    modality = torch.tensor([0, -1])
+    out = model(torch.rand(2, 3, 64, 64), REPORTS, modality=modality)
+    losses = alignment_loss(out, weights, modality=modality, local_temperatures=model.config.local_temperatures)
+    idle = idle_parameters(model, losses["loss"])
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("image,report\n")
+    task = AlignTask(AlignTaskConfig(data=str(manifest), **{k: getattr(weights, k) for k in vars(weights)}))
     if idle_prefix is None:
         assert idle == [] and model.may_leave_parameters_unused is False
+        assert may_leave_parameters_unused(model, task) is False
     else:
         assert any(name.startswith(idle_prefix) for name in idle), idle
-        assert model.may_leave_parameters_unused is True
+        assert may_leave_parameters_unused(model, task) is True
+    if weights == AlignLossWeights():  # with the default weights the model's own answer is the whole answer
+        assert model.may_leave_parameters_unused is (idle_prefix is not None)
+    else:
+        assert model.may_leave_parameters_unused is False  # the architecture alone uses every parameter
 
 
 @pytest.mark.parametrize("freeze,static", [("all", True), ("none", False)])

@@ -1,13 +1,25 @@
-"""MedMoE configuration: backbone, experts, routing, losses, text tower. One dataclass readable at a glance."""
+"""MedMoE configuration: backbone, experts, routing, text tower. One dataclass readable at a glance.
+
+The loss weights are the training task's (``AlignTaskConfig``, :mod:`medmoe.align.losses`), not the model's.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from medmoe.errors import InvalidInputError
 from medmoe.text.config import TextConfig
 
+log = logging.getLogger(__name__)
+
 ROUTE_BY = ("text", "image", "label")
+
+# Loss settings that model configs held before they moved to the training task; still found in the
+# config.json of models saved then.
+LEGACY_LOSS_FIELDS = ("global_loss_weight", "local_loss_weight", "balance_loss_weight", "router_ce_loss_weight",
+                      "distill_loss_weight", "local_loss_chunk")
 
 
 @dataclass
@@ -76,7 +88,7 @@ def _as_tuple(value) -> tuple:
 
 @dataclass
 class MedMoEConfig:
-    """Architecture and loss settings of a MedMoE model.
+    """Architecture and routing settings of a MedMoE model.
 
     Attributes:
         backbone: the Swin pyramid.
@@ -105,13 +117,11 @@ class MedMoEConfig:
         logit_scale: the global InfoNCE scale (1 / temperature); GLoRIA and the released code use 10.
         learn_logit_scale: learn the scale (stored as a log, clamped to [1, 100]).
         local_temperatures: GLoRIA's (tau1, tau2, tau3) = (4, 5, 10): region attention sharpness,
-            word-context similarity scale, and the scale of the image-report local score.
-        global_loss_weight, local_loss_weight: weights of the two contrastive terms.
-        balance_loss_weight: Switch load balance on the router that routes.
-        router_ce_loss_weight: cross-entropy of the routing router's logits against modality labels
-            (rows without a label are ignored; needs num_experts >= number of modalities).
-        distill_loss_weight: trains the image router to predict the route taken.
-        local_loss_chunk: reports processed together in the local loss (memory bound; 0 = all).
+            word-context similarity scale, and the scale of the image-report local score (the local loss
+            and the attention figures read them).
+        modality_experts: expert e was trained for modality e of ``medmoe.data.modalities`` (one expert per
+            modality and a router cross-entropy on modality labels); set by the training task, read by
+            displays that name the experts.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -131,12 +141,28 @@ class MedMoEConfig:
     logit_scale: float = 10.0
     learn_logit_scale: bool = False
     local_temperatures: tuple[float, float, float] = (4.0, 5.0, 10.0)
-    global_loss_weight: float = 0.5
-    local_loss_weight: float = 0.5
-    balance_loss_weight: float = 0.01
-    router_ce_loss_weight: float = 0.0
-    distill_loss_weight: float = 1.0
-    local_loss_chunk: int = 0
+    modality_experts: bool = False
+
+    legacy_fields: ClassVar[tuple[str, ...]] = LEGACY_LOSS_FIELDS
+    legacy_note: ClassVar[str] = "loss weights are training settings (AlignTaskConfig, `medmoe align train --set`)"
+
+    @classmethod
+    def upgrade_legacy(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
+        """``data`` without the loss settings that configs held before they moved to the training task.
+
+        A positive ``router_ce_loss_weight`` there means the experts were trained on modality labels, which
+        becomes ``modality_experts`` (unless set).
+        """
+        present = [key for key in LEGACY_LOSS_FIELDS if key in data]
+        if not present:
+            return data
+        data = dict(data)
+        legacy = {key: data.pop(key) for key in present}
+        ce_weight = legacy.get("router_ce_loss_weight", 0)
+        if isinstance(ce_weight, int | float) and ce_weight > 0:
+            data.setdefault("modality_experts", True)
+        log.debug("%s: loss settings %s are the training task's now (AlignTaskConfig); ignored here", where, legacy)
+        return data
 
     def __post_init__(self) -> None:
         if self.num_experts < 1:
@@ -156,8 +182,3 @@ class MedMoEConfig:
             raise InvalidInputError(f"logit_scale must be > 0, got {self.logit_scale}")
         if len(self.local_temperatures) != 3 or min(self.local_temperatures) <= 0:
             raise InvalidInputError(f"local_temperatures must be three positive numbers, got {self.local_temperatures}")
-        weights = ("global_loss_weight", "local_loss_weight", "balance_loss_weight", "router_ce_loss_weight",
-                   "distill_loss_weight")
-        for name in weights:
-            if getattr(self, name) < 0:
-                raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")

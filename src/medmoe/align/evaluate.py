@@ -28,7 +28,7 @@ from medmoe.data.dataset import ImageReportDataset, collate_image_report
 from medmoe.data.modalities import MODALITIES
 from medmoe.data.shards import ShardDataset, looks_like_shards
 from medmoe.errors import InvalidInputError
-from medmoe.moe import confusion_matrix, routing_agreement
+from medmoe.moe import confusion_matrix, expert_usage, routing_agreement
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,7 @@ def routing_report(emb: Embeddings, num_experts: int) -> dict[str, Any]:
     ``agreement_identity`` scores expert e as modality e (what label-supervised routing aims at);
     ``agreement`` uses the best one-to-one modality -> expert mapping (routes learned without labels).
     """
-    usage = torch.bincount(emb.expert_index, minlength=num_experts).double()
-    out: dict[str, Any] = {"usage": (usage / usage.sum()).tolist()}
+    out: dict[str, Any] = {"usage": expert_usage(emb.expert_index, num_experts, dtype=torch.float64).tolist()}
     known = emb.modality >= 0
     if bool(known.any()):
         matrix = confusion_matrix(emb.modality, emb.expert_index, len(MODALITIES), num_experts)

@@ -1,15 +1,30 @@
-"""MedMoE's contrastive losses: global InfoNCE over ranks and GLoRIA's local word-region loss."""
+"""MedMoE's loss: its terms and their weighting, in one place.
+
+The terms: global InfoNCE over ranks, GLoRIA's local word-region loss, and the router losses of the shared
+MoE core (Switch balance, modality cross-entropy, distillation of the image router). Their weights are
+the training task's (:class:`AlignLossWeights`, the loss fields of ``AlignTaskConfig``), not the model's::
+
+    out = model(images, reports, modality=modality)
+    losses = alignment_loss(out, AlignLossWeights(distill_loss_weight=0.5), modality=modality,
+                            local_temperatures=model.config.local_temperatures)
+    losses["loss"].backward()
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medmoe.align.routing import IGNORE, clean_modality_labels
 from medmoe.distributed import gather_with_grad
 from medmoe.errors import InvalidInputError
+from medmoe.moe import load_balance_loss, router_ce_loss, router_distillation_loss
 
 Gather = Callable[[Tensor], Tensor]
 
@@ -138,3 +153,109 @@ def local_contrastive_loss(local_features: Tensor, words: Tensor, word_mask: Ten
     scores = temp3 * local_similarity(_at_least_fp32(words), word_mask, regions, temp1, temp2, chunk)
     target = torch.arange(scores.shape[0], device=scores.device)
     return (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
+
+
+@dataclass(frozen=True)
+class AlignLossWeights:
+    """The weights of MedMoE's loss terms and the loss-only settings (``AlignTaskConfig`` has the same fields).
+
+    Attributes:
+        global_loss_weight, local_loss_weight: weights of the two contrastive terms.
+        balance_loss_weight: Switch load balance on the router that routes (0 when labels route).
+        router_ce_loss_weight: cross-entropy of the routing router's logits against modality labels (rows
+            without a label are ignored; meaningful with one expert per modality).
+        distill_loss_weight: trains the image router to predict the route taken.
+        local_loss_chunk: reports processed together in the local loss (bounds its memory; 0 = all at once;
+            the value does not change).
+    """
+
+    global_loss_weight: float = 0.5
+    local_loss_weight: float = 0.5
+    balance_loss_weight: float = 0.01
+    router_ce_loss_weight: float = 1.0
+    distill_loss_weight: float = 1.0
+    local_loss_chunk: int = 0
+
+    def __post_init__(self) -> None:
+        for name in LOSS_FIELDS:
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def of(cls, settings: Any) -> AlignLossWeights:
+        """The weights held by ``settings`` (e.g. an ``AlignTaskConfig``): its attributes of the same names."""
+        return cls(**{name: getattr(settings, name) for name in LOSS_FIELDS})
+
+
+LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(AlignLossWeights))
+
+
+def routing_losses(outputs: Mapping[str, Any], modality: Tensor | None,
+                   weights: AlignLossWeights) -> dict[str, Tensor]:
+    """Weighted router losses of a MedMoE forward; a key is present whenever its weight is non-zero, so
+    every step returns the same keys.
+
+    balance_loss: Switch load balance of the router that routed (0 when labels routed).
+    router_ce_loss: CE of the routing router's logits against modality labels (unlabelled rows ignored;
+        the text router when labels routed, so that it serves unlabelled rows).
+    distill_loss: CE of the image router's logits against the expert actually used (0 when the image
+        router itself routed).
+
+    Args:
+        outputs: the model's forward dict (``router_logits``, ``router_probs``, ``expert_index``,
+            ``image_router_logits``, ``route_source``).
+        modality: (B,) modality ids, negative = unknown; None: no labels.
+        weights: the term weights.
+    """
+    image_logits = outputs["image_router_logits"]
+    source = outputs["route_source"]
+    zero = image_logits.sum() * 0.0
+    out: dict[str, Tensor] = {}
+    if weights.balance_loss_weight:
+        balance = zero
+        if source != "label":
+            balance = load_balance_loss(outputs["router_probs"], outputs["expert_index"][:, None])
+        out["balance_loss"] = weights.balance_loss_weight * balance
+    if weights.router_ce_loss_weight:
+        logits = outputs["router_logits"]
+        labels = clean_modality_labels(modality, logits.shape[-1], logits.shape[0], logits.device)
+        ce = zero if labels is None else router_ce_loss(logits, labels, ignore_index=IGNORE)
+        out["router_ce_loss"] = weights.router_ce_loss_weight * ce
+    if weights.distill_loss_weight:
+        distill = zero
+        if source != "image":
+            distill = router_distillation_loss(image_logits, outputs["expert_index"])
+        out["distill_loss"] = weights.distill_loss_weight * distill
+    return out
+
+
+def alignment_loss(outputs: Mapping[str, Any], weights: AlignLossWeights | None = None, *,
+                   modality: Tensor | None = None,
+                   local_temperatures: tuple[float, float, float] = (4.0, 5.0, 10.0),
+                   gather: Gather = gather_with_grad) -> dict[str, Tensor]:
+    """MedMoE's weighted loss terms (``*_loss``) of a forward with reports, and their sum under ``loss``.
+
+    Args:
+        outputs: ``MedMoE.forward(images, reports, ...)``'s dict.
+        weights: term weights and loss settings (None: :class:`AlignLossWeights`' defaults).
+        modality: (B,) modality ids (negative = unknown) for the router cross-entropy.
+        local_temperatures: GLoRIA's (tau1, tau2, tau3), the model's ``config.local_temperatures``.
+        gather: concatenates a tensor over ranks for the global term.
+
+    Returns:
+        ``global_loss``, ``local_loss`` and the router losses whose weight is non-zero, and ``loss``.
+    """
+    weights = AlignLossWeights() if weights is None else weights
+    if "text_embeds" not in outputs:
+        raise InvalidInputError("the alignment loss needs a forward with the reports (no text_embeds in the outputs)")
+    terms: dict[str, Tensor] = {}
+    if weights.global_loss_weight:
+        terms["global_loss"] = weights.global_loss_weight * global_contrastive_loss(
+            outputs["image_embeds"], outputs["text_embeds"], outputs["logit_scale"], gather=gather)
+    if weights.local_loss_weight:
+        terms["local_loss"] = weights.local_loss_weight * local_contrastive_loss(
+            outputs["local_features"], outputs["word_features"], outputs["word_mask"], tuple(local_temperatures),
+            weights.local_loss_chunk)
+    terms.update(routing_losses(outputs, modality, weights))
+    terms["loss"] = sum(terms.values(), torch.zeros((), device=outputs["image_embeds"].device))
+    return terms

@@ -5,7 +5,8 @@
     route (report / image / label in training, image at inference) -> top-1 expert (only it runs)
     expert -> local map (B, D, H/4, W/4) x gate (1; straight-through gradient to the router) -> mean
         -> linear -> global embedding (B, E)
-    losses: global InfoNCE (gathered over ranks) + GLoRIA local + router losses
+    losses (medmoe.align.losses, weighted by the training task): global InfoNCE (gathered over ranks)
+        + GLoRIA local + router losses
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 
 from medmoe.align.config import MedMoEConfig
 from medmoe.align.experts import ScaleAttentionExpert
-from medmoe.align.losses import global_contrastive_loss, local_contrastive_loss
+from medmoe.align.losses import AlignLossWeights, alignment_loss
 from medmoe.align.routing import MedMoERouting, RouteDecision
 from medmoe.backbones import FeatureInfo, build_backbone
 from medmoe.errors import InvalidInputError
@@ -53,8 +54,8 @@ class MedMoE(PretrainedMixin, nn.Module):
         >>> model.encode_image(torch.rand(2, 3, 64, 64)).shape      # no report, no label
         torch.Size([2, 96])
         >>> out = model(torch.rand(2, 3, 64, 64), ["No effusion.", "CT: small nodule."], return_loss=True)
-        >>> sorted(k for k in out if k.endswith("_loss"))
-        ['balance_loss', 'distill_loss', 'global_loss', 'local_loss']
+        >>> sorted(k for k in out if k.endswith("_loss"))    # weighted as medmoe.align.losses.AlignLossWeights()
+        ['balance_loss', 'distill_loss', 'global_loss', 'local_loss', 'router_ce_loss']
     """
 
     config_class = MedMoEConfig
@@ -69,7 +70,7 @@ class MedMoE(PretrainedMixin, nn.Module):
         info = self.backbone.feature_info
         experts = [ScaleAttentionExpert(info.channels, config.local_dim, hidden=config.scale_hidden,
                                         refine_depth=config.refine_depth) for _ in range(config.num_experts)]
-        self.moe = MoELayer(experts, router=None, dispatch=config.dispatch)
+        self.moe = MoELayer(experts, dispatch=config.dispatch)
         self.routing = MedMoERouting(self.text.width, info.pooled_channels, config.num_experts,
                                      hidden_dim=config.router_hidden, jitter=config.router_jitter,
                                      detach_image=config.detach_router_input, gate=config.gate)
@@ -93,18 +94,17 @@ class MedMoE(PretrainedMixin, nn.Module):
 
     @property
     def may_leave_parameters_unused(self) -> bool:
-        """Whether a training step can leave a trainable parameter without a gradient (DDP's
-        ``find_unused_parameters``, see :func:`medmoe.train.distributed.may_leave_parameters_unused`).
+        """Whether a training step with the default loss weights (:class:`AlignLossWeights`) can leave a
+        trainable parameter without a gradient (DDP's ``find_unused_parameters``, see
+        :func:`medmoe.train.distributed.may_leave_parameters_unused`).
 
         True with K > 1 (an expert no sample chose), when a router is idle (``route_by="image"`` never calls
-        the text router; the image router learns from ``distill_loss`` alone), when a contrastive term is off
-        (its projections then get no gradient), when the whole text tower trains (its pooler is unused) or
-        when the image router's input is detached from a backbone whose bottleneck only it reads (EfficientNet's
-        head conv).
+        the text router), when the whole text tower trains (its pooler is unused) or when the image router's
+        input is detached from a backbone whose bottleneck only it reads (EfficientNet's head conv). A task that
+        weights the losses otherwise adds what its weights leave idle (``AlignTask.may_leave_parameters_unused``).
         """
         c = self.config
-        return (c.num_experts > 1 or c.route_by == "image" or not c.distill_loss_weight
-                or not (c.global_loss_weight and c.local_loss_weight) or c.text.freeze == "none"
+        return (c.num_experts > 1 or c.route_by == "image" or c.text.freeze == "none"
                 or (c.detach_router_input and c.backbone.kind != "swin"))  # a head conv only pooled reads
 
     @property
@@ -237,7 +237,8 @@ class MedMoE(PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor, reports: list[str] | None = None, *, modality: Tensor | None = None,
-                return_loss: bool = False, route_by: str | None = None) -> dict[str, Any]:
+                return_loss: bool = False, route_by: str | None = None,
+                loss_weights: AlignLossWeights | None = None) -> dict[str, Any]:
         """Encode a batch of image-report pairs.
 
         Args:
@@ -245,13 +246,15 @@ class MedMoE(PretrainedMixin, nn.Module):
                 model's device), or float32 already normalised (ImageNet mean / std).
             reports: B report strings (None: image side only, routed by the image).
             modality: (B,) modality ids (negative = unknown), for ``route_by="label"`` and the router CE.
-            return_loss: add the weighted loss terms (``*_loss``) and their sum ``loss``.
+            return_loss: add the weighted loss terms (``*_loss``) and their sum ``loss``, computed by
+                :func:`medmoe.align.losses.alignment_loss` (a convenience: training tasks call it themselves).
             route_by: override ``config.route_by`` (e.g. ``"image"`` to evaluate the inference route).
+            loss_weights: the weights of ``return_loss`` (None: :class:`AlignLossWeights`' defaults).
 
         Returns:
             dict: ``image_embeds`` (B, E), ``text_embeds`` (B, E) (both normalised), ``local_features``
             (B, D, H/4, W/4), ``word_features`` (B, W, D), ``word_mask`` (B, W), ``words``,
-            ``router_logits`` (B, K) of the router that routed, ``image_router_logits``,
+            ``router_logits`` / ``router_probs`` (B, K) of the router that routed, ``image_router_logits``,
             ``text_router_logits``, ``expert_index`` (B,), ``gates`` (B,) (the scale of the expert's
             output: 1 unless ``config.gate="probability"``), ``route_source``,
             ``logit_scale``; with ``return_loss`` also ``global_loss``, ``local_loss``, the router losses
@@ -275,6 +278,7 @@ class MedMoE(PretrainedMixin, nn.Module):
             "word_mask": text.word_mask,
             "words": text.word_text,
             "router_logits": decision.taken.logits,
+            "router_probs": decision.taken.probs,
             "image_router_logits": decision.image.logits,
             "text_router_logits": decision.text.logits if decision.text is not None else None,
             "expert_index": decision.taken.expert_index[:, 0],
@@ -284,24 +288,9 @@ class MedMoE(PretrainedMixin, nn.Module):
             "logit_scale": self.logit_scale,
         }
         if return_loss:
-            out.update(self.losses(out, decision, modality))
+            out.update(alignment_loss(out, loss_weights, modality=modality,
+                                      local_temperatures=self.config.local_temperatures))
         return out
-
-    def losses(self, out: dict[str, Any], decision: RouteDecision, modality: Tensor | None) -> dict[str, Tensor]:
-        """The weighted loss terms of a forward output, and their sum under ``loss``."""
-        cfg = self.config
-        terms: dict[str, Tensor] = {}
-        if cfg.global_loss_weight:
-            terms["global_loss"] = cfg.global_loss_weight * global_contrastive_loss(
-                out["image_embeds"], out["text_embeds"], out["logit_scale"])
-        if cfg.local_loss_weight:
-            terms["local_loss"] = cfg.local_loss_weight * local_contrastive_loss(
-                out["local_features"], out["word_features"], out["word_mask"], cfg.local_temperatures,
-                cfg.local_loss_chunk)
-        terms.update(self.routing.losses(decision, modality, balance_weight=cfg.balance_loss_weight,
-                                         ce_weight=cfg.router_ce_loss_weight, distill_weight=cfg.distill_loss_weight))
-        terms["loss"] = sum(terms.values(), torch.zeros((), device=out["image_embeds"].device))
-        return terms
 
     def num_parameters(self, *, active: bool = False) -> int:
         """Parameters of the model; ``active=True`` counts one expert only (what one image runs through)."""

@@ -1,7 +1,8 @@
 """MedMoE routing: a text router on the report, an image router on the pooled image feature.
 
 Training routes by ``route_by`` (the report, the image or the modality label); the image router always
-learns to predict the route that was taken, so inference routes by the image alone.
+learns to predict the route that was taken (``distill_loss`` in :mod:`medmoe.align.losses`), so inference
+routes by the image alone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
-from medmoe.moe import Router, RouterOutput, load_balance_loss, router_ce_loss
+from medmoe.moe import Router, RouterOutput
 
 IGNORE = -100
 
@@ -34,8 +35,10 @@ class RouteDecision:
     source: str
 
 
-def _clean_labels(labels: Tensor | None, num_experts: int, batch: int, device: torch.device) -> Tensor | None:
-    """Modality ids as long, with unknown (< 0) or out-of-range ids set to IGNORE."""
+def clean_modality_labels(labels: Tensor | None, num_experts: int, batch: int,
+                          device: torch.device) -> Tensor | None:
+    """(B,) modality ids as long on ``device``, with unknown (< 0) or out-of-range ids set to IGNORE; None
+    stays None."""
     if labels is None:
         return None
     labels = torch.as_tensor(labels, device=device).long().reshape(-1)
@@ -90,7 +93,7 @@ class MedMoERouting(nn.Module):
             return RouteDecision(text, image, text, "text")
         if route_by != "label":
             raise InvalidInputError(f"route_by must be 'text', 'image' or 'label', got {route_by!r}")
-        labels = _clean_labels(labels, self.num_experts, pooled.shape[0], pooled.device)
+        labels = clean_modality_labels(labels, self.num_experts, pooled.shape[0], pooled.device)
         if labels is None:
             raise InvalidInputError("route_by='label' needs modality labels")
         known = labels != IGNORE
@@ -100,32 +103,3 @@ class MedMoERouting(nn.Module):
         gates = torch.where(known, torch.ones_like(text.gates[:, 0]), text.gates[:, 0]).unsqueeze(1)
         taken = RouterOutput(logits=text.logits, probs=text.probs, expert_index=index, gates=gates)
         return RouteDecision(taken, image, text, "label")
-
-    def losses(self, decision: RouteDecision, labels: Tensor | None, *, balance_weight: float, ce_weight: float,
-               distill_weight: float) -> dict[str, Tensor]:
-        """Weighted router losses; a key is present whenever its weight is non-zero (stable across steps).
-
-        balance_loss: Switch load balance of the router that routed (0 when labels routed).
-        router_ce_loss: CE of the routing router's logits against modality labels (unlabelled rows ignored;
-            the text router when labels routed, so that it serves unlabelled rows).
-        distill_loss: CE of the image router's logits against the expert actually used (0 when the image
-            router itself routed).
-        """
-        zero = decision.image.logits.sum() * 0.0
-        out: dict[str, Tensor] = {}
-        if balance_weight:
-            balance = zero
-            if decision.source != "label":
-                balance = load_balance_loss(decision.taken.probs, decision.taken.expert_index)
-            out["balance_loss"] = balance_weight * balance
-        if ce_weight:
-            batch = decision.image.logits.shape[0]
-            clean = _clean_labels(labels, self.num_experts, batch, decision.image.logits.device)
-            ce = zero if clean is None else router_ce_loss(decision.taken.logits, clean, ignore_index=IGNORE)
-            out["router_ce_loss"] = ce_weight * ce
-        if distill_weight:
-            distill = zero
-            if decision.source != "image":
-                distill = router_ce_loss(decision.image.logits, decision.taken.expert_index[:, 0].detach())
-            out["distill_loss"] = distill_weight * distill
-        return out

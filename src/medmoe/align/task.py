@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,16 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from medmoe.align.evaluate import dataset_size, embed_dataset, make_dataset, routing_report
+from medmoe.align.losses import LOSS_FIELDS, AlignLossWeights, alignment_loss
 from medmoe.align.retrieval import retrieval_metrics
+from medmoe.config import checked_value
 from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report
+from medmoe.data.modalities import MODALITIES
 from medmoe.data.reports import clean_report
 from medmoe.data.shards import ShardDataset, list_shards, looks_like_shards
 from medmoe.distributed import rank as process_rank
 from medmoe.errors import InvalidInputError
-from medmoe.moe import routing_entropy
+from medmoe.moe import expert_usage, route_agreement, routing_entropy
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,8 @@ class AlignTaskConfig:
             (``corpus/shard-{000000..000999}.tar``), a glob or URLs (``https://``, ``pipe:``, fsspec schemes);
             shards are streamed, each rank and loader worker reading its own (:class:`ShardDataset`).
         model: a registered name (``medmoe-nano``) or a saved model directory to continue from.
-        overrides: config fields of the registered model (``{"num_experts": 1, "route_by": "image"}``).
+        overrides: config fields of the registered model (``{"num_experts": 1, "route_by": "image"}``). A
+            loss field below given here (``--set global_loss_weight=0.3``) sets that field.
         split: training rows.
         image_size: input side (default: the model's ``backbone.image_size``).
         augment: random training augmentation (deterministic per (seed, epoch, index)).
@@ -62,6 +67,15 @@ class AlignTaskConfig:
             runs wherever any expert is routed (the routers still learn their routes), then its weights are
             copied into every expert and each specialises from there. 0 = off (experts start from their own
             initialisation and each learns from the 1/K of the data routed to it).
+        global_loss_weight: weight of the global image-report InfoNCE (gathered over ranks).
+        local_loss_weight: weight of GLoRIA's local word-region contrastive loss.
+        balance_loss_weight: weight of the Switch load balance of the router that routes.
+        router_ce_loss_weight: weight of the cross-entropy of the routing router against modality labels
+            (unlabelled rows ignored; with one expert per modality it makes expert e modality e's).
+        distill_loss_weight: weight of the image router's distillation towards the route taken (the image
+            router routes at inference).
+        local_loss_chunk: reports processed together in the local loss (bounds its memory; 0 = all at once;
+            the loss value does not change).
     """
 
     data: str
@@ -78,6 +92,37 @@ class AlignTaskConfig:
     text_cache: bool = True
     text_cache_gb: float = 4.0
     upcycle_steps: int = 0
+    # the loss (medmoe.align.losses.AlignLossWeights)
+    global_loss_weight: float = 0.5
+    local_loss_weight: float = 0.5
+    balance_loss_weight: float = 0.01
+    router_ce_loss_weight: float = 1.0
+    distill_loss_weight: float = 1.0
+    local_loss_chunk: int = 0
+
+    def __post_init__(self) -> None:
+        """Move loss fields given as model overrides (``--set distill_loss_weight=0.5``) to the task's."""
+        moved = {key: self.overrides[key] for key in LOSS_FIELDS if key in self.overrides}
+        if not moved:
+            return
+        defaults, hints = AlignLossWeights(), typing.get_type_hints(AlignLossWeights)
+        for key, value in moved.items():
+            value = checked_value(value, hints[key], f"overrides.{key}")
+            own = getattr(self, key)
+            if own != getattr(defaults, key) and own != value:
+                raise InvalidInputError(f"{key} is given twice, {own!r} and {value!r} (overrides); give it once")
+            setattr(self, key, value)
+        self.overrides = {k: v for k, v in self.overrides.items() if k not in moved}
+
+    @property
+    def loss_weights(self) -> AlignLossWeights:
+        """The loss fields, checked (a negative weight is an error)."""
+        return AlignLossWeights.of(self)
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (the library does not import the trainer's ``unwrap_model``)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _check_source(flag: str, source: str) -> None:
@@ -98,6 +143,7 @@ class AlignTask:
         if config.val_data is not None:
             _check_source("--val-data", config.val_data)
         self.config = config
+        self.loss_weights = config.loss_weights
         self._dataset: ImageReportDataset | ShardDataset | None = None
         self._val_dataset: ImageReportDataset | ShardDataset | str | None = None  # str: why there is none
         self._model: nn.Module | None = None
@@ -110,6 +156,8 @@ class AlignTask:
         cfg = self.config
         model = create_model(cfg.model, pretrained=cfg.pretrained, family="medmoe", **cfg.overrides).train()
         model.backbone.check_size(self.image_size, self.image_size)
+        # saved with the model: whether expert e learns modality e (displays name the experts by it)
+        model.config.modality_experts = bool(self.loss_weights.router_ce_loss_weight) and model.num_experts == len(MODALITIES)
         if self.config.text_cache and model.text.frozen:
             model.enable_text_cache()
         self._model = model
@@ -206,17 +254,25 @@ class AlignTask:
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         if batch["images"].shape[0] < 2:
             raise InvalidInputError("a contrastive step needs at least 2 loadable samples in the batch")
-        out = model(batch["images"], batch["reports"], modality=batch["modality"], return_loss=True)
-        values = {k: v for k, v in out.items() if k == "loss" or k.endswith("_loss")}
+        out = model(batch["images"], batch["reports"], modality=batch["modality"])
+        temperatures = _bare(model).config.local_temperatures
+        values = alignment_loss(out, self.loss_weights, modality=batch["modality"], local_temperatures=temperatures)
         probs = torch.softmax(out["router_logits"].detach().float(), dim=-1)
-        k = probs.shape[-1]
-        usage = torch.bincount(out["expert_index"].detach(), minlength=k).float() / out["expert_index"].numel()
-        values["route/usage"] = usage
+        values["route/usage"] = expert_usage(out["expert_index"].detach(), probs.shape[-1])
         values["route/entropy"] = routing_entropy(probs).reshape(1)
-        agree = (out["image_expert_index"] == out["expert_index"]).float().mean()
+        agree = route_agreement(out["image_expert_index"], out["expert_index"])
         values["route/image_agreement"] = agree.detach().reshape(1)
         values["logit_scale"] = out["logit_scale"].detach().float().reshape(1)
         return values
+
+    def may_leave_parameters_unused(self, model: nn.Module) -> bool:
+        """Whether a training step can leave a trainable parameter of ``model`` without a gradient (DDP's
+        ``find_unused_parameters``): when the model says so for its architecture, when the image router
+        gets no distillation (it then learns from nothing unless it routes) or when a contrastive term is
+        off (its projection gets no gradient)."""
+        w = self.loss_weights
+        return bool(model.may_leave_parameters_unused or not w.distill_loss_weight
+                    or not (w.global_loss_weight and w.local_loss_weight))
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Retrieval R@1/R@5 both ways and image-router agreement on up to ``val_max`` validation pairs."""

@@ -1,30 +1,31 @@
 """The shared Mixture-of-Experts core: routers, sparse dispatch, auxiliary losses, routing statistics.
 
-Used by MedMoE (one expert per image over its whole feature pyramid) and available for token routing.
+Both tasks use it. MedMoE (``medmoe.align``) routes one expert per image over its whole feature pyramid
+with top-1 routers, Switch balance, router cross-entropy and distillation; MoME (``medmoe.seg``) mixes its
+decoder scales per voxel with a soft gate and takes the soft-gate balance loss and usage from here.
 """
 
 from medmoe.moe.dispatch import dense_dispatch, sparse_dispatch
 from medmoe.moe.layer import MoELayer, MoEOutput
 from medmoe.moe.losses import (
     load_balance_loss,
-    router_aux_losses,
     router_ce_loss,
     router_distillation_loss,
-    router_z_loss,
+    soft_load_balance_loss,
 )
-from medmoe.moe.router import GATE_MODES, Router, RouterOutput, select_experts, straight_through_gate
+from medmoe.moe.router import Router, RouterOutput, select_experts, straight_through_gate
 from medmoe.moe.stats import (
-    RoutingTracker,
+    SoftUsage,
     confusion_matrix,
     expert_usage,
+    route_agreement,
     routing_agreement,
     routing_entropy,
-    routing_scalars,
 )
 
 __all__ = [
-    "GATE_MODES", "MoELayer", "MoEOutput", "Router", "RouterOutput", "RoutingTracker", "confusion_matrix",
-    "dense_dispatch", "expert_usage", "load_balance_loss", "router_aux_losses", "router_ce_loss",
-    "router_distillation_loss", "router_z_loss", "routing_agreement", "routing_entropy", "routing_scalars",
-    "select_experts", "sparse_dispatch", "straight_through_gate",
+    "MoELayer", "MoEOutput", "Router", "RouterOutput", "SoftUsage", "confusion_matrix", "dense_dispatch", "expert_usage",
+    "load_balance_loss", "route_agreement", "router_ce_loss", "router_distillation_loss", "routing_agreement",
+    "routing_entropy", "select_experts", "soft_load_balance_loss", "sparse_dispatch",
+    "straight_through_gate",
 ]

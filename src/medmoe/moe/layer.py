@@ -1,4 +1,4 @@
-"""A Mixture-of-Experts layer: a router (optional) + K experts + dispatch."""
+"""A Mixture-of-Experts layer: K experts + sparse or dense dispatch of a given routing decision."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
 from medmoe.moe.dispatch import Inputs, dense_dispatch, sparse_dispatch
-from medmoe.moe.router import Router, RouterOutput
+from medmoe.moe.router import RouterOutput
 
 
 @dataclass
@@ -23,33 +23,30 @@ class MoEOutput:
 
 
 class MoELayer(nn.Module):
-    """Route rows of ``inputs`` to experts and combine the gated outputs.
+    """Run rows of ``inputs`` through the experts a routing decision chose and combine the gated outputs.
 
-    The routing decision comes either from ``router(condition)`` or ready-made (``route=``), which lets a
-    model route by one signal (the report) while training another router (the image) to imitate it.
+    The layer holds no router: the caller routes (a :class:`~medmoe.moe.Router`, or several, as MedMoE
+    routes by the report in training while its image router learns to imitate that route) and passes the
+    decision, so one set of experts can serve any routing signal.
 
     Args:
         experts: K modules with identical output shapes.
-        router: maps (N, in_dim) conditions to a RouterOutput; may be None when routes are always given.
         dispatch: ``sparse`` (run only the experts chosen in the batch) or ``dense`` (reference).
 
     Example:
-        >>> layer = MoELayer([nn.Linear(16, 16) for _ in range(4)], Router(8, 4))
-        >>> out = layer(torch.randn(10, 16), condition=torch.randn(10, 8)); out.output.shape
+        >>> layer = MoELayer([nn.Linear(16, 16) for _ in range(4)])
+        >>> route = Router(8, 4)(torch.randn(10, 8))
+        >>> layer(torch.randn(10, 16), route=route).output.shape
         torch.Size([10, 16])
     """
 
-    def __init__(self, experts: Sequence[nn.Module], router: Router | None = None,
-                 dispatch: Literal["sparse", "dense"] = "sparse") -> None:
+    def __init__(self, experts: Sequence[nn.Module], dispatch: Literal["sparse", "dense"] = "sparse") -> None:
         super().__init__()
         if not experts:
             raise InvalidInputError("MoELayer needs at least one expert")
-        if router is not None and router.num_experts != len(experts):
-            raise InvalidInputError(f"router has {router.num_experts} outputs but there are {len(experts)} experts")
         if dispatch not in ("sparse", "dense"):
             raise InvalidInputError(f"dispatch must be 'sparse' or 'dense', got {dispatch!r}")
         self.experts = nn.ModuleList(experts)
-        self.router = router
         self.dispatch = dispatch
         self.tied = False
 
@@ -77,11 +74,18 @@ class MoELayer(nn.Module):
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def forward(self, inputs: Inputs, *, condition: Tensor | None = None, route: RouterOutput | None = None) -> MoEOutput:
-        if route is None:
-            if self.router is None or condition is None:
-                raise InvalidInputError("MoELayer needs `condition` (for its router) or a ready-made `route`")
-            route = self.router(condition)
+    def forward(self, inputs: Inputs, *, route: RouterOutput) -> MoEOutput:
+        """Combine the chosen experts' outputs.
+
+        Args:
+            inputs: (N, ...) tensor, or a list of tensors sharing the first dimension N (a feature pyramid).
+            route: the routing decision for the N rows, over the layer's K experts.
+
+        Returns:
+            ``output`` (N, ...) the combined expert outputs, and ``route`` as given.
+        """
+        if route.probs.shape[-1] != self.num_experts:
+            raise InvalidInputError(f"the route is over {route.probs.shape[-1]} experts but the layer has {self.num_experts}")
         combine = sparse_dispatch if self.dispatch == "sparse" else dense_dispatch
         index = torch.zeros_like(route.expert_index) if self.tied else route.expert_index
         return MoEOutput(combine(self.experts, inputs, index, route.gates), route)

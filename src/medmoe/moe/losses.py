@@ -1,4 +1,9 @@
-"""Auxiliary router losses, returned as named tensors (never stashed in globals)."""
+"""Auxiliary router losses, returned as tensors (never stashed in globals).
+
+Both tasks take theirs from here: MedMoE's top-1 routers (:func:`load_balance_loss`, :func:`router_ce_loss`,
+:func:`router_distillation_loss`) and MoME's soft per-voxel gate over decoder scales
+(:func:`soft_load_balance_loss`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medmoe.errors import InvalidInputError
-from medmoe.moe.router import RouterOutput
 
 
 def load_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
@@ -19,6 +23,9 @@ def load_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
     Args:
         probs: (N, K) router probabilities.
         expert_index: (N, k) chosen experts.
+
+    Returns:
+        Scalar loss, in ``[1, K]`` for top-1 routing.
     """
     num_experts = probs.shape[-1]
     counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).to(probs.dtype)
@@ -26,9 +33,22 @@ def load_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
     return num_experts * (fraction * probs.mean(dim=0)).sum()
 
 
-def router_z_loss(logits: Tensor) -> Tensor:
-    """ST-MoE z-loss: mean squared log-partition; keeps router logits small and the softmax stable."""
-    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+def soft_load_balance_loss(usage: Tensor) -> Tensor:
+    """The soft-gate variant of :func:`load_balance_loss`: ``K * sum_e u_e ** 2``.
+
+    A soft gate sends every input to every expert with weight ``g_e``, so the fraction routed to expert e
+    is its mean gate ``u_e`` (:class:`medmoe.moe.SoftUsage`), which is also its mean probability:
+    Switch's ``K * sum_e f_e * P_e`` becomes ``K * sum_e u_e ** 2``, differentiable through both factors.
+
+    Args:
+        usage: (K,) mean gate of each expert (sums to 1).
+
+    Returns:
+        Scalar loss: 1 when the experts are used equally, K when one expert takes every input.
+    """
+    if usage.dim() != 1:
+        raise InvalidInputError(f"usage must be (K,) mean gates, got shape {tuple(usage.shape)}")
+    return usage.numel() * usage.pow(2).sum()
 
 
 def router_ce_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
@@ -36,6 +56,11 @@ def router_ce_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> 
 
     The released MedMoE code applies this to softmax outputs, a double softmax; here it takes logits.
     Rows labelled ``ignore_index`` do not count; with no labelled row the loss is 0 (and keeps the graph).
+
+    Args:
+        logits: (N, K) router logits.
+        labels: (N,) long expert labels, ``ignore_index`` for unlabelled rows.
+        ignore_index: the label of rows that do not count.
     """
     if labels.shape != logits.shape[:1]:
         raise InvalidInputError(f"labels must be (N,) = {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
@@ -44,38 +69,18 @@ def router_ce_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> 
     return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
 
 
-def router_distillation_loss(student_logits: Tensor, teacher_logits: Tensor, *, soft: bool = False,
-                             temperature: float = 1.0) -> Tensor:
-    """Train a student router (e.g. image) to predict a teacher router's (e.g. report) choice.
+def router_distillation_loss(student_logits: Tensor, taken: Tensor) -> Tensor:
+    """Train a student router (e.g. the image router) to predict the route that was actually taken.
 
-    The teacher is detached. Hard (default): cross-entropy against the teacher's argmax, i.e. the route
-    actually taken under top-1. Soft: KL(teacher || student) at ``temperature``.
+    Cross-entropy of the student's logits against the experts the inputs were sent to (by a teacher router,
+    e.g. the report's, or by labels), which are detached: only the student learns.
+
+    Args:
+        student_logits: (N, K) logits of the router that learns.
+        taken: (N,) long, the expert each input was sent to.
     """
-    if student_logits.shape != teacher_logits.shape:
+    if taken.shape != student_logits.shape[:1]:
         raise InvalidInputError(
-            f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}"
+            f"taken experts must be (N,) = {tuple(student_logits.shape[:1])}, got {tuple(taken.shape)}"
         )
-    teacher = teacher_logits.detach().float()
-    student = student_logits.float()
-    if not soft:
-        return F.cross_entropy(student, teacher.argmax(dim=-1))
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
-                    reduction="batchmean") * t * t
-
-
-def router_aux_losses(route: RouterOutput, *, labels: Tensor | None = None, teacher: RouterOutput | None = None,
-                      balance_weight: float = 0.0, z_weight: float = 0.0, ce_weight: float = 0.0,
-                      distill_weight: float = 0.0) -> dict[str, Tensor]:
-    """The weighted auxiliary losses of one routing decision, keyed ``balance_loss``, ``z_loss``,
-    ``router_ce_loss``, ``distill_loss``. A term whose weight is 0 (or whose input is absent) is left out."""
-    losses: dict[str, Tensor] = {}
-    if balance_weight:
-        losses["balance_loss"] = balance_weight * load_balance_loss(route.probs, route.expert_index)
-    if z_weight:
-        losses["z_loss"] = z_weight * router_z_loss(route.logits)
-    if ce_weight and labels is not None:
-        losses["router_ce_loss"] = ce_weight * router_ce_loss(route.logits, labels)
-    if distill_weight and teacher is not None:
-        losses["distill_loss"] = distill_weight * router_distillation_loss(route.logits, teacher.logits)
-    return losses
+    return router_ce_loss(student_logits, taken.detach())

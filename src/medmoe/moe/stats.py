@@ -1,4 +1,4 @@
-"""Routing statistics: expert usage, entropy, agreement with labels."""
+"""Routing statistics: expert usage (hard and soft routing), entropy, agreement between routings and with labels."""
 
 from __future__ import annotations
 
@@ -7,11 +7,68 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from medmoe.errors import InvalidInputError
 
-def expert_usage(expert_index: Tensor, num_experts: int) -> Tensor:
-    """(K,) fraction of routing slots that went to each expert."""
-    counts = torch.bincount(expert_index.reshape(-1).cpu(), minlength=num_experts).float()
+
+def expert_usage(expert_index: Tensor, num_experts: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(K,) fraction of routing slots that went to each expert of a hard routing, on ``expert_index``'s device.
+
+    Args:
+        expert_index: (N,) or (N, k) long, the chosen experts.
+        num_experts: K.
+        dtype: of the result (float64 keeps a report's fractions exact to print).
+    """
+    counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).to(dtype)
     return counts / counts.sum().clamp_min(1)
+
+
+class SoftUsage:
+    """Mean gate of each expert of a soft routing, accumulated over chunks of the routed inputs.
+
+    The soft-gate counterpart of :func:`expert_usage`: with every input spread over all experts, expert e's
+    share is its mean gate. MoME gates its decoder scales per class and voxel (``gates`` (B, K, S, n) for n
+    voxels of a chunk, ``expert_dim=2``) and never holds the whole volume's gates, so the usage is summed
+    chunk by chunk along ``chunk_dim``. Differentiable; float32.
+
+    Args:
+        expert_dim: the dimension of ``gates`` that indexes the experts (non-negative).
+        chunk_dim: the dimension along which the inputs are split into chunks.
+
+    Example:
+        >>> SoftUsage(expert_dim=1).update(torch.full((4, 2, 8), 0.5)).usage()
+        tensor([0.5000, 0.5000])
+    """
+
+    def __init__(self, expert_dim: int, chunk_dim: int = -1) -> None:
+        if expert_dim < 0:
+            raise InvalidInputError(f"expert_dim must be >= 0, got {expert_dim}")
+        self.expert_dim = expert_dim
+        self.chunk_dim = chunk_dim
+        self._sum: Tensor | None = None
+        self._sum_expert_dim = expert_dim
+        self._count = 0
+
+    def update(self, gates: Tensor) -> SoftUsage:
+        """Add a chunk of gates (the experts along ``expert_dim``, the chunk's inputs along ``chunk_dim``)."""
+        if gates.ndim <= self.expert_dim or self.chunk_dim % gates.ndim == self.expert_dim:
+            raise InvalidInputError(
+                f"gates of shape {tuple(gates.shape)} need expert_dim={self.expert_dim} apart from chunk_dim={self.chunk_dim}"
+            )
+        chunk = gates.sum(dim=self.chunk_dim, dtype=torch.float32)
+        # the experts' dimension in the chunk sums, one lower when the summed dimension came before it
+        self._sum_expert_dim = self.expert_dim - int(self.chunk_dim % gates.ndim < self.expert_dim)
+        self._sum = chunk if self._sum is None else self._sum + chunk
+        self._count += gates.shape[self.chunk_dim]
+        return self
+
+    def usage(self) -> Tensor:
+        """(K,) mean gate of each expert over every input added so far."""
+        if self._sum is None:
+            raise InvalidInputError("SoftUsage.usage() before any update()")
+        others = [d for d in range(self._sum.ndim) if d != self._sum_expert_dim]
+        inputs = self._count * (self._sum.numel() // self._sum.shape[self._sum_expert_dim])
+        total = self._sum.sum(dim=others) if others else self._sum  # sum(dim=[]) would reduce every dimension
+        return total / inputs
 
 
 def routing_entropy(probs: Tensor) -> Tensor:
@@ -20,20 +77,18 @@ def routing_entropy(probs: Tensor) -> Tensor:
     return -(p * p.log()).sum(dim=-1).mean()
 
 
-def usage_entropy(usage: Tensor) -> Tensor:
-    """Entropy (nats) of the expert-usage histogram: log K when every expert is used equally."""
-    p = usage.float().clamp_min(1e-12)
-    return -(p * p.log()).sum()
+def route_agreement(expert_index: Tensor, other_index: Tensor) -> Tensor:
+    """Fraction of inputs that two routings (e.g. the report's and the image's router) send to the same
+    expert: a float32 scalar tensor on the inputs' device (no host read).
 
-
-def routing_scalars(probs: Tensor, expert_index: Tensor, prefix: str = "route") -> dict[str, float]:
-    """Scalars a trainer logs per step: usage of each expert, mean entropy, usage entropy."""
-    num_experts = probs.shape[-1]
-    usage = expert_usage(expert_index, num_experts)
-    out = {f"{prefix}/usage_{e}": float(u) for e, u in enumerate(usage)}
-    out[f"{prefix}/entropy"] = float(routing_entropy(probs.detach()))
-    out[f"{prefix}/usage_entropy"] = float(usage_entropy(usage))
-    return out
+    Args:
+        expert_index, other_index: (N,) long, one expert per input each.
+    """
+    if expert_index.shape != other_index.shape:
+        raise InvalidInputError(
+            f"routings differ in shape: {tuple(expert_index.shape)} vs {tuple(other_index.shape)}"
+        )
+    return (expert_index == other_index).float().mean()
 
 
 def confusion_matrix(labels: Tensor | np.ndarray, experts: Tensor | np.ndarray, num_labels: int,
@@ -65,32 +120,3 @@ def routing_agreement(matrix: np.ndarray, *, match: str = "hungarian") -> tuple[
         raise ValueError(f"match must be 'hungarian' or 'identity', got {match!r}")
     rows, cols = linear_sum_assignment(-matrix)
     return float(matrix[rows, cols].sum() / total), {int(r): int(c) for r, c in zip(rows, cols)}
-
-
-class RoutingTracker:
-    """Accumulates routing decisions over many batches (e.g. an evaluation pass)."""
-
-    def __init__(self, num_experts: int, num_labels: int | None = None) -> None:
-        self.num_experts = num_experts
-        self.num_labels = num_labels
-        self._experts: list[Tensor] = []
-        self._labels: list[Tensor] = []
-        self._entropy_sum = 0.0
-        self._count = 0
-
-    def update(self, probs: Tensor, expert_index: Tensor, labels: Tensor | None = None) -> None:
-        self._experts.append(expert_index[:, 0].detach().cpu())
-        if labels is not None:
-            self._labels.append(labels.detach().cpu())
-        self._entropy_sum += float(routing_entropy(probs.detach())) * probs.shape[0]
-        self._count += probs.shape[0]
-
-    def summary(self, match: str = "hungarian") -> dict:
-        experts = torch.cat(self._experts) if self._experts else torch.zeros(0, dtype=torch.long)
-        usage = expert_usage(experts, self.num_experts)
-        out = {"usage": usage.tolist(), "entropy": self._entropy_sum / max(self._count, 1), "count": self._count}
-        if self._labels and self.num_labels:
-            matrix = confusion_matrix(torch.cat(self._labels), experts, self.num_labels, self.num_experts)
-            accuracy, mapping = routing_agreement(matrix, match=match)
-            out.update(confusion=matrix.tolist(), agreement=accuracy, mapping=mapping)
-        return out

@@ -23,12 +23,13 @@ from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
 from medmoe.hub import PretrainedMixin
+from medmoe.moe import SoftUsage, soft_load_balance_loss
 from medmoe.seg.backbone import SwinUNETRFeatures
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.config import MoMEConfig
 from medmoe.seg.experts import ScaleExperts, upsample_trilinear
 from medmoe.seg.heads import DynamicHeads
-from medmoe.seg.router import ScaleRouter, gate_balance_loss
+from medmoe.seg.router import ScaleRouter
 from medmoe.text.tower import TextTower
 from medmoe.weights.prompt_embeddings import PromptTable, read_prompt_embeddings
 
@@ -299,21 +300,21 @@ class MoME(nn.Module, PretrainedMixin):
             elements = self.cpu_chunk_elements * (1 if torch.get_num_threads() == 1 else 4)
             step = max(1, elements // (b * k * c))
         # router, fusion and heads are per voxel: run them on chunks of voxels, never holding (B, K, C, X)
-        logits, gates, gate_sum = [], [], 0
+        logits, gates, usage = [], [], SoftUsage(expert_dim=2)  # the scales are the experts
         for start in range(0, n_voxels, step):
             chunk = slice(start, start + step)
             g = self.router.gates(queries, voxel[..., chunk])  # (B, K, S, n) fp32
             fused = fuse_scales(g.to(experts[0].dtype), [e[..., chunk] for e in experts])  # (B, K, C, n)
             logits.append(self.heads.run(layers, fused))  # (B, K, n)
-            gate_sum = gate_sum + g.sum(dim=-1, dtype=torch.float32)  # (B, K, S)
+            usage.update(g)
             if return_gates:
                 gates.append(g)
         logits = (torch.cat(logits, dim=-1) if len(logits) > 1 else logits[0]).view(b, k, *size)
         if scale != 1:
             logits = upsample_trilinear(logits, tuple(volume.shape[2:]))
-        usage = gate_sum.sum(dim=(0, 1)) / (b * k * n_voxels)  # (S,) mean gates
-        out = {"logits": logits, "gate_usage": usage, "balance_loss": gate_balance_loss(usage=usage)}
-        out["gate_usage"] = usage.flip(0)  # the pyramid's level order, finest first
+        usage = usage.usage()  # (S,) mean gates, coarsest first as computed
+        out = {"logits": logits, "gate_usage": usage.flip(0),  # the pyramid's level order, finest first
+               "balance_loss": soft_load_balance_loss(usage)}
         if return_gates:
             out["gates"] = torch.cat(gates, dim=-1).view(b, k, self.num_scales, *size).flip(2)
         return out

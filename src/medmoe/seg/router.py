@@ -8,7 +8,9 @@ layout of ``text_proj``'s rows in saved models, kept so that they load unchanged
 the same order; MoME turns gates and gate usage it returns into the pyramid's level order (finest first). Since v is linear in f, the logits are computed as one matmul of the
 prompt queries folded into V, ``(W_s t_k)^T V f(x) + (W_s t_k)^T c``, without materialising v. Unlike the
 token routers of ``medmoe.moe`` this is a dense (soft) mixture at every voxel, so there is nothing to
-dispatch; it keeps the core's conventions: fp32 softmax and auxiliary losses returned, never stored.
+dispatch; it keeps the core's conventions (fp32 softmax, auxiliary losses returned, never stored) and takes
+its usage statistics and balance loss from the core (:class:`medmoe.moe.SoftUsage`,
+:func:`medmoe.moe.soft_load_balance_loss`).
 """
 
 from __future__ import annotations
@@ -59,16 +61,3 @@ class ScaleRouter(nn.Module):
     def forward(self, voxel_features: Tensor, text: Tensor) -> Tensor:
         b, _, *size = voxel_features.shape
         return self.flat(voxel_features, text).view(b, text.shape[0], self.num_scales, *size)
-
-
-def gate_usage(gates: Tensor) -> Tensor:
-    """(S,) mean gate of each scale over samples, classes and voxels."""
-    dims = [d for d in range(gates.ndim) if d != 2]
-    return gates.float().mean(dim=dims)
-
-
-def gate_balance_loss(gates: Tensor | None = None, *, usage: Tensor | None = None) -> Tensor:
-    """Soft Switch-style balance: ``S * sum_s usage_s^2``; 1 when the scales are used equally, S when one
-    scale takes every voxel. Differentiable through the mean gates (or the given ``usage``)."""
-    usage = gate_usage(gates) if usage is None else usage
-    return usage.numel() * usage.pow(2).sum()

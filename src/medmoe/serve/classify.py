@@ -98,7 +98,7 @@ def expert_names(model: nn.Module) -> list[str]:
     per modality and ``route_by="label"`` or a router cross-entropy)."""
     cfg = model.config
     k = int(cfg.num_experts)
-    knows_modality = k == len(MODALITIES) and (cfg.route_by == "label" or cfg.router_ce_loss_weight > 0)
+    knows_modality = k == len(MODALITIES) and (cfg.route_by == "label" or cfg.modality_experts)
     return [f"expert {e} ({MODALITIES[e]})" if knows_modality else f"expert {e}" for e in range(k)]
 
 

@@ -143,8 +143,11 @@ def teardown_distributed(env: DistEnv, *, synchronize: bool = True) -> None:
 UNUSED_PARAMETERS_ATTR = "may_leave_parameters_unused"
 
 
-def may_leave_parameters_unused(model: nn.Module) -> bool:
+def may_leave_parameters_unused(model: nn.Module, task: object | None = None) -> bool:
     """Whether DDP must look for parameters that a step did not use (``find_unused_parameters``).
+
+    A task that weights the losses (and so knows which terms are off) answers through its
+    ``may_leave_parameters_unused(model)`` method when it has one; otherwise the model answers.
 
     A model answers through its ``may_leave_parameters_unused`` attribute: True when some step can leave a
     trainable parameter out of the graph (a Mixture-of-Experts expert that no local sample chose, a router
@@ -156,29 +159,33 @@ def may_leave_parameters_unused(model: nn.Module) -> bool:
     Raises:
         InvalidInputError: the attribute is present but not a bool.
     """
-    declared = getattr(model, UNUSED_PARAMETERS_ATTR, None)
+    ask = getattr(task, UNUSED_PARAMETERS_ATTR, None)
+    if callable(ask):
+        declared, who = ask(model), f"{type(task).__name__}.{UNUSED_PARAMETERS_ATTR}(model)"
+    else:
+        declared, who = getattr(model, UNUSED_PARAMETERS_ATTR, None), f"{type(model).__name__}.{UNUSED_PARAMETERS_ATTR}"
     if declared is None:
         return True
     if not isinstance(declared, bool):
-        raise InvalidInputError(
-            f"{type(model).__name__}.{UNUSED_PARAMETERS_ATTR} is {declared!r}: expected True or False"
-        )
+        raise InvalidInputError(f"{who} is {declared!r}: expected True or False")
     return declared
 
 
-def wrap_model(model: nn.Module, env: DistEnv) -> nn.Module:
+def wrap_model(model: nn.Module, env: DistEnv, task: object | None = None) -> nn.Module:
     """DDP-wrap ``model`` when distributed; otherwise return it unchanged.
 
-    ``find_unused_parameters`` follows :func:`may_leave_parameters_unused`: a Mixture-of-Experts expert
+    ``find_unused_parameters`` follows :func:`may_leave_parameters_unused` (the task's answer, else the
+    model's): a Mixture-of-Experts expert
     that no local sample chose gets no gradient on that rank in that step, and DDP must still take part in
     its all-reduce; a model whose every parameter is used in every step skips that search.
     """
     if env.world_size <= 1:
         return model
-    find_unused = may_leave_parameters_unused(model)
+    find_unused = may_leave_parameters_unused(model, task)
     if env.is_main:
+        who = type(task if callable(getattr(task, UNUSED_PARAMETERS_ATTR, None)) else model).__name__
         logger.info("DDP over %d ranks, find_unused_parameters=%s (%s.%s)", env.world_size, find_unused,
-                    type(model).__name__, UNUSED_PARAMETERS_ATTR)
+                    who, UNUSED_PARAMETERS_ATTR)
     device_ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
 

@@ -426,7 +426,7 @@ class _Run:
             world_size=env.world_size, seed=cfg.seed, workers=cfg.workers,
             pin_memory=self.device.type == "cuda", epoch=epoch, position=position, consumed=consumed,
         )
-        self.model = wrap_model(model, env)
+        self.model = wrap_model(model, env, self.task)
         self.model.train()
         if env.is_main:
             logger.info(

@@ -20,6 +20,8 @@ Optional methods (the trainer checks with ``getattr``; :class:`TaskBase` provide
     export(model, directory: Path, card=None) -> None     # rank 0, bare module; default save_pretrained
                                                           # (card: the model card's training facts and
                                                           # metrics; an export without it still works)
+    may_leave_parameters_unused(model) -> bool            # DDP's find_unused_parameters, for tasks whose loss
+                                                          # weights leave parameters idle; default: the model's
 
 Optional attributes of the model that ``build_model()`` returns::
 
