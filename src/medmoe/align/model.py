@@ -60,7 +60,7 @@ class MedMoE(PretrainedMixin, nn.Module):
 
     config_class = MedMoEConfig
     model_type = "medmoe"
-    trained_settings = ("dispatch", "router_jitter", "local_loss_chunk", "backbone.gradient_checkpointing", "text.freeze")
+    trained_settings = ("dispatch", "router_jitter", "backbone.gradient_checkpointing", "text.freeze")
 
     def __init__(self, config: MedMoEConfig, *, load_pretrained: bool = True) -> None:
         super().__init__()
