@@ -1,8 +1,11 @@
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent  # on sys.path (pyproject: pythonpath), holds testkit/
 
 # Tests never reach a model hub: everything loads from local files.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,24 +28,52 @@ def torchrun_env(tmp_path):
     scratch = tmp_path / "torchrun-tmp"
     scratch.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
+    # worker scripts import the shared helpers (`from testkit.align import ...`) like the tests do
+    python_path = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH", "")) if p)
+    return {**env, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch), "PYTHONPATH": python_path}
 
 
 @pytest.fixture
 def torchrun(torchrun_env):
-    """``torchrun(script, *args, cwd=None, timeout=220)``: run ``script`` in 2 processes (gloo) with
-    ``torch.distributed.run --standalone`` and fail with their output when any of them fails."""
+    """``torchrun(script, *args, cwd=None, timeout=220, nodes=1)``: run ``script`` in 2 processes (gloo) with
+    ``torch.distributed.run`` and fail with their output when any of them fails; returns each launcher's ``(stdout, stderr)``. ``nodes=1``: one
+    ``--standalone`` launcher with 2 processes; ``nodes=2``: two launchers of one process each, node ranks 0 and
+    1 meeting at a free port on 127.0.0.1 (a two-node job simulated on this machine)."""
     import subprocess
     import sys
 
-    def run(script, *args, cwd=None, timeout: float = 220):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               *(str(a) for a in args)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=torchrun_env, cwd=cwd)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-        return proc
+    def run(script, *args, cwd=None, timeout: float = 220, nodes: int = 1):
+        base = [sys.executable, "-m", "torch.distributed.run"]
+        tail = [str(script), *(str(a) for a in args)]
+        if nodes == 1:
+            commands = [[*base, "--standalone", "--nproc_per_node", "2", *tail]]
+        else:
+            port = free_port()
+            commands = [[*base, "--nnodes", str(nodes), "--nproc_per_node", "1", "--node_rank", str(rank),
+                         "--master_addr", "127.0.0.1", "--master_port", str(port), *tail] for rank in range(nodes)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=torchrun_env,
+                                  cwd=cwd) for cmd in commands]
+        outputs = []
+        try:
+            for proc in procs:
+                outputs.append(proc.communicate(timeout=timeout))
+        finally:
+            for proc in procs:
+                proc.kill()
+        for proc, (out, err) in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0, out[-3000:] + err[-5000:]
+        return outputs
 
     return run
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from align_tiny import REPORTS, tiny_model
+from testkit.align import REPORTS, tiny_model
 
 
 @pytest.fixture

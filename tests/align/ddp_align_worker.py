@@ -9,7 +9,7 @@ import sys
 
 import torch
 import torch.distributed as dist
-from align_tiny import ddp_batch, ddp_model
+from testkit.align import ddp_batch, ddp_model
 from torch.nn.parallel import DistributedDataParallel
 
 from medmoe.train.distributed import close_process_group

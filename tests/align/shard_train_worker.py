@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-from align_tiny import TINY
+from testkit.align import TINY
 
 from medmoe.align.task import AlignTask, AlignTaskConfig
 from medmoe.distributed import rank

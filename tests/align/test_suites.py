@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from align_tiny import tiny_model
 from PIL import Image
+from testkit.align import tiny_model
 
 from medmoe.align.probe import linear_probe
 from medmoe.align.suites import (

@@ -4,18 +4,14 @@ how it was trained; the folder still loads and can still be replaced."""
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
+
+from testkit.align import TINY, write_tiny_manifest
 
 import medmoe
+from medmoe.align.task import AlignTask, AlignTaskConfig
 from medmoe.hub import check_replaceable
 from medmoe.model_card import write_model_card
 from medmoe.train import add_training_arguments, run_training
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "align"))
-from align_tiny import TINY, write_tiny_manifest  # noqa: E402
-
-from medmoe.align.task import AlignTask, AlignTaskConfig  # noqa: E402
 
 
 def test_a_saved_model_has_a_card_naming_its_architecture_and_weights(tmp_path):

@@ -2,12 +2,12 @@ import json
 import math
 
 import pytest
+import torch
 
 from medmoe.cli.main import main
 
 
 def test_cuda_on_a_cpu_machine_is_a_clear_error(capsys):
-    torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     assert main(["demo", "--device", "cuda", "--out", "unused"]) == 1

@@ -8,7 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from seg_testkit import BandModel
+from testkit.seg import BandModel
 
 import medmoe
 from medmoe.cli.models import model_from_flag

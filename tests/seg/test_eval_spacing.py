@@ -7,7 +7,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from seg_testkit import BandModel
+from testkit.seg import BandModel
 
 from medmoe.data.volumes import Volume
 from medmoe.errors import InvalidInputError

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from seg_testkit import BandModel, write_dicom_series
+from testkit.seg import BandModel, write_dicom_series
 
 import medmoe.hub
 from medmoe.cli.main import main

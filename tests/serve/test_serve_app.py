@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from serve_testkit import (
+from testkit.serve import (
     SEG_CLASSES,
     always_finding_seg_model,
     corrupt_png,
@@ -176,7 +176,7 @@ def test_classify_without_text_explains_the_top_class(services, tmp_path):
 
 
 def test_classify_reads_a_dicom_slice(services, tmp_path):
-    from seg_testkit import write_dicom_series
+    from testkit.seg import write_dicom_series
 
     folder = write_dicom_series(tmp_path / "series", phantom_volume().image.astype(float)[:, :, :3])
     result = services.classify(str(sorted(folder.iterdir())[1]), "ct, xray")

@@ -25,7 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from serve_testkit import (
+from testkit.serve import (
     FOV_MM,
     always_finding_seg_model,
     corrupt_png,

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from ddp_train_worker import params_digest
+from testkit.train import DIM, HIDDEN, ToyTask, train_args
 from torch import nn
-from train_toy_task import DIM, HIDDEN, ToyTask, train_args
 
 from medmoe.train import run_training
 from medmoe.train.distributed import close_process_group

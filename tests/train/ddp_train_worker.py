@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from train_toy_task import ToyTask
+from testkit.train import ToyTask
 
 from medmoe.distributed import gather_with_grad
 from medmoe.train import TrainingInterrupted, add_training_arguments, is_main, run_training

@@ -13,8 +13,7 @@ import logging
 import os
 import sys
 
-# Command groups, in the order `medmoe --help` lists them. A module that is missing is skipped so that a
-# partial checkout still runs the groups it has.
+# Command groups, in the order `medmoe --help` lists them.
 GROUPS = ("medmoe.cli.models", "medmoe.cli.data", "medmoe.cli.align", "medmoe.cli.seg", "medmoe.cli.demo",
           "medmoe.cli.serve", "medmoe.cli.export")
 
@@ -27,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in GROUPS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,6 @@ from medmoe_samples.pairs import build_samples
 
 QUICK_N_PER_MODALITY = 30
 QUICK_IU_LIMIT = 120
-
-
-def read_rows(manifest: Path) -> list[dict[str, str]]:
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: tiny models, generated data, launchers. Not collected as tests."""
