@@ -8,8 +8,6 @@ import sys
 
 from medmoe.cli import data_samples
 
-SOURCES = ("mimic-cxr", "chexpert5x200", "iu-xray", "roco", "wds")
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("data", help="manifests, dataset import, shards, sample data")
@@ -24,8 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     check.set_defaults(func=run_check)
 
+    from medmoe.data.adapters import SOURCES  # one list of adapters: the library's
+
     imp = group.add_parser("import", help="build a manifest from a public corpus you have on disk")
-    imp.add_argument("source", choices=SOURCES, help="layout of ROOT")
+    imp.add_argument("source", choices=sorted(SOURCES), help="layout of ROOT")
     imp.add_argument("root", help="the corpus folder (for wds: a .tar shard or a folder of shards)")
     imp.add_argument("--out", required=True, help="manifest to write (.csv or .jsonl)")
     imp.add_argument("--all-views", action="store_true", help="mimic-cxr: keep lateral views too")
