@@ -58,11 +58,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--augmentation", default="mild", choices=("mild", "domain"),
+                        help="training augmentation profile of both arms")
+    parser.add_argument("--arms", default="pretrained,random", help="which arms to run (comma-separated)")
     parser.add_argument("--reuse", action="store_true", help="evaluate runs already trained in OUT")
     args = parser.parse_args()
     args.eval_data, args.eval_split, args.upcycle_steps = None, "test", 0
     torch.set_num_threads(args.threads)
     arms = {"pretrained": {}, "random": parse_overrides(args.random.split(","), example="backbone.weights=null")}
+    arms = {name: arms[name] for name in args.arms.split(",")}
     rows: dict[str, list[dict]] = {name: [] for name in arms}
     for seed in args.seeds:
         for name, overrides in arms.items():
@@ -73,7 +77,7 @@ def main() -> None:
             rows[name].append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "t2i_ranks"}), flush=True)
     difference = {}
-    for k in (1, 5):
+    for k in (1, 5) if len(arms) == 2 else ():
         hits = {name: np.array([r["t2i_ranks"] for r in rows[name]]) <= k for name in arms}
         result = paired_bootstrap(hits["pretrained"], hits["random"])
         difference[f"t2i_R@{k}"] = {**{key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()},
@@ -81,7 +85,7 @@ def main() -> None:
     result = {
         "setup": {"model": args.model, "random_arm": arms["random"], "experts": args.experts, "steps": args.steps,
                   "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
-                  "seeds": args.seeds, "threads": args.threads, "data": str(args.data),
+                  "seeds": args.seeds, "threads": args.threads, "data": str(args.data), "augmentation": args.augmentation,
                   "real": str(args.real) if args.real else None},
         "runs": [r for name in arms for r in rows[name]],
         "summary": {name: summary(rows[name]) for name in arms},

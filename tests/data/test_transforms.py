@@ -165,3 +165,27 @@ def test_decode_size_leaves_the_smallest_crop_enough_pixels():
         for seed in range(200):
             _, _, h, w = random_resized_crop_box(height, width, t.scale, t.ratio, torch.Generator().manual_seed(seed))
             assert max(h, w) >= size - 1, (size, scale, seed, h, w)
+
+
+def test_the_domain_profile_varies_intensity_blur_noise_and_colour_and_mild_keeps_its_stream():
+    from medmoe.data.transforms import augmentation, gaussian_blur
+
+    rng = np.random.default_rng(0)
+    colour = rng.random((80, 80, 3)).astype(np.float32)
+    mild = augmentation("mild", 48, train=True)
+    assert mild == ImageTransform(image_size=48, train=True)  # the default profile is the old transform
+    domain = augmentation("domain", 48, train=True)
+    outs = [domain(colour, generator=torch.Generator().manual_seed(s)) for s in range(40)]
+    grey = [bool((o[0] == o[1]).all() and (o[1] == o[2]).all()) for o in outs]
+    assert 0 < sum(grey) < len(outs)  # some colour images turned grey, not all
+    means = torch.stack([o.float().mean() for o in outs])
+    assert means.std() > 3  # gamma / contrast / brightness move the intensity
+    again = domain(colour, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again, outs[3])  # a function of the seed alone
+    edge = torch.zeros(1, 16, 16)
+    edge[:, :, 8:] = 1.0
+    blurred = gaussian_blur(edge, 1.0)
+    assert blurred.shape == edge.shape and 0 < float(blurred[0, 8, 7]) < 0.5 < float(blurred[0, 8, 8]) < 1
+    assert torch.allclose(blurred.sum(), edge.sum(), atol=1e-4)
+    with pytest.raises(InvalidInputError, match="augmentation 'heavy'"):
+        augmentation("heavy", 48, train=True)

@@ -27,6 +27,7 @@ from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_rep
 from medmoe.data.modalities import MODALITIES
 from medmoe.data.reports import clean_report
 from medmoe.data.shards import ShardDataset, list_shards, looks_like_shards
+from medmoe.data.transforms import ImageTransform, augmentation
 from medmoe.distributed import rank as process_rank
 from medmoe.errors import InvalidInputError
 from medmoe.moe import expert_usage, route_agreement, routing_entropy
@@ -51,6 +52,9 @@ class AlignTaskConfig:
         split: training rows.
         image_size: input side (default: the model's ``backbone.image_size``).
         augment: random training augmentation (deterministic per (seed, epoch, index)).
+        augmentation: the augmentation profile: ``mild`` (crops, small rotations, brightness / contrast; for
+            generated data) or ``domain`` (for real scans: wider crops, gamma, blur, noise, colour to grey; see
+            :func:`medmoe.data.transforms.augmentation`).
         seed: augmentation seed.
         pretrained: load the pretrained parts the config names (text encoder weights).
         val_data: manifest or shard source of the retrieval / routing check at validation time (None: no
@@ -84,6 +88,7 @@ class AlignTaskConfig:
     split: str | None = "train"
     image_size: int | None = None
     augment: bool = True
+    augmentation: str = "mild"
     seed: int = 0
     pretrained: bool = True
     val_data: str | None = None
@@ -181,20 +186,22 @@ class AlignTask:
     def train_dataset(self) -> Dataset:
         cfg = self.config
         if looks_like_shards(cfg.data):
-            self._dataset = ShardDataset(cfg.data, split=cfg.split, image_size=self.image_size, train=cfg.augment,
-                                         seed=cfg.seed, progress=process_rank() == 0)
+            self._dataset = ShardDataset(cfg.data, split=cfg.split, seed=cfg.seed, progress=process_rank() == 0,
+                                         transform=self._transform())
             if self._dataset.num_samples == 0:
                 raise InvalidInputError(f"{cfg.data}: no training sample of split {cfg.split!r} in the shards")
             self._budget_text_cache(self._dataset.num_samples)
             return self._dataset
-        self._dataset = ImageReportDataset(cfg.data, split=cfg.split, image_size=self.image_size,
-                                           train=cfg.augment, seed=cfg.seed)
+        self._dataset = ImageReportDataset(cfg.data, split=cfg.split, seed=cfg.seed, transform=self._transform())
         if len(self._dataset) == 0:
             raise InvalidInputError(f"{cfg.data}: no training row in split {cfg.split!r}")
         reports = sorted({clean_report(r.report) for r in self._dataset.rows})
         if self._budget_text_cache(len(reports)):
             self._model.warm_text_cache(reports, progress=process_rank() == 0)
         return self._dataset
+
+    def _transform(self) -> ImageTransform:
+        return augmentation(self.config.augmentation, self.image_size, train=self.config.augment)
 
     def _budget_text_cache(self, reports: int) -> bool:
         """Keep the text cache only if ``reports`` fit in ``text_cache_gb``; True when it is on."""

@@ -70,6 +70,7 @@ STYLES: dict[str, dict[str, FlagStyle]] = {
         "pretrained": FlagStyle(false_aliases=("--random-text",)),
         "text_cache_gb": FlagStyle(metavar="GB"),
         "upcycle_steps": FlagStyle(metavar="N"),
+        "augmentation": FlagStyle(choices=("mild", "domain")),
     },
     "SegTaskConfig": {
         "data": FlagStyle(metavar="DATALIST"),
