@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 from transformers import SwinBackbone, SwinConfig
 from transformers.models.swin.modeling_swin import SwinStage
@@ -117,17 +116,7 @@ class SwinPyramid(PyramidBackbone):
         Returns:
             The :class:`Pyramid` of the batch.
         """
-        # Imported here: medmoe.data is not otherwise needed by the backbone module.
-        from medmoe.data.transforms import normalize_uint8_batch
-
-        if images.dim() != 4 or images.shape[1] not in (1, 3):
-            raise InvalidInputError(f"images must be (B, 3, H, W) or (B, 1, H, W), got shape {tuple(images.shape)}")
-        self.check_size(images.shape[-2], images.shape[-1])
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        if images.dtype == torch.uint8:
-            images = normalize_uint8_batch(images)
-        features = list(self.swin(images).feature_maps)
+        features = list(self.swin(self._rgb_batch(images)).feature_maps)
         return Pyramid(features, features[-1])
 
 

@@ -30,6 +30,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | os.PathLike, *, dpi: int) -> Path:
+    """Lay out ``fig``, write it to ``path`` (its folder created) and close it; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def save_confusion_matrix(matrix: np.ndarray, row_names: Sequence[str], path: str | os.PathLike, *,
                           title: str = "routing vs modality") -> Path:
     """Counts with rows = true modality, columns = chosen expert; each cell annotated."""
@@ -45,12 +55,7 @@ def save_confusion_matrix(matrix: np.ndarray, row_names: Sequence[str], path: st
     peak = matrix.max() if matrix.size else 0
     for (r, c), v in np.ndenumerate(matrix):
         ax.text(c, r, str(int(v)), ha="center", va="center", color="white" if v > peak / 2 else "black", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def pick_words(words: Sequence[str], count: int) -> list[int]:
@@ -117,9 +122,4 @@ def save_attention_figure(model: nn.Module, images: Tensor, reports: list[str], 
             axes[b, 1 + j].set_title(words[b][w], fontsize=8)
         for ax in axes[b]:
             ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)

@@ -155,9 +155,9 @@ def local_contrastive_loss(local_features: Tensor, words: Tensor, word_mask: Ten
     return (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True)
 class AlignLossWeights:
-    """The weights of MedMoE's loss terms and the loss-only settings (``AlignTaskConfig`` has the same fields).
+    """The weights of MedMoE's loss terms and the loss-only settings (``AlignTaskConfig`` extends it).
 
     Attributes:
         global_loss_weight, local_loss_weight: weights of the two contrastive terms.

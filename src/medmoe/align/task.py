@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 REFILL_TRIES = 8
 
 
-@dataclass
-class AlignTaskConfig:
-    """What to train on and which model.
+@dataclass(kw_only=True)
+class AlignTaskConfig(AlignLossWeights):
+    """What to train on and which model; the loss fields are :class:`AlignLossWeights`'.
 
     Attributes:
         data: training manifest, or a shard source: a folder of ``.tar`` shards, a brace pattern
@@ -97,19 +97,16 @@ class AlignTaskConfig:
     text_cache: bool = True
     text_cache_gb: float = 4.0
     upcycle_steps: int = 0
-    # the loss (medmoe.align.losses.AlignLossWeights)
-    global_loss_weight: float = 0.5
-    local_loss_weight: float = 0.5
-    balance_loss_weight: float = 0.01
-    router_ce_loss_weight: float = 1.0
-    distill_loss_weight: float = 1.0
-    local_loss_chunk: int = 0
 
     def __post_init__(self) -> None:
         """Move loss fields given as model overrides (``--set distill_loss_weight=0.5``) to the task's."""
         moved = {key: self.overrides[key] for key in LOSS_FIELDS if key in self.overrides}
-        if not moved:
-            return
+        if moved:
+            self._take_loss_overrides(moved)
+        super().__post_init__()  # the loss fields, checked (a negative weight is an error)
+
+    def _take_loss_overrides(self, moved: dict[str, Any]) -> None:
+        """Set the loss fields ``moved`` from the model overrides, refusing one also given as a task field."""
         defaults, hints = AlignLossWeights(), typing.get_type_hints(AlignLossWeights)
         for key, value in moved.items():
             value = checked_value(value, hints[key], f"overrides.{key}")

@@ -151,15 +151,9 @@ class EfficientNetLite0(PyramidBackbone):
                 f"(its deepest stride), e.g. {max(32, size[0] // 32 * 32)}")
 
     def forward(self, images: Tensor) -> Pyramid:
-        from medmoe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8_batch
+        from medmoe.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-        if images.dim() != 4 or images.shape[1] not in (1, 3):
-            raise InvalidInputError(f"images must be (B, 3, H, W) or (B, 1, H, W), got shape {tuple(images.shape)}")
-        self.check_size(images.shape[-2], images.shape[-1])
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        if images.dtype == torch.uint8:
-            images = normalize_uint8_batch(images)
+        images = self._rgb_batch(images)
         # ImageNet mean / std -> Lite0's (pixel - 127) / 128, pixel in 0..255
         mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
@@ -105,6 +106,28 @@ class PyramidBackbone(nn.Module):
     def compile_target(self) -> nn.Module:
         """The tensor-only part that ``--compile`` compiles (default: the whole backbone)."""
         return self
+
+    def _rgb_batch(self, images: Tensor) -> Tensor:
+        """A 2-D backbone's input checked and made (B, 3, H, W) float, normalised with ImageNet mean / std.
+
+        Args:
+            images: (B, 3, H, W) or (B, 1, H, W) (grey is repeated over the three channels), either uint8
+                in 0..255 (normalised here, on their device) or float already normalised that way.
+
+        Raises:
+            InvalidInputError: another shape, or a size :meth:`check_size` refuses.
+        """
+        # Imported here: medmoe.data is not otherwise needed by the backbones.
+        from medmoe.data.transforms import normalize_uint8_batch
+
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise InvalidInputError(f"images must be (B, 3, H, W) or (B, 1, H, W), got shape {tuple(images.shape)}")
+        self.check_size(images.shape[-2], images.shape[-1])
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if images.dtype == torch.uint8:
+            images = normalize_uint8_batch(images)
+        return images
 
     def _check_dims(self, size: tuple[int, ...]) -> None:
         if len(size) != self.spatial_dims:

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from medmoe.cli.arguments import (
+    add_loader_arguments,
+    add_model_data_arguments,
+    add_train_command,
+    format_numbers,
+    run_train_command,
+)
 from medmoe.cli.config_flags import DeferredFlagsParser
 from medmoe.cli.models import model_from_flag
 
@@ -25,33 +32,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(group: argparse._SubParsersAction) -> None:
-    from medmoe.cli.config_flags import add_task_flags
-    from medmoe.train import add_training_arguments
-
-    train = group.add_parser(
-        "train", help="train a MedMoE model (single process or torchrun DDP)",
+    add_train_command(
+        group, help="train a MedMoE model (single process or torchrun DDP)",
         description="Train a MedMoE model. The alignment flags are AlignTaskConfig's fields; --set changes any "
-                    "field of the model's config (--num-experts and --route-by are shortcuts of it).")
-    add_training_arguments(train)
-    add_task_flags(train, "medmoe.align.task:AlignTaskConfig", title="alignment")
-    train.set_defaults(func=run_train)
+                    "field of the model's config (--num-experts and --route-by are shortcuts of it).",
+        task_config="medmoe.align.task:AlignTaskConfig", title="alignment", run=run_train)
 
 
 def _add_eval(group: argparse._SubParsersAction) -> None:
     ev = group.add_parser("eval", help="retrieval, zero-shot, linear probe and routing metrics + figures")
-    ev.add_argument("--model", required=True, help="saved model directory (or a registered name, untrained)")
-    ev.add_argument("--data", required=True, metavar="MANIFEST|SHARDS", help="manifest or shard source")
+    add_model_data_arguments(ev)
     ev.add_argument("--out", required=True, help="metrics JSON; figures go to <out stem>_figures/")
     ev.add_argument("--split", default="test", help="rows to evaluate (all rows if the manifest has no splits)")
     ev.add_argument("--probe-split", default="train", help="linear-probe training rows ('' to skip)")
-    ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--workers", type=int, default=0)
+    add_loader_arguments(ev, device="cpu")
     ev.add_argument("--max-items", type=int, default=None, help="evaluate at most N rows (quick checks)")
     ev.add_argument("--no-figures", action="store_true")
     ev.add_argument("--per-item", action="store_true",
                     help="keep each pair's retrieval ranks in the JSON (for `medmoe align compare`)")
-    ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=run_eval)
 
 
@@ -71,33 +69,25 @@ def _add_compare(group: argparse._SubParsersAction) -> None:
 
 def _add_embed(group: argparse._SubParsersAction) -> None:
     em = group.add_parser("embed", help="write image and report embeddings of a manifest or shards to .npz")
-    em.add_argument("--model", required=True, help="saved model directory (or a registered name)")
-    em.add_argument("--data", required=True, metavar="MANIFEST|SHARDS", help="manifest or shard source")
+    add_model_data_arguments(em, model_help="saved model directory (or a registered name)")
     em.add_argument("--out", required=True, help="output .npz")
     em.add_argument("--split", default=None, help="only rows of this split (default: all)")
-    em.add_argument("--batch-size", type=int, default=32)
-    em.add_argument("--device", default="cpu")
-    em.add_argument("--workers", type=int, default=0)
-    em.add_argument("--no-progress", action="store_true")
+    add_loader_arguments(em, device="cpu")
     em.set_defaults(func=run_embed)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from medmoe.align.task import AlignTask, AlignTaskConfig
-    from medmoe.cli.config_flags import config_from_args
-    from medmoe.train import is_main, run_training
 
-    config = config_from_args(AlignTaskConfig, args)
-    _check_run_dir(args.out)
-    result = run_training(AlignTask(config), args)
-    if is_main():
-        losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.final_losses.items()))
-        print(f"trained {result.steps} steps ({result.samples_per_s:.1f} samples/s); {losses}")
-        if result.validation:
-            print("validation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.validation.items())))
-        print(f"bad samples skipped: {result.bad_samples}")
-        print(f"model: {result.model_dir}")
-    return 0
+    return run_train_command(args, AlignTaskConfig, AlignTask, _print_trained)
+
+
+def _print_trained(result) -> None:
+    print(f"trained {result.steps} steps ({result.samples_per_s:.1f} samples/s); {format_numbers(result.final_losses)}")
+    if result.validation:
+        print("validation: " + format_numbers(result.validation))
+    print(f"bad samples skipped: {result.bad_samples}")
+    print(f"model: {result.model_dir}")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -184,10 +174,3 @@ def run_embed(args: argparse.Namespace) -> int:
     print(f"embeddings: {path}")
     return 0
 
-
-def _check_run_dir(out) -> None:
-    """Before training: RUN_DIR writable, and its ``model/`` (replaced at the end) empty or a model medmoe saved."""
-    from medmoe.cli.paths import check_output_dir
-    from medmoe.hub import check_replaceable
-
-    check_replaceable(check_output_dir(out) / "model")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medmoe.cli.arguments import add_loader_arguments
+
 
 def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     """Register ``benchmark`` on the ``medmoe align`` sub-parsers."""
@@ -32,10 +34,7 @@ def add_benchmark_command(group: argparse._SubParsersAction) -> None:
                        help="probe: seeds of the 1 %% / 10 %% subsamples, averaged (default 0,1,2)")
     bench.add_argument("--max-items", type=int, default=None, metavar="N",
                        help="at most N evenly spaced images per set and split (quick checks; not the protocol)")
-    bench.add_argument("--batch-size", type=int, default=32, help="images a batch (default 32)")
-    bench.add_argument("--device", default="auto", help="auto (a GPU when present, default), cpu, cuda or cuda:N")
-    bench.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_loader_arguments(bench)
     bench.set_defaults(func=run_benchmark)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medmoe.cli.arguments import MODEL_HELP, add_loader_arguments, add_model_data_arguments
+
 
 def add_search_commands(group: argparse._SubParsersAction) -> None:
     """Register the three sub-commands on the ``medmoe align`` sub-parsers."""
@@ -19,7 +21,7 @@ def _add_zeroshot(group: argparse._SubParsersAction) -> None:
                     "class probabilities are softmax(logit_scale x cosine) over the classes. Writes one CSV row "
                     "per image (path, top_class, top_prob, expert, expert_prob, one column per class); "
                     "unreadable files are listed in <out stem>.errors.csv and the summary, never fatal.")
-    zs.add_argument("--model", required=True, help="saved model directory (or a registered name, untrained)")
+    zs.add_argument("--model", required=True, help=MODEL_HELP)
     zs.add_argument("--images", required=True, metavar="DIR|MANIFEST|SHARDS",
                     help="a folder (searched recursively for DICOM, NIfTI, PNG, JPEG, TIFF, BMP), a manifest "
                          "(.csv / .jsonl) or shards")
@@ -30,7 +32,7 @@ def _add_zeroshot(group: argparse._SubParsersAction) -> None:
                               "class name a line")
     zs.add_argument("--out", required=True, help="predictions CSV")
     zs.add_argument("--split", default=None, help="only rows of this split of a manifest or shards (default: all)")
-    _add_run_options(zs)
+    add_loader_arguments(zs)
     zs.set_defaults(func=run_zeroshot)
 
 
@@ -42,8 +44,7 @@ def _add_index(group: argparse._SubParsersAction) -> None:
                     "(index kind and parameters, model). Embeddings are saved in chunks under OUT/parts/: an "
                     "interrupted run continues where it stopped. Under torchrun every rank embeds a share of "
                     "the chunks and rank 0 builds the index.")
-    ix.add_argument("--model", required=True, help="saved model directory (or a registered name, untrained)")
-    ix.add_argument("--data", required=True, metavar="MANIFEST|SHARDS", help="manifest or shard source")
+    add_model_data_arguments(ix)
     ix.add_argument("--out", required=True, metavar="IDX", help="index folder (created)")
     ix.add_argument("--kind", choices=("auto", "exact", "pq", "ivf", "hnsw", "ivfpq"), default="auto",
                     help="FAISS index (default auto): exact below 100k items; pq (4-bit PQ scan of every item, "
@@ -56,7 +57,7 @@ def _add_index(group: argparse._SubParsersAction) -> None:
     ix.add_argument("--no-resume", action="store_true", help="embed every chunk again, even those saved before")
     ix.add_argument("--overwrite", action="store_true",
                     help="replace an index of another model or data in OUT (otherwise an error)")
-    _add_run_options(ix)
+    add_loader_arguments(ix)
     ix.set_defaults(func=run_index)
 
 
@@ -77,13 +78,6 @@ def _add_search(group: argparse._SubParsersAction) -> None:
     se.add_argument("--json", action="store_true", help="print the hits as JSON")
     se.add_argument("--device", default="cpu", help="device of the query embedding: cpu (default), cuda, auto")
     se.set_defaults(func=run_search)
-
-
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=32, help="images a batch (default 32)")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when present, default), cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _load(name_or_dir: str, device) -> tuple[object, str]:

@@ -53,3 +53,10 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
         raise InvalidInputError(f"{option} {target}: is a file; expected a folder")
     _writable_folder(target, option)
     return target
+
+
+def check_run_dir(out: str | os.PathLike) -> None:
+    """Before training: RUN_DIR writable, and its ``model/`` (replaced at the end) empty or a model medmoe saved."""
+    from medmoe.hub import check_replaceable
+
+    check_replaceable(check_output_dir(out) / "model")

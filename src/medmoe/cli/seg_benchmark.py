@@ -12,6 +12,8 @@ import argparse
 import math
 import sys
 
+from medmoe.cli.arguments import add_seg_eval_arguments
+
 
 def _millimetres(text: str) -> float:
     """A positive millimetre value (argparse type)."""
@@ -78,13 +80,7 @@ def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     add_eval_spacing_argument(bench)
     bench.add_argument("--class", dest="classes", action="append", default=None, metavar="CLASS",
                        help="only these classes (repeatable; default: every class each dataset labels)")
-    bench.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD boundary tolerance in mm (default 2)")
-    bench.add_argument("--overlap", type=float, default=0.5)
-    bench.add_argument("--threshold", type=float, default=0.5)
-    bench.add_argument("--sw-batch-size", type=int, default=1)
-    bench.add_argument("--device", default=None)
-    bench.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases of each")
-    bench.add_argument("--no-progress", action="store_true")
+    add_seg_eval_arguments(bench, max_cases_help="evaluate only the first N cases of each")
     bench.set_defaults(func=run_benchmark)
 
 

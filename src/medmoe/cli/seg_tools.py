@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 
+from medmoe.cli.arguments import add_seg_eval_arguments
 from medmoe.cli.seg_benchmark import (
     add_benchmark_command,
     add_eval_spacing_argument,
@@ -124,13 +125,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--class", dest="classes", action="append", default=None, metavar="CLASS",
                     help="only these classes (repeat; default: every class each dataset labels)")
     ev.add_argument("--overlays", default=None, metavar="DIR", help="write one overlay PNG per case here")
-    ev.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD boundary tolerance in mm (default 2)")
-    ev.add_argument("--overlap", type=float, default=0.5)
-    ev.add_argument("--threshold", type=float, default=0.5)
-    ev.add_argument("--sw-batch-size", type=int, default=1)
-    ev.add_argument("--device", default=None)
-    ev.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases")
-    ev.add_argument("--no-progress", action="store_true")
+    add_seg_eval_arguments(ev, max_cases_help="evaluate only the first N cases")
     add_eval_spacing_argument(ev)
     ev.set_defaults(func=run_eval)
     add_benchmark_command(sub)

@@ -9,8 +9,7 @@ Names are imported on first use so that ``import medmoe.data`` (and ``medmoe --h
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medmoe.lazy_exports import lazy_getattr
 
 _EXPORTS = {
     "read_image": "medmoe.data.readers",
@@ -44,13 +43,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medmoe.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -30,7 +30,7 @@ from monai.utils import MetaKeys, SpaceKeys
 from pydicom.pixels import pixel_array
 
 from medmoe.data.readers.nifti import load_nifti
-from medmoe.data.readers.safety import require_regular_file
+from medmoe.data.readers.safety import has_dicom_preamble, require_regular_file
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import MAX_VOXELS_ENV, check_budget
 
@@ -73,18 +73,9 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _dicom_files(folder: Path) -> list[Path]:
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    dicoms = [p for p in files if p.suffix.lower() in (".dcm", ".ima") or _looks_like_dicom(p)]
+    dicoms = [p for p in files if p.suffix.lower() in (".dcm", ".ima") or has_dicom_preamble(p)]
     return dicoms
 
 
@@ -113,7 +104,7 @@ def read_ct(path: str | os.PathLike, *, check_ct: bool = True, max_voxels: int |
         volume = read_dicom_series(p, check_ct=check_ct, max_voxels=max_voxels)
     elif is_nifti(p):
         volume = read_nifti_volume(p, max_voxels=max_voxels, dtype=np.float32)
-    elif _looks_like_dicom(p) or p.suffix.lower() == ".dcm":
+    elif has_dicom_preamble(p) or p.suffix.lower() == ".dcm":
         _reject_single_dicom(p)
         raise AssertionError("unreachable")  # pragma: no cover
     else:

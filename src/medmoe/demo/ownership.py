@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medmoe.cli.paths import check_output_dir
 from medmoe.errors import InvalidInputError
 
 MARKER = ".medmoe-demo"
@@ -23,20 +24,13 @@ def claim_output_dir(out: Path, *, overwrite: bool = False) -> None:
         InvalidInputError: ``out`` is a file or lies under one, cannot be created or written, or is a non-empty
             folder without the demo's marker and ``overwrite`` is False.
     """
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out {out}: is a file; expected a folder")
     if out.is_dir() and not (out / MARKER).is_file() and any(out.iterdir()) and not overwrite:
         raise InvalidInputError(
             f"--out {out}: a non-empty folder that `medmoe demo` did not create (no {MARKER} in it); the demo would "
             "replace runs/, align/ and seg/ there. Choose a new or empty folder, or pass --overwrite"
         )
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InvalidInputError(f"--out {out}: {parent} is a file, not a folder")
-            break
+    check_output_dir(out)  # not a file nor under one; created and writable
     try:
-        out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text(_MARKER_TEXT)
     except OSError as err:
         raise InvalidInputError(f"--out {out}: cannot write there ({err.strerror or err})") from None

@@ -182,14 +182,22 @@ def _fresh(directory: Path) -> Path:
 def train_align(train_manifest: Path, run_dir: Path, num_experts: int, budget: DemoBudget, *, seed: int,
                 device: str, progress: bool) -> tuple[Path, dict[str, Any]]:
     from medmoe.align.task import AlignTask, AlignTaskConfig
-    from medmoe.train import TrainConfig, run_training
 
     task = AlignTask(AlignTaskConfig(data=str(train_manifest), model="medmoe-nano",
                                      overrides={"num_experts": num_experts}, seed=seed))
+    return _train(task, run_dir, steps=budget.align_steps, batch_size=budget.align_batch, lr=budget.align_lr,
+                  warmup_steps=budget.align_warmup, seed=seed, device=device, progress=progress)
+
+
+def _train(task: Any, run_dir: Path, *, steps: int, batch_size: int, lr: float, warmup_steps: int, seed: int,
+           device: str, progress: bool) -> tuple[Path, dict[str, Any]]:
+    """Train ``task`` in a fresh ``run_dir`` (one checkpoint at the end); the model folder and a summary."""
+    from medmoe.train import TrainConfig, run_training
+
     result = run_training(task, TrainConfig(
-        out=_fresh(run_dir), steps=budget.align_steps, batch_size=budget.align_batch, lr=budget.align_lr,
-        warmup_steps=budget.align_warmup, workers=0, seed=seed, device=device, ckpt_every=budget.align_steps,
-        keep_ckpts=1, log_every=max(1, budget.align_steps // 20), progress=progress))
+        out=_fresh(run_dir), steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, workers=0,
+        seed=seed, device=device, ckpt_every=steps, keep_ckpts=1, log_every=max(1, steps // 20),
+        progress=progress))
     return Path(result.model_dir), {"steps": result.steps, "seconds": round(result.wall_time_s, 1),
                                     "samples_per_s": round(result.samples_per_s, 2),
                                     "bad_samples": result.bad_samples, "final_losses": result.final_losses}
@@ -231,20 +239,14 @@ def train_seg(datalist: Path, run_dir: Path, budget: DemoBudget, *, seed: int, d
     """Train mome-nano at the budget's settings (``augmentation``: a preset name or an ``Augmentation``,
     default the budget's)."""
     from medmoe.seg.task import SegTask, SegTaskConfig
-    from medmoe.train import TrainConfig, run_training
 
     task = SegTask(SegTaskConfig(data=str(datalist), model="mome-nano", overrides=dict(budget.seg_overrides),
                                  patch_size=budget.seg_patch, spacing=budget.seg_spacing, seed=seed,
                                  val_split=None, progress=progress, soft_labels=budget.seg_soft_labels,
                                  augmentation=budget.seg_augmentation if augmentation is None else augmentation,
                                  cache_dir=str(run_dir.parent / "cache")))
-    result = run_training(task, TrainConfig(
-        out=_fresh(run_dir), steps=budget.seg_steps, batch_size=budget.seg_batch, lr=budget.seg_lr,
-        warmup_steps=budget.seg_warmup, workers=0, seed=seed, device=device, ckpt_every=budget.seg_steps,
-        keep_ckpts=1, log_every=max(1, budget.seg_steps // 20), progress=progress))
-    return Path(result.model_dir), {"steps": result.steps, "seconds": round(result.wall_time_s, 1),
-                                    "samples_per_s": round(result.samples_per_s, 2),
-                                    "bad_samples": result.bad_samples, "final_losses": result.final_losses}
+    return _train(task, run_dir, steps=budget.seg_steps, batch_size=budget.seg_batch, lr=budget.seg_lr,
+                  warmup_steps=budget.seg_warmup, seed=seed, device=device, progress=progress)
 
 
 def evaluate_seg(model_dir: Path, datalist: Path, out_dir: Path, budget: DemoBudget, *, device: str,

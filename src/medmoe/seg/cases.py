@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from medmoe.data.readers.safety import has_dicom_preamble
 from medmoe.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -67,14 +68,7 @@ def nifti_stem(path: str | os.PathLike) -> str:
 
 
 def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() in _DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return path.suffix.lower() in _DICOM_SUFFIXES or has_dicom_preamble(path)
 
 
 def _entries(folder: Path) -> list[Path]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page phones nowhere
 
@@ -92,10 +94,18 @@ def _render_slice(view, z):
 
 
 # ---------------------------------------------------------------------------------------------- tabs
+@contextmanager
+def _tab(title: str, key: str, intro: str) -> Iterator[None]:
+    """A tab of the page (``id`` ``key``, element ``tab-<key>``) that opens with its ``intro`` text."""
+    with gr.Tab(title, id=key, elem_id=f"tab-{key}"):
+        gr.Markdown(intro)
+        yield
+
+
 def _search_tab(services: Services) -> None:
-    with gr.Tab("Search", id="search", elem_id="tab-search"):
-        gr.Markdown("Text \u2192 image search over the index: the images whose embeddings are closest to the "
-                    "text's, best first, with their cosine score and report.")
+    with _tab("Search", "search",
+              "Text \u2192 image search over the index: the images whose embeddings are closest to the "
+              "text's, best first, with their cosine score and report."):
         with gr.Row():
             query = gr.Textbox(label="find images showing", placeholder="e.g. pleural effusion", scale=4,
                                elem_id="search-query")
@@ -112,10 +122,10 @@ def _search_tab(services: Services) -> None:
 
 
 def _classify_tab(services: Services) -> None:
-    with gr.Tab("Classify", id="classify", elem_id="tab-classify"):
-        gr.Markdown("Zero-shot classification of one image (PNG, JPEG or DICOM) against your class names; the "
-                    "expert the image router chose; the word\u2013region attention of a report or prompt over "
-                    "the image (empty: the top class's prompt).")
+    with _tab("Classify", "classify",
+              "Zero-shot classification of one image (PNG, JPEG or DICOM) against your class names; the "
+              "expert the image router chose; the word\u2013region attention of a report or prompt over "
+              "the image (empty: the top class's prompt)."):
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="image (PNG, JPEG, DICOM)", type="filepath", elem_id="classify-upload")
@@ -138,10 +148,10 @@ def _classify_tab(services: Services) -> None:
 
 def _segment_tab(services: Services) -> None:
     classes = services.seg_classes()
-    with gr.Tab("Segment", id="segment", elem_id="tab-segment"):
-        gr.Markdown("Text-prompted CT segmentation with MoME: upload a NIfTI (.nii, .nii.gz) or a .zip of one "
-                    "DICOM series, choose classes, browse the axial slices with the masks, download the label "
-                    "map (value i = i-th class, on the CT's own grid) and its summary.")
+    with _tab("Segment", "segment",
+              "Text-prompted CT segmentation with MoME: upload a NIfTI (.nii, .nii.gz) or a .zip of one "
+              "DICOM series, choose classes, browse the axial slices with the masks, download the label "
+              "map (value i = i-th class, on the CT's own grid) and its summary."):
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="CT (.nii, .nii.gz, .zip of a DICOM series)", type="filepath",

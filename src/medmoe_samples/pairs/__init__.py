@@ -17,8 +17,7 @@ Names are imported on first use so that importing the package stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medmoe.lazy_exports import lazy_getattr
 
 _EXPORTS = {
     "build_samples": "medmoe_samples.pairs.build",
@@ -32,10 +31,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

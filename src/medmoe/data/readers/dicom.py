@@ -28,7 +28,7 @@ from medmoe.data.readers.intensity import (
     robust_rescale,
 )
 from medmoe.data.readers.meta import ImageMeta
-from medmoe.data.readers.safety import check_dicom_size, inflated_header
+from medmoe.data.readers.safety import check_dicom_size, inflated_header, require_finite
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import DecodeLimitError
 
@@ -110,8 +110,7 @@ def read_dicom(
         except Exception as err:
             raise CorruptFileError(f"{name}: cannot decode DICOM pixel data ({type(err).__name__}: {err})") from err
 
-    if not np.all(np.isfinite(image)):
-        raise CorruptFileError(f"{name}: DICOM pixel data contains NaN or infinite values")
+    require_finite(image, f"{name}: DICOM pixel data")
     shape = (n_frames, rows, cols) if n_frames > 1 else (rows, cols)
     meta = ImageMeta(
         path=name,

@@ -13,6 +13,7 @@ from nibabel.orientations import io_orientation
 
 from medmoe.data.readers.intensity import apply_window, robust_rescale
 from medmoe.data.readers.meta import ImageMeta
+from medmoe.data.readers.safety import require_finite
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import MAX_PIXELS_ENV, MAX_VOXELS_ENV, DecodeLimitError, check_budget
 
@@ -171,15 +172,13 @@ def read_nifti(
             else:
                 chosen = None
                 volume = np.asarray(img.dataobj[(slice(None),) * 3 + extra], dtype=np.float32)
-                if not np.all(np.isfinite(volume)):
-                    raise CorruptFileError(f"{name}: NIfTI volume contains NaN or infinite voxels")
+                require_finite(volume, f"{name}: NIfTI volume", "voxels")
                 plane = volume.max(axis=axial) if projection == "mip" else volume.mean(axis=axial)
     except (CorruptFileError, InvalidInputError, DecodeLimitError):
         raise
     except Exception as err:
         raise CorruptFileError(f"{name}: cannot read NIfTI voxel data ({type(err).__name__}: {err})") from err
-    if not np.all(np.isfinite(plane)):
-        raise CorruptFileError(f"{name}: NIfTI slice contains NaN or infinite voxels")
+    require_finite(plane, f"{name}: NIfTI slice", "voxels")
 
     plane, zoom_axes = _to_display(plane, axes)
     image = apply_window(plane, *window) if window is not None else robust_rescale(plane)

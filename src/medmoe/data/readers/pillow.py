@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from medmoe.data.readers.intensity import range_sample, reduction_factor, robust_rescale
 from medmoe.data.readers.meta import ImageMeta
+from medmoe.data.readers.safety import require_finite
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import MAX_PIXELS_ENV, DecodeLimitError, check_budget, limit
 
@@ -84,8 +85,7 @@ def read_pillow(
         raise DecodeLimitError(f"{name}: {err} (see MEDMOE_MAX_PIXELS in docs/security.md)") from err
     except Exception as err:  # UnidentifiedImageError, truncated data, zlib errors ...
         raise CorruptFileError(f"{name}: not a readable image file ({type(err).__name__}: {err})") from err
-    if not np.all(np.isfinite(array)):
-        raise CorruptFileError(f"{name}: image contains NaN or infinite values")
+    require_finite(array, f"{name}: image")
     meta = ImageMeta(
         path=name,
         format=fmt,

@@ -11,6 +11,7 @@ import stat
 import zlib
 from typing import BinaryIO
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_preamble
@@ -32,6 +33,28 @@ _KINDS = {
     stat.S_ISSOCK: "a socket",
     stat.S_ISDIR: "a directory",
 }
+
+
+def require_finite(array: np.ndarray, what: str, unit: str = "values") -> None:
+    """Raise ``CorruptFileError("<what> contains NaN or infinite <unit>")`` unless every value is finite.
+
+    Args:
+        array: the decoded values.
+        what: names the file and the data, e.g. ``"scan.dcm: DICOM pixel data"``.
+        unit: ``values`` or ``voxels``.
+    """
+    if not np.all(np.isfinite(array)):
+        raise CorruptFileError(f"{what} contains NaN or infinite {unit}")
+
+
+def has_dicom_preamble(path: str | os.PathLike) -> bool:
+    """True when the file starts with DICOM's 128-byte preamble and ``DICM`` (False also when unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def require_regular_file(path: str | os.PathLike, what: str = "file") -> os.stat_result:

@@ -1,0 +1,90 @@
+"""Argument groups and the train command that several ``medmoe`` sub-commands share.
+
+One place for a flag that several commands take (``--model``, ``--data``, ``--batch-size`` ...), so that its
+name, default and help read the same everywhere; each function adds the flags to a given parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+MODEL_HELP = "saved model directory (or a registered name, untrained)"
+
+
+def add_model_data_arguments(parser: argparse.ArgumentParser, *, model_help: str = MODEL_HELP) -> None:
+    """``--model`` (required) and ``--data MANIFEST|SHARDS`` (required)."""
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--data", required=True, metavar="MANIFEST|SHARDS", help="manifest or shard source")
+
+
+def add_loader_arguments(parser: argparse.ArgumentParser, *, device: str = "auto") -> None:
+    """``--batch-size`` (32), ``--device`` (``device``), ``--workers`` (0) and ``--no-progress``."""
+    parser.add_argument("--batch-size", type=int, default=32, help="images a batch (default 32)")
+    device_help = ("auto (a GPU when present, default), cpu, cuda or cuda:N" if device == "auto"
+                   else f"{device} (default), auto (a GPU when present), cuda or cuda:N")
+    parser.add_argument("--device", default=device, help=device_help)
+    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_seg_eval_arguments(parser: argparse.ArgumentParser, *, max_cases_help: str) -> None:
+    """The sliding-window and metric flags of ``medmoe seg eval`` and ``medmoe seg benchmark``."""
+    parser.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD boundary tolerance in mm (default 2)")
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--sw-batch-size", type=int, default=1)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--max-cases", type=int, default=None, help=max_cases_help)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def add_train_command(group: argparse._SubParsersAction, *, help: str, description: str, task_config: str,
+                      title: str, run: Callable[[argparse.Namespace], int]) -> None:
+    """Register ``train``: the trainer's flags, then the task config's fields as flags (see ``config_flags``).
+
+    Args:
+        group: the sub-parsers of ``medmoe align`` or ``medmoe seg``.
+        help, description: the command's one-line help and its description.
+        task_config: ``"module:Class"`` of the task's config dataclass.
+        title: the name of the task flags' group in ``--help``.
+        run: the handler.
+    """
+    from medmoe.cli.config_flags import add_task_flags
+    from medmoe.train import add_training_arguments
+
+    train = group.add_parser("train", help=help, description=description)
+    add_training_arguments(train)
+    add_task_flags(train, task_config, title=title)
+    train.set_defaults(func=run)
+
+
+def run_train_command(args: argparse.Namespace, config_class: type, make_task: Callable[[Any], Any],
+                      report: Callable[[Any], None]) -> int:
+    """Build the task config from ``args``, check RUN_DIR, train, and let the main process ``report`` the result.
+
+    Args:
+        args: the parsed ``train`` flags.
+        config_class: the task's config dataclass (built with ``config_from_args``).
+        make_task: the task made from that config.
+        report: prints the :class:`~medmoe.train.TrainResult` (called on the main process only).
+
+    Returns:
+        0 (errors are raised).
+    """
+    from medmoe.cli.config_flags import config_from_args
+    from medmoe.cli.paths import check_run_dir
+    from medmoe.train import is_main, run_training
+
+    config = config_from_args(config_class, args)
+    check_run_dir(args.out)
+    result = run_training(make_task(config), args)
+    if is_main():
+        report(result)
+    return 0
+
+
+def format_numbers(values: dict[str, float]) -> str:
+    """``a=0.1235, b=2`` from ``{"b": 2.0, "a": 0.12345}``: sorted by name, four significant digits."""
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
