@@ -65,8 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     args.eval_data, args.eval_split, args.upcycle_steps = None, "test", 0
     torch.set_num_threads(args.threads)
-    arms = {"pretrained": {}, "random": parse_overrides(args.random.split(","), example="backbone.weights=null")}
-    arms = {name: arms[name] for name in args.arms.split(",")}
+    random_arm = parse_overrides(args.random.split(","), example="backbone.weights=null")
+    arms = {name: {"pretrained": {}, "random": random_arm}[name] for name in args.arms.split(",")}
     rows: dict[str, list[dict]] = {name: [] for name in arms}
     for seed in args.seeds:
         for name, overrides in arms.items():
@@ -83,7 +83,7 @@ def main() -> None:
         difference[f"t2i_R@{k}"] = {**{key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()},
                                     "verdict": verdict(result, "pretrained", "random")}
     result = {
-        "setup": {"model": args.model, "random_arm": arms["random"], "experts": args.experts, "steps": args.steps,
+        "setup": {"model": args.model, "random_arm": random_arm, "experts": args.experts, "steps": args.steps,
                   "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
                   "seeds": args.seeds, "threads": args.threads, "data": str(args.data), "augmentation": args.augmentation,
                   "real": str(args.real) if args.real else None},
