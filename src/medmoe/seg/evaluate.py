@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Orientation, Spacing
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -28,7 +26,7 @@ from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.data import load_datalist
 from medmoe.seg.metrics import aggregate, case_metrics, tumour_detection
 from medmoe.seg.overlay import save_overlay
-from medmoe.seg.predict import predict_volume
+from medmoe.seg.predict import predict_volume, resample_ct
 from medmoe.seg.resample import resample_to_grid
 
 logger = logging.getLogger(__name__)
@@ -74,10 +72,7 @@ def image_at_spacing(image: Volume, spacing: Sequence[float]) -> Volume:
     at the model's own spacing, predicting on the returned volume runs the model on the very grid and
     intensities of the native prediction, and its masks stay on that grid.
     """
-    hu = MetaTensor(torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None],
-                    affine=torch.as_tensor(image.affine, dtype=torch.float64))
-    hu = Orientation(axcodes="RAS", labels=None)(hu)
-    hu = Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear")(hu)
+    hu = resample_ct(image, spacing)
     return Volume(hu[0].as_tensor().numpy(), hu.affine.numpy().astype(np.float64), image.path,
                   dict(image.meta))
 

@@ -172,12 +172,17 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return norm(a) == norm(b)
 
 
-def preprocess_volume(volume: Volume, spacing: Sequence[float], hu_window: tuple[float, float] = HU_WINDOW) -> MetaTensor:
-    """(1, X', Y', Z') windowed [0, 1] image, RAS, at ``spacing`` mm, with its affine in the MetaTensor."""
+def resample_ct(volume: Volume, spacing: Sequence[float]) -> MetaTensor:
+    """(1, X', Y', Z') HU image reoriented to RAS and resampled (linear) to ``spacing`` mm, affine in the MetaTensor."""
     image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))[None],
                        affine=torch.as_tensor(volume.affine, dtype=torch.float64))
     image = Orientation(axcodes="RAS", labels=None)(image)
-    image = Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear")(image)
+    return Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear")(image)
+
+
+def preprocess_volume(volume: Volume, spacing: Sequence[float], hu_window: tuple[float, float] = HU_WINDOW) -> MetaTensor:
+    """(1, X', Y', Z') windowed [0, 1] image, RAS, at ``spacing`` mm, with its affine in the MetaTensor."""
+    image = resample_ct(volume, spacing)
     return ScaleIntensityRange(a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True)(image)
 
 
