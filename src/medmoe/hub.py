@@ -88,7 +88,7 @@ _MODEL_ENTRIES = {CONFIG_NAME, WEIGHTS_NAME, TEXT_DIR, "README.md"}  # README.md
 
 def check_replaceable(target: str | os.PathLike) -> None:
     """Refuse to replace ``target`` unless it is absent, an empty folder, or a model folder medmoe wrote
-    (``config.json`` with ``medmoe_version``, and nothing but ``config.json``, ``model.safetensors``, ``text/``).
+    (``config.json`` with ``medmoe_version``, and nothing but ``config.json``, ``model.safetensors``, ``text/``, ``README.md``).
 
     Raises:
         InvalidInputError: naming the folder and what in it medmoe did not write.
