@@ -45,7 +45,8 @@ def train_one(args, experts: int, seed: int, overrides: dict) -> tuple[Path, flo
     task = AlignTask(AlignTaskConfig(data=str(args.data), model=args.model, seed=seed,
                                      overrides={**overrides, "num_experts": experts},
                                      upcycle_steps=args.upcycle_steps,
-                                     augmentation=getattr(args, "augmentation", "mild")))
+                                     augmentation=getattr(args, "augmentation", "mild"),
+                                     **getattr(args, "task_fields", {})))
     cfg = TrainConfig(out=run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=args.warmup_steps, min_lr_ratio=0.05, weight_decay=0.05, seed=seed, device="cpu",
                       workers=args.workers, ckpt_every=args.steps, log_every=10, progress=False, amp="off")

@@ -42,6 +42,14 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def merge(base: dict, extra: dict) -> dict:
+    """Nested override dicts merged (``extra`` wins)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="modality-bench manifest")
@@ -60,13 +68,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--augmentation", default="mild", choices=("mild", "domain"),
                         help="training augmentation profile of both arms")
+    parser.add_argument("--set", dest="both", default="", metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="model config overrides of both arms, e.g. backbone.image_size=128")
+    parser.add_argument("--task", default="", metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="task settings of both arms, e.g. backbone_lr_scale=0.1")
     parser.add_argument("--arms", default="pretrained,random", help="which arms to run (comma-separated)")
     parser.add_argument("--reuse", action="store_true", help="evaluate runs already trained in OUT")
     args = parser.parse_args()
     args.eval_data, args.eval_split, args.upcycle_steps = None, "test", 0
     torch.set_num_threads(args.threads)
+    args.task_fields = parse_overrides(args.task.split(","), example="backbone_lr_scale=0.1") if args.task else {}
     random_arm = parse_overrides(args.random.split(","), example="backbone.weights=null")
-    arms = {name: {"pretrained": {}, "random": random_arm}[name] for name in args.arms.split(",")}
+    both = parse_overrides(args.both.split(","), example="backbone.image_size=128") if args.both else {}
+    arms = {name: merge({"pretrained": {}, "random": random_arm}[name], both) for name in args.arms.split(",")}
     rows: dict[str, list[dict]] = {name: [] for name in arms}
     for seed in args.seeds:
         for name, overrides in arms.items():
@@ -86,6 +100,7 @@ def main() -> None:
         "setup": {"model": args.model, "random_arm": random_arm, "experts": args.experts, "steps": args.steps,
                   "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
                   "seeds": args.seeds, "threads": args.threads, "data": str(args.data), "augmentation": args.augmentation,
+                  "task": args.task_fields, "both_arms": both,
                   "real": str(args.real) if args.real else None},
         "runs": [r for name in arms for r in rows[name]],
         "summary": {name: summary(rows[name]) for name in arms},

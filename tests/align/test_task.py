@@ -156,3 +156,32 @@ def test_the_task_records_whether_the_experts_learn_modalities(manifest):
     assert AlignTask(task_config(manifest)).build_model().config.modality_experts
     off = AlignTask(task_config(manifest, router_ce_loss_weight=0.0)).build_model()
     assert not off.config.modality_experts
+
+
+def test_backbone_lr_scale_puts_the_backbone_in_its_own_groups_or_freezes_it(manifest):
+    from medmoe.errors import InvalidInputError
+    from medmoe.train.optim import build_optimizer, build_scheduler
+
+    cpu = torch.device("cpu")
+    task = AlignTask(task_config(manifest, backbone_lr_scale=0.1))
+    model = task.build_model()
+    optimizer = build_optimizer(model, task, lr=1e-3, weight_decay=0.05, device=cpu)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    lrs = {(g["lr"], g["weight_decay"]): {id(p) in backbone for p in g["params"]} for g in optimizer.param_groups}
+    assert lrs == {(1e-3, 0.05): {False}, (1e-3, 0.0): {False}, (1e-4, 0.05): {True}, (1e-4, 0.0): {True}}
+    assert optimizer.param_groups[0]["lr"] == 1e-3  # the logged lr is the run's
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    scheduler = build_scheduler(optimizer, steps=10, warmup_steps=2, min_ratio=0.0)
+    optimizer.step()  # no gradients: changes nothing
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups][::2] == pytest.approx([1e-3, 1e-4])  # warm-up scales both
+
+    frozen_task = AlignTask(task_config(manifest, backbone_lr_scale=0.0))
+    frozen = frozen_task.build_model()
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+    optimizer = build_optimizer(frozen, frozen_task, lr=1e-3, weight_decay=0.05, device=cpu)
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained and not trained & {id(p) for p in frozen.backbone.parameters()}
+
+    with pytest.raises(InvalidInputError, match="backbone_lr_scale must be in"):
+        task_config(manifest, backbone_lr_scale=1.5)

@@ -189,3 +189,29 @@ def test_the_domain_profile_varies_intensity_blur_noise_and_colour_and_mild_keep
     assert torch.allclose(blurred.sum(), edge.sum(), atol=1e-4)
     with pytest.raises(InvalidInputError, match="augmentation 'heavy'"):
         augmentation("heavy", 48, train=True)
+
+
+def test_display_artefacts_frame_annotations_window_and_tint():
+    from medmoe.data.transforms import burned_in_annotations, on_black_screen
+
+    ones = torch.ones(1, 40, 40)
+    framed = on_black_screen(ones, 0.5, 1.0, 0.0)  # top right corner
+    assert framed[0, :20, 20:].min() == 1 and framed[0, 20:, :].max() == 0 and framed[0, :, :20].max() == 0
+    marks = burned_in_annotations(64, torch.Generator().manual_seed(1))
+    assert marks.shape == (1, 64, 64) and 0 < float((marks > 0.5).float().mean()) < 0.3
+    assert torch.equal(marks, burned_in_annotations(64, torch.Generator().manual_seed(1)))
+
+    grey = np.full((48, 48), 0.5, dtype=np.float32)
+    always = {name: ImageTransform(image_size=48, train=True, scale=(1.0, 1.0), ratio=(1.0, 1.0), max_rotation=0.0,
+                                   brightness=0.0, contrast=0.0, **{name: 1.0})
+              for name in ("frame", "annotate", "window", "tint")}
+    g = torch.Generator().manual_seed(0)
+    out = {name: t(grey, generator=g).float() for name, t in always.items()}
+    assert (out["frame"] == 0).float().mean() > 0.09  # a black screen around the image
+    assert out["annotate"].max() > 150 and float((out["annotate"] == 128).float().mean()) > 0.7
+    assert out["window"].std() == 0 and out["window"].mean() != 128  # 0.5 moved by the window, uniformly
+    assert not torch.equal(out["tint"][0], out["tint"][1])  # a grey image now has a colour cast
+    colour = np.random.default_rng(0).random((48, 48, 3))
+    tinted, plain = (ImageTransform(image_size=48, train=True, tint=p)(colour, generator=torch.Generator().manual_seed(0))
+                     for p in (1.0, 0.0))
+    assert torch.equal(tinted, plain)  # colour images keep their colours (no cast on top)

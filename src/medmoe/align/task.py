@@ -67,6 +67,9 @@ class AlignTaskConfig(AlignLossWeights):
             the corpus would need more than ``text_cache_gb`` of host memory (then every step encodes its
             reports).
         text_cache_gb: host-memory budget of the text cache, in GB (per process).
+        backbone_lr_scale: learning rate of the image backbone as a fraction of the run's ``--lr`` (the usual
+            way to fine-tune a pretrained backbone, e.g. 0.1, so it keeps more of what it learned); 0 freezes
+            it (no gradients; its BatchNorm statistics, if any, still adapt in training mode).
         upcycle_steps: sparse upcycling (Komatsuzaki et al., ICLR 2023): for the first N steps expert 0
             runs wherever any expert is routed (the routers still learn their routes), then its weights are
             copied into every expert and each specialises from there. 0 = off (experts start from their own
@@ -97,12 +100,15 @@ class AlignTaskConfig(AlignLossWeights):
     text_cache: bool = True
     text_cache_gb: float = 4.0
     upcycle_steps: int = 0
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         """Move loss fields given as model overrides (``--set distill_loss_weight=0.5``) to the task's."""
         moved = {key: self.overrides[key] for key in LOSS_FIELDS if key in self.overrides}
         if moved:
             self._take_loss_overrides(moved)
+        if not 0 <= self.backbone_lr_scale <= 1:
+            raise InvalidInputError(f"backbone_lr_scale must be in [0, 1], got {self.backbone_lr_scale}")
         super().__post_init__()  # the loss fields, checked (a negative weight is an error)
 
     def _take_loss_overrides(self, moved: dict[str, Any]) -> None:
@@ -158,6 +164,8 @@ class AlignTask:
         cfg = self.config
         model = create_model(cfg.model, pretrained=cfg.pretrained, family="medmoe", **cfg.overrides).train()
         model.backbone.check_size(self.image_size, self.image_size)
+        if cfg.backbone_lr_scale == 0:
+            model.backbone.requires_grad_(False)
         # saved with the model: whether expert e learns modality e (displays name the experts by it)
         model.config.modality_experts = bool(self.loss_weights.router_ce_loss_weight) and model.num_experts == len(MODALITIES)
         if self.config.text_cache and model.text.frozen:
@@ -304,12 +312,23 @@ class AlignTask:
         return out
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        """Weight decay on matrices and kernels only; none on biases, norms and the temperature."""
-        decay, no_decay = [], []
+        """Weight decay on matrices and kernels only; none on biases, norms and the temperature. The image
+        backbone's parameters come last, at ``backbone_lr_scale`` of the run's learning rate."""
+        scale = self.config.backbone_lr_scale
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, p in model.named_parameters():
             if p.requires_grad:
-                (decay if p.ndim >= 2 and "logit_scale" not in name else no_decay).append(p)
-        return [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+                in_backbone = name.startswith("backbone.") and scale != 1.0
+                decays = p.ndim >= 2 and "logit_scale" not in name
+                groups.setdefault((in_backbone, decays), []).append(p)
+        out = []
+        for in_backbone in (False, True):
+            for decays in (True, False):
+                params = groups.get((in_backbone, decays))
+                if params:
+                    out.append({"params": params, **({} if decays else {"weight_decay": 0.0}),
+                                **({"lr_scale": scale} if in_backbone else {})})
+        return out
 
     def export(self, model: nn.Module, directory: str | os.PathLike, card: dict | None = None) -> None:
         if model.moe.tied:  # the run ended before the upcycling step: every expert is expert 0

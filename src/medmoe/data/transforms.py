@@ -179,6 +179,15 @@ class ImageTransform:
         blur: probability of a Gaussian blur of sigma uniform in ``(0, blur_sigma]`` output pixels.
         noise: probability of additive Gaussian noise of std uniform in ``(0, noise_std]``.
         grey: probability that a colour image is turned grey (its three channels set to their mean).
+        window: probability of an intensity window: values in ``[low, high]`` (low uniform in [0, 0.25], high in
+            [0.75, 1]) stretched to [0, 1], the rest clipped (another window of the same scan).
+        frame: probability that the image is shown smaller (its side 55-95 %) at a random place on a black
+            screen, as screenshots and exported views of ultrasound, MRI and CT often are.
+        annotate: probability of burned-in annotations: one to four short strings of letters and digits and
+            a measurement line, in light grey, at random places (as scanners print them onto the pixels).
+        tint: probability that a grey image gets a colour cast (a gain in [0.75, 1.25] per channel), as
+            displays, captures and colour look-up tables give; together with ``grey`` colour stops being a
+            cue by itself.
 
     :func:`augmentation` gives the named profiles: ``mild`` (the defaults) and ``domain`` (for real scans).
     """
@@ -200,6 +209,10 @@ class ImageTransform:
     noise: float = 0.0
     noise_std: float = 0.03
     grey: float = 0.0
+    window: float = 0.0
+    frame: float = 0.0
+    annotate: float = 0.0
+    tint: float = 0.0
 
     def __post_init__(self) -> None:
         if self.image_size < 1:
@@ -208,7 +221,7 @@ class ImageTransform:
             raise InvalidInputError(f"scale must satisfy 0 < low <= high <= 1, got {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise InvalidInputError(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
-        for name in ("hflip", "blur", "noise", "grey"):
+        for name in ("hflip", "blur", "noise", "grey", "window", "frame", "annotate", "tint"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InvalidInputError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         if self.gamma is not None and not 0 < self.gamma[0] <= self.gamma[1]:
@@ -266,6 +279,8 @@ class ImageTransform:
         x = rotate(x, angle)
         if self.hflip > 0 and float(torch.rand((), generator=generator)) < self.hflip:
             x = x.flip(-1)
+        if self.frame > 0 and _uniform(0, 1, generator) < self.frame:
+            x = on_black_screen(x, _uniform(0.55, 0.95, generator), _uniform(0, 1, generator), _uniform(0, 1, generator))
         return x
 
     def _augment_intensity(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -278,14 +293,62 @@ class ImageTransform:
         x = x.clamp(0.0, 1.0)
         if self.gamma is not None:  # each extra step draws only when it is on: "mild" keeps its random stream
             x = x.pow(math.exp(_uniform(math.log(self.gamma[0]), math.log(self.gamma[1]), generator)))
+        if self.window > 0 and _uniform(0, 1, generator) < self.window:
+            low, high = _uniform(0.0, 0.25, generator), _uniform(0.75, 1.0, generator)
+            x = ((x - low) / (high - low)).clamp(0.0, 1.0)
         if self.blur > 0 and _uniform(0, 1, generator) < self.blur:
             x = gaussian_blur(x, _uniform(0.1, self.blur_sigma, generator))
         if self.noise > 0 and _uniform(0, 1, generator) < self.noise:
             std = _uniform(0.0, self.noise_std, generator)
             x = (x + std * torch.randn(x.shape, generator=generator)).clamp(0.0, 1.0)
+        if self.annotate > 0 and _uniform(0, 1, generator) < self.annotate:
+            x = torch.maximum(x, burned_in_annotations(x.shape[-1], generator) * _uniform(0.6, 1.0, generator))
         if self.grey > 0 and x.shape[0] == 3 and _uniform(0, 1, generator) < self.grey:
             x = x.mean(dim=0, keepdim=True).expand_as(x).contiguous()
+        elif self.tint > 0 and _is_grey(x) and _uniform(0, 1, generator) < self.tint:
+            gains = torch.tensor([_uniform(0.75, 1.25, generator) for _ in range(3)]).view(3, 1, 1)
+            x = (x.expand(3, -1, -1) * gains).clamp(0.0, 1.0)
         return x
+
+
+def _is_grey(image: torch.Tensor) -> bool:
+    return image.shape[0] == 1 or bool((image[0] == image[1]).all() and (image[1] == image[2]).all())
+
+
+def on_black_screen(image: torch.Tensor, side: float, x_pos: float, y_pos: float) -> torch.Tensor:
+    """``(C, S, S)`` shrunk to ``side`` of its size and placed on a black ``(C, S, S)`` screen; ``x_pos`` /
+    ``y_pos`` in [0, 1] place it from the left / top edge to the right / bottom one."""
+    c, size, _ = image.shape
+    inner = max(1, round(size * side))
+    small = F.interpolate(image.unsqueeze(0), size=(inner, inner), mode="bilinear", align_corners=False,
+                          antialias=True).squeeze(0)
+    top, left = round((size - inner) * y_pos), round((size - inner) * x_pos)
+    screen = image.new_zeros((c, size, size))
+    screen[:, top : top + inner, left : left + inner] = small
+    return screen
+
+
+_ANNOTATION_CHARACTERS = "ABCDEFGHIJKLMNOPRSTUVWXYZ0123456789 .:/-"
+
+
+def burned_in_annotations(size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A ``(1, size, size)`` mask in [0, 1] of one to four short random strings and one measurement line at
+    random places, the way scanners burn labels, scales and calipers into the pixels."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    def draw_int(low: int, high: int) -> int:  # uniform in [low, high)
+        return int(torch.randint(low, max(low + 1, high), (), generator=generator))
+
+    canvas = Image.new("L", (size, size), 0)
+    pen = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(6, size // draw_int(14, 24)))
+    for _ in range(draw_int(1, 5)):
+        text = "".join(_ANNOTATION_CHARACTERS[draw_int(0, len(_ANNOTATION_CHARACTERS))] for _ in range(draw_int(2, 12)))
+        pen.text((draw_int(0, size * 3 // 4), draw_int(0, size * 7 // 8)), text, fill=255, font=font)
+    x0, y0 = draw_int(0, size), draw_int(0, size)
+    pen.line((x0, y0, draw_int(0, size), draw_int(0, size)), fill=255, width=1)
+    pen.line((x0 - 2, y0, x0 + 2, y0), fill=255, width=1)  # a caliper's end mark
+    return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).unsqueeze(0)
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -310,7 +373,9 @@ def augmentation(profile: str, image_size: int, *, train: bool) -> ImageTransfor
     ``mild``: a crop of 80-100 % of the area, rotation up to 10 degrees, brightness / contrast 10 % (generated
     data). ``domain``: for real scans from many scanners and displays: crops of 50-100 %, brightness 15 %,
     contrast 30 %, gamma 0.7-1.5 (another window of the same scan), blur (a third of images, sigma up to 1 px),
-    noise (a third, std up to 0.03) and colour images turned grey one time in five.
+    noise (a third, std up to 0.03), colour images turned grey one time in five and grey ones given a colour
+    cast one time in five, and display artefacts: an intensity window, the image shown smaller on a black
+    screen, burned-in annotations (each three times in ten).
 
     Raises:
         InvalidInputError: an unknown profile.
@@ -319,5 +384,6 @@ def augmentation(profile: str, image_size: int, *, train: bool) -> ImageTransfor
         return ImageTransform(image_size=image_size, train=train)
     if profile == "domain":
         return ImageTransform(image_size=image_size, train=train, scale=(0.5, 1.0), brightness=0.15, contrast=0.3,
-                              gamma=(0.7, 1.5), blur=1 / 3, noise=1 / 3, grey=0.2)
+                              gamma=(0.7, 1.5), blur=1 / 3, noise=1 / 3, grey=0.2,
+                              window=0.3, frame=0.3, annotate=0.3, tint=0.2)
     raise InvalidInputError(f"augmentation {profile!r}: expected one of {AUGMENTATIONS}")

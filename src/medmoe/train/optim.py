@@ -37,7 +37,8 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over ``task.param_groups(model)`` (if the task has it) or the default decay/no-decay split.
 
-    Groups may set their own ``lr`` / ``weight_decay``; the others get the run's values.
+    Groups may set their own ``lr`` / ``weight_decay``, or an ``lr_scale`` (their ``lr`` is then ``lr_scale``
+    times the run's); the others get the run's values.
     """
     groups_fn = getattr(task, "param_groups", None)
     groups = list(groups_fn(model)) if groups_fn is not None else default_param_groups(model)
@@ -45,6 +46,8 @@ def build_optimizer(
         raise InvalidInputError(f"{type(task).__name__}: no trainable parameters in the model")
     for g in groups:
         g.setdefault("weight_decay", weight_decay)
+        if "lr_scale" in g:
+            g["lr"] = lr * g.pop("lr_scale")
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda" or None)
 
 
