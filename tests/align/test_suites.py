@@ -88,6 +88,7 @@ def test_zeroshot_suite_matches_a_direct_computation_and_lists_missing_sets(mode
         predicted = classifier.logits(thyroid["test"].image_embeds).argmax(dim=1).tolist()
     direct = np.mean([spec.classes[p] == labels[0] for p, labels in zip(predicted, thyroid["test"].labels)])
     assert result["sets"]["thyroid-us"]["accuracy"] == pytest.approx(direct)
+    assert thyroid["test"].text_embeds.shape == (len(thyroid["test"].labels), 0)  # empty reports not encoded
     assert result["sets"]["thyroid-us"]["n"] == 6 and result["sets"]["thyroid-us"]["n_unreadable"] == 0
     axial = result["sets"]["ct-axial"]
     assert axial["n"] == 11 and axial["accuracy"] * 11 == pytest.approx(round(axial["accuracy"] * 11))

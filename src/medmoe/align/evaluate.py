@@ -90,9 +90,11 @@ def dataset_size(dataset: ImageReportDataset | ShardDataset) -> int:
 
 @torch.no_grad()
 def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: int = 32, device: str = "cpu",
-                  workers: int = 0, progress: bool = True, max_items: int | None = None) -> Embeddings:
+                  workers: int = 0, progress: bool = True, max_items: int | None = None,
+                  encode_reports: bool = True) -> Embeddings:
     """Embed every (image, report) pair of ``dataset`` (bad samples skipped, listed in ``bad``).
 
+    ``encode_reports=False`` skips the text tower (label-only sets: ``text_embeds`` is then ``(N, 0)``).
     ``max_items`` keeps that many evenly spaced rows of a manifest, or the first that many samples of a
     shard stream (write shards with ``--shuffle-seed`` so that a prefix is representative).
     """
@@ -126,7 +128,8 @@ def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: 
         parts["img"].append(features["image_embeds"].float().cpu())
         parts["exp"].append(features["expert_index"].cpu())
         parts["probs"].append(features["router_probs"].float().cpu())
-        parts["txt"].append(model.encode_text(batch["reports"]).float().cpu())
+        n = batch["images"].shape[0]
+        parts["txt"].append(model.encode_text(batch["reports"]).float().cpu() if encode_reports else torch.empty(n, 0))
         parts["mod"].append(batch["modality"].cpu())
         out.labels += batch["labels"]
         out.reports += batch["reports"]

@@ -70,10 +70,11 @@ def load_set(spec: EvalSet, root: Path, *, splits: tuple[str, ...] = ("train", "
 
 def embed_rows(model: nn.Module, rows: list[ManifestRow], *, batch_size: int = 32, device: str = "cpu",
                workers: int = 0, progress: bool = True, max_items: int | None = None) -> Embeddings:
-    """Image embeddings of label-only rows (unreadable images skipped and listed in ``bad``)."""
+    """Image embeddings of label-only rows (unreadable images skipped and listed in ``bad``; their empty
+    reports are not encoded)."""
     dataset = ImageReportDataset(rows, image_size=model_image_size(model), train=False, require_report=False)
     return embed_dataset(model, dataset, batch_size=batch_size, device=device, workers=workers, progress=progress,
-                         max_items=max_items)
+                         max_items=max_items, encode_reports=False)
 
 
 def _collect(specs: list[EvalSet], root: Path, splits: tuple[str, ...], cache_dir, progress: bool
