@@ -9,9 +9,10 @@ import textwrap
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="build sample data, train + evaluate MedMoE and MoME, write report.html",
-                            description="Builds the built-in data if needed, trains medmoe-nano (6 experts) and its "
-                                        "one-expert baseline, trains mome-nano on CT phantoms plus the real example "
-                                        "CT, predicts organs on that CT, and writes DIR/report.html and "
+                            description="Builds the built-in data if needed, trains medmoe-effnet-nano (ImageNet "
+                                        "EfficientNet-Lite0, 6 experts) and its one-expert baseline, trains mome-nano "
+                                        "on CT phantoms plus two real example CTs, tests it on a third, predicts "
+                                        "organs on a training CT, and writes DIR/report.html and "
                                         "DIR/metrics.json.")
     parser.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (about a minute): a smoke run")

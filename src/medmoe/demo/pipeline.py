@@ -183,7 +183,7 @@ def train_align(train_manifest: Path, run_dir: Path, num_experts: int, budget: D
                 device: str, progress: bool) -> tuple[Path, dict[str, Any]]:
     from medmoe.align.task import AlignTask, AlignTaskConfig
 
-    task = AlignTask(AlignTaskConfig(data=str(train_manifest), model="medmoe-nano",
+    task = AlignTask(AlignTaskConfig(data=str(train_manifest), model=budget.align_model,
                                      overrides={"num_experts": num_experts}, seed=seed))
     return _train(task, run_dir, steps=budget.align_steps, batch_size=budget.align_batch, lr=budget.align_lr,
                   warmup_steps=budget.align_warmup, seed=seed, device=device, progress=progress)
@@ -334,10 +334,10 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str =
     train_manifest = combined_manifest([data["modality-bench"], data["iu-cxr"]], out / "runs" / "align-train.csv")
     align: dict[str, Any] = {}
     for label, k in (("moe", 6), ("single", 1)):
-        with Step(f"train medmoe-nano with {k} expert{'s' if k > 1 else ''}", timings, say):
+        with Step(f"train {budget.align_model} with {k} expert{'s' if k > 1 else ''}", timings, say):
             model_dir, train_info = train_align(train_manifest, out / "runs" / f"align-{label}", k, budget,
                                                 seed=seed, device=device, progress=progress)
-        with Step(f"evaluate medmoe-nano K={k}", timings, say):
+        with Step(f"evaluate {budget.align_model} K={k}", timings, say):
             align[label] = {"num_experts": k, "train": train_info,
                             "eval": evaluate_align(model_dir, data, out / "align" / label, budget, device=device,
                                                    progress=progress)}

@@ -143,7 +143,10 @@ def _align_sections(metrics: dict) -> list[Section]:
         if path.endswith("attention_maps.png"):
             figures.append(Figure(path, "Word-region attention of the MoE model: where each report word looks in "
                                         "its image (as the paper's Fig. 3)."))
-    text = ("medmoe-nano (tiny Swin, frozen real MiniLM text encoder) trained on the generated modality benchmark "
+    name = _get(metrics, "budget", "align_model", default="medmoe-nano")
+    backbone = {"medmoe-nano": "tiny Swin from random weights",
+                "medmoe-effnet-nano": "EfficientNet-Lite0 with its ImageNet weights"}.get(name, "its image backbone")
+    text = (f"{name} ({backbone}, frozen real MiniLM text encoder) trained on the generated modality benchmark "
             "plus the IU chest X-ray pairs (real Indiana University reports, rendered radiographs). The MoE model "
             "routes each pair to one of 6 experts by its report during training; an image router learns to "
             "predict that choice, so at test time the expert is picked from the image alone. The baseline is the "
