@@ -34,6 +34,7 @@ from medmoe.align.evaluate import embed_dataset, make_dataset, routing_report  #
 from medmoe.align.retrieval import retrieval_metrics  # noqa: E402
 from medmoe.align.task import AlignTask, AlignTaskConfig  # noqa: E402
 from medmoe.cli.overrides import parse_overrides  # noqa: E402
+from medmoe.data.modalities import MODALITIES  # noqa: E402
 from medmoe.train import TrainConfig, run_training  # noqa: E402
 
 
@@ -77,6 +78,9 @@ def evaluate_one(model_dir: Path, args) -> dict:
         real_routing = routing_report(real, model.num_experts)
         row["real_routing_agreement_identity"] = real_routing.get("agreement_identity")
         row["real_n"] = len(real)
+        names = [*MODALITIES, "unknown"]  # modality -1 (unknown) indexes the last
+        row["real_routes"] = [[Path(path).name, names[m], names[e]] for path, m, e in
+                              zip(real.paths, real.modality.tolist(), real.expert_index.tolist())]
     return row
 
 

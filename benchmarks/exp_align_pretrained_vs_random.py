@@ -89,7 +89,7 @@ def main() -> None:
             model_dir, seconds = train_one(arm_args, args.experts, seed, overrides)
             row = {"arm": name, "seed": seed, "train_s": round(seconds, 1), **evaluate_one(model_dir, args)}
             rows[name].append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "t2i_ranks"}), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("t2i_ranks", "real_routes")}), flush=True)
     difference = {}
     for k in (1, 5) if len(arms) == 2 else ():
         hits = {name: np.array([r["t2i_ranks"] for r in rows[name]]) <= k for name in arms}
