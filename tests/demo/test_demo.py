@@ -24,6 +24,7 @@ def test_quick_demo_writes_a_sane_report_and_metrics(tmp_path, capsys):
     assert "one hit = " in printed and "95 % interval" in printed  # the noise level of the retrieval gap is stated
 
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["environment"]["torch_threads"] >= 1 and metrics["budget"]["align_model"] == "medmoe-effnet-nano"
     for which, k in (("moe", 6), ("single", 1)):
         run = metrics["align"][which]
         assert run["num_experts"] == k and run["train"]["steps"] == 4

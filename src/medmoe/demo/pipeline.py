@@ -354,7 +354,8 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str =
                                        progress=progress)
     with Step("predict organs on a real training CT", timings, say):
         real_ct = predict_real_ct(seg_dir, data["totalseg"], out / "seg", budget, device=device)
-    metrics = {"quick": quick, "seed": seed, "device": device, "budget": budget.__dict__, "timings_s": timings,
+    metrics = {"quick": quick, "seed": seed, "device": device, "environment": _environment(),
+               "budget": budget.__dict__, "timings_s": timings,
                "align": align, "seg": {"train": seg_train, "eval": seg_eval, "real_ct_test": real_test,
                                        "real_ct": real_ct}}
     metrics_path = out / "metrics.json"
@@ -363,6 +364,18 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str =
     tmp.replace(metrics_path)
     report = build_report(metrics, out / "report.html")
     return DemoResult(out=out, metrics=metrics, report=report, summary_rows=summary_rows(metrics))
+
+
+def _environment() -> dict[str, Any]:
+    """What else decides the numbers of a seeded CPU run: versions and the thread count (floating-point order)."""
+    import platform
+
+    import torch
+
+    from medmoe import __version__
+
+    return {"medmoe": __version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "machine": platform.machine()}
 
 
 def _json_default(value: Any) -> Any:
