@@ -53,7 +53,8 @@ class AlignTaskConfig(AlignLossWeights):
         image_size: input side (default: the model's ``backbone.image_size``).
         augment: random training augmentation (deterministic per (seed, epoch, index)).
         augmentation: the augmentation profile: ``mild`` (crops, small rotations, brightness / contrast; for
-            generated data) or ``domain`` (for real scans: wider crops, gamma, blur, noise, colour to grey; see
+            generated data) or ``domain`` (for real scans: wider crops, gamma, intensity windows, blur, noise, colour
+            to grey and colour casts, the image small on a black screen, burned-in text; see
             :func:`medmoe.data.transforms.augmentation`).
         seed: augmentation seed.
         pretrained: load the pretrained parts the config names (text encoder weights).
