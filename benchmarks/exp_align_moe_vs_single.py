@@ -84,20 +84,21 @@ def evaluate_one(model_dir: Path, args) -> dict:
     return row
 
 
+def mean_std(rows: list[dict], keys: tuple[str, ...]) -> dict:
+    """Mean and standard deviation over the runs (seeds) of each metric in ``keys`` that the runs have."""
+    out = {}
+    for key in keys:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values:
+            out[key] = {"mean": round(statistics.mean(values), 4),
+                        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+    return out
+
+
 def summarise(rows: list[dict], experts: list[int]) -> dict:
     keys = ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5", "routing_agreement", "routing_agreement_identity",
             "real_routing_agreement_identity")
-    out = {}
-    for k in experts:
-        mine = [r for r in rows if r["num_experts"] == k]
-        stats = {}
-        for key in keys:
-            values = [r[key] for r in mine if r.get(key) is not None]
-            if values:
-                stats[key] = {"mean": round(statistics.mean(values), 4),
-                              "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
-        out[f"K={k}"] = stats
-    return out
+    return {f"K={k}": mean_std([r for r in rows if r["num_experts"] == k], keys) for k in experts}
 
 
 def paired_difference(rows: list[dict], seeds: list[int]) -> dict:

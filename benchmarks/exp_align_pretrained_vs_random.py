@@ -18,36 +18,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
-from exp_align_moe_vs_single import evaluate_one, train_one
+from exp_align_moe_vs_single import evaluate_one, mean_std, train_one
 
 from medmoe.align.compare import paired_bootstrap, verdict
 from medmoe.cli.overrides import parse_overrides
 
 KEYS = ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5", "routing_agreement_identity", "real_routing_agreement_identity")
-
-
-def summary(rows: list[dict]) -> dict:
-    """Mean and standard deviation over the seeds of each metric."""
-    out = {}
-    for key in KEYS:
-        values = [r[key] for r in rows if r.get(key) is not None]
-        if values:
-            out[key] = {"mean": round(statistics.mean(values), 4),
-                        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
-    return out
-
-
-def merge(base: dict, extra: dict) -> dict:
-    """Nested override dicts merged (``extra`` wins)."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def main() -> None:
@@ -78,9 +58,10 @@ def main() -> None:
     args.eval_data, args.eval_split, args.upcycle_steps = None, "test", 0
     torch.set_num_threads(args.threads)
     args.task_fields = parse_overrides(args.task.split(","), example="backbone_lr_scale=0.1") if args.task else {}
-    random_arm = parse_overrides(args.random.split(","), example="backbone.weights=null")
-    both = parse_overrides(args.both.split(","), example="backbone.image_size=128") if args.both else {}
-    arms = {name: merge({"pretrained": {}, "random": random_arm}[name], both) for name in args.arms.split(",")}
+    both = args.both.split(",") if args.both else []
+    random_arm = parse_overrides(args.random.split(",") + both, example="backbone.weights=null")
+    arms = {name: {"pretrained": parse_overrides(both, example="backbone.image_size=128"), "random": random_arm}[name]
+            for name in args.arms.split(",")}
     rows: dict[str, list[dict]] = {name: [] for name in arms}
     for seed in args.seeds:
         for name, overrides in arms.items():
@@ -103,7 +84,7 @@ def main() -> None:
                   "task": args.task_fields, "both_arms": both,
                   "real": str(args.real) if args.real else None},
         "runs": [r for name in arms for r in rows[name]],
-        "summary": {name: summary(rows[name]) for name in arms},
+        "summary": {name: mean_std(rows[name], KEYS) for name in arms},
         "paired_difference": difference,
     }
     args.out.mkdir(parents=True, exist_ok=True)

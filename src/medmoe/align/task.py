@@ -316,20 +316,14 @@ class AlignTask:
         """Weight decay on matrices and kernels only; none on biases, norms and the temperature. The image
         backbone's parameters come last, at ``backbone_lr_scale`` of the run's learning rate."""
         scale = self.config.backbone_lr_scale
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        settings = [{}, {"weight_decay": 0.0}, {"lr_scale": scale}, {"lr_scale": scale, "weight_decay": 0.0}]
+        params: list[list[nn.Parameter]] = [[] for _ in settings]
         for name, p in model.named_parameters():
             if p.requires_grad:
-                in_backbone = name.startswith("backbone.") and scale != 1.0
+                in_backbone = scale != 1.0 and name.startswith("backbone.")
                 decays = p.ndim >= 2 and "logit_scale" not in name
-                groups.setdefault((in_backbone, decays), []).append(p)
-        out = []
-        for in_backbone in (False, True):
-            for decays in (True, False):
-                params = groups.get((in_backbone, decays))
-                if params:
-                    out.append({"params": params, **({} if decays else {"weight_decay": 0.0}),
-                                **({"lr_scale": scale} if in_backbone else {})})
-        return out
+                params[2 * in_backbone + (not decays)].append(p)
+        return [{"params": group, **extra} for group, extra in zip(params, settings) if group]
 
     def export(self, model: nn.Module, directory: str | os.PathLike, card: dict | None = None) -> None:
         if model.moe.tied:  # the run ended before the upcycling step: every expert is expert 0

@@ -14,6 +14,7 @@ memory and the host-to-device copy. The model normalises there (:func:`normalize
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -331,17 +332,25 @@ def on_black_screen(image: torch.Tensor, side: float, x_pos: float, y_pos: float
 _ANNOTATION_CHARACTERS = "ABCDEFGHIJKLMNOPRSTUVWXYZ0123456789 .:/-"
 
 
+@functools.lru_cache(maxsize=16)
+def _annotation_font(size: int):
+    """PIL's default font at ``size`` px, loaded once per size and loader process (not once per sample)."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
 def burned_in_annotations(size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A ``(1, size, size)`` mask in [0, 1] of one to four short random strings and one measurement line at
     random places, the way scanners burn labels, scales and calipers into the pixels."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     def draw_int(low: int, high: int) -> int:  # uniform in [low, high)
         return int(torch.randint(low, max(low + 1, high), (), generator=generator))
 
     canvas = Image.new("L", (size, size), 0)
     pen = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=max(6, size // draw_int(14, 24)))
+    font = _annotation_font(max(6, size // draw_int(14, 24)))
     for _ in range(draw_int(1, 5)):
         text = "".join(_ANNOTATION_CHARACTERS[draw_int(0, len(_ANNOTATION_CHARACTERS))] for _ in range(draw_int(2, 12)))
         pen.text((draw_int(0, size * 3 // 4), draw_int(0, size * 7 // 8)), text, fill=255, font=font)
