@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from testkit.align import TINY, CrashingTask, args_for, logged_losses, write_tiny_manifest
+from testkit.align import TINY, args_for, crash_and_resume, logged_losses, write_tiny_manifest
 
 from medmoe.align.task import AlignTask, AlignTaskConfig
 from medmoe.data.shards import write_shards
@@ -46,13 +46,8 @@ def test_folder_brace_pattern_and_http_train_alike(shards, tmp_path, http_server
 @pytest.mark.timeout(480)
 def test_resume_from_shards_gives_the_same_next_losses(shards, tmp_path):
     flags = ("--steps", "7", "--ckpt-every", "3", "--workers", "2")  # 7 steps of 2 cross an epoch of 6
-    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
-    run_training(CrashingTask(config(shards)), args_for(ref_dir, *flags))
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_training(CrashingTask(config(shards), crash_at_call=5), args_for(run_dir, *flags))
-    result = run_training(CrashingTask(config(shards)), args_for(run_dir, *flags, "--resume", "latest"))
+    ref_dir, result, ref, resumed = crash_and_resume(config(shards), tmp_path, flags)
     assert result.resumed_from.name == "step_0000003.pt"
-    ref, resumed = logged_losses(ref_dir), logged_losses(run_dir)
     for step in range(4, 8):
         assert resumed[step] == ref[step], step
     # the damaged member is read once per epoch: counted in the summary, named in the log

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from testkit.align import TINY, CrashingTask, args_for, logged_losses, write_tiny_manifest
+from testkit.align import TINY, CrashingTask, args_for, crash_and_resume, logged_losses, write_tiny_manifest
 
 from medmoe.align.task import AlignTask, AlignTaskConfig
 from medmoe.cli.main import main as cli
@@ -37,13 +37,8 @@ def test_collate_reports_bad_samples_and_refills_the_batch(manifest):
 @pytest.mark.timeout(120)
 def test_kill_after_checkpoint_and_resume_gives_the_same_next_losses(manifest, tmp_path):
     flags = ("--steps", "8", "--ckpt-every", "3")
-    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
-    run_training(CrashingTask(task_config(manifest)), args_for(ref_dir, *flags))
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_training(CrashingTask(task_config(manifest), crash_at_call=5), args_for(run_dir, *flags))
-    result = run_training(CrashingTask(task_config(manifest)), args_for(run_dir, *flags, "--resume", "latest"))
+    ref_dir, result, ref, resumed = crash_and_resume(task_config(manifest), tmp_path, flags)
     assert result.resumed_from.name == "step_0000003.pt"
-    ref, resumed = logged_losses(ref_dir), logged_losses(run_dir)
     for step in range(4, 9):  # the next 5 logged losses
         assert resumed[step] == ref[step], step
     assert set(ref[4]) >= {"train/global_loss", "train/local_loss", "train/distill_loss", "train/loss"}

@@ -113,3 +113,18 @@ def logged_losses(run_dir):
     """{step: {loss name: value}} from a run folder's metrics.jsonl."""
     return {row["step"]: {k: v for k, v in row.items() if k.endswith("loss")}
             for row in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in row}
+
+
+def crash_and_resume(config, tmp_path, flags, crash_at_call=5):
+    """A reference run, the same run crashed at training call ``crash_at_call`` and resumed from its newest
+    checkpoint. Returns ``(ref_dir, result of the resumed run, ref losses, resumed losses)``."""
+    import pytest
+
+    from medmoe.train import run_training
+
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    run_training(CrashingTask(config), args_for(ref_dir, *flags))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(CrashingTask(config, crash_at_call=crash_at_call), args_for(run_dir, *flags))
+    result = run_training(CrashingTask(config), args_for(run_dir, *flags, "--resume", "latest"))
+    return ref_dir, result, logged_losses(ref_dir), logged_losses(run_dir)
