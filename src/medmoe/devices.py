@@ -66,3 +66,17 @@ def autocast_dtype(device: torch.device | str, amp: str = "auto") -> torch.dtype
     if amp == "fp16":
         return torch.float16
     return cuda_autocast_dtype(torch.cuda.get_device_capability(device), hip=bool(torch.version.hip))
+
+
+def autocast_off(where: torch.Tensor | torch.device | str) -> torch.autocast:
+    """A region where autocast does not apply on the device of ``where`` (a tensor, device or device type).
+
+    Casting inputs with ``.float()`` is not enough under autocast: a matmul, einsum or conv still runs in
+    the autocast dtype, whatever its inputs. Losses, logits and softmaxes that must be float32 run inside
+    this region with float32 inputs::
+
+        with autocast_off(images):
+            logits = scale * images.float() @ texts.float().t()
+    """
+    device = where.device if isinstance(where, torch.Tensor) else torch.device(where)
+    return torch.autocast(device.type, enabled=False)
