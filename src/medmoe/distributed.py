@@ -7,11 +7,19 @@ back-propagates through its own samples only; DDP's gradient averaging completes
 
 Everything else distributed (process-group set-up, samplers, DDP wrapping) lives in ``medmoe.train``;
 library code (align/, seg/) imports only this module.
+
+Waiting for other ranks (:func:`barrier`) happens on a gloo group of its own with a timeout of
+:data:`WAIT_TIMEOUT`, not on the NCCL group: NCCL's watchdog aborts a collective after the process
+group's timeout (``--dist-timeout``), while the work a barrier waits for (one rank building a search
+index, ranks preprocessing unequal shares of a CT collection) can take hours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -19,9 +27,25 @@ import torch.distributed as dist
 from medmoe.errors import InvalidInputError
 
 
+_local_only = False
+
+
 def is_distributed() -> bool:
-    """True when a process group with more than one rank is initialised."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True when a process group with more than one rank is initialised (and not inside :func:`local_only`)."""
+    return not _local_only and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Run library code as a single process would: :func:`gather_with_grad` returns the local tensor and no
+    helper of this module enters a collective. For work that some rank may abandon halfway (a trial step
+    that a compiler error stops on one rank only), where a collective would leave the others waiting."""
+    global _local_only
+    previous, _local_only = _local_only, True
+    try:
+        yield
+    finally:
+        _local_only = previous
 
 
 def world_size() -> int:
@@ -75,10 +99,33 @@ def all_gather_objects(obj: object) -> list[object]:
     return out
 
 
+# How long a rank waits in :func:`barrier` for the others before giving up.
+WAIT_TIMEOUT = timedelta(hours=24)
+_wait_groups: dict[int, object] = {}
+
+
+def _wait_group():
+    """The gloo group :func:`barrier` waits on, created on first use (by every rank, inside a barrier)."""
+    key = id(dist.group.WORLD)  # a new default group (after destroy and init) gets its own wait group
+    if key not in _wait_groups:
+        _wait_groups.clear()
+        _wait_groups[key] = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+    return _wait_groups[key]
+
+
+def drop_wait_group() -> None:
+    """Forget the wait group (the process group it belongs to is being destroyed)."""
+    _wait_groups.clear()
+
+
 def barrier() -> None:
-    """Wait for every rank (no-op when not distributed)."""
+    """Wait for every rank, up to :data:`WAIT_TIMEOUT` (no-op when not distributed).
+
+    Runs on a gloo group of its own, so that a long wait (another rank building an index or preprocessing
+    volumes) is not under the NCCL watchdog's timeout.
+    """
     if is_distributed():
-        dist.barrier()
+        dist.barrier(group=_wait_group())
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:

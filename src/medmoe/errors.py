@@ -17,3 +17,8 @@ class CorruptFileError(MedMoEError, OSError):
 
 class NotAModelDirectoryError(MedMoEError, FileNotFoundError):
     """A directory given as a saved model lacks `config.json` / `model.safetensors` or they are unreadable."""
+
+
+class DataLoadError(MedMoEError):
+    """Training stopped because a rank could not read its next batches (its shards or files broke); a
+    checkpoint was written first."""

@@ -47,6 +47,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 10
     compile: bool = False
     compile_backend: str = "inductor"
+    dist_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -60,6 +61,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise InvalidInputError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 0")
+        if not self.dist_timeout > 0:
+            raise InvalidInputError(f"--dist-timeout {self.dist_timeout!r}: expected a positive number of minutes")
         if not self.lr > 0:
             raise InvalidInputError(f"--lr {self.lr!r}: expected a positive learning rate")
         for name in ("weight_decay", "clip_grad"):

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 STREAMING_METHODS = ("configure", "batches_per_epoch", "set_epoch")
 
+# (epoch, position, consumed): where a BatchStream is, as a checkpoint stores it (see BatchStream.state).
+DataState = tuple[int, int, dict[int, int]]
+
 
 class _EpochIndexed(Dataset):
     """A map-style dataset addressed by ``(epoch, index)``: calls ``set_epoch`` when the epoch changes."""
@@ -181,6 +184,10 @@ class BatchStream:
                 self.dataset.set_epoch(self.epoch)
             self.sampler.set_epoch(self.epoch, start=self.position * self.batch_size)
         self._iter = iter(self.loader)
+
+    def state(self) -> DataState:
+        """``(epoch, position, consumed)``: where the stream is, as a checkpoint stores it."""
+        return self.epoch, self.position, dict(self.consumed)
 
     def __iter__(self) -> BatchStream:
         return self

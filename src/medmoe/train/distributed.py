@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -19,7 +20,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from medmoe.distributed import all_gather_objects, gather_with_grad, is_distributed, rank, world_size
+from medmoe import distributed as _library
+from medmoe.distributed import all_gather_objects, barrier, gather_with_grad, is_distributed, rank, world_size
 from medmoe.errors import InvalidInputError
 
 __all__ = [
@@ -90,12 +92,22 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def setup_distributed(device: str = "auto") -> DistEnv:
+# Collectives of a training step finish in milliseconds; what may keep the other ranks waiting in one is a
+# checkpoint being written by rank 0 or an uneven validation share. NCCL's own default is 10 minutes.
+DEFAULT_TIMEOUT_MIN = 60.0
+
+
+def setup_distributed(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT_MIN) -> DistEnv:
     """Read torchrun's environment, pick the device and initialise the process group if needed.
 
-    Uses gloo on CPU and nccl on CUDA. A process group that already exists (set up by the caller)
-    is reused and left alone at teardown.
+    Uses gloo on CPU and nccl on CUDA, with ``timeout_min`` minutes before a collective that some rank
+    never joins aborts the run (``--dist-timeout``; NCCL's watchdog then stops every rank instead of
+    letting them hang). Long waits that are not collectives of a step (preprocessing, index builds) use
+    :func:`medmoe.distributed.barrier`, which has a timeout of its own. A process group that already exists
+    (set up by the caller) is reused and left alone at teardown.
     """
+    if not timeout_min > 0:
+        raise InvalidInputError(f"--dist-timeout {timeout_min!r}: expected a positive number of minutes")
     world = _env_int("WORLD_SIZE", 1)
     rank_ = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -105,7 +117,8 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     owns = False
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank_, world_size=world)
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank_, world_size=world,
+                                timeout=timedelta(minutes=timeout_min))
         owns = True
         logger.debug("rank %d/%d initialised (%s) on %s", rank_, world, backend, dev)
     if dist.is_available() and dist.is_initialized():
@@ -129,6 +142,7 @@ def close_process_group(*, synchronize: bool = True) -> None:
     gc.collect()
     if synchronize:
         dist.barrier()
+    _library.drop_wait_group()
     dist.destroy_process_group()
 
 
@@ -196,23 +210,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def all_reduce_sum(value: torch.Tensor | float | int) -> torch.Tensor | float:
-    """Sum over ranks. Tensors are reduced in place and returned; numbers come back as floats."""
+    """Sum over ranks: a tensor comes back summed on its own device (reduced where the backend can: NCCL on
+    this rank's GPU), a number as a float."""
     if isinstance(value, torch.Tensor):
-        if is_distributed():
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        return value
+        return _library.all_reduce_sum(value)
     if not is_distributed():
         return float(value)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item())
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op when not distributed)."""
-    if is_distributed():
-        dist.barrier()
+    return float(_library.all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64))[0])
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

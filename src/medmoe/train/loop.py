@@ -7,7 +7,8 @@ Run directory layout (``--out RUN_DIR``)::
     tb/                  TensorBoard scalars (rank 0)
     checkpoints/         step_XXXXXXX.pt, the newest --keep-ckpts of them
     model/               task.export(model, RUN_DIR/model) at the end (save_pretrained by default)
-    summary.json         steps, final losses, bad samples, non-finite steps, wall time, samples/s,
+    summary.json         steps, final losses, bad samples, non-finite steps, skipped steps (a batch some rank
+                         could not train on), wall time, samples/s,
                          step_time_s, data_wait_s / data_wait_share (of this run's step time, the part spent
                          waiting for batches), compile (the torch.compile backend in use, or null)
 """
@@ -36,7 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
-from medmoe.errors import InvalidInputError
+from medmoe.distributed import local_only
+from medmoe.errors import DataLoadError, InvalidInputError
 from medmoe.train.args import resolved_config, save_resolved_config
 from medmoe.train.checkpoint import (
     FORMAT,
@@ -53,7 +55,7 @@ from medmoe.train.checkpoint import (
 )
 from medmoe.train.compile import compile_in_place, uncompile
 from medmoe.train.config import TrainConfig
-from medmoe.train.data import BatchStream, move_to_device
+from medmoe.train.data import BatchStream, DataState, move_to_device
 from medmoe.train.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -89,6 +91,30 @@ class TrainResult:
     model_dir: Path | None
     resumed_from: Path | None = None
     validation: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+
+
+@dataclass
+class _Fetched:
+    """The micro-batches of one optimiser step, read a step ahead, and what this rank found in them.
+
+    Attributes:
+        state: the data stream before these batches: what a checkpoint written before training on them records.
+        problem: why this rank cannot train on them (the task's ``check_batch``), else None.
+        error: why reading them failed on this rank (``"ErrorType: message"``), else None.
+        waited: seconds spent waiting for them.
+    """
+
+    batches: list[dict[str, Any]]
+    bad: list[Any]
+    state: DataState
+    problem: str | None = None
+    error: str | None = None
+    waited: float = 0.0
+
+    def flags(self) -> list[float]:
+        """What the other ranks must know before this step: [unusable, failed] as 0 / 1."""
+        return [float(self.problem is not None), float(self.error is not None)]
 
 
 def run_training(task: Task, args: argparse.Namespace | TrainConfig) -> TrainResult:
@@ -103,7 +129,7 @@ def run_training(task: Task, args: argparse.Namespace | TrainConfig) -> TrainRes
         TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint was written first.
     """
     cfg = args if isinstance(args, TrainConfig) else TrainConfig.from_namespace(args)
-    env = setup_distributed(cfg.device)
+    env = setup_distributed(cfg.device, cfg.dist_timeout)
     try:
         result = _Run(task, cfg, env, args).run()
     except BaseException:
@@ -168,7 +194,8 @@ class _Run:
 
     def _save(self, step: int) -> Path:
         # One gather: every rank's RNG states, and the counts of its streaming readers (exact resume).
-        parts = gather_objects((capture_rng_state(self.device), self.stream.consumed))
+        epoch, position, consumed_here = self._data_state()
+        parts = gather_objects((capture_rng_state(self.device), consumed_here))
         rng = [part[0] for part in parts]
         consumed = {reader: n for part in parts for reader, n in part[1].items()}
         path = checkpoint_path(self.run_dir, step)
@@ -180,8 +207,8 @@ class _Run:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "step": step,
-                "epoch": self.stream.epoch,
-                "position": self.stream.position,
+                "epoch": epoch,
+                "position": position,
                 "consumed": consumed,
                 "rng": rng,
                 "world_size": self.env.world_size,
@@ -189,6 +216,7 @@ class _Run:
                 "accum_steps": self.cfg.accum_steps,
                 "bad_samples": self.bad_total,
                 "nonfinite_steps": self.nonfinite,
+                "skipped_steps": self.skipped,
                 "final_losses": dict(self.last_values),
             }
             save_checkpoint(state, path)
@@ -207,6 +235,7 @@ class _Run:
             self.scaler.load_state_dict(state["scaler"])
         self.bad_total = int(state.get("bad_samples", 0))
         self.nonfinite = int(state.get("nonfinite_steps", 0))
+        self.skipped = int(state.get("skipped_steps", 0))
         self.last_values = {k: float(v) for k, v in state.get("final_losses", {}).items()}
         epoch, position = int(state["epoch"]), int(state["position"])
         same = (
@@ -237,20 +266,23 @@ class _Run:
 
     # ---- torch.compile ------------------------------------------------------------------------------
 
-    def _compile(self, model: nn.Module, dataset: Any) -> str | None:
-        """Compile ``model`` in place and try it on a trial step; the backend, or None after falling back.
+    def _compile(self, dataset: Any) -> str | None:
+        """Compile the model in place and try it on a trial step; the backend, or None after falling back.
 
         Compilation happens at the first call, so a missing C compiler or an operation the backend cannot
         handle shows up only then: the trial step finds out before training starts, instead of failing the
-        run at its first step. Ranks decide together (a failure on any rank makes every rank run eagerly),
-        assuming that a compiler failure stops every rank before the step's collectives.
+        run at its first step. The trial runs through the DDP wrapper, so that Dynamo compiles the graphs
+        under DDP (its DDP optimizer splits them at the gradient buckets, and communication overlaps the
+        backward), but with no collective inside it (``no_sync``, and :func:`medmoe.distributed.local_only`
+        for the task's own gathers): a rank whose compiler fails halfway leaves no other rank waiting.
+        The ranks then decide together: a failure on any rank makes every rank run eagerly.
         """
         backend = self.cfg.compile_backend
-        targets = compile_in_place(model, backend)
+        targets = compile_in_place(unwrap_model(self.model), backend)
         started = time.perf_counter()
         failure: Exception | None = None
         try:
-            self._trial_step(model, dataset)
+            self._trial_step(dataset)
         except Exception as err:  # noqa: BLE001 - whatever the compiler raised, training goes on eagerly
             failure = err
         if all_reduce_sum(1.0 if failure is not None else 0.0) == 0:
@@ -265,9 +297,9 @@ class _Run:
                            backend, " ".join(reason.split())[:600])
         return None
 
-    def _trial_step(self, model: nn.Module, dataset: Any) -> None:
-        """Forward and backward of the dataset's first batch on the bare model, leaving no trace: gradients,
-        buffers (BatchNorm statistics) and RNG states are as before, and the data stream is not touched."""
+    def _trial_step(self, dataset: Any) -> None:
+        """Forward and backward of the dataset's first batch, leaving no trace: gradients, buffers (BatchNorm
+        statistics) and RNG states are as before, the data stream is not touched and no rank communicates."""
         if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
             samples = list(itertools.islice(iter(dataset), self.cfg.batch_size))
         else:
@@ -277,14 +309,17 @@ class _Run:
             batch.pop("bad", None)
         batch = move_to_device(batch, self.device)
         rng = capture_rng_state(self.device)
-        buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        bare = unwrap_model(self.model)
+        buffers = [(b, b.detach().clone()) for b in bare.buffers()]
+        no_sync = self.model.no_sync() if isinstance(self.model, DistributedDataParallel) else contextlib.nullcontext()
         try:
-            with self.precision.autocast():
-                out = self.task.training_step(model, batch)
-            loss, _ = split_step_output(out)
-            loss.backward()
+            with no_sync, local_only():
+                with self.precision.autocast():
+                    out = self.task.training_step(self.model, batch)
+                loss, _ = split_step_output(out)
+                loss.backward()
         finally:
-            model.zero_grad(set_to_none=True)
+            bare.zero_grad(set_to_none=True)
             with torch.no_grad():
                 for buffer, saved in buffers:
                     buffer.copy_(saved)
@@ -300,71 +335,146 @@ class _Run:
             else:
                 logger.debug("rank %d: bad sample skipped: %s (%s)", self.env.rank, path, reason)
 
-    def _train_step(self, stop: StopRequest) -> tuple[dict[str, float], bool]:
+    def _fetch(self) -> _Fetched:
+        """The next step's micro-batches, read on the host. Never raises: whatever went wrong travels to every
+        rank with the next all-reduce (:meth:`_train_step`), so that no rank stops, skips or trains alone
+        while the others wait for it in a collective."""
+        fetched = _Fetched([], [], self.stream.state())
+        started = time.perf_counter()
+        check = getattr(self.task, "check_batch", None)
+        try:
+            for _ in range(self.cfg.accum_steps):
+                batch = next(self.stream)
+                if not isinstance(batch, dict):
+                    raise InvalidInputError(f"collate returned {type(batch).__name__}: expected a dict batch")
+                fetched.bad += list(batch.pop("bad", None) or [])
+                if fetched.problem is None and check is not None:
+                    fetched.problem = check(batch)
+                fetched.batches.append(batch)
+        except Exception as err:  # noqa: BLE001 - every rank stops together, with this message
+            fetched.error = f"{type(err).__name__}: {err}"
+            logger.exception("rank %d: reading the batches of step %d failed", self.env.rank, self.step + 2)
+        fetched.waited = time.perf_counter() - started
+        return fetched
+
+    def _data_state(self) -> DataState:
+        """Where the data stream stands after the batches trained so far (the next ones are read ahead)."""
+        return self.next.state if self.next is not None else self.stream.state()
+
+    def _flags_tensor(self, values: list[float]) -> torch.Tensor:
+        """``values`` as a float64 tensor on the reduce device, copied without waiting for the device."""
+        flags = torch.tensor(values, dtype=torch.float64)
+        if self.reduce_device.type == "cuda":
+            return flags.pin_memory().to(self.reduce_device, non_blocking=True)
+        return flags
+
+    def _agree_on_next(self) -> None:
+        """Before the first step: whether every rank can train on its first batches (one all-reduce)."""
+        flags = self.next.flags() if self.next is not None else [0.0, 0.0]
+        unusable, failed = all_reduce_sum(self._flags_tensor(flags)).tolist()
+        self.next_trainable, self.next_failed = unusable == 0 and failed == 0, failed > 0
+
+    def _clip(self) -> torch.Tensor | None:
+        """Unscale and clip the gradients; their norm as a device tensor (not read here), or None."""
+        if self.cfg.clip_grad <= 0:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(unwrap_model(self.model).parameters(), self.cfg.clip_grad)
+        return norm.reshape(1).to(self.reduce_device, torch.float64)
+
+    def _train_step(self, stop: StopRequest) -> tuple[dict[str, float] | None, bool]:
+        """One optimiser step on the batches read ahead; ``(logged values, or None for a skipped step, stop)``.
+
+        The host reads the device once, at the end: one all-reduce carries the step's logged values, the
+        bad-sample count, a stop request and whether every rank can train on the next step's batches (read
+        while the device still works on this step), and one copy brings them back with the gradient norm.
+        """
         cfg = self.cfg
         started = time.perf_counter()
-        waited = 0.0
+        current, trainable = self.next, self.next_trainable
         acc = StepAccumulator()
-        bad_here = 0
-        ddp = isinstance(self.model, DistributedDataParallel)
-        for micro in range(cfg.accum_steps):
-            before = time.perf_counter()
-            batch = next(self.stream)
-            waited += time.perf_counter() - before
-            if not isinstance(batch, dict):
-                raise InvalidInputError(f"collate returned {type(batch).__name__}: expected a dict batch")
-            bad = list(batch.pop("bad", None) or [])
-            bad_here += len(bad)
-            self._report_bad(bad)
-            batch = move_to_device(batch, self.device)
-            final = micro == cfg.accum_steps - 1
-            sync = contextlib.nullcontext() if final or not ddp else self.model.no_sync()
-            with sync:
-                with self.precision.autocast():
-                    out = self.task.training_step(self.model, batch)
-                loss, values = split_step_output(out)
-                self.scaler.scale(loss / cfg.accum_steps).backward()
-            acc.add(values)
-        self.samples_local += cfg.batch_size * cfg.accum_steps
-
-        # One all-reduce per step: the logged values (averaged), bad-sample count and stop request.
-        keys, vec = acc.vector(self.reduce_device)
-        flags = torch.tensor([float(bad_here), 1.0 if stop.requested else 0.0], dtype=torch.float64,
-                             device=self.reduce_device)
-        total = all_reduce_sum(torch.cat([vec, flags]))
-        reduced = total.tolist()
-        values = {k: v / self.env.world_size for k, v in zip(keys, reduced[: len(keys)])}
-        self.bad_total += int(round(reduced[-2]))
-        values["lr"] = float(self.optimizer.param_groups[0]["lr"])
-        values["data_wait_s"] = waited  # this rank's: where loading falls behind, it does so rank by rank
-
-        if all_finite(values):
-            self.consecutive_nonfinite = 0
-            if cfg.clip_grad > 0:
-                self.scaler.unscale_(self.optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(unwrap_model(self.model).parameters(), cfg.clip_grad)
-                values["grad_norm"] = float(norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        norm = None
+        self._report_bad(current.bad)
+        if trainable:
+            ddp = isinstance(self.model, DistributedDataParallel)
+            for micro, batch in enumerate(current.batches):
+                batch = move_to_device(batch, self.device)
+                final = micro == len(current.batches) - 1
+                sync = contextlib.nullcontext() if final or not ddp else self.model.no_sync()
+                with sync:
+                    with self.precision.autocast():
+                        out = self.task.training_step(self.model, batch)
+                    loss, values = split_step_output(out)
+                    self.scaler.scale(loss / cfg.accum_steps).backward()
+                acc.add(values)
+            self.samples_local += cfg.batch_size * cfg.accum_steps
+            norm = self._clip()
         else:
-            self.nonfinite += 1
-            self.consecutive_nonfinite += 1
-            if self.env.is_main:
-                logger.warning("step %d: non-finite loss %s; step skipped", self.step + 1,
-                               {k: v for k, v in values.items() if k == "loss" or k.endswith("_loss")})
-            if self.consecutive_nonfinite >= cfg.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{self.consecutive_nonfinite} consecutive steps with a non-finite loss (up to step "
-                    f"{self.step + 1}); stopping. Lower --lr, enable --clip-grad or check the data"
-                )
+            self._report_skip(current)
+        self.next = self._fetch() if self.step + 1 < cfg.steps else None
+
+        keys, vec = acc.vector(self.reduce_device)
+        flags = [float(len(current.bad)), float(bool(stop.requested)), *(self.next.flags() if self.next else [0.0, 0.0])]
+        total = all_reduce_sum(torch.cat([vec, self._flags_tensor(flags)]))
+        reduced = (total if norm is None else torch.cat([total, norm])).tolist()  # the step's one host read
+        n = len(keys)
+        bad, stop_now, unusable, failed = reduced[n:n + 4]
+        self.bad_total += int(round(bad))
+        self.next_trainable, self.next_failed = unusable == 0 and failed == 0, failed > 0
+        values = None
+        if trainable:
+            values = {k: v / self.env.world_size for k, v in zip(keys, reduced[:n])}
+            values["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            values["data_wait_s"] = current.waited  # this rank's: where loading falls behind, it does so rank by rank
+            if norm is not None:
+                values["grad_norm"] = reduced[-1]
+            self._optimizer_step(values, unscaled=norm is not None)
+        else:
+            self.skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
             # A skipped first step makes torch warn about the call order; the schedule stays tied to steps.
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
-        self.data_wait_s += waited
+        self.data_wait_s += current.waited
         self.step_s += time.perf_counter() - started
-        return values, reduced[-1] > 0
+        return values, stop_now > 0
+
+    def _optimizer_step(self, values: dict[str, float], *, unscaled: bool) -> None:
+        """Step the optimiser unless the loss is not finite (then count it, and stop after too many in a row)."""
+        if all_finite(values):
+            self.consecutive_nonfinite = 0
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return
+        if unscaled:
+            self.scaler.update()  # ends the unscale_ of this step (fp16: lowers the scale)
+        self.nonfinite += 1
+        self.consecutive_nonfinite += 1
+        if self.env.is_main:
+            logger.warning("step %d: non-finite loss %s; step skipped", self.step + 1,
+                           {k: v for k, v in values.items() if k == "loss" or k.endswith("_loss")})
+        if self.consecutive_nonfinite >= self.cfg.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.consecutive_nonfinite} consecutive steps with a non-finite loss (up to step "
+                f"{self.step + 1}); stopping. Lower --lr, enable --clip-grad or check the data"
+            )
+
+    def _report_skip(self, skipped: _Fetched) -> None:
+        """Log why every rank skips this step: this rank's reason, or (rank 0) that another rank had one."""
+        if skipped.problem is not None:
+            logger.warning("rank %d: step %d skipped on every rank: %s", self.env.rank, self.step + 1, skipped.problem)
+        elif self.env.is_main:
+            logger.warning("step %d skipped on every rank: another rank's batch cannot be trained on (see its log)",
+                           self.step + 1)
+
+    def _stop_on_data_error(self) -> None:
+        """Every rank: write a checkpoint of the steps done, then raise one error naming the ranks that failed."""
+        errors = gather_objects(self.next.error if self.next is not None else None)
+        path = self._save(self.step)
+        where = "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e)
+        raise DataLoadError(f"training stopped after step {self.step}: reading the next batches failed ({where}); "
+                            f"checkpoint {path}; fix the data and continue with --resume latest")
 
     def _validate(self) -> dict[str, float]:
         validate = getattr(self.task, "validate", None)
@@ -393,6 +503,10 @@ class _Run:
         if env.is_main:
             self._write_config()
 
+        if self.device.type == "cuda":
+            # Training shapes are fixed (image size, patch size): let cuDNN pick its fastest convolutions once.
+            # TF32 stays as PyTorch sets it (convolutions yes, matmuls no), so fp32 loss regions stay fp32.
+            torch.backends.cudnn.benchmark = True
         _seed_everything(cfg.seed)
         model = self.task.build_model()
         if not isinstance(model, nn.Module):
@@ -405,11 +519,12 @@ class _Run:
         self.optimizer = build_optimizer(model, self.task, lr=cfg.lr, weight_decay=cfg.weight_decay, device=self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
         self.scaler = self.precision.grad_scaler()
+        self.model = wrap_model(model, env, self.task)
         # Before the data stream exists, so that the trial step cannot disturb it.
-        self.compiled = self._compile(model, dataset) if cfg.compile else None
-        self.model = model
+        self.compiled = self._compile(dataset) if cfg.compile else None
         self.bad_total = 0
         self.nonfinite = 0
+        self.skipped = 0
         self.consecutive_nonfinite = 0
         self.last_values: dict[str, float] = {}
         self.samples_local = 0
@@ -419,15 +534,16 @@ class _Run:
             epoch, position, consumed = self._restore(resumed_from, state)
             self.step = int(state["step"])
         self.last_ckpt_step = self.step if state is not None else -1
-        self.reduce_device = self.device if self.device.type == "cuda" and env.world_size > 1 else torch.device("cpu")
+        self.reduce_device = self.device  # NCCL reduces on the GPU; one copy to the host per step either way
 
         self.stream = BatchStream(
             dataset, self.task.collate, batch_size=cfg.batch_size, rank=env.rank,
             world_size=env.world_size, seed=cfg.seed, workers=cfg.workers,
             pin_memory=self.device.type == "cuda", epoch=epoch, position=position, consumed=consumed,
         )
-        self.model = wrap_model(model, env, self.task)
         self.model.train()
+        self.next = self._fetch() if self.step < cfg.steps else None
+        self._agree_on_next()
         if env.is_main:
             logger.info(
                 "training %s for %d steps on %s x%d (%s precision), global batch %d",
@@ -446,13 +562,16 @@ class _Run:
                 while self.step < cfg.steps:
                     if before_step is not None:
                         before_step(unwrap_model(self.model), self.step)
+                    if self.next_failed:
+                        self._stop_on_data_error()
                     values, stop_now = self._train_step(stop)
                     self.step += 1
-                    self.last_values = values
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        run_log.log(self.step, values, extra={"epoch": self.stream.epoch})
+                    if values is not None:
+                        self.last_values = values
+                        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                            run_log.log(self.step, values, extra={"epoch": self._data_state()[0]})
+                        bar.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{values['lr']:.2e}", refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{values['lr']:.2e}", refresh=False)
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         validation = self._validate()
                         last_val_step = self.step
@@ -499,13 +618,14 @@ class _Run:
             model_dir=model_dir,
             resumed_from=resumed_from,
             validation=validation,
+            skipped_steps=self.skipped,
         )
         if env.is_main:
             self._write_summary(result, start_step, samples)
             logger.info(
-                "done: %d steps, loss %.4g, %d bad samples, %d non-finite steps, %.1f s, %.1f samples/s",
+                "done: %d steps, loss %.4g, %d bad samples, %d non-finite and %d skipped steps, %.1f s, %.1f samples/s",
                 result.steps, result.final_losses.get("loss", math.nan), result.bad_samples,
-                result.nonfinite_steps, wall, result.samples_per_s,
+                result.nonfinite_steps, result.skipped_steps, wall, result.samples_per_s,
             )
         barrier()  # every rank returns once the exported model and summary exist
         return result
@@ -531,6 +651,7 @@ class _Run:
             "final_losses": {k: v if math.isfinite(v) else None for k, v in result.final_losses.items()},
             "bad_samples": result.bad_samples,
             "nonfinite_steps": result.nonfinite_steps,
+            "skipped_steps": result.skipped_steps,
             "wall_time_s": round(result.wall_time_s, 3),
             "samples_this_run": samples,
             "samples_per_s": round(result.samples_per_s, 3),

@@ -15,6 +15,7 @@ Required methods::
 Optional methods (the trainer checks with ``getattr``; :class:`TaskBase` provides defaults)::
 
     before_step(model, step: int) -> None                 # every rank, bare module, before each step
+    check_batch(batch) -> str | None                      # why a host batch cannot be trained on, or None
     validate(model) -> dict[str, float]                   # every rank, bare module, eval mode, no_grad
     param_groups(model) -> list[dict]                     # AdamW groups; default: no decay on biases/norms
     export(model, directory: Path, card=None) -> None     # rank 0, bare module; default save_pretrained
@@ -64,6 +65,14 @@ Contract details:
   task, and what it returns (bad-sample objects included) must be picklable.
 * Batches have a fixed size on every rank (the trainer drops incomplete batches), so features can be
   gathered across ranks with :func:`medmoe.distributed.gather_with_grad`.
+* ``check_batch(batch)`` sees each micro-batch on the host (CPU tensors, ``"bad"`` removed) when the trainer
+  reads it, one step ahead. A batch that cannot be trained on (too many samples failed to load, one rank's
+  batch shorter than the others', whose features could not be gathered) gets a reason instead of None; then
+  *every* rank skips that step (counted as ``skipped_steps``), because a rank that raised or skipped alone
+  would leave the others waiting in DDP's all-reduce. ``training_step`` must therefore not raise for a
+  property of one rank's data. A rank that cannot read its next batches at all (an exception from the data
+  pipeline) stops every rank after the current step with one :class:`~medmoe.errors.DataLoadError`, after
+  writing a checkpoint.
 
 Dataset contract for exact resume (``--resume latest`` reproduces an uninterrupted run's losses):
 
