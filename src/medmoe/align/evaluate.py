@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from medmoe import distributed
 from medmoe.align.figures import save_attention_figure, save_confusion_matrix
 from medmoe.align.probe import linear_probe
 from medmoe.align.retrieval import retrieval_metrics
@@ -64,11 +65,16 @@ def model_image_size(model: nn.Module) -> int:
     return int(model.config.backbone.image_size)
 
 
-def make_dataset(source: str | os.PathLike, split: str | None, image_size: int) -> ImageReportDataset | ShardDataset:
+def make_dataset(source: str | os.PathLike, split: str | None, image_size: int, *,
+                 by_rank: bool = True) -> ImageReportDataset | ShardDataset:
     """The evaluation dataset of a manifest or a shard source (folder, pattern, URL): rows of ``split``
-    (every row when the manifest has no split column; shard samples without a split are always kept)."""
+    (every row when the manifest has no split column; shard samples without a split are always kept).
+
+    ``by_rank=False``: under torch.distributed a shard source is read whole on every rank (by default each
+    rank reads its own share of the shards).
+    """
     if looks_like_shards(source):
-        dataset = ShardDataset(source, split=split, image_size=image_size, train=False)
+        dataset = ShardDataset(source, split=split, image_size=image_size, train=False, by_rank=by_rank)
         if dataset.num_samples == 0:
             raise InvalidInputError(f"{source}: no sample of split {split!r} in {len(dataset.shards)} shard(s)")
         return dataset
@@ -88,24 +94,42 @@ def dataset_size(dataset: ImageReportDataset | ShardDataset) -> int:
     return dataset.num_samples if isinstance(dataset, ShardDataset) else len(dataset)
 
 
+def _concat(parts: Sequence[Embeddings]) -> Embeddings:
+    """One :class:`Embeddings` of ``parts`` in order (the shares of the ranks)."""
+    out = Embeddings(*(torch.cat([getattr(p, name) for p in parts]) for name in
+                       ("image_embeds", "text_embeds", "expert_index", "router_probs", "modality")))
+    for name in ("labels", "reports", "paths", "indices", "bad"):
+        setattr(out, name, [x for p in parts for x in getattr(p, name)])
+    return out
+
+
 @torch.no_grad()
 def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: int = 32, device: str = "cpu",
                   workers: int = 0, progress: bool = True, max_items: int | None = None,
-                  encode_reports: bool = True) -> Embeddings:
+                  encode_reports: bool = True, across_ranks: bool = False) -> Embeddings:
     """Embed every (image, report) pair of ``dataset`` (bad samples skipped, listed in ``bad``).
 
     ``encode_reports=False`` skips the text tower (label-only sets: ``text_embeds`` is then ``(N, 0)``).
     ``max_items`` keeps that many evenly spaced rows of a manifest, or the first that many samples of a
     shard stream (write shards with ``--shuffle-seed`` so that a prefix is representative).
+
+    ``across_ranks=True`` (every rank calls it, under torch.distributed): every rank returns the embeddings
+    of the whole set, in the order one process gives. A manifest's rows are split into one contiguous block
+    per rank and the blocks are gathered; a stream (give it with ``by_rank=False``, see :func:`make_dataset`)
+    is embedded whole on every rank.
     """
     model = model.to(device).eval()
     if isinstance(dataset, torch.utils.data.IterableDataset):
         source, total = dataset, getattr(dataset, "num_samples", None)  # any stream; ShardDataset counts
+        across_ranks = False  # read whole by every rank: nothing to gather
     else:
         indices = list(range(len(dataset)))
         if max_items is not None and max_items < len(dataset):
             # Evenly spaced rows: manifests are often sorted by modality or class, so a prefix would not do.
             indices = np.linspace(0, len(dataset) - 1, max_items).round().astype(int).tolist()
+        across_ranks = across_ranks and distributed.is_distributed()
+        if across_ranks:
+            indices = np.array_split(np.asarray(indices, dtype=int), distributed.world_size())[distributed.rank()].tolist()
         source, total = torch.utils.data.Subset(dataset, indices), len(indices)
     loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_image_report)
@@ -136,13 +160,22 @@ def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: 
         out.paths += batch["paths"]
         out.indices += batch["index"].tolist()
     bar.close()
-    if not parts["img"]:
-        raise InvalidInputError("no sample of the dataset could be loaded; see the logged bad samples")
-    out.image_embeds, out.text_embeds = torch.cat(parts["img"]), torch.cat(parts["txt"])
-    out.expert_index, out.router_probs = torch.cat(parts["exp"]), torch.cat(parts["probs"])
-    out.modality = torch.cat(parts["mod"])
+    if parts["img"]:
+        out.image_embeds, out.text_embeds = torch.cat(parts["img"]), torch.cat(parts["txt"])
+        out.expert_index, out.router_probs = torch.cat(parts["exp"]), torch.cat(parts["probs"])
+        out.modality = torch.cat(parts["mod"])
+    else:
+        width = model.config.embed_dim
+        out.image_embeds = torch.empty(0, width)
+        out.text_embeds = torch.empty(0, width if encode_reports else 0)
+        out.expert_index, out.router_probs = torch.empty(0, dtype=torch.long), torch.empty(0, model.num_experts)
+        out.modality = torch.empty(0, dtype=torch.long)
     for path, reason in out.bad:
         log.warning("skipped %s: %s", path, reason)
+    if across_ranks:
+        out = _concat(distributed.all_gather_objects(out))
+    if len(out) == 0:
+        raise InvalidInputError("no sample of the dataset could be loaded; see the logged bad samples")
     return out
 
 

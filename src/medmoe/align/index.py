@@ -297,6 +297,7 @@ def build_index(model: nn.Module, data: str | os.PathLike, out: str | os.PathLik
             if not distributed.is_distributed():
                 raise
             message = str(err)
+    distributed.barrier()  # the others wait for rank 0's build here, on the long-wait group, not in a collective
     _raise_if_any(message)
     return out
 

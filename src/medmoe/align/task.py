@@ -29,6 +29,7 @@ from medmoe.data.reports import clean_report
 from medmoe.data.shards import ShardDataset, list_shards, looks_like_shards
 from medmoe.data.transforms import ImageTransform, augmentation
 from medmoe.distributed import rank as process_rank
+from medmoe.distributed import world_size as process_world_size
 from medmoe.errors import InvalidInputError
 from medmoe.moe import expert_usage, route_agreement, routing_entropy
 
@@ -227,7 +228,8 @@ class AlignTask:
 
         A fixed batch size keeps the contrastive negatives' count constant and lets ranks gather features
         of one shape; the refill is deterministic (it depends only on the batch), so resume stays exact.
-        The batch stays short only when no good item is found within a few tries.
+        The batch stays short only when no good item is found within a few tries; ``"requested"`` keeps its
+        intended size for :meth:`check_batch`.
         """
         bad = [s for s in samples if isinstance(s, BadSample)]
         good = [s for s in samples if not isinstance(s, BadSample)]
@@ -239,8 +241,18 @@ class AlignTask:
                     good.append(replacement)
         batch = collate_image_report(good, self.image_size)
         batch["bad"] = bad
+        batch["requested"] = len(samples)
         batch.pop("paths", None)
         return batch
+
+    def check_batch(self, batch: dict[str, Any]) -> str | None:
+        """Why ``batch`` cannot be trained on: it is short (some samples failed to load and no stand-in was
+        found). Every rank then skips the step: a short batch would change the count of contrastive
+        negatives, and the ranks' features could not be gathered (their shapes differ)."""
+        n, wanted = batch["images"].shape[0], batch.get("requested", batch["images"].shape[0])
+        if n < wanted:
+            return f"{wanted - n} of {wanted} samples could not be loaded and no stand-in was found"
+        return None
 
     def _replacement(self, index: int, taken: set[int]) -> dict[str, Any] | None:
         """A good item standing in for bad item ``index``, a fixed stride away. Bad items met here are not
@@ -265,8 +277,8 @@ class AlignTask:
             log.info("step %d: expert 0 copied into all %d experts (sparse upcycling)", step, model.num_experts)
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        if batch["images"].shape[0] < 2:
-            raise InvalidInputError("a contrastive step needs at least 2 loadable samples in the batch")
+        if batch["images"].shape[0] * process_world_size() < 2:  # the same on every rank: no rank raises alone
+            raise InvalidInputError("a contrastive step needs at least 2 samples in the global batch (--batch-size)")
         out = model(batch["images"], batch["reports"], modality=batch["modality"])
         temperatures = _bare(model).config.local_temperatures
         values = alignment_loss(out, self.loss_weights, modality=batch["modality"], local_temperatures=temperatures)
@@ -288,12 +300,18 @@ class AlignTask:
                     or not (w.global_loss_weight and w.local_loss_weight))
 
     def validate(self, model: nn.Module) -> dict[str, float]:
-        """Retrieval R@1/R@5 both ways and image-router agreement on up to ``val_max`` validation pairs."""
+        """Retrieval R@1/R@5 both ways and image-router agreement on up to ``val_max`` validation pairs.
+
+        Under torch.distributed every rank scores the whole validation set, so the numbers do not depend on
+        the number of GPUs and equal ``medmoe align eval`` of the same model on the same rows: a manifest's
+        rows are embedded in one share per rank and gathered; a shard source is read whole by every rank.
+        """
         if self.config.val_data is None:
             return {}
         if self._val_dataset is None:  # built once: shards are counted, a manifest is read, only here
             try:
-                self._val_dataset = make_dataset(self.config.val_data, self.config.val_split, self.image_size)
+                self._val_dataset = make_dataset(self.config.val_data, self.config.val_split, self.image_size,
+                                                 by_rank=False)
             except InvalidInputError as err:
                 self._val_dataset = str(err)
         dataset = self._val_dataset
@@ -302,7 +320,8 @@ class AlignTask:
             log.warning("validation skipped: %s (%s)", reason, self.config.val_data)
             return {}
         device = next(model.parameters()).device
-        emb = embed_dataset(model, dataset, device=str(device), progress=False, max_items=self.config.val_max)
+        emb = embed_dataset(model, dataset, device=str(device), progress=False, max_items=self.config.val_max,
+                            across_ranks=True)
         metrics = retrieval_metrics(emb.image_embeds, emb.text_embeds, ks=(1, 5))
         out = {f"{direction}/{key}": value for direction in ("image_to_text", "text_to_image")
                for key, value in metrics[direction].items() if key.startswith("R@")}

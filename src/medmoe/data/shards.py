@@ -118,6 +118,8 @@ class ShardDataset(IterableDataset):
         shuffle: shuffle the shard order by (seed, epoch) and mix samples in a buffer (default: ``train``).
         shuffle_buffer: samples held per reader for mixing (default 256 when shuffling; 0 = off).
         progress: progress bar while counting the samples of shards that ``index.json`` does not list.
+        by_rank: without :meth:`configure`, each torch.distributed rank reads its own share of the samples
+            (True) or every rank reads all of them (False: validation that must see the whole set).
 
     Example:
         >>> ds = ShardDataset("corpus/shard-{000000..000999}.tar", split="train", train=True)
@@ -136,9 +138,11 @@ class ShardDataset(IterableDataset):
         shuffle: bool | None = None,
         shuffle_buffer: int | None = None,
         progress: bool = False,
+        by_rank: bool = True,
     ) -> None:
         super().__init__()
         self.shards = list_shards(source)
+        self.by_rank = by_rank
         self.split = normalize_split(split)
         self.transform = transform or ImageTransform(image_size=image_size, train=train)
         self.seed = seed
@@ -242,7 +246,7 @@ class ShardDataset(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch, start = int(self._shared[0]), int(self._shared[1])
         if self._layout is None:
-            rank, world = distributed_position()
+            rank, world = distributed_position() if self.by_rank else (0, 1)
             reader, readers = rank * workers + worker, world * workers
             for item in self._samples(epoch, reader, readers):
                 yield item if isinstance(item, BadSample) else self._decode(epoch, *item)
