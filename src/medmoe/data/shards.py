@@ -297,11 +297,12 @@ class ShardDataset(IterableDataset):
         consumed, yielded, cycle = 0, 0, 0
         pending: list[BadSample] = []
         while yielded < wanted:
-            good_in_cycle = 0
+            good_in_cycle = read_in_cycle = 0
             for sample in self._samples(epoch, reader, readers, cycle):
                 if isinstance(sample, BadSample):
                     pending.append(sample)
                     continue
+                read_in_cycle += 1
                 consumed += 1
                 if consumed <= skip:
                     continue
@@ -316,7 +317,7 @@ class ShardDataset(IterableDataset):
                 yielded += 1
                 if yielded == wanted:
                     return
-            if good_in_cycle == 0 and consumed > skip:
+            if good_in_cycle == 0 and (read_in_cycle == 0 or consumed > skip):  # every shard broken, or no good sample
                 raise CorruptFileError(
                     f"reader {reader}: no readable sample in its shards {self._plan(epoch, reader, readers)[0]} "
                     f"of {self.shards[0]}..."
