@@ -88,6 +88,7 @@ class ToyTask(TaskBase):
         nan_at_calls: tuple[int, ...] = (),
         nan_always: bool = False,
         drop_branch_on_rank: int | None = None,
+        unusable: tuple[int, ...] = (),
     ) -> None:
         self.n, self.bad = n, bad
         self.crash_at_call = crash_at_call
@@ -95,6 +96,7 @@ class ToyTask(TaskBase):
         self.nan_at_calls = set(nan_at_calls)
         self.nan_always = nan_always
         self.drop_branch_on_rank = drop_branch_on_rank
+        self.unusable = set(unusable)
         self.calls = 0
         self.bad_seen: list[Bad] = []
         self.indices_seen: list[tuple[int, int]] = []  # (epoch, index) of every good sample trained on
@@ -119,6 +121,11 @@ class ToyTask(TaskBase):
             "epoch": [s["epoch"] for s in good],
             "bad": bad,
         }
+
+    def check_batch(self, batch):
+        """A batch holding an item of ``unusable`` cannot be trained on."""
+        hit = sorted(self.unusable.intersection(batch["index"]))
+        return f"items {hit} are marked unusable" if hit else None
 
     def training_step(self, model, batch):
         self.calls += 1

@@ -210,6 +210,25 @@ def test_skipped_step_leaves_weights_unchanged(tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in one)
 
 
+@pytest.mark.timeout(60)
+def test_a_batch_the_task_cannot_train_on_skips_its_step_and_counts_it(tmp_path, caplog):
+    first = ToyTask()
+    run_training(first, train_args(tmp_path / "ref", "--steps", "2", "--workers", "0"))
+    unusable = first.indices_seen[4][1]  # an item of step 2's batch (batch size 4)
+    task = ToyTask(unusable=(unusable,))
+    with caplog.at_level("WARNING", logger="medmoe.train.loop"):
+        result = run_training(task, train_args(tmp_path / "run", "--steps", "4", "--ckpt-every", "1",
+                                                "--keep-ckpts", "4"))
+    assert result.skipped_steps == 1 and result.steps == 4
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_steps"] == 1
+    assert unusable not in [index for _, index in task.indices_seen] and task.calls == 3
+    assert f"step 2 skipped on every rank: items [{unusable}] are marked unusable" in caplog.text
+    one = load_checkpoint(checkpoint_dir(tmp_path / "run") / "step_0000001.pt")["model"]
+    two = load_checkpoint(checkpoint_dir(tmp_path / "run") / "step_0000002.pt")["model"]
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert [row["step"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 3, 4]
+
+
 @pytest.mark.timeout(30)
 def test_cpu_precision_modes(tmp_path):
     result = run_training(ToyTask(), train_args(tmp_path / "bf16", "--steps", "3", "--amp", "bf16"))

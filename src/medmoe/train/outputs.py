@@ -83,6 +83,8 @@ class StepAccumulator:
     def vector(self, device: torch.device) -> tuple[list[str], Tensor]:
         """Sorted names and the per-micro-batch means as one float64 vector on ``device`` (for one all-reduce)."""
         keys = sorted(self.sums)
+        if not keys:  # a step that trained on nothing (skipped)
+            return keys, torch.zeros(0, dtype=torch.float64, device=device)
         vec = torch.stack([self.sums[k].to(device, torch.float64) for k in keys]) / max(self.count, 1)
         return keys, vec
 
