@@ -40,3 +40,13 @@ def test_two_process_training_with_an_expert_idle_on_one_rank(tmp_path, torchrun
     resumed = [row["train/loss"] for row in read_metrics(tmp_path / "resumed" / "metrics.jsonl")]
     assert len(full) == 10 and resumed == full
     assert (r0["is_main_after_teardown"], r1["is_main_after_teardown"]) == (True, False)
+
+
+@pytest.mark.ddp
+@pytest.mark.timeout(240)
+def test_resume_on_two_nodes_without_a_shared_run_directory_fails_on_every_rank_with_one_error(tmp_path, torchrun):
+    torchrun(str(Path(__file__).with_name("ddp_resume_worker.py")), str(tmp_path), timeout=220, nodes=2)
+    errors = [json.loads((tmp_path / f"rank{r}.json").read_text())["error"] for r in range(2)]
+    assert errors[0] == errors[1] and errors[0] is not None
+    assert "run/checkpoints/step_0000002.pt is not visible to rank 1 on" in errors[0]
+    assert "a filesystem every node shares" in errors[0]

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import random
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -188,7 +189,19 @@ class _Run:
             path = Path(chosen)
         else:
             path = Path(resume)
+        self._check_visible(path)
         return path, load_checkpoint(path)
+
+    def _check_visible(self, path: Path) -> None:
+        """Every rank reads the checkpoint it resumes from, which rank 0 alone wrote: refuse, on every rank and
+        with the hosts that cannot see it, when some rank cannot (a run directory on a node's local disk)."""
+        hosts = gather_objects(None if path.is_file() else socket.gethostname())
+        blind = sorted({f"rank {r} on {host}" for r, host in enumerate(hosts) if host is not None})
+        if blind and self.env.world_size > 1 and len(blind) < self.env.world_size:
+            raise InvalidInputError(
+                f"--resume: {path} is not visible to {', '.join(blind)}; a run on several nodes resumes from a "
+                "run directory on a filesystem every node shares (put --out there, or copy the checkpoint to the "
+                "same path on every node)")
 
     # ---- checkpoints --------------------------------------------------------------------------------
 
