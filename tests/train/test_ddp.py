@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from testkit.align import write_tiny_manifest
 
 from medmoe.train.logs import read_metrics
 
@@ -50,3 +51,13 @@ def test_resume_on_two_nodes_without_a_shared_run_directory_fails_on_every_rank_
     assert errors[0] == errors[1] and errors[0] is not None
     assert "run/checkpoints/step_0000002.pt is not visible to rank 1 on" in errors[0]
     assert "a filesystem every node shares" in errors[0]
+
+
+@pytest.mark.ddp
+@pytest.mark.timeout(240)
+def test_compile_under_ddp_builds_its_graphs_with_dynamos_ddp_optimizer(tmp_path, torchrun):
+    write_tiny_manifest(tmp_path, bad=False)
+    torchrun(str(Path(__file__).with_name("ddp_compile_worker.py")), str(tmp_path), timeout=220)
+    counts = [json.loads((tmp_path / f"rank{r}.json").read_text())["ddp_optimizer_graphs"] for r in range(2)]
+    assert counts[0] > 0 and counts[1] > 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["compile"] == "eager"

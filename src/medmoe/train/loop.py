@@ -140,6 +140,14 @@ def run_training(task: Task, args: argparse.Namespace | TrainConfig) -> TrainRes
     return result
 
 
+def _as_if_inside_ddp(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Mark ``model`` (a DDP wrapper) as the active DDP module without running its forward: what Dynamo reads
+    to compile with its DDP optimizer (``DistributedDataParallel._inside_ddp_forward``, the context DDP's own
+    forward enters). Nothing for a model that is not DDP-wrapped."""
+    inside = getattr(model, "_inside_ddp_forward", None) if isinstance(model, DistributedDataParallel) else None
+    return inside() if inside is not None else contextlib.nullcontext()
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -284,11 +292,12 @@ class _Run:
 
         Compilation happens at the first call, so a missing C compiler or an operation the backend cannot
         handle shows up only then: the trial step finds out before training starts, instead of failing the
-        run at its first step. The trial runs through the DDP wrapper, so that Dynamo compiles the graphs
-        under DDP (its DDP optimizer splits them at the gradient buckets, and communication overlaps the
-        backward), but with no collective inside it (``no_sync``, and :func:`medmoe.distributed.local_only`
-        for the task's own gathers): a rank whose compiler fails halfway leaves no other rank waiting.
-        The ranks then decide together: a failure on any rank makes every rank run eagerly.
+        run at its first step. The trial runs the bare model as if inside the DDP wrapper's forward (see
+        :func:`_as_if_inside_ddp`), so that Dynamo compiles the graphs with its DDP optimizer (it splits them at
+        the gradient buckets, so that their all-reduce overlaps the backward; the graphs are then reused inside
+        DDP's forward), and without any collective (no DDP reducer, :func:`medmoe.distributed.local_only` for
+        the task's own gathers): a rank whose compiler fails halfway leaves no other rank waiting. The ranks
+        then decide together: a failure on any rank makes every rank run eagerly.
         """
         backend = self.cfg.compile_backend
         targets = compile_in_place(unwrap_model(self.model), backend)
@@ -324,11 +333,10 @@ class _Run:
         rng = capture_rng_state(self.device)
         bare = unwrap_model(self.model)
         buffers = [(b, b.detach().clone()) for b in bare.buffers()]
-        no_sync = self.model.no_sync() if isinstance(self.model, DistributedDataParallel) else contextlib.nullcontext()
         try:
-            with no_sync, local_only():
+            with _as_if_inside_ddp(self.model), local_only():
                 with self.precision.autocast():
-                    out = self.task.training_step(self.model, batch)
+                    out = self.task.training_step(bare, batch)
                 loss, _ = split_step_output(out)
                 loss.backward()
         finally:
