@@ -80,9 +80,13 @@ def test_absent_labelled_class_pushes_prediction_down():
     assert (logits.grad > 0).all()
 
 
-def test_nothing_labelled_gives_zero_with_graph():
+def test_nothing_labelled_gives_zero_with_graph_and_no_device_read():
+    from medmoe.train.host_reads import HostReadCounter
+
     logits, target = _batch()
-    losses = partial_label_loss(logits, target, torch.zeros(2, 3, dtype=torch.bool))
+    with HostReadCounter() as reads:
+        losses = partial_label_loss(logits, target, torch.zeros(2, 3, dtype=torch.bool))
+    assert reads.total == 0, reads.calls
     assert losses["bce_loss"].item() == 0 and losses["dice_loss"].item() == 0
     (losses["bce_loss"] + losses["dice_loss"]).backward()
     assert logits.grad is not None and (logits.grad == 0).all()
@@ -121,3 +125,17 @@ def test_batch_dice_leaves_classes_absent_from_the_batch_to_bce():
     # the Universal Model's per-sample Dice keeps every labelled pair, empty targets included
     sample = partial_label_loss(logits, target, mask, dice_reduction="sample")["dice_loss"]
     assert sample.item() > losses["dice_loss"].item()
+
+
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+def test_loss_terms_of_float32_inputs_equal_their_float32_values_under_bf16_autocast(reduction):
+    logits, target = _batch(seed=3, size=(6, 7, 8))
+    logits = logits.detach() * 4
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    reference = partial_label_loss(logits, target, mask, dice_reduction=reduction)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = partial_label_loss(logits, target, mask, dice_reduction=reduction)
+    for name, value in losses.items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=0, msg=name)
+

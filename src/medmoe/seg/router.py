@@ -18,7 +18,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from medmoe.devices import autocast_off
 
 
 class ScaleRouter(nn.Module):
@@ -44,15 +47,23 @@ class ScaleRouter(nn.Module):
 
     def queries(self, text: Tensor) -> tuple[Tensor, Tensor]:
         """The prompt queries folded into the voxel projection: weight (K*S, C_v) and bias (K*S, 1), rows
-        ordered (k, s), such that ``weight @ f(x) + bias = <v(x), W_s t_k> / sqrt(d)`` (fp32 outside autocast)."""
-        q = self.text_proj(text).view(-1, self.dim).float() / math.sqrt(self.dim)  # (K*S, d)
-        return q @ self.voxel_proj.weight.flatten(1).float(), (q @ self.voxel_proj.bias.float())[:, None]
+        ordered (k, s), such that ``weight @ f(x) + bias = <v(x), W_s t_k> / sqrt(d)``; float32 with autocast
+        off, whatever the caller's autocast."""
+        with autocast_off(text):
+            q = F.linear(text.float(), self.text_proj.weight.float(), self.text_proj.bias.float())
+            q = q.view(-1, self.dim) / math.sqrt(self.dim)  # (K*S, d)
+            return q @ self.voxel_proj.weight.flatten(1).float(), (q @ self.voxel_proj.bias.float())[:, None]
 
     def gates(self, queries: tuple[Tensor, Tensor], voxel_features: Tensor) -> Tensor:
-        """(B, K, S, X) float32 gates of flattened voxel features (B, C_v, X); ``queries`` from :meth:`queries`."""
+        """(B, K, S, X) float32 gates of flattened voxel features (B, C_v, X); ``queries`` from :meth:`queries`.
+
+        The logits and the softmax run in float32 with autocast off: under bf16 autocast a matmul of float32
+        inputs would still run in bf16 (8 mantissa bits), and the gates equal the float32 ones to 1e-5.
+        """
         weight, bias = queries
-        logits = torch.matmul(weight, voxel_features.float()).float().add_(bias)  # (B, K*S, X), fp32 under autocast too
-        return logits.view(logits.shape[0], -1, self.num_scales, logits.shape[-1]).softmax(dim=2)
+        with autocast_off(voxel_features):
+            logits = torch.matmul(weight, voxel_features.float()).add_(bias)  # (B, K*S, X)
+            return logits.view(logits.shape[0], -1, self.num_scales, logits.shape[-1]).softmax(dim=2)
 
     def flat(self, voxel_features: Tensor, text: Tensor) -> Tensor:
         """(B, K, S, X) gates, X = voxels flattened (contiguous)."""
