@@ -13,7 +13,14 @@ from testkit.seg import TOTALSEG_SDIST, TOTALSEG_SKIP, phantom_datalist, totalse
 
 from medmoe.errors import InvalidInputError
 from medmoe.seg.classes import ClassTemplate
-from medmoe.seg.data import BadSample, build_seg_dataset, dataset_weights, load_datalist, seg_collate
+from medmoe.seg.data import (
+    BadSample,
+    build_seg_dataset,
+    dataset_weights,
+    expand_labels,
+    load_datalist,
+    seg_collate,
+)
 from medmoe_samples.ct.totalseg import totalseg_class_map
 
 pytestmark = pytest.mark.timeout(180)
@@ -27,28 +34,58 @@ def train_ds(tmp_path_factory):
                              samples_per_volume=2, seed=7, progress=False)
 
 
-def test_items_are_patches_with_multi_hot_labels_and_truthful_masks(train_ds):
+def test_patches_carry_label_ids_that_expand_to_truthful_multi_hot(train_ds):
     names = train_ds.class_names
     assert {"liver", "spleen", "kidney_left", "kidney_right", "liver_tumour", "kidney_tumour", "pancreas"} <= set(names)
     batch = seg_collate([train_ds[0], train_ds[1], train_ds[2]])
     k = len(names)
     assert batch["image"].shape == (6, 1, *PATCH) and batch["image"].dtype == torch.float32
-    assert batch["label"].shape == (6, k, *PATCH) and batch["label"].dtype == torch.float32
+    # compact labels: int16 ids and one bool table; the only float tensor of the batch is the image
+    assert batch["label_ids"].shape == (6, 1, *PATCH) and batch["label_ids"].dtype == torch.int16
+    assert [key for key, v in batch.items() if torch.is_tensor(v) and v.is_floating_point()] == ["image"]
     assert batch["label_mask"].shape == (6, k) and batch["label_mask"].dtype == torch.bool
     assert batch["bad"] == [] and len(batch["dataset"]) == len(batch["path"]) == 6
+    # the prompted classes are chosen here, on the host: those some sample labels
+    active = batch["active"]
+    assert active == [c for c in range(k) if batch["label_mask"][:, c].any()]
+    assert torch.equal(batch["active_mask"], batch["label_mask"][:, active])
+    assert batch["label_table"].dtype == torch.bool and batch["label_table"].shape[1] == len(active)
+    label = expand_labels(batch["label_ids"], batch["label_table"])
+    assert label.shape == (6, len(active), *PATCH) and label.dtype == torch.bool
     # HU window -> [0, 1], then intensity jitter of at most x(1 +- 0.1) and +- 0.05
     assert -0.05 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.15 + 1e-6
-    assert set(torch.unique(batch["label"]).tolist()) <= {0.0, 1.0}
     # nothing is marked present for a class the sample's dataset does not label
-    assert not (batch["label"].amax(dim=(2, 3, 4)).bool() & ~batch["label_mask"]).any()
+    assert not (label.amax(dim=(2, 3, 4)) & ~batch["active_mask"]).any()
     template = train_ds.template
     for row, dataset in zip(batch["label_mask"], batch["dataset"]):
         assert row.tolist() == template.label_mask(dataset, names).tolist()
     # an organ includes its lesions: liver tumour voxels are liver voxels too
-    li, lt = names.index("liver"), names.index("liver_tumour")
-    assert not (batch["label"][:, lt].bool() & ~batch["label"][:, li].bool()).any()
+    li, lt = active.index(names.index("liver")), active.index(names.index("liver_tumour"))
+    assert not (label[:, lt] & ~label[:, li]).any()
     # positive sampling: most patches contain labelled foreground
-    assert (batch["label"].amax(dim=(1, 2, 3, 4)) > 0).sum() >= 3
+    assert (label.flatten(1).any(dim=1)).sum() >= 3
+
+
+def test_expanded_labels_equal_each_samples_template_multi_hot(train_ds):
+    """Three datasets in one batch: each sample's ids, shifted into the batch table, expand to exactly the
+    multi-hot its own dataset's label map gives (ClassTemplate.multi_hot), on the prompted classes."""
+    items = [patch for i in range(3) for patch in train_ds[i]]
+    assert len({item["dataset"] for item in items}) == 3
+    batch = seg_collate(items)
+    label = expand_labels(batch["label_ids"], batch["label_table"])
+    for b, item in enumerate(items):
+        full = train_ds.template.multi_hot(item["label_ids"], item["dataset"], train_ds.class_names)
+        assert torch.equal(label[b], full[batch["active"]]), item["dataset"]
+        assert full[batch["active"]].any()  # the comparison covers foreground, not only background
+
+
+def test_a_batch_without_labelled_classes_prompts_one_unlabelled_class(train_ds):
+    items = train_ds[0]
+    for item in items:
+        item["label_mask"] = torch.zeros_like(item["label_mask"])
+    batch = seg_collate(items)
+    assert batch["active"] == [0] and not batch["active_mask"].any()
+    assert batch["label_table"].shape[1] == 1
 
 
 def test_randomness_is_a_function_of_seed_epoch_and_index(train_ds, tmp_path_factory):
@@ -60,7 +97,7 @@ def test_randomness_is_a_function_of_seed_epoch_and_index(train_ds, tmp_path_fac
     _ = again[1]  # reading other items first must not change item 4 (no shared RNG stream)
     b = again[4]
     for x, y in zip(a, b):
-        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label_ids"], y["label_ids"])
     train_ds.set_epoch(4)
     c = train_ds[4]
     assert not all(torch.equal(x["image"], y["image"]) for x, y in zip(a, c))
@@ -245,8 +282,10 @@ def test_soft_labels_are_partial_volume_fractions_aligned_with_the_hard_labels(t
     for index in range(3):  # one item of each phantom dataset (stored RAS or LPS, at different spacings)
         a, b = hard[index][0], soft[index][0]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label_mask"], b["label_mask"])
-        h, s = a["label"], b["label"]
-        assert s.shape == h.shape and s.dtype == torch.float32 and 0 <= float(s.min()) and float(s.max()) <= 1
+        h = expand_labels(a["label_ids"][None], a["label_table"])[0].float()
+        assert b["soft_label"].shape == h.shape and b["soft_label"].dtype == torch.float16
+        s = b["soft_label"].float()
+        assert 0 <= float(s.min()) and float(s.max()) <= 1
         # nothing for classes the dataset does not label; organs still contain their lesions
         assert not s[~b["label_mask"]].any()
         li, lt = names.index("liver"), names.index("liver_tumour")
@@ -343,7 +382,7 @@ def test_disk_cache_is_reused_and_invalidated_by_settings_and_edits(tmp_path, tm
     a = first[0][0]
     again = build_seg_dataset(path, "training", spacing=SPACING, **kwargs)  # a second run: nothing to do
     assert again.prepare() == {"built": 0, "cached": 1, "bad": 0}
-    assert torch.equal(again[0][0]["image"], a["image"]) and torch.equal(again[0][0]["label"], a["label"])
+    assert torch.equal(again[0][0]["image"], a["image"]) and torch.equal(again[0][0]["label_ids"], a["label_ids"])
     assert isinstance(again.volume(0).image, np.memmap)
     # another spacing is another settings folder; the first stays valid
     other = build_seg_dataset(path, "training", spacing=(5.0, 5.0, 5.0), **kwargs)

@@ -11,7 +11,7 @@ import medmoe
 from medmoe.cli.main import main
 from medmoe.data.volumes import write_nifti
 from medmoe.errors import InvalidInputError
-from medmoe.seg.task import SegTask, SegTaskConfig, dice_scores
+from medmoe.seg.task import SegTask, SegTaskConfig, dice_scores, validation_dice
 from medmoe_samples.ct.phantoms import FULL_LABELS, Grid, relabel, render_phantom
 
 SPACING = (8.0, 8.0, 8.0)  # coarse phantoms: about 36 x 30 x 24 voxels, fast to cache and train on
@@ -69,7 +69,8 @@ def test_training_step_prompts_only_labelled_classes(datalist):
     source = [ds.entries[ds.entry_index(i)]["dataset"] for i in range(len(ds))]
     a, b = ds[source.index("toy-A")][0], ds[source.index("toy-B")][0]
     batch = task.collate([a, a])
-    assert batch["label"].shape == (2, len(task.class_names), 32, 32, 32)
+    assert batch["label_ids"].shape == (2, 1, 32, 32, 32) and batch["label_mask"].shape[1] == len(task.class_names)
+    assert [task.class_names[k] for k in batch["active"]] == sorted(["liver", "spleen"], key=task.class_names.index)
     torch.manual_seed(0)
     model = task.build_model().train()
     out = task.training_step(model, batch)
@@ -100,6 +101,77 @@ def test_cli_train_exports_a_model_that_predicts(datalist, tmp_path, capsys):
     assert set(model.config.trained_classes) == set(FULL_LABELS.values()) | {"kidney"}  # what --prompt all predicts
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 32, 32, 32), ["liver"]).shape == (1, 1, 32, 32, 32)
+
+
+@pytest.mark.timeout(180)
+def test_training_step_reads_nothing_back_from_the_device(tmp_path_factory):
+    """A mome-nano step on a batch of two phantom datasets, backward included: no .item(), .tolist(), bool(),
+    nonzero or boolean-mask index on a device tensor (each would stall a GPU until it caught up)."""
+    from testkit.seg import phantom_datalist
+
+    from medmoe.train.host_reads import HostReadCounter
+
+    task = SegTask(SegTaskConfig(data=str(phantom_datalist(tmp_path_factory)), patch_size=(32, 32, 32),
+                                 spacing=(6.0, 6.0, 6.0), progress=False, pretrained=False,
+                                 overrides={"text": {"model": "tiny-bert"}}, cache=False))
+    ds = task.train_dataset()
+    batch = task.collate([ds[0], ds[1]])
+    assert len(set(batch["dataset"])) == 2
+    torch.manual_seed(0)
+    model = task.build_model().train()
+    with HostReadCounter() as reads:
+        out = task.training_step(model, batch)
+        (out["bce_loss"] + out["dice_loss"]).backward()
+    assert reads.total == 0, reads.calls
+    assert out["bce_loss"] > 0 and out["prompted_classes"] == len(batch["active"])
+
+
+def test_a_batch_of_failed_samples_is_refused_by_check_batch_not_by_the_step(datalist):
+    from medmoe.seg.data import BadSample
+
+    task = _task(datalist)
+    ds = task.train_dataset()
+    bad = BadSample(index=0, path="a.nii.gz", reason="unreadable", dataset="toy-A")
+    assert task.check_batch(task.collate([ds[0], bad])) is None
+    reason = task.check_batch(task.collate([bad, bad]))
+    assert "every sample of the batch failed to load (2 skipped)" in reason
+
+
+@pytest.mark.timeout(120)
+def test_channels_last_applies_at_the_first_cpu_step_by_default(datalist):
+    task = _task(datalist)
+    assert task.config.channels_last is None
+    assert task.channels_last(torch.device("cpu")) and not task.channels_last(torch.device("cuda"))
+    assert _task(datalist, channels_last=True).channels_last(torch.device("cuda"))
+    assert not _task(datalist, channels_last=False).channels_last(torch.device("cpu"))
+    ds = task.train_dataset()
+    torch.manual_seed(0)
+    model = task.build_model()
+    conv = model.experts.block(0)[0].weight
+    assert conv.is_contiguous()  # the device is not known yet
+    task.training_step(model, task.collate([ds[0]]))
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d)
+    off = _task(datalist, channels_last=False)
+    off.train_dataset()
+    model = off.build_model()
+    off.training_step(model, off.collate([ds[0]]))
+    assert model.experts.block(0)[0].weight.is_contiguous()
+
+
+@pytest.mark.timeout(120)
+def test_validation_keeps_the_callers_bf16_autocast(datalist):
+    task = _task(datalist)
+    task.train_dataset()
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    dtypes = []
+    model.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = validation_dice(model, task._validation_dataset(), max_cases=1)
+    assert out["cases"] == 1 and dtypes and set(dtypes) == {torch.bfloat16}
+    dtypes.clear()
+    validation_dice(model, task._validation_dataset(), max_cases=1)
+    assert set(dtypes) == {torch.float32}  # no autocast of the caller: the CPU's own choice, none
 
 
 def test_task_errors(datalist, tmp_path):

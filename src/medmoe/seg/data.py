@@ -8,8 +8,9 @@ A datalist is Decathlon-style JSON::
 
 Paths are relative to the datalist's folder (absolute paths are kept); ``image`` is a NIfTI file or a DICOM
 series folder. ``dataset`` names a label map of the class template (``BTCV``, ``KiTS``, ``TotalSegmentator``,
-...) or one given in ``label_maps``. Each sample's integer label map becomes a multi-hot over the dataset's
-class list plus a ``label_mask`` of the classes its source dataset annotates.
+...) or one given in ``label_maps``. Each sample keeps its integer label ids, with its dataset's lookup table
+(label id -> classes) and a ``label_mask`` of the classes its source dataset annotates; a training batch
+becomes a multi-hot over the prompted classes only on the device (:func:`expand_labels`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -141,12 +143,16 @@ class SegDataset(Dataset):
     whole preprocessed volume. A training patch dict holds:
 
     - ``image``: (1, X, Y, Z) float32 in [0, 1] (HU window), RAS, at ``spacing``;
-    - ``label``: (K, X, Y, Z) float32 multi-hot over :attr:`class_names` (class fractions with ``soft_labels``);
+    - ``label_ids``: (1, X, Y, Z) int16 label ids of the source dataset after augmentation (ids its label map
+      lacks are 0, background); 2 bytes per voxel, where a float32 multi-hot over K = 117 classes is 468;
+    - ``label_table``: (R, K) bool, the dataset's lookup table over :attr:`class_names` (row i: the classes
+      of label id i; organs include their lesions), so ``label_table[label_ids]`` is the multi-hot;
+    - ``soft_label``: (K, X, Y, Z) float16 class fractions, with ``soft_labels`` only;
     - ``label_mask``: (K,) bool, classes the source dataset annotates;
     - ``dataset``: canonical dataset name; ``path``: the image path.
 
-    A whole-volume item (``train=False``) holds ``label_ids`` (1, X, Y, Z) int16 instead of ``label``: K
-    float channels of a whole CT would cost K times the volume; :meth:`class_mask` gives one class's mask.
+    A whole-volume item (``train=False``) holds the same ``label_ids`` and ``label_table`` (when the entry has
+    a label) and ``affine``; :meth:`class_mask` gives one class's mask.
 
     A volume that cannot be read or transformed yields a :class:`~medmoe.data.dataset.BadSample` instead.
 
@@ -174,9 +180,10 @@ class SegDataset(Dataset):
         samples_per_volume: patches drawn from a volume per item (``train`` only).
         balance: uniform sampling across source datasets (``train`` only).
         progress: tqdm bar in :meth:`prepare`.
-        soft_labels: ``label`` holds each class's partial-volume fraction of a voxel (in [0, 1], footprint-averaged
-            native-grid masks, see :class:`~medmoe.seg.transforms.SoftMultiHotd`) instead
-            of the nearest-neighbour multi-hot. Costs K float16 channels per cached volume.
+        soft_labels: also give ``soft_label``, each class's partial-volume fraction of a voxel (in [0, 1],
+            footprint-averaged native-grid masks, see :class:`~medmoe.seg.transforms.SoftMultiHotd`), which
+            the task trains against instead of the nearest-neighbour multi-hot. Costs K float16 channels per
+            cached volume and per patch.
         augmentation: random changes to training patches (:class:`~medmoe.seg.transforms.Augmentation`).
     """
 
@@ -282,19 +289,19 @@ class SegDataset(Dataset):
             logger.warning("skipping %s: %s", entry["image"], reason)
             return BadSample(index=i, path=entry["image"], reason=reason, dataset=entry["dataset"])
 
-    def _multi_hot(self, ids: np.ndarray, dataset: str, path: str) -> torch.Tensor:
-        ids = torch.from_numpy(ids[0].astype(np.int64))
+    def _labels(self, ids: Any, dataset: str, path: str) -> dict[str, torch.Tensor]:
+        """``label_ids`` (1, X, Y, Z) int16 of a (1, X, Y, Z) id volume and the dataset's ``label_table``."""
+        ids = torch.from_numpy(np.asarray(_plain(ids) if isinstance(ids, torch.Tensor) else ids).astype(np.int16))
         table = self.tables[dataset]
-        if ids.numel() and int(ids.max()) >= table.shape[0]:
-            logger.debug("%s: label ids above the %s map are background", path, dataset)
-            ids = torch.where(ids < table.shape[0], ids, torch.zeros_like(ids))
-        return table[ids].permute(3, 0, 1, 2).float().contiguous()
+        outside = (ids < 0) | (ids >= table.shape[0])
+        if outside.any():
+            logger.debug("%s: label ids outside the %s map are background", path, dataset)
+            ids = ids.masked_fill(outside, 0)
+        return {"label_ids": ids.contiguous(), "label_table": table}
 
     def class_mask(self, item: dict[str, Any], k: int) -> torch.Tensor:
-        """(X, Y, Z) bool mask of class ``class_names[k]`` in a whole-volume item (``label_ids``)."""
-        column = self.tables[item["dataset"]][:, k]
-        ids = item["label_ids"][0].long().clamp(0, column.shape[0] - 1)
-        return column[ids]
+        """(X, Y, Z) bool mask of class ``class_names[k]`` in an item (``label_ids``)."""
+        return self.tables[item["dataset"]][:, k][item["label_ids"][0].long()]
 
     def _patches(self, vol: CachedVolume, dataset: str, path: str, index: int) -> list[dict[str, Any]]:
         seed = sample_seed(self.seed, self.epoch, index)
@@ -310,11 +317,11 @@ class SegDataset(Dataset):
             if self.soft_labels:
                 d["soft_label"] = torch.from_numpy(crop(vol.soft, start, size).astype(np.float32))
             d = self.augment(d)
-            image = torch.as_tensor(d["image"]).float().contiguous()
-            label = (torch.as_tensor(d["soft_label"]).float().contiguous() if self.soft_labels
-                     else self._multi_hot(np.asarray(torch.as_tensor(d["label"])), dataset, path))
-            out.append({"image": image, "label": label, "label_mask": self.masks[dataset].clone(),
-                        "dataset": dataset, "path": path})
+            item = {"image": _plain(d["image"]).float().contiguous(), **self._labels(d["label"], dataset, path),
+                    "label_mask": self.masks[dataset].clone(), "dataset": dataset, "path": path}
+            if self.soft_labels:
+                item["soft_label"] = _plain(d["soft_label"]).to(torch.float16).contiguous()
+            out.append(item)
         return out
 
     def __getitem__(self, index: int) -> dict[str, Any] | list[dict[str, Any]] | BadSample:
@@ -329,12 +336,17 @@ class SegDataset(Dataset):
                     "label_mask": self.masks[dataset].clone(), "dataset": dataset, "path": entry["image"],
                     "affine": vol.affine}
             if vol.label is not None:
-                item["label_ids"] = torch.from_numpy(np.array(vol.label))
+                item.update(self._labels(vol.label, dataset, entry["image"]))
             return item
         try:
             return self._patches(vol, dataset, entry["image"], index)
         except (RuntimeError, ValueError) as err:
             return BadSample(index=i, path=entry["image"], reason=f"patch sampling failed: {err}", dataset=dataset)
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """A plain tensor of an augmentation output (a MONAI MetaTensor's data without its metadata)."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 class _Preparer(Dataset):
@@ -367,7 +379,8 @@ def build_seg_dataset(datalist_path: str | os.PathLike, split: str = "training",
         >>> ds = build_seg_dataset("samples/phantoms/datalist.json", "training", patch_size=(48, 48, 48),
         ...                        spacing=(3.0, 3.0, 3.0), cache_dir="cache/")
         >>> batch = seg_collate([ds[0], ds[1]])
-        >>> batch["image"].shape, batch["label"].shape          # (2, 1, 48, 48, 48), (2, K, 48, 48, 48)
+        >>> batch["image"].shape, batch["label_ids"].shape      # (2, 1, 48, 48, 48) float32, int16
+        >>> expand_labels(batch["label_ids"], batch["label_table"]).shape   # (2, len(batch["active"]), 48, 48, 48)
     """
     datalist = load_datalist(datalist_path, template)
     names = list(class_names) if class_names is not None else datalist.class_names()
@@ -380,30 +393,58 @@ def build_seg_dataset(datalist_path: str | os.PathLike, split: str = "training",
 def seg_collate(samples: Sequence[Any]) -> dict[str, Any]:
     """Stack samples (items may be lists of patches) into a batch; :class:`BadSample` go to ``"bad"``.
 
+    The labels stay compact: each sample's ids are shifted by the row offset of its dataset's table in one
+    batch table, whose columns are the batch's ``active`` classes only, so the device expands the multi-hot
+    of exactly the prompted classes (:func:`expand_labels`) and picks nothing by index there.
+
     Returns:
-        {"image": (B, 1, X, Y, Z), "label": (B, K, X, Y, Z), "label_mask": (B, K), "dataset": [B],
-        "path": [B], "bad": [BadSample...]}; with no good sample the tensors have B = 0.
+        - ``image`` (B, 1, X, Y, Z) float32;
+        - ``label_ids`` (B, 1, X, Y, Z) int16, rows of ``label_table``;
+        - ``label_table`` (R, A) bool: the tables of the batch's datasets stacked (R rows in all),
+          restricted to the A active classes;
+        - ``active``: list of the A channels (into ``class_names``) some sample labels, in channel order;
+          ``[0]`` when no sample labels any class (its column is then unlabelled everywhere);
+        - ``active_mask`` (B, A) bool: ``label_mask[:, active]``, the (sample, class) pairs the loss counts;
+        - ``label_mask`` (B, K) bool; ``soft_label`` (B, A, X, Y, Z) float16 when the items have soft labels;
+        - ``dataset``, ``path``: lists of B strings; ``bad``: the :class:`BadSample` items.
+
+        With no good sample, ``image`` is empty (B = 0) and so is every other field.
     """
     flat: list[dict[str, Any]] = []
     bad: list[Any] = []
     for s in samples:
         for item in s if isinstance(s, list) else [s]:
             (flat if isinstance(item, dict) else bad).append(item)
-    batch: dict[str, Any] = {"bad": bad}
     if not flat:
-        batch.update(image=torch.empty(0), label=torch.empty(0), label_mask=torch.empty(0, dtype=torch.bool),
-                     dataset=[], path=[])
-        return batch
+        empty = torch.empty(0, 0, dtype=torch.bool)
+        return {"bad": bad, "image": torch.empty(0), "label_ids": torch.empty(0, dtype=torch.int16),
+                "label_table": empty, "active": [], "active_mask": empty, "label_mask": empty, "dataset": [],
+                "path": []}
     shapes = {tuple(f["image"].shape) for f in flat}
     if len(shapes) > 1:
         raise InvalidInputError(f"cannot batch volumes of different shapes {sorted(shapes)}; use batch size 1 "
                                 "for whole volumes or train=True patches")
-    batch["image"] = torch.stack([f["image"] for f in flat])
-    batch["label"] = torch.stack([f["label"] for f in flat])
-    batch["label_mask"] = torch.stack([f["label_mask"] for f in flat])
-    batch["dataset"] = [f["dataset"] for f in flat]
-    batch["path"] = [f["path"] for f in flat]
+    label_mask = torch.stack([f["label_mask"] for f in flat])
+    active = label_mask.any(dim=0).nonzero().flatten().tolist() or [0]
+    offsets: dict[str, int] = {}
+    tables: list[torch.Tensor] = []
+    for f in flat:
+        if f["dataset"] not in offsets:
+            offsets[f["dataset"]] = sum(len(t) for t in tables)
+            tables.append(f["label_table"])
+    batch = {"bad": bad, "image": torch.stack([f["image"] for f in flat]),
+             "label_ids": torch.stack([f["label_ids"] + offsets[f["dataset"]] for f in flat]),
+             "label_table": torch.cat(tables)[:, active], "active": active, "active_mask": label_mask[:, active],
+             "label_mask": label_mask, "dataset": [f["dataset"] for f in flat], "path": [f["path"] for f in flat]}
+    if "soft_label" in flat[0]:
+        batch["soft_label"] = torch.stack([f["soft_label"][active] for f in flat])
     return batch
+
+
+def expand_labels(label_ids: torch.Tensor, label_table: torch.Tensor) -> torch.Tensor:
+    """(B, A, X, Y, Z) bool multi-hot of a batch's ``label_ids`` (B, 1, X, Y, Z) through its ``label_table``
+    (R, A), computed where they are (on the device, with no read back to the host)."""
+    return label_table[label_ids[:, 0].long()].movedim(-1, 1).contiguous()
 
 
 def dataset_weights(dataset: SegDataset) -> torch.Tensor:

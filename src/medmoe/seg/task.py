@@ -7,13 +7,16 @@ It satisfies ``medmoe.train.Task`` structurally (the library never imports the t
 
 Each batch mixes samples of several partially labelled datasets. Only the classes that at least one sample
 of the batch labels are prompted (one batched forward over those K classes), and the loss of each
-(sample, class) pair counts only where the sample's dataset labels the class.
+(sample, class) pair counts only where the sample's dataset labels the class. Which classes those are is
+decided on the host when the batch is collated; labels travel as integer ids and become the multi-hot of
+the prompted classes on the device, so a training step reads nothing back from the device.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +67,9 @@ class SegTaskConfig:
             voxel's footprint) instead of nearest-neighbour labels; see :class:`~medmoe.seg.data.SegDataset`. Costs K float16
             channels per cached volume, so it suits coarse spacings and small class sets (the phantoms).
         channels_last: keep the model's 3-D conv weights channels-last (``torch.channels_last_3d``); oneDNN's
-            3-D convolutions, which dominate a CPU training step, run about 1.2x faster that way.
+            3-D convolutions, which dominate a CPU training step, run about 1.2x faster that way. Default
+            (None): on when training on the CPU, off on a GPU (where it was not measured); decided from the
+            first training batch's device and applied then, once per model.
     """
 
     data: str
@@ -90,7 +95,7 @@ class SegTaskConfig:
     val_overlap: float = 0.25
     progress: bool = True
     soft_labels: bool = False
-    channels_last: bool = True
+    channels_last: bool | None = None
 
 
 def dice_scores(pred: Tensor, target: Tensor) -> Tensor:
@@ -115,6 +120,7 @@ class SegTask:
         self.class_names: list[str] | None = None
         self.patch_size: tuple[int, int, int] | None = None
         self.spacing: tuple[float, float, float] | None = None
+        self._formatted: weakref.ref | None = None  # the model whose memory format was set
 
     # ------------------------------------------------------------------ model and data
     def build_model(self) -> nn.Module:
@@ -130,9 +136,24 @@ class SegTask:
         model = create_model(cfg.model, pretrained=cfg.pretrained, family="mome", **overrides).train()
         self.patch_size = tuple(model.config.roi_size)
         self.spacing = tuple(model.config.spacing)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
         return model
+
+    def channels_last(self, device: torch.device) -> bool:
+        """Whether the model trains with channels-last 3-D weights on ``device`` (the config's choice, else
+        only on the CPU)."""
+        return self.config.channels_last if self.config.channels_last is not None else device.type == "cpu"
+
+    def _set_memory_format(self, model: nn.Module, device: torch.device) -> None:
+        """Make the model's conv weights channels-last if :meth:`channels_last` says so, once per model.
+
+        Parameters are converted in place (``Module.to`` keeps the ``Parameter`` objects), so an optimizer
+        built on them keeps working; gradients and optimizer state created afterwards follow their layout.
+        """
+        if self._formatted is not None and self._formatted() is model:
+            return
+        self._formatted = weakref.ref(model)
+        if self.channels_last(device):
+            model.to(memory_format=torch.channels_last_3d)
 
     def _geometry(self) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         if self.patch_size is None:
@@ -180,29 +201,35 @@ class SegTask:
         return seg_collate(samples)
 
     # ------------------------------------------------------------------ training
+    def check_batch(self, batch: dict[str, Any]) -> str | None:
+        """Why a collated (host) batch cannot be trained on, or None: every sample failed to load."""
+        if batch["image"].numel() == 0:
+            return (f"every sample of the batch failed to load ({len(batch['bad'])} skipped); see the "
+                    "skipped-sample log lines")
+        return None
+
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Losses of one batch from :meth:`collate`, moved to the model's device; reads nothing back to the
+        host (the prompted classes are ``batch["active"]``, chosen when the batch was collated)."""
         if self.class_names is None:
             self.train_dataset()
-        image, label, mask = batch["image"], batch["label"], batch["label_mask"].bool()
-        if image.numel() == 0:
-            raise InvalidInputError("every sample of the batch failed to load; see the skipped-sample log lines")
-        if label.shape[1] != len(self.class_names):
-            raise InvalidInputError(f"label has {label.shape[1]} channels, expected {len(self.class_names)} "
-                                    f"({', '.join(self.class_names)})")
-        active = mask.any(dim=0).nonzero().flatten()
-        if active.numel() == 0:
-            active = torch.zeros(1, dtype=torch.long, device=mask.device)  # nothing labelled: loss 0, graph kept
-        prompts = [self.class_names[i] for i in active.tolist()]
+        image = batch["image"]
+        if batch["label_mask"].shape[1] != len(self.class_names):
+            raise InvalidInputError(f"label_mask has {batch['label_mask'].shape[1]} classes, expected "
+                                    f"{len(self.class_names)} ({', '.join(self.class_names)})")
+        self._set_memory_format(model, image.device)
+        prompts = [self.class_names[k] for k in batch["active"]]
         out = model(image, prompts=prompts, return_dict=True)
         cfg = self.config
-        losses = partial_label_loss(out["logits"], label[:, active], mask[:, active], bce_weight=cfg.bce_weight,
-                                    dice_weight=cfg.dice_weight, dice_reduction=cfg.dice_reduction)
+        losses = partial_label_loss(out["logits"], training_target(batch), batch["active_mask"],
+                                    bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight,
+                                    dice_reduction=cfg.dice_reduction)
         if cfg.balance_weight:
             losses["balance_loss"] = cfg.balance_weight * out["balance_loss"]
         else:
             losses["scale_balance"] = out["balance_loss"].detach()
         losses["gate_usage"] = out["gate_usage"].detach()
-        losses["prompted_classes"] = torch.tensor(float(len(prompts)), device=image.device)
+        losses["prompted_classes"] = torch.full((), float(len(prompts)), device=image.device)
         return losses
 
     def export(self, model: nn.Module, directory, card: dict | None = None) -> None:
@@ -230,15 +257,26 @@ class SegTask:
                                overlap=self.config.val_overlap, progress=self.config.progress)
 
 
+def training_target(batch: dict[str, Any]) -> Tensor:
+    """(B, A, X, Y, Z) target of a collated batch's A active classes, where the batch is: its float16 class
+    fractions (``soft_label``) or the multi-hot expanded from its label ids (bool)."""
+    from medmoe.seg.data import expand_labels
+
+    if "soft_label" in batch:
+        return batch["soft_label"]
+    return expand_labels(batch["label_ids"], batch["label_table"])
+
+
 def validation_dice(model: nn.Module, dataset, *, max_cases: int | None = None, overlap: float = 0.25,
                     threshold: float = 0.5, sw_batch_size: int = 2, progress: bool = False) -> dict[str, float]:
     """Mean Dice per class of ``model`` on the whole volumes of a ``SegDataset(train=False)``.
 
     Under torchrun each rank predicts its share of the cases (``rank::world_size``) and the per-class Dice
     sums and counts are summed over ranks, so every rank returns the same numbers as one process would.
-    Each case is prompted with the classes its dataset labels; windows run on the model's device (with
-    autocast on a GPU unless the caller set one) and are stitched on the CPU, so GPU memory holds windows,
-    not a whole CT's K-class logits.
+    Each case is prompted with the classes its dataset labels; windows run on the model's device under the
+    caller's autocast when one is active (the trainer's bf16), else under the device's own inference autocast
+    (:func:`~medmoe.devices.autocast_dtype`: bf16/fp16 on a GPU, none on the CPU), and are stitched on the
+    CPU, so GPU memory holds windows, not a whole CT's K-class logits.
 
     Returns:
         ``{"dice/<class>": mean over cases that label it, "dice_mean": mean over classes, "cases": cases
@@ -251,7 +289,8 @@ def validation_dice(model: nn.Module, dataset, *, max_cases: int | None = None, 
 
     model.eval()
     device = next(model.parameters()).device
-    dtype = None if torch.is_autocast_enabled(device.type) else autocast_dtype(device)
+    dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+             else autocast_dtype(device))
     names = list(dataset.class_names)
     roi = tuple(model.config.roi_size)
     sums = torch.zeros(len(names), dtype=torch.float64)
@@ -269,7 +308,8 @@ def validation_dice(model: nn.Module, dataset, *, max_cases: int | None = None, 
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             emb = model.embed_prompts([names[k] for k in labelled])
             probs = sliding_window_probabilities(model, item["image"], emb, roi, overlap=overlap,
-                                                 sw_batch_size=sw_batch_size, device=device, output_device="cpu")
+                                                 sw_batch_size=sw_batch_size, device=device, output_device="cpu",
+                                                 amp_dtype=dtype)
         for j, k in enumerate(labelled):
             dice = dice_scores((probs[j] > threshold)[None], dataset.class_mask(item, k)[None])[0].double()
             if not torch.isnan(dice):
