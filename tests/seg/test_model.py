@@ -194,6 +194,50 @@ def test_chunked_training_step_matches_unchunked_gradients():
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("fusion_scale", [1, 2])
+def test_a_patch_over_the_memory_budget_runs_in_recomputed_chunks_with_equal_logits_and_gradients(fusion_scale):
+    """chunk_elements bounds the (B, K, C, n) fused tensor of a chunk on every device; with gradients on, each
+    chunk's forward runs again in the backward (checkpointed), and logits and gradients equal one pass's."""
+    torch.manual_seed(0)
+    m = medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, fusion_scale=fusion_scale).train()
+    m.cpu_chunk_elements = None  # only the memory budget decides
+    x, emb = _volume(32, 32, 32, batch=1, seed=1), m.embed_prompts(["liver", "spleen", "aorta"])
+    per_voxel, n_voxels = 3 * m.config.expert_channels, (32 // fusion_scale) ** 3
+    gates, calls = m.router.gates, []
+    m.router.gates = lambda *args: calls.append(1) or gates(*args)
+    runs = []
+    for budget in (None, per_voxel * 1000):
+        m.chunk_elements = budget
+        m.zero_grad(set_to_none=True)
+        calls.clear()
+        out = m(x, text_emb=emb, return_dict=True)
+        forward_calls = len(calls)
+        (out["logits"].square().mean() + out["balance_loss"]).backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        runs.append((out["logits"].detach(), grads, forward_calls, len(calls) - forward_calls))
+    (logits, grads, forward_calls, recomputed), (c_logits, c_grads, c_forward, c_recomputed) = runs
+    assert (forward_calls, recomputed) == (1, 0)
+    chunks = math.ceil(n_voxels / 1000)
+    assert (c_forward, c_recomputed) == (chunks, chunks)
+    torch.testing.assert_close(c_logits, logits, atol=1e-5, rtol=1e-5)
+    assert c_grads.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(c_grads[name], grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_router_gates_are_float32_values_under_bf16_autocast():
+    """A matmul of float32 inputs still runs in bf16 under autocast (gates off by ~2e-3); the router's
+    logits and softmax run with autocast off and equal the float32 gates."""
+    torch.manual_seed(0)
+    router = ScaleRouter(voxel_channels=12, text_dim=32, num_scales=5, dim=16)
+    text, voxel = torch.randn(4, 32) * 3, torch.randn(2, 12, 500) * 3
+    reference = router.gates(router.queries(text), voxel)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gates = router.gates(router.queries(text), voxel)
+    assert gates.dtype == torch.float32
+    torch.testing.assert_close(gates, reference, atol=1e-5, rtol=0)
+
+
 def test_gates_and_usage_stay_fp32_under_autocast(model):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.forward_outputs(_volume(32, 32, 32), ["liver", "spleen"], return_gates=True)

@@ -8,18 +8,22 @@
     head:   controller([GAP(bottleneck); ReLU(Linear(t_k))]) -> 3 grouped 1x1x1 convs -> logit_k
 
 Only the prompted classes are computed, all K of them and all B samples in one batched pass; router, fusion
-and heads act voxel by voxel, so on CPU they run on chunks of voxels that stay in cache.
+and heads act voxel by voxel, so they run on chunks of voxels: chunks within a memory budget on every
+device (recomputed in the backward when the patch exceeds it), and on the CPU smaller chunks that stay in
+cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from medmoe.errors import InvalidInputError
 from medmoe.hub import PretrainedMixin
@@ -63,6 +67,15 @@ def fuse_scales(gates: Tensor, experts: list[Tensor]) -> Tensor:
     for s in range(1, len(experts)):
         fused.addcmul_(gates[:, :, s, None], experts[s][:, None])
     return fused
+
+
+def _device_index(values: list[int], device: torch.device) -> Tensor:
+    """A long tensor of ``values`` on ``device``. To a GPU it is copied from pinned memory without blocking:
+    a blocking host-to-GPU copy waits until the GPU has run all the work queued before it."""
+    index = torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
 
 
 class MoME(nn.Module, PretrainedMixin):
@@ -112,8 +125,15 @@ class MoME(nn.Module, PretrainedMixin):
         self.router = ScaleRouter(voxel_channels, text_dim, len(info), config.router_dim)
         self.heads = DynamicHeads(info.pooled_channels, text_dim, config.expert_channels,
                                   config.head_hidden, config.text_proj_dim)
+        # memory budget of the per-voxel stage (router, fusion, heads) on every device, as elements of the
+        # (B, K, C, chunk) fused tensor of one chunk of voxels (None: no budget). A patch above it runs in chunks
+        # of this size and, with gradients on, recomputes each chunk's forward in the backward, so autograd holds
+        # one chunk's intermediates (about 10 such tensors, fp32 gates included) instead of the patch's: at
+        # K = 117 classes on a 96^3 patch at full resolution, B = 2, C = 8, the fused tensor alone is 1.7e9
+        # elements (3.3 GB in bf16). 2^26 elements: 128 MB in bf16, 256 MB in fp32 (docs/seg.md, measured).
+        self.chunk_elements: int | None = 1 << 26
         # voxels per chunk of the per-voxel stage on one CPU thread, as elements of a (B, K, C, chunk) tensor: the
-        # chunk's per-class tensors stay in cache (None: the whole patch at once, as on accelerators). With more
+        # chunk's per-class tensors stay in cache (None: only the memory budget chunks). With more
         # threads chunks are 4x larger: every multi-threaded op waits for its slowest thread, so many small ops
         # lose on a shared machine, while very large chunks leave the cache (MoME / SwinUNETR forward, 96^3,
         # K = 13, F = 24, 2 threads on a quiet 2-core machine: 2^19-element chunks 1.11, 2^21 1.11, 2^23 1.19;
@@ -235,7 +255,7 @@ class MoME(nn.Module, PretrainedMixin):
         if fresh:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not use_cache):
                 table = torch.cat([table, self._encode(fresh).to(table.dtype)], dim=0)
-        index = torch.tensor([r if r >= 0 else len(self.class_names) - 1 - r for r in rows], device=table.device)
+        index = _device_index([r if r >= 0 else len(self.class_names) - 1 - r for r in rows], table.device)
         return table.index_select(0, index)
 
     # ------------------------------------------------------------------ forward
@@ -295,18 +315,15 @@ class MoME(nn.Module, PretrainedMixin):
         queries = self.router.queries(text)
         layers = self.heads.layers(self.heads.head_params(pyramid.bottleneck, text))
         (b, c, n_voxels), k = experts[0].shape, text.shape[0]
-        step = n_voxels
-        if volume.device.type == "cpu" and self.cpu_chunk_elements:
-            elements = self.cpu_chunk_elements * (1 if torch.get_num_threads() == 1 else 4)
-            step = max(1, elements // (b * k * c))
-        # router, fusion and heads are per voxel: run them on chunks of voxels, never holding (B, K, C, X)
+        step, recompute = self._voxel_chunking(volume.device, b * k * c, n_voxels)
+        stage = (functools.partial(checkpoint, self._voxel_stage, use_reentrant=False, preserve_rng_state=False)
+                 if recompute else self._voxel_stage)
         logits, gates, usage = [], [], SoftUsage(expert_dim=2)  # the scales are the experts
         for start in range(0, n_voxels, step):
             chunk = slice(start, start + step)
-            g = self.router.gates(queries, voxel[..., chunk])  # (B, K, S, n) fp32
-            fused = fuse_scales(g.to(experts[0].dtype), [e[..., chunk] for e in experts])  # (B, K, C, n)
-            logits.append(self.heads.run(layers, fused))  # (B, K, n)
-            usage.update(g)
+            chunk_logits, g = stage(queries, layers, voxel[..., chunk], [e[..., chunk] for e in experts])
+            logits.append(chunk_logits)  # (B, K, n)
+            usage.update(g)  # (B, K, S, n) fp32: a sum, which keeps nothing of g for the backward
             if return_gates:
                 gates.append(g)
         logits = (torch.cat(logits, dim=-1) if len(logits) > 1 else logits[0]).view(b, k, *size)
@@ -318,6 +335,32 @@ class MoME(nn.Module, PretrainedMixin):
         if return_gates:
             out["gates"] = torch.cat(gates, dim=-1).view(b, k, self.num_scales, *size).flip(2)
         return out
+
+    def _voxel_stage(self, queries: tuple[Tensor, Tensor], layers: list[tuple[Tensor, Tensor]], voxel: Tensor,
+                     experts: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Router, fusion and heads on n voxels: (B, K, n) logits and the (B, K, S, n) float32 gates."""
+        g = self.router.gates(queries, voxel)
+        fused = fuse_scales(g.to(experts[0].dtype), experts)  # (B, K, C, n)
+        return self.heads.run(layers, fused), g
+
+    def _voxel_chunking(self, device: torch.device, per_voxel: int, n_voxels: int) -> tuple[int, bool]:
+        """Voxels per chunk of the per-voxel stage, and whether each chunk's forward is recomputed in the
+        backward (gradients on and the patch above :attr:`chunk_elements`).
+
+        Args:
+            device: where the stage runs (the CPU adds its cache-sized chunks, :attr:`cpu_chunk_elements`).
+            per_voxel: elements of the fused (B, K, C, n) tensor per voxel, B * K * C.
+            n_voxels: voxels of the patch at the fusion resolution.
+        """
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return n_voxels, False  # a traced graph is one pass: chunking changes memory and speed, not values
+        limits = [self.chunk_elements] if self.chunk_elements else []
+        if device.type == "cpu" and self.cpu_chunk_elements:
+            limits.append(self.cpu_chunk_elements * (1 if torch.get_num_threads() == 1 else 4))
+        if not limits:
+            return n_voxels, False
+        over_budget = bool(self.chunk_elements) and per_voxel * n_voxels > self.chunk_elements
+        return min(n_voxels, max(1, min(limits) // per_voxel)), over_budget and torch.is_grad_enabled()
 
     def forward(self, volume: Tensor, prompts: list[str] | None = None, *, text_emb: Tensor | None = None,
                 return_dict: bool = False) -> Tensor | dict[str, Tensor]:
