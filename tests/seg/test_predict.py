@@ -140,6 +140,35 @@ def test_overlapping_windows_stitch_to_the_direct_pass_of_a_voxelwise_model():
     torch.testing.assert_close(stitched, torch.sigmoid(model(x, text_emb=emb))[0], atol=1e-5, rtol=0)
 
 
+def test_windows_blended_in_slabs_on_their_device_equal_windows_copied_one_by_one(monkeypatch):
+    """Windows running on another device than the stitched volume (a GPU and the CPU) are blended there in
+    slabs that fit the memory budget, then copied once per slab; here the CPU is made to count as both."""
+    import medmoe.seg.predict as predict
+
+    model = BandModel(roi_size=(32, 32, 32)).eval()  # smoothed: a voxel's windows disagree near their edges
+    x = _volume((70, 45, 40), seed=1)
+    emb = model.embed_prompts(["liver", "bone", "fat"])
+    one_by_one = sliding_window_probabilities(model, x[0], emb, (32, 32, 32), overlap=0.5)
+    plans = []
+    plan = predict.stitch_buffer
+    monkeypatch.setattr(predict, "stitch_buffer", lambda *args: plans.append(plan(*args)) or plans[-1])
+    monkeypatch.setattr(predict, "_same_device", lambda a, b: False)
+    two_rows = 4 * 3 * 45 * 40 * (32 + 16)  # float32, K = 3, across the longest axis, 2 rows of windows deep
+    slabs = sliding_window_probabilities(model, x[0], emb, (32, 32, 32), overlap=0.5, buffer_bytes=two_rows)
+    assert plans == [(2, 0)]
+    torch.testing.assert_close(slabs, one_by_one, atol=1e-6, rtol=0)
+
+
+def test_stitch_buffer_fits_the_budget_or_is_not_used():
+    from medmoe.seg.predict import stitch_buffer
+
+    row = 4 * 3 * 45 * 40 * 32  # one row of windows across the 70-voxel axis, K = 3
+    assert stitch_buffer((70, 45, 40), (32, 32, 32), 0.5, 3, row - 1) is None
+    assert stitch_buffer((70, 45, 40), (32, 32, 32), 0.5, 3, row) == (1, 0)
+    assert stitch_buffer((70, 45, 40), (32, 32, 32), 0.5, 3, 10 * row) == (4, 0)  # the whole volume: 4 rows
+    assert stitch_buffer((20, 20, 50), (32, 32, 32), 0.25, 1, 4 * 32 * 32 * 32) == (1, 2)  # padded to the window
+
+
 def test_mome_nano_sliding_window_equals_its_direct_pass(nano):
     model = nano[0].eval()
     x = _volume((32, 32, 32), seed=2)

@@ -3,8 +3,8 @@
 Pipeline: read (HU) -> RAS -> resample to the model's training spacing (twice as coarse with ``fast=True``)
 -> HU window -> edge-padding of axes thinner than the training window -> MONAI sliding-window inference
 with the prompt embeddings passed through as ``text_emb=`` (gaussian blending; windows run on ``device``,
-under bf16/fp16 autocast on a GPU, the stitched volume stays on ``output_device`` so memory is bounded by
-one volume of K probabilities) -> sigmoid -> padding cropped -> probabilities resampled back to the input
+under bf16/fp16 autocast on a GPU, and are blended there in slabs of windows that fit a memory budget; the
+stitched volume stays on ``output_device`` so memory is bounded by one volume of K probabilities) -> sigmoid -> padding cropped -> probabilities resampled back to the input
 grid (linear, clamped at the edges) -> threshold -> post-processing (largest component for organs, lesions
 inside their organ) on the input grid -> per-class statistics (volume, mean HU).
 """
@@ -47,6 +47,7 @@ from medmoe.seg.transforms import HU_WINDOW
 logger = logging.getLogger(__name__)
 
 FAST_FACTOR = 2.0
+STITCH_BUFFER_BYTES = 2 << 30  # float32 slab of K-class window outputs blended on the GPU before each copy
 DEFAULT_OVERLAP = 0.5
 FAST_OVERLAP = 0.25
 
@@ -221,10 +222,33 @@ def pad_to_window(image: Tensor, roi_size: Sequence[int], mode: str = "edge") ->
     return padded, tuple(slice(b, b + s) for b, s in zip(before, shape))
 
 
+def stitch_buffer(image_size: Sequence[int], roi_size: Sequence[int], overlap: float, classes: int,
+                  budget_bytes: int) -> tuple[int, int] | None:
+    """How MONAI's sliding window can blend windows on their device before copying them out: ``(buffer_steps,
+    buffer_dim)``, a slab across the volume's longest axis as many rows of windows thick as fit
+    ``budget_bytes`` of K-class float32 outputs; None when one row does not fit.
+
+    Without a buffer every window's (K, *roi) output is copied to the output device as soon as it is
+    computed, waiting for the GPU each time, and blended there (on the CPU: about 8 windows per voxel at
+    overlap 0.5); with one the GPU blends a slab and the CPU adds each slab once.
+    """
+    size = [max(int(s), int(r)) for s, r in zip(image_size, roi_size)]
+    dim = int(np.argmax(size))
+    roi = int(roi_size[dim])
+    interval = roi if roi == size[dim] else max(int(roi * (1 - overlap)), 1)  # MONAI's scan interval
+    slice_bytes = 4 * classes * int(np.prod(size)) // size[dim]
+    rows = 1 + -(-(size[dim] - roi) // interval)
+    steps = 0
+    while steps < rows and slice_bytes * min(size[dim], roi + steps * interval) <= budget_bytes:
+        steps += 1
+    return (steps, dim) if steps else None
+
+
 def sliding_window_probabilities(model: nn.Module, image: Tensor, text_emb: Tensor, roi_size: Sequence[int], *,
                                  overlap: float = 0.5, sw_batch_size: int = 1, device: torch.device | str | None = None,
                                  output_device: torch.device | str = "cpu", mode: str = "gaussian",
-                                 progress: bool = False, amp_dtype: torch.dtype | None = None) -> Tensor:
+                                 progress: bool = False, amp_dtype: torch.dtype | None = None,
+                                 buffer_bytes: int = STITCH_BUFFER_BYTES) -> Tensor:
     """Stitched sigmoid probabilities of one preprocessed volume.
 
     Args:
@@ -236,6 +260,8 @@ def sliding_window_probabilities(model: nn.Module, image: Tensor, text_emb: Tens
         output_device: where the stitched (K, X, Y, Z) volume lives (CPU keeps GPU memory bounded).
         amp_dtype: run the windows under autocast to this dtype (bf16/fp16 on a GPU); logits are
             stitched in fp32.
+        buffer_bytes: when windows run on another device than ``output_device``, blend them there in slabs
+            of at most this many bytes before copying (:func:`stitch_buffer`).
 
     Returns:
         (K, X, Y, Z) float32 probabilities on ``output_device``.
@@ -243,6 +269,9 @@ def sliding_window_probabilities(model: nn.Module, image: Tensor, text_emb: Tens
     x = image if image.ndim == 5 else image[None]
     x = x.as_tensor() if isinstance(x, MetaTensor) else x
     device = torch.device(device) if device is not None else _model_device(model)
+    output_device = torch.device(output_device)
+    buffer = (None if _same_device(device, output_device)
+              else stitch_buffer(x.shape[2:], roi_size, overlap, text_emb.shape[0], buffer_bytes))
 
     def predictor(window: Tensor, text_emb: Tensor) -> Tensor:
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -252,7 +281,8 @@ def sliding_window_probabilities(model: nn.Module, image: Tensor, text_emb: Tens
     with torch.no_grad():
         logits = sliding_window_inference(
             x.float(), roi_size=tuple(int(r) for r in roi_size), sw_batch_size=sw_batch_size, predictor=predictor,
-            overlap=overlap, mode=mode, sw_device=device, device=torch.device(output_device), progress=progress,
+            overlap=overlap, mode=mode, sw_device=device, device=output_device, progress=progress,
+            buffer_steps=buffer[0] if buffer else None, buffer_dim=buffer[1] if buffer else -1,
             text_emb=text_emb.to(device),
         )
     return torch.sigmoid_(logits[0].float())
