@@ -30,7 +30,7 @@ class ShardBreakingTask(AlignTask):
 
 mode, out = sys.argv[1], Path(sys.argv[2])
 common = dict(batch_size=2, lr=2e-3, warmup_steps=1, device="cpu", workers=0, progress=False, amp="off",
-              dist_timeout=1.0)
+              dist_timeout=3.0)
 if mode == "validate":
     config = AlignTaskConfig(data=str(out / "train"), model="medmoe-nano", overrides=dict(TINY), val_data=str(out / "val"),
                              val_split="train", val_max=1000)

@@ -20,9 +20,9 @@ root = Path(sys.argv[1])
 node = root / f"node{os.environ['GROUP_RANK']}"
 node.mkdir(exist_ok=True)
 os.chdir(node)
-run_training(ToyTask(), train_args("run", "--steps", "2", "--dist-timeout", "1"))
+run_training(ToyTask(), train_args("run", "--steps", "2"))
 try:
-    run_training(ToyTask(), train_args("run", "--steps", "4", "--resume", "latest", "--dist-timeout", "1"))
+    run_training(ToyTask(), train_args("run", "--steps", "4", "--resume", "latest"))
     outcome = {"error": None}
 except InvalidInputError as err:
     outcome = {"error": str(err)}
