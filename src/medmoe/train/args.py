@@ -63,7 +63,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                    help="torch.compile backend: inductor (default), aot_eager, eager (debugging), ...")
     g.add_argument("--dist-timeout", type=float, default=d.dist_timeout, metavar="MINUTES",
                    help="under torchrun: minutes before a collective that some rank never joins stops every rank "
-                        "(NCCL's watchdog; the default NCCL would use is 10)")
+                        "(default %(default)g; NCCL's own default is 10)")
     g.add_argument("--resume", metavar="latest|PATH",
                    help="continue from the newest complete checkpoint in RUN_DIR (latest) or from PATH")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
