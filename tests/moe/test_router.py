@@ -11,6 +11,7 @@ from medmoe.moe import (
     Router,
     SoftUsage,
     confusion_matrix,
+    expert_counts,
     expert_usage,
     load_balance_loss,
     route_agreement,
@@ -21,6 +22,7 @@ from medmoe.moe import (
     select_experts,
     soft_load_balance_loss,
 )
+from medmoe.train.host_reads import HostReadCounter
 
 
 def test_gating_kinds():
@@ -39,6 +41,38 @@ def test_router_softmax_is_float32_under_half_inputs():
     router = Router(8, 4).to(torch.bfloat16)
     out = router(torch.randn(3, 8, dtype=torch.bfloat16))
     assert out.logits.dtype == torch.float32 and out.probs.dtype == torch.float32
+
+
+@pytest.mark.parametrize("hidden_dim", [0, 16])
+def test_router_logits_under_bf16_autocast_are_the_float32_logits(hidden_dim):
+    torch.manual_seed(0)
+    router = Router(32, 6, hidden_dim=hidden_dim)
+    x = torch.randn(10, 32)
+    expected = router(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = router(x)
+    assert got.logits.dtype == got.probs.dtype == torch.float32
+    assert torch.allclose(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got.expert_index, expected.expert_index)
+
+
+def test_router_losses_and_usage_read_nothing_back_to_the_host():
+    logits = torch.randn(8, 4, requires_grad=True)
+    probs = logits.softmax(-1)
+    index = logits.argmax(-1)
+    with HostReadCounter() as reads:
+        losses = [load_balance_loss(probs, index[:, None]), router_ce_loss(logits, torch.tensor([0, 1, -100] * 2 + [3, 2])),
+                  router_ce_loss(logits, torch.full((8,), -100)), router_distillation_loss(logits, index)]
+        usage = expert_usage(index, 4)
+        torch.autograd.grad(sum(losses), logits)
+    assert reads.total == 0, reads.calls
+    assert torch.allclose(usage, torch.bincount(index, minlength=4).float() / 8)
+
+
+def test_expert_counts_count_each_slot_once_and_skip_indices_out_of_range():
+    index = torch.tensor([[0, 2], [2, 2], [5, -1], [1, 0]])
+    assert expert_counts(index, 3).tolist() == [2, 1, 3]
+    assert expert_counts(torch.zeros(0, 1, dtype=torch.long), 3).tolist() == [0, 0, 0]
 
 
 def test_jitter_only_in_training():
@@ -74,6 +108,9 @@ def test_router_ce_is_on_logits_not_probabilities():
     double_softmax = F.cross_entropy(logits.softmax(-1), labels, ignore_index=-100)
     assert not torch.allclose(router_ce_loss(logits, labels), double_softmax)
     assert float(router_ce_loss(logits, torch.full((6,), -100))) == 0.0
+    unlabelled = router_ce_loss(logits.requires_grad_(), torch.full((6,), -100))
+    unlabelled.backward()  # 0 with the graph kept
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 def test_distillation_trains_the_student_towards_the_route_taken():

@@ -61,7 +61,7 @@ class RoutedImageEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pyramid = self.backbone(images)
-        probs = self.router.net(pyramid.pooled).float().softmax(dim=-1)  # as select_experts: fp32 softmax
+        probs = self.router.logits(pyramid.pooled).softmax(dim=-1)  # as select_experts: fp32 softmax
         top, index = probs.max(dim=-1)
         features = tuple(pyramid.features)
         outputs = torch.stack([self._expert_if_chosen(e, (index == e).any(), features)

@@ -17,6 +17,7 @@ from medmoe.moe.router import Router, RouterOutput, select_experts, straight_thr
 from medmoe.moe.stats import (
     SoftUsage,
     confusion_matrix,
+    expert_counts,
     expert_usage,
     route_agreement,
     routing_agreement,
@@ -24,8 +25,8 @@ from medmoe.moe.stats import (
 )
 
 __all__ = [
-    "MoELayer", "MoEOutput", "Router", "RouterOutput", "SoftUsage", "confusion_matrix", "dense_dispatch", "expert_usage",
-    "load_balance_loss", "route_agreement", "router_ce_loss", "router_distillation_loss", "routing_agreement",
+    "MoELayer", "MoEOutput", "Router", "RouterOutput", "SoftUsage", "confusion_matrix", "dense_dispatch", "expert_counts",
+    "expert_usage", "load_balance_loss", "route_agreement", "router_ce_loss", "router_distillation_loss", "routing_agreement",
     "routing_entropy", "select_experts", "soft_load_balance_loss", "sparse_dispatch",
     "straight_through_gate",
 ]

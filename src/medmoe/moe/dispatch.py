@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from medmoe.errors import InvalidInputError
+from medmoe.moe.stats import expert_counts
 
 Inputs = Tensor | Sequence[Tensor]
 
@@ -71,11 +72,10 @@ def _out_of_range_error(flat_expert: Tensor, num_experts: int) -> InvalidInputEr
 def _expert_counts(flat_expert: Tensor, num_experts: int) -> list[int]:
     """Slots routed to each expert, read to the host in the dispatch's only synchronisation.
 
-    Counting by comparison with ``arange(K)`` (not ``bincount``, which synchronises once more on CUDA to size
-    its output) also checks the range: an index outside ``[0, K)`` matches no expert, so the counts fall short.
+    :func:`~medmoe.moe.stats.expert_counts` also checks the range: an index outside ``[0, K)`` matches no
+    expert, so the counts fall short (and only then is the index read again, for the error message).
     """
-    hits = flat_expert.unsqueeze(1) == torch.arange(num_experts, device=flat_expert.device)
-    counts = hits.sum(dim=0).tolist()
+    counts = expert_counts(flat_expert, num_experts).tolist()
     if sum(counts) != flat_expert.numel():
         raise _out_of_range_error(flat_expert, num_experts)
     return counts

@@ -3,17 +3,22 @@
 Both tasks take theirs from here: MedMoE's top-1 routers (:func:`load_balance_loss`, :func:`router_ce_loss`,
 :func:`router_distillation_loss`) and MoME's soft per-voxel gate over decoder scales
 (:func:`soft_load_balance_loss`).
+
+Every loss runs in float32 under autocast (:func:`~medmoe.moe.precision.full_precision`) and reads nothing
+back to the host, so a training step pays no device synchronisation for them.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from medmoe.errors import InvalidInputError
+from medmoe.moe.precision import full_precision
+from medmoe.moe.stats import expert_counts
 
 
+@full_precision
 def load_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
     """Switch Transformer load balance: ``K * sum_e f_e * P_e``.
 
@@ -28,11 +33,12 @@ def load_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
         Scalar loss, in ``[1, K]`` for top-1 routing.
     """
     num_experts = probs.shape[-1]
-    counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).to(probs.dtype)
+    counts = expert_counts(expert_index, num_experts).to(probs.dtype)
     fraction = counts / counts.sum().clamp_min(1)
     return num_experts * (fraction * probs.mean(dim=0)).sum()
 
 
+@full_precision
 def soft_load_balance_loss(usage: Tensor) -> Tensor:
     """The soft-gate variant of :func:`load_balance_loss`: ``K * sum_e u_e ** 2``.
 
@@ -51,6 +57,7 @@ def soft_load_balance_loss(usage: Tensor) -> Tensor:
     return usage.numel() * usage.pow(2).sum()
 
 
+@full_precision
 def router_ce_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
     """Cross-entropy of router **logits** against expert labels (e.g. modality ids).
 
@@ -64,11 +71,13 @@ def router_ce_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> 
     """
     if labels.shape != logits.shape[:1]:
         raise InvalidInputError(f"labels must be (N,) = {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
-    if not (labels != ignore_index).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+    # the mean over labelled rows, as a sum over them divided by their count (at least 1): no host read
+    # decides whether any row is labelled, and with none the sum is 0 and keeps the graph
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp_min(1)
 
 
+@full_precision
 def router_distillation_loss(student_logits: Tensor, taken: Tensor) -> Tensor:
     """Train a student router (e.g. the image router) to predict the route that was actually taken.
 

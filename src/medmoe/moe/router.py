@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from medmoe.devices import autocast_off
 from medmoe.errors import InvalidInputError
 
 Gating = Literal["top1", "topk", "soft"]
@@ -106,6 +107,9 @@ class Router(nn.Module):
         gate: ``probability`` (Switch) or ``straight_through`` (top1 only); see :func:`select_experts`.
         jitter: multiplicative input noise U(1 - jitter, 1 + jitter), applied only in training (Switch).
 
+    The router runs in its parameters' precision (float32 in mixed-precision training) with autocast off,
+    as the Switch Transformer keeps its routers: under bf16 / fp16 autocast its logits are those of float32.
+
     Shapes:
         x: (N, in_dim) -> RouterOutput with (N, K) logits.
 
@@ -142,9 +146,15 @@ class Router(nn.Module):
         else:
             self.net = nn.Linear(in_dim, num_experts)
 
+    def logits(self, x: Tensor) -> Tensor:
+        """(N, K) float32 logits of (N, in_dim) inputs: the net in its parameters' dtype, autocast off."""
+        with autocast_off(x):
+            return self.net(x.to(next(self.net.parameters()).dtype)).float()
+
     def forward(self, x: Tensor) -> RouterOutput:
         if x.dim() != 2:
             raise InvalidInputError(f"router input must be (N, in_dim), got shape {tuple(x.shape)}")
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        return select_experts(self.net(x), self.gating, self.top_k, self.gate)
+        with autocast_off(x):
+            return select_experts(self.logits(x), self.gating, self.top_k, self.gate)

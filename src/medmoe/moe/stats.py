@@ -10,15 +10,30 @@ from torch import Tensor
 from medmoe.errors import InvalidInputError
 
 
+def expert_counts(expert_index: Tensor, num_experts: int) -> Tensor:
+    """(K,) long: the routing slots that went to each expert, on ``expert_index``'s device, with no host read.
+
+    Counted by comparison with ``arange(K)``, not ``bincount`` (which reads the largest index back to the host
+    to size its output on CUDA); an index outside ``[0, K)`` matches no expert and is not counted.
+
+    Args:
+        expert_index: (N,) or (N, k) long, the chosen experts.
+        num_experts: K.
+    """
+    experts = torch.arange(num_experts, device=expert_index.device)
+    return (expert_index.reshape(-1, 1) == experts).sum(dim=0)
+
+
 def expert_usage(expert_index: Tensor, num_experts: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
-    """(K,) fraction of routing slots that went to each expert of a hard routing, on ``expert_index``'s device.
+    """(K,) fraction of routing slots that went to each expert of a hard routing, on ``expert_index``'s device
+    (no host read).
 
     Args:
         expert_index: (N,) or (N, k) long, the chosen experts.
         num_experts: K.
         dtype: of the result (float64 keeps a report's fractions exact to print).
     """
-    counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).to(dtype)
+    counts = expert_counts(expert_index, num_experts).to(dtype)
     return counts / counts.sum().clamp_min(1)
 
 
