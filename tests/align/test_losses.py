@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 from medmoe.align.losses import global_contrastive_loss, local_contrastive_loss, local_similarity
 from medmoe.errors import InvalidInputError
+from medmoe.moe import load_balance_loss, router_ce_loss, router_distillation_loss
+from medmoe.train.host_reads import HostReadCounter
 
 
 def gloria_by_the_equations(regions, words, lengths, t1, t2, t3):
@@ -57,13 +59,29 @@ def test_local_loss_matches_a_direct_transcription_of_the_paper(temps):
     assert chunked.item() == pytest.approx(expected, rel=1e-9)
 
 
-def test_local_loss_leaves_out_reports_without_words():
+def test_local_loss_leaves_out_reports_without_words_without_reading_the_device():
     g = torch.Generator().manual_seed(1)
-    local, words = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 2, 4, generator=g)
-    mask = torch.tensor([[True, True], [False, False], [True, False]])
-    kept = local_contrastive_loss(local[[0, 2]], words[[0, 2]], mask[[0, 2]])
-    assert torch.allclose(local_contrastive_loss(local, words, mask), kept)
-    assert torch.isfinite(kept)
+    local = torch.randn(4, 4, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    words = torch.randn(4, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, True, False], [False, False, False], [True, False, False], [False, False, False]])
+    kept_rows = [0, 2]
+    kept = local_contrastive_loss(local[kept_rows], words[kept_rows], mask[kept_rows])
+    kept_grads = torch.autograd.grad(kept, (local, words))
+    with HostReadCounter() as reads:
+        loss = local_contrastive_loss(local, words, mask)
+        grads = torch.autograd.grad(loss, (local, words))
+    assert reads.total == 0, reads.calls
+    assert torch.isfinite(kept) and loss.item() == pytest.approx(kept.item(), rel=1e-12, abs=1e-12)
+    for grad, kept_grad in zip(grads, kept_grads):
+        assert torch.isfinite(grad).all()
+        assert torch.allclose(grad, kept_grad, rtol=1e-10, atol=1e-12)  # zero for the pairs left out
+
+
+def test_local_loss_of_reports_without_any_word_is_zero_and_keeps_the_graph():
+    local = torch.randn(3, 4, 2, 2, requires_grad=True)
+    loss = local_contrastive_loss(local, torch.randn(3, 2, 4), torch.zeros(3, 2, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(local.grad, torch.zeros_like(local))
 
 
 def test_global_loss_is_symmetric_infonce():
@@ -160,3 +178,28 @@ def test_alignment_loss_keeps_its_keys_when_a_term_has_nothing_to_do():
         AlignLossWeights(distill_loss_weight=-1.0)
     with pytest.raises(InvalidInputError, match="with the reports"):
         alignment_loss({"image_embeds": torch.zeros(2, 4)})
+
+
+def _loss_terms(out):
+    """Each of MedMoE's loss terms computed from a forward dict (unweighted)."""
+    labels = torch.tensor([0, 3, -100, 1])
+    return {
+        "global": lambda: global_contrastive_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"],
+                                                  gather=lambda x: x),
+        "local": lambda: local_contrastive_loss(out["local_features"], out["word_features"], out["word_mask"]),
+        "router_ce": lambda: router_ce_loss(out["router_logits"], labels),
+        "balance": lambda: load_balance_loss(out["router_probs"], out["expert_index"][:, None]),
+        "distill": lambda: router_distillation_loss(out["image_router_logits"], out["expert_index"]),
+    }
+
+
+@pytest.mark.parametrize("term", ["global", "local", "router_ce", "balance", "distill"])
+def test_each_loss_term_is_computed_in_float32_under_bf16_autocast(term):
+    out = _forward_outputs()
+    out["word_mask"][1, 2:] = False
+    loss = _loss_terms(out)[term]
+    expected = loss()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss()
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got.item(), expected.item())

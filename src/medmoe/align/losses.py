@@ -2,7 +2,9 @@
 
 The terms: global InfoNCE over ranks, GLoRIA's local word-region loss, and the router losses of the shared
 MoE core (Switch balance, modality cross-entropy, distillation of the image router). Their weights are
-the training task's (:class:`AlignLossWeights`, the loss fields of ``AlignTaskConfig``), not the model's::
+the training task's (:class:`AlignLossWeights`, the loss fields of ``AlignTaskConfig``), not the model's.
+Each term runs in float32 under autocast, on inputs promoted to at least float32
+(:func:`~medmoe.moe.precision.full_precision`), and none reads a tensor back to the host::
 
     out = model(images, reports, modality=modality)
     losses = alignment_loss(out, AlignLossWeights(distill_loss_weight=0.5), modality=modality,
@@ -25,13 +27,9 @@ from medmoe.align.routing import IGNORE, clean_modality_labels
 from medmoe.distributed import gather_with_grad
 from medmoe.errors import InvalidInputError
 from medmoe.moe import load_balance_loss, router_ce_loss, router_distillation_loss
+from medmoe.moe.precision import full_precision
 
 Gather = Callable[[Tensor], Tensor]
-
-
-def _at_least_fp32(x: Tensor) -> Tensor:
-    """Losses run in float32 under autocast (half inputs), and keep float64 inputs exact."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _scale_grad(x: Tensor, factor: float) -> Tensor:
@@ -41,6 +39,7 @@ def _scale_grad(x: Tensor, factor: float) -> Tensor:
     return x * factor - x.detach() * (factor - 1)
 
 
+@full_precision
 def global_contrastive_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor | float, *,
                             gather: Gather = gather_with_grad) -> Tensor:
     """Symmetric InfoNCE between image and text embeddings of the global batch.
@@ -69,11 +68,12 @@ def global_contrastive_loss(image_embeds: Tensor, text_embeds: Tensor, logit_sca
     ranks = images.shape[0] // max(image_embeds.shape[0], 1)
     # Only the local rows of a gathered tensor carry a gradient, so scaling the whole tensor scales theirs.
     images, texts = _scale_grad(images, ranks), _scale_grad(texts, ranks)
-    logits = logit_scale * _at_least_fp32(images) @ _at_least_fp32(texts).t()
+    logits = logit_scale * images @ texts.t()
     target = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
+@full_precision
 def word_region_attention(words: Tensor, word_mask: Tensor, regions: Tensor, temp1: float) -> Tensor:
     """GLoRIA's attention of each word over the image regions, for every (report, image) pair.
 
@@ -95,6 +95,7 @@ def word_region_attention(words: Tensor, word_mask: Tensor, regions: Tensor, tem
     return (scores * temp1).softmax(dim=3)
 
 
+@full_precision
 def local_similarity(words: Tensor, word_mask: Tensor, regions: Tensor, temp1: float = 4.0,
                      temp2: float = 5.0, chunk: int = 0) -> Tensor:
     """GLoRIA's local image-report score Z for every pair.
@@ -127,6 +128,7 @@ def local_similarity(words: Tensor, word_mask: Tensor, regions: Tensor, temp1: f
     return torch.cat(columns, dim=0).t()
 
 
+@full_precision
 def local_contrastive_loss(local_features: Tensor, words: Tensor, word_mask: Tensor,
                            temperatures: tuple[float, float, float] = (4.0, 5.0, 10.0), chunk: int = 0) -> Tensor:
     """GLoRIA's local loss: symmetric cross-entropy over ``temp3 * Z`` on this rank's batch.
@@ -144,15 +146,30 @@ def local_contrastive_loss(local_features: Tensor, words: Tensor, word_mask: Ten
             f"local_features must be (B, D, h, w) with the words' B; got {tuple(local_features.shape)} and {tuple(words.shape)}"
         )
     temp1, temp2, temp3 = temperatures
-    keep = word_mask.any(dim=1)
-    if not bool(keep.all()):
-        local_features, words, word_mask = local_features[keep], words[keep], word_mask[keep]
     if words.shape[0] == 0:
         return local_features.sum() * 0.0
-    regions = _at_least_fp32(local_features.flatten(2).transpose(1, 2))  # (B, R, D)
-    scores = temp3 * local_similarity(_at_least_fp32(words), word_mask, regions, temp1, temp2, chunk)
+    regions = local_features.flatten(2).transpose(1, 2)  # (B, R, D)
+    scores = temp3 * local_similarity(words, word_mask, regions, temp1, temp2, chunk)
+    return _paired_cross_entropy(scores, keep=word_mask.any(dim=1))
+
+
+def _paired_cross_entropy(scores: Tensor, keep: Tensor) -> Tensor:
+    """(CE(rows) + CE(columns)) / 2 of a (B, B) score matrix whose pair b is (row b, column b), over the
+    pairs ``keep`` holds only, with no host read.
+
+    Equal to the loss of the matrix cut to the kept rows and columns: the other entries (-inf in the columns
+    of reports without words) are set to the dtype's lowest finite value, whose ``exp`` underflows to exactly
+    0 next to any kept score, and the terms of the other pairs weigh 0. With every entry finite, each
+    cross-entropy term is finite and so is its gradient.
+    """
+    pair = keep[:, None] & keep[None, :]
+    scores = scores.masked_fill(~pair, torch.finfo(scores.dtype).min)
     target = torch.arange(scores.shape[0], device=scores.device)
-    return (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
+    weight = keep.to(scores.dtype)
+    count = weight.sum().clamp_min(1)
+    rows = (F.cross_entropy(scores, target, reduction="none") * weight).sum() / count
+    columns = (F.cross_entropy(scores.t(), target, reduction="none") * weight).sum() / count
+    return (rows + columns) / 2
 
 
 @dataclass(kw_only=True)
