@@ -69,3 +69,28 @@ def test_cached_text_under_bf16_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.rand(3, 3, 64, 64), REPORTS[:3])
     assert out["text_embeds"].shape[0] == 3 and torch.isfinite(out["text_embeds"].float()).all()
+
+
+def test_new_reports_of_a_batch_are_encoded_together_and_cached_independently_of_the_batch():
+    """A report's cached output is what it gets encoded alone (a resumed run meets its reports in other
+    batches), while the batch's new reports share the text tower's calls."""
+    from testkit.align import REPORTS as OTHERS
+
+    reports = list(dict.fromkeys([*REPORTS[:9], "MRI brain: no acute lesion.", "Knee MRI: torn meniscus.", *OTHERS]))
+    model = tiny_model(text=FROZEN["text"]).eval()
+    model.enable_text_cache()
+    calls = []
+    hook = model.text.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    with torch.no_grad():
+        model.encode_text(reports)
+    hook.remove()
+    assert sorted(model._text_cache) == sorted(reports)
+    assert 0 < len(calls) < len(reports)
+    alone = tiny_model(text=FROZEN["text"]).eval()
+    alone.enable_text_cache()
+    for report in reports:
+        with torch.no_grad():
+            alone.encode_text([report])
+        sentence, words, word_text = model._text_cache[report]
+        assert word_text == alone._text_cache[report][2]
+        assert torch.equal(sentence, alone._text_cache[report][0]) and torch.equal(words, alone._text_cache[report][1])

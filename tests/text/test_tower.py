@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,3 +90,34 @@ def test_save_assets_reload_from_directory(tmp_path):
     again = TextTower(TextConfig(model=str(tmp_path / "text")), load_pretrained=False)
     again.load_state_dict(tower.state_dict())
     torch.testing.assert_close(again(["pleural effusion"]).sentence, tower(["pleural effusion"]).sentence)
+
+
+SAME_LENGTH = [f"Finding number {i}: small opacity in segment {i % 7}." for i in range(10)]
+MIXED_LENGTHS = ["MRI brain: no acute lesion.", "CT abdomen: 4 mm nodule in the left lobe.", "Normal study.",
+                 "Chest radiograph: mild cardiomegaly, no effusion.", "CT: no nodule.", "Knee MRI: torn meniscus.",
+                 "Normal study."]
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "minilm"])
+def test_encode_each_gives_every_text_the_encoding_it_gets_alone_bit_for_bit_in_few_calls(model):
+    from collections import Counter
+
+    from medmoe.text.tower import EACH_ROWS
+
+    torch.manual_seed(0)
+    tower = TextTower(TextConfig(model=model, freeze="all")).eval()
+    texts = [*SAME_LENGTH[:6], *MIXED_LENGTHS, *SAME_LENGTH[6:]]
+    lengths = tower.token_lengths(texts)
+    assert max(Counter(lengths).values()) > EACH_ROWS  # one length fills more than one call
+    rows_per_call: list[int] = []
+    hook = tower.register_forward_hook(lambda module, args, out: rows_per_call.append(len(args[0])))
+    with torch.no_grad():
+        each = tower.encode_each(texts)
+    hook.remove()
+    assert len(rows_per_call) == sum(math.ceil(n / EACH_ROWS) for n in Counter(lengths).values()) < len(texts)
+    assert set(rows_per_call) == {EACH_ROWS}  # every call has the same number of rows
+    for text, (sentence, words, word_text) in zip(texts, each):
+        with torch.no_grad():
+            alone_sentence, alone_words, alone_word_text = tower.encode_each([text])[0]
+        assert word_text == alone_word_text == tower([text]).word_text[0]
+        assert torch.equal(sentence, alone_sentence) and torch.equal(words, alone_words)

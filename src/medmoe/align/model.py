@@ -123,10 +123,11 @@ class MedMoE(PretrainedMixin, nn.Module):
         """Remember the frozen text tower's output per report (training on a fixed corpus re-reads it).
 
         Entries are kept on the CPU in float16 (sentence + word features: ``(1 + words) x width x 2`` bytes a
-        report), so the cache costs host memory, not accelerator memory. A report met in training is encoded
-        on its own (no padding), so its cached output does not depend on the batch it first appeared in and a
-        resumed run computes exactly what an uninterrupted one did; :meth:`warm_text_cache` fills it in
-        batches up front. The cache is not part of the saved model.
+        report), so the cache costs host memory, not accelerator memory. The reports of a batch missing from
+        the cache are encoded together by :meth:`TextTower.encode_each`, which computes each report's outputs
+        from that report alone (grouped by token length, in calls of a fixed shape), so its cached output does
+        not depend on the batch it first appeared in and a resumed run computes exactly what an uninterrupted
+        one did; :meth:`warm_text_cache` fills it in batches up front. The cache is not part of the saved model.
 
         Raises:
             InvalidInputError: the text tower is not frozen (its output changes while training).
@@ -180,11 +181,11 @@ class MedMoE(PretrainedMixin, nn.Module):
         if self._text_cache is None:
             return self.text(list(reports))
         cache = self._text_cache
-        for report in dict.fromkeys(reports):
-            if report not in cache:
-                with torch.no_grad():
-                    one = self.text([report])
-                self._store(report, one.sentence[0], one.words[0, : len(one.word_text[0])], one.word_text[0])
+        missing = [r for r in dict.fromkeys(reports) if r not in cache]
+        if missing:
+            with torch.no_grad():
+                for report, encoded in zip(missing, self.text.encode_each(missing)):
+                    self._store(report, *encoded)
         entries = [cache[r] for r in reports]
         device = self.image_proj.weight.device  # the cache lives on the CPU; the model may not
         dtype = self.image_proj.weight.dtype

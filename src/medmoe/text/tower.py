@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 POOLINGS = ("auto", "mean", "cls", "eos")
 
+#: texts per call of :meth:`TextTower.encode_each` (a fixed count, so that a call's shapes depend on the
+#: token length alone)
+EACH_ROWS = 8
+
 
 @dataclass
 class TextOutput:
@@ -192,11 +196,44 @@ class TextTower(nn.Module):
             if self.config.projection:
                 sentence = self.encoder.text_projection(sentence)
                 word_states = self.encoder.text_projection(word_states)
-        max_words = max(1, max(len(set(w for w in enc.word_ids(b) if w is not None)) for b in range(len(texts))))
-        assign, word_mask, word_text = word_assignment(enc, list(texts), max_words, self.config.drop_punctuation)
+        # a text has at most one word per token: padding the words to the token count makes the pooling's
+        # shapes those of the tokens, whatever words the other texts of the batch have
+        tokens = enc["input_ids"].shape[1]
+        assign, word_mask, word_text = word_assignment(enc, list(texts), tokens, self.config.drop_punctuation)
         words = torch.bmm(assign.to(word_states), word_states)
-        width = max(1, int(word_mask.sum(1).max()))
+        width = max(1, max(len(w) for w in word_text))
         return TextOutput(sentence, words[:, :width], word_mask[:, :width].to(device), word_text)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """The number of tokens of each text as the tower encodes it (special tokens included, truncated)."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length)["input_ids"]
+        return [len(i) for i in ids]
+
+    def encode_each(self, texts: list[str]) -> list[tuple[Tensor, Tensor, list[str]]]:
+        """Each text's ``(sentence (H,), words (W_b, H), word_text)``, computed so that it depends on that text
+        alone, not on the texts encoded with it.
+
+        A text's outputs can differ in the last bits between a padded batch and its own encoding, and even
+        between batches of different sizes of texts of its own length: the kernel a matmul runs (on the CPU
+        as on CUDA) depends on its shape. So the texts are grouped by token length (equal lengths need no
+        padding) and each group is encoded in calls of exactly :data:`EACH_ROWS` rows, the last one filled
+        with copies of its last text: every call for one token length has the same shapes, and no row's
+        result depends on another row's values. The texts of a length share calls, so a batch of N texts
+        takes fewer than N calls when lengths repeat.
+        """
+        groups: dict[int, list[int]] = {}
+        for i, length in enumerate(self.token_lengths(texts)):
+            groups.setdefault(length, []).append(i)
+        out: list[tuple[Tensor, Tensor, list[str]] | None] = [None] * len(texts)
+        for members in groups.values():
+            for start in range(0, len(members), EACH_ROWS):
+                chunk = members[start:start + EACH_ROWS]
+                rows = [texts[i] for i in chunk]
+                encoded = self(rows + [rows[-1]] * (EACH_ROWS - len(rows)))
+                for b, i in enumerate(chunk):
+                    words = len(encoded.word_text[b])
+                    out[i] = (encoded.sentence[b], encoded.words[b, :words], encoded.word_text[b])
+        return out  # type: ignore[return-value]
 
     def _pool(self, last: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, H) sentence states of (B, L, H) token states under :attr:`pooling`."""
