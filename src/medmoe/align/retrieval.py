@@ -89,7 +89,7 @@ def top_k(queries: Tensor, gallery: Tensor, k: int, *, chunk_size: int = 1024,
         q = queries[q0:q0 + chunk_size]
         for g0 in range(0, gallery.shape[0], chunk_size):
             scores = q @ gallery[g0:g0 + chunk_size].t()
-            idx = torch.arange(g0, g0 + scores.shape[1]).expand_as(scores)
+            idx = torch.arange(g0, g0 + scores.shape[1], device=scores.device).expand_as(scores)
             if best_s is not None:
                 scores, idx = torch.cat([best_s, scores], 1), torch.cat([best_i, idx], 1)
             best_s, pos = scores.topk(min(k, scores.shape[1]), dim=1)
