@@ -261,3 +261,32 @@ def test_torchscript_fallback_is_used_and_recorded_when_dynamo_fails(monkeypatch
     graph = export_onnx(medmoe.load_model(saved), tmp_path / "ts")["graphs"]["mome"]
     assert graph["exporter"] == "torchscript" and "no dynamo today" in graph["dynamo_error"]
     assert graph["parity"]["ok"] and graph["inputs"][0]["shape"] == ["batch", 4]
+
+
+def test_export_gives_the_callers_model_back_as_it_was(monkeypatch, tmp_path):
+    """Exported on the CPU in float32 and eval mode, the model comes back in its own dtype and modes with
+    the same parameter objects (an optimiser holding them keeps working) and its gradients."""
+    torch.manual_seed(0)
+    model = medmoe.create_model("medmoe-nano", **TINY_MEDMOE).train().to(torch.bfloat16)
+    model.image_proj.weight.grad = torch.ones_like(model.image_proj.weight)
+    modes = {name: m.training for name, m in model.named_modules()}
+    assert len(set(modes.values())) == 2  # the frozen text encoder stays in eval mode in a training model
+    params = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    seen = {}
+    x = torch.rand(2, 4)
+
+    def graphs(exported, seed=0):
+        seen["dtypes"] = {p.dtype for p in exported.parameters()}
+        seen["training"] = any(m.training for m in exported.modules())
+        return [Graph("image_encoder", _Scale().eval(), (x,), ["x"], ["y"], {"x": {0: "batch"}}, [])]
+
+    monkeypatch.setattr(export_module, "model_graphs", graphs)
+    export_onnx(model, tmp_path / "exp", check=False)
+    assert seen == {"dtypes": {torch.float32}, "training": False}
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    for name, p in model.named_parameters():
+        original, value = params.pop(name)
+        assert p is original and p.dtype == torch.bfloat16 and torch.equal(p, value), name
+    assert not params
+    assert model.image_proj.weight.grad.dtype == torch.bfloat16
+    assert torch.equal(model.image_proj.weight.grad, torch.ones_like(model.image_proj.weight))

@@ -279,7 +279,8 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | Non
     """Export ``model`` to ONNX in ``out_dir`` and (by default) check every graph with onnxruntime.
 
     Args:
-        model: a MedMoE or MoME (put in eval mode; exported on the CPU in float32).
+        model: a MedMoE or MoME, exported on the CPU in float32 and eval mode and given back as it was (its
+            parameters, gradients and buffers on their devices in their dtypes, each module in its mode).
         out_dir: created if missing.
         name: what to record as the model (a registered name or a directory); default ``model.model_name``.
         overwrite: replace files an earlier export wrote; without it an existing file is an error.
@@ -307,7 +308,42 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | Non
         else:
             p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    model = model.to("cpu").float().eval()
+    with _on_cpu_in_fp32_eval(model):
+        manifest, failed = _export(model, out, name, check, atol, opset, seed)
+    if failed:
+        details = {g: manifest["graphs"][g]["parity"]["max_abs_diff"] for g in failed}
+        raise ExportParityError(f"onnxruntime differs from PyTorch beyond atol={atol} (or in routing) for "
+                                f"{', '.join(failed)}: {details}; files kept in {out} (see {MANIFEST})")
+    return manifest
+
+
+@contextlib.contextmanager
+def _on_cpu_in_fp32_eval(model: nn.Module) -> Iterator[None]:
+    """``model`` on the CPU in float32 and eval mode inside the block; afterwards every parameter, gradient
+    and buffer is back on its device in its dtype and every module in its own mode. The parameter objects
+    stay the same (an optimiser holding them keeps working), as with ``Module.to``."""
+    modes = [(module, module.training) for module in model.modules()]
+    params = [(p, p.device, p.dtype) for p in model.parameters()]
+    buffers = [(module, name, buffer.device, buffer.dtype) for module in model.modules()
+               for name, buffer in module._buffers.items() if buffer is not None]
+    model.to("cpu").float().eval()
+    try:
+        yield
+    finally:
+        for p, device, dtype in params:
+            p.data = p.data.to(device, dtype)
+            if p.grad is not None:
+                p.grad.data = p.grad.data.to(device, dtype)
+        for module, name, device, dtype in buffers:
+            module._buffers[name] = module._buffers[name].to(device, dtype)
+        for module, training in modes:
+            module.training = training
+
+
+def _export(model: nn.Module, out: Path, name: str | None, check: bool, atol: float, opset: int | None,
+            seed: int) -> tuple[dict[str, Any], list[str]]:
+    """Write the graphs, assets and manifest of a CPU float32 ``model``; returns the manifest as written and
+    the graphs whose parity check failed."""
     config, digest = _config_hash(model)
     manifest: dict[str, Any] = {
         "format": "onnx", "model": name or getattr(model, "model_name", None), "model_type": model.model_type,
@@ -338,12 +374,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | Non
     manifest.update(_assets(model, out))
     text = json.dumps(manifest, indent=2) + "\n"
     (out / MANIFEST).write_text(text)
-    manifest = json.loads(text)  # what the file holds (tuples as lists)
-    if failed:
-        details = {g: manifest["graphs"][g]["parity"]["max_abs_diff"] for g in failed}
-        raise ExportParityError(f"onnxruntime differs from PyTorch beyond atol={atol} (or in routing) for "
-                                f"{', '.join(failed)}: {details}; files kept in {out} (see {MANIFEST})")
-    return manifest
+    return json.loads(text), failed  # what the file holds (tuples as lists)
 
 
 def _assets(model: nn.Module, out: Path) -> dict[str, Any]:
