@@ -193,13 +193,25 @@ def _loss_terms(out):
     }
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("term", ["global", "local", "router_ce", "balance", "distill"])
-def test_each_loss_term_is_computed_in_float32_under_bf16_autocast(term):
+def test_each_loss_term_is_computed_in_float32_under_autocast(term, dtype):
     out = _forward_outputs()
     out["word_mask"][1, 2:] = False
     loss = _loss_terms(out)[term]
     expected = loss()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         got = loss()
     assert got.dtype == torch.float32
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got.item(), expected.item())
+
+
+def test_local_loss_of_large_features_stays_finite_under_fp16_autocast():
+    """Word-region dot products of unnormalised features beyond fp16's range (65504) would be inf in fp16."""
+    g = torch.Generator().manual_seed(3)
+    local, words = 30 * torch.randn(3, 64, 2, 2, generator=g), 30 * torch.randn(3, 4, 64, generator=g)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    expected = local_contrastive_loss(local, words, mask)
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = local_contrastive_loss(local, words, mask)
+    assert torch.isfinite(expected) and torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
