@@ -206,10 +206,10 @@ def test_each_loss_term_is_computed_in_float32_under_autocast(term, dtype):
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got.item(), expected.item())
 
 
-def test_local_loss_of_large_features_stays_finite_under_fp16_autocast():
-    """Word-region dot products of unnormalised features beyond fp16's range (65504) would be inf in fp16."""
+def test_local_loss_keeps_its_value_under_fp16_autocast_when_dot_products_exceed_fp16_range():
+    """Word-region dot products of unnormalised features beyond 65504 would be inf in fp16."""
     g = torch.Generator().manual_seed(3)
-    local, words = 30 * torch.randn(3, 64, 2, 2, generator=g), 30 * torch.randn(3, 4, 64, generator=g)
+    local, words = 100 * torch.randn(3, 64, 2, 2, generator=g), 100 * torch.randn(3, 4, 64, generator=g)
     mask = torch.ones(3, 4, dtype=torch.bool)
     expected = local_contrastive_loss(local, words, mask)
     with torch.autocast("cpu", dtype=torch.float16):
