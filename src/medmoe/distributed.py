@@ -26,7 +26,6 @@ import torch.distributed as dist
 
 from medmoe.errors import InvalidInputError
 
-
 _local_only = False
 
 
