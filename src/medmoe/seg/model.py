@@ -128,9 +128,10 @@ class MoME(nn.Module, PretrainedMixin):
         # memory budget of the per-voxel stage (router, fusion, heads) on every device, as elements of the
         # (B, K, C, chunk) fused tensor of one chunk of voxels (None: no budget). A patch above it runs in chunks
         # of this size and, with gradients on, recomputes each chunk's forward in the backward, so autograd holds
-        # one chunk's intermediates (about 10 such tensors, fp32 gates included) instead of the patch's: at
-        # K = 117 classes on a 96^3 patch at full resolution, B = 2, C = 8, the fused tensor alone is 1.7e9
-        # elements (3.3 GB in bf16). 2^26 elements: 128 MB in bf16, 256 MB in fp32 (docs/seg.md, measured).
+        # one chunk's intermediates instead of the patch's (82 bytes per sample, class and voxel under bf16).
+        # mome-swinunetr, 96^3, K = 117, B = 2: 21 GB in one pass, 1.7 GB in 25 chunks of 2^26 (estimated); a
+        # CPU training step at 64^3 with full-resolution fusion: peak 5.7 GB in one pass, 1.9 GB chunked
+        # (measured, docs/seg.md).
         self.chunk_elements: int | None = 1 << 26
         # voxels per chunk of the per-voxel stage on one CPU thread, as elements of a (B, K, C, chunk) tensor: the
         # chunk's per-class tensors stay in cache (None: only the memory budget chunks). With more

@@ -148,6 +148,8 @@ class SegTask:
 
         Parameters are converted in place (``Module.to`` keeps the ``Parameter`` objects), so an optimizer
         built on them keeps working; gradients and optimizer state created afterwards follow their layout.
+        A DDP wrapper built before keeps its gradient buckets' layout and copies the gradients into them
+        (torch warns once that the strides differ; the values are the same).
         """
         if self._formatted is not None and self._formatted() is model:
             return
@@ -258,8 +260,8 @@ class SegTask:
 
 
 def training_target(batch: dict[str, Any]) -> Tensor:
-    """(B, A, X, Y, Z) target of a collated batch's A active classes, where the batch is: its float16 class
-    fractions (``soft_label``) or the multi-hot expanded from its label ids (bool)."""
+    """(B, A, X, Y, Z) target of a collated batch's A active classes, on the batch's device: its float16 class
+    fractions (``soft_label``), else the bool multi-hot expanded from its label ids."""
     from medmoe.seg.data import expand_labels
 
     if "soft_label" in batch:
