@@ -183,7 +183,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _help(text: str, default: Any, extra: str, *, is_bool: bool) -> str:
     text = " ".join(t for t in (text.rstrip("."), extra) if t)
-    if is_bool:
+    if is_bool and default is not None:  # None: the field's help says what deciding by itself means
         text = f"{text} (default: {'on' if default else 'off'})"
     elif default is not None and default is not dataclasses.MISSING and default != "":
         shown = " ".join(str(v) for v in default) if isinstance(default, tuple) else default
