@@ -52,15 +52,40 @@ def require_dir(root: str | os.PathLike, source: str) -> Path:
 
 
 def find_first(root: Path, names: list[str], what: str, *, required: bool = True) -> Path | None:
-    """The first of ``names`` (relative to ``root``; glob patterns allowed) that exists."""
+    """The first of ``names`` (relative to ``root``; glob patterns allowed) that is a file.
+
+    Raises:
+        MissingFileError: none exists and ``required``; the message names ``what``, ``root`` and every
+            name looked for.
+    """
     for name in names:
         hits = sorted(root.glob(name)) if any(ch in name for ch in "*?[") else [root / name]
         for hit in hits:
             if hit.is_file():
                 return hit
     if required:
-        raise MissingFileError(f"{root}: cannot find {what} (looked for {names})")
+        raise MissingFileError(f"{root}: cannot find {what} (looked for {', '.join(names)} under {root})")
     return None
+
+
+def pick_column(rows: list[dict[str, str]], candidates: list[str], path: Path, what: str) -> str:
+    """The first of ``candidates`` that is a column of ``rows`` (the table read from ``path``).
+
+    Raises:
+        CorruptFileError: none is; the message names the candidates and the columns found.
+    """
+    if not rows:
+        return candidates[0]
+    columns = list(rows[0])
+    for name in candidates:
+        if name in columns:
+            return name
+    raise CorruptFileError(f"{path}: no {what} column (expected one of {candidates}; found {columns})")
+
+
+def existing_path(candidates: list[Path]) -> Path:
+    """The first of ``candidates`` that is a file, else the first candidate (reported as missing)."""
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 def read_csv_table(path: Path) -> list[dict[str, str]]:
@@ -100,3 +125,17 @@ def log_skipped(source: str, reason: str, paths: list[str]) -> None:
     if paths:
         examples = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
         logger.warning("%s: skipped %d row(s) with %s: %s", source, len(paths), reason, examples)
+
+
+def require_some_image(result: ImportResult, table: Path, reason: str = "missing image") -> None:
+    """Fail when ``table`` named images but none of them exists (a layout the paths do not fit).
+
+    Raises:
+        MissingFileError: no row was kept and every entry was skipped for ``reason``; the message names
+            the table and the first paths looked for.
+    """
+    missing = result.skipped.get(reason, [])
+    if missing and not result.rows and len(missing) == sum(len(v) for v in result.skipped.values()):
+        examples = ", ".join(missing[:2])
+        raise MissingFileError(f"{table}: none of the {len(missing)} images it names exists (looked for {examples}, "
+                               "...); the CSV's paths are taken relative to its folder and the folder above")

@@ -1,16 +1,18 @@
 """MIMIC-CXR-JPG (PhysioNet) -> manifest rows.
 
-Expected layout (the PhysioNet release; the reports come from MIMIC-CXR's ``mimic-cxr-reports.zip``,
-either extracted into the same ``files/`` tree or left as the zip in the root)::
+Source: the PhysioNet pages of MIMIC-CXR-JPG 2.0.0 (images and CSVs) and of MIMIC-CXR 2.0.0, whose
+``mimic-cxr-reports.zip`` holds one report per study as ``files/pXX/pXXXXXXXX/sXXXXXXXX.txt``. Layout::
 
     ROOT/mimic-cxr-2.0.0-metadata.csv.gz     dicom_id, subject_id, study_id, ..., ViewPosition, ...
     ROOT/mimic-cxr-2.0.0-split.csv.gz        dicom_id, study_id, subject_id, split (train/validate/test)
     ROOT/mimic-cxr-2.0.0-chexpert.csv.gz     subject_id, study_id, 14 finding columns (1.0/0.0/-1.0/blank)
     ROOT/files/p10/p10000032/s50414267/02aa804e-....jpg
-    ROOT/files/p10/p10000032/s50414267.txt   (or inside ROOT/mimic-cxr-reports.zip)
+    ROOT/files/p10/p10000032/s50414267.txt   (extracted reports) or ROOT/mimic-cxr-reports.zip
 
-One row per image; every image of a study shares the study's report. Labels are the CheXpert columns
-marked positive (1.0); uncertain (-1.0) labels are left out.
+The reports may live elsewhere (``reports_root`` / ``--reports-root``): a folder holding their ``files/``
+tree, the folder holding ``mimic-cxr-reports.zip``, or the zip file itself. One row per image; every image
+of a study shares the study's report. Labels are the CheXpert columns marked positive (1.0); uncertain
+(-1.0) labels are left out.
 """
 
 from __future__ import annotations
@@ -23,31 +25,44 @@ from tqdm.auto import tqdm
 
 from medmoe.data.adapters.common import ImportResult, find_first, read_csv_table, require_columns, require_dir
 from medmoe.data.manifest import ManifestRow, normalize_split
+from medmoe.data.readers import MissingFileError
 from medmoe.errors import CorruptFileError
 
 NAME = "mimic-cxr"
 FRONTAL_VIEWS = ("PA", "AP")
 
 
+REPORTS_ZIP = "mimic-cxr-reports.zip"
+
+
 class _Reports:
-    """Report text by (subject, study) from the extracted tree or the reports zip."""
+    """Report text by study path (``files/pXX/pXXXXXXXX/sXXXXXXXX.txt``) from report folders or the zip.
+
+    Each of ``roots`` is a folder holding the extracted ``files/`` tree and / or ``mimic-cxr-reports.zip``,
+    or the zip file itself.
+    """
 
     def __init__(self, roots: list[Path]) -> None:
-        self.roots = roots
+        self.roots = [r for r in roots if r.is_dir()]
         self.zip: zipfile.ZipFile | None = None
         self.zip_names: dict[str, str] = {}
-        for root in roots:
-            candidate = root / "mimic-cxr-reports.zip"
-            if candidate.is_file():
-                try:
-                    self.zip = zipfile.ZipFile(candidate)
-                except zipfile.BadZipFile as err:
-                    raise CorruptFileError(f"{candidate}: not a readable zip ({err})") from err
-                # Index by the path from "files/" on, whatever folder the zip wraps it in.
-                for name in self.zip.namelist():
-                    if name.endswith(".txt") and "files/" in name:
-                        self.zip_names[name[name.index("files/") :]] = name
-                break
+        archive = next((r if r.is_file() else r / REPORTS_ZIP for r in roots
+                        if r.is_file() or (r / REPORTS_ZIP).is_file()), None)
+        if archive is not None:
+            self._open(archive)
+
+    def _open(self, archive: Path) -> None:
+        try:
+            self.zip = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise CorruptFileError(f"{archive}: not a readable zip of MIMIC-CXR reports ({err})") from err
+        # Index by the path from "files/" on, whatever folder the zip wraps it in.
+        for name in self.zip.namelist():
+            if name.endswith(".txt") and "files/" in name:
+                self.zip_names[name[name.index("files/") :]] = name
+        if not self.zip_names:
+            self.close()
+            raise CorruptFileError(f"{archive}: holds no report (expected files/pXX/pXXXXXXXX/sXXXXXXXX.txt members)")
 
     def get(self, relative: str) -> str | None:
         for root in self.roots:
@@ -61,6 +76,19 @@ class _Reports:
     def close(self) -> None:
         if self.zip is not None:
             self.zip.close()
+
+
+def _reports_location(path: Path) -> Path:
+    """``--reports-root`` checked: a folder holding ``files/`` or the zip, or the zip itself.
+
+    Raises:
+        MissingFileError: the path does not exist, or is a folder with neither ``files/`` nor the zip.
+    """
+    if path.is_file() or (path / "files").is_dir() or (path / REPORTS_ZIP).is_file():
+        return path
+    what = "does not exist" if not path.exists() else f"holds neither files/ nor {REPORTS_ZIP}"
+    raise MissingFileError(f"{path}: reports root {what} (expected the folder of the reports' files/ tree, "
+                           f"the folder holding {REPORTS_ZIP}, or that zip)")
 
 
 def _positive_labels(record: dict[str, str], columns: list[str]) -> list[str]:
@@ -86,7 +114,8 @@ def import_mimic_cxr(
 
     Args:
         root: the release directory (holding the CSVs and ``files/``).
-        reports_root: where the reports' ``files/`` tree (or ``mimic-cxr-reports.zip``) is, if not ``root``.
+        reports_root: where the reports are, if not in ``root``: the folder of their ``files/`` tree, the
+            folder holding ``mimic-cxr-reports.zip``, or that zip file.
         views: keep images whose ViewPosition is one of these (default frontal PA/AP); None keeps all.
         skip_missing: leave out rows whose JPG does not exist (counted in ``skipped``).
         progress: tqdm progress bar over the metadata rows.
@@ -114,7 +143,7 @@ def import_mimic_cxr(
         columns = [c for c in (table[0] if table else {}) if c not in ("subject_id", "study_id")]
         labels = {(r["subject_id"], r["study_id"]): _positive_labels(r, columns) for r in table}
 
-    report_roots = [Path(reports_root)] if reports_root is not None else []
+    report_roots = [_reports_location(Path(reports_root))] if reports_root is not None else []
     reports = _Reports(report_roots + [root])
     result = ImportResult(NAME)
     wanted_views = {v.upper() for v in views} if views else None

@@ -1,0 +1,177 @@
+"""The adapters on tiny fake copies of the public corpora in the forms they are distributed in.
+
+Each fake tree is built from the corpus's own description (its README, paper, release page or the loader
+of the project that redistributes it), cited above the builder, and not from what the adapter assumes.
+Images are tiny PNG / JPEG files.
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medmoe.cli.main import main
+from medmoe.data.adapters import import_source
+from medmoe.data.readers import MissingFileError
+from medmoe.errors import CorruptFileError
+
+pytestmark = pytest.mark.timeout(60)
+
+FIVE = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+FOURTEEN = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+            "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+            "Fracture", "Support Devices")
+
+
+def _image(path: Path, value: int = 100, fmt: str = "PNG") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 10), value, np.uint8)).save(path, format=fmt)
+    return path
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+# ------------------------------------------------------------------ CheXpert 5x200
+
+def _chexpert_table(path: Path, path_column: str, prefix: str, image_root: Path) -> list[str]:
+    """Five rows, one per finding, with CheXpert's columns; the images are written under ``image_root``."""
+    header = ["", path_column, "Sex", "Age", "Frontal/Lateral", "AP/PA", *FOURTEEN, "Report Impression"]
+    rows, relatives = [], []
+    for i, finding in enumerate(FIVE):
+        relative = f"{prefix}/train/patient{i + 1:05d}/study1/view1_frontal.jpg"
+        _image(image_root / relative, fmt="JPEG")
+        flags = ["1.0" if name == finding else "0.0" for name in FOURTEEN]
+        rows.append([str(i), relative, "Male", "26", "Frontal", "AP", *flags, f"\n1. {finding.lower()}.\n"])
+        relatives.append(relative)
+    _write_csv(path, header, rows)
+    return relatives
+
+
+def test_chexpert5x200_as_unimed_clip_ships_it(tmp_path):
+    """UniMed-CLIP (github.com/mbzuai-oryx/UniMed-CLIP): ``local_data/chexpert-5x200.csv`` with an unnamed
+    index column and ``imgpath`` values ``CheXpert-v1.0-small/train/...``; ``clipeval/datasets.py`` opens
+    ``os.path.join(<chexpert folder>, imgpath)``."""
+    relatives = _chexpert_table(tmp_path / "chexpert-5x200.csv", "imgpath", "CheXpert-v1.0-small", tmp_path)
+    result = import_source("chexpert5x200", tmp_path)
+    assert [r.labels for r in result.rows] == [[c] for c in FIVE]
+    assert [r.image for r in result.rows] == [str(tmp_path / rel) for rel in relatives]
+    assert result.rows[0].report == "1. atelectasis."
+
+
+def test_chexpert5x200_under_gloria_file_name(tmp_path):
+    """GLoRIA (github.com/marshuang80/gloria, ``gloria/constants.py``): ``CHEXPERT_5x200 = CHEXPERT_DATA_DIR /
+    "chexpert_8x200.csv"`` inside ``CheXpert-v1.0``, paths in ``Path`` starting with ``CheXpert-v1.0/``."""
+    folder = tmp_path / "CheXpert-v1.0"
+    _chexpert_table(folder / "chexpert_8x200.csv", "Path", "CheXpert-v1.0", tmp_path)
+    for root in (tmp_path, folder):
+        result = import_source("chexpert5x200", root)
+        assert [r.labels for r in result.rows] == [[c] for c in FIVE]
+        assert result.rows[1].image == str(folder / "train/patient00002/study1/view1_frontal.jpg")
+
+
+def test_chexpert5x200_layouts_it_cannot_read_fail_once_naming_what_was_looked_for(tmp_path):
+    with pytest.raises(MissingFileError, match=r"chexpert-5x200\.csv.*chexpert_8x200\.csv.*CheXpert-v1\.0-small/"):
+        import_source("chexpert5x200", tmp_path)
+    _write_csv(tmp_path / "chexpert-5x200.csv", ["", "image", *FIVE], [["0", "a.jpg", "1.0", "0", "0", "0", "0"]])
+    with pytest.raises(CorruptFileError, match=r"\['Path', 'imgpath'\]"):
+        import_source("chexpert5x200", tmp_path)
+    _chexpert_table(tmp_path / "chexpert-5x200.csv", "imgpath", "CheXpert-v1.0-small", tmp_path / "elsewhere")
+    with pytest.raises(MissingFileError, match=r"none of the 5 images"):
+        import_source("chexpert5x200", tmp_path)
+
+
+# ------------------------------------------------------------------ ROCO
+
+def _roco_kaggle(root: Path) -> None:
+    """The Kaggle redistribution of ROCO: ``all_data/<split>/radiology<split>data.csv`` (``id,name,caption``)
+    next to ``all_data/<split>/radiology/images/`` (the split folders of the ROCO README: train, validation,
+    test; the validation CSV is ``radiologyvaldata.csv``)."""
+    entries = {"train": ("radiologytraindata.csv", "ROCO_00002", "PMC4083729_AMJCR-07-0000-g001.jpg",
+                         "Axial CT of the abdomen shows a mass."),
+               "validation": ("radiologyvaldata.csv", "ROCO_81834", "PMC3498864_jovr-04-256f2.jpg",
+                              "T2-weighted MRI of the knee."),
+               "test": ("radiologytestdata.csv", "ROCO_00001", "PMC4608653_cro-0008-0385-g01.jpg",
+                        "Postoperative decreased size of the cyst")}
+    for split, (csv_name, roco_id, name, caption) in entries.items():
+        folder = root / "all_data" / split
+        _write_csv(folder / csv_name, ["id", "name", "caption"], [[roco_id, name, caption]])
+        _image(folder / "radiology" / "images" / name, fmt="JPEG")
+        (folder / "non-radiology" / "images").mkdir(parents=True)
+
+
+def test_roco_in_its_kaggle_form(tmp_path):
+    _roco_kaggle(tmp_path)
+    for root in (tmp_path, tmp_path / "all_data"):
+        result = import_source("roco", root)
+        rows = {r.extra["roco_id"]: r for r in result.rows}
+        assert sorted(rows) == ["ROCO_00001", "ROCO_00002", "ROCO_81834"]
+        assert rows["ROCO_00002"].split == "train" and rows["ROCO_00002"].modality == "ct"
+        assert rows["ROCO_81834"].split == "val" and rows["ROCO_81834"].modality == "mri"
+        assert rows["ROCO_00002"].image == str(
+            tmp_path / "all_data/train/radiology/images/PMC4083729_AMJCR-07-0000-g001.jpg")
+
+
+def test_roco_without_captions_names_every_place_looked(tmp_path):
+    (tmp_path / "all_data" / "train" / "radiology" / "images").mkdir(parents=True)
+    with pytest.raises(CorruptFileError, match=r"captions\.txt.*radiology\*\.csv"):
+        import_source("roco", tmp_path)
+    with pytest.raises(CorruptFileError, match=r"all_data/\}\{train,validation,test\}"):
+        import_source("roco", tmp_path / "all_data" / "train")
+
+
+# ------------------------------------------------------------------ MIMIC-CXR reports zip
+
+def _mimic_with_reports_zip(root: Path) -> Path:
+    """MIMIC-CXR-JPG's CSVs and JPGs under ``root/jpg``; the reports as MIMIC-CXR's PhysioNet page lists
+    them: ``mimic-cxr-reports.zip`` holding ``files/pXX/pXXXXXXXX/sXXXXXXXX.txt``, kept in ``root/reports``."""
+    jpg = root / "jpg"
+    study = "files/p10/p10000032/s50414267"
+    dicom = "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"
+    _write_csv(jpg / "mimic-cxr-2.0.0-metadata.csv", ["dicom_id", "subject_id", "study_id", "ViewPosition"],
+               [[dicom, "10000032", "50414267", "PA"]])
+    _write_csv(jpg / "mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id", "split"],
+               [[dicom, "50414267", "10000032", "train"]])
+    _image(jpg / study / f"{dicom}.jpg", fmt="JPEG")
+    (root / "reports").mkdir()
+    archive = root / "reports" / "mimic-cxr-reports.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(f"{study}.txt", "FINAL REPORT\n FINDINGS: Clear lungs.\n IMPRESSION: Normal.\n")
+    return archive
+
+
+def test_mimic_cxr_reports_root_may_be_the_zip_itself(tmp_path):
+    archive = _mimic_with_reports_zip(tmp_path)
+    for reports_root in (archive, archive.parent):
+        (row,) = import_source("mimic-cxr", tmp_path / "jpg", reports_root=reports_root).rows
+        assert "Clear lungs." in row.report
+
+
+def test_mimic_cxr_cli_reads_the_reports_zip(tmp_path, capsys):
+    archive = _mimic_with_reports_zip(tmp_path)
+    out = tmp_path / "mimic.csv"
+    assert main(["data", "import", "mimic-cxr", str(tmp_path / "jpg"), "--reports-root", str(archive),
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "wrote 1 rows" in capsys.readouterr().out
+
+
+def test_mimic_cxr_reports_root_that_holds_no_reports_fails(tmp_path):
+    archive = _mimic_with_reports_zip(tmp_path)
+    with pytest.raises(MissingFileError, match="does not exist"):
+        import_source("mimic-cxr", tmp_path / "jpg", reports_root=tmp_path / "nowhere.zip")
+    with pytest.raises(MissingFileError, match="neither files/ nor mimic-cxr-reports.zip"):
+        import_source("mimic-cxr", tmp_path / "jpg", reports_root=tmp_path / "jpg" / "files" / "p10")
+    archive.write_bytes(b"not a zip")
+    with pytest.raises(CorruptFileError, match="not a readable zip"):
+        import_source("mimic-cxr", tmp_path / "jpg", reports_root=archive)
