@@ -82,27 +82,54 @@ def test_rsna_broken_layouts_say_what_is_missing(tmp_path):
 
 # ------------------------------------------------------------------ BUSI
 
-def _busi(root, n: int = 10):
+def _busi(root, n: int = 10, fold: bool = True):
+    """BUSI as its paper describes it (benign / malignant / normal folders, ``<name>_mask.png`` masks) and,
+    with ``fold``, RadImageNet's breast fold CSVs (``dataframe/breast_{train,val,test}_fold1.csv``, header
+    ``filename,label``, ``images/<name>`` paths, normal images labelled ``benign``)."""
     base = root / "Dataset_BUSI_with_GT"
+    rows: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for label in ("benign", "malignant", "normal"):
         for i in range(1, n + 1):
             _png(base / label / f"{label} ({i}).png")
             _png(base / label / f"{label} ({i})_mask.png", 255)
+            split = ("train", "val", "test")[i % 3]
+            rows[split].append(f"images/{label} ({i}).png,{'malignant' if label == 'malignant' else 'benign'}")
         _png(base / label / f"{label} (1)_mask_1.png", 255)
+    if fold:
+        (root / "dataframe").mkdir(parents=True, exist_ok=True)
+        for split, lines in rows.items():
+            (root / "dataframe" / f"breast_{split}_fold1.csv").write_text("filename,label\n" + "\n".join(lines) + "\n")
     return base
 
 
-def test_busi_ignores_masks_and_normal_by_default(tmp_path):
-    _busi(tmp_path, n=30)
+def test_busi_follows_radimagenets_fold_with_normal_as_benign(tmp_path):
+    _busi(tmp_path, n=9)
     result = import_source("busi", tmp_path)
-    assert len(result.rows) == 60
+    assert len(result.rows) == 27 and {r.split for r in result.rows} == {"train", "val", "test"}
     assert not any("_mask" in Path(r.image).name for r in result.rows)
-    assert {r.labels[0] for r in result.rows} == {"benign", "malignant"}
-    assert {r.split for r in result.rows} == {"train", "test"}
-    everything = import_busi(tmp_path / "Dataset_BUSI_with_GT", classes=None)  # the folder itself also works
-    assert len(everything.rows) == 90
-    with pytest.raises(InvalidInputError, match="cyst"):
-        import_busi(tmp_path, classes=("benign", "cyst"))
+    by_name = {Path(r.image).name: (r.labels[0], r.split) for r in result.rows}
+    assert by_name["normal (3).png"] == ("benign", "train") and by_name["malignant (1).png"] == ("malignant", "val")
+    assert by_name["benign (2).png"] == ("benign", "test")
+
+
+def test_busi_normal_images_are_a_named_choice(tmp_path):
+    _busi(tmp_path, n=6)
+    excluded = import_busi(tmp_path, normal="exclude")
+    assert len(excluded.rows) == 12 and {r.labels[0] for r in excluded.rows} == {"benign", "malignant"}
+    assert len(excluded.skipped["normal image left out (normal='exclude')"]) == 6
+    three = import_busi(tmp_path, normal="class")
+    assert sorted({r.labels[0] for r in three.rows}) == ["benign", "malignant", "normal"]
+    with pytest.raises(InvalidInputError, match="'cyst'"):
+        import_busi(tmp_path, normal="cyst")
+
+
+def test_busi_without_the_fold_fails_unless_the_hash_split_is_chosen(tmp_path):
+    _busi(tmp_path, n=30, fold=False)
+    with pytest.raises(MissingFileError, match=r"breast_test_fold1\.csv.*dataframe.*split='hash'"):
+        import_source("busi", tmp_path)
+    hashed = import_busi(tmp_path, split="hash")
+    assert len(hashed.rows) == 90 and {r.split for r in hashed.rows} == {"train", "test"}
+    assert {r.labels[0] for r in hashed.rows} == {"benign", "malignant"}
 
 
 def test_busi_broken_layout(tmp_path):

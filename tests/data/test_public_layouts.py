@@ -175,3 +175,56 @@ def test_mimic_cxr_reports_root_that_holds_no_reports_fails(tmp_path):
     archive.write_bytes(b"not a zip")
     with pytest.raises(CorruptFileError, match="not a readable zip"):
         import_source("mimic-cxr", tmp_path / "jpg", reports_root=archive)
+
+
+# ------------------------------------------------------------------ RadImageNet's downstream dataframes
+
+RADIMAGENET_TASKS = [
+    # source, CSV name pattern, header, the two label values, the two classes
+    ("thyroid-us", "thyroid_{split}_fold1.csv", ["filename", "label"], ("benign", "malignant"),
+     ["benign", "malignant"]),
+    ("unimed-breast-us", "breast_{split}_fold1.csv", ["filename", "label"], ("benign", "malignant"),
+     ["benign", "malignant"]),
+    ("unimed-acl-mri", "{split}_fold1.csv", ["filename", "acl_label"], ("no", "yes"), ["normal", "acl tear"]),
+    ("unimed-meniscus-mri", "meniscus_{split}_fold1.csv", ["filename", "label"], ("n", "p"),
+     ["normal", "meniscal tear"]),
+]
+
+
+def _radimagenet_task(task: Path, pattern: str, header: list[str], values: tuple[str, str]) -> None:
+    """A RadImageNet downstream task as its repository publishes it (github.com/BMEII-AI/RadImageNet, e.g.
+    ``acl/dataframe/test_fold1.csv`` = ``filename,acl_label`` / ``images/1054_sagittal_19.000000.png,yes``):
+    ``<task>/dataframe/<CSV per split and fold>`` beside ``<task>/images/``, paths relative to the task
+    folder. The label values are the ones UniMed-CLIP's ``clipeval/datasets.py`` maps (benign/malignant,
+    yes/no, p/n)."""
+    for split in ("train", "val", "test"):
+        rows = []
+        for i in range(2):
+            name = f"images/{split}_{i}.png"
+            _image(task / name, value=10 * i)
+            rows.append([name, values[i]])
+        _write_csv(task / "dataframe" / pattern.format(split=split), header, rows)
+
+
+@pytest.mark.parametrize("source, pattern, header, values, classes", RADIMAGENET_TASKS)
+def test_radimagenet_dataframes_with_the_val_fold(tmp_path, source, pattern, header, values, classes):
+    task = tmp_path / "task"
+    _radimagenet_task(task, pattern, header, values)
+    for root in (task, task / "dataframe"):
+        result = import_source(source, root)
+        by_split = {s: [r.labels[0] for r in result.rows if r.split == s] for s in ("train", "val", "test")}
+        assert by_split == {"train": classes, "val": classes, "test": classes}
+        assert result.rows[0].image == str(task / "images" / "train_0.png")
+
+
+@pytest.mark.parametrize("source, pattern, header, values, classes", RADIMAGENET_TASKS[:1])
+def test_radimagenet_other_folds_and_missing_folds(tmp_path, source, pattern, header, values, classes):
+    task = tmp_path / "task"
+    _radimagenet_task(task, pattern.replace("fold1", "fold2"), header, values)
+    assert len(import_source(source, task, fold=2).rows) == 6
+    with pytest.raises(MissingFileError, match=r"thyroid_test_fold1\.csv in .*task and .*task/dataframe"):
+        import_source(source, task)
+    (task / "images" / "test_0.png").unlink()
+    (task / "images" / "test_1.png").unlink()
+    with pytest.raises(MissingFileError, match=r"thyroid_test_fold2\.csv: none of the 2 images"):
+        import_source(source, task, fold=2)

@@ -1,67 +1,160 @@
-"""Breast Ultrasound Images (BUSI, Al-Dhabyani et al. 2020) -> labelled rows: ``benign`` / ``malignant``.
+"""Breast Ultrasound Images (BUSI, Al-Dhabyani et al. 2020) -> labelled rows, split by RadImageNet's fold.
 
-Expected layout (the public release, unzipped)::
+Source: the BUSI paper (Data in Brief 28, 2020) describes 780 PNG images in three class folders,
+``benign`` / ``malignant`` / ``normal``, each image with its ground-truth mask(s) ``<name>_mask.png``
+(``_mask_1.png`` for a second lesion). The paper publishes no split; the protocol's breast-ultrasound test
+set (UniMed-CLIP's ``breast_test_fold1.csv``) is RadImageNet's published fold (github.com/BMEII-AI/RadImageNet,
+``breast/dataframe/breast_{train,val,test}_fold{1..5}.csv``, header ``filename,label``, e.g.
+``images/normal (99).png,benign``), which labels the ``normal`` images ``benign``. Layout::
 
     ROOT/Dataset_BUSI_with_GT/benign/benign (1).png, benign (1)_mask.png, benign (4)_mask_1.png, ...
     ROOT/Dataset_BUSI_with_GT/malignant/malignant (1).png, ...
     ROOT/Dataset_BUSI_with_GT/normal/normal (1).png, ...
+    ROOT/dataframe/breast_{train,val,test}_fold1.csv     RadImageNet's fold (also read from ROOT or from
+                                                         Dataset_BUSI_with_GT[/dataframe])
 
-``ROOT`` may also be the ``Dataset_BUSI_with_GT`` folder itself. Segmentation masks (``*_mask*.png``) are
-not images of the set and are ignored. The paper's Breast US column is two-class (benign vs malignant, as
-UniMed-CLIP maps it), so ``normal`` images are left out unless asked for. The release has no official
-split: images are assigned by a stable hash of their file name (80 % train, 20 % test). Assumption: the
-paper's own test fold (UniMed-CLIP's ``breast_test_fold1.csv``) is not public; this hash split stands in.
+``ROOT`` may be ``Dataset_BUSI_with_GT`` itself. Masks are not images of the set and are ignored. A fold row
+is matched to the BUSI file of the same name. Choices, each named:
+
+- ``normal="benign"`` (default, the protocol's: RadImageNet's fold labels them so), ``"exclude"`` (leave
+  the normal images out: a benign-vs-malignant set) or ``"class"`` (a third class ``normal``);
+- ``split="fold"`` (default: RadImageNet's fold ``fold``; its test CSV must be present) or ``"hash"``
+  (no fold: a stable hash of the file name puts ``test_fraction`` of the images in ``test``, the rest in
+  ``train``; not the protocol's split).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
-from medmoe.data.adapters.common import ImportResult, hash_split, require_dir
-from medmoe.data.adapters.labelled import check_classes, label_row
+from medmoe.data.adapters.common import ImportResult, hash_split, require_dir, require_some_image
+from medmoe.data.adapters.labelled import label_row
+from medmoe.data.adapters.unimed_folds import SPLITS, read_fold_csv
 from medmoe.data.readers import MissingFileError
+from medmoe.errors import InvalidInputError
 
 NAME = "busi"
-CLASSES = ("benign", "malignant", "normal")
-PAPER_CLASSES = ("benign", "malignant")
+FOLDERS = ("benign", "malignant", "normal")
+NORMAL_CHOICES = ("benign", "exclude", "class")
+SPLIT_CHOICES = ("fold", "hash")
 _MASK = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_FOLD_LABELS = {"benign": "benign", "malignant": "malignant"}
+
+
+def _class_images(base: Path) -> dict[str, list[Path]]:
+    """class folder -> its ultrasound images (masks left out).
+
+    Raises:
+        MissingFileError: a class folder is missing or holds no image.
+    """
+    images: dict[str, list[Path]] = {}
+    for label in FOLDERS:
+        folder = base / label
+        if not folder.is_dir():
+            raise MissingFileError(f"{base}: no {label}/ folder (expected {', '.join(c + '/' for c in FOLDERS)})")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
+        images[label] = [p for p in files if not _MASK.search(p.stem)]
+        if not images[label]:
+            raise MissingFileError(f"{folder}: no ultrasound image (only masks or nothing)")
+    return images
+
+
+def _fold_csv(root: Path, base: Path, split: str, fold: int) -> Path | None:
+    name = f"breast_{split}_fold{fold}.csv"
+    places = dict.fromkeys([root, root / "dataframe", base, base / "dataframe"])
+    return next((folder / name for folder in places if (folder / name).is_file()), None)
+
+
+def _label(folder_class: str, fold_label: str, normal: str) -> str | None:
+    """The row's class: the fold's label, or for a ``normal`` image what ``normal`` says (None: left out)."""
+    if folder_class != "normal":
+        return fold_label
+    return {"benign": fold_label, "class": "normal", "exclude": None}[normal]
+
+
+def _rows_from_fold(root: Path, base: Path, images: dict[str, list[Path]], fold: int, normal: str) -> ImportResult:
+    test_csv = _fold_csv(root, base, "test", fold)
+    if test_csv is None:
+        raise MissingFileError(f"{root}: cannot find RadImageNet's BUSI fold breast_test_fold{fold}.csv (looked in "
+                               f"{root}, {root / 'dataframe'}, {base} and {base / 'dataframe'}; it is published in "
+                               "github.com/BMEII-AI/RadImageNet under breast/dataframe/); or choose split='hash'")
+    by_name = {p.name: (label, p) for label, paths in images.items() for p in paths}
+    result = ImportResult(NAME)
+    for split in SPLITS:
+        path = _fold_csv(root, base, split, fold)
+        if path is None:
+            continue
+        split_result = ImportResult(NAME)
+        for image, fold_label in read_fold_csv(path, 0, 1, _FOLD_LABELS):
+            name = image.replace("\\", "/").rsplit("/", 1)[-1]
+            if name not in by_name:
+                split_result.skip("missing image", f"{base}/*/{name}")
+                continue
+            folder_class, file = by_name[name]
+            label = _label(folder_class, fold_label, normal)
+            if label is None:
+                split_result.skip("normal image left out (normal='exclude')", str(file))
+                continue
+            split_result.rows.append(label_row(file, label, dataset=NAME, split=split, modality="ultrasound"))
+        require_some_image(split_result, path)
+        result.rows += split_result.rows
+        for reason, items in split_result.skipped.items():
+            result.skipped.setdefault(reason, []).extend(items)
+    return result
+
+
+def _rows_by_hash(images: dict[str, list[Path]], normal: str, test_fraction: float) -> ImportResult:
+    result = ImportResult(NAME)
+    for folder_class, paths in images.items():
+        for image in paths:
+            label = _label(folder_class, folder_class if folder_class != "normal" else "benign", normal)
+            if label is None:
+                result.skip("normal image left out (normal='exclude')", str(image))
+                continue
+            split = hash_split(f"{folder_class}/{image.name}", (1.0 - test_fraction, 0.0, test_fraction))
+            result.rows.append(label_row(image, label, dataset=NAME, split=split, modality="ultrasound"))
+    return result
 
 
 def import_busi(
     root: str | os.PathLike,
     *,
-    classes: tuple[str, ...] | None = PAPER_CLASSES,
+    normal: str = "benign",
+    split: str = "fold",
+    fold: int = 1,
     test_fraction: float = 0.2,
     skip_missing: bool = True,
     progress: bool = False,
 ) -> ImportResult:
-    """One row per ultrasound image (masks ignored), split train / test by file-name hash.
+    """One row per ultrasound image (masks ignored), labelled and split as ``normal`` and ``split`` say.
 
     Args:
         root: the folder holding ``Dataset_BUSI_with_GT`` (or that folder).
-        classes: the class folders to read (default benign and malignant; None: all three).
-        test_fraction: share of the images in the test split.
-        skip_missing: unused (the images are listed from the folders); accepted for a uniform interface.
+        normal: ``benign`` (default; RadImageNet's fold labels them so), ``exclude`` or ``class``.
+        split: ``fold`` (RadImageNet's fold CSVs; default) or ``hash`` (a file-name hash; no val split).
+        fold: which RadImageNet fold (1-5) with ``split="fold"``.
+        test_fraction: share of the images in ``test`` with ``split="hash"``.
+        skip_missing: unused (fold rows without a BUSI file are always left out and counted); accepted for a
+            uniform interface.
         progress: unused; accepted so every adapter takes the same options.
 
     Raises:
-        MissingFileError: a class folder is missing or holds no image.
+        InvalidInputError: an unknown ``normal`` or ``split`` choice.
+        MissingFileError: a class folder is missing or empty, the fold's test CSV is missing, or none of a
+            fold CSV's images is in the BUSI folders.
     """
+    if normal not in NORMAL_CHOICES:
+        raise InvalidInputError(f"busi: normal={normal!r}: expected one of {list(NORMAL_CHOICES)}")
+    if split not in SPLIT_CHOICES:
+        raise InvalidInputError(f"busi: split={split!r}: expected one of {list(SPLIT_CHOICES)}")
     root = require_dir(root, NAME)
     base = root / "Dataset_BUSI_with_GT" if (root / "Dataset_BUSI_with_GT").is_dir() else root
-    chosen = check_classes(CLASSES, tuple(classes) if classes is not None else None, NAME)
-    result = ImportResult(NAME)
-    for label in chosen:
-        folder = base / label
-        if not folder.is_dir():
-            raise MissingFileError(f"{base}: no {label}/ folder (expected {', '.join(c + '/' for c in CLASSES)})")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
-        images = [p for p in files if not _MASK.search(p.stem)]
-        if not images:
-            raise MissingFileError(f"{folder}: no ultrasound image (only masks or nothing)")
-        for image in images:
-            split = hash_split(f"{label}/{image.name}", (1.0 - test_fraction, 0.0, test_fraction))
-            result.rows.append(label_row(image, label, dataset=NAME, split=split, modality="ultrasound"))
+    images = _class_images(base)
+    if split == "fold":
+        result = _rows_from_fold(root, base, images, fold, normal)
+    else:
+        result = _rows_by_hash(images, normal, test_fraction)
     return result.log()

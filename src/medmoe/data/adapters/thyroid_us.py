@@ -1,25 +1,27 @@
-"""Thyroid ultrasound (the RadImageNet downstream set, as UniMed-CLIP prepared it) -> ``benign`` / ``malignant``.
+"""Thyroid ultrasound (RadImageNet's thyroid downstream task, as UniMed-CLIP evaluates it) -> ``benign`` / ``malignant``.
 
-Expected layout (UniMed-CLIP's ``thyroid_us`` evaluation folder)::
+Source: RadImageNet (github.com/BMEII-AI/RadImageNet) publishes ``thyroid/dataframe/thyroid_{train,val,test}
+_fold{1..5}.csv`` (header ``filename,label``; ``filename`` relative to the task folder, e.g.
+``images/....png``) beside ``thyroid/images/``; UniMed-CLIP (github.com/mbzuai-oryx/UniMed-CLIP,
+``clipeval/datasets.py``) reads fold 1's test CSV from its ``thyroid_us`` folder, columns by position. Both
+layouts read::
 
-    ROOT/thyroid_train_fold1.csv      header row, then: image path (relative to ROOT), label
-    ROOT/thyroid_test_fold1.csv
+    ROOT/dataframe/thyroid_{train,val,test}_fold1.csv     RadImageNet (ROOT = the thyroid task folder)
+    ROOT/images/...
+    ROOT/thyroid_test_fold1.csv                           UniMed-CLIP's thyroid_us/ folder
     ROOT/<the image files the CSVs name>
 
-The first column is the image path and the second the label, ``benign`` or ``malignant`` (UniMed-CLIP
-reads the columns by position; their header names are not relied on). Assumption: these are the fold files
-of RadImageNet's thyroid-ultrasound downstream task as UniMed-CLIP distributes them (its evaluation reads
-fold 1); other folds are chosen with ``fold``. The train CSV is optional (only the linear probe needs it).
+The first column is the image path and the second the label, ``benign`` or ``malignant``. The test CSV is
+required; train and val CSVs are read when present. Other folds are chosen with ``fold``. The reading is
+:func:`medmoe.data.adapters.unimed_folds.import_fold_layout`'s.
 """
 
 from __future__ import annotations
 
 import os
 
-from medmoe.data.adapters.common import ImportResult, require_dir
-from medmoe.data.adapters.labelled import label_row
-from medmoe.data.adapters.unimed_folds import read_fold_csv
-from medmoe.data.readers import MissingFileError
+from medmoe.data.adapters.common import ImportResult
+from medmoe.data.adapters.unimed_folds import LAYOUTS, import_fold_layout
 
 NAME = "thyroid-us"
 CLASSES = ("benign", "malignant")
@@ -32,30 +34,15 @@ def import_thyroid_us(
     skip_missing: bool = True,
     progress: bool = False,
 ) -> ImportResult:
-    """Rows of the fold's test CSV (split ``test``) and, when present, its train CSV (split ``train``).
+    """Rows of the fold's test CSV (split ``test``) and, when present, its train and val CSVs.
 
     Args:
-        root: the ``thyroid_us`` folder.
-        fold: which ``thyroid_{train,test}_fold{N}.csv`` pair to read.
+        root: the thyroid task folder (RadImageNet), its ``dataframe`` folder, or UniMed-CLIP's ``thyroid_us``.
+        fold: which ``thyroid_{train,val,test}_fold{N}.csv`` to read.
         skip_missing: leave out rows whose image does not exist.
         progress: unused; accepted so every adapter takes the same options.
 
     Raises:
-        MissingFileError: no test CSV of that fold.
+        MissingFileError: no test CSV of that fold, or none of a CSV's images exists.
     """
-    root = require_dir(root, NAME)
-    result = ImportResult(NAME)
-    test_csv = root / f"thyroid_test_fold{fold}.csv"
-    if not test_csv.is_file():
-        raise MissingFileError(f"{root}: no {test_csv.name} (the thyroid test fold CSV: image,label)")
-    for split in ("train", "test"):
-        path = root / f"thyroid_{split}_fold{fold}.csv"
-        if not path.is_file():
-            continue
-        for image, label in read_fold_csv(path, 0, 1, {c: c for c in CLASSES}):
-            image_path = root / image
-            if skip_missing and not image_path.is_file():
-                result.skip("missing image", str(image_path))
-                continue
-            result.rows.append(label_row(image_path, label, dataset=NAME, split=split, modality="ultrasound"))
-    return result.log()
+    return import_fold_layout(root, LAYOUTS[NAME], fold=fold, skip_missing=skip_missing)

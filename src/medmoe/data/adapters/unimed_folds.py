@@ -1,22 +1,31 @@
-"""Test sets as UniMed-CLIP's evaluation download prepared them: a CSV of (image, label) per fold.
+"""Labelled test sets as (image, label) CSVs per fold: RadImageNet's published dataframes and UniMed-CLIP's copies.
 
-UniMed-CLIP (the protocol MedMoE's paper follows) ships processed copies of several test sets, one folder
-each, whose CSV names an image (relative to the folder) and its label; its evaluation code reads the
-columns by position after a header row. The layouts read here, from that code:
+Source: RadImageNet's downstream tasks (github.com/BMEII-AI/RadImageNet) publish, per task, a ``dataframe``
+folder of 5-fold CSVs (header ``filename,label``; ``filename`` relative to the task folder) beside the
+task's ``images`` folder. UniMed-CLIP (github.com/mbzuai-oryx/UniMed-CLIP, ``clipeval/datasets.py``), which
+the MedMoE paper's protocol follows, evaluates fold 1's test CSV of the same tasks, copied into one folder
+per set, reading the columns by position after the header. Both layouts read::
 
-========================= ============================== ============ ===== =============================
-source                    folder / test CSV              image col    label label values -> medmoe class
-========================= ============================== ============ ===== =============================
-``unimed-breast-us``      ``breast_test_fold1.csv``      0            1     benign, malignant
-``unimed-acl-mri``        ``test_fold1.csv``             0            1     no -> normal, yes -> acl tear
-``unimed-meniscus-mri``   ``meniscus_test_fold1.csv``    0            1     n -> normal, p -> meniscal tear
-``unimed-rsna-pneumonia`` ``RSNA_pneumonia_balanced_     1            2     0 -> normal, 1 -> pneumonia
-                          testfile.csv``
-========================= ============================== ============ ===== =============================
+    ROOT/dataframe/breast_{train,val,test}_fold1.csv     RadImageNet (ROOT = the task folder, or dataframe/)
+    ROOT/images/benign (2).png ...
+    ROOT/breast_test_fold1.csv                           UniMed-CLIP's breast_us/ folder
+    ROOT/images/...
 
-(The thyroid folder has the same form: :mod:`medmoe.data.adapters.thyroid_us`.) Assumption: the training
-CSVs (for the linear probe) are named like the test ones with ``test`` replaced by ``train``; they are
-optional, and a set without one is evaluated zero-shot only.
+========================= ========================================= ====== ===== ===========================
+source                    CSV (``{split}``: train, val, test)       image  label label values -> class
+========================= ========================================= ====== ===== ===========================
+``thyroid-us``            ``thyroid_{split}_fold1.csv``             0      1     benign, malignant
+``unimed-breast-us``      ``breast_{split}_fold1.csv``              0      1     benign, malignant
+``unimed-acl-mri``        ``{split}_fold1.csv``                     0      1     no -> normal, yes -> acl tear
+``unimed-meniscus-mri``   ``meniscus_{split}_fold1.csv``            0      1     n -> normal, p -> meniscal tear
+``unimed-rsna-pneumonia`` ``RSNA_pneumonia_balanced_{split}file.csv`` 1    2     0 -> normal, 1 -> pneumonia
+========================= ========================================= ====== ===== ===========================
+
+A CSV is looked for in ROOT and ``ROOT/dataframe``; an image path is taken relative to ROOT, then to the
+CSV's folder, then to the folder above it. The test CSV is required; the train and val CSVs are read when
+present (the linear probe needs train). RadImageNet's breast fold labels BUSI's ``normal`` images
+``benign``; rows keep the CSV's label. Another fold is chosen with ``fold``. Assumption: UniMed-CLIP's RSNA
+file is its own balanced sample (not public); its train file, if any, is looked for as ``..._trainfile.csv``.
 """
 
 from __future__ import annotations
@@ -25,41 +34,51 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from medmoe.data.adapters.common import ImportResult, read_csv_table, require_dir
+from medmoe.data.adapters.common import (
+    ImportResult,
+    existing_path,
+    read_csv_table,
+    require_dir,
+    require_some_image,
+)
 from medmoe.data.adapters.labelled import label_row
 from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError
+from medmoe.errors import CorruptFileError, InvalidInputError
+
+SPLITS = ("train", "val", "test")
+CSV_FOLDERS = ("", "dataframe")
 
 
 @dataclass(frozen=True)
 class FoldLayout:
-    """Where a prepared fold's CSV is and how to read it.
+    """Where a fold's CSVs are and how to read them.
 
     Attributes:
-        name: dataset name of the rows; test_csv: the test CSV's name (``test`` -> ``train`` names the
-        training CSV); image_column, label_column: column positions; labels: CSV value -> class;
-        modality: the rows' modality.
+        name: dataset name of the rows; csv_pattern: the CSV's name with ``{split}`` and ``{fold}``;
+        image_column, label_column: column positions; labels: CSV value -> class; modality: the rows'.
     """
 
     name: str
-    test_csv: str
+    csv_pattern: str
     image_column: int
     label_column: int
     labels: dict[str, str]
     modality: str
 
-    @property
-    def train_csv(self) -> str:
-        return self.test_csv.replace("test", "train")
+    def csv_name(self, split: str, fold: int) -> str:
+        return self.csv_pattern.format(split=split, fold=fold)
 
 
 LAYOUTS = {
-    "unimed-breast-us": FoldLayout("breast-us", "breast_test_fold1.csv", 0, 1,
+    "thyroid-us": FoldLayout("thyroid-us", "thyroid_{split}_fold{fold}.csv", 0, 1,
+                             {"benign": "benign", "malignant": "malignant"}, "ultrasound"),
+    "unimed-breast-us": FoldLayout("breast-us", "breast_{split}_fold{fold}.csv", 0, 1,
                                    {"benign": "benign", "malignant": "malignant"}, "ultrasound"),
-    "unimed-acl-mri": FoldLayout("acl-mri", "test_fold1.csv", 0, 1, {"no": "normal", "yes": "acl tear"}, "mri"),
-    "unimed-meniscus-mri": FoldLayout("meniscus-mri", "meniscus_test_fold1.csv", 0, 1,
+    "unimed-acl-mri": FoldLayout("acl-mri", "{split}_fold{fold}.csv", 0, 1, {"no": "normal", "yes": "acl tear"},
+                                 "mri"),
+    "unimed-meniscus-mri": FoldLayout("meniscus-mri", "meniscus_{split}_fold{fold}.csv", 0, 1,
                                       {"n": "normal", "p": "meniscal tear"}, "mri"),
-    "unimed-rsna-pneumonia": FoldLayout("rsna-pneumonia", "RSNA_pneumonia_balanced_testfile.csv", 1, 2,
+    "unimed-rsna-pneumonia": FoldLayout("rsna-pneumonia", "RSNA_pneumonia_balanced_{split}file.csv", 1, 2,
                                         {"0": "normal", "1": "pneumonia"}, "xray"),
 }
 
@@ -87,36 +106,57 @@ def read_fold_csv(path: Path, image_column: int, label_column: int, labels: dict
     return pairs
 
 
-def import_fold_layout(root: str | os.PathLike, layout: FoldLayout, *, skip_missing: bool = True) -> ImportResult:
-    """Rows of ``layout``'s test CSV (split ``test``) and, when present, its training CSV (``train``).
+def find_fold_csv(root: Path, layout: FoldLayout, split: str, fold: int) -> Path | None:
+    """The CSV of ``split`` in ROOT or ``ROOT/dataframe``, or None."""
+    name = layout.csv_name(split, fold)
+    return next((root / folder / name for folder in CSV_FOLDERS if (root / folder / name).is_file()), None)
+
+
+def import_fold_layout(root: str | os.PathLike, layout: FoldLayout, *, fold: int = 1,
+                       skip_missing: bool = True) -> ImportResult:
+    """Rows of ``layout``'s test CSV (split ``test``) and, when present, its train and val CSVs.
 
     Raises:
-        MissingFileError: no test CSV in ``root``.
+        InvalidInputError: ``fold`` is not a positive integer.
+        MissingFileError: no test CSV in ``root`` or ``root/dataframe``, or none of a CSV's images exists.
     """
+    if not isinstance(fold, int) or fold < 1:
+        raise InvalidInputError(f"fold {fold!r}: expected a positive integer (RadImageNet publishes folds 1-5)")
     root = require_dir(root, layout.name)
-    if not (root / layout.test_csv).is_file():
-        raise MissingFileError(f"{root}: no {layout.test_csv} (the prepared {layout.name} test fold)")
+    test_name = layout.csv_name("test", fold)
+    if find_fold_csv(root, layout, "test", fold) is None:
+        raise MissingFileError(f"{root}: cannot find the {layout.name} test fold (looked for {test_name} in "
+                               f"{root} and {root / 'dataframe'})")
     result = ImportResult(layout.name)
-    for split, csv_name in (("train", layout.train_csv), ("test", layout.test_csv)):
-        path = root / csv_name
-        if split == "train" and (csv_name == layout.test_csv or not path.is_file()):
+    for split in SPLITS:
+        path = find_fold_csv(root, layout, split, fold)
+        if path is None or (split != "test" and path.name == test_name):
             continue
+        split_result = ImportResult(layout.name)
         for image, label in read_fold_csv(path, layout.image_column, layout.label_column, layout.labels):
-            image_path = root / image
+            image_path = existing_path([root / image, path.parent / image, path.parent.parent / image])
             if skip_missing and not image_path.is_file():
-                result.skip("missing image", str(image_path))
+                split_result.skip("missing image", str(image_path))
                 continue
-            result.rows.append(label_row(image_path, label, dataset=layout.name, split=split,
-                                         modality=layout.modality))
+            split_result.rows.append(label_row(image_path, label, dataset=layout.name, split=split,
+                                               modality=layout.modality))
+        require_some_image(split_result, path)
+        result.rows += split_result.rows
+        for reason, items in split_result.skipped.items():
+            result.skipped.setdefault(reason, []).extend(items)
     return result.log()
 
 
 def _adapter(source: str):
-    def run(root: str | os.PathLike, *, skip_missing: bool = True, progress: bool = False) -> ImportResult:
-        return import_fold_layout(root, LAYOUTS[source], skip_missing=skip_missing)
+    layout = LAYOUTS[source]
+
+    def run(root: str | os.PathLike, *, fold: int = 1, skip_missing: bool = True,
+            progress: bool = False) -> ImportResult:
+        return import_fold_layout(root, layout, fold=fold, skip_missing=skip_missing)
 
     run.__name__ = f"import_{source.replace('-', '_')}"
-    run.__doc__ = f"Rows of UniMed-CLIP's prepared {LAYOUTS[source].name} folder (see the module docstring)."
+    run.__doc__ = (f"Rows of the {layout.name} fold CSVs ({layout.csv_name('{train,val,test}', 1)}) in RadImageNet's "
+                   "or UniMed-CLIP's layout (see the module docstring).")
     return run
 
 
