@@ -8,6 +8,8 @@ Images are tiny PNG / JPEG files.
 from __future__ import annotations
 
 import csv
+import io
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -228,3 +230,47 @@ def test_radimagenet_other_folds_and_missing_folds(tmp_path, source, pattern, he
     (task / "images" / "test_1.png").unlink()
     with pytest.raises(MissingFileError, match=r"thyroid_test_fold2\.csv: none of the 2 images"):
         import_source(source, task, fold=2)
+
+
+# ------------------------------------------------------------------ WebDataset shards of UniMed-CLIP
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _jpeg_bytes(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+UNIMED_TEXTS = {
+    # UniMed-CLIP's data_prepration_scripts (github.com/mbzuai-oryx/UniMed-CLIP): MIMIC-CXR writes each
+    # template + "._mimiccxr_", then "_mimiccxr_" + the report ("noreportpresent" when there is none);
+    # Openi writes the caption then its templates, each + "._openi_"; RadImageNet's templates are joined by
+    # "_radimagenet_" (split again by src/training/data.py, preprocess_txt_rad).
+    "000000": ("Chest x-ray showing cardiomegaly._mimiccxr_Enlarged heart on the radiograph._mimiccxr_"
+               "_mimiccxr_FINDINGS: Mild cardiomegaly. IMPRESSION: Enlarged heart.",
+               "FINDINGS: Mild cardiomegaly. IMPRESSION: Enlarged heart."),
+    "000001": ("Chest x-ray showing edema._mimiccxr_Pulmonary edema is seen._mimiccxr__mimiccxr_noreportpresent",
+               "Chest x-ray showing edema."),
+    "000002": ("The heart is normal in size._openi_Normal chest radiograph._openi_No acute disease._openi_",
+               "The heart is normal in size."),
+    "000003": ("An MRI of the knee showing an ACL tear._radimagenet_Knee MRI with a torn ACL._radimagenet_",
+               "An MRI of the knee showing an ACL tear."),
+    "000004": ("Plain caption without a marker.", "Plain caption without a marker."),
+}
+
+
+def test_wds_shards_of_unimed_clip_keep_the_caption_it_trains_on(tmp_path):
+    shard = tmp_path / "shards" / "dataset-000001.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for key, (text, _) in UNIMED_TEXTS.items():
+            _tar_member(tar, f"{key}.jpg", _jpeg_bytes(40))
+            _tar_member(tar, f"{key}.txt", text.encode())
+    result = import_source("wds", shard, extract_dir=tmp_path / "out", split="train")
+    assert {r.extra["key"]: r.report for r in result.rows} == {k: want for k, (_, want) in UNIMED_TEXTS.items()}
+    assert not any("_mimiccxr_" in r.report or "_openi_" in r.report for r in result.rows)

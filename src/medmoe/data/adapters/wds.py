@@ -9,7 +9,18 @@ that would write outside ``extract_dir``, is skipped and reported. To train stra
 instead, use :class:`medmoe.data.shards.ShardDataset`.
 
 The split comes from the metadata, else from a ``train`` / ``val`` / ``test`` folder in the shard's
-path, else from the ``split`` argument.
+path, else from the ``split`` argument. Layout::
+
+    ROOT/train/shard-000000.tar     000000.jpg, 000000.txt, 000000.cls, 000000.json, 000001.png, ...
+    ROOT/val/...                    (or ROOT = one .tar file)
+
+Shards written by UniMed-CLIP's ``data_prepration_scripts`` (github.com/mbzuai-oryx/UniMed-CLIP) join
+several captions of a sample in one ``.txt`` with a dataset marker (``_mimiccxr_``, ``_openi_``,
+``_chexpert_``, ``_radimagenet_``, ``_chestxray8_``, ``_all_retina_merged_``, ``_dr_``, ``_medicat_``).
+The row's report is the caption UniMed-CLIP's ``src/training/data.py`` (``preprocess_txt_rad``) trains on,
+with the random template choice made deterministic: the report after the last ``_mimiccxr_`` (its first
+template when the report is ``noreportpresent``), the first caption for ``_openi_`` and ``_medicat_``, the
+first non-empty template for the others.
 """
 
 from __future__ import annotations
@@ -28,6 +39,29 @@ from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
 
 NAME = "wds"
 _IMAGE_EXTS = ("jpg", "jpeg", "png")
+
+
+UNIMED_MARKERS = ("_radimagenet_", "_chexpert_", "_openi_", "_chestxray8_", "_all_retina_merged_", "_dr_",
+                  "_medicat_", "_mimiccxr_")
+_NO_REPORT = "noreportpresent"
+
+
+def unimed_caption(text: str) -> str:
+    """The caption UniMed-CLIP trains on from a ``.txt`` that joins several with a dataset marker; text
+    without a marker is returned as it is (stripped)."""
+    marker = next((m for m in UNIMED_MARKERS if m in text), None)
+    if marker is None:
+        return text.strip()
+    parts = [p.strip() for p in text.split(marker)]
+    templates = [p for p in parts if p]
+    if marker == "_mimiccxr_":
+        report = parts[-1]
+        if report and report != _NO_REPORT:
+            return report
+        templates = [p for p in parts[:-1] if p]
+    if marker in ("_openi_", "_medicat_"):
+        return parts[0]
+    return templates[0] if templates else ""
 
 
 def _split_from_path(path: Path, root: Path) -> str | None:
@@ -87,7 +121,7 @@ def import_wds(
             if not parts or PurePosixPath(key).is_absolute() or any(p in ("..", ".") for p in parts):
                 result.skip("unsafe key (would write outside the extract folder)", f"{shard}#{key}")
                 continue
-            text = members.get("txt", b"").decode("utf-8", errors="replace").strip()
+            text = unimed_caption(members.get("txt", b"").decode("utf-8", errors="replace"))
             try:
                 meta = json.loads(members["json"]) if "json" in members else {}
                 if not isinstance(meta, dict):
