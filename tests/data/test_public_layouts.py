@@ -20,7 +20,7 @@ from PIL import Image
 from medmoe.cli.main import main
 from medmoe.data.adapters import import_source
 from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError
+from medmoe.errors import CorruptFileError, InvalidInputError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -274,3 +274,58 @@ def test_wds_shards_of_unimed_clip_keep_the_caption_it_trains_on(tmp_path):
     result = import_source("wds", shard, extract_dir=tmp_path / "out", split="train")
     assert {r.extra["key"]: r.report for r in result.rows} == {k: want for k, (_, want) in UNIMED_TEXTS.items()}
     assert not any("_mimiccxr_" in r.report or "_openi_" in r.report for r in result.rows)
+
+
+# ------------------------------------------------------------------ MedMNIST organ sets
+
+ORGANS = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
+          "lung-right", "pancreas", "spleen")
+
+
+def _organ_npz(path: Path, count: int = 3) -> None:
+    """A MedMNIST file as medmnist.com documents it: ``{train,val,test}_images`` (N, H, W) uint8 and
+    ``{train,val,test}_labels`` (N, 1)."""
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = np.full((count, 28, 28), 7, np.uint8)
+        arrays[f"{split}_labels"] = np.arange(count).reshape(-1, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+
+
+def test_medmnist_file_given_directly(tmp_path):
+    npz = tmp_path / "downloads" / "organcmnist_64.npz"
+    _organ_npz(npz)
+    result = import_source("organcmnist", npz, splits=("val", "test"))
+    assert [r.labels[0] for r in result.rows if r.split == "test"] == list(ORGANS[:3])
+    assert {r.split for r in result.rows} == {"val", "test"}
+    assert Path(result.rows[0].image).is_relative_to(tmp_path / "downloads" / ".medmoe-png" / "organcmnist_64")
+    with pytest.raises(InvalidInputError, match=r"organcmnist_64\.npz: expected the axial organ set's MedMNIST file"):
+        import_source("organamnist", npz)
+
+
+def _unimed_organs(root: Path) -> Path:
+    """UniMed-CLIP's ``organs_axial`` folder as ``clipeval/datasets.py`` (``CT_dataset``) reads it:
+    ``annotations.csv`` with the image path in column 0 (relative to the folder), the label in column 2 and a
+    ``split`` column. The names of columns 0-2 are not documented; the loader reads them by position, and so
+    does this fake (placeholder names)."""
+    folder = root / "organs_axial"
+    rows = []
+    for i, (label, split) in enumerate([("6", "test"), ("10", "test"), ("4.0", "train"), ("liver", "test")]):
+        _image(folder / "images" / f"{i}.png")
+        rows.append([f"images/{i}.png", f"case{i}", label, split])
+    _write_csv(folder / "annotations.csv", ["image", "case", "label", "split"], rows)
+    return folder
+
+
+def test_medmnist_organ_csv_of_unimed_clip(tmp_path):
+    folder = _unimed_organs(tmp_path)
+    for root in (tmp_path, folder):
+        result = import_source("organamnist", root, splits=("test",))
+        assert [r.labels[0] for r in result.rows] == ["liver", "spleen", "liver"]
+        assert result.rows[0].image == str(folder / "images" / "0.png")
+    (folder / "annotations.csv").write_text("image,case,label,split\nimages/0.png,c,brain,test\n")
+    with pytest.raises(CorruptFileError, match="line 2: label 'brain'"):
+        import_source("organamnist", tmp_path)
+    with pytest.raises(MissingFileError, match=r"organs_coronal/annotations\.csv"):
+        import_source("organcmnist", tmp_path)
