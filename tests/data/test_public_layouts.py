@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from medmoe.cli.main import main
-from medmoe.data.adapters import import_source
+from medmoe.data.adapters import SOURCES, import_source
 from medmoe.data.readers import MissingFileError
 from medmoe.errors import CorruptFileError, InvalidInputError
 
@@ -329,3 +329,43 @@ def test_medmnist_organ_csv_of_unimed_clip(tmp_path):
         import_source("organamnist", tmp_path)
     with pytest.raises(MissingFileError, match=r"organs_coronal/annotations\.csv"):
         import_source("organcmnist", tmp_path)
+
+
+# ------------------------------------------------------------------ medmoe data import SOURCE --help
+
+HELP_MUST_NAME = {
+    "chexpert5x200": ["chexpert-5x200.csv", "chexpert_8x200.csv", "CheXpert-v1.0-small/"],
+    "roco": ["all_data/train/radiologytraindata.csv", "radiology/images/"],
+    "mimic-cxr": ["mimic-cxr-reports.zip", "files/p10/p10000032/s50414267"],
+    "thyroid-us": ["dataframe/thyroid_{train,val,test}_fold1.csv"],
+    "unimed-acl-mri": ["dataframe/", "{split}_fold1.csv"],
+    "busi": ["Dataset_BUSI_with_GT/normal/", "breast_{train,val,test}_fold1.csv"],
+    "wds": ["_mimiccxr_", "ROOT/train/shard-000000.tar"],
+    "organamnist": ["organamnist.npz", "organs_axial/annotations.csv"],
+}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_import_help_shows_the_layout_and_the_source_followed(source, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "import", source, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Source:" in text and "ROOT/" in text
+    for name in HELP_MUST_NAME.get(source, []):
+        assert name in text, name
+
+
+def test_import_cli_passes_the_busi_and_fold_choices(tmp_path, capsys):
+    base = tmp_path / "Dataset_BUSI_with_GT"
+    for label in ("benign", "malignant", "normal"):
+        _image(base / label / f"{label} (1).png")
+    _write_csv(tmp_path / "dataframe" / "breast_test_fold2.csv", ["filename", "label"],
+               [["images/benign (1).png", "benign"], ["images/malignant (1).png", "malignant"],
+                ["images/normal (1).png", "benign"]])
+    out = tmp_path / "busi.csv"
+    assert main(["data", "import", "busi", str(tmp_path), "--out", str(out), "--fold", "2", "--normal", "exclude",
+                 "--no-progress"]) == 0
+    assert "wrote 2 rows" in capsys.readouterr().out
+    assert main(["data", "import", "busi", str(tmp_path), "--out", str(out), "--no-progress"]) == 1
+    assert "breast_test_fold1.csv" in capsys.readouterr().err

@@ -22,20 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     check.set_defaults(func=run_check)
 
-    from medmoe.data.adapters import SOURCES  # one list of adapters: the library's
-
-    imp = group.add_parser("import", help="build a manifest from a public corpus you have on disk")
-    imp.add_argument("source", choices=sorted(SOURCES), help="layout of ROOT")
-    imp.add_argument("root", help="the corpus folder (for wds: a .tar shard or a folder of shards)")
-    imp.add_argument("--out", required=True, help="manifest to write (.csv or .jsonl)")
-    imp.add_argument("--all-views", action="store_true", help="mimic-cxr: keep lateral views too")
-    imp.add_argument("--reports-root", default=None, help="mimic-cxr: folder of the reports' files/ tree or zip")
-    imp.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is missing")
-    imp.add_argument("--extract-dir", default=None,
-                     help="wds: where to extract images (default: <out without suffix>-images)")
-    imp.add_argument("--split", default=None, help="wds: split of samples that do not carry one")
-    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    imp.set_defaults(func=run_import)
+    imp = group.add_parser(
+        "import", help="build a manifest from a public corpus you have on disk",
+        description="Build a manifest from a public corpus in the layout it is distributed in. "
+        "`medmoe data import SOURCE --help` shows the folder tree SOURCE expects and the source it follows.")
+    sources = imp.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    for source in _import_sources():
+        _add_import_parser(sources, source)
 
     shard = group.add_parser("shard", help="write WebDataset-style tar shards from a manifest")
     shard.add_argument("manifest", help="a .csv or .jsonl manifest")
@@ -52,6 +45,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     shard.set_defaults(func=run_shard)
 
     data_samples.add_parser(group)
+
+
+FOLD_SOURCES = ("thyroid-us", "unimed-breast-us", "unimed-acl-mri", "unimed-meniscus-mri", "unimed-rsna-pneumonia")
+
+
+def _import_sources() -> list[str]:
+    from medmoe.data.adapters import SOURCES  # one list of adapters: the library's
+
+    return sorted(SOURCES)
+
+
+def _add_import_parser(sources: argparse._SubParsersAction, source: str) -> None:
+    """``medmoe data import SOURCE``: its help is the adapter's description (source followed, layout)."""
+    from medmoe.data.adapters import layout_help
+
+    text = layout_help(source)
+    parser = sources.add_parser(source, help=text.splitlines()[0] if text else source, description=text,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", help="a .tar shard or a folder of shards" if source == "wds" else
+                        "the corpus folder, laid out as above")
+    parser.add_argument("--out", required=True, help="manifest to write (.csv or .jsonl)")
+    if source != "wds":
+        parser.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is missing")
+    _add_source_options(parser, source)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_import)
+
+
+def _add_source_options(parser: argparse.ArgumentParser, source: str) -> None:
+    if source == "mimic-cxr":
+        parser.add_argument("--all-views", action="store_true", help="keep lateral views too")
+        parser.add_argument("--reports-root", default=None,
+                            help="where the reports are, if not in ROOT: the folder of their files/ tree, the "
+                                 "folder holding mimic-cxr-reports.zip, or that zip")
+    if source == "wds":
+        parser.add_argument("--extract-dir", default=None,
+                            help="where to extract images (default: <out without suffix>-images)")
+        parser.add_argument("--split", default=None, help="split of samples that do not carry one")
+    if source == "busi":
+        parser.add_argument("--normal", choices=("benign", "exclude", "class"), default="benign",
+                            help="the normal images: labelled benign as RadImageNet's fold does (default), left "
+                                 "out, or a class of their own")
+        parser.add_argument("--split-by", choices=("fold", "hash"), default="fold",
+                            help="RadImageNet's fold CSVs (default) or a file-name hash (not the protocol's)")
+    if source in FOLD_SOURCES or source == "busi":
+        parser.add_argument("--fold", type=int, default=1, help="which published fold (default 1)")
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -87,6 +126,10 @@ def run_import(args: argparse.Namespace) -> int:
     if args.source == "mimic-cxr":
         options["views"] = None if args.all_views else ("PA", "AP")
         options["reports_root"] = args.reports_root
+    if args.source == "busi":
+        options.update(normal=args.normal, split=args.split_by)
+    if hasattr(args, "fold"):
+        options["fold"] = args.fold
     if args.source == "wds":
         out = Path(args.out)
         options["extract_dir"] = args.extract_dir or str(out.with_name(out.name.split(".")[0] + "-images"))

@@ -10,6 +10,7 @@ with the exact directory layout it expects.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,7 @@ __all__ = [
     "import_source",
     "import_thyroid_us",
     "import_wds",
+    "layout_help",
 ]
 
 
@@ -83,3 +85,16 @@ def import_source(source: str, root: str | os.PathLike, **options: Any) -> Impor
     if source not in SOURCES:
         raise InvalidInputError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
     return SOURCES[source](root, **options)
+
+
+def layout_help(source: str) -> str:
+    """What ``source``'s adapter reads: its module's description (the source it follows and the folder
+    tree it expects), as plain text for ``medmoe data import SOURCE --help``.
+
+    Raises:
+        InvalidInputError: unknown source name.
+    """
+    if source not in SOURCES:
+        raise InvalidInputError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
+    text = sys.modules[SOURCES[source].__module__].__doc__ or ""
+    return text.replace("``", "").replace("::\n", ":\n").strip()

@@ -9,7 +9,7 @@ set (UniMed-CLIP's ``breast_test_fold1.csv``) is RadImageNet's published fold (g
 
     ROOT/Dataset_BUSI_with_GT/benign/benign (1).png, benign (1)_mask.png, benign (4)_mask_1.png, ...
     ROOT/Dataset_BUSI_with_GT/malignant/malignant (1).png, ...
-    ROOT/Dataset_BUSI_with_GT/normal/normal (1).png, ...
+    ROOT/Dataset_BUSI_with_GT/normal/normal (1).png, ...       (may be absent)
     ROOT/dataframe/breast_{train,val,test}_fold1.csv     RadImageNet's fold (also read from ROOT or from
                                                          Dataset_BUSI_with_GT[/dataframe])
 
@@ -45,14 +45,17 @@ _FOLD_LABELS = {"benign": "benign", "malignant": "malignant"}
 
 
 def _class_images(base: Path) -> dict[str, list[Path]]:
-    """class folder -> its ultrasound images (masks left out).
+    """class folder -> its ultrasound images (masks left out); a missing ``normal/`` folder reads as empty.
 
     Raises:
-        MissingFileError: a class folder is missing or holds no image.
+        MissingFileError: the benign or malignant folder is missing, or a class folder holds no image.
     """
     images: dict[str, list[Path]] = {}
     for label in FOLDERS:
         folder = base / label
+        if label == "normal" and not folder.is_dir():
+            images[label] = []
+            continue
         if not folder.is_dir():
             raise MissingFileError(f"{base}: no {label}/ folder (expected {', '.join(c + '/' for c in FOLDERS)})")
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)

@@ -1,6 +1,7 @@
 """Indiana University chest X-ray collection (Open-i, NLMCXR) -> manifest rows.
 
-Expected layout (``NLMCXR_reports.tgz`` and ``NLMCXR_png.tgz`` extracted into one folder)::
+Source: the Open-i download page of the collection (openi.nlm.nih.gov/faq, Demner-Fushman et al. 2016):
+``NLMCXR_reports.tgz`` and ``NLMCXR_png.tgz``, extracted into one folder. Layout::
 
     ROOT/ecgen-radiology/1.xml ... 3955.xml
     ROOT/<any folder>/CXR1_1_IM-0001-3001.png ...

@@ -1,6 +1,6 @@
 """MRNet knee MRI (Bien et al. 2018) -> labelled 2-D rows for ACL tear or meniscal tear.
 
-Expected layout (``MRNet-v1.0`` as released)::
+Source: the MRNet release (stanfordmlgroup.github.io/competitions/mrnet, ``MRNet-v1.0``). Layout::
 
     ROOT/train/{axial,coronal,sagittal}/0000.npy ... 1129.npy     (S, 256, 256) uint8 volumes
     ROOT/valid/{axial,coronal,sagittal}/1130.npy ... 1249.npy

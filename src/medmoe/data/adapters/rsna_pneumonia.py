@@ -1,6 +1,7 @@
 """RSNA Pneumonia Detection Challenge (Kaggle, 2018) -> labelled rows: ``normal`` / ``pneumonia``.
 
-Expected layout (the Kaggle download, unzipped)::
+Source: the competition's Kaggle data page (kaggle.com/c/rsna-pneumonia-detection-challenge), unzipped.
+Layout::
 
     ROOT/stage_2_train_labels.csv          patientId,x,y,width,height,Target  (stage_1_... also accepted)
     ROOT/stage_2_train_images/<patientId>.dcm

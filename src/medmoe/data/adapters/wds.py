@@ -1,8 +1,9 @@
 """WebDataset tar shards (UniMed, the MedMoE code) -> manifest rows with the images extracted to files.
 
-Each sample is a group of members sharing a key: an image (``.jpg`` / ``.jpeg`` / ``.png``), its text
-(``.txt``), optionally a class (``.cls``, becomes the label) and metadata (``.json`` with any of
-``modality``, ``labels``, ``dataset``, ``split``). A manifest needs image files, so images are extracted
+Source: the WebDataset format (github.com/webdataset/webdataset). Each sample is a group of members
+sharing a key: an image (``.jpg`` / ``.jpeg`` / ``.png``), its text (``.txt``), optionally a class
+(``.cls``, becomes the label) and metadata (``.json`` with any of ``modality``, ``labels``, ``dataset``,
+``split``). A manifest needs image files, so images are extracted
 under ``extract_dir/<shard path below root, without .tar>/<key>.<ext>``: one file per sample, also when two
 folders hold shards of the same name or keys share a base name. A key that repeats within a shard, or one
 that would write outside ``extract_dir``, is skipped and reported. To train straight from the shards
