@@ -359,8 +359,8 @@ def test_wds(tmp_path):
 
 
 def test_wds_gives_every_sample_its_own_file(tmp_path):
-    """Issue 16, finding 1: same-named shards in two folders, keys sharing a base name and a key repeated
-    later in a tar used to land on one file (7 rows, 5 files): rows pointed to other samples' images."""
+    """Same-named shards in two folders, keys sharing a base name and a key repeated later in a tar: each
+    row points to its own sample's image (never to a file another sample overwrote)."""
     root = tmp_path / "shards"
     values = {}
     for split, start in (("train", 10), ("val", 100)):

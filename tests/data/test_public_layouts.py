@@ -369,3 +369,9 @@ def test_import_cli_passes_the_busi_and_fold_choices(tmp_path, capsys):
     assert "wrote 2 rows" in capsys.readouterr().out
     assert main(["data", "import", "busi", str(tmp_path), "--out", str(out), "--no-progress"]) == 1
     assert "breast_test_fold1.csv" in capsys.readouterr().err
+
+
+def test_mimic_cxr_without_any_report_fails_naming_where_it_looked(tmp_path):
+    _mimic_with_reports_zip(tmp_path)
+    with pytest.raises(MissingFileError, match=r"none of the 1 study reports.*s50414267\.txt.*mimic-cxr-reports\.zip"):
+        import_source("mimic-cxr", tmp_path / "jpg")

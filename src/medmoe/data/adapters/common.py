@@ -136,6 +136,5 @@ def require_some_image(result: ImportResult, table: Path, reason: str = "missing
     """
     missing = result.skipped.get(reason, [])
     if missing and not result.rows and len(missing) == sum(len(v) for v in result.skipped.values()):
-        examples = ", ".join(missing[:2])
-        raise MissingFileError(f"{table}: none of the {len(missing)} images it names exists (looked for {examples}, "
-                               "...); the CSV's paths are taken relative to its folder and the folder above")
+        examples = ", ".join(missing[:2]) + (", ..." if len(missing) > 2 else "")
+        raise MissingFileError(f"{table}: none of the {len(missing)} images it names exists (looked for {examples})")

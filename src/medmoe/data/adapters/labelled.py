@@ -64,17 +64,3 @@ def write_grey_png(image: np.ndarray, path: Path) -> Path:
     Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
     tmp.replace(path)
     return path
-
-
-def check_classes(classes: tuple[str, ...], include: tuple[str, ...] | None, source: str) -> tuple[str, ...]:
-    """``include`` (a subset of ``classes``) or all ``classes``.
-
-    Raises:
-        InvalidInputError: an unknown class name, or fewer than two classes.
-    """
-    if include is None:
-        return classes
-    unknown = [c for c in include if c not in classes]
-    if unknown or len(set(include)) < 2:
-        raise InvalidInputError(f"{source}: classes {list(include)} must be two or more of {list(classes)}")
-    return tuple(include)

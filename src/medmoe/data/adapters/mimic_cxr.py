@@ -179,4 +179,18 @@ def import_mimic_cxr(
             )
     finally:
         reports.close()
+    _require_some_report(result, report_roots + [root])
     return result.log()
+
+
+def _require_some_report(result: ImportResult, roots: list[Path]) -> None:
+    """Fail when images were found but not one report: the reports are not where they were looked for.
+
+    Raises:
+        MissingFileError: naming the report paths and the places looked in.
+    """
+    missing = result.skipped.get("missing report", [])
+    if missing and not result.rows and "missing image" not in result.skipped:
+        places = ", ".join(str(r) if r.is_file() else f"{r}/files/ and {r / REPORTS_ZIP}" for r in roots)
+        raise MissingFileError(f"none of the {len(missing)} study reports was found (looked for {missing[0]}, ... in "
+                               f"{places}); give the reports' folder or zip with reports_root / --reports-root")
