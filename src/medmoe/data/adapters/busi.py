@@ -103,9 +103,7 @@ def _rows_from_fold(root: Path, base: Path, images: dict[str, list[Path]], fold:
                 continue
             split_result.rows.append(label_row(file, label, dataset=NAME, split=split, modality="ultrasound"))
         require_some_image(split_result, path)
-        result.rows += split_result.rows
-        for reason, items in split_result.skipped.items():
-            result.skipped.setdefault(reason, []).extend(items)
+        result.extend(split_result)
     return result
 
 

@@ -29,6 +29,12 @@ class ImportResult:
     def skip(self, reason: str, what: str) -> None:
         self.skipped.setdefault(reason, []).append(what)
 
+    def extend(self, other: ImportResult) -> None:
+        """Add ``other``'s rows and skipped entries to these."""
+        self.rows += other.rows
+        for reason, items in other.skipped.items():
+            self.skipped.setdefault(reason, []).extend(items)
+
     def log(self) -> ImportResult:
         """Log the skipped entries (one warning per reason) and return self."""
         for reason, paths in self.skipped.items():

@@ -130,7 +130,7 @@ def import_fold_layout(root: str | os.PathLike, layout: FoldLayout, *, fold: int
     result = ImportResult(layout.name)
     for split in SPLITS:
         path = find_fold_csv(root, layout, split, fold)
-        if path is None or (split != "test" and path.name == test_name):
+        if path is None:
             continue
         split_result = ImportResult(layout.name)
         for image, label in read_fold_csv(path, layout.image_column, layout.label_column, layout.labels):
@@ -141,9 +141,7 @@ def import_fold_layout(root: str | os.PathLike, layout: FoldLayout, *, fold: int
             split_result.rows.append(label_row(image_path, label, dataset=layout.name, split=split,
                                                modality=layout.modality))
         require_some_image(split_result, path)
-        result.rows += split_result.rows
-        for reason, items in split_result.skipped.items():
-            result.skipped.setdefault(reason, []).extend(items)
+        result.extend(split_result)
     return result.log()
 
 
