@@ -11,7 +11,7 @@ from medmoe.cli.config_flags import DeferredFlagsParser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("seg", help="MoME text-prompted CT segmentation: train, predict, classes, eval, benchmark, build-samples")
+    parser = sub.add_parser("seg", help="MoME text-prompted CT segmentation: train, predict, classes, eval, benchmark, build-samples, import, check")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     group = parser.add_subparsers(dest="seg_command", metavar="SUBCOMMAND", parser_class=DeferredFlagsParser)
     _add_train(group)

@@ -113,6 +113,12 @@ class SegTask:
         self.config = config
         if not Path(config.data).is_file():
             raise InvalidInputError(f"--data {config.data}: datalist not found")
+        from medmoe.seg.check import quick_check
+
+        # the checks that read no voxel; shapes, affines, label values and duplicates need `medmoe seg check`
+        n = quick_check(config.data, splits=tuple(s for s in ("training", config.val_split) if s))
+        log.info("%s: %d entries, every file present and every dataset known; `medmoe seg check %s` also checks "
+                 "shapes, affines, label values and duplicates", config.data, n, config.data)
         if config.samples_per_volume < 1:
             raise InvalidInputError(f"samples_per_volume {config.samples_per_volume}: expected >= 1")
         self._train_ds = None
