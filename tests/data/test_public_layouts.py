@@ -99,7 +99,8 @@ def test_chexpert5x200_layouts_it_cannot_read_fail_once_naming_what_was_looked_f
 def _roco_kaggle(root: Path) -> None:
     """The Kaggle redistribution of ROCO: ``all_data/<split>/radiology<split>data.csv`` (``id,name,caption``)
     next to ``all_data/<split>/radiology/images/`` (the split folders of the ROCO README: train, validation,
-    test; the validation CSV is ``radiologyvaldata.csv``)."""
+    test). The validation CSV's exact name differs between copies (``radiologyvaldata.csv`` here); the
+    adapter accepts any ``radiology*.csv`` of the split folder."""
     entries = {"train": ("radiologytraindata.csv", "ROCO_00002", "PMC4083729_AMJCR-07-0000-g001.jpg",
                          "Axial CT of the abdomen shows a mass."),
                "validation": ("radiologyvaldata.csv", "ROCO_81834", "PMC3498864_jovr-04-256f2.jpg",
