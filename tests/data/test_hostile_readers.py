@@ -1,12 +1,13 @@
-"""Issue 16, finding 6: small files that claim gigabytes. Every reader checks the decoded size from the
-header against MEDMOE_MAX_PIXELS / MEDMOE_MAX_VOXELS (or its argument) before decoding, and decodes in the
-smallest dtype that holds the data."""
+"""Small files that claim gigabytes: every reader checks the decoded size from the header against
+MEDMOE_MAX_PIXELS / MEDMOE_MAX_VOXELS (or its argument) before decoding, and decodes in the smallest dtype
+that holds the data. Files that are not DICOM are refused from their first bytes, before pydicom parses them."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import struct
+import time
 import tracemalloc
 import zlib
 
@@ -18,10 +19,13 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from testkit.data import dicom_file
+
 from medmoe.data.readers import decode_image, read_image
+from medmoe.data.readers.dicom import dicom_signature, sniff_dicom
 from medmoe.data.readers.nifti import check_nifti_size
 from medmoe.data.volumes import read_ct, read_dicom_series
-from medmoe.errors import InvalidInputError
+from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import DecodeLimitError, limit
 
 pytestmark = pytest.mark.timeout(120)
@@ -179,3 +183,94 @@ def test_dicom_series_is_checked_from_headers_before_decoding(tmp_path, monkeypa
     volume = read_dicom_series(folder)
     assert volume.shape == (32, 32, 3) and volume.array.dtype == np.float32
     assert float(volume.array[0, 0, 2]) == 26 - 1024
+
+
+# ---------------------------------------------------------------------------------------------- files that are not DICOM
+def _zeros(path, size=300 * 2**20):
+    """A sparse file of ``size`` zero bytes (instant to make, whatever its size)."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    return path
+
+
+def _timed(function):
+    start = time.perf_counter()
+    try:
+        function()
+    except Exception as err:  # noqa: BLE001 - returned for the test to inspect
+        return err, time.perf_counter() - start
+    return None, time.perf_counter() - start
+
+
+def test_a_folder_holding_300_mb_of_zeros_is_refused_in_under_a_second(tmp_path):
+    """pydicom reads such a file element by element (8 zero bytes each, force=True): 30 MB took 69 s."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    _zeros(folder / "00000.dcm")
+    for reader in (lambda: read_ct(folder), lambda: read_dicom_series(folder), lambda: read_ct(folder / "00000.dcm"),
+                   lambda: read_image(folder / "00000.dcm")):
+        error, seconds = _timed(reader)
+        assert isinstance(error, CorruptFileError | InvalidInputError), error
+        assert "DICM" in str(error) and "00000.dcm" in str(error), error
+        assert seconds < 1.0, f"{seconds:.2f} s"
+    assert "none of its 1 file(s) (00000.dcm) starts like DICOM" in str(_timed(lambda: read_ct(folder))[0])
+
+
+def _meta_then(tmp_path, tail: bytes, keep_dataset: int = 0):
+    """A real CT slice's preamble and file meta group (plus ``keep_dataset`` bytes of its dataset), then ``tail``."""
+    real = open(dicom_file("CT_small.dcm"), "rb").read()
+    meta_end = 132
+    while struct.unpack_from("<H", real, meta_end)[0] == 0x0002:  # explicit VR little endian, short VRs here
+        vr = real[meta_end + 4:meta_end + 6]
+        long_vr = vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR")
+        meta_end += (12 + struct.unpack_from("<I", real, meta_end + 8)[0] if long_vr
+                     else 8 + struct.unpack_from("<H", real, meta_end + 6)[0])
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(real[:meta_end + keep_dataset] + tail)
+    return path
+
+
+def test_a_dicom_start_followed_by_zeros_is_refused_where_the_zeros_begin(tmp_path):
+    zeros = b"\0" * 3 * 2**20
+    right_after_meta = _meta_then(tmp_path, zeros)  # pydicom would read the zeros as a "command group"
+    assert sniff_dicom(right_after_meta) is None
+    assert _timed(lambda: read_image(right_after_meta))[1] < 1.0
+    inside = _meta_then(tmp_path, zeros, keep_dataset=300)
+    assert sniff_dicom(inside) == "part10"
+    error, seconds = _timed(lambda: read_image(inside))
+    assert isinstance(error, CorruptFileError) and "DICOM elements ascend" in str(error), error
+    assert seconds < 1.0, f"{seconds:.2f} s"
+
+
+@pytest.mark.parametrize("name, kind", [("CT_small.dcm", "part10"), ("rtstruct.dcm", "implicit-le"),
+                                        ("ExplVR_LitEndNoMeta.dcm", "explicit-le"), ("MR_small.dcm", "part10")])
+def test_the_sniff_recognises_dicom_with_and_without_a_preamble(name, kind):
+    assert sniff_dicom(dicom_file(name)) == kind
+
+
+@pytest.mark.parametrize("head", [
+    b"",
+    b"\0" * 1024,
+    b"\0" * 128 + b"DICM" + b"\0" * 100,  # a marker, then no file meta group
+    b"<!DOCTYPE html><html><body>not an image</body></html>",
+    b"\x89PNG\r\n\x1a\n" + b"\0" * 100,
+    b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + b"\0" * 100,
+    b"\x1f\x8b\x08\x00" + b"\0" * 100,
+    b"patient,report\n1,clear lungs\n",
+    b"\x08\x00\x16\x00UI\xff\x7f1.2.3",  # a plausible first element whose length runs past the file
+    b"\x00\x08\x00\x05CS\x00\x0aISO_IR 100",  # big endian without a preamble (retired; see dicom_signature)
+])
+def test_the_sniff_refuses_other_files(head):
+    assert dicom_signature(head, len(head)) is None
+
+
+def test_series_files_are_found_by_their_bytes_whatever_their_names(tmp_path):
+    from testkit.seg import write_dicom_series
+
+    folder = write_dicom_series(tmp_path / "series", np.full((8, 8, 3), -500.0))
+    for k, f in enumerate(sorted(folder.iterdir())):
+        f.rename(folder / f"IM{k:04d}")  # PACS exports often have no suffix
+    (folder / "README.txt").write_text("exported by a PACS")
+    _zeros(folder / "DICOMDIR.dcm", 4096)  # named like DICOM, but zeros: skipped with a warning
+    volume = read_ct(folder, check_ct=False)
+    assert volume.shape == (8, 8, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import zipfile
 
 import nibabel as nib
@@ -84,26 +85,50 @@ def test_volume_kind_reads_the_first_bytes(tmp_path):
     assert volume_kind(phantom_nifti(tmp_path / "ct.nii.gz")) == "nifti"
 
 
+def dicom_bytes() -> bytes:
+    """A small real DICOM slice (pydicom's CT_small.dcm, 39 KB)."""
+    from testkit.data import dicom_file
+
+    with open(dicom_file("CT_small.dcm"), "rb") as fh:
+        return fh.read()
+
+
 def test_zip_members_never_choose_where_they_are_written(tmp_path):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("../../escape.dcm", b"a")
-        z.writestr("/abs/path/slice.DCM", b"b")
+        z.writestr("../../escape.dcm", dicom_bytes())
+        z.writestr("/abs/path/slice.DCM", dicom_bytes() + b"b")
         z.writestr("dir/", b"")
-        z.writestr("series/name with spaces.weird-suffix!", b"c")
+        z.writestr("series/name with spaces.weird-suffix!", dicom_bytes())
+        z.writestr("README.txt", b"exported by a PACS")  # not DICOM: not written
     out = extract_dicom_zip(archive, tmp_path / "out", UploadLimits())
     assert sorted(p.name for p in out.iterdir()) == ["00000.dcm", "00001.dcm", "00002.dcm"]
     assert not (tmp_path.parent / "escape.dcm").exists()
-    assert (out / "00001.dcm").read_bytes() == b"b"
+    assert (out / "00001.dcm").read_bytes() == dicom_bytes() + b"b"
+
+
+def test_a_zip_of_300_mb_of_zeros_is_refused_without_unpacking_it(tmp_path):
+    archive = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open("series/00001.dcm", "w", force_zip64=True) as member:
+            block = b"\0" * 2**20
+            for _ in range(300):
+                member.write(block)
+    assert archive.stat().st_size < 400_000
+    start = time.perf_counter()
+    with pytest.raises(InvalidInputError, match="holds no DICOM file: none of its 1 file"):
+        extract_dicom_zip(archive, tmp_path / "out", UploadLimits())
+    assert time.perf_counter() - start < 1.0
+    assert not list((tmp_path / "out").iterdir())
 
 
 def test_zip_limits_count_what_is_unpacked(tmp_path):
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr("a.dcm", b"\0" * 50_000)
-    assert bomb.stat().st_size < 1000
+        z.writestr("a.dcm", dicom_bytes() + b"\0" * 500_000)
+    assert bomb.stat().st_size < 30_000
     with pytest.raises(InvalidInputError, match="unpacks to more than"):
-        extract_dicom_zip(bomb, tmp_path / "out", UploadLimits(max_bytes=10_000))
+        extract_dicom_zip(bomb, tmp_path / "out", UploadLimits(max_bytes=100_000))
     many = tmp_path / "many.zip"
     with zipfile.ZipFile(many, "w") as z:
         for i in range(4):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,9 @@ from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 from pydicom.pixels import pixel_array
 
+from medmoe.data.readers.dicom import LOOKED_FOR, is_dicom_file, read_dicom_header
 from medmoe.data.readers.nifti import load_nifti
-from medmoe.data.readers.safety import has_dicom_preamble, require_regular_file
+from medmoe.data.readers.safety import require_regular_file
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import MAX_VOXELS_ENV, check_budget
 
@@ -73,9 +73,29 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def _dicom_files(folder: Path) -> list[Path]:
+DICOM_SUFFIXES = (".dcm", ".ima")
+_HEADER_DEFER_BYTES = 64 * 1024  # values this large (the pixel data) are read when a slice is decoded
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files of a series folder, by their first bytes (:func:`~medmoe.data.readers.dicom.sniff_dicom`,
+    at most 512 bytes read per file): any name, hidden files and sub-folders left out.
+
+    Raises:
+        InvalidInputError: the folder holds no file, or none that starts like DICOM (the message says what
+            was looked for and names a few of the files).
+    """
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    dicoms = [p for p in files if p.suffix.lower() in (".dcm", ".ima") or has_dicom_preamble(p)]
+    dicoms = [p for p in files if is_dicom_file(p)]
+    if not files:
+        raise InvalidInputError(f"{folder}: folder holds no DICOM files (expected one CT series, one file per slice)")
+    if not dicoms:
+        examples = ", ".join(p.name for p in files[:3]) + (", ..." if len(files) > 3 else "")
+        raise InvalidInputError(f"{folder}: folder holds no DICOM files: none of its {len(files)} file(s) ({examples}) "
+                                f"starts like DICOM (looked for {LOOKED_FOR})")
+    for p in files:
+        if p.suffix.lower() in DICOM_SUFFIXES and p not in dicoms:
+            logger.warning("%s: named like DICOM but does not start like DICOM; skipped", p)
     return dicoms
 
 
@@ -104,7 +124,7 @@ def read_ct(path: str | os.PathLike, *, check_ct: bool = True, max_voxels: int |
         volume = read_dicom_series(p, check_ct=check_ct, max_voxels=max_voxels)
     elif is_nifti(p):
         volume = read_nifti_volume(p, max_voxels=max_voxels, dtype=np.float32)
-    elif has_dicom_preamble(p) or p.suffix.lower() == ".dcm":
+    elif p.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(p):
         _reject_single_dicom(p)
         raise AssertionError("unreachable")  # pragma: no cover
     else:
@@ -180,10 +200,7 @@ def _require_3d(shape: Sequence[int], path: Path) -> None:
 
 
 def _reject_single_dicom(path: Path) -> None:
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception as err:
-        raise CorruptFileError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+    ds = read_dicom_header(path, str(path), stop_before_pixels=True)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     modality = str(ds.get("Modality", "?"))
     if frames > 1:
@@ -199,8 +216,9 @@ def _reject_single_dicom(path: Path) -> None:
 def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True, max_voxels: int | None = None) -> Volume:
     """Stack a folder of single-frame DICOM slices into a volume in HU.
 
-    The series with the most slices is used when the folder holds several (others are logged). Slices are
-    sorted by their position along the slice normal, and each is rescaled with its own slope/intercept.
+    Files are recognised by their first bytes (any name; :func:`dicom_files`), so a folder of other files is
+    refused after reading 512 bytes of each. The series with the most slices is used when the folder holds
+    several (others are logged). Slices are sorted by their position along the slice normal, and each is rescaled with its own slope/intercept.
     Headers are read first (pixel data deferred, not loaded): Rows x Columns x slices is checked against
     ``max_voxels`` (default ``MEDMOE_MAX_VOXELS``) before any slice is decoded, and the slices are then
     decoded one at a time into one float32 array.
@@ -211,17 +229,7 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True, max_v
         CorruptFileError: unreadable files or missing geometry tags.
     """
     folder = Path(folder)
-    files = _dicom_files(folder)
-    if not files:
-        raise InvalidInputError(f"{folder}: folder holds no DICOM files (expected one CT series, one file per slice)")
-    headers = []
-    for f in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                headers.append((f, pydicom.dcmread(f, force=True, defer_size="64 KB")))
-        except Exception as err:
-            raise CorruptFileError(f"{f}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+    headers = [(f, read_dicom_header(f, str(f), defer_size=_HEADER_DEFER_BYTES)) for f in dicom_files(folder)]
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
     imageless: list[tuple[Path, str]] = []
     for f, ds in headers:

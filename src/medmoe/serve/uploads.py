@@ -11,7 +11,6 @@ whose message the page shows as it is.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import zipfile
@@ -114,27 +113,26 @@ def volume_kind(path: Path) -> str:
                             "one DICOM series, one file per slice)")
 
 
-_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
-
-
 def extract_dicom_zip(path: Path, dest: Path, limits: UploadLimits) -> Path:
-    """Unpack the regular files of a zip into ``dest`` (flat, renamed ``00000.dcm``...), within the limits.
+    """Unpack the DICOM files of a zip into ``dest`` (flat, renamed ``00000.dcm``...), within the limits.
 
     Member names never reach the file system: each file is written as its position in the archive plus
-    its suffix when that is a short alphanumeric one (``.dcm``, ``.txt``), else ``.dcm``. Links and
-    folders are skipped; the unpacked size is counted as it is written, whatever the archive declares.
+    ``.dcm``. Only members whose first bytes are DICOM's (:func:`~medmoe.data.readers.dicom.dicom_signature`,
+    read from the first kilobyte) are written; the others (a README, a file of zeros) are skipped unread
+    beyond that kilobyte. Links and folders are skipped; the unpacked size is counted as it is written,
+    whatever the archive declares.
 
     Returns:
         ``dest``, holding the unpacked files.
 
     Raises:
-        InvalidInputError: no file in the archive, too many files, too large unpacked, or encrypted.
+        InvalidInputError: no file, or no DICOM file, in the archive; too many files; too large unpacked;
+            encrypted.
         CorruptFileError: a damaged archive.
     """
     name = path.name
     dest.mkdir(parents=True, exist_ok=True)
-    written = 0
-    count = 0
+    written, count, skipped = 0, 0, []
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -147,34 +145,59 @@ def extract_dicom_zip(path: Path, dest: Path, limits: UploadLimits) -> Path:
                 if count > limits.max_zip_members:
                     raise InvalidInputError(f"{name}: more than {limits.max_zip_members} files; a zipped CT "
                                             "series holds one file per slice")
-                suffix = os.path.splitext(info.filename.rsplit("/", 1)[-1])[1]
-                target = dest / f"{count - 1:05d}{suffix.lower() if _SAFE_SUFFIX.match(suffix) else '.dcm'}"
-                with archive.open(info) as src, open(target, "wb") as out:
-                    while chunk := src.read(_CHUNK):
-                        written += len(chunk)
-                        if written > limits.max_bytes:
-                            raise InvalidInputError(
-                                f"{name}: unpacks to more than {_megabytes(limits.max_bytes)} (the upload limit, "
-                                "`medmoe serve --max-upload-mb`)")
-                        out.write(chunk)
+                total = _unpack_dicom(archive, info, dest / f"{count - 1:05d}.dcm", written, limits.max_bytes, name)
+                if total is None:
+                    skipped.append(info.filename)
+                written = total or written
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as err:
         raise CorruptFileError(f"{name}: not a readable zip archive ({type(err).__name__}: {err})") from err
     except RuntimeError as err:  # zipfile's way of saying "password required" and similar
         raise InvalidInputError(f"{name}: cannot unpack ({err})") from err
     if count == 0:
         raise InvalidInputError(f"{name}: the archive holds no file; expected one DICOM series")
+    if len(skipped) == count:
+        from medmoe.data.readers.dicom import LOOKED_FOR
+
+        raise InvalidInputError(f"{name}: the archive holds no DICOM file: none of its {count} file(s) starts like "
+                                f"DICOM (looked for {LOOKED_FOR}); expected one DICOM series")
     return dest
+
+
+def _unpack_dicom(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, written: int, max_bytes: int,
+                  name: str) -> int | None:
+    """Write one member to ``target`` when its first bytes are DICOM's: the bytes unpacked so far (``written``
+    before it), or None when it is not DICOM (nothing written).
+
+    Raises:
+        InvalidInputError: the archive unpacks to more than ``max_bytes``.
+    """
+    from medmoe.data.readers.dicom import SNIFF_BYTES, dicom_signature
+
+    with archive.open(info) as src:
+        chunk = src.read(SNIFF_BYTES)
+        if dicom_signature(chunk, info.file_size) is None:
+            return None
+        with open(target, "wb") as out:
+            while chunk:
+                written += len(chunk)
+                if written > max_bytes:
+                    raise InvalidInputError(f"{name}: unpacks to more than {_megabytes(max_bytes)} (the upload "
+                                            "limit, `medmoe serve --max-upload-mb`)")
+                out.write(chunk)
+                chunk = src.read(_CHUNK)
+    return written
 
 
 def ct_voxels(path: Path) -> int | None:
     """The voxel count of a NIfTI file or a DICOM series folder from headers only (None when unknown)."""
     try:
         if path.is_dir():
-            import pydicom
+            from medmoe.data.readers.dicom import read_dicom_header
+            from medmoe.data.volumes import dicom_files
 
-            files = [p for p in path.iterdir() if p.is_file()]
+            files = dicom_files(path)  # by their first bytes: a file of zeros is never parsed
             for f in files:
-                ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+                ds = read_dicom_header(f, f.name, stop_before_pixels=True)
                 rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
                 if rows and cols:
                     return rows * cols * len(files)

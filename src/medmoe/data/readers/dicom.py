@@ -10,13 +10,16 @@ with it), else the output of a Modality LUT or palette lookup; windowing then ru
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import struct
 import warnings
 from typing import BinaryIO
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
 
 from medmoe.data.modalities import try_normalize_modality
@@ -35,6 +38,189 @@ from medmoe.limits import DecodeLimitError
 logger = logging.getLogger(__name__)
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00009, 0x7FE00008))
+
+# ------------------------------------------------------------------------------------------ the sniff
+SNIFF_BYTES = 1024
+"""Bytes :func:`sniff_dicom` reads: the 128-byte preamble, ``DICM``, the file meta group and the first data
+elements."""
+LOOKED_FOR = ("the 'DICM' marker at byte 128 followed by a file meta group, or a little-endian DICOM data element "
+              "of group 0002, 0004 or 0008 at byte 0")
+_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US "
+                 b"UT UV".split())
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # 2 reserved bytes, 4-byte length
+_UNDEFINED_LENGTH_VRS = frozenset(b"OB OW SQ UN".split())
+_FIRST_GROUPS = (0x0002, 0x0004, 0x0008)  # every stored SOP instance has (0008,0016) SOP Class UID
+_UNDEFINED = 0xFFFFFFFF
+_SNIFF_ELEMENTS = 8  # beyond the file meta group
+_TRANSFER_SYNTAX_TAG = 0x00020010
+_DEFLATED_UID = b"1.2.840.10008.1.2.1.99"  # a deflated stream may start with two zero bytes
+MAX_HEADER_ELEMENTS = 20_000
+"""Top-level data elements :func:`read_dicom_header` reads before it calls a file malformed (a CT slice holds
+a few hundred)."""
+
+
+def dicom_signature(head: bytes, size: int) -> str | None:
+    """How the first bytes of a file of ``size`` bytes show that it is DICOM, or None when they do not.
+
+    Returns:
+        ``"part10"``: the 128-byte preamble, ``DICM``, then the file meta group (checked as below), and
+        after it no group 0000 element (a command group belongs to a network message; pydicom would read
+        a run of zeros there as one, element by element);
+        ``"explicit-le"`` / ``"implicit-le"``: no preamble, but the first data elements (up to 8 within
+        ``head``) parse as little-endian DICOM: the first in group 0002 (meta), 0004 (DICOMDIR) or 0008
+        (every stored instance has a SOP Class UID there, and elements are stored in ascending order),
+        each tag above the one before, explicit VRs from the standard's list, lengths within the file.
+
+    Big-endian data without a preamble (a transfer syntax retired in 2004) is not recognised: its first
+    bytes cannot be told from noise by a few reads, and pydicom would parse such noise element by element
+    (a 300 MB file of zeros takes minutes).
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "part10" if _elements_parse(head, 132, size, meta_only=True) else None
+    if _elements_parse(head, 0, size, meta_only=False):
+        return "explicit-le" if head[4:6] in _VRS else "implicit-le"
+    return None
+
+
+def _elements_parse(head: bytes, offset: int, size: int, *, meta_only: bool) -> bool:
+    """True when the data elements from ``offset`` parse (see :func:`dicom_signature`); with ``meta_only``
+    the walk ends where the file meta group (0002, always explicit little endian) ends."""
+    previous, explicit, checked, meta, deflated = -1, None, 0, 0, False
+    while offset + 8 <= len(head) and checked - meta < _SNIFF_ELEMENTS:
+        group, element = struct.unpack_from("<HH", head, offset)
+        if checked == 0 and group not in _FIRST_GROUPS:
+            return False
+        if meta_only and checked and group != 0x0002:  # the dataset, in its own transfer syntax, starts here
+            return group != 0 or deflated
+        tag = group << 16 | element
+        if tag <= previous:
+            return False
+        if explicit is None or (previous >> 16 == 0x0002 and group != 0x0002):
+            explicit = head[offset + 4:offset + 6] in _VRS  # the dataset may switch to implicit after the meta
+        header, length, vr = _element_header(head, offset, explicit)
+        if header is None:
+            return checked > 0 and explicit and head[offset + 4:offset + 6] in _VRS  # cut by the sniff window
+        if header == 0:
+            return False
+        checked += 1
+        meta += group == 0x0002
+        if length == _UNDEFINED:
+            return not explicit or vr in _UNDEFINED_LENGTH_VRS  # a sequence: its items are not walked
+        if tag == _TRANSFER_SYNTAX_TAG:
+            deflated = head[offset + header:offset + header + length].rstrip(b"\0 ") == _DEFLATED_UID
+        offset += header + length
+        if offset > size:
+            return False
+        previous = tag
+    return checked > 0
+
+
+def _element_header(head: bytes, offset: int, explicit: bool) -> tuple[int | None, int, bytes]:
+    """(header bytes, value length, VR) of the element at ``offset``; header 0 when it cannot be an element,
+    None when ``head`` ends inside it."""
+    if not explicit:
+        return 8, struct.unpack_from("<I", head, offset + 4)[0], b""
+    vr = head[offset + 4:offset + 6]
+    if vr not in _VRS:
+        return 0, 0, vr
+    if vr not in _LONG_VRS:
+        return 8, struct.unpack_from("<H", head, offset + 6)[0], vr
+    if offset + 12 > len(head):
+        return None, 0, vr
+    if head[offset + 6:offset + 8] != b"\0\0":
+        return 0, 0, vr
+    return 12, struct.unpack_from("<I", head, offset + 8)[0], vr
+
+
+def sniff_dicom(source: str | os.PathLike | BinaryIO) -> str | None:
+    """:func:`dicom_signature` of a file (a path or a seekable binary file object, left at offset 0); reads
+    at most :data:`SNIFF_BYTES`. None also for a file that cannot be read."""
+    try:
+        if isinstance(source, str | os.PathLike):
+            with open(source, "rb") as fh:
+                head, size = fh.read(SNIFF_BYTES), os.fstat(fh.fileno()).st_size
+        else:
+            source.seek(0, io.SEEK_END)
+            size = source.tell()
+            source.seek(0)
+            head = source.read(SNIFF_BYTES)
+            source.seek(0)
+    except OSError:
+        return None
+    return dicom_signature(head, size)
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True when :func:`sniff_dicom` recognises the file (any name, any suffix)."""
+    return sniff_dicom(path) is not None
+
+
+def require_dicom(source: str | os.PathLike | BinaryIO, name: str) -> str:
+    """The :func:`dicom_signature` of a file, or a :class:`CorruptFileError` saying what was looked for."""
+    kind = sniff_dicom(source)
+    if kind is None:
+        raise CorruptFileError(f"{name}: not a DICOM file (looked for {LOOKED_FOR})")
+    return kind
+
+
+class _AscendingTags:
+    """A pydicom ``stop_when`` callback: stops at a top-level tag not above the one before (data that is not
+    a DICOM dataset: zeros, text, a damaged stream), after :data:`MAX_HEADER_ELEMENTS` elements, and at the
+    pixel data when ``stop_at_pixels``; says afterwards why it stopped."""
+
+    def __init__(self, handle: BinaryIO, stop_at_pixels: bool) -> None:
+        self.handle, self.stop_at_pixels = handle, stop_at_pixels
+        self.previous, self.count, self.problem = -1, 0, None
+
+    def __call__(self, tag, vr, length) -> bool:
+        tag = int(tag)
+        if self.stop_at_pixels and tag in _PIXEL_TAGS:
+            return True
+        self.count += 1
+        if tag <= self.previous:
+            self.problem = (f"data element ({tag >> 16:04X},{tag & 0xFFFF:04X}) near byte {self.handle.tell():,} "
+                            f"follows ({self.previous >> 16:04X},{self.previous & 0xFFFF:04X}); DICOM elements "
+                            "ascend")
+        elif self.count > MAX_HEADER_ELEMENTS:
+            self.problem = f"more than {MAX_HEADER_ELEMENTS:,} top-level data elements"
+        self.previous = tag
+        return self.problem is not None
+
+
+def read_dicom_header(source: str | os.PathLike | BinaryIO, name: str, *, defer_size: int | None = None,
+                      stop_before_pixels: bool = False) -> Dataset:
+    """Read a DICOM file with pydicom after :func:`require_dicom`, stopping at the first element that breaks
+    the dataset's order (so a valid start followed by junk costs only the valid part).
+
+    Args:
+        source: a path or a seekable binary file object.
+        name: for messages.
+        defer_size: values of at least this many bytes are read only when used (pydicom's ``defer_size``;
+            a path source only).
+        stop_before_pixels: stop at the pixel data.
+
+    Raises:
+        CorruptFileError: not DICOM, malformed, or unreadable.
+    """
+    require_dicom(source, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about every oddity it tolerates
+        try:
+            if isinstance(source, str | os.PathLike):
+                with open(source, "rb") as handle:
+                    guard = _AscendingTags(handle, stop_before_pixels)
+                    ds = read_partial(handle, guard, defer_size=defer_size, force=True)
+            else:
+                guard = _AscendingTags(source, stop_before_pixels)
+                ds = read_partial(source, guard, force=True)
+        except CorruptFileError:
+            raise
+        except Exception as err:  # pydicom raises many types for malformed input
+            raise CorruptFileError(f"{name}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+    if guard.problem:
+        raise CorruptFileError(f"{name}: not a readable DICOM file ({guard.problem})")
+    return ds
 
 
 def read_dicom(
@@ -67,6 +253,7 @@ def read_dicom(
         DecodeLimitError: the header claims more values than ``max_pixels``.
         InvalidInputError: ``frame`` is out of range.
     """
+    require_dicom(source, name)  # a few hundred bytes decide, before pydicom parses anything
     with warnings.catch_warnings():
         # force=True lets preamble-less files through; pydicom warns about every oddity it tolerates.
         warnings.simplefilter("ignore")
@@ -76,11 +263,11 @@ def read_dicom(
                 check_dicom_size(header, name, max_pixels)
             if not isinstance(source, str):
                 source.seek(0)
-            ds = pydicom.dcmread(source, force=True)
         except (CorruptFileError, InvalidInputError):
             raise
         except Exception as err:  # pydicom raises many types for malformed input
             raise CorruptFileError(f"{name}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+        ds = read_dicom_header(source, name)
         if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
             raise CorruptFileError(f"{name}: DICOM file has no pixel data (or is not DICOM at all)")
         try:
