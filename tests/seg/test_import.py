@@ -92,19 +92,19 @@ def fake_msd(root: Path) -> tuple[Path, dict]:
 
 
 def fake_nnunet(root: Path) -> tuple[Path, dict]:
-    """nnU-Net v2 raw dataset (nnU-Net documentation/dataset_format.md): Dataset003_Liver/ with dataset.json
-    {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumor": 2}, "numTraining": N,
+    """nnU-Net v2 raw dataset (nnU-Net documentation/dataset_format.md): Dataset007_Pancreas/ with dataset.json
+    {"channel_names": {"0": "CT"}, "labels": {"background": 0, "pancreas": 1, "tumor": 2}, "numTraining": N,
     "file_ending": ".nii.gz"}, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz, imagesTs/<case>_0000.nii.gz
-    (nnUNetv2_convert_MSD_dataset keeps the MSD task number: Task03_Liver -> Dataset003_Liver)."""
-    ds = root / "Dataset003_Liver"
+    (nnUNetv2_convert_MSD_dataset keeps the MSD task number: Task07_Pancreas -> Dataset007_Pancreas)."""
+    ds = root / "Dataset007_Pancreas"
     for i in range(3):
-        write_case(ds / f"imagesTr/liver_{i}_0000.nii.gz", ds / f"labelsTr/liver_{i}.nii.gz", 20 + i,
-                   {1: "liver", 2: "liver_tumour"})
-    write_case(ds / "imagesTs/liver_9_0000.nii.gz", None, 29, {})
-    _dataset_json(ds / "dataset.json", {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1,
-                                                                                  "tumor": 2},
+        write_case(ds / f"imagesTr/pancreas_{i}_0000.nii.gz", ds / f"labelsTr/pancreas_{i}.nii.gz", 20 + i,
+                   {1: "pancreas"})
+    write_case(ds / "imagesTs/pancreas_9_0000.nii.gz", None, 29, {})
+    _dataset_json(ds / "dataset.json", {"channel_names": {"0": "CT"},
+                                        "labels": {"background": 0, "pancreas": 1, "tumor": 2},
                                         "numTraining": 3, "file_ending": ".nii.gz"})
-    return ds, {"dataset": "MSD-Task03-Liver", "training": 3, "test": 1}
+    return ds, {"dataset": "MSD-Task07-Pancreas", "training": 3, "test": 1}
 
 
 def fake_totalsegmentator(root: Path) -> tuple[Path, dict]:
@@ -295,13 +295,12 @@ def test_imported_dataset_has_its_name_splits_and_passes_check(fmt, tmp_path, ca
     assert "0 with errors" in printed
 
 
-# MSD Task03 and nnU-Net's Dataset003 are the same dataset, so one datalist holds one of them
-COMBINED = [f for f in FORMATS if f != "nnunet"]
+COMBINED = list(FORMATS)
 
 
 @pytest.fixture(scope="module")
 def combined(tmp_path_factory):
-    """One datalist built with `seg import --append` from the fake copy of every format but nnunet."""
+    """One datalist built with `seg import --append` from the fake copy of every format."""
     root = tmp_path_factory.mktemp("combined")
     out = root / "datalist.json"
     for i, fmt in enumerate(COMBINED):
@@ -325,6 +324,7 @@ def test_combined_datalist_classes_are_the_union_with_partial_labels(combined):
     assert set(task.class_names) == union
     labelled = {d: {c for c, m in zip(task.class_names, ds.masks[d].tolist()) if m} for d in datalist.datasets}
     assert "liver_tumour" in labelled["MSD-Task03-Liver"] and "liver_tumour" in labelled["LiTS"]
+    assert labelled["MSD-Task07-Pancreas"] == {"pancreas", "pancreas_tumour"}
     assert "liver_tumour" in labelled["hospital-liver"] and "liver_tumour" not in labelled["BTCV"]
     assert "kidney_tumour" in labelled["KiTS19"] and "kidney_cyst" not in labelled["KiTS19"]
     assert "rib_left_1" in labelled["TotalSegmentator"] and "rib_left_1" not in labelled["WORD"]
@@ -373,7 +373,7 @@ def test_an_mri_decathlon_task_is_refused(tmp_path):
 
 def test_an_nnunet_dataset_the_template_lacks_gets_its_own_label_map(tmp_path):
     ds, _ = fake_nnunet(tmp_path)
-    own = ds.rename(tmp_path / "Dataset501_Hospital")
+    own = ds.rename(tmp_path / "Dataset501_Hospital")  # a dataset number no MSD task has
     doc = json.loads((own / "dataset.json").read_text())
     doc["labels"] = {"background": 0, "liver": 1, "spleen": 2}
     (own / "dataset.json").write_text(json.dumps(doc))
