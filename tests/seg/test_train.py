@@ -138,23 +138,20 @@ def test_a_batch_of_failed_samples_is_refused_by_check_batch_not_by_the_step(dat
 
 
 @pytest.mark.timeout(120)
-def test_channels_last_applies_at_the_first_cpu_step_by_default(datalist):
+def test_channels_last_applies_on_the_cpu_by_default_when_the_model_is_placed(datalist):
     task = _task(datalist)
     assert task.config.channels_last is None
     assert task.channels_last(torch.device("cpu")) and not task.channels_last(torch.device("cuda"))
     assert _task(datalist, channels_last=True).channels_last(torch.device("cuda"))
     assert not _task(datalist, channels_last=False).channels_last(torch.device("cpu"))
-    ds = task.train_dataset()
+    task.train_dataset()
     torch.manual_seed(0)
     model = task.build_model()
-    conv = model.experts.block(0)[0].weight
-    assert conv.is_contiguous()  # the device is not known yet
-    task.training_step(model, task.collate([ds[0]]))
-    assert conv.is_contiguous(memory_format=torch.channels_last_3d)
+    assert model.experts.block(0)[0].weight.is_contiguous()  # the device is not known yet
+    model = task.to_device(model, torch.device("cpu"))
+    assert model.experts.block(0)[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
     off = _task(datalist, channels_last=False)
-    off.train_dataset()
-    model = off.build_model()
-    off.training_step(model, off.collate([ds[0]]))
+    model = off.to_device(off.build_model(), torch.device("cpu"))
     assert model.experts.block(0)[0].weight.is_contiguous()
 
 

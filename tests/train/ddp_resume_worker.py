@@ -8,6 +8,7 @@ rank with one error naming the rank that cannot see the checkpoint. Writes ROOT/
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from testkit.train import ToyTask, train_args
@@ -21,6 +22,8 @@ node = root / f"node{os.environ['GROUP_RANK']}"
 node.mkdir(exist_ok=True)
 os.chdir(node)
 run_training(ToyTask(), train_args("run", "--steps", "2"))
+if rank() == 0:
+    time.sleep(1.0)
 try:
     run_training(ToyTask(), train_args("run", "--steps", "4", "--resume", "latest"))
     outcome = {"error": None}

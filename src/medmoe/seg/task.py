@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +67,8 @@ class SegTaskConfig:
             channels per cached volume, so it suits coarse spacings and small class sets (the phantoms).
         channels_last: keep the model's 3-D conv weights channels-last (``torch.channels_last_3d``); oneDNN's
             3-D convolutions, which dominate a CPU training step, run about 1.2x faster that way. Default
-            (None): on when training on the CPU, off on a GPU (where it was not measured); decided from the
-            first training batch's device and applied then, once per model.
+            (None): on when training on the CPU, off on a GPU (where it was not measured); applied when the
+            trainer moves the model to its device, before DDP wraps it.
     """
 
     data: str
@@ -126,7 +125,6 @@ class SegTask:
         self.class_names: list[str] | None = None
         self.patch_size: tuple[int, int, int] | None = None
         self.spacing: tuple[float, float, float] | None = None
-        self._formatted: weakref.ref | None = None  # the model whose memory format was set
 
     # ------------------------------------------------------------------ model and data
     def build_model(self) -> nn.Module:
@@ -149,19 +147,13 @@ class SegTask:
         only on the CPU)."""
         return self.config.channels_last if self.config.channels_last is not None else device.type == "cpu"
 
-    def _set_memory_format(self, model: nn.Module, device: torch.device) -> None:
-        """Make the model's conv weights channels-last if :meth:`channels_last` says so, once per model.
-
-        Parameters are converted in place (``Module.to`` keeps the ``Parameter`` objects), so an optimizer
-        built on them keeps working; gradients and optimizer state created afterwards follow their layout.
-        A DDP wrapper built before keeps its gradient buckets' layout and copies the gradients into them
-        (torch warns once that the strides differ; the values are the same).
-        """
-        if self._formatted is not None and self._formatted() is model:
-            return
-        self._formatted = weakref.ref(model)
+    def to_device(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """``model`` on ``device``, its conv weights channels-last if :meth:`channels_last` says so (the trainer
+        calls this before DDP wraps the model, so that DDP's gradient buckets take the weights' layout)."""
+        model = model.to(device)
         if self.channels_last(device):
-            model.to(memory_format=torch.channels_last_3d)
+            model = model.to(memory_format=torch.channels_last_3d)
+        return model
 
     def _geometry(self) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         if self.patch_size is None:
@@ -225,7 +217,6 @@ class SegTask:
         if batch["label_mask"].shape[1] != len(self.class_names):
             raise InvalidInputError(f"label_mask has {batch['label_mask'].shape[1]} classes, expected "
                                     f"{len(self.class_names)} ({', '.join(self.class_names)})")
-        self._set_memory_format(model, image.device)
         prompts = [self.class_names[k] for k in batch["active"]]
         out = model(image, prompts=prompts, return_dict=True)
         cfg = self.config

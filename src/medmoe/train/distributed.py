@@ -7,6 +7,7 @@ One code path serves a single process and ``torchrun --nproc_per_node N``: torch
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 # Collectives of a training step finish in milliseconds; what may keep the other ranks waiting in one is a
 # checkpoint being written by rank 0 or an uneven validation share. NCCL's own default is 10 minutes.
 DEFAULT_TIMEOUT_MIN = 60.0
+_RUNS = itertools.count()  # process groups this process has set up
 
 
 def setup_distributed(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT_MIN) -> DistEnv:
@@ -117,8 +119,13 @@ def setup_distributed(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT
     owns = False
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank_, world_size=world,
-                                timeout=timedelta(minutes=timeout_min))
+        timeout = timedelta(minutes=timeout_min)
+        # A fresh key prefix per run: torchrun's store outlives a destroyed group, and destroy_process_group
+        # resets torch's group counter, so a second run in the same processes would otherwise read the first
+        # group's keys (the addresses of closed sockets) and fail to connect or wait forever.
+        store, _, _ = next(dist.rendezvous("env://", rank_, world, timeout=timeout))
+        store = dist.PrefixStore(f"medmoe/run{next(_RUNS)}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank_, world_size=world, timeout=timeout)
         owns = True
         logger.debug("rank %d/%d initialised (%s) on %s", rank_, world, backend, dev)
     if dist.is_available() and dist.is_initialized():

@@ -532,7 +532,8 @@ class _Run:
         model = self.task.build_model()
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"build_model returned {type(model).__name__}: expected a torch.nn.Module")
-        model.to(self.device)
+        to_device = getattr(self.task, "to_device", None)
+        model = to_device(model, self.device) if to_device is not None else model.to(self.device)
         dataset = self.task.train_dataset()
         # Ranks share the initial weights but need their own random streams (dropout, jitter).
         _seed_everything(cfg.seed + 1_000_003 * env.rank)

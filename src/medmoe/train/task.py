@@ -14,6 +14,8 @@ Required methods::
 
 Optional methods (the trainer checks with ``getattr``; :class:`TaskBase` provides defaults)::
 
+    to_device(model, device) -> nn.Module                 # the built model on the training device, before
+                                                          # DDP wraps it (a memory format); default model.to
     before_step(model, step: int) -> None                 # every rank, bare module, before each step
     check_batch(batch) -> str | None                      # why a host batch cannot be trained on, or None
     validate(model) -> dict[str, float]                   # every rank, bare module, eval mode, no_grad
