@@ -35,6 +35,15 @@ def _png(path, array):
     Image.fromarray(array.astype(np.uint8)).save(path, format="PNG")
 
 
+def _busi_fold(busi, n: int):
+    """RadImageNet's breast test fold (github.com/BMEII-AI/RadImageNet, breast/dataframe/), which the
+    busi adapter splits BUSI by: ``filename,label`` rows naming ``images/<BUSI file name>``."""
+    lines = ["filename,label"] + [f"images/{label} ({i}).png,{label}" for label in ("benign", "malignant")
+                                  for i in range(1, n + 1)]
+    (busi / "dataframe").mkdir(parents=True, exist_ok=True)
+    (busi / "dataframe" / "breast_test_fold1.csv").write_text("\n".join(lines) + "\n")
+
+
 def _fake_root(root):
     """Tiny copies of three public layouts: BUSI, MedMNIST OrganAMNIST and UniMed-CLIP's thyroid folds."""
     rng = np.random.default_rng(0)
@@ -43,6 +52,7 @@ def _fake_root(root):
             _png(root / "busi" / "Dataset_BUSI_with_GT" / label / f"{label} ({i}).png",
                  np.clip(value + 30 * rng.standard_normal((40, 48)), 0, 255))
             _png(root / "busi" / "Dataset_BUSI_with_GT" / label / f"{label} ({i})_mask.png", np.full((40, 48), 255))
+    _busi_fold(root / "busi", 4)
     arrays = {}
     for split, n in (("train", 33), ("test", 11)):
         arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
@@ -114,6 +124,7 @@ def test_a_set_whose_images_all_fail_is_listed_and_the_others_still_run(model, r
             path = tmp_path / "busi" / "Dataset_BUSI_with_GT" / label / f"{label} ({i}).png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"\x89PNG\r\n not an image")
+    _busi_fold(tmp_path / "busi", 6)
     result = run_zeroshot_suite(model, tmp_path, ["breast-us", "thyroid-us"], progress=False)
     assert list(result["sets"]) == ["thyroid-us"]
     assert "could be loaded" in result["missing"]["breast-us"]
