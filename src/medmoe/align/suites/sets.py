@@ -111,9 +111,12 @@ EVAL_SETS: dict[str, EvalSet] = {s.name: s for s in (
             alternatives=(("unimed-acl-mri", ("acl_mri",)),)),
     EvalSet("meniscus-mri", "Meniscus MRI", "mrnet-meniscus", _MRNET, _MENISCUS, writes_pngs=True,
             alternatives=(("unimed-meniscus-mri", ("meniscal_mri",)),)),
-    EvalSet("ct-axial", "CT axial", "organamnist", _MEDMNIST, _organs("axial"), writes_pngs=True),
-    EvalSet("ct-coronal", "CT coronal", "organcmnist", _MEDMNIST, _organs("coronal"), writes_pngs=True),
-    EvalSet("ct-sagittal", "CT sagittal", "organsmnist", _MEDMNIST, _organs("sagittal"), writes_pngs=True),
+    EvalSet("ct-axial", "CT axial", "organamnist", (*_MEDMNIST, "organs_axial"), _organs("axial"),
+            writes_pngs=True),
+    EvalSet("ct-coronal", "CT coronal", "organcmnist", (*_MEDMNIST, "organs_coronal"), _organs("coronal"),
+            writes_pngs=True),
+    EvalSet("ct-sagittal", "CT sagittal", "organsmnist", (*_MEDMNIST, "organs_sagittal"), _organs("sagittal"),
+            writes_pngs=True),
 )}
 
 ZEROSHOT_SETS = tuple(EVAL_SETS)
