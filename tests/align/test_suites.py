@@ -117,6 +117,19 @@ def test_zeroshot_suite_without_any_set_is_an_error(model, tmp_path):
         run_zeroshot_suite(model, tmp_path, "ct-transverse", progress=False)
 
 
+def test_ct_axial_reads_unimed_clips_organs_axial_folder(model, tmp_path):
+    """UniMed-CLIP's evaluation download keeps the axial organ set as ``organs_axial/annotations.csv`` (image path
+    in column 0, label in column 2, a ``split`` column; read by position as its ``clipeval/datasets.py`` does)."""
+    folder = tmp_path / "organs_axial"
+    rows = ["image,case,label,split"]
+    for i, label in enumerate(["liver", "spleen", "liver", "spleen"]):
+        _png(folder / "images" / f"{i}.png", np.full((28, 28), 60 * i))
+        rows.append(f"images/{i}.png,case{i},{label},test")
+    (folder / "annotations.csv").write_text("\n".join(rows) + "\n")
+    result = run_zeroshot_suite(model, tmp_path, ["ct-axial"], batch_size=4, progress=False)
+    assert list(result["sets"]) == ["ct-axial"] and result["sets"]["ct-axial"]["n"] == 4
+
+
 def test_a_set_whose_images_all_fail_is_listed_and_the_others_still_run(model, root, tmp_path):
     shutil.copytree(root / "thyroid_us", tmp_path / "thyroid_us")
     for label in ("benign", "malignant"):
