@@ -5,10 +5,15 @@ MedMoE (image-report alignment) and MoME (text-prompted 3-D CT segmentation) on 
     >>> import medmoe
     >>> model = medmoe.create_model("medmoe-nano")
     >>> model.save_pretrained("out/nano"); model = medmoe.create_model("out/nano")   # or medmoe.load_model
+
+The names below are imported on first use, so that ``import medmoe`` (and ``medmoe --help``) does not load
+torch.
 """
 
-from medmoe.hub import load_model
-from medmoe.registry import create_model, list_models, register_family, register_model
+from medmoe.lazy_exports import lazy_getattr
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "create_model", "list_models", "load_model", "register_family", "register_model"]
+_EXPORTS = {"create_model": "medmoe.registry", "list_models": "medmoe.registry",
+            "register_family": "medmoe.registry", "register_model": "medmoe.registry", "load_model": "medmoe.hub"}
+__all__ = ["__version__", *sorted(_EXPORTS)]
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

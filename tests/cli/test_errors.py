@@ -201,3 +201,14 @@ def test_train_refuses_to_replace_a_model_folder_it_did_not_write(tmp_path, mani
     saved = model.save_pretrained(tmp_path / "saved")
     check_replaceable(saved)  # a model medmoe saved may be replaced by the next save
     model.save_pretrained(saved)
+
+
+def test_the_command_line_parser_and_the_package_root_load_without_torch():
+    """`medmoe --help` builds every command's parser; neither it nor `import medmoe` may pay for torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medmoe; from medmoe.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'monai', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

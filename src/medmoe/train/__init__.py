@@ -11,31 +11,19 @@ The same code runs in one process and under ``torchrun --nproc_per_node N`` (DDP
 nccl on CUDA). Only rank 0 logs and writes files. Library code never imports this package.
 """
 
-from medmoe.train.args import add_training_arguments, resolved_config
-from medmoe.train.checkpoint import find_latest_checkpoint, load_checkpoint
-from medmoe.train.config import TrainConfig
-from medmoe.train.distributed import all_reduce_sum, is_main, unwrap_model
-from medmoe.train.interrupt import TrainingInterrupted
-from medmoe.train.loop import TrainResult, run_training
-from medmoe.train.outputs import NonFiniteLossError
-from medmoe.train.task import BadSampleLike, Task, TaskBase, default_param_groups, export_model
+from medmoe.lazy_exports import lazy_getattr
 
-__all__ = [
-    "BadSampleLike",
-    "NonFiniteLossError",
-    "Task",
-    "TaskBase",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingInterrupted",
-    "add_training_arguments",
-    "all_reduce_sum",
-    "default_param_groups",
-    "export_model",
-    "find_latest_checkpoint",
-    "is_main",
-    "load_checkpoint",
-    "resolved_config",
-    "run_training",
-    "unwrap_model",
-]
+# Imported on first use: the command line reads the trainer's flags without loading torch.
+_EXPORTS = {
+    **dict.fromkeys(("add_training_arguments", "resolved_config"), "medmoe.train.args"),
+    **dict.fromkeys(("find_latest_checkpoint", "load_checkpoint"), "medmoe.train.checkpoint"),
+    "TrainConfig": "medmoe.train.config",
+    **dict.fromkeys(("all_reduce_sum", "is_main", "unwrap_model"), "medmoe.train.distributed"),
+    "TrainingInterrupted": "medmoe.train.interrupt",
+    **dict.fromkeys(("TrainResult", "run_training"), "medmoe.train.loop"),
+    "NonFiniteLossError": "medmoe.train.outputs",
+    **dict.fromkeys(("BadSampleLike", "Task", "TaskBase", "default_param_groups", "export_model"),
+                    "medmoe.train.task"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -9,21 +9,12 @@ under the root, classes and prompt ensembles are in :mod:`medmoe.align.suites.se
 (MedMoE, arXiv 2506.08356, Tables 1 and 2) in :mod:`medmoe.align.suites.paper`. See docs/protocols.md.
 """
 
-from medmoe.align.suites.report import format_probe_table, format_zeroshot_table, write_suite_json
-from medmoe.align.suites.runner import embed_rows, load_set, run_probe_suite, run_zeroshot_suite
-from medmoe.align.suites.sets import EVAL_SETS, PROBE_SETS, ZEROSHOT_SETS, EvalSet, select_sets
+from medmoe.lazy_exports import lazy_getattr
 
-__all__ = [
-    "EVAL_SETS",
-    "PROBE_SETS",
-    "ZEROSHOT_SETS",
-    "EvalSet",
-    "embed_rows",
-    "format_probe_table",
-    "format_zeroshot_table",
-    "load_set",
-    "run_probe_suite",
-    "run_zeroshot_suite",
-    "select_sets",
-    "write_suite_json",
-]
+_EXPORTS = {
+    **dict.fromkeys(("format_probe_table", "format_zeroshot_table", "write_suite_json"), "medmoe.align.suites.report"),
+    **dict.fromkeys(("embed_rows", "load_set", "run_probe_suite", "run_zeroshot_suite"), "medmoe.align.suites.runner"),
+    **dict.fromkeys(("EVAL_SETS", "PROBE_SETS", "ZEROSHOT_SETS", "EvalSet", "select_sets"), "medmoe.align.suites.sets"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

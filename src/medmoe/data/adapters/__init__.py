@@ -9,71 +9,65 @@ with the exact directory layout it expects.
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import os
-import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from medmoe.data.adapters.busi import import_busi
-from medmoe.data.adapters.chexpert5x200 import import_chexpert5x200
-from medmoe.data.adapters.common import ImportResult, hash_split
-from medmoe.data.adapters.iu_xray import import_iu_xray
-from medmoe.data.adapters.medmnist_organ import import_organamnist, import_organcmnist, import_organsmnist
-from medmoe.data.adapters.mimic_cxr import import_mimic_cxr
-from medmoe.data.adapters.mrnet import import_mrnet_acl, import_mrnet_meniscus
-from medmoe.data.adapters.roco import import_roco
-from medmoe.data.adapters.rsna_pneumonia import import_rsna_pneumonia
-from medmoe.data.adapters.thyroid_us import import_thyroid_us
-from medmoe.data.adapters.unimed_folds import (
-    import_unimed_acl_mri,
-    import_unimed_breast_us,
-    import_unimed_meniscus_mri,
-    import_unimed_rsna_pneumonia,
-)
-from medmoe.data.adapters.wds import import_wds
 from medmoe.errors import InvalidInputError
+from medmoe.lazy_exports import lazy_getattr
 
-SOURCES: dict[str, Callable[..., ImportResult]] = {
-    "mimic-cxr": import_mimic_cxr,
-    "chexpert5x200": import_chexpert5x200,
-    "iu-xray": import_iu_xray,
-    "roco": import_roco,
-    "wds": import_wds,
+if TYPE_CHECKING:
+    from medmoe.data.adapters.common import ImportResult
+
+# Every adapter, as "module:function" (imported when used, so that `medmoe --help` stays fast).
+SOURCES: dict[str, str] = {
+    "mimic-cxr": "mimic_cxr:import_mimic_cxr",
+    "chexpert5x200": "chexpert5x200:import_chexpert5x200",
+    "iu-xray": "iu_xray:import_iu_xray",
+    "roco": "roco:import_roco",
+    "wds": "wds:import_wds",
     # labelled test sets of the papers' zero-shot and linear-probe protocols (medmoe.align.suites)
-    "rsna-pneumonia": import_rsna_pneumonia,
-    "thyroid-us": import_thyroid_us,
-    "busi": import_busi,
-    "mrnet-acl": import_mrnet_acl,
-    "mrnet-meniscus": import_mrnet_meniscus,
-    "organamnist": import_organamnist,
-    "organcmnist": import_organcmnist,
-    "organsmnist": import_organsmnist,
-    "unimed-rsna-pneumonia": import_unimed_rsna_pneumonia,
-    "unimed-breast-us": import_unimed_breast_us,
-    "unimed-acl-mri": import_unimed_acl_mri,
-    "unimed-meniscus-mri": import_unimed_meniscus_mri,
+    "rsna-pneumonia": "rsna_pneumonia:import_rsna_pneumonia",
+    "thyroid-us": "thyroid_us:import_thyroid_us",
+    "busi": "busi:import_busi",
+    "mrnet-acl": "mrnet:import_mrnet_acl",
+    "mrnet-meniscus": "mrnet:import_mrnet_meniscus",
+    "organamnist": "medmnist_organ:import_organamnist",
+    "organcmnist": "medmnist_organ:import_organcmnist",
+    "organsmnist": "medmnist_organ:import_organsmnist",
+    "unimed-rsna-pneumonia": "unimed_folds:import_unimed_rsna_pneumonia",
+    "unimed-breast-us": "unimed_folds:import_unimed_breast_us",
+    "unimed-acl-mri": "unimed_folds:import_unimed_acl_mri",
+    "unimed-meniscus-mri": "unimed_folds:import_unimed_meniscus_mri",
 }
 
-__all__ = [
-    "SOURCES",
-    "ImportResult",
-    "hash_split",
-    "import_busi",
-    "import_chexpert5x200",
-    "import_iu_xray",
-    "import_mimic_cxr",
-    "import_mrnet_acl",
-    "import_mrnet_meniscus",
-    "import_organamnist",
-    "import_organcmnist",
-    "import_organsmnist",
-    "import_roco",
-    "import_rsna_pneumonia",
-    "import_source",
-    "import_thyroid_us",
-    "import_wds",
-    "layout_help",
-]
+_EXPORTS = {spec.split(":")[1]: f"{__name__}.{spec.split(':')[0]}" for spec in SOURCES.values()}
+_EXPORTS.update(ImportResult=f"{__name__}.common", hash_split=f"{__name__}.common")
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
+
+__all__ = ["SOURCES", "adapter", "import_source", "layout_help", *sorted(_EXPORTS)]
+
+
+def _spec(source: str) -> tuple[str, str]:
+    """(module, function) of ``source``'s adapter."""
+    if source not in SOURCES:
+        raise InvalidInputError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
+    module, function = SOURCES[source].split(":")
+    return f"{__name__}.{module}", function
+
+
+def adapter(source: str) -> Callable[..., Any]:
+    """The import function of ``source`` (its module imported now).
+
+    Raises:
+        InvalidInputError: unknown source name.
+    """
+    module, function = _spec(source)
+    return getattr(importlib.import_module(module), function)
 
 
 def import_source(source: str, root: str | os.PathLike, **options: Any) -> ImportResult:
@@ -82,9 +76,7 @@ def import_source(source: str, root: str | os.PathLike, **options: Any) -> Impor
     Raises:
         InvalidInputError: unknown source name.
     """
-    if source not in SOURCES:
-        raise InvalidInputError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
-    return SOURCES[source](root, **options)
+    return adapter(source)(root, **options)
 
 
 def layout_help(source: str) -> str:
@@ -94,7 +86,7 @@ def layout_help(source: str) -> str:
     Raises:
         InvalidInputError: unknown source name.
     """
-    if source not in SOURCES:
-        raise InvalidInputError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
-    text = sys.modules[SOURCES[source].__module__].__doc__ or ""
+    module, _ = _spec(source)
+    origin = importlib.util.find_spec(module).origin  # read, not imported: the help of every source stays cheap
+    text = ast.get_docstring(ast.parse(Path(origin).read_text(encoding="utf-8"))) or ""
     return text.replace("``", "").replace("::\n", ":\n").strip()
