@@ -277,6 +277,13 @@ def _split_counts(datalist: Path) -> dict[str, int]:
     return {s: len(doc[s]) for s in ("training", "validation", "test") if doc.get(s)}
 
 
+def _train(datalist: Path, tmp_path: Path, *extra: str) -> int:
+    return main(["seg", "train", "--data", str(datalist), "--out", str(tmp_path / "run"), "--steps", "3",
+                 "--batch-size", "2", "--spacing", *TRAIN_SPACING, "--patch-size", "32", "32", "32", "--workers", "0",
+                 "--set", "text.model=tiny-bert", "--random-text", "--val-max-cases", "1", "--warmup-steps", "1",
+                 "--no-progress", "--cache-dir", str(tmp_path / "cache"), *extra])
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_imported_dataset_has_its_name_splits_and_passes_check(fmt, tmp_path, capsys):
@@ -293,6 +300,18 @@ def test_imported_dataset_has_its_name_splits_and_passes_check(fmt, tmp_path, ca
     assert main(["seg", "check", str(out), "--no-progress"]) == 0
     assert f"{sum(_split_counts(out).values())} case(s): " in (printed := capsys.readouterr().out)
     assert "0 with errors" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_imported_dataset_trains(fmt, tmp_path, capsys):
+    out = tmp_path / "lists" / "datalist.json"
+    rc, expected = _import(fmt, tmp_path / "download", out)
+    assert rc == 0
+    # a dataset without a validation split validates on its training cases
+    assert _train(out, tmp_path, *([] if "validation" in expected else ["--val-split", "training"])) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
 
 
 COMBINED = list(FORMATS)
@@ -333,20 +352,15 @@ def test_combined_datalist_classes_are_the_union_with_partial_labels(combined):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(240)
 def test_combined_datalist_of_every_format_passes_check_and_trains(combined, tmp_path, capsys):
     """Every format's cases are read by `seg check` and preprocessed by `seg train`, which takes 3 steps."""
     assert main(["seg", "check", str(combined), "--no-progress", "--workers", "2"]) == 0
     assert "0 with errors" in capsys.readouterr().out
-    run = tmp_path / "run"
-    rc = main(["seg", "train", "--data", str(combined), "--out", str(run), "--steps", "3", "--batch-size", "2",
-               "--spacing", *TRAIN_SPACING, "--patch-size", "32", "32", "32", "--workers", "0",
-               "--set", "text.model=tiny-bert", "--random-text", "--val-max-cases", "1", "--warmup-steps", "1",
-               "--no-progress", "--cache-dir", str(tmp_path / "cache")])
-    assert rc == 0
+    assert _train(combined, tmp_path) == 0
     assert "trained 3 steps" in capsys.readouterr().out
-    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
-    assert cached, "seg train preprocessed no volume"
+    built = list((tmp_path / "cache").rglob("meta.json"))  # one per preprocessed volume
+    assert len(built) >= len(load_datalist(combined).entries("training"))
 
 
 def test_a_dataset_json_label_that_differs_from_the_map_stops_the_import(tmp_path):
