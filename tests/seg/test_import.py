@@ -9,6 +9,7 @@ names, folder layout, the label list its ``dataset.json`` ships. Volumes are coa
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -20,7 +21,7 @@ from medmoe.data.volumes import write_nifti
 from medmoe.errors import InvalidInputError
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.data import load_datalist
-from medmoe.seg.importers import FORMATS, import_dataset
+from medmoe.seg.importers import FORMATS, check_label_list, import_dataset
 from medmoe_samples.ct.phantoms import Grid, relabel, render_phantom
 
 GRID_MM = (12.0, 12.0, 12.0)
@@ -445,3 +446,30 @@ def test_append_adds_a_dataset_once(tmp_path):
     assert load_datalist(out).datasets == ["BTCV", "WORD"]
     assert main(["seg", "import", "word", str(word), "--out", str(out), "--append", "--no-progress"]) == 1
     assert load_datalist(out).datasets == ["BTCV", "WORD"]
+
+
+# The label lists the downloads ship (each task's dataset.json in the MSD tars; KiTS23's kits23 repository
+# README), as written there: each must agree with the dataset's map, so importing them does not stop.
+PUBLISHED_LABELS = {
+    "MSD-Task06-Lung": {0: "background", 1: "cancer"},
+    "MSD-Task07-Pancreas": {0: "background", 1: "pancreas", 2: "cancer"},
+    "MSD-Task08-HepaticVessel": {0: "background", 1: "Vessel", 2: "Tumour"},
+    "MSD-Task09-Spleen": {0: "background", 1: "spleen"},
+    "MSD-Task10-Colon": {0: "background", 1: "colon cancer primaries"},
+    "KiTS": {0: "background", 1: "kidney", 2: "tumor", 3: "cyst"},
+}
+
+
+@pytest.mark.parametrize("dataset", PUBLISHED_LABELS)
+def test_published_label_lists_agree_with_their_maps(dataset):
+    check_label_list(ClassTemplate.default(), dataset, PUBLISHED_LABELS[dataset], "dataset.json")
+
+
+@pytest.mark.parametrize(("dataset", "labels", "message"), [
+    ("BTCV", {1: "spleen", 2: "left kidney", 3: "right kidney"}, "label 2 is 'left kidney'"),
+    ("MSD-Task07-Pancreas", {1: "cancer", 2: "pancreas"}, "label 1 is 'cancer'"),
+    ("MSD-Task09-Spleen", {1: "spleen", 2: "cancer"}, "label 2 ('cancer') is not in the MSD-Task09-Spleen label map"),
+])
+def test_a_label_list_that_differs_names_the_label(dataset, labels, message):
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        check_label_list(ClassTemplate.default(), dataset, labels, "dataset.json")
