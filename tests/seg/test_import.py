@@ -411,7 +411,7 @@ def test_kits19_and_kits23_layouts_need_the_dataset_named(tmp_path):
 def test_totalsegmentator_masks_are_combined_once_resumed_and_rebuilt_when_changed(tmp_path):
     ts, _ = fake_totalsegmentator(tmp_path)
     cache = tmp_path / "labels"
-    first = import_dataset("totalsegmentator", ts, cache=cache, progress=False)
+    first = import_dataset("totalsegmentator", ts, cache=cache, progress=False, workers=2)
     assert first.notes == [f"label maps in {cache}: 3 built, 0 already there"]
     ids = {cls: i for i, cls in ClassTemplate.default().label_map("TotalSegmentator").items()}
     label = np.asarray(nib.load(str(cache / "s0000.nii.gz")).dataobj)
