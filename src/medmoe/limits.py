@@ -4,18 +4,24 @@ A few bytes can claim gigabytes: a PNG of one colour, a deflated DICOM, a gzippe
 tar member. Every reader compares what a file's header says it holds with these budgets and refuses it
 with a :class:`DecodeLimitError` naming the file, the size and the limit *before* allocating it.
 
-========================== =========================== =============================================
-environment variable       default                     counts
-========================== =========================== =============================================
-``MEDMOE_MAX_PIXELS``      268,435,456 (2**28)         values of a 2-D image: rows x columns x
+============================= ======================== =============================================
+environment variable          default                  counts
+============================= ======================== =============================================
+``MEDMOE_MAX_DECODED_BYTES``  268,435,456 (256 MiB)    bytes of a 2-D image's decoded array: rows x
+                                                       columns x channels x bytes per sample (x frames)
+``MEDMOE_MAX_PIXELS``         268,435,456 (2**28)      values of a 2-D image: rows x columns x
                                                        channels x frames held by the file
-``MEDMOE_MAX_VOXELS``      1,073,741,824 (2**30)       voxels of a volume (a 512 x 512 x 2000 CT is
+``MEDMOE_MAX_VOXELS``         1,073,741,824 (2**30)    voxels of a volume (a 512 x 512 x 2000 CT is
                                                        524 million)
-``MEDMOE_MAX_MEMBER_BYTES`` 536,870,912 (512 MiB)      bytes of one member of a tar shard
-========================== =========================== =============================================
+``MEDMOE_MAX_MEMBER_BYTES``   536,870,912 (512 MiB)    bytes of one member of a tar shard
+============================= ======================== =============================================
+
+The decoded-bytes budget is the one that bounds memory: reading an image at the budget peaks at a small
+multiple of it (measured in docs/security.md). The pixel count is checked too (with the defaults the byte
+budget binds first: every value takes at least a byte).
 
 Raise a limit for one process with the environment variable (``MEDMOE_MAX_PIXELS=1e9 medmoe ...``) or for
-one call with the reader's argument (``read_image(path, max_pixels=...)``, ``read_ct(path,
+one call with the reader's argument (``read_image(path, max_decoded_bytes=..., max_pixels=...)``, ``read_ct(path,
 max_voxels=...)``, ``iter_tar_samples(url, max_member_bytes=...)``). See ``docs/security.md``.
 """
 
@@ -25,15 +31,18 @@ import os
 
 from medmoe.errors import CorruptFileError, InvalidInputError
 
+MAX_DECODED_BYTES_ENV = "MEDMOE_MAX_DECODED_BYTES"
 MAX_PIXELS_ENV = "MEDMOE_MAX_PIXELS"
 MAX_VOXELS_ENV = "MEDMOE_MAX_VOXELS"
 MAX_MEMBER_BYTES_ENV = "MEDMOE_MAX_MEMBER_BYTES"
 
+DEFAULT_MAX_DECODED_BYTES = 2**28
 DEFAULT_MAX_PIXELS = 2**28
 DEFAULT_MAX_VOXELS = 2**30
 DEFAULT_MAX_MEMBER_BYTES = 2**29
 
 _DEFAULTS = {
+    MAX_DECODED_BYTES_ENV: DEFAULT_MAX_DECODED_BYTES,
     MAX_PIXELS_ENV: DEFAULT_MAX_PIXELS,
     MAX_VOXELS_ENV: DEFAULT_MAX_VOXELS,
     MAX_MEMBER_BYTES_ENV: DEFAULT_MAX_MEMBER_BYTES,

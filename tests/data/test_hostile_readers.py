@@ -7,6 +7,8 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import subprocess
+import sys
 import time
 import tracemalloc
 import zlib
@@ -18,7 +20,6 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
 from testkit.data import dicom_file
 
 from medmoe.data.readers import decode_image, read_image
@@ -274,3 +275,68 @@ def test_series_files_are_found_by_their_bytes_whatever_their_names(tmp_path):
     _zeros(folder / "DICOMDIR.dcm", 4096)  # named like DICOM, but zeros: skipped with a warning
     volume = read_ct(folder, check_ct=False)
     assert volume.shape == (8, 8, 3)
+
+
+# ---------------------------------------------------------------------------------------------- the byte budget
+def test_the_decoded_bytes_budget_counts_bytes_per_sample(tmp_path, monkeypatch):
+    eight, sixteen = tmp_path / "eight.png", tmp_path / "sixteen.png"
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(eight)
+    Image.fromarray(np.zeros((100, 100), np.uint16)).save(sixteen)
+    monkeypatch.setenv("MEDMOE_MAX_DECODED_BYTES", "15000")
+    assert read_image(eight)[0].shape == (100, 100)  # 10,000 bytes
+    with pytest.raises(DecodeLimitError, match=r"100 x 100 pixels x 2 byte\(s\) \(I;16\) = 20,000 bytes, over the "
+                                               r"limit of 15,000 \(raise it with MEDMOE_MAX_DECODED_BYTES"):
+        read_image(sixteen)
+    assert read_image(sixteen, max_decoded_bytes=20_000)[0].shape == (100, 100)
+    with pytest.raises(DecodeLimitError, match="MEDMOE_MAX_DECODED_BYTES"):
+        decode_image(sixteen.read_bytes(), "sixteen.png")
+
+
+def test_a_16_bit_dicom_counts_two_bytes_per_value(tmp_path):
+    path = _deflated_multiframe(tmp_path / "frames.dcm", 2, 64, 64)  # 2 x 64 x 64 x 16 bits = 16,384 bytes
+    with pytest.raises(DecodeLimitError, match=r"2 frame\(s\) x 64 x 64 x 1 sample\(s\) x 2 byte\(s\) = 16,384 bytes"):
+        read_image(path, max_decoded_bytes=10_000)
+    assert read_image(path, max_decoded_bytes=16_384)[0].shape == (64, 64)
+
+
+_PEAK = """
+import sys
+from medmoe.data.readers import read_image
+def peak_kb():  # VmHWM starts afresh at exec (ru_maxrss would carry the parent's)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
+before = peak_kb()
+image, _ = read_image(sys.argv[1], target_size=None if sys.argv[2] == "full" else int(sys.argv[2]))
+print((peak_kb() - before) * 1024, image.shape)
+"""
+
+
+def _peak_growth_in_a_fresh_process(path, target: str) -> int:
+    """Bytes the peak resident memory (VmHWM) of a new Python process grows by while it reads ``path``."""
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(path), target], capture_output=True, text=True,
+                         check=True, timeout=120)
+    return int(out.stdout.split()[0])
+
+
+def test_a_280_kb_9400_squared_single_colour_png_decodes_within_twice_its_decoded_bytes(tmp_path):
+    """9400 x 9400 RGB = 265 MB decoded; the reader once grew the peak by 1.2 GB (full size) and 0.67 GB
+    (target_size=74, what the page's classifier asks for): Pillow's RGB held in 4 bytes per pixel, a copy
+    to RGB, two copies in np.asarray, full-size comparisons. Now about 440 MB and 340 MB."""
+    path = tmp_path / "flat.png"
+    Image.new("RGB", (9400, 9400), (40, 40, 40)).save(path)
+    assert path.stat().st_size < 300_000
+    decoded = 9400 * 9400 * 3
+    full = _peak_growth_in_a_fresh_process(path, "full")
+    assert full < 2 * decoded, f"{full / 2**20:.0f} MiB"
+    reduced = _peak_growth_in_a_fresh_process(path, "74")
+    assert reduced < 1.5 * decoded, f"{reduced / 2**20:.0f} MiB"
+
+
+def test_rgb_rows_grey_then_colour_come_back_in_colour(tmp_path):
+    rgb = np.zeros((3000, 700, 3), np.uint8)
+    rgb[:, :, :] = 90
+    rgb[2500:, 100:200, 0] = 250  # colour only near the bottom, after several blocks of grey rows
+    path = tmp_path / "late_colour.png"
+    Image.fromarray(rgb).save(path)
+    image, meta = read_image(path)
+    assert image.shape == (3000, 700, 3) and meta.original_shape == (3000, 700, 3)
+    assert np.array_equal(np.rint(image * 255).astype(np.uint8), rgb)

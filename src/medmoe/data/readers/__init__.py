@@ -15,7 +15,8 @@ NIfTI header) with the extension as fallback, so a PNG named ``.dcm`` still read
 medmoe error naming the file and the reason: :class:`MissingFileError` for a path that does not exist,
 :class:`~medmoe.errors.CorruptFileError` for anything unreadable (FIFOs and devices included: they are
 refused, never opened), :class:`~medmoe.limits.DecodeLimitError` for a file whose header claims more
-pixels than ``MEDMOE_MAX_PIXELS`` / ``MEDMOE_MAX_VOXELS`` allow (see :mod:`medmoe.limits`).
+decoded bytes, pixels or voxels than ``MEDMOE_MAX_DECODED_BYTES`` / ``MEDMOE_MAX_PIXELS`` /
+``MEDMOE_MAX_VOXELS`` allow (see :mod:`medmoe.limits`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def read_image(
     target_size: int | None = None,
     max_pixels: int | None = None,
     max_voxels: int | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read one 2-D image from a file.
 
@@ -116,6 +118,9 @@ def read_image(
         max_pixels: limit on the values the file holds (rows x columns x channels x frames; for NIfTI the
             slice read), default ``MEDMOE_MAX_PIXELS``; checked from the header before decoding.
         max_voxels: limit on the voxels of a NIfTI volume, default ``MEDMOE_MAX_VOXELS``.
+        max_decoded_bytes: limit on the bytes of the decoded array of a DICOM or Pillow image (columns x rows
+            x channels x bytes per sample, all frames of a DICOM), default ``MEDMOE_MAX_DECODED_BYTES``;
+            checked from the header before decoding.
 
     Returns:
         ``(image, meta)``: ``image`` is float32 ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB) in [0, 1] after
@@ -126,7 +131,8 @@ def read_image(
         MissingFileError: ``path`` does not exist.
         CorruptFileError: the file is empty, truncated, of an unsupported type, not a regular file (a FIFO,
             a device) or otherwise unreadable.
-        DecodeLimitError: the header claims more than ``max_pixels`` / ``max_voxels`` (a CorruptFileError).
+        DecodeLimitError: the header claims more than ``max_pixels`` / ``max_voxels`` / ``max_decoded_bytes``
+            (a CorruptFileError).
         InvalidInputError: an option does not fit the file (frame / slice out of range, bad projection) or
             ``target_size`` is not a positive integer.
     """
@@ -146,7 +152,7 @@ def read_image(
     fmt = _checked_format(head, name)
     _check_options(fmt, name, frame, axial_slice, projection, target_size)
     return _dispatch(fmt, name, name, None, frame, axial_slice, projection, window, target_size,
-                     (max_pixels, max_voxels))
+                     (max_pixels, max_voxels, max_decoded_bytes))
 
 
 def decode_image(
@@ -160,6 +166,7 @@ def decode_image(
     target_size: int | None = None,
     max_pixels: int | None = None,
     max_voxels: int | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Like :func:`read_image` for a file held in memory (e.g. a member of a tar shard).
 
@@ -172,7 +179,7 @@ def decode_image(
     fmt = _checked_format(data[:_HEAD_BYTES], name)
     _check_options(fmt, name, frame, axial_slice, projection, target_size)
     return _dispatch(fmt, None, name, data, frame, axial_slice, projection, window, target_size,
-                     (max_pixels, max_voxels))
+                     (max_pixels, max_voxels, max_decoded_bytes))
 
 
 def _checked_format(head: bytes, name: str) -> str:
@@ -198,17 +205,17 @@ def _check_options(fmt: str, name: str, frame, axial_slice, projection, target_s
 
 def _dispatch(fmt, path, name, data, frame, axial_slice, projection, window, target_size, limits):
     target_size = None if target_size is None else int(target_size)
-    max_pixels, max_voxels = limits
+    max_pixels, max_voxels, max_decoded_bytes = limits
     try:
         if fmt == "dicom":
             source = path if data is None else io.BytesIO(data)
             return read_dicom(source, name, frame=frame, window=window, target_size=target_size,
-                              max_pixels=max_pixels)
+                              max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
         if fmt == "nifti":
             return read_nifti(path, name, data=data, axial_slice=axial_slice, projection=projection, window=window,
                               target_size=target_size, max_pixels=max_pixels, max_voxels=max_voxels)
         return read_pillow(path if data is None else io.BytesIO(data), name, frame=frame, target_size=target_size,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
     except MedMoEError:
         raise
     except Exception as err:  # a reader bug or library edge case must still name the file

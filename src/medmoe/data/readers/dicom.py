@@ -231,6 +231,7 @@ def read_dicom(
     window: tuple[float, float] | None = None,
     target_size: int | None = None,
     max_pixels: int | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read one frame of a DICOM image.
 
@@ -244,6 +245,8 @@ def read_dicom(
         max_pixels: limit on rows x columns x samples x frames (default ``MEDMOE_MAX_PIXELS``, see
             :mod:`medmoe.limits`), checked from the header before any pixel is decoded; a deflated file is
             inflated only after its header passed and its inflated size was counted.
+        max_decoded_bytes: limit on those values x BitsAllocated in bytes (default ``MEDMOE_MAX_DECODED_BYTES``),
+            checked with ``max_pixels``.
 
     Returns:
         ``(image, meta)``: float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1], and :class:`ImageMeta`.
@@ -258,9 +261,9 @@ def read_dicom(
         # force=True lets preamble-less files through; pydicom warns about every oddity it tolerates.
         warnings.simplefilter("ignore")
         try:
-            header = inflated_header(source, name, max_pixels)
+            header = inflated_header(source, name, max_pixels, max_decoded_bytes)
             if header is not None:
-                check_dicom_size(header, name, max_pixels)
+                check_dicom_size(header, name, max_pixels, max_decoded_bytes)
             if not isinstance(source, str):
                 source.seek(0)
         except (CorruptFileError, InvalidInputError):
@@ -276,7 +279,7 @@ def read_dicom(
             n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         except Exception as err:
             raise CorruptFileError(f"{name}: DICOM image attributes missing or malformed ({err})") from err
-        check_dicom_size(ds, name, max_pixels)
+        check_dicom_size(ds, name, max_pixels, max_decoded_bytes)
         if frame is not None and not 0 <= frame < n_frames:
             raise InvalidInputError(f"{name}: frame {frame} out of range; the file has {n_frames} frame(s)")
         index = (n_frames // 2 if frame is None else frame) if n_frames > 1 else None

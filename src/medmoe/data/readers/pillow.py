@@ -13,9 +13,14 @@ from medmoe.data.readers.intensity import range_sample, reduction_factor, robust
 from medmoe.data.readers.meta import ImageMeta
 from medmoe.data.readers.safety import require_finite
 from medmoe.errors import CorruptFileError, InvalidInputError
-from medmoe.limits import MAX_PIXELS_ENV, DecodeLimitError, check_budget, limit
+from medmoe.limits import MAX_DECODED_BYTES_ENV, MAX_PIXELS_ENV, DecodeLimitError, check_budget, limit
 
 _FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff", "BMP": "bmp"}
+# Bytes per pixel of the array a Pillow mode is decoded to here: channels x bytes per sample (a palette
+# becomes RGB; Pillow itself holds 3-channel modes in 4 bytes per pixel, see docs/security.md).
+_DECODED_BYTES = {"1": 1, "L": 1, "P": 3, "PA": 3, "LA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+                  "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4}
+_BLOCK_PIXELS = 2**20  # pixels of an RGB image copied to NumPy at a time
 
 
 def read_pillow(
@@ -25,6 +30,7 @@ def read_pillow(
     frame: int | None = None,
     target_size: int | None = None,
     max_pixels: int | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read an ordinary image file.
 
@@ -37,8 +43,11 @@ def read_pillow(
     data in float32). Pixels stay in their stored dtype (uint8, uint16, int32) until the one float32 copy
     that is returned; no float64 copy is made.
 
-    The stored width x height x bands (of the one frame decoded) is checked against ``max_pixels`` from the
-    header, before decoding; Pillow's own decompression-bomb limit is lifted to match when it is lower.
+    The stored width x height x bands (of the one frame decoded) is checked against ``max_pixels``, and the
+    bytes of the decoded array (width x height x channels x bytes per sample) against ``max_decoded_bytes``,
+    from the header, before decoding; Pillow's own decompression-bomb limit is lifted to match when it is
+    lower. The decoded image is released as soon as its pixels are in a NumPy array: an 8-bit RGB image at
+    full size peaks at about 7 bytes per pixel (Pillow's 4 and NumPy's 3), a grey one at about 5.
 
     Args:
         source: a path or a binary file object.
@@ -47,6 +56,7 @@ def read_pillow(
         target_size: the longer side the caller needs; the image comes back with a longer side of at least
             ``target_size`` (and under ``2 * target_size``), or at full size when that is smaller.
         max_pixels: limit on width x height x bands (default ``MEDMOE_MAX_PIXELS``, see :mod:`medmoe.limits`).
+        max_decoded_bytes: limit on the decoded array's bytes (default ``MEDMOE_MAX_DECODED_BYTES``).
 
     Returns:
         ``(image, meta)``: float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1] and :class:`ImageMeta`.
@@ -69,16 +79,17 @@ def read_pillow(
                         raise InvalidInputError(f"{name}: frame {frame} out of range; the file has {n_frames}")
                     im.seek(frame)
                 size = im.size  # the stored size: draft mode shrinks im.size
-                bands = 3 if im.mode in ("P", "PA") else len(im.getbands())  # a palette decodes to RGB
-                check_budget(name, f"{size[0]} x {size[1]} x {bands} band(s)", size[0] * size[1] * bands,
-                             MAX_PIXELS_ENV, allowed)
+                _check_size(im, name, allowed, max_decoded_bytes)
                 if target_size is not None and im.format == "JPEG":
                     _draft(im, target_size)
                 im.load()
                 mode = im.mode
                 if fmt == "jpeg":
                     im = ImageOps.exif_transpose(im)
-                array = _to_unit(im, reduction_factor(im.height, im.width, target_size))
+                stored, scale = _stored(im, reduction_factor(im.height, im.width, target_size))
+            del im  # the decoded image (and a copy turned by its EXIF orientation) is released here
+            array = _to_unit(stored, scale)
+            del stored
     except (InvalidInputError, CorruptFileError):
         raise
     except Image.DecompressionBombError as err:
@@ -121,36 +132,71 @@ def _draft(im: Image.Image, target_size: int) -> None:
         im.draft(im.mode, (max(1, width * target_size // longer), max(1, height * target_size // longer)))
 
 
+def _check_size(im: Image.Image, name: str, max_pixels: int, max_decoded_bytes: int | None) -> None:
+    """Refuse an image whose header claims more values or decoded bytes than the limits."""
+    width, height = im.size
+    bands = 3 if im.mode in ("P", "PA") else len(im.getbands())  # a palette decodes to RGB
+    check_budget(name, f"{width} x {height} x {bands} band(s)", width * height * bands, MAX_PIXELS_ENV, max_pixels)
+    per_pixel = _DECODED_BYTES.get(im.mode, 2 if im.mode.startswith("I;16") else 4)
+    check_budget(name, f"{width} x {height} pixels x {per_pixel} byte(s) ({im.mode})", width * height * per_pixel,
+                 MAX_DECODED_BYTES_ENV, max_decoded_bytes, unit="bytes")
+
+
 def _floats(im: Image.Image, factor: int) -> np.ndarray:
     """Pixel values as float32: Pillow's "F" conversion, box-reduced by ``factor`` when it is above 1."""
     values = im.convert("F")
     return np.asarray(values.reduce(factor) if factor > 1 else values)
 
 
-def _to_unit(im: Image.Image, factor: int = 1) -> np.ndarray:
-    """float32 in [0, 1]: 8-bit / 255, 16-bit / 65535, other ranges by percentiles; one float32 copy at most."""
+def _stored(im: Image.Image, factor: int = 1) -> tuple[np.ndarray, float | None]:
+    """The pixels as a NumPy array and the scale to [0, 1] (None: rescale by percentiles), box-reduced by
+    ``factor``: 8-bit grey and RGB stay uint8, 16-bit stays uint16 at full size; other data is float32
+    already."""
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return _scaled(_floats(im, factor), 1.0 / 65535.0)
+        if factor > 1:
+            return _floats(im, factor), 1.0 / 65535.0
+        return np.asarray(im), 1.0 / 65535.0
     if mode == "I":
         stored = np.asarray(im)
         # Pillow opens some 16-bit PNGs as 32-bit "I"; keep their 16-bit scale when the values fit.
         if stored.size and stored.min() >= 0 and stored.max() <= 65535:
-            return _scaled(_floats(im, factor), 1.0 / 65535.0)
-        return robust_rescale(_floats(im, factor), sample=range_sample(stored, factor))
+            return _floats(im, factor), 1.0 / 65535.0
+        return robust_rescale(_floats(im, factor), sample=range_sample(stored, factor)), None
     if mode == "F":
-        return robust_rescale(_floats(im, factor), sample=range_sample(np.asarray(im), factor))
+        return robust_rescale(_floats(im, factor), sample=range_sample(np.asarray(im), factor)), None
     if mode in ("1", "L", "LA", "La"):
-        return _scaled(np.asarray(_reduced(im.convert("L"), factor)), 1.0 / 255.0)
-    rgb = np.asarray(_reduced(im.convert("RGB"), factor))  # uint8: grey is detected before any float copy
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-        rgb = rgb[..., 0]
-    return _scaled(rgb, 1.0 / 255.0)
+        return np.asarray(_reduced(im if mode == "L" else im.convert("L"), factor)), 1.0 / 255.0
+    return _rgb_array(_reduced(im if mode == "RGB" else im.convert("RGB"), factor)), 1.0 / 255.0
 
 
-def _scaled(values: np.ndarray, scale: float) -> np.ndarray:
-    """``values * scale`` as float32, converting once and scaling in place."""
-    out = values.astype(np.float32)
+def _rgb_array(im: Image.Image) -> np.ndarray:
+    """An RGB image as (H, W, 3) uint8, or (H, W) when its three channels are equal (grey X-rays saved as
+    colour): copied a block of rows at a time, one channel kept while the rows are grey, so a grey image
+    never has a full-size three-channel copy (``np.asarray`` of the whole image makes two)."""
+    width, height = im.size
+    rows = max(1, _BLOCK_PIXELS // max(1, width))
+    grey = np.empty((height, width), np.uint8)
+    rgb = None
+    for top in range(0, height, rows):
+        block = np.asarray(im.crop((0, top, width, min(height, top + rows))))
+        if rgb is None and np.array_equal(block[..., 0], block[..., 1]) and np.array_equal(block[..., 1], block[..., 2]):
+            grey[top:top + rows] = block[..., 0]
+            continue
+        if rgb is None:  # the first colour rows: the rows so far were grey
+            rgb = np.empty((height, width, 3), np.uint8)
+            rgb[:top] = grey[:top, :, None]
+            del grey
+        rgb[top:top + rows] = block
+    return grey if rgb is None else rgb
+
+
+def _to_unit(stored: np.ndarray, scale: float | None) -> np.ndarray:
+    """float32 in [0, 1]: ``stored * scale`` converted once and scaled in place (already float32 when
+    ``scale`` is None)."""
+    if scale is None:
+        return stored
+    out = stored.astype(np.float32)
     out *= np.float32(scale)
     return out
 

@@ -18,7 +18,7 @@ from pydicom.filereader import read_dataset, read_preamble
 from pydicom.tag import Tag
 
 from medmoe.errors import CorruptFileError
-from medmoe.limits import MAX_PIXELS_ENV, DecodeLimitError, check_budget, limit
+from medmoe.limits import MAX_DECODED_BYTES_ENV, MAX_PIXELS_ENV, DecodeLimitError, check_budget, limit
 
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
@@ -74,17 +74,21 @@ def require_regular_file(path: str | os.PathLike, what: str = "file") -> os.stat
     return info
 
 
-def check_dicom_size(ds: Dataset, name: str, max_pixels: int | None = None) -> None:
-    """Refuse a DICOM dataset whose Rows x Columns x SamplesPerPixel x NumberOfFrames exceeds the limit.
+def check_dicom_size(ds: Dataset, name: str, max_pixels: int | None = None,
+                     max_decoded_bytes: int | None = None) -> None:
+    """Refuse a DICOM dataset whose Rows x Columns x SamplesPerPixel x NumberOfFrames exceeds the pixel limit,
+    or whose decoded pixel data (those values x BitsAllocated rounded up to bytes) exceeds the byte budget.
 
     Raises:
         CorruptFileError: the attributes are missing or not numbers.
-        DecodeLimitError: over ``max_pixels`` (default ``MEDMOE_MAX_PIXELS``).
+        DecodeLimitError: over ``max_pixels`` (default ``MEDMOE_MAX_PIXELS``) or ``max_decoded_bytes``
+            (default ``MEDMOE_MAX_DECODED_BYTES``).
     """
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
+        sample_bytes = max(1, -(-int(ds.get("BitsAllocated", 16) or 16) // 8))
     except Exception as err:  # missing, empty or non-numeric values
         raise CorruptFileError(f"{name}: DICOM image attributes missing or malformed ({err})") from err
     if min(rows, cols, samples, frames) < 1:
@@ -94,9 +98,12 @@ def check_dicom_size(ds: Dataset, name: str, max_pixels: int | None = None) -> N
         )
     what = f"{frames} frame(s) x {rows} x {cols} x {samples} sample(s)"
     check_budget(name, what, frames * rows * cols * samples, MAX_PIXELS_ENV, max_pixels)
+    check_budget(name, f"{what} x {sample_bytes} byte(s)", frames * rows * cols * samples * sample_bytes,
+                 MAX_DECODED_BYTES_ENV, max_decoded_bytes, unit="bytes")
 
 
-def inflated_header(source: str | BinaryIO, name: str, max_pixels: int | None = None) -> Dataset | None:
+def inflated_header(source: str | BinaryIO, name: str, max_pixels: int | None = None,
+                    max_decoded_bytes: int | None = None) -> Dataset | None:
     """The dataset header of a *deflated* DICOM file (transfer syntax 1.2.840.10008.1.2.1.99), read without
     inflating the whole file; None for any other file (pydicom reads those as stored, no expansion).
 
@@ -130,7 +137,7 @@ def inflated_header(source: str | BinaryIO, name: str, max_pixels: int | None = 
                               stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
     except Exception as err:  # truncated inside an element: a header over 8 MiB, or damage
         raise CorruptFileError(f"{name}: deflated DICOM header unreadable ({type(err).__name__}: {err})") from err
-    check_dicom_size(header, name, max_pixels)
+    check_dicom_size(header, name, max_pixels, max_decoded_bytes)
     bits = int(header.get("BitsAllocated", 16) or 16)
     announced = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1) or 1)
     announced *= int(header.get("NumberOfFrames", 1) or 1) * max(1, -(-bits // 8))
