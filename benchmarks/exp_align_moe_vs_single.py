@@ -38,11 +38,16 @@ from medmoe.data.modalities import MODALITIES  # noqa: E402
 from medmoe.train import TrainConfig, run_training  # noqa: E402
 
 
-def train_one(args, experts: int, seed: int, overrides: dict) -> tuple[Path, float]:
+def train_seconds(seconds: float | None) -> float | None:
+    """A run's training time for the results (None, JSON null, for a run reused from an earlier call)."""
+    return None if seconds is None else round(seconds, 1)
+
+
+def train_one(args, experts: int, seed: int, overrides: dict) -> tuple[Path, float | None]:
     run_dir = args.out / f"k{experts}_seed{seed}"
     model_dir = run_dir / "model"
     if args.reuse and (model_dir / "model.safetensors").is_file():
-        return model_dir, float("nan")
+        return model_dir, None  # reused: not trained by this run
     task = AlignTask(AlignTaskConfig(data=str(args.data), model=args.model, seed=seed,
                                      overrides={**overrides, "num_experts": experts},
                                      upcycle_steps=args.upcycle_steps,
@@ -146,7 +151,7 @@ def main() -> None:
     for seed in args.seeds:
         for k in args.experts:
             model_dir, seconds = train_one(args, k, seed, overrides)
-            row = {"num_experts": k, "seed": seed, "train_s": round(seconds, 1), **evaluate_one(model_dir, args)}
+            row = {"num_experts": k, "seed": seed, "train_s": train_seconds(seconds), **evaluate_one(model_dir, args)}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "t2i_ranks"}), flush=True)
     result = {

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from exp_align_moe_vs_single import evaluate_one, mean_std, train_one
+from exp_align_moe_vs_single import evaluate_one, mean_std, train_one, train_seconds
 
 from medmoe.align.compare import paired_bootstrap, verdict
 from medmoe.cli.overrides import parse_overrides
@@ -68,7 +68,7 @@ def main() -> None:
             arm_args = copy.copy(args)
             arm_args.out = args.out / name
             model_dir, seconds = train_one(arm_args, args.experts, seed, overrides)
-            row = {"arm": name, "seed": seed, "train_s": round(seconds, 1), **evaluate_one(model_dir, args)}
+            row = {"arm": name, "seed": seed, "train_s": train_seconds(seconds), **evaluate_one(model_dir, args)}
             rows[name].append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("t2i_ranks", "real_routes")}), flush=True)
     difference = {}
