@@ -33,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace files a previous export left in DIR")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     parser.add_argument("--atol", type=float, default=1e-4, help="parity tolerance on values (default: 1e-4)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18)")
+    parser.add_argument("--opset", type=int, default=None,
+                        help="ONNX opset (default: the exporter's: 20 with torch 2.13; 18 when the TorchScript exporter "
+                             "is the fallback)")
     parser.add_argument("--json", action="store_true", help="print export.json instead of a summary")
     parser.set_defaults(func=run)
 
