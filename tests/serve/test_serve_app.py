@@ -25,6 +25,7 @@ from testkit.serve import (
 
 from medmoe.cli.main import main
 from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.serve.results import decode_picture
 from medmoe.serve.segment import ALPHA, class_colours
 from medmoe.serve.services import Services
 from medmoe.serve.uploads import UploadLimits, extract_dicom_zip, uploaded_file, volume_kind
@@ -151,6 +152,7 @@ def test_search_shows_thumbnails_best_first_with_reports(services, gallery):
     scores = [row[1] for row in result.rows]
     assert scores == sorted(scores, reverse=True) and [row[0] for row in result.rows] == [1, 2, 3, 4, 5]
     picture, caption = result.thumbnails[0]
+    picture = decode_picture(picture)
     assert picture.dtype == np.uint8 and picture.ndim == 3 and max(picture.shape[:2]) == 256
     assert picture.std() > 5  # the image itself, not a placeholder
     assert caption.startswith("#1 ") and result.rows[0][3][:20] in caption
@@ -168,7 +170,7 @@ def test_search_keeps_going_when_an_indexed_image_is_gone(services, gallery):
     finally:
         open(victim, "wb").write(saved)
     assert result.unreadable == [hits[0].id]
-    assert result.thumbnails[0][0].std() == 0  # the grey placeholder
+    assert decode_picture(result.thumbnails[0][0]).std() == 0  # the grey placeholder
     assert "could not be read" in result.message("chest x-ray")
 
 
@@ -290,25 +292,27 @@ def test_handlers_turn_errors_into_messages_and_clear_outputs(services, tmp_path
     from medmoe.serve import app
 
     bad = str(corrupt_png(tmp_path / "broken.png"))
-    label, experts, attention, status = app._classify_handler(services)(bad, "xray, ct", "")
-    assert (label, experts, attention) == (None, None, [])
-    assert "Could not classify the image" in status and "broken.png" in status and str(tmp_path) not in status
+    good = str(png(tmp_path / "ok.png"))
+    # one batch: the bad upload's outputs are cleared and it gets a message; the good one is answered
+    labels, experts, attention, status = app._classify_handler(services)([bad, good], ["xray, ct"] * 2, ["", ""])
+    assert (labels[0], experts[0], attention[0]) == (None, None, [])
+    assert "Could not classify the image" in status[0] and "broken.png" in status[0] and str(tmp_path) not in status[0]
+    assert labels[1] and "routed to" in status[1] and len(attention[1]) >= 3
     outputs = app._segment_handler(services)(bad, ["liver"], "", False)
     assert outputs[0] is None and "Could not segment the CT" in outputs[-1] and "not a CT volume" in outputs[-1]
-    gallery, rows, status = app._search_handler(services)("", 5)
-    assert gallery == [] and "type what to search for" in status
-    good = app._classify_handler(services)(str(png(tmp_path / "ok.png")), "xray, ct", "")
-    assert good[0] and "routed to" in good[-1]
-    assert app._render_slice(None, 3) is None  # the viewer before any segmentation
+    galleries, rows, status = app._search_handler(services)(["", "effusion"], [5, 3])
+    assert galleries[0] == [] and "type what to search for" in status[0]
+    assert len(galleries[1]) == len(rows[1]) == 3 and status[1] == "3 image(s) for \u201ceffusion\u201d"
+    assert app._slice_handler(services)(None, 3) is None  # the viewer before any segmentation
 
 
 @pytest.mark.filterwarnings("ignore:.*:UserWarning")
 def test_handlers_report_unexpected_errors_as_internal(services, tmp_path, monkeypatch):
     from medmoe.serve import app
 
-    monkeypatch.setattr(services, "search", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
-    _, _, status = app._search_handler(services)("effusion", 3)
-    assert "internal error (RuntimeError: boom)" in status
+    monkeypatch.setattr(services, "search_many", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    _, _, status = app._search_handler(services)(["effusion", "nodule"], [3, 3])
+    assert status == [status[0]] * 2 and "internal error (RuntimeError: boom)" in status[0]
 
 
 def test_page_has_one_tab_per_service(services):

@@ -1,16 +1,25 @@
-"""The Gradio page of `medmoe serve`: one tab per service, every error shown in the page.
+"""The Gradio page of `medmoe serve`: one tab per service, every error shown in the page, a named API.
 
 A handler never lets an exception reach Gradio: a medmoe error (a bad upload, an unknown class, an empty
-query) becomes the tab's message and a warning toast, and the tab's outputs are cleared so that nothing
-stale looks like the answer; any other exception is logged with its traceback and shown as an internal
-error. The server keeps answering either way.
+query) becomes the tab's message, and the tab's outputs are cleared so that nothing stale looks like the
+answer; any other exception is logged with its traceback and shown as an internal error. The server keeps
+answering either way.
+
+Search and Classify are batched (Gradio's ``batch=True``): the requests that queue while the model is busy
+are answered together, their texts and images encoded as one batch each; their messages are in the tab
+(a warning toast would reach only the first request of a batch). Segment runs one CT at a time and also
+shows a toast. Pictures are written as files into a folder of each request's own
+(:mod:`medmoe.serve.results`), never handed to Gradio as arrays.
+
+The API endpoints are named after the tabs: ``/search`` (query, k), ``/classify`` (image, classes, text),
+``/segment`` (CT, classes, more classes, fast); see docs/serve.md for a ``gradio_client`` example.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page phones nowhere
@@ -19,6 +28,7 @@ import gradio as gr  # noqa: E402
 
 from medmoe.errors import MedMoEError  # noqa: E402
 from medmoe.serve.classify import DEFAULT_CLASSES  # noqa: E402
+from medmoe.serve.results import write_picture  # noqa: E402
 from medmoe.serve.search import MAX_K  # noqa: E402
 from medmoe.serve.services import Services  # noqa: E402
 
@@ -26,43 +36,78 @@ logger = logging.getLogger(__name__)
 
 TITLE = "medmoe"
 MAX_CHECKBOXES = 24
+DEFAULT_BATCH = 16
 CSS = """
 #search-status, #classify-status, #segment-status { min-height: 1.5em; }
 .medmoe-error { color: #b91c1c; font-weight: 600; }
 """
 
 
-def failure(action: str, err: BaseException) -> str:
-    """The message a tab shows for an exception: medmoe errors as they are, anything else as internal."""
+def failure(action: str, err: BaseException, *, toast: bool = True) -> str:
+    """The message a tab shows for an exception: medmoe errors as they are, anything else as internal
+    (logged with its traceback); with ``toast`` also a warning toast."""
     if isinstance(err, MedMoEError):
         text = str(err)
     else:
-        logger.exception("%s failed", action)
+        logger.error("%s failed", action, exc_info=err)
         text = f"internal error ({type(err).__name__}: {err}); the server log has the details"
-    gr.Warning(f"{action}: {text}")
+    if toast:
+        gr.Warning(f"{action}: {text}")
     return f'<span class="medmoe-error">Could not {action}:</span> {text}'
+
+
+def _answers(work, requests: list) -> list:
+    """``work(requests)``, or the exception it raised as every request's answer."""
+    try:
+        return work(requests)
+    except Exception as err:  # noqa: BLE001 - every failure becomes a message in the page
+        return [err] * len(requests)
+
+
+def _gallery(services: Services, prefix: str, pictures: Sequence[tuple]) -> list[tuple[str, str]]:
+    """``(file, caption)`` per picture (an array or encoded bytes), written into a new folder of this request."""
+    with services.results.open(prefix) as folder:
+        return [(str(write_picture(folder, f"{i:02d}", picture)), text) for i, (picture, text) in enumerate(pictures)]
 
 
 # ---------------------------------------------------------------------------------------------- handlers
 def _search_handler(services: Services):
-    def run(query, k):
-        try:
-            result = services.search(query, k)
-        except Exception as err:  # noqa: BLE001 - every failure becomes a message in the page
-            return [], [], failure("search", err)
-        return result.thumbnails, result.rows, result.message(" ".join(str(query).split()))
+    """Batched: lists of queries and k in, lists of galleries, tables and messages out."""
+
+    def run(queries: list, ks: list):
+        galleries, tables, messages = [], [], []
+        for query, answer in zip(queries, _answers(services.search_many, list(zip(queries, ks)))):
+            if isinstance(answer, Exception):
+                galleries.append([])
+                tables.append([])
+                messages.append(failure("search", answer, toast=False))
+                continue
+            galleries.append(_gallery(services, "search", answer.thumbnails))
+            tables.append(answer.rows)
+            messages.append(answer.message(" ".join(str(query).split())))
+        return galleries, tables, messages
 
     return run
 
 
 def _classify_handler(services: Services):
-    def run(upload, classes, text):
-        try:
-            result = services.classify(upload, classes, text)
-        except Exception as err:  # noqa: BLE001
-            return None, None, [], failure("classify the image", err)
-        name = os.path.basename(getattr(upload, "name", upload))
-        return result.probabilities, result.expert_probabilities, result.attention, result.message(name)
+    """Batched: lists of uploads, class lists and texts in; lists of each output out."""
+
+    def run(uploads: list, classes: list, texts: list):
+        labels, experts, attention, messages = [], [], [], []
+        requests = list(zip(uploads, classes, texts))
+        for upload, answer in zip(uploads, _answers(services.classify_many, requests)):
+            if isinstance(answer, Exception):
+                labels.append(None)
+                experts.append(None)
+                attention.append([])
+                messages.append(failure("classify the image", answer, toast=False))
+                continue
+            labels.append(answer.probabilities)
+            experts.append(answer.expert_probabilities)
+            attention.append(_gallery(services, "classify", answer.attention))
+            messages.append(answer.message(os.path.basename(getattr(upload, "name", upload))))
+        return labels, experts, attention, messages
 
     return run
 
@@ -71,26 +116,44 @@ def _segment_handler(services: Services):
     def run(upload, selected, free_text, fast):
         try:
             view = services.segment(upload, selected, free_text, fast)
+            z = view.best_slice()
+            picture = _slice_file(services, view, z)
         except Exception as err:  # noqa: BLE001
             return (None, None, gr.Slider(visible=False), "", None, failure("segment the CT", err))
-        z = view.best_slice()
         name = os.path.basename(getattr(upload, "name", upload))
         slider = gr.Slider(minimum=0, maximum=view.depth - 1, value=z, step=1, visible=True,
                            label=f"axial slice (0 = inferior, {view.depth - 1} = superior)")
-        return (view, view.render(z), slider, view.legend_html(), [str(view.mask_file), str(view.summary_file)],
+        return (view, picture, slider, view.legend_html(), [str(view.mask_file), str(view.summary_file)],
                 view.message(name))
 
     return run
 
 
-def _render_slice(view, z):
-    if view is None:  # nothing segmented yet, or the session's result expired
-        return None
-    try:
-        return view.render(int(z))
-    except Exception as err:  # noqa: BLE001
-        failure("draw the slice", err)
-        return None
+def _slice_file(services: Services, view, z) -> str:
+    with services.results.open("slice") as folder:
+        return str(write_picture(folder, f"slice-{int(z):04d}", view.render(int(z)), "png"))
+
+
+def _slice_handler(services: Services):
+    def run(view, z):
+        if view is None:  # nothing segmented yet, or the session's result expired
+            return None
+        try:
+            return _slice_file(services, view, z)
+        except Exception as err:  # noqa: BLE001
+            failure("draw the slice", err)
+            return None
+
+    return run
+
+
+def _api(name: str | None) -> dict:
+    """Event arguments that name an API endpoint, or (``None``) keep the event out of the API."""
+    if name is not None:
+        return {"api_name": name}
+    if "api_visibility" in _parameters(gr.on):
+        return {"api_visibility": "private"}
+    return {"api_name": False, "show_api": False}  # Gradio 5
 
 
 # ---------------------------------------------------------------------------------------------- tabs
@@ -102,7 +165,7 @@ def _tab(title: str, key: str, intro: str) -> Iterator[None]:
         yield
 
 
-def _search_tab(services: Services) -> None:
+def _search_tab(services: Services, batch_size: int) -> None:
     with _tab("Search", "search",
               "Text \u2192 image search over the index: the images whose embeddings are closest to the "
               "text's, best first, with their cosine score and report."):
@@ -116,12 +179,11 @@ def _search_tab(services: Services) -> None:
                              elem_id="search-gallery")
         table = gr.Dataframe(headers=["rank", "score", "id", "report"], label="hits", wrap=True,
                              interactive=False, elem_id="search-table")
-        handler = _search_handler(services)
-        for event in (button.click, query.submit):
-            event(handler, [query, k], [gallery, table, status], concurrency_id="model")
+        gr.on([button.click, query.submit], _search_handler(services), [query, k], [gallery, table, status],
+              concurrency_id="model", batch=True, max_batch_size=batch_size, **_api("search"))
 
 
-def _classify_tab(services: Services) -> None:
+def _classify_tab(services: Services, batch_size: int) -> None:
     with _tab("Classify", "classify",
               "Zero-shot classification of one image (PNG, JPEG or DICOM) against your class names; the "
               "expert the image router chose; the word\u2013region attention of a report or prompt over "
@@ -143,7 +205,7 @@ def _classify_tab(services: Services) -> None:
                 attention = gr.Gallery(label="word\u2013region attention", columns=4, height="auto",
                                        object_fit="contain", elem_id="classify-attention")
         button.click(_classify_handler(services), [upload, classes, text], [label, experts, attention, status],
-                     concurrency_id="model")
+                     concurrency_id="model", batch=True, max_batch_size=batch_size, **_api("classify"))
 
 
 def _segment_tab(services: Services) -> None:
@@ -175,13 +237,18 @@ def _segment_tab(services: Services) -> None:
                                    elem_id="segment-slice")
                 legend = gr.HTML(elem_id="segment-legend")
         button.click(_segment_handler(services), [upload, chosen, extra, fast],
-                     [view, picture, slider, legend, files, status], concurrency_id="seg")
-        slider.change(_render_slice, [view, slider], picture, show_progress="hidden", concurrency_limit=4)
+                     [view, picture, slider, legend, files, status], concurrency_id="seg", **_api("segment"))
+        slider.change(_slice_handler(services), [view, slider], picture, show_progress="hidden",
+                      concurrency_limit=4, **_api(None))
 
 
-def build_app(services: Services) -> gr.Blocks:
-    """The page: a header naming what is loaded, then the tabs the services support."""
-    style = {} if "css" in _launch_parameters() else {"css": CSS}  # Gradio 5 styles the Blocks, 6 the launch
+def build_app(services: Services, *, batch_size: int = DEFAULT_BATCH) -> gr.Blocks:
+    """The page: a header naming what is loaded, then the tabs the services support.
+
+    Args:
+        batch_size: most Search or Classify requests answered together (1: one at a time).
+    """
+    style = {} if "css" in _parameters(gr.Blocks.launch) else {"css": CSS}  # Gradio 5 styles the Blocks, 6 the launch
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600), **style) as app:
         loaded = [what for what, ok in (("search", services.can_search), ("classification", services.can_classify),
                                         ("segmentation", services.can_segment)) if ok]
@@ -189,27 +256,46 @@ def build_app(services: Services) -> gr.Blocks:
                     "machine.", elem_id="header")
         with gr.Tabs():
             if services.can_search:
-                _search_tab(services)
+                _search_tab(services, batch_size)
             if services.can_classify:
-                _classify_tab(services)
+                _classify_tab(services, batch_size)
             if services.can_segment:
                 _segment_tab(services)
     return app
 
 
-def launch(services: Services, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Build the page and serve it on ``host:port`` (queue of one job at a time per model)."""
-    app = build_app(services)
+def launch(services: Services, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+           auth: Sequence[tuple[str, str]] | None = None, ssl_certfile: str | None = None,
+           ssl_keyfile: str | None = None, batch_size: int = DEFAULT_BATCH):
+    """Build the page and serve it on ``host:port`` (one job at a time per model, Search and Classify batched).
+
+    Args:
+        auth: ``(user, password)`` pairs; with them every page, file and API route asks for a login.
+        ssl_certfile, ssl_keyfile: serve HTTPS with this certificate (PEM) and its key.
+        batch_size: see :func:`build_app`.
+
+    Returns:
+        the running ``gr.Blocks`` when ``block`` is False (its ``local_url``; ``close()`` stops it).
+    """
+    app = build_app(services, batch_size=batch_size)
     app.queue(default_concurrency_limit=1)
     optional = {"css": CSS, "footer_links": [], "ssr_mode": False}  # not every supported Gradio has each
-    accepted = _launch_parameters()
-    return app.launch(server_name=host, server_port=port, max_file_size=services.limits.max_bytes,
-                      allowed_paths=[str(services.workdir)], show_error=False, inbrowser=False,
-                      prevent_thread_lock=not block, quiet=False,
-                      **{k: v for k, v in optional.items() if k in accepted})
+    accepted = _parameters(gr.Blocks.launch)
+    security = {}
+    if auth:
+        security.update(auth=[tuple(pair) for pair in auth], auth_message="medmoe: log in to use this page")
+    if ssl_certfile:
+        # ssl_verify only concerns Gradio's own start-up request to 127.0.0.1, which a certificate for the
+        # machine's name (or a self-signed one) cannot pass; browsers and clients still check the certificate.
+        security.update(ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_verify=False)
+    app.launch(server_name=host, server_port=port, max_file_size=services.limits.max_bytes,
+               allowed_paths=[str(services.workdir)], show_error=False, inbrowser=False,
+               prevent_thread_lock=not block, quiet=False, **security,
+               **{k: v for k, v in optional.items() if k in accepted})
+    return app
 
 
-def _launch_parameters() -> set[str]:
+def _parameters(function) -> set[str]:
     import inspect
 
-    return set(inspect.signature(gr.Blocks.launch).parameters)
+    return set(inspect.signature(function).parameters)

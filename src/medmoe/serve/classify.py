@@ -23,7 +23,7 @@ from torch import nn
 
 from medmoe.align.zeroshot import MODALITY_PROMPTS, ZeroShotClassifier, label_prompts
 from medmoe.data.modalities import MODALITIES, try_normalize_modality
-from medmoe.errors import InvalidInputError
+from medmoe.errors import InvalidInputError, MedMoEError
 from medmoe.serve.pictures import fit, heat_overlay, to_rgb
 
 DEFAULT_CLASSES = ", ".join(MODALITY_PROMPTS)
@@ -145,6 +145,7 @@ class Classifier:
         self._cache: OrderedDict[tuple[str, ...], ZeroShotClassifier] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self.words = WordFeatures(model)
 
     def classifier(self, names: Sequence[str]) -> ZeroShotClassifier:
         key = tuple(names)
@@ -167,37 +168,153 @@ class Classifier:
         Raises:
             InvalidInputError: bad class list or text; MedMoEError: an unreadable image.
         """
+        result = self.classify_many([(path, classes_text, text)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @torch.no_grad()
+    def classify_many(self, requests: Sequence[tuple[str | Path, str, str]]) -> list[ClassifyResult | MedMoEError]:
+        """:meth:`classify` of several ``(path, classes_text, text)`` requests, their images through the model
+        as one batch and their texts as another. A request's medmoe error (an unreadable image, a bad class
+        list) is its entry in the list; the others are answered."""
+        answers: list[ClassifyResult | MedMoEError | None] = [None] * len(requests)
+        prepared: list[tuple[int, _Prepared]] = []
+        for position, (path, classes_text, text) in enumerate(requests):
+            try:
+                prepared.append((position, self._prepare(path, classes_text, text)))
+            except MedMoEError as err:
+                answers[position] = err
+        if prepared:
+            for (position, _), answer in zip(prepared, self._answer([item for _, item in prepared])):
+                answers[position] = answer
+        return answers
+
+    def _prepare(self, path: str | Path, classes_text: str, text: str) -> _Prepared:
         names = parse_classes(classes_text)
         text = " ".join(str(text or "").split())
         if len(text) > MAX_TEXT_CHARS:
             raise InvalidInputError(f"the report or prompt has {len(text)} characters; at most {MAX_TEXT_CHARS}")
+        image, picture, modality = prepare_image(path, self.image_size)
+        return _Prepared(names, text, image, picture, modality)
+
+    def _answer(self, items: Sequence[_Prepared]) -> list[ClassifyResult | MedMoEError]:
         device = next(self.model.parameters()).device
-        images, picture, modality = prepare_image(path, self.image_size)
-        images = images.to(device)
-        clf = self.classifier(names)
+        images = torch.cat([item.image for item in items]).to(device)
         features = self.model.image_features(images)
         scale = float(self.model.logit_scale)
-        probs = (scale * clf.logits(features["image_embeds"])).softmax(dim=-1)[0].cpu().tolist()
-        probabilities = {n: float(p) for n, p in zip(names, probs)}
-        router = features["router_probs"][0].float().cpu().tolist()
-        expert = self.experts[int(features["expert_index"][0])]
-        if not text:
-            text = class_prompts([max(probabilities, key=probabilities.get)]).popitem()[1][0]
-        attention = self.attention(images, picture, text)
-        return ClassifyResult(probabilities, expert, dict(zip(self.experts, map(float, router))), attention, text,
-                              modality)
+        probabilities = []
+        for row, item in enumerate(items):
+            logits = self.classifier(item.names).logits(features["image_embeds"][row:row + 1])
+            probs = (scale * logits).softmax(dim=-1)[0].cpu().tolist()
+            probabilities.append({n: float(p) for n, p in zip(item.names, probs)})
+        texts = [item.text or class_prompts([max(p, key=p.get)]).popitem()[1][0]
+                 for item, p in zip(items, probabilities)]
+        words = self.words.get(texts)
+        maps = word_maps(self.model, features["local_features"], words, tuple(images.shape[-2:]))
+        router = features["router_probs"].float().cpu().tolist()
+        chosen = features["expert_index"].cpu().tolist()
+        answers: list[ClassifyResult | MedMoEError] = []
+        for row, item in enumerate(items):
+            try:
+                attention = attention_panels(item.picture, maps[row], words[row][1], texts[row])
+            except MedMoEError as err:
+                answers.append(err)
+                continue
+            answers.append(ClassifyResult(probabilities[row], self.experts[int(chosen[row])],
+                                          dict(zip(self.experts, map(float, router[row]))), attention, texts[row],
+                                          item.modality))
+        return answers
 
-    def attention(self, images: torch.Tensor, picture: np.ndarray, text: str) -> list[tuple[np.ndarray, str]]:
-        """The picture, the mean word-region attention over the chosen words, then one map per word."""
-        from medmoe.align.figures import attention_maps
 
-        maps, words = attention_maps(self.model, images, [text])
-        chosen = content_words(words[0])
-        if not chosen:
-            raise InvalidInputError(f"\u201c{text}\u201d has no word to show attention for; type a report or prompt")
-        heat = maps[0, chosen].float().cpu().numpy()
-        side = max(DISPLAY, picture.shape[0])
-        panels = [(fit(picture, side), "image"),
-                  (fit(heat_overlay(picture, heat.mean(0)), side), f"mean of: {', '.join(words[0][i] for i in chosen)}")]
-        panels += [(fit(heat_overlay(picture, h), side), words[0][i]) for h, i in zip(heat, chosen)]
-        return panels
+@dataclass
+class _Prepared:
+    """One checked request: class names, the text (maybe empty), the model input, its picture, its modality."""
+
+    names: list[str]
+    text: str
+    image: torch.Tensor
+    picture: np.ndarray
+    modality: str | None
+
+
+class WordFeatures:
+    """The projected word features of texts, kept for the ``size`` texts used last (class prompts recur: an
+    empty text means the top class's first prompt). Thread-safe.
+
+    Args:
+        model: a MedMoE model in eval mode.
+        size: texts kept.
+    """
+
+    def __init__(self, model: nn.Module, size: int = 256) -> None:
+        self.model, self.size = model, size
+        self._items: OrderedDict[str, tuple[torch.Tensor, list[str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, texts: Sequence[str]) -> list[tuple[torch.Tensor, list[str]]]:
+        """Per text: its (W, D) word features (float32, its own words only) and its words; the texts not
+        kept are encoded as one batch."""
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._items]
+        if missing:
+            out = self.model._text(missing)
+            projected = self.model.word_proj(out.words).float()
+            found = {t: (projected[i, :int(out.word_mask[i].sum())].clone(), list(out.word_text[i]))
+                     for i, t in enumerate(missing)}
+            with self._lock:
+                self._items.update(found)
+        with self._lock:
+            for t in texts:
+                self._items.move_to_end(t)
+            answer = [self._items[t] for t in texts]
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return answer
+
+
+def word_maps(model: nn.Module, local_features: torch.Tensor, words: Sequence[tuple[torch.Tensor, list[str]]],
+              size: tuple[int, int]) -> list[torch.Tensor]:
+    """GLoRIA's word-region attention of each text's words over its own image, from the image's local
+    features (the image is not encoded again), upsampled to ``size``: what
+    :func:`medmoe.align.figures.attention_maps` computes from the images, whose inference route gives these
+    same features.
+
+    Args:
+        local_features: (B, D, h, w) of B images.
+        words: per image, the (W, D) word features of its text and the words (:meth:`WordFeatures.get`).
+
+    Returns:
+        per image a (W, H, W_img) tensor, one map per word.
+    """
+    import torch.nn.functional as F
+
+    from medmoe.align.losses import word_region_attention
+
+    regions = local_features.flatten(2).transpose(1, 2).float()
+    temp1 = model.config.local_temperatures[0]
+    h, w = local_features.shape[-2:]
+    maps = []
+    for b, (features, _) in enumerate(words):
+        mask = torch.ones(1, features.shape[0], dtype=torch.bool, device=features.device)
+        attn = word_region_attention(features[None], mask, regions[b:b + 1], temp1)[0, 0]
+        maps.append(F.interpolate(attn.view(1, -1, h, w), size=size, mode="bilinear", align_corners=False)[0])
+    return maps
+
+
+def attention_panels(picture: np.ndarray, maps: torch.Tensor, words: Sequence[str],
+                     text: str) -> list[tuple[np.ndarray, str]]:
+    """The picture, the mean word-region attention over the chosen words, then one map per word.
+
+    Raises:
+        InvalidInputError: the text has no word to show attention for.
+    """
+    chosen = content_words(words)
+    if not chosen:
+        raise InvalidInputError(f"\u201c{text}\u201d has no word to show attention for; type a report or prompt")
+    heat = maps[chosen].float().cpu().numpy()
+    side = max(DISPLAY, picture.shape[0])
+    panels = [(fit(picture, side), "image"),
+              (fit(heat_overlay(picture, heat.mean(0)), side), f"mean of: {', '.join(words[i] for i in chosen)}")]
+    panels += [(fit(heat_overlay(picture, h), side), words[i]) for h, i in zip(heat, chosen)]
+    return panels

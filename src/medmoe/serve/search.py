@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from torch import nn
 
 from medmoe.errors import InvalidInputError, MedMoEError
 from medmoe.serve.pictures import fit, placeholder, to_rgb
+from medmoe.serve.results import encode_picture
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +30,13 @@ class SearchResult:
     """The hits of one query, ready for the page.
 
     Attributes:
-        thumbnails: ``(picture (H, W, 3) uint8, caption)`` per hit, best first.
+        thumbnails: ``(picture, caption)`` per hit, best first; the picture is an encoded JPEG file's bytes
+            (:func:`medmoe.serve.results.decode_picture` turns it into an array).
         rows: ``[rank, score (3 decimals, as in the caption), id, report]`` per hit (the results table).
         unreadable: ids of hits whose image could not be read (shown as grey squares).
     """
 
-    thumbnails: list[tuple[np.ndarray, str]]
+    thumbnails: list[tuple[bytes, str]]
     rows: list[list]
     unreadable: list[str] = field(default_factory=list)
 
@@ -40,6 +45,46 @@ class SearchResult:
         if self.unreadable:
             text += f"; {len(self.unreadable)} could not be read: {', '.join(self.unreadable[:5])}"
         return text
+
+
+class Thumbnails:
+    """Encoded thumbnails of indexed images, kept in memory: a search reads and encodes each image once.
+
+    An entry is keyed on the image's path, modification time and size (a file changed on disk is read
+    again); the least recently used are dropped beyond ``max_bytes``.
+
+    Args:
+        side: longer side of a thumbnail in pixels.
+        max_bytes: memory the encoded thumbnails may hold (32 MiB: about 2000 radiograph thumbnails).
+    """
+
+    def __init__(self, side: int = THUMBNAIL, max_bytes: int = 32 * 2**20) -> None:
+        self.side, self.max_bytes = side, max_bytes
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.placeholder = encode_picture(placeholder(side))
+
+    def get(self, path: Path) -> bytes:
+        """The thumbnail of the image at ``path``.
+
+        Raises:
+            MedMoEError, OSError: the image cannot be read.
+        """
+        info = path.stat()
+        key = (str(path), info.st_mtime_ns, info.st_size)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        data = encode_picture(thumbnail(path, self.side))
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = data
+                self._bytes += len(data)
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                self._bytes -= len(self._items.popitem(last=False)[1])
+        return data
 
 
 def load_index(path: str | os.PathLike):
@@ -98,7 +143,7 @@ def check_query(query: str, k: int) -> tuple[str, int]:
 
 
 def search_images(model: nn.Module, index, query: str, k: int = 12, *, root: Path | None = None,
-                  side: int = THUMBNAIL) -> SearchResult:
+                  thumbnails: Thumbnails | None = None) -> SearchResult:
     """Search ``index`` with a text query and read the hits' images as thumbnails.
 
     Args:
@@ -107,21 +152,33 @@ def search_images(model: nn.Module, index, query: str, k: int = 12, *, root: Pat
         query: the text to search for.
         k: number of hits.
         root: folder that relative image paths of the index are tried under.
-        side: thumbnail size in pixels.
+        thumbnails: the thumbnail cache to use (a new one by default).
 
     Raises:
         InvalidInputError: an empty or too long query, or k out of range.
     """
     query, k = check_query(query, k)
-    hits = index.search_text(model, [query], k=k)[0]
-    thumbnails, rows, unreadable = [], [], []
+    return hits_result(find_hits(model, index, [(query, k)])[0], root, thumbnails or Thumbnails())
+
+
+def find_hits(model: nn.Module, index, queries: Sequence[tuple[str, int]]) -> list[list]:
+    """The hits of checked ``(query, k)`` pairs (:func:`check_query`), the texts encoded as one batch."""
+    if not queries:
+        return []
+    hits = index.search_text(model, [query for query, _ in queries], k=max(k for _, k in queries))
+    return [found[:k] for found, (_, k) in zip(hits, queries)]
+
+
+def hits_result(hits: Sequence, root: Path | None, thumbnails: Thumbnails) -> SearchResult:
+    """A :class:`SearchResult` of one query's hits: their thumbnails (grey for an unreadable image) and rows."""
+    pictures, rows, unreadable = [], [], []
     for hit in hits:
         try:
-            picture = thumbnail(resolve_image(hit.path, root), side)
+            picture = thumbnails.get(resolve_image(hit.path, root))
         except (MedMoEError, OSError) as err:
             logger.warning("search hit %s: image not shown (%s)", hit.id, err)
-            picture = placeholder(side)
+            picture = thumbnails.placeholder
             unreadable.append(str(hit.id))
-        thumbnails.append((picture, caption(hit.rank, hit.score, hit.report)))
+        pictures.append((picture, caption(hit.rank, hit.score, hit.report)))
         rows.append([int(hit.rank), round(float(hit.score), 3), str(hit.id), str(hit.report)])
-    return SearchResult(thumbnails, rows, unreadable)
+    return SearchResult(pictures, rows, unreadable)

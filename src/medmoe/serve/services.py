@@ -1,17 +1,19 @@
-"""What the page calls: the loaded models and index, one lock per model, a scratch folder for results.
+"""What the page calls: the loaded models and index, one lock per model, folders for results.
 
 :class:`Services` holds no Gradio object, so the tabs' work is tested as plain calls; :mod:`medmoe.serve.app`
-wires its methods to the page.
+wires its methods to the page. Search and classification take lists of requests (``search_many``,
+``classify_many``): the page hands them the requests that queued while the model was busy, and the model
+encodes their texts and images as one batch each.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,25 +21,27 @@ from torch import nn
 
 from medmoe.errors import InvalidInputError, MedMoEError
 from medmoe.serve.classify import Classifier, ClassifyResult
-from medmoe.serve.search import SearchResult, search_images
+from medmoe.serve.results import ResultFolders
+from medmoe.serve.search import SearchResult, Thumbnails, check_query, find_hits, hits_result
 from medmoe.serve.segment import SegView, gather_prompts, segment_upload
 from medmoe.serve.uploads import UploadLimits, display_name, uploaded_file
 
 logger = logging.getLogger(__name__)
 
-KEEP_RESULTS = 16
+
+def named_after_upload(err: MedMoEError, path: Path) -> MedMoEError:
+    """``err`` with the server's path of an upload replaced by the file's own name in its message."""
+    text = str(err)
+    if str(path) not in text:
+        return err
+    return type(err)(text.replace(str(path), display_name(path)))
 
 
-@contextlib.contextmanager
-def _named_after_upload(path: Path):
-    """Re-raise medmoe errors with the server's path of an upload replaced by the file's own name."""
-    try:
-        yield
-    except MedMoEError as err:
-        text = str(err)
-        if str(path) not in text:
-            raise
-        raise type(err)(text.replace(str(path), display_name(path))) from err
+def _one(answers: list):
+    """The single answer of a one-request batch, raised when it is an error."""
+    if isinstance(answers[0], Exception):
+        raise answers[0]
+    return answers[0]
 
 
 class Services:
@@ -67,11 +71,11 @@ class Services:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="medmoe-serve-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.results = ResultFolders(self.workdir / "results")
+        self.thumbnails = Thumbnails()
         self.classifier = Classifier(self.model) if self.model is not None else None
         self._model_lock = threading.Lock()
         self._seg_lock = threading.Lock()
-        self._count = 0
-        self._count_lock = threading.Lock()
 
     # ------------------------------------------------------------------ what the page offers
     @property
@@ -94,43 +98,75 @@ class Services:
 
     # ------------------------------------------------------------------ the tabs' work
     def search(self, query: str, k: int = 12) -> SearchResult:
+        return _one(self.search_many([(query, k)]))
+
+    def search_many(self, requests: Sequence[tuple[str, int]]) -> list[SearchResult | MedMoEError]:
+        """The answer to each ``(query, k)``, or its medmoe error (an empty query, k out of range); the
+        queries are encoded as one batch."""
         if not self.can_search:
             raise InvalidInputError("no index loaded: start `medmoe serve` with --index IDX")
+        answers: list[SearchResult | MedMoEError | None] = [None] * len(requests)
+        checked = []
+        for position, (query, k) in enumerate(requests):
+            try:
+                checked.append((position, check_query(query, k)))
+            except MedMoEError as err:
+                answers[position] = err
         with self._model_lock, torch.no_grad():
-            return search_images(self.model, self.index, query, k, root=self.index_root)
+            hits = find_hits(self.model, self.index, [query for _, query in checked])
+        for (position, _), found in zip(checked, hits):
+            answers[position] = hits_result(found, self.index_root, self.thumbnails)
+        return answers
 
     def classify(self, upload, classes: str, text: str = "") -> ClassifyResult:
+        return _one(self.classify_many([(upload, classes, text)]))
+
+    def classify_many(self, requests: Sequence[tuple[object, str, str]]) -> list[ClassifyResult | MedMoEError]:
+        """The answer to each ``(upload, classes, text)``, or its medmoe error (a bad upload, a bad class
+        list); the images are encoded as one batch, and so are the texts."""
         if not self.can_classify:
             raise InvalidInputError("no MedMoE model loaded: start `medmoe serve` with --model M")
-        path = uploaded_file(upload, self.limits, what="an image (PNG, JPEG, DICOM)")
-        with self._model_lock, _named_after_upload(path):
-            return self.classifier.classify(path, classes, text)
+        answers: list[ClassifyResult | MedMoEError | None] = [None] * len(requests)
+        checked = []
+        for position, (upload, classes, text) in enumerate(requests):
+            try:
+                checked.append((position, uploaded_file(upload, self.limits, what="an image (PNG, JPEG, DICOM)"),
+                                classes, text))
+            except MedMoEError as err:
+                answers[position] = err
+        with self._model_lock:
+            found = self.classifier.classify_many([(path, classes, text) for _, path, classes, text in checked])
+        for (position, path, _, _), answer in zip(checked, found):
+            answers[position] = named_after_upload(answer, path) if isinstance(answer, MedMoEError) else answer
+        return answers
 
-    def segment(self, upload, selected: list[str] | None, free_text: str = "", fast: bool = False) -> SegView:
+    def segment(self, upload, selected: list[str] | None, free_text: str = "", fast: bool = False, *,
+                out_dir: Path | None = None) -> SegView:
+        """Segment an uploaded CT. Its label map and summary go to ``out_dir``, or to a new result folder,
+        removed a couple of minutes after the call (the page has copied them by then)."""
         if not self.can_segment:
             raise InvalidInputError("no MoME model loaded: start `medmoe serve` with --seg-model S")
         prompts = gather_prompts(selected, free_text)
         path = uploaded_file(upload, self.limits, what="a CT (.nii, .nii.gz or a .zip of a DICOM series)")
-        out_dir = self._result_dir()
-        with self._seg_lock, _named_after_upload(path):
-            return segment_upload(self.seg_model, path, prompts, out_dir, self.limits, device=self.device, fast=fast)
+        if out_dir is not None:
+            return self._segment(path, prompts, Path(out_dir), fast)
+        with self.results.open("segment") as folder:
+            return self._segment(path, prompts, folder, fast)
 
-    # ------------------------------------------------------------------ scratch space
-    def _result_dir(self) -> Path:
-        """A fresh folder for one result; the oldest are removed beyond :data:`KEEP_RESULTS` (the page has
-        copied their files to its own cache by then)."""
-        with self._count_lock:
-            self._count += 1
-            number = self._count
-        folder = self.workdir / f"result-{number:06d}"
-        folder.mkdir(parents=True)
-        old = sorted(p for p in self.workdir.glob("result-*") if p.is_dir())
-        for stale in old[:-KEEP_RESULTS]:
-            shutil.rmtree(stale, ignore_errors=True)
-        return folder
+    def _segment(self, path: Path, prompts: list[str], out_dir: Path, fast: bool) -> SegView:
+        with self._seg_lock:
+            try:
+                return segment_upload(self.seg_model, path, prompts, out_dir, self.limits, device=self.device,
+                                      fast=fast)
+            except MedMoEError as err:
+                renamed = named_after_upload(err, path)
+                if renamed is err:
+                    raise
+                raise renamed from err
 
     def close(self) -> None:
-        """Remove the scratch folder when this object made it."""
+        """Remove the result folders, and the scratch folder when this object made it."""
+        self.results.close()
         if self._own_workdir and os.path.isdir(self.workdir):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
