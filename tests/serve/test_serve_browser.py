@@ -1,6 +1,7 @@
 """`medmoe serve` in a real browser: the command is started on a free local port with a tiny MedMoE, a small
-index built with ``build_index``, and a MoME model, and headless Debian Chromium (selenium + chromedriver)
-searches, uploads an image, uploads a CT, moves the slice slider, downloads the mask, and uploads bad files.
+index built with ``build_index``, a MoME model and a login (``MEDMOE_SERVE_AUTH``), and headless Debian
+Chromium (selenium + chromedriver) logs in, searches, uploads an image, uploads a CT, moves the slice slider,
+downloads the mask, and uploads bad files; requests without the login are refused.
 
 Screenshots of each tab go to ``$MEDMOE_SCREENSHOTS`` (``serve-search.png``, ``serve-classify.png``,
 ``serve-segment.png``, ``serve-error.png``; e.g. ``MEDMOE_SCREENSHOTS=docs/images``), else to the test's
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -40,6 +42,7 @@ CHROMIUM = os.environ.get("MEDMOE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("MEDMOE_CHROMEDRIVER", "/usr/bin/chromedriver")
 STARTUP_S = 180
 ACTION_S = 150
+LOGIN = ("radiologist", "not-in-the-shell-history")
 
 
 def require_browser() -> None:
@@ -101,7 +104,8 @@ def server(files):
            str(files["seg_model"]), "--index", str(files["index"]), "--port", str(port), "--device", "cpu",
            "--max-ct-voxels", str(files["max_ct_voxels"])]
     log = open(files["log"], "w")
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           "MEDMOE_SERVE_AUTH": ":".join(LOGIN)}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + STARTUP_S
@@ -111,7 +115,7 @@ def server(files):
                 pytest.fail(f"medmoe serve exited with {proc.returncode}:\n{files['log'].read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
+                    if response.status == 200:  # the login page
                         break
             except OSError:
                 pass
@@ -145,6 +149,7 @@ def browser(server):
     driver.set_page_load_timeout(STARTUP_S)
     try:
         driver.get(server)
+        log_in(driver, *LOGIN)
         wait(driver, STARTUP_S).until(lambda d: d.find_elements("id", "tab-classify-button"))
         yield driver
     finally:
@@ -152,6 +157,20 @@ def browser(server):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def log_in(driver, user: str, password: str) -> None:
+    """Fill Gradio's login form and submit it."""
+    wait(driver, STARTUP_S).until(lambda d: css(d, "input[type=password]"))
+    css(driver, "input[type=text], textarea")[0].send_keys(user)
+    css(driver, "input[type=password]")[0].send_keys(password)
+    [b for b in css(driver, "button") if b.text.strip().lower() == "login"][0].click()
+
+
+def with_cookies(driver, url: str) -> urllib.request.Request:
+    """A request for ``url`` carrying the browser's session cookies (the login)."""
+    cookies = "; ".join(f"{c['name']}={c['value']}" for c in driver.get_cookies())
+    return urllib.request.Request(url, headers={"Cookie": cookies})
+
+
 def wait(driver, seconds: float = ACTION_S):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -285,8 +304,11 @@ def test_a_ct_upload_shows_an_overlay_across_slices_and_the_mask_to_download(bro
     # the label map downloads as a gzipped NIfTI
     links = [a for a in css(browser, "#segment-download a[download]") if a.get_attribute("download").endswith(".nii.gz")]
     assert links, browser.find_element("id", "segment-download").text
-    with urllib.request.urlopen(links[0].get_attribute("href"), timeout=30) as response:
+    with urllib.request.urlopen(with_cookies(browser, links[0].get_attribute("href")), timeout=30) as response:
         assert response.read(2) == b"\x1f\x8b"
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the same file without the login
+        urllib.request.urlopen(links[0].get_attribute("href"), timeout=30)
+    assert refused.value.code in (401, 403)
     screenshot(browser, shots, "segment")
 
 
@@ -316,6 +338,27 @@ def test_bad_uploads_get_a_message_and_the_app_keeps_answering(browser, shots, f
     browser.find_element("id", "classify-button").click()
     wait_for_status(browser, "classify", "routed to")
     assert_no_error(browser, "classify")
+
+
+def test_the_page_and_its_api_need_the_login(server, browser):
+    for route in ("config", "gradio_api/info", "gradio_api/file=/etc/passwd"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server + route, timeout=30)
+        assert refused.value.code in (401, 403), route
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(server + "gradio_api/call/search", data=b'{"data": ["x", 3]}',
+                                                      headers={"Content-Type": "application/json"}), timeout=30)
+    assert refused.value.code in (401, 403)
+    with urllib.request.urlopen(with_cookies(browser, server + "config"), timeout=30) as response:
+        assert response.status == 200  # the browser's login lets it in
+    # a wrong password leaves a fresh browser session at the login page
+    browser.delete_all_cookies()
+    browser.get(server)
+    log_in(browser, LOGIN[0], "wrong")
+    time.sleep(2)
+    assert not browser.find_elements("id", "tab-classify-button") and css(browser, "input[type=password]")
+    log_in(browser, *LOGIN)  # and the right one opens the page again
+    wait(browser, STARTUP_S).until(lambda d: d.find_elements("id", "tab-classify-button"))
 
 
 def test_the_browser_test_fails_without_a_browser(monkeypatch):
