@@ -252,6 +252,19 @@ def test_result_folders_are_removed_once_their_request_is_long_finished(tmp_path
     assert not (tmp_path / "results").exists()
 
 
+def test_the_viewer_keeps_the_last_segmentations_only(services, tmp_path, monkeypatch):
+    from medmoe.serve import app
+
+    monkeypatch.setattr(services.views, "size", 2)
+    ct = str(phantom_nifti(tmp_path / "ct.nii.gz"))
+    keys = [app._segment_handler(services)(ct, ["liver"], "", False)[0] for _ in range(3)]
+    assert len(set(keys)) == 3 and all(isinstance(k, str) for k in keys)
+    draw = app._slice_handler(services)
+    with pytest.warns(UserWarning, match="no longer kept for the viewer"):
+        assert draw(keys[0], 3) is None  # let go: the CT of only the last two stays in memory
+    assert Image.open(draw(keys[2], 3)).size[0] == 512
+
+
 # ---------------------------------------------------------------------------------------------- access rules
 def test_logins_come_from_a_file_or_the_environment(tmp_path):
     path = tmp_path / "logins.txt"

@@ -123,8 +123,8 @@ def _segment_handler(services: Services):
         name = os.path.basename(getattr(upload, "name", upload))
         slider = gr.Slider(minimum=0, maximum=view.depth - 1, value=z, step=1, visible=True,
                            label=f"axial slice (0 = inferior, {view.depth - 1} = superior)")
-        return (view, picture, slider, view.legend_html(), [str(view.mask_file), str(view.summary_file)],
-                view.message(name))
+        return (services.views.keep(view), picture, slider, view.legend_html(),
+                [str(view.mask_file), str(view.summary_file)], view.message(name))
 
     return run
 
@@ -135,8 +135,11 @@ def _slice_file(services: Services, view, z) -> str:
 
 
 def _slice_handler(services: Services):
-    def run(view, z):
-        if view is None:  # nothing segmented yet, or the session's result expired
+    def run(key, z):
+        view = services.views.get(key)
+        if view is None:  # nothing segmented yet, or the viewer's CT was let go
+            if key is not None:
+                gr.Warning("this segmentation is no longer kept for the viewer; segment the CT again")
             return None
         try:
             return _slice_file(services, view, z)
@@ -231,7 +234,7 @@ def _segment_tab(services: Services) -> None:
                                 elem_id="segment-download")
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="segment-status")
-                view = gr.State(time_to_live=3600)
+                view = gr.State(time_to_live=3600)  # a key of services.views: the page keeps the CTs, bounded
                 picture = gr.Image(label="overlay", type="numpy", interactive=False, elem_id="segment-overlay")
                 slider = gr.Slider(0, 1, value=0, step=1, label="axial slice", visible=False,
                                    elem_id="segment-slice")

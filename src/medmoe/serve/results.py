@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import secrets
 import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +97,32 @@ class ResultFolders:
         with self._lock:
             self._finished.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class KeptViews:
+    """The segmentations whose slice viewer is still open: the last ``size`` are kept (each holds its CT and
+    label map in memory), under keys that sessions hold; older ones are let go, whoever asked for them (an
+    API caller that never moves a slider included), so memory stays bounded.
+
+    Args:
+        size: segmentations kept.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, view) -> str:
+        """Keep ``view``; returns its key."""
+        key = secrets.token_urlsafe(12)
+        with self._lock:
+            self._items[key] = view
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, key: str | None):
+        """The view kept under ``key``, or None when there is none (any more)."""
+        with self._lock:
+            return self._items.get(key) if isinstance(key, str) else None

@@ -21,7 +21,7 @@ from torch import nn
 
 from medmoe.errors import InvalidInputError, MedMoEError
 from medmoe.serve.classify import Classifier, ClassifyResult
-from medmoe.serve.results import ResultFolders
+from medmoe.serve.results import KeptViews, ResultFolders
 from medmoe.serve.search import SearchResult, Thumbnails, check_query, find_hits, hits_result
 from medmoe.serve.segment import SegView, gather_prompts, segment_upload
 from medmoe.serve.uploads import UploadLimits, display_name, uploaded_file
@@ -72,6 +72,7 @@ class Services:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="medmoe-serve-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.results = ResultFolders(self.workdir / "results")
+        self.views = KeptViews()
         self.thumbnails = Thumbnails()
         self.classifier = Classifier(self.model) if self.model is not None else None
         self._model_lock = threading.Lock()
