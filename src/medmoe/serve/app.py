@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 TITLE = "medmoe"
 MAX_CHECKBOXES = 24
 DEFAULT_BATCH = 16
+# Gradio keeps a state of about 90 KB per session (a copy of every component's config), 10,000 sessions by
+# default, and an API call without a session of its own (`/gradio_api/call/...`) makes a new one each time:
+# at 7 answers/s the server grew by 420 MB in 9 minutes. The least recently used beyond this many are let go.
+MAX_SESSIONS = 512
 CSS = """
 #search-status, #classify-status, #segment-status { min-height: 1.5em; }
 .medmoe-error { color: #b91c1c; font-weight: 600; }
@@ -282,7 +286,8 @@ def launch(services: Services, *, host: str = "127.0.0.1", port: int = 7860, blo
     """
     app = build_app(services, batch_size=batch_size)
     app.queue(default_concurrency_limit=1)
-    optional = {"css": CSS, "footer_links": [], "ssr_mode": False}  # not every supported Gradio has each
+    optional = {"css": CSS, "footer_links": [], "ssr_mode": False,  # not every supported Gradio has each
+                "state_session_capacity": MAX_SESSIONS}
     accepted = _parameters(gr.Blocks.launch)
     security = {}
     if auth:
