@@ -3,14 +3,14 @@ for T seconds, then hostile uploads; prints one JSON object.
 
 Each arm starts its own server (``python -m medmoe serve`` with the arm's extra arguments, and optionally
 another source tree on ``PYTHONPATH``, e.g. an older checkout) on a free port, with a login from
-``MEDMOE_SERVE_AUTH``. Every client is a ``gradio_client.Client`` of its own (a browser tab) that loops over
-the mix over one kept-alive connection, as a browser does: it uploads its file, calls the endpoint through
-Gradio's queue by the name the API gives it, and downloads every file of the answer. An answer counts as
-failed when the call fails, when the tab says it could not, or when a file's body is empty or not as long
-as its Content-Length. (gradio_client is used once per server, to read the endpoints; its per-call
-threads cost as much CPU as the server's work and would share the cores with it.) Per arm the result holds answers/s, p50/p95/max latency per kind and overall, the errors
-(counted, with their first messages) and the server's resident memory sampled every ``--rss-every`` seconds.
-Arms run one after the other, ``--rounds`` times in alternation, so that drifting load on a shared machine
+``MEDMOE_SERVE_AUTH``. Every client (a browser tab) loops over the mix on one kept-alive HTTP connection: it
+uploads its file, calls the endpoint through Gradio's queue by the name the API gives it, and downloads every
+file of the answer. An answer counts as failed when the call fails, when the tab says it could not, or when
+a file's body is empty or not as long as its Content-Length. (gradio_client is used once per server, to read
+the endpoints: its per-call threads cost as much CPU as the server's work and would share the cores with
+it.) Per arm the result holds answers/s, p50/p95/max latency per kind and overall, the failed answers
+(counted, with their first messages), the server's resident memory sampled every ``--rss-every`` seconds
+and its CPU seconds (and the clients'). Arms run one after the other, ``--rounds`` times in alternation, so that drifting load on a shared machine
 falls on each alike.
 
 ``--hostile`` then sends each bad upload once (empty, text, HTML, truncated PNG, a PNG claiming 30000 x
@@ -19,7 +19,7 @@ falls on each alike.
 
     python benchmarks/bench_serve.py --model M --index IDX --seg-model S --image chest.png --ct ct.nii.gz \\
         --clients 8 --seconds 60 --arm batched=--batch-size=16 --arm unbatched=--batch-size=1 --hostile
-    python benchmarks/bench_serve.py ... --arm before@/path/to/old/checkout/src=   # another source tree
+    python benchmarks/bench_serve.py ... --arm 43470fc@/path/to/other/checkout/src=   # another source tree
 
 Older servers (endpoints /run, /run_2, /run_3, no login) are recognised from their API's parameter labels.
 """

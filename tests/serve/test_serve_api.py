@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -184,7 +185,7 @@ def test_https_with_a_certificate_and_its_key(services, tmp_path):
     app, url = serve(services, auth=[LOGIN], ssl_certfile=str(cert), ssl_keyfile=str(key))
     try:
         assert url.startswith("https://")
-        with httpx.Client(base_url=url, verify=str(cert)) as browser:
+        with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(cert))) as browser:
             assert browser.get("config").status_code == 401
             assert browser.post("login", data={"username": LOGIN[0], "password": LOGIN[1]}).status_code == 200
             assert browser.get("config").status_code == 200
