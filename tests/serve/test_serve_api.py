@@ -145,13 +145,17 @@ def test_concurrent_identical_requests_are_each_answered_whole(server, tmp_path)
         thread.join(timeout=240)
     assert not errors, errors[:3]
     assert len(answers) == 48
-    sizes: dict[str, set[tuple[tuple[int, int], ...]]] = {"search": set(), "classify": set()}
+    first: dict[str, list[np.ndarray]] = {}
     for kind, answer in answers:
         files = [item["image"] for item in (answer[0] if kind == "search" else answer[2])]
         assert len(files) == (8 if kind == "search" else 4), answer[-1]  # the image, the mean, x-ray, chest
-        sizes[kind].add(tuple(decode_picture(Path(f).read_bytes()).size for f in files))  # decodes whole
-    # every answer whole and of the same pictures (bytes may differ in the last bits between batch compositions)
-    assert len(sizes["search"]) == len(sizes["classify"]) == 1
+        pictures = [decode_picture(Path(f).read_bytes()) for f in files]  # a cut file does not decode
+        expected = first.setdefault(kind, pictures)
+        assert [p.shape for p in pictures] == [p.shape for p in expected]
+        # thumbnails are the same bytes every time; attention maps computed in batches of different
+        # compositions may differ in their last bits, hence a JPEG that differs by a few levels
+        tolerance = 0 if kind == "search" else 8
+        assert all(np.abs(p.astype(int) - e.astype(int)).max() <= tolerance for p, e in zip(pictures, expected))
 
 
 # ---------------------------------------------------------------------------------------------- the login
