@@ -1,7 +1,8 @@
 """What a prediction input is: one CT (a NIfTI file or a DICOM series folder) or a folder of cases.
 
-Rules, decided from the folder's own entries (no file is decoded; DICOM files are recognised by a
-``.dcm`` / ``.ima`` suffix or the ``DICM`` preamble, as :func:`medmoe.data.volumes.read_dicom_series` does):
+Rules, decided from the folder's own entries (no file is decoded; DICOM files are recognised by their first
+kilobyte, whatever their name, by :func:`medmoe.data.readers.dicom.is_dicom_file`, as
+:func:`medmoe.data.volumes.read_dicom_series` does):
 
 - a NIfTI file is one case, named by its stem (``ct_001.nii.gz`` -> ``ct_001``);
 - a folder whose files are DICOM slices is one case (one series), named by the folder;
@@ -20,12 +21,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from medmoe.data.readers.safety import has_dicom_preamble
+from medmoe.data.readers.dicom import is_dicom_file
 from medmoe.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-_DICOM_SUFFIXES = (".dcm", ".ima")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -67,10 +67,6 @@ def nifti_stem(path: str | os.PathLike) -> str:
     return Path(path).stem
 
 
-def _is_dicom_file(path: Path) -> bool:
-    return path.suffix.lower() in _DICOM_SUFFIXES or has_dicom_preamble(path)
-
-
 def _entries(folder: Path) -> list[Path]:
     try:
         return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
@@ -80,7 +76,7 @@ def _entries(folder: Path) -> list[Path]:
 
 def holds_dicom_files(folder: Path) -> bool:
     """True when ``folder`` itself (not its sub-folders) holds at least one DICOM file."""
-    return any(p.is_file() and not is_nifti(p) and _is_dicom_file(p) for p in _entries(folder))
+    return any(p.is_file() and not is_nifti(p) and is_dicom_file(p) for p in _entries(folder))
 
 
 def find_cases(path: str | os.PathLike) -> CaseSet:
@@ -105,7 +101,7 @@ def find_cases(path: str | os.PathLike) -> CaseSet:
     entries = _entries(p)
     files = [e for e in entries if e.is_file()]
     niftis = [e for e in files if is_nifti(e)]
-    dicoms = [e for e in files if not is_nifti(e) and _is_dicom_file(e)]
+    dicoms = [e for e in files if not is_nifti(e) and is_dicom_file(e)]
     if dicoms and niftis:
         raise InvalidInputError(
             f"{p}: holds both DICOM slices ({len(dicoms)}) and NIfTI files ({len(niftis)}); put each DICOM "

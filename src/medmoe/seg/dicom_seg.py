@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from medmoe.data.readers.dicom import is_dicom_file, read_dicom_header
 from medmoe.errors import CorruptFileError, InvalidInputError
-from medmoe.seg.cases import _is_dicom_file
 from medmoe.seg.classes import ClassTemplate
 
 logger = logging.getLogger(__name__)
@@ -63,14 +63,9 @@ def source_slices(folder: str | os.PathLike, series_uid: str, shape: Sequence[in
                                 "reference); write a .nii.gz instead")
     slices = []
     for f in sorted(folder.iterdir()):
-        if not f.is_file() or f.name.startswith(".") or not _is_dicom_file(f):
+        if not f.is_file() or f.name.startswith(".") or not is_dicom_file(f):
             continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
-        except Exception as err:
-            raise CorruptFileError(f"{f}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+        ds = read_dicom_header(f, str(f), stop_before_pixels=True)
         if str(ds.get("SeriesInstanceUID", "")) == series_uid and "Rows" in ds and "ImagePositionPatient" in ds:
             slices.append(ds)
     if len(slices) != int(shape[2]):

@@ -383,16 +383,20 @@ class _Run:
         return self.next.state if self.next is not None else self.stream.state()
 
     def _flags_tensor(self, values: list[float]) -> torch.Tensor:
-        """``values`` as a float64 tensor on the reduce device, copied without waiting for the device."""
+        """``values`` as a float64 tensor on the training device (where NCCL reduces), copied without waiting
+        for the device."""
         flags = torch.tensor(values, dtype=torch.float64)
-        if self.reduce_device.type == "cuda":
-            return flags.pin_memory().to(self.reduce_device, non_blocking=True)
+        if self.device.type == "cuda":
+            return flags.pin_memory().to(self.device, non_blocking=True)
         return flags
 
     def _agree_on_next(self) -> None:
         """Before the first step: whether every rank can train on its first batches (one all-reduce)."""
         flags = self.next.flags() if self.next is not None else [0.0, 0.0]
-        unusable, failed = all_reduce_sum(self._flags_tensor(flags)).tolist()
+        self._agreed(*all_reduce_sum(self._flags_tensor(flags)).tolist())
+
+    def _agreed(self, unusable: float, failed: float) -> None:
+        """What the ranks' summed flags say of the next step: train on it, or skip it / stop (some rank cannot)."""
         self.next_trainable, self.next_failed = unusable == 0 and failed == 0, failed > 0
 
     def _clip(self) -> torch.Tensor | None:
@@ -401,7 +405,7 @@ class _Run:
             return None
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(unwrap_model(self.model).parameters(), self.cfg.clip_grad)
-        return norm.reshape(1).to(self.reduce_device, torch.float64)
+        return norm.reshape(1).to(self.device, torch.float64)
 
     def _train_step(self, stop: StopRequest) -> tuple[dict[str, float] | None, bool]:
         """One optimiser step on the batches read ahead; ``(logged values, or None for a skipped step, stop)``.
@@ -434,14 +438,14 @@ class _Run:
             self._report_skip(current)
         self.next = self._fetch() if self.step + 1 < cfg.steps else None
 
-        keys, vec = acc.vector(self.reduce_device)
+        keys, vec = acc.vector(self.device)
         flags = [float(len(current.bad)), float(bool(stop.requested)), *(self.next.flags() if self.next else [0.0, 0.0])]
         total = all_reduce_sum(torch.cat([vec, self._flags_tensor(flags)]))
         reduced = (total if norm is None else torch.cat([total, norm])).tolist()  # the step's one host read
         n = len(keys)
         bad, stop_now, unusable, failed = reduced[n:n + 4]
         self.bad_total += int(round(bad))
-        self.next_trainable, self.next_failed = unusable == 0 and failed == 0, failed > 0
+        self._agreed(unusable, failed)
         values = None
         if trainable:
             values = {k: v / self.env.world_size for k, v in zip(keys, reduced[:n])}
@@ -556,7 +560,6 @@ class _Run:
             epoch, position, consumed = self._restore(resumed_from, state)
             self.step = int(state["step"])
         self.last_ckpt_step = self.step if state is not None else -1
-        self.reduce_device = self.device  # NCCL reduces on the GPU; one copy to the host per step either way
 
         self.stream = BatchStream(
             dataset, self.task.collate, batch_size=cfg.batch_size, rank=env.rank,
