@@ -1,6 +1,6 @@
 """The alignment training task: what the shared trainer (``medmoe.train``) needs to train MedMoE.
 
-It satisfies ``medmoe.train.Task`` structurally (the library never imports the trainer)::
+It satisfies ``medmoe.train.Task`` structurally (it subclasses nothing of the trainer)::
 
     task = AlignTask(AlignTaskConfig(data="samples/modality-bench/manifest.csv", model="medmoe-nano"))
     run_training(task, args)        # in medmoe.cli.align
@@ -32,6 +32,7 @@ from medmoe.distributed import rank as process_rank
 from medmoe.distributed import world_size as process_world_size
 from medmoe.errors import InvalidInputError
 from medmoe.moe import expert_usage, route_agreement, routing_entropy
+from medmoe.train.distributed import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,6 @@ class AlignTaskConfig(AlignLossWeights):
     def loss_weights(self) -> AlignLossWeights:
         """The loss fields, checked (a negative weight is an error)."""
         return AlignLossWeights.of(self)
-
-
-def _bare(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper (the library does not import the trainer's ``unwrap_model``)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _check_source(flag: str, source: str) -> None:
@@ -280,7 +276,7 @@ class AlignTask:
         if batch["images"].shape[0] * process_world_size() < 2:  # the same on every rank: no rank raises alone
             raise InvalidInputError("a contrastive step needs at least 2 samples in the global batch (--batch-size)")
         out = model(batch["images"], batch["reports"], modality=batch["modality"])
-        temperatures = _bare(model).config.local_temperatures
+        temperatures = unwrap_model(model).config.local_temperatures
         values = alignment_loss(out, self.loss_weights, modality=batch["modality"], local_temperatures=temperatures)
         probs = torch.softmax(out["router_logits"].detach().float(), dim=-1)
         values["route/usage"] = expert_usage(out["expert_index"].detach(), probs.shape[-1])

@@ -92,7 +92,7 @@ def _print_trained(result) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from medmoe.align.evaluate import evaluate
-    from medmoe.cli.paths import check_output_file
+    from medmoe.paths import check_output_file
 
     check_output_file(args.out)
     model = model_from_flag(args.model, family="medmoe", device=args.device)
@@ -141,7 +141,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     a, b = _read_metrics(args.a), _read_metrics(args.b)
     if args.out:
-        from medmoe.cli.paths import check_output_file
+        from medmoe.paths import check_output_file
 
         check_output_file(args.out)
     result = compare_retrieval(a, b, resamples=args.resamples, level=args.level, seed=args.seed)
@@ -165,7 +165,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_embed(args: argparse.Namespace) -> int:
     from medmoe.align.embed import embed_manifest
-    from medmoe.cli.paths import check_output_file
+    from medmoe.paths import check_output_file
 
     check_output_file(args.out)
     model = model_from_flag(args.model, family="medmoe", device=args.device)

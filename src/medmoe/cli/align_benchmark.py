@@ -61,9 +61,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
         select_sets,
         write_suite_json,
     )
-    from medmoe.cli.paths import check_output_file
     from medmoe.devices import resolve_device
     from medmoe.errors import InvalidInputError
+    from medmoe.paths import check_output_file
 
     if args.batch_size < 1 or args.workers < 0 or (args.max_items is not None and args.max_items < 1):
         raise InvalidInputError("--batch-size and --max-items must be positive and --workers non-negative")

@@ -74,7 +74,7 @@ def run_train_command(args: argparse.Namespace, config_class: type, make_task: C
         0 (errors are raised).
     """
     from medmoe.cli.config_flags import config_from_args
-    from medmoe.cli.paths import check_run_dir
+    from medmoe.paths import check_run_dir
     from medmoe.train import is_main, run_training
 
     config = config_from_args(config_class, args)

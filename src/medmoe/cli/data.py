@@ -114,9 +114,9 @@ def run_check(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medmoe.cli.paths import check_output_dir, check_output_file
     from medmoe.data.adapters import import_source
     from medmoe.data.manifest import manifest_format, write_manifest
+    from medmoe.paths import check_output_dir, check_output_file
 
     manifest_format(args.out)
     check_output_file(args.out)
@@ -145,9 +145,9 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_shard(args: argparse.Namespace) -> int:
-    from medmoe.cli.paths import check_output_dir
     from medmoe.data.shards import write_shards
     from medmoe.errors import InvalidInputError
+    from medmoe.paths import check_output_dir
 
     if args.max_size is not None and args.max_size < 1:
         raise InvalidInputError(f"--max-size {args.max_size}: max_size must be a positive number of pixels")

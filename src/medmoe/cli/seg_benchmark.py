@@ -91,7 +91,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     from medmoe.seg.benchmark import benchmark, format_tables, parse_datalist_spec
 
     if args.out:
-        from medmoe.cli.paths import check_output_file
+        from medmoe.paths import check_output_file
 
         check_output_file(args.out)
     spacing = eval_spacing_of(args)

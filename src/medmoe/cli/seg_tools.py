@@ -446,13 +446,13 @@ def run_classes(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from medmoe.cli.paths import check_output_file
     from medmoe.hub import load_model
+    from medmoe.paths import check_output_file
     from medmoe.seg.evaluate import evaluate
 
     check_output_file(args.out)
     if args.overlays:
-        from medmoe.cli.paths import check_output_dir
+        from medmoe.paths import check_output_dir
 
         check_output_dir(args.overlays, "--overlays")
     model = load_model(args.model, device=args.device, family="mome")
@@ -484,7 +484,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_build_samples(args: argparse.Namespace) -> int:
-    from medmoe.cli.paths import check_output_dir
+    from medmoe.paths import check_output_dir
     from medmoe_samples.ct.build import build_ct_samples
 
     check_output_dir(args.out)

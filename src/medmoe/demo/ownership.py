@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medmoe.cli.paths import check_output_dir
 from medmoe.errors import InvalidInputError
+from medmoe.paths import check_output_dir
 
 MARKER = ".medmoe-demo"
 _MARKER_TEXT = ("This folder was written by `medmoe demo`. A rerun of the demo into it replaces runs/, align/, seg/, "
