@@ -43,7 +43,7 @@ def test_write_shards_layout(sharded):
     with tarfile.open(out / "shard-000000.tar") as tar:
         names = tar.getnames()
         meta = json.loads(tar.extractfile("000000001.json").read())
-    assert names[:3] == ["000000000.png", "000000000.txt", "000000000.json"]
+    assert names[:3] == ["000000000.json", "000000000.png", "000000000.txt"]  # TarWriter: extensions sorted
     assert meta["index"] == 1 and meta["modality"] == "CT" and meta["labels"] == ["label1"]
     assert not list(out.glob("*.tmp"))
 

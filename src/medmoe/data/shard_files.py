@@ -2,19 +2,30 @@
 
 A shard is an uncompressed tar whose members are grouped by key (the file name up to its first dot)::
 
+    000000042.json   {"index", "source", "modality", "labels", "dataset", "split", "row"}
     000000042.png    the image after reading (windowed, 8-bit PNG or JPEG, optionally downsized)
     000000042.txt    the raw report (UTF-8)
-    000000042.json   {"index", "source", "modality", "labels", "dataset", "split", "row"}
 
 Shards written by other tools (UniMed, the MedMoE code: ``key.jpg`` + ``key.txt`` + optional ``key.cls``)
 read too: ``.json`` is optional. ``index.json`` in the output directory lists the shards and their
 sample counts (per split too), which is what defines a training epoch without reading the shards.
 
 A shard source is a folder of ``.tar`` files, a glob, a brace pattern (``corpus/shard-{000000..000999}.tar``),
-a list, or remote URLs as WebDataset opens them: ``http(s)://`` (through ``curl``), ``pipe:COMMAND``, and any
-other scheme through fsspec (``s3://``, ``gs://``... with the matching fsspec backend installed). Reading a
-shard is WebDataset's streaming tar reader; medmoe adds only what it needs on top: errors that name the
-shard, and sample counts.
+a list, or remote URLs: ``http(s)://`` (through ``curl``), ``pipe:COMMAND`` and the other schemes of
+WebDataset's ``gopen``, and any other scheme through fsspec (``s3://``, ``az://``... with the matching fsspec
+backend installed).
+
+Writing is WebDataset's ``TarWriter``, one per shard; the numbering, the temporary name renamed once the
+shard is complete and ``index.json`` are ours (``ShardWriter`` opens its first shard before any sample and
+writes under the final name, so an interrupted run would leave a half shard that reads as a whole one).
+
+Reading groups members into samples with WebDataset's ``group_by_keys``. The members themselves come from
+our own pass over the tar stream (stdlib ``tarfile``, streamed, as WebDataset's ``tar_file_iterator`` does)
+because that iterator reads every regular member whole before anything can look at its header: a GNU
+sparse member claiming gigabytes is expanded in memory, an oversized member is read, links are skipped
+without a word. Ours checks each header first (:func:`iter_tar_samples`), names the shard in every error,
+and starts a new sample where a member repeats an extension (``group_by_keys`` raises there and the rest
+of the shard is lost). Output shards read with a bare ``webdataset.WebDataset(urls)`` pipeline.
 """
 
 from __future__ import annotations
@@ -38,8 +49,9 @@ import braceexpand
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+from webdataset import TarWriter
 from webdataset.gopen import gopen, gopen_schemes
-from webdataset.tariterators import base_plus_ext
+from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from medmoe.data.dataset import BadSample
 from medmoe.data.manifest import ManifestRow, normalize_split, read_manifest
@@ -78,11 +90,82 @@ def _encode(image: np.ndarray, fmt: str, max_size: int | None) -> bytes:
     return buffer.getvalue()
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
+def _check_write_options(per_shard: int, image_format: str, max_size: int | None) -> None:
+    if per_shard < 1:
+        raise InvalidInputError(f"per_shard must be >= 1, got {per_shard}")
+    if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
+        raise InvalidInputError(f"max_size must be a positive number of pixels or None, got {max_size!r}")
+    if image_format not in ("png", "jpg"):
+        raise InvalidInputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+
+
+def _row_positions(rows: Sequence[ManifestRow], wanted: str | None, shuffle_seed: int | None) -> list[int]:
+    """Manifest positions of the rows of split ``wanted`` (all when None), permuted by ``shuffle_seed``."""
+    positions = [i for i, r in enumerate(rows) if wanted is None or normalize_split(r.split) == wanted]
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(positions)
+    return positions
+
+
+def _sample_record(index: int, row: ManifestRow, modality: str | None, image_format: str,
+                   encoded: bytes) -> dict[str, Any]:
+    """The WebDataset sample of one manifest row: ``__key__`` and the image, report and metadata bytes."""
+    metadata = {
+        "index": index,
+        "source": row.image,
+        "modality": row.modality or modality,
+        "labels": row.labels,
+        "dataset": row.dataset,
+        "split": row.split,
+        "row": row.row,
+    }
+    return {
+        "__key__": f"{index:09d}",
+        image_format: encoded,
+        "txt": row.report.encode("utf-8"),
+        "json": json.dumps(metadata, ensure_ascii=False).encode("utf-8"),
+    }
+
+
+class _ShardSequence:
+    """Numbered shards written with WebDataset's :class:`~webdataset.TarWriter`, each to a temporary name
+    renamed to ``{prefix}-NNNNNN.tar`` once complete; :meth:`abort` deletes an incomplete one."""
+
+    def __init__(self, out: Path, prefix: str, per_shard: int) -> None:
+        self.out, self.prefix, self.per_shard = out, prefix, per_shard
+        self.entries: list[dict[str, Any]] = []
+        self._writer: TarWriter | None = None
+        self._tmp = ""
+        self._count = 0
+        self._splits: dict[str, int] = {}
+
+    def write(self, sample: dict[str, Any], split: str) -> None:
+        if self._writer is None:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.prefix}-", suffix=".tar.tmp", dir=self.out)
+            os.close(fd)
+            self._writer = TarWriter(self._tmp, encoder=False, mode=0o644, user="", group="")
+        self._writer.write(sample)
+        self._count += 1
+        self._splits[split] = self._splits.get(split, 0) + 1
+        if self._count >= self.per_shard:
+            self.close()
+
+    def close(self) -> None:
+        """Finish the shard being written (if any) under its final name."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        final = self.out / f"{self.prefix}-{len(self.entries):06d}.tar"
+        os.replace(self._tmp, final)
+        self.entries.append({"name": final.name, "count": self._count, "splits": self._splits})
+        self._writer, self._count, self._splits = None, 0, {}
+
+    def abort(self) -> None:
+        """Delete the shard being written (if any): no half shard is left behind."""
+        if self._writer is not None:
+            self._writer.close()
+            os.unlink(self._tmp)
+            self._writer = None
 
 
 def write_shards(
@@ -97,7 +180,7 @@ def write_shards(
     shuffle_seed: int | None = None,
     progress: bool = False,
 ) -> ShardWriteResult:
-    """Read every row's image through the real reader and write tar shards.
+    """Read every row's image through the real reader and write tar shards with WebDataset's ``TarWriter``.
 
     Rows whose image cannot be read are skipped, logged and returned in ``bad``. Each shard is written to
     a temporary name and renamed, so an interrupted run leaves no half shard behind.
@@ -116,39 +199,16 @@ def write_shards(
             manifest position.
         progress: tqdm progress bar.
     """
-    if per_shard < 1:
-        raise InvalidInputError(f"per_shard must be >= 1, got {per_shard}")
-    if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
-        raise InvalidInputError(f"max_size must be a positive number of pixels or None, got {max_size!r}")
-    if image_format not in ("png", "jpg"):
-        raise InvalidInputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    _check_write_options(per_shard, image_format, max_size)
     rows = read_manifest(manifest) if isinstance(manifest, str | os.PathLike) else list(manifest)
     wanted = normalize_split(split)
-    positions = [i for i, r in enumerate(rows) if wanted is None or normalize_split(r.split) == wanted]
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(positions)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, Any]] = []
+    shards = _ShardSequence(out, prefix, per_shard)
     bad: list[BadSample] = []
-    tar: tarfile.TarFile | None = None
-    tmp_name = ""
-    count = 0
-    written = 0
-    splits: dict[str, int] = {}
-
-    def close_shard() -> None:
-        nonlocal tar, count, splits
-        if tar is None:
-            return
-        tar.close()
-        final = out / f"{prefix}-{len(shards):06d}.tar"
-        os.replace(tmp_name, final)
-        shards.append({"name": final.name, "count": count, "splits": splits})
-        tar, count, splits = None, 0, {}
-
     try:
-        for index in tqdm(positions, desc="sharding", unit="sample", disable=not progress):
+        for index in tqdm(_row_positions(rows, wanted, shuffle_seed), desc="sharding", unit="sample",
+                          disable=not progress):
             row = rows[index]
             try:
                 image, meta = read_image(row.image)
@@ -157,38 +217,15 @@ def write_shards(
                 bad.append(BadSample(index, row.image, f"{type(err).__name__}: {err}"))
                 logger.warning("skipping %s: %s", row.image, err)
                 continue
-            if tar is None:
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".tar.tmp", dir=out)
-                os.close(fd)
-                tar = tarfile.open(tmp_name, "w", format=tarfile.USTAR_FORMAT)
-            key = f"{index:09d}"
-            metadata = {
-                "index": index,
-                "source": row.image,
-                "modality": row.modality or meta.modality,
-                "labels": row.labels,
-                "dataset": row.dataset,
-                "split": row.split,
-                "row": row.row,
-            }
-            _add_member(tar, f"{key}.{image_format}", encoded)
-            _add_member(tar, f"{key}.txt", row.report.encode("utf-8"))
-            _add_member(tar, f"{key}.json", json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
-            count += 1
-            written += 1
-            row_split = normalize_split(row.split) or ""
-            splits[row_split] = splits.get(row_split, 0) + 1
-            if count >= per_shard:
-                close_shard()
-        close_shard()
+            shards.write(_sample_record(index, row, meta.modality, image_format, encoded), normalize_split(row.split) or "")
+        shards.close()
     finally:
-        if tar is not None:
-            tar.close()
-            os.unlink(tmp_name)
-    index_data = {"format": SHARD_FORMAT, "shards": shards, "samples": written, "bad": len(bad), "split": wanted}
+        shards.abort()
+    written = sum(entry["count"] for entry in shards.entries)
+    index_data = {"format": SHARD_FORMAT, "shards": shards.entries, "samples": written, "bad": len(bad), "split": wanted}
     (out / INDEX_NAME).write_text(json.dumps(index_data, indent=1))
-    logger.info("wrote %d samples in %d shards to %s (%d bad rows skipped)", written, len(shards), out, len(bad))
-    return ShardWriteResult(shards=[str(out / s["name"]) for s in shards], samples=written, bad=bad)
+    logger.info("wrote %d samples in %d shards to %s (%d bad rows skipped)", written, len(shards.entries), out, len(bad))
+    return ShardWriteResult(shards=[str(out / entry["name"]) for entry in shards.entries], samples=written, bad=bad)
 
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^pipe:")
@@ -273,16 +310,6 @@ def open_shard(url: str) -> BinaryIO:
         raise CorruptFileError(f"{url}: cannot open shard ({type(err).__name__}: {err})") from err
 
 
-def member_key(name: str) -> tuple[str, str] | None:
-    """``(key, extension)`` of a tar member name, None for hidden files (``.DS_Store``...)."""
-    base = os.path.basename(name)
-    if not base or base.startswith("."):
-        return None
-    stem, _, ext = base.partition(".")
-    folder = os.path.dirname(name)
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
 def _member_problem(info: tarfile.TarInfo, allowed: int) -> str | None:
     """Why a tar member may not be read (None when it may): only regular files within the size limit."""
     if info.issparse():
@@ -318,48 +345,70 @@ def _tar_members(stream: BinaryIO, url: str, allowed: int) -> Iterator[tuple[str
             if len(data) != info.size:
                 raise CorruptFileError(f"{url}: member {info.name!r} truncated ({len(data)} of {info.size} bytes)")
             yield info.name, data, None
+            tar.members = []  # a streamed shard keeps no list of its members (memory stays bounded)
 
 
-def iter_tar_samples(url: str, *, max_member_bytes: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` for each sample of a shard, streamed (local path or URL).
+def _sample_member(name: str) -> tuple[str, str] | None:
+    """``(key, extension)`` of a member that belongs to a sample, as WebDataset's ``base_plus_ext`` splits
+    it (key up to the first dot of the file name); None for hidden files and ``__`` entries."""
+    name = name.removeprefix("./")
+    if os.path.basename(name).startswith(("__", ".")):
+        return None
+    key, ext = base_plus_ext(name)
+    return None if key is None else (key, ext.lower())
 
-    Members are grouped by key as WebDataset does (``dir/key.ext``: key up to the first dot of the file
-    name); hidden files and ``__meta__`` entries are skipped. A member repeating an extension of the current
-    sample starts a new sample under the same key (reported by the callers that care).
 
-    Only regular members are read, each checked from its tar header before its data: sparse members (whose
-    stated size can be far above what the shard stores), links, devices and FIFOs are refused, and so is a
-    member over ``max_member_bytes`` (default ``MEDMOE_MAX_MEMBER_BYTES``, 512 MiB; see :mod:`medmoe.limits`).
+def _sample_boundaries(files: Iterator[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
+    """WebDataset file records (``{"fname", "data"}``) of ``(name, data)`` members for ``group_by_keys``,
+    with its end-of-sample marker ``{}`` before a member that repeats an extension of the current sample:
+    that member starts a new sample under the same key, where ``group_by_keys`` would raise and the rest
+    of the shard would be lost (callers see the repeated key and report it)."""
+    key, seen = None, set()
+    for name, data in files:
+        parsed = _sample_member(name)
+        if parsed is None:
+            continue
+        if parsed[0] != key or parsed[1] in seen:
+            if parsed[0] == key:
+                yield {}
+            key, seen = parsed[0], set()
+        seen.add(parsed[1])
+        yield {"fname": name.removeprefix("./"), "data": data, "__url__": ""}
+
+
+def _grouped(files: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(key, {extension: data})`` of members grouped by WebDataset's ``group_by_keys``."""
+    for sample in group_by_keys(_sample_boundaries(files)):
+        key = sample.pop("__key__")
+        yield key, {ext: value for ext, value in sample.items() if not ext.startswith("__")}
+
+
+def _checked_members(url: str, allowed: int, refused: list[str]) -> Iterator[tuple[str, bytes]]:
+    """``(name, data)`` of a shard's members through the safety checks of :func:`_tar_members`.
+
+    A refused member ends the stream. When it starts a new key, the sample before it is complete: the
+    stream ends normally (that sample still reaches the caller) after ``refused`` receives the error;
+    when it belongs to the sample being read, that sample is lost with the error raised here.
 
     Raises:
-        CorruptFileError: the shard cannot be opened, its tar stream is broken, or a member is refused
-            (samples read before the damage have been yielded); the message names the shard (and member).
+        CorruptFileError: the shard cannot be opened, its tar stream is broken, or a member of the sample
+            being read is refused (naming the shard and member).
     """
-    allowed = limit(MAX_MEMBER_BYTES_ENV, max_member_bytes)
     stream = open_shard(url)
     closed = False
     failure: Exception | None = None
+    last_key = None
     try:
-        key, group = None, {}
-        for fname, data, problem in _tar_members(stream, url, allowed):
-            prefix, suffix = base_plus_ext(fname.removeprefix("./"))
+        for name, data, problem in _tar_members(stream, url, allowed):
+            parsed = _sample_member(name)
             if problem is not None:
-                if group and prefix != key:
-                    yield key, group  # complete: the refused member belongs to the next sample
-                raise CorruptFileError(f"{url}: member {fname!r} refused: {problem}")
-            if prefix is None or os.path.basename(fname).startswith(("__", ".")):
-                continue
-            suffix = suffix.lower()
-            # A member that repeats one already in the sample starts a new sample with the same key, where
-            # WebDataset's group_by_keys raises and the rest of the shard would be lost; callers see the
-            # repeated key and report it.
-            if prefix != key or suffix in group:
-                if group:
-                    yield key, group
-                key, group = prefix, {}
-            group[suffix] = data
-        if group:
-            yield key, group
+                message = f"{url}: member {name!r} refused: {problem}"
+                if parsed is not None and parsed[0] == last_key:
+                    raise CorruptFileError(message)
+                refused.append(message)
+                return
+            last_key = parsed[0] if parsed is not None else last_key
+            yield name, data
         closed = True
         stream.close()  # a remote reader's exit status (curl's HTTP error) surfaces here
     except MedMoEError:
@@ -376,25 +425,44 @@ def iter_tar_samples(url: str, *, max_member_bytes: int | None = None) -> Iterat
         raise CorruptFileError(f"{url}: unreadable tar shard ({type(failure).__name__}: {failure})") from failure
 
 
+def iter_tar_samples(url: str, *, max_member_bytes: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` for each sample of a shard, streamed (local path or URL).
+
+    Members are grouped by WebDataset's ``group_by_keys`` (``dir/key.ext``: key up to the first dot of the
+    file name); hidden files and ``__`` entries are skipped. A member repeating an extension of the current
+    sample starts a new sample under the same key (reported by the callers that care).
+
+    Only regular members are read, each checked from its tar header before its data: sparse members (whose
+    stated size can be far above what the shard stores), links, devices and FIFOs are refused, and so is a
+    member over ``max_member_bytes`` (default ``MEDMOE_MAX_MEMBER_BYTES``, 512 MiB; see :mod:`medmoe.limits`).
+
+    Raises:
+        CorruptFileError: the shard cannot be opened, its tar stream is broken, or a member is refused
+            (samples read before the damage have been yielded); the message names the shard (and member).
+    """
+    refused: list[str] = []
+    members = _checked_members(url, limit(MAX_MEMBER_BYTES_ENV, max_member_bytes), refused)
+    try:
+        yield from _grouped(members)
+    finally:
+        members.close()
+    if refused:
+        raise CorruptFileError(refused[0])
+
+
 def scan_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """``(key, {extension: (byte offset, size)})`` per sample of a local shard, reading only tar headers.
+    """``(key, {extension: (byte offset, size)})`` per sample of a local shard, reading only tar headers
+    and grouping members as :func:`iter_tar_samples` does.
 
     Raises:
         CorruptFileError: unreadable tar.
     """
-    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
     try:
         with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                parsed = member_key(member.name) if member.isfile() and not member.issparse() else None
-                if parsed is None:
-                    continue
-                if not samples or samples[-1][0] != parsed[0]:
-                    samples.append((parsed[0], {}))
-                samples[-1][1][parsed[1]] = (member.offset_data, member.size)
+            headers = ((m.name, (m.offset_data, m.size)) for m in tar if m.isreg() and not m.issparse())
+            return list(_grouped(headers))
     except _TAR_ERRORS as err:
         raise CorruptFileError(f"{path}: cannot read tar shard ({type(err).__name__}: {err})") from err
-    return samples
 
 
 def _read_index(shards: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import webdataset
 from torch.utils.data import IterableDataset, get_worker_info
 
 from medmoe.data.dataset import BadSample, build_item, sample_generator
@@ -78,28 +79,14 @@ def distributed_position() -> tuple[int, int]:
     return rank, world
 
 
-
-
 DEFAULT_SHUFFLE_BUFFER = 256
 
 
-def _shuffle_buffer(source: Iterator[Any], rng: random.Random, size: int) -> Iterator[Any]:
-    """Yield ``source`` through a buffer of ``size`` items drawn at random (``BadSample`` passes straight)."""
+def _mixed(source: Iterator[Any], rng: random.Random, size: int) -> Iterator[Any]:
+    """``source`` through WebDataset's shuffle buffer of ``size`` items drawn with ``rng`` (off below 2)."""
     if size <= 1:
-        yield from source
-        return
-    buffer: list[Any] = []
-    for item in source:
-        if isinstance(item, BadSample):
-            yield item
-            continue
-        buffer.append(item)
-        if len(buffer) >= size:
-            pick = rng.randrange(len(buffer))
-            buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
+        return source
+    return webdataset.shuffle(size, initial=size, rng=rng)(source)
 
 
 class ShardDataset(IterableDataset):
@@ -289,7 +276,7 @@ class ShardDataset(IterableDataset):
                     yield BadSample(-1, url, str(err))
 
         rng = random.Random(f"{self.seed}:{epoch}:{reader}:{cycle}")
-        return _shuffle_buffer(raw(), rng, self.shuffle_buffer)
+        return _mixed(raw(), rng, self.shuffle_buffer)
 
     def _quota(self, epoch: int, reader: int, readers: int, skip: int, wanted: int) -> Iterator[dict[str, Any]]:
         """``wanted`` good items after the first ``skip`` samples (not decoded); bad samples ride along in
