@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -96,6 +96,32 @@ def build_item(
     }
 
 
+class ItemOptions(TypedDict, total=False):
+    """How :class:`ImageReportDataset` and ``ShardDataset`` build items (keyword arguments of both; the
+    defaults are those of :func:`apply_item_options`)."""
+
+    image_size: int
+    train: bool
+    seed: int
+    transform: ImageTransform | None
+    require_report: bool
+
+
+def apply_item_options(dataset: Any, split: str | None, image_size: int = 224, train: bool = False, seed: int = 0,
+                       transform: ImageTransform | None = None, require_report: bool = True) -> None:
+    """Set a dataset's ``split`` (normalised), ``transform``, ``seed`` and ``require_report``.
+
+    Raises:
+        InvalidInputError: ``split`` is an empty string.
+    """
+    if split is not None and not str(split).strip():
+        raise InvalidInputError("split must be a non-empty string or None")
+    dataset.split = normalize_split(split)
+    dataset.transform = transform or ImageTransform(image_size=image_size, train=train)
+    dataset.seed = seed
+    dataset.require_report = require_report
+
+
 class ImageReportDataset(Dataset):
     """Image-report pairs from a manifest.
 
@@ -125,27 +151,14 @@ class ImageReportDataset(Dataset):
         >>> loader = DataLoader(ds, batch_size=32, collate_fn=collate_image_report)
     """
 
-    def __init__(
-        self,
-        manifest: str | os.PathLike | Sequence[ManifestRow],
-        split: str | None = None,
-        image_size: int = 224,
-        train: bool = False,
-        seed: int = 0,
-        transform: ImageTransform | None = None,
-        require_report: bool = True,
-    ) -> None:
+    def __init__(self, manifest: str | os.PathLike | Sequence[ManifestRow], split: str | None = None,
+                 **options: Unpack[ItemOptions]) -> None:
         rows = read_manifest(manifest) if isinstance(manifest, str | os.PathLike) else list(manifest)
-        self.split = normalize_split(split)
-        if split is not None and not str(split).strip():
-            raise InvalidInputError("split must be a non-empty string or None")
+        apply_item_options(self, split, **options)
         self.rows = [r for r in rows if self.split is None or normalize_split(r.split) == self.split]
         if not self.rows:
             logger.warning("dataset is empty (split=%r, %d manifest rows)", self.split, len(rows))
-        self.transform = transform or ImageTransform(image_size=image_size, train=train)
-        self.seed = seed
         self.epoch = 0
-        self.require_report = require_report
         unknown = sorted({r.modality for r in self.rows if r.modality and try_normalize_modality(r.modality) is None})
         if unknown:
             logger.warning("unknown modality value(s) %s: those samples get modality -1", unknown)

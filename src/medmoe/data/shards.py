@@ -27,13 +27,13 @@ import os
 import random
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import webdataset
 from torch.utils.data import IterableDataset, get_worker_info
 
-from medmoe.data.dataset import BadSample, build_item, sample_generator
+from medmoe.data.dataset import BadSample, ItemOptions, apply_item_options, build_item, sample_generator
 from medmoe.data.manifest import normalize_split
 from medmoe.data.readers import decode_image
 from medmoe.data.shard_files import (
@@ -48,7 +48,6 @@ from medmoe.data.shard_files import (
     shard_sample_counts,
     write_shards,
 )
-from medmoe.data.transforms import ImageTransform
 from medmoe.errors import CorruptFileError, InvalidInputError
 
 __all__ = [
@@ -117,23 +116,17 @@ class ShardDataset(IterableDataset):
         self,
         source: str | os.PathLike | Sequence[str | os.PathLike],
         split: str | None = None,
-        image_size: int = 224,
-        train: bool = False,
-        seed: int = 0,
-        transform: ImageTransform | None = None,
-        require_report: bool = True,
+        *,
         shuffle: bool | None = None,
         shuffle_buffer: int | None = None,
         progress: bool = False,
         by_rank: bool = True,
+        **options: Unpack[ItemOptions],
     ) -> None:
         super().__init__()
         self.shards = list_shards(source)
         self.by_rank = by_rank
-        self.split = normalize_split(split)
-        self.transform = transform or ImageTransform(image_size=image_size, train=train)
-        self.seed = seed
-        self.require_report = require_report
+        apply_item_options(self, split, **options)
         self.shuffle = self.transform.train if shuffle is None else shuffle
         if shuffle_buffer is not None and shuffle_buffer < 0:
             raise InvalidInputError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
