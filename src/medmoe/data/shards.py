@@ -1,21 +1,27 @@
 """Training and evaluating straight from WebDataset-style tar shards, local or remote.
 
-:class:`ShardDataset` streams shards (WebDataset's tar reader; see :mod:`medmoe.data.shard_files` for the
-sources it accepts) and yields the same item dicts as :class:`~medmoe.data.dataset.ImageReportDataset`.
+:class:`ShardDataset` streams shards (samples grouped by WebDataset's ``group_by_keys`` behind medmoe's
+member checks; see :mod:`medmoe.data.shard_files` for both and for the sources it accepts) and yields the
+same item dicts as :class:`~medmoe.data.dataset.ImageReportDataset`.
 
 Readers are the DDP ranks times the DataLoader workers. In epoch ``e`` the shard list is shuffled by
 ``(seed, e)`` and reader ``r`` of ``R`` takes shards ``r, r + R, ...``; with fewer shards than readers
 every reader scans all shards and keeps every ``R``-th sample. Each sample is read by exactly one reader.
+This split is ours, not WebDataset's ``split_by_node`` / ``split_by_worker``: those slice the shard list
+only, so with fewer shards than readers a rank gets nothing and its collectives hang the others, and they
+take the worker from the DataLoader, whereas a resumed DataLoader restarts its round robin at worker 0 and
+worker ``w`` has to continue the stream of reader ``(w + start) % workers`` (see ``__iter__``).
 
 For training, :meth:`ShardDataset.configure` fixes the batch size and reader layout. An epoch is then
 ``Q`` batches per reader, ``Q`` being the smallest reader's sample count over the batch size, so that
 every rank takes the same number of steps; the samples of the larger readers beyond ``Q`` batches (at most
-the size difference of their shards) wait for the next epoch's shard order. Within a reader a seeded
-shuffle buffer mixes samples across its shards. A bad sample (unreadable image, empty report) is
-reported with the next good item and its slot is filled by the next sample, so batches stay full. Resume
-is exact per sample: the trainer records how many samples each reader had consumed, and a resumed reader
-re-reads that many without decoding them (the bytes of its current epoch so far are read again, the
-images are not decoded).
+the size difference of their shards) wait for the next epoch's shard order. Within a reader WebDataset's
+``shuffle`` stage mixes samples across its shards, drawing from a ``random.Random`` seeded by
+``(seed, epoch, reader, pass)``, so that the order is the same every time the epoch is read. A bad sample
+(unreadable image, empty report) is reported with the next good item and its slot is filled by the next
+sample, so batches stay full. Resume is exact per sample: the trainer records how many samples each
+reader had consumed, and a resumed reader re-reads that many without decoding them (the bytes of its
+current epoch so far are read again, the images are not decoded).
 """
 
 from __future__ import annotations
