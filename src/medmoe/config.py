@@ -28,9 +28,6 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config
     """
     if not isinstance(data, dict):
         raise InvalidInputError(f"{where}: expected a mapping, got {type(data).__name__}")
-    upgrade = getattr(cls, "upgrade_legacy", None)
-    if upgrade is not None:  # keys that configs saved by an older version hold and the class no longer has
-        data = upgrade(data, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -116,6 +113,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def positive_int(text: str) -> int:
+    """``text`` as an integer > 0 (a voxel count given on the command line).
+
+    Raises:
+        ValueError: not an integer, or not positive.
+    """
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{text!r}: expected a positive number")
+    return value
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """JSON-ready dict of a dataclass config (tuples become lists)."""
     return dataclasses.asdict(config)
@@ -126,9 +135,6 @@ def merge_overrides(config: T, overrides: dict[str, Any], *, where: str = "confi
 
     A dict given for a nested dataclass field updates only the keys it names.
     """
-    moved = sorted(set(overrides) & set(getattr(type(config), "legacy_fields", ())))
-    if moved:
-        raise InvalidInputError(f"{where}: {moved} are not config fields any more; {type(config).legacy_note}")
     data = config_to_dict(config)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

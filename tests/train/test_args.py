@@ -1,27 +1,45 @@
-"""Training flags and YAML run configs that set their defaults."""
+"""Training flags generated from TrainConfig, and YAML run configs that set them (the command line wins)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
+from medmoe.cli.settings import SettingsParser, add_dataclass_flags
 from medmoe.errors import InvalidInputError
 from medmoe.train import TrainConfig, add_training_arguments
-from medmoe.train.args import parse_args, resolved_config, save_resolved_config
+from medmoe.train.args import resolved_config, save_resolved_config
 
 
-def cli_parser() -> argparse.ArgumentParser:
+@dataclasses.dataclass
+class TaskSettings:
+    """A task's settings.
+
+    Attributes:
+        data: what to train on.
+        model: which model.
+    """
+
+    data: Path
+    model: str = "medmoe-nano"
+
+
+def cli_parser(parser_class: type = SettingsParser) -> argparse.ArgumentParser:
     """Shaped like `medmoe align train`: a sub-command with the trainer's flags and its own."""
     parser = argparse.ArgumentParser(prog="medmoe")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=parser_class)
     train = sub.add_parser("train")
-    train.add_argument("--model", default="medmoe-nano")
-    train.add_argument("--data", type=Path, required=True)
+    add_dataclass_flags(train, TaskSettings, title="task")
     add_training_arguments(train)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    return parser.parse_args(argv)
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -32,12 +50,12 @@ def write_yaml(path: Path, data: dict) -> Path:
 def test_yaml_sets_defaults_of_trainer_and_task_flags(tmp_path):
     cfg = write_yaml(tmp_path / "run.yaml", {
         "out": str(tmp_path / "run"), "data": "manifest.csv", "model": "medmoe-swin-t",
-        "lr": 3e-4, "batch-size": 16, "amp": "bf16", "no_progress": True,
+        "lr": 3e-4, "batch-size": 16, "amp": "bf16", "progress": False,
     })
     args = parse_args(cli_parser(), ["train", "--config", str(cfg)])
     assert args.out == tmp_path / "run" and isinstance(args.out, Path)  # the flag's type applies
     assert args.data == Path("manifest.csv")  # a required flag may come from YAML
-    assert (args.model, args.lr, args.batch_size, args.amp, args.no_progress) == ("medmoe-swin-t", 3e-4, 16, "bf16", True)
+    assert (args.model, args.lr, args.batch_size, args.amp, args.progress) == ("medmoe-swin-t", 3e-4, 16, "bf16", False)
     assert args.steps == 1000  # untouched default
 
 
@@ -60,7 +78,7 @@ def test_unknown_key_is_an_error_naming_it(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [({"steps": "many"}, "key 'steps'"), ({"amp": "fp8"}, "'fp8' is not one of"), ({"no_progress": "yes"}, "true or false"),
+    [({"steps": "many"}, "key 'steps'"), ({"amp": "fp8"}, "'fp8' is not one of"), ({"progress": "yes"}, "true or false"),
      ({"steps": 2.5}, "expected an integer"), ([1, 2], "expected a mapping")],
 )
 def test_bad_yaml_values_are_errors(tmp_path, capsys, data, message):
@@ -95,7 +113,7 @@ def test_train_config_validates_early(tmp_path):
         TrainConfig(out=tmp_path, amp="fp8")
     with pytest.raises(InvalidInputError, match="--out"):
         TrainConfig.from_namespace(argparse.Namespace(out=None))
-    cfg = TrainConfig.from_namespace(argparse.Namespace(out="x", no_progress=True, lr=1e-3, model="ignored"))
+    cfg = TrainConfig.from_namespace(argparse.Namespace(out="x", progress=False, lr=1e-3, model="ignored"))
     assert cfg.progress is False and cfg.lr == 1e-3 and cfg.out == Path("x")
 
 
@@ -106,17 +124,17 @@ def test_example_config_in_the_repository_is_valid():
     TrainConfig.from_namespace(args)  # passes validation
 
 
-def test_config_is_read_only_by_the_two_pass_parse(tmp_path, capsys):
+def test_config_is_read_only_by_a_settings_parser(tmp_path, capsys):
     cfg = write_yaml(tmp_path / "run.yaml", {"out": "a", "data": "d", "lr": 3e-4})
-    with pytest.raises(SystemExit):  # the parser's own parse would ignore the file: refused, not silent
-        cli_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(cfg)])
+    with pytest.raises(SystemExit):  # a plain argparse parser would ignore the file: refused, not silent
+        cli_parser(argparse.ArgumentParser).parse_args(["train", "--data", "d", "--out", "o", "--config", str(cfg)])
     assert "was not read" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # an abbreviation the pre-parser does not read
+    with pytest.raises(SystemExit):  # an abbreviation that the parser does not look for
         parse_args(cli_parser(), ["train", "--data", "d", "--out", "o", "--conf", str(cfg)])
     assert "spell the flag out as --config" in capsys.readouterr().err
 
 
-def test_two_pass_parse_leaves_the_parser_as_it_was(tmp_path):
+def test_a_parse_with_a_config_leaves_the_parser_as_it_was(tmp_path):
     parser = cli_parser()
     cfg = write_yaml(tmp_path / "run.yaml", {"out": "a", "data": "d", "lr": 3e-4})
     assert parse_args(parser, ["train", "--config", str(cfg)]).lr == 3e-4

@@ -177,13 +177,15 @@ class AlignLossWeights:
     """The weights of MedMoE's loss terms and the loss-only settings (``AlignTaskConfig`` extends it).
 
     Attributes:
-        global_loss_weight, local_loss_weight: weights of the two contrastive terms.
-        balance_loss_weight: Switch load balance on the router that routes (0 when labels route).
-        router_ce_loss_weight: cross-entropy of the routing router's logits against modality labels (rows
-            without a label are ignored; meaningful with one expert per modality).
-        distill_loss_weight: trains the image router to predict the route taken.
+        global_loss_weight: weight of the global image-report InfoNCE (gathered over ranks).
+        local_loss_weight: weight of GLoRIA's local word-region contrastive loss.
+        balance_loss_weight: weight of the Switch load balance of the router that routes (0 when labels route).
+        router_ce_loss_weight: weight of the cross-entropy of the routing router's logits against modality
+            labels (rows without a label are ignored; with one expert per modality it makes expert e modality e's).
+        distill_loss_weight: weight of the image router's distillation towards the route taken (the image
+            router routes at inference).
         local_loss_chunk: reports processed together in the local loss (bounds its memory; 0 = all at once;
-            the value does not change).
+            the loss value does not change).
     """
 
     global_loss_weight: float = 0.5

@@ -42,15 +42,15 @@ REFILL_TRIES = 8
 
 @dataclass(kw_only=True)
 class AlignTaskConfig(AlignLossWeights):
-    """What to train on and which model; the loss fields are :class:`AlignLossWeights`'.
+    """What to train on and which model; the loss fields (and their documentation) are :class:`AlignLossWeights`'.
 
     Attributes:
         data: training manifest, or a shard source: a folder of ``.tar`` shards, a brace pattern
             (``corpus/shard-{000000..000999}.tar``), a glob or URLs (``https://``, ``pipe:``, fsspec schemes);
             shards are streamed, each rank and loader worker reading its own (:class:`ShardDataset`).
         model: a registered name (``medmoe-nano``) or a saved model directory to continue from.
-        overrides: config fields of the registered model (``{"num_experts": 1, "route_by": "image"}``). A
-            loss field below given here (``--set global_loss_weight=0.3``) sets that field.
+        overrides: config fields of the registered model (``{"num_experts": 1, "route_by": "image"}``); a loss
+            field given here (``global_loss_weight``) sets that field.
         split: training rows.
         image_size: input side (default: the model's ``backbone.image_size``).
         augment: random training augmentation (deterministic per (seed, epoch, index)).
@@ -77,32 +77,26 @@ class AlignTaskConfig(AlignLossWeights):
             runs wherever any expert is routed (the routers still learn their routes), then its weights are
             copied into every expert and each specialises from there. 0 = off (experts start from their own
             initialisation and each learns from the 1/K of the data routed to it).
-        global_loss_weight: weight of the global image-report InfoNCE (gathered over ranks).
-        local_loss_weight: weight of GLoRIA's local word-region contrastive loss.
-        balance_loss_weight: weight of the Switch load balance of the router that routes.
-        router_ce_loss_weight: weight of the cross-entropy of the routing router against modality labels
-            (unlabelled rows ignored; with one expert per modality it makes expert e modality e's).
-        distill_loss_weight: weight of the image router's distillation towards the route taken (the image
-            router routes at inference).
-        local_loss_chunk: reports processed together in the local loss (bounds its memory; 0 = all at once;
-            the loss value does not change).
     """
 
-    data: str
+    data: str = field(metadata={"metavar": "MANIFEST|SHARDS"})
     model: str = "medmoe-nano"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={
+        "example": "num_experts=4",
+        "shortcuts": {"num_experts": {"type": int, "metavar": "K", "help": "the model's number of experts"},
+                      "route_by": {"choices": ("text", "image", "label"), "help": "what routes in training"}}})
     split: str | None = "train"
     image_size: int | None = None
     augment: bool = True
-    augmentation: str = "mild"
+    augmentation: str = field(default="mild", metadata={"choices": ("mild", "domain")})
     seed: int = 0
-    pretrained: bool = True
-    val_data: str | None = None
+    pretrained: bool = field(default=True, metadata={"false_aliases": ("--random-text",)})
+    val_data: str | None = field(default=None, metadata={"metavar": "MANIFEST|SHARDS"})
     val_split: str | None = "val"
     val_max: int = 256
     text_cache: bool = True
-    text_cache_gb: float = 4.0
-    upcycle_steps: int = 0
+    text_cache_gb: float = field(default=4.0, metadata={"metavar": "GB"})
+    upcycle_steps: int = field(default=0, metadata={"metavar": "N"})
     backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:

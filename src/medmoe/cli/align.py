@@ -11,14 +11,14 @@ from medmoe.cli.arguments import (
     format_numbers,
     run_train_command,
 )
-from medmoe.cli.config_flags import DeferredFlagsParser
 from medmoe.cli.models import model_from_flag
+from medmoe.cli.settings import SettingsParser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("align", help="MedMoE image-report alignment: train, eval, compare, embed, zeroshot, index, search, benchmark")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-    group = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", parser_class=DeferredFlagsParser)
+    group = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", parser_class=SettingsParser)
     _add_train(group)
     _add_eval(group)
     _add_compare(group)

@@ -10,6 +10,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from medmoe.cli.settings import add_dataclass_flags, config_from_args
+
 MODEL_HELP = "saved model directory (or a registered name, untrained)"
 
 
@@ -42,7 +44,10 @@ def add_seg_eval_arguments(parser: argparse.ArgumentParser, *, max_cases_help: s
 
 def add_train_command(group: argparse._SubParsersAction, *, help: str, description: str, task_config: str,
                       title: str, run: Callable[[argparse.Namespace], int]) -> None:
-    """Register ``train``: the trainer's flags, then the task config's fields as flags (see ``config_flags``).
+    """Register ``train``: the task config's fields as flags, then the trainer's (see ``medmoe.cli.settings``).
+
+    The flags are added when the command is first used (``group`` makes :class:`SettingsParser` parsers), so
+    that other commands do not import the task's module.
 
     Args:
         group: the sub-parsers of ``medmoe align`` or ``medmoe seg``.
@@ -51,12 +56,20 @@ def add_train_command(group: argparse._SubParsersAction, *, help: str, descripti
         title: the name of the task flags' group in ``--help``.
         run: the handler.
     """
-    from medmoe.cli.config_flags import add_task_flags
-    from medmoe.train import add_training_arguments
+
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        import dataclasses
+        import importlib
+
+        from medmoe.train import TrainConfig, add_training_arguments
+
+        module, name = task_config.split(":")
+        trainer_fields = [f.name for f in dataclasses.fields(TrainConfig)]  # --seed, --no-progress: the trainer's
+        add_dataclass_flags(parser, getattr(importlib.import_module(module), name), title=title, skip=trainer_fields)
+        add_training_arguments(parser)
 
     train = group.add_parser("train", help=help, description=description)
-    add_training_arguments(train)
-    add_task_flags(train, task_config, title=title)
+    train.defer(add_flags)
     train.set_defaults(func=run)
 
 
@@ -73,7 +86,6 @@ def run_train_command(args: argparse.Namespace, config_class: type, make_task: C
     Returns:
         0 (errors are raised).
     """
-    from medmoe.cli.config_flags import config_from_args
     from medmoe.paths import check_run_dir
     from medmoe.train import is_main, run_training
 

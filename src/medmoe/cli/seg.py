@@ -7,13 +7,13 @@ import json
 
 from medmoe.cli import seg_tools
 from medmoe.cli.arguments import add_train_command, format_numbers, run_train_command
-from medmoe.cli.config_flags import DeferredFlagsParser
+from medmoe.cli.settings import SettingsParser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("seg", help="MoME text-prompted CT segmentation: train, predict, classes, eval, benchmark, build-samples, import, check")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-    group = parser.add_subparsers(dest="seg_command", metavar="SUBCOMMAND", parser_class=DeferredFlagsParser)
+    group = parser.add_subparsers(dest="seg_command", metavar="SUBCOMMAND", parser_class=SettingsParser)
     _add_train(group)
     seg_tools.add_parsers(group)
 

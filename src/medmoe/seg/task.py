@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from medmoe.config import positive_int
 from medmoe.errors import InvalidInputError
 from medmoe.seg.loss import partial_label_loss
 
@@ -71,24 +72,26 @@ class SegTaskConfig:
             trainer moves the model to its device, before DDP wraps it.
     """
 
-    data: str
+    data: str = field(metadata={"metavar": "DATALIST"})
     model: str = "mome-nano"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    patch_size: tuple[int, int, int] | None = None
-    spacing: tuple[float, float, float] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={"example": "feature_size=24"})
+    patch_size: tuple[int, int, int] | None = field(default=None, metadata={"type": positive_int,
+                                                                            "metavar": ("X", "Y", "Z")})
+    spacing: tuple[float, float, float] | None = field(default=None, metadata={"metavar": ("SX", "SY", "SZ")})
     cache: bool = True
-    cache_dir: str | None = None
+    cache_dir: str | None = field(default=None, metadata={"metavar": "DIR"})
     cache_workers: int = 2
     max_locations: int = 10_000
-    augmentation: Any = "light"
+    augmentation: Any = field(default="light", metadata={"option": "--augment",
+                                                          "choices": ("light", "strong", "none")})
     samples_per_volume: int = 1
     balance: bool = True
     bce_weight: float = 1.0
     dice_weight: float = 1.0
-    dice_reduction: str = "batch"
+    dice_reduction: str = field(default="batch", metadata={"choices": ("batch", "sample")})
     balance_weight: float = 0.0
     seed: int = 0
-    pretrained: bool = True
+    pretrained: bool = field(default=True, metadata={"false_aliases": ("--random-text",)})
     val_split: str | None = "validation"
     val_max_cases: int = 8
     val_overlap: float = 0.25
