@@ -15,6 +15,10 @@ class CorruptFileError(MedMoEError, OSError):
     """A file exists but cannot be read as what it claims to be (truncated DICOM, bad NIfTI, ...)."""
 
 
+class MissingFileError(MedMoEError, FileNotFoundError):
+    """An image, manifest, shard or dataset folder that does not exist."""
+
+
 class NotAModelDirectoryError(MedMoEError, FileNotFoundError):
     """A directory given as a saved model lacks `config.json` / `model.safetensors` or they are unreadable."""
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from testkit.data import dicom_file
 
-from medmoe.data.readers import MissingFileError, decode_image, read_image
-from medmoe.errors import CorruptFileError, MedMoEError
+from medmoe.data.readers import decode_image, read_image
+from medmoe.errors import CorruptFileError, MedMoEError, MissingFileError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,8 +13,8 @@ from medmoe.data.adapters.busi import import_busi
 from medmoe.data.adapters.chexpert5x200 import CLASSES as CHEXPERT
 from medmoe.data.adapters.medmnist_organ import CLASSES as ORGANS
 from medmoe.data.adapters.mrnet import middle_slice
-from medmoe.data.readers import MissingFileError, read_image
-from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.data.readers import read_image
+from medmoe.errors import CorruptFileError, InvalidInputError, MissingFileError
 
 pytestmark = pytest.mark.timeout(60)
 

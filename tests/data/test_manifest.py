@@ -9,8 +9,7 @@ import pytest
 from testkit.data import make_manifest
 
 from medmoe.data.manifest import ManifestRow, normalize_split, read_manifest, write_manifest
-from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.errors import CorruptFileError, InvalidInputError, MissingFileError
 
 pytestmark = pytest.mark.timeout(60)
 

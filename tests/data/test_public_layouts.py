@@ -19,8 +19,7 @@ from PIL import Image
 
 from medmoe.cli.main import main
 from medmoe.data.adapters import SOURCES, import_source
-from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.errors import CorruptFileError, InvalidInputError, MissingFileError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,7 @@ _EXPORTS = {
     "read_image": "medmoe.data.readers",
     "decode_image": "medmoe.data.readers",
     "ImageMeta": "medmoe.data.readers",
-    "MissingFileError": "medmoe.data.readers",
+    "MissingFileError": "medmoe.errors",
     "MODALITIES": "medmoe.data.modalities",
     "normalize_modality": "medmoe.data.modalities",
     "modality_index": "medmoe.data.modalities",

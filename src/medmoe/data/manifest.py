@@ -34,9 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medmoe.data.readers import MissingFileError
 from medmoe.data.readers.safety import require_regular_file
-from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.errors import CorruptFileError, InvalidInputError, MissingFileError
 
 COLUMNS = ("image", "report", "modality", "labels", "dataset", "split")
 SPLITS = ("train", "val", "test")

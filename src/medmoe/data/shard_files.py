@@ -287,7 +287,7 @@ def open_shard(url: str) -> BinaryIO:
     Raises:
         MissingFileError / CorruptFileError: the shard cannot be opened (naming it and why).
     """
-    from medmoe.data.readers import MissingFileError
+    from medmoe.errors import MissingFileError
 
     if not is_remote(url):
         path = url.removeprefix("file://")

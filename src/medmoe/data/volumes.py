@@ -29,14 +29,13 @@ from monai.utils import MetaKeys, SpaceKeys
 from pydicom.pixels import pixel_array
 
 from medmoe.data.readers.dicom import LOOKED_FOR, is_dicom_file, read_dicom_header
-from medmoe.data.readers.nifti import load_nifti
+from medmoe.data.readers.nifti import is_nifti, load_nifti
 from medmoe.data.readers.safety import require_regular_file
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import MAX_VOXELS_ENV, check_budget
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Below this the 1st percentile of a CT is air or fat; MR, PET and photographs are never negative there.
 _CT_LOW_PERCENTILE_MAX_HU = -200.0
@@ -67,10 +66,6 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.array.shape)
-
-
-def is_nifti(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
 DICOM_SUFFIXES = (".dcm", ".ima")

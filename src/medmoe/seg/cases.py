@@ -22,17 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medmoe.data.readers.dicom import is_dicom_file
+from medmoe.data.readers.nifti import is_nifti
 from medmoe.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
-
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-def is_nifti(path: str | os.PathLike) -> bool:
-    """A ``.nii`` / ``.nii.gz`` name (as :func:`medmoe.data.volumes.is_nifti`, without importing MONAI)."""
-    return str(path).lower().endswith(_NIFTI_SUFFIXES)
-
 
 @dataclass(frozen=True)
 class Case:

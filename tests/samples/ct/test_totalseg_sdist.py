@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from medmoe.cli.main import main
-from medmoe.data.readers import MissingFileError
+from medmoe.errors import MissingFileError
 from medmoe_samples.ct.build import build_ct_samples
 from medmoe_samples.ct.totalseg import (
     DEFAULT_SDIST,

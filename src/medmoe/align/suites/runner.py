@@ -53,7 +53,7 @@ def load_set(spec: EvalSet, root: Path, *, splits: tuple[str, ...] = ("train", "
         MedMoEError: the folder is missing (:class:`~medmoe.data.readers.MissingFileError`) or the
             adapter refuses its layout.
     """
-    from medmoe.data.readers import MissingFileError
+    from medmoe.errors import MissingFileError
 
     found = find_set_folder(spec, root)
     if found is None:

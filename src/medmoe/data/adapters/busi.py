@@ -32,8 +32,7 @@ from pathlib import Path
 from medmoe.data.adapters.common import ImportResult, hash_split, require_dir, require_some_image
 from medmoe.data.adapters.labelled import label_row
 from medmoe.data.adapters.unimed_folds import SPLITS, read_fold_csv
-from medmoe.data.readers import MissingFileError
-from medmoe.errors import InvalidInputError
+from medmoe.errors import InvalidInputError, MissingFileError
 
 NAME = "busi"
 FOLDERS = ("benign", "malignant", "normal")

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medmoe.data.manifest import ManifestRow
-from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.errors import CorruptFileError, InvalidInputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 

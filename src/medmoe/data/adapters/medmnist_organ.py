@@ -34,8 +34,7 @@ from tqdm.auto import tqdm
 from medmoe.data.adapters.common import ImportResult, read_csv_table, require_dir, require_some_image
 from medmoe.data.adapters.labelled import cache_folder, label_row, write_grey_png
 from medmoe.data.manifest import normalize_split
-from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.errors import CorruptFileError, InvalidInputError, MissingFileError
 
 CLASSES = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
            "lung-right", "pancreas", "spleen")

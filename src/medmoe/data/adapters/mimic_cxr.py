@@ -25,8 +25,7 @@ from tqdm.auto import tqdm
 
 from medmoe.data.adapters.common import ImportResult, find_first, read_csv_table, require_columns, require_dir
 from medmoe.data.manifest import ManifestRow, normalize_split
-from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError
+from medmoe.errors import CorruptFileError, MissingFileError
 
 NAME = "mimic-cxr"
 FRONTAL_VIEWS = ("PA", "AP")

@@ -26,8 +26,7 @@ from tqdm.auto import tqdm
 
 from medmoe.data.adapters.common import ImportResult, require_dir
 from medmoe.data.adapters.labelled import cache_folder, label_row, write_grey_png
-from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.errors import CorruptFileError, InvalidInputError, MissingFileError
 
 NAME = "mrnet"
 PLANES = ("axial", "coronal", "sagittal")

@@ -28,8 +28,7 @@ from medmoe.data.adapters.common import (
     require_dir,
 )
 from medmoe.data.adapters.labelled import label_row
-from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError
+from medmoe.errors import CorruptFileError, MissingFileError
 
 NAME = "rsna-pneumonia"
 CLASSES = ("normal", "pneumonia")

@@ -42,8 +42,7 @@ from medmoe.data.adapters.common import (
     require_some_image,
 )
 from medmoe.data.adapters.labelled import label_row
-from medmoe.data.readers import MissingFileError
-from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.errors import CorruptFileError, InvalidInputError, MissingFileError
 
 SPLITS = ("train", "val", "test")
 CSV_FOLDERS = ("", "dataframe")

@@ -34,9 +34,8 @@ from tqdm.auto import tqdm
 
 from medmoe.data.adapters.common import ImportResult
 from medmoe.data.manifest import ManifestRow, normalize_split
-from medmoe.data.readers import MissingFileError
 from medmoe.data.shard_files import iter_tar_samples
-from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
+from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError, MissingFileError
 
 NAME = "wds"
 _IMAGE_EXTS = ("jpg", "jpeg", "png")

@@ -12,7 +12,7 @@ one, within interpolation tolerance.
 
 The format is detected from the file's first bytes (DICOM preamble, PNG/JPEG/TIFF signatures, gzip or
 NIfTI header) with the extension as fallback, so a PNG named ``.dcm`` still reads. Every failure is a
-medmoe error naming the file and the reason: :class:`MissingFileError` for a path that does not exist,
+medmoe error naming the file and the reason: :class:`~medmoe.errors.MissingFileError` for a path that does not exist,
 :class:`~medmoe.errors.CorruptFileError` for anything unreadable (FIFOs and devices included: they are
 refused, never opened), :class:`~medmoe.limits.DecodeLimitError` for a file whose header claims more
 decoded bytes, pixels or voxels than ``MEDMOE_MAX_DECODED_BYTES`` / ``MEDMOE_MAX_PIXELS`` /
@@ -31,12 +31,11 @@ from medmoe.data.readers.meta import ImageMeta
 from medmoe.data.readers.nifti import PROJECTIONS, read_nifti
 from medmoe.data.readers.pillow import read_pillow
 from medmoe.data.readers.safety import require_regular_file
-from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
+from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError, MissingFileError
 
 __all__ = [
     "FORMATS",
     "ImageMeta",
-    "MissingFileError",
     "PROJECTIONS",
     "decode_image",
     "detect_format",
@@ -52,10 +51,6 @@ _EXTENSIONS = {
     ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp",
 }
 _HEAD_BYTES = 552  # enough for the DICOM preamble and both NIfTI header magics
-
-
-class MissingFileError(MedMoEError, FileNotFoundError):
-    """An image or manifest path that does not exist."""
 
 
 def _extension(name: str) -> str:

@@ -20,8 +20,14 @@ from medmoe.limits import MAX_PIXELS_ENV, MAX_VOXELS_ENV, DecodeLimitError, chec
 logger = logging.getLogger(__name__)
 
 PROJECTIONS = ("mip", "mean")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Axis roles assumed when the affine cannot be trusted: voxel axes taken as RAS+.
 _STORED_ORDER = {"axial": 2, "x": (0, 1), "y": (1, 1)}
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    """A ``.nii`` / ``.nii.gz`` name (any case)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
 def load_nifti(
