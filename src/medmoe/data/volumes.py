@@ -9,7 +9,9 @@ DICOM series are stacked as ``(column, row, slice)`` with slices sorted along th
 ``ImagePositionPatient``, rescaled to Hounsfield units, and their LPS geometry converted to RAS.
 
 :class:`VolumeReader` wraps the same code as a MONAI ``ImageReader`` so that ``LoadImaged`` reads DICOM
-series folders and NIfTI files alike.
+series folders and NIfTI files alike. DICOM series go through :class:`DicomSeriesReader`, MONAI's
+``PydicomReader`` with medmoe's file recognition, budgets, slice order and stacking in front (its docstring says
+which part does what).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pydicom
-from monai.data.image_reader import ImageReader
+from monai.data.image_reader import ImageReader, PydicomReader
 from monai.utils import MetaKeys, SpaceKeys
 from pydicom.pixels import pixel_array
 
@@ -36,7 +38,6 @@ from medmoe.limits import MAX_VOXELS_ENV, check_budget
 
 logger = logging.getLogger(__name__)
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Below this the 1st percentile of a CT is air or fat; MR, PET and photographs are never negative there.
 _CT_LOW_PERCENTILE_MAX_HU = -200.0
 _CT_PLAUSIBLE_RANGE = (-3100.0, 40000.0)
@@ -209,30 +210,140 @@ def _reject_single_dicom(path: Path) -> None:
 
 
 def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True, max_voxels: int | None = None) -> Volume:
-    """Stack a folder of single-frame DICOM slices into a volume in HU.
+    """Stack a folder of single-frame DICOM slices into a volume in HU, through :class:`DicomSeriesReader`.
 
     Files are recognised by their first bytes (any name; :func:`dicom_files`), so a folder of other files is
     refused after reading 512 bytes of each. The series with the most slices is used when the folder holds
-    several (others are logged). Slices are sorted by their position along the slice normal, and each is rescaled with its own slope/intercept.
-    Headers are read first (pixel data deferred, not loaded): Rows x Columns x slices is checked against
-    ``max_voxels`` (default ``MEDMOE_MAX_VOXELS``) before any slice is decoded, and the slices are then
-    decoded one at a time into one float32 array.
+    several (others are logged). Slices are sorted by their position along the slice normal, and each is
+    rescaled with its own slope/intercept. Headers are read first (pixel data deferred, not loaded): Rows x
+    Columns x slices is checked against ``max_voxels`` (default ``MEDMOE_MAX_VOXELS``) before any slice is
+    decoded, and the slices are then decoded one at a time into one float32 array.
 
     Raises:
         DecodeLimitError: the series claims more voxels than ``max_voxels``.
         InvalidInputError: no DICOM files, a non-CT modality (when ``check_ct``), or a single slice.
         CorruptFileError: unreadable files or missing geometry tags.
     """
-    folder = Path(folder)
-    headers = [(f, read_dicom_header(f, str(f), defer_size=_HEADER_DEFER_BYTES)) for f in dicom_files(folder)]
-    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    reader = DicomSeriesReader(check_ct=check_ct, max_voxels=max_voxels)
+    slices = reader.read(folder)
+    array, header = reader.get_data(slices)
+    first = slices[0]
+    return Volume(
+        array=array,
+        affine=np.asarray(header[MetaKeys.AFFINE], dtype=np.float64),
+        path=str(folder),
+        meta={"format": "dicom", "modality": _modality(first), "series_uid": _series_uid(first),
+              "n_slices": len(slices)},
+    )
+
+
+class DicomSeriesReader(PydicomReader):
+    """MONAI's ``PydicomReader`` for one CT series folder, read through medmoe's checks.
+
+    PydicomReader's ``get_data`` gives the (column, row, slice) axis order and the voxel -> RAS affine: the
+    first slice's ImageOrientationPatient, ImagePositionPatient and PixelSpacing, the slice step from the first
+    to the last ImagePositionPatient, converted from LPS. The parts below are medmoe's own, because
+    PydicomReader's do not fit untrusted folders:
+
+    - finding the files (:meth:`read`): PydicomReader reads every file of the folder whole with
+      ``pydicom.dcmread`` (or only files with a ``DICM`` preamble), with no size budget; here a file counts
+      when its first bytes parse as DICOM (:func:`dicom_files`), and its header is read by
+      :func:`~medmoe.data.readers.dicom.read_dicom_header` with the pixel data deferred, so a 300 MB file of
+      zeros is refused in milliseconds and Rows x Columns x slices is checked against ``max_voxels`` before
+      any pixel is decoded;
+    - one series: PydicomReader stacks every file it read; here the series with the most slices, others logged;
+    - the order (:meth:`read`): PydicomReader sorts by InstanceNumber and skips slices without one; here the
+      slices are sorted by their position along the slice normal (InstanceNumber is optional and need not
+      follow position), and duplicate positions or missing slices are refused;
+    - the stacking (:meth:`_combine_dicom_series`): PydicomReader decodes every slice into a list and stacks it
+      with ``np.stack`` (two copies of the volume at the peak); here the slices are decoded one at a time into
+      one float32 array and each file's pixel bytes are dropped once decoded (one copy).
+
+    Args:
+        check_ct: refuse a series whose Modality is not CT.
+        max_voxels: limit on Rows x Columns x slices (default ``MEDMOE_MAX_VOXELS``).
+
+    Example:
+        >>> reader = DicomSeriesReader()
+        >>> array, header = reader.get_data(reader.read("ct_folder"))  # (X, Y, Z) float32 HU, RAS affine
+    """
+
+    def __init__(self, *, check_ct: bool = True, max_voxels: int | None = None):
+        super().__init__(affine_lps_to_ras=True, swap_ij=True, prune_metadata=True)
+        self.check_ct = check_ct
+        self.max_voxels = max_voxels
+
+    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
+        names = [filename] if isinstance(filename, str | os.PathLike) else list(filename)
+        return len(names) == 1 and Path(names[0]).is_dir()
+
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs: Any) -> list[pydicom.Dataset]:
+        """The headers of the folder's largest series, sorted along the slice normal (pixel data deferred)."""
+        names = [data] if isinstance(data, str | os.PathLike) else list(data)
+        if len(names) != 1:
+            raise InvalidInputError(f"DicomSeriesReader reads one series folder at a time, got {len(names)} paths")
+        folder = Path(names[0])
+        slices = _largest_series(folder)
+        modality = _modality(slices[0][1])
+        if self.check_ct and modality != "CT":
+            raise InvalidInputError(f"{folder}: DICOM Modality is {modality or 'missing'!r}; expected a CT series ('CT')")
+        if len(slices) < 2:
+            raise InvalidInputError(
+                f"{folder}: the series has a single slice, a 2-D image; expected a 3-D CT series (>= 2 slices)"
+            )
+        slices = _sorted_along_normal(folder, slices)
+        rows, cols = _slice_size(folder, slices)
+        check_budget(str(folder), f"{len(slices)} slices of {rows} x {cols}", rows * cols * len(slices),
+                     MAX_VOXELS_ENV, self.max_voxels)
+        self.has_series = True
+        self.filenames = [[str(f) for f, _ in slices]]
+        return [ds for _, ds in slices]
+
+    def _combine_dicom_series(self, data: Sequence[pydicom.Dataset], filenames: Sequence[os.PathLike]):
+        """Decode the sorted slices into one float32 array in HU; returned as PydicomReader's (row, column,
+        slice) view of a C-ordered (column, row, slice) array, so that its ``swap_ij`` copies nothing."""
+        rows, cols = int(data[0].Rows), int(data[0].Columns)
+        array = np.empty((cols, rows, len(data)), dtype=np.float32)
+        for k, (ds, name) in enumerate(zip(data, filenames, strict=True)):
+            _decode_slice(ds, Path(name), array[:, :, k])
+        metadata = self._get_meta_dict(data[0])
+        metadata["lastImagePositionPatient"] = np.asarray(data[-1].ImagePositionPatient, dtype=np.float64)
+        metadata[MetaKeys.SPATIAL_SHAPE] = (rows, cols, len(data))
+        return array.swapaxes(0, 1), metadata
+
+    def _get_meta_dict(self, img: pydicom.Dataset) -> dict:
+        """The geometry tags PydicomReader's affine reads (orientation, position, pixel spacing), as floats in
+        its DICOM JSON layout. PydicomReader's own converts the whole header to DICOM JSON, which leaves out
+        a value pydicom deems invalid (a DS longer than 16 characters, such as ``0.9396926207859083`` in an
+        oblique series), and the affine then falls back to the identity."""
+        return {tag: {"Value": [float(v) for v in img[keyword].value]}
+                for tag, keyword in _GEOMETRY_JSON_TAGS.items() if keyword in img}
+
+
+_GEOMETRY_JSON_TAGS = {"00200037": "ImageOrientationPatient", "00200032": "ImagePositionPatient",
+                       "00280030": "PixelSpacing"}
+_Slice = tuple[Path, pydicom.Dataset]  # a file and its header
+
+
+def _modality(ds: pydicom.Dataset) -> str:
+    return str(ds.get("Modality", "")).upper()
+
+
+def _series_uid(ds: pydicom.Dataset) -> str:
+    return str(ds.get("SeriesInstanceUID", ""))
+
+
+def _largest_series(folder: Path) -> list[_Slice]:
+    """(file, header) of each image of the series with the most slices, headers read with the pixel data
+    deferred; a file of that series without pixel data is refused, other image-less files are skipped."""
+    series: dict[str, list[_Slice]] = {}
     imageless: list[tuple[Path, str]] = []
-    for f, ds in headers:
-        uid = str(ds.get("SeriesInstanceUID", ""))
-        if "PixelData" not in ds:
-            imageless.append((f, uid))
-            continue
-        series.setdefault(uid, []).append((f, ds))
+    for f in dicom_files(folder):
+        ds = read_dicom_header(f, str(f), defer_size=_HEADER_DEFER_BYTES)
+        if "PixelData" in ds:
+            series.setdefault(_series_uid(ds), []).append((f, ds))
+        else:
+            imageless.append((f, _series_uid(ds)))
     if not series:
         raise InvalidInputError(f"{folder}: no DICOM file in the folder holds an image")
     uid, slices = max(series.items(), key=lambda kv: len(kv[1]))
@@ -242,29 +353,30 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True, max_v
         logger.debug("%s: no pixel data (another series or a non-image object), skipped", f)
     if len(series) > 1:
         logger.warning("%s holds %d series; reading the largest (%s, %d slices)", folder, len(series), uid, len(slices))
-    first = slices[0][1]
-    modality = str(first.get("Modality", "")).upper()
-    if check_ct and modality != "CT":
-        raise InvalidInputError(f"{folder}: DICOM Modality is {modality or 'missing'!r}; expected a CT series ('CT')")
-    if len(slices) < 2:
-        raise InvalidInputError(
-            f"{folder}: the series has a single slice, a 2-D image; expected a 3-D CT series (>= 2 slices)"
-        )
+    return slices
+
+
+def _sorted_along_normal(folder: Path, slices: list[_Slice]) -> list[_Slice]:
+    """The slices sorted by ImagePositionPatient along the normal of the first one's ImageOrientationPatient.
+
+    Raises:
+        CorruptFileError: geometry tags missing, malformed or not finite; two slices at one position; a gap
+            over 1.5 times the smallest step (missing slices).
+    """
     try:
-        orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
-        row_dir, col_dir = orientation[:3], orientation[3:]
-        normal = np.cross(row_dir, col_dir)
-        positions = np.asarray([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for _, ds in slices])
-        row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+        orientation = np.asarray(slices[0][1].ImageOrientationPatient, dtype=np.float64).reshape(6)
+        positions = np.asarray([np.asarray(ds.ImagePositionPatient, dtype=np.float64).reshape(3) for _, ds in slices])
+        spacing = np.asarray(slices[0][1].PixelSpacing, dtype=np.float64).reshape(2)
+        if not (np.isfinite(orientation).all() and np.isfinite(positions).all() and np.isfinite(spacing).all()):
+            raise ValueError("values are not finite")
     except (AttributeError, TypeError, ValueError) as err:
         raise CorruptFileError(
             f"{folder}: DICOM geometry tags (ImagePositionPatient, ImageOrientationPatient, PixelSpacing) "
             f"missing or malformed ({err})"
         ) from err
-    order = np.argsort(positions @ normal)
-    positions = positions[order]
-    slices = [slices[i] for i in order]
-    gaps = np.diff(positions @ normal)
+    along = positions @ np.cross(orientation[:3], orientation[3:])
+    order = np.argsort(along)
+    gaps = np.diff(along[order])
     if np.any(gaps < 1e-3):
         raise CorruptFileError(f"{folder}: two slices share a position; the folder mixes acquisitions")
     if gaps.max() > 1.5 * gaps.min():
@@ -275,46 +387,38 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True, max_v
         )
     if gaps.max() - gaps.min() > 0.1 * np.median(gaps):
         logger.warning("%s: uneven slice spacing (%.2f..%.2f mm); using the mean", folder, gaps.min(), gaps.max())
-    step = (positions[-1] - positions[0]) / (len(slices) - 1)
+    return [slices[i] for i in order]
+
+
+def _slice_size(folder: Path, slices: list[_Slice]) -> tuple[int, int]:
+    """(Rows, Columns) shared by every slice."""
     sizes = sorted({(_int_tag(ds, "Rows", f), _int_tag(ds, "Columns", f)) for f, ds in slices})
     if len(sizes) != 1:
         raise CorruptFileError(f"{folder}: slices differ in size {sizes}")
-    rows, cols = sizes[0]
-    check_budget(str(folder), f"{len(slices)} slices of {rows} x {cols}", rows * cols * len(slices),
-                 MAX_VOXELS_ENV, max_voxels)
-    array = np.empty((cols, rows, len(slices)), dtype=np.float32)
-    for k, (f, ds) in enumerate(slices):
-        frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
-        if frames != 1 or samples != 1:
-            raise InvalidInputError(
-                f"{f}: expected a single-frame greyscale slice, got {frames} frame(s) of {samples} sample(s)"
-            )
-        try:
-            pixels = pixel_array(ds)
-        except Exception as err:
-            raise CorruptFileError(f"{f}: cannot decode pixel data ({type(err).__name__}: {err})") from err
-        if pixels.shape != (rows, cols):
-            if pixels.ndim != 2:
-                raise InvalidInputError(f"{f}: expected a single-frame greyscale slice, got pixel shape {pixels.shape}")
-            raise CorruptFileError(f"{f}: pixel data of shape {pixels.shape}, its header says {(rows, cols)}")
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        plane = array[:, :, k]
-        plane[...] = pixels.T  # (rows, cols) -> (col, row) to match x, y
-        plane *= np.float32(slope)
-        plane += np.float32(intercept)
-        del ds.PixelData  # the decoded slice is in the volume; drop the file's bytes
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_spacing
-    lps[:3, 1] = col_dir * row_spacing
-    lps[:3, 2] = step
-    lps[:3, 3] = positions[0]
-    return Volume(
-        array=array,
-        affine=_LPS_TO_RAS @ lps,
-        path=str(folder),
-        meta={"format": "dicom", "modality": modality, "series_uid": uid, "n_slices": len(slices)},
-    )
+    return sizes[0]
+
+
+def _decode_slice(ds: pydicom.Dataset, path: Path, plane: np.ndarray) -> None:
+    """Decode one greyscale slice into ``plane`` (column, row) in HU (its own RescaleSlope / Intercept), then
+    drop the file's pixel bytes from ``ds``."""
+    rows, cols = plane.shape[1], plane.shape[0]
+    frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames != 1 or samples != 1:
+        raise InvalidInputError(
+            f"{path}: expected a single-frame greyscale slice, got {frames} frame(s) of {samples} sample(s)"
+        )
+    try:
+        pixels = pixel_array(ds)
+    except Exception as err:
+        raise CorruptFileError(f"{path}: cannot decode pixel data ({type(err).__name__}: {err})") from err
+    if pixels.shape != (rows, cols):
+        if pixels.ndim != 2:
+            raise InvalidInputError(f"{path}: expected a single-frame greyscale slice, got pixel shape {pixels.shape}")
+        raise CorruptFileError(f"{path}: pixel data of shape {pixels.shape}, its header says {(rows, cols)}")
+    plane[...] = pixels.T  # (rows, cols) -> (col, row) to match x, y
+    plane *= np.float32(float(ds.get("RescaleSlope", 1) or 1))
+    plane += np.float32(float(ds.get("RescaleIntercept", 0) or 0))
+    del ds.PixelData  # the decoded slice is in the volume; drop the file's bytes
 
 
 def _int_tag(ds: pydicom.Dataset, keyword: str, path: Path) -> int:
