@@ -1,11 +1,10 @@
-"""`medmoe seg`: train MoME text-prompted CT segmentation (predict, classes, eval and build-samples: ``seg_tools``)."""
+"""`medmoe seg`: MoME text-prompted CT segmentation; ``train`` here, the other commands in the ``seg_*`` modules."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from medmoe.cli import seg_tools
 from medmoe.cli.arguments import add_train_command, format_numbers, run_train_command
 from medmoe.cli.settings import SettingsParser
 
@@ -15,7 +14,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     group = parser.add_subparsers(dest="seg_command", metavar="SUBCOMMAND", parser_class=SettingsParser)
     _add_train(group)
-    seg_tools.add_parsers(group)
+    from medmoe.cli.seg_benchmark import add_benchmark_command, add_eval_command
+    from medmoe.cli.seg_classes import add_classes_command
+    from medmoe.cli.seg_datasets import add_dataset_commands
+    from medmoe.cli.seg_predict import add_predict_command
+
+    add_predict_command(group)
+    add_classes_command(group)
+    add_eval_command(group)
+    add_benchmark_command(group)
+    add_dataset_commands(group)
 
 
 def _add_train(group: argparse._SubParsersAction) -> None:

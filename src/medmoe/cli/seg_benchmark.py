@@ -1,7 +1,7 @@
-"""`medmoe seg benchmark` (one model over several datalists) and the ``--eval-spacing`` flag of `seg eval`.
+"""`medmoe seg eval` (a model on one datalist split) and `medmoe seg benchmark` (one model over several datalists).
 
-``add_benchmark_command(group)`` registers the command on the ``seg`` sub-command group;
-``add_eval_spacing_argument(parser)`` adds ``--eval-spacing MM`` to a parser (``seg eval``),
+``add_eval_command(group)`` and ``add_benchmark_command(group)`` register the commands on the ``seg``
+sub-command group; ``add_eval_spacing_argument(parser)`` adds ``--eval-spacing MM`` to a parser,
 :func:`eval_spacing_of` reads it back for :func:`medmoe.seg.evaluate.evaluate` and
 :func:`eval_spacing_lines` gives the lines to print for the scores at that spacing.
 """
@@ -61,6 +61,62 @@ def eval_spacing_lines(report: dict) -> list[str]:
               for name, row in at["per_class"].items()]
     lines.append(f"at {label}: {'mean':20s} {num(at['mean']['dice'])} {num(at['mean']['nsd'])}")
     return lines
+
+
+def add_eval_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``eval`` on the ``seg`` sub-command group."""
+    ev = sub.add_parser("eval", help="Dice, HD95, NSD and tumour detection of a model on a datalist split")
+    ev.add_argument("--model", required=True, help="a saved model directory")
+    ev.add_argument("--data", required=True, help="datalist JSON")
+    ev.add_argument("--out", required=True, help="metrics JSON to write")
+    ev.add_argument("--split", default="test", choices=("training", "validation", "test"))
+    ev.add_argument("--class", dest="classes", action="append", default=None, metavar="CLASS",
+                    help="only these classes (repeat; default: every class each dataset labels)")
+    ev.add_argument("--overlays", default=None, metavar="DIR", help="write one overlay PNG per case here")
+    add_seg_eval_arguments(ev, max_cases_help="evaluate only the first N cases")
+    add_eval_spacing_argument(ev)
+    ev.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Handler of ``medmoe seg eval``: checks, model, :func:`~medmoe.seg.evaluate.evaluate`, the table."""
+    import torch
+
+    from medmoe.hub import load_model
+    from medmoe.paths import check_output_file
+    from medmoe.seg.evaluate import evaluate
+
+    check_output_file(args.out)
+    if args.overlays:
+        from medmoe.paths import check_output_dir
+
+        check_output_dir(args.overlays, "--overlays")
+    model = load_model(args.model, device=args.device, family="mome")
+    report = evaluate(model, args.data, split=args.split, classes=args.classes, out=args.out,
+                      overlay_dir=args.overlays, nsd_tolerance_mm=args.nsd_tolerance, threshold=args.threshold,
+                      overlap=args.overlap, sw_batch_size=args.sw_batch_size, device=torch.device(args.device) if args.device else None,
+                      max_cases=args.max_cases, progress=not args.no_progress, eval_spacing=eval_spacing_of(args))
+
+    def fmt(v):
+        return "   n/a" if v is None else f"{v:6.3f}"
+
+    print(f"{'class':28s} {'dice':>6s} {'hd95':>7s} {'nsd':>6s}  n")
+    for name, row in report["per_class"].items():
+        hd = "    n/a" if row["hd95"] is None else f"{row['hd95']:7.1f}"
+        print(f"{name:28s} {fmt(row['dice'])} {hd} {fmt(row['nsd'])}  {row['n']}")
+    mean = report["mean"]
+    print(f"{'mean':28s} {fmt(mean['dice'])} {'':7s} {fmt(mean['nsd'])}")
+    for name, det in report["tumour_detection"].items():
+        print(f"{name}: sensitivity {fmt(det['sensitivity'])}, specificity {fmt(det['specificity'])} "
+              f"(tp {det['tp']} fn {det['fn']} tn {det['tn']} fp {det['fp']})")
+    for line in eval_spacing_lines(report):
+        print(line)
+    if report["bad"]:
+        print(f"{len(report['bad'])} case(s) skipped:", file=sys.stderr)
+        for row in report["bad"]:
+            print(f"  {row['path']}: {row['reason']}", file=sys.stderr)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def add_benchmark_command(group: argparse._SubParsersAction) -> None:
