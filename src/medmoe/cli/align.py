@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from medmoe.cli.align_benchmark import add_benchmark_command
+from medmoe.cli.align_search import add_search_commands
 from medmoe.cli.arguments import (
+    add_command_group,
     add_loader_arguments,
     add_model_data_arguments,
     add_train_command,
@@ -12,31 +15,20 @@ from medmoe.cli.arguments import (
     run_train_command,
 )
 from medmoe.cli.models import model_from_flag
-from medmoe.cli.settings import SettingsParser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("align", help="MedMoE image-report alignment: train, eval, compare, embed, zeroshot, index, search, benchmark")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-    group = parser.add_subparsers(dest="align_command", metavar="SUBCOMMAND", parser_class=SettingsParser)
-    _add_train(group)
-    _add_eval(group)
-    _add_compare(group)
-    _add_embed(group)
-    from medmoe.cli.align_search import add_search_commands  # zeroshot, index, search
-
-    add_search_commands(group)
-    from medmoe.cli.align_benchmark import add_benchmark_command  # the papers' protocols
-
-    add_benchmark_command(group)
-
-
-def _add_train(group: argparse._SubParsersAction) -> None:
+    group = add_command_group(sub, "align", help="MedMoE image-report alignment: train, eval, compare, embed, zeroshot, index, search, benchmark")
     add_train_command(
         group, help="train a MedMoE model (single process or torchrun DDP)",
         description="Train a MedMoE model. The alignment flags are AlignTaskConfig's fields; --set changes any "
                     "field of the model's config (--num-experts and --route-by are shortcuts of it).",
         task_config="medmoe.align.task:AlignTaskConfig", title="alignment", run=run_train)
+    _add_eval(group)
+    _add_compare(group)
+    _add_embed(group)
+    add_search_commands(group)  # zeroshot, index, search
+    add_benchmark_command(group)  # the papers' protocols
 
 
 def _add_eval(group: argparse._SubParsersAction) -> None:

@@ -7,12 +7,11 @@ import json
 import sys
 
 from medmoe.cli import data_samples
+from medmoe.cli.arguments import add_command_group
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("data", help="manifests, dataset import, shards, sample data")
-    parser.set_defaults(func=lambda args: _help(parser))
-    group = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    group = add_command_group(sub, "data", help="manifests, dataset import, shards, sample data")
 
     check = group.add_parser("check", help="report every problem of a manifest; exit 1 if any row is bad")
     check.add_argument("manifest", help="a .csv or .jsonl manifest")
@@ -91,11 +90,6 @@ def _add_source_options(parser: argparse.ArgumentParser, source: str) -> None:
                             help="RadImageNet's fold CSVs (default) or a file-name hash (not the protocol's)")
     if source in FOLD_SOURCES or source == "busi":
         parser.add_argument("--fold", type=int, default=1, help="which published fold (default 1)")
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -7,19 +7,20 @@ returning an exit code. Handlers import the library lazily so that ``medmoe --he
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
 import sys
+
+from medmoe.cli.settings import SettingsParser
 
 # Command groups, in the order `medmoe --help` lists them.
 GROUPS = ("medmoe.cli.models", "medmoe.cli.data", "medmoe.cli.align", "medmoe.cli.seg", "medmoe.cli.demo",
           "medmoe.cli.serve", "medmoe.cli.export")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> SettingsParser:
+    parser = SettingsParser(
         prog="medmoe",
         description="Medical vision-language Mixture-of-Experts: MedMoE alignment and MoME segmentation.",
     )

@@ -5,33 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 
-from medmoe.cli.arguments import add_train_command, format_numbers, run_train_command
-from medmoe.cli.settings import SettingsParser
+from medmoe.cli.arguments import add_command_group, add_train_command, format_numbers, run_train_command
+from medmoe.cli.seg_benchmark import add_benchmark_command, add_eval_command
+from medmoe.cli.seg_classes import add_classes_command
+from medmoe.cli.seg_datasets import add_dataset_commands
+from medmoe.cli.seg_predict import add_predict_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("seg", help="MoME text-prompted CT segmentation: train, predict, classes, eval, benchmark, build-samples, import, check")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-    group = parser.add_subparsers(dest="seg_command", metavar="SUBCOMMAND", parser_class=SettingsParser)
-    _add_train(group)
-    from medmoe.cli.seg_benchmark import add_benchmark_command, add_eval_command
-    from medmoe.cli.seg_classes import add_classes_command
-    from medmoe.cli.seg_datasets import add_dataset_commands
-    from medmoe.cli.seg_predict import add_predict_command
-
-    add_predict_command(group)
-    add_classes_command(group)
-    add_eval_command(group)
-    add_benchmark_command(group)
-    add_dataset_commands(group)
-
-
-def _add_train(group: argparse._SubParsersAction) -> None:
+    group = add_command_group(sub, "seg", help="MoME text-prompted CT segmentation: train, predict, classes, eval, benchmark, build-samples, import, check")
     add_train_command(
         group, help="train a MoME model on partially labelled CT datasets (torchrun for DDP)",
         description="Train a MoME model. The segmentation flags are SegTaskConfig's fields; --set changes any "
                     "field of the model's config.",
         task_config="medmoe.seg.task:SegTaskConfig", title="segmentation", run=run_train)
+    add_predict_command(group)
+    add_classes_command(group)
+    add_eval_command(group)
+    add_benchmark_command(group)
+    add_dataset_commands(group)
 
 
 def run_train(args: argparse.Namespace) -> int:

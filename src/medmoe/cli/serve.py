@@ -75,8 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     server.add_argument("--device", default="auto", metavar="DEVICE",
                         help="where the models run: auto (CUDA if available, else CPU; default), cpu, cuda, cuda:N")
     server.add_argument("--threads", type=_positive(int), default=default_threads(), metavar="N",
-                        help="CPU threads of each model job (default: half this machine's cores, "
-                             f"{default_threads()} here: the Search/Classify and the Segment queues may run at once)")
+                        help="CPU threads of each model job (default: half this machine's cores: the "
+                             "Search/Classify and the Segment queues may run at once)")
     server.add_argument("--batch-size", type=_positive(int), default=DEFAULT_BATCH, metavar="N",
                         help=f"most Search or Classify requests answered together (default {DEFAULT_BATCH}; 1: one "
                              "at a time)")

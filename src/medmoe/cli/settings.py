@@ -155,6 +155,8 @@ class ConfigFile(argparse.Action):
 class SettingsParser(argparse.ArgumentParser):
     """An argument parser whose dataclass flags may come from a YAML ``--config``, and may be added on first use.
 
+    Every parser of the ``medmoe`` command is one (sub-parsers take their parent's class).
+
     Generating ``align train``'s flags imports ``medmoe.align.task`` (seconds); :meth:`defer` postpones it to
     the first parse, ``--help`` or error, so that every other command, and ``medmoe --help``, skip it.
     """
@@ -162,7 +164,13 @@ class SettingsParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.settings: dict[str, Setting] = {}
+        self.commands: Any = None  # the sub-commands' action, once add_subparsers is called
         self._deferred: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def add_subparsers(self, **kwargs: Any):
+        """argparse's ``add_subparsers``; the action is kept as :attr:`commands` (the command reference reads it)."""
+        self.commands = super().add_subparsers(**kwargs)
+        return self.commands
 
     def defer(self, add: Callable[[argparse.ArgumentParser], None]) -> None:
         """Run ``add(self)`` when the parser is first used."""
