@@ -7,6 +7,7 @@ import argparse
 from medmoe.cli.align_benchmark import add_benchmark_command
 from medmoe.cli.align_search import add_search_commands
 from medmoe.cli.arguments import (
+    add_command,
     add_command_group,
     add_loader_arguments,
     add_model_data_arguments,
@@ -32,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(group: argparse._SubParsersAction) -> None:
-    ev = group.add_parser("eval", help="retrieval, zero-shot, linear probe and routing metrics + figures")
+    ev = add_command(group, "eval", run_eval,
+        help="retrieval, zero-shot, linear probe and routing metrics + figures")
     add_model_data_arguments(ev)
     ev.add_argument("--out", required=True, help="metrics JSON; figures go to <out stem>_figures/")
     ev.add_argument("--split", default="test", help="rows to evaluate (all rows if the manifest has no splits)")
@@ -42,12 +44,11 @@ def _add_eval(group: argparse._SubParsersAction) -> None:
     ev.add_argument("--no-figures", action="store_true")
     ev.add_argument("--per-item", action="store_true",
                     help="keep each pair's retrieval ranks in the JSON (for `medmoe align compare`)")
-    ev.set_defaults(func=run_eval)
 
 
 def _add_compare(group: argparse._SubParsersAction) -> None:
-    co = group.add_parser(
-        "compare", help="is model A better than model B? paired bootstrap over the test items",
+    co = add_command(group, "compare", run_compare,
+        help="is model A better than model B? paired bootstrap over the test items",
         description="Compare two `medmoe align eval --per-item` results on the same test items: difference of "
                     "R@K both ways with a paired percentile-bootstrap confidence interval over the items.")
     co.add_argument("a", metavar="A_METRICS", help="metrics JSON of model A (from eval --per-item)")
@@ -56,16 +57,15 @@ def _add_compare(group: argparse._SubParsersAction) -> None:
     co.add_argument("--resamples", type=int, default=10_000)
     co.add_argument("--level", type=float, default=0.95, help="coverage of the interval (default 0.95)")
     co.add_argument("--seed", type=int, default=0)
-    co.set_defaults(func=run_compare)
 
 
 def _add_embed(group: argparse._SubParsersAction) -> None:
-    em = group.add_parser("embed", help="write image and report embeddings of a manifest or shards to .npz")
+    em = add_command(group, "embed", run_embed,
+        help="write image and report embeddings of a manifest or shards to .npz")
     add_model_data_arguments(em, model_help="saved model directory (or a registered name)")
     em.add_argument("--out", required=True, help="output .npz")
     em.add_argument("--split", default=None, help="only rows of this split (default: all)")
     add_loader_arguments(em, device="cpu")
-    em.set_defaults(func=run_embed)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from medmoe.cli.arguments import add_loader_arguments
+from medmoe.cli.arguments import add_command, add_loader_arguments
 
 
 def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     """Register ``benchmark`` on the ``medmoe align`` sub-parsers."""
     from medmoe.align.suites.sets import EVAL_SETS, PROBE_SETS
 
-    bench = group.add_parser(
-        "benchmark", help="the paper's zero-shot / linear-probe protocols on public test sets, next to its numbers",
+    bench = add_command(group, "benchmark", run_benchmark,
+        help="the paper's zero-shot / linear-probe protocols on public test sets, next to its numbers",
         description="Run the MedMoE paper's evaluation protocols on the public test sets found under --root "
                     "(one folder per set, in its public layout; see docs/protocols.md) and print the paper's "
                     "rows (MedMoE, arXiv 2506.08356, Table 1 / Table 2) next to the model's. zeroshot: top-1 "
@@ -35,7 +35,6 @@ def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     bench.add_argument("--max-items", type=int, default=None, metavar="N",
                        help="at most N evenly spaced images per set and split (quick checks; not the protocol)")
     add_loader_arguments(bench)
-    bench.set_defaults(func=run_benchmark)
 
 
 def _seeds(text: str) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medmoe.cli.arguments import MODEL_HELP, add_loader_arguments, add_model_data_arguments
+from medmoe.cli.arguments import MODEL_HELP, add_command, add_loader_arguments, add_model_data_arguments
 
 
 def add_search_commands(group: argparse._SubParsersAction) -> None:
@@ -15,8 +15,8 @@ def add_search_commands(group: argparse._SubParsersAction) -> None:
 
 
 def _add_zeroshot(group: argparse._SubParsersAction) -> None:
-    zs = group.add_parser(
-        "zeroshot", help="classify every image of a folder or manifest against your class names (CSV)",
+    zs = add_command(group, "zeroshot", run_zeroshot,
+        help="classify every image of a folder or manifest against your class names (CSV)",
         description="Zero-shot classification: each class is the mean text embedding of its prompts; an image's "
                     "class probabilities are softmax(logit_scale x cosine) over the classes. Writes one CSV row "
                     "per image (path, top_class, top_prob, expert, expert_prob, one column per class); "
@@ -33,12 +33,11 @@ def _add_zeroshot(group: argparse._SubParsersAction) -> None:
     zs.add_argument("--out", required=True, help="predictions CSV")
     zs.add_argument("--split", default=None, help="only rows of this split of a manifest or shards (default: all)")
     add_loader_arguments(zs)
-    zs.set_defaults(func=run_zeroshot)
 
 
 def _add_index(group: argparse._SubParsersAction) -> None:
-    ix = group.add_parser(
-        "index", help="embed a manifest or shards and build a FAISS search index (resumable, torchrun)",
+    ix = add_command(group, "index", run_index,
+        help="embed a manifest or shards and build a FAISS search index (resumable, torchrun)",
         description="Embed every image and report of MANIFEST|SHARDS and save a search index folder: FAISS "
                     "indexes of the image and report embeddings, the items (id, path, report) and meta.json "
                     "(index kind and parameters, model). Embeddings are saved in chunks under OUT/parts/: an "
@@ -58,12 +57,11 @@ def _add_index(group: argparse._SubParsersAction) -> None:
     ix.add_argument("--overwrite", action="store_true",
                     help="replace an index of another model or data in OUT (otherwise an error)")
     add_loader_arguments(ix)
-    ix.set_defaults(func=run_index)
 
 
 def _add_search(group: argparse._SubParsersAction) -> None:
-    se = group.add_parser(
-        "search", help="search an index by text or by example image; prints the top hits with scores",
+    se = add_command(group, "search", run_search,
+        help="search an index by text or by example image; prints the top hits with scores",
         description="Embed the query with the model and print the index's k most similar items (cosine). "
                     "--target images searches the image embeddings (text->image, image->image); --target "
                     "reports the report embeddings (image->text, text->text).")
@@ -77,7 +75,6 @@ def _add_search(group: argparse._SubParsersAction) -> None:
                     help="what to search: the images (default) or the reports")
     se.add_argument("--json", action="store_true", help="print the hits as JSON")
     se.add_argument("--device", default="cpu", help="device of the query embedding: cpu (default), cuda, auto")
-    se.set_defaults(func=run_search)
 
 
 def _load(name_or_dir: str, device) -> tuple[object, str]:

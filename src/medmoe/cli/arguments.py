@@ -1,4 +1,5 @@
-"""Argument groups and the train command that several ``medmoe`` sub-commands share.
+"""What the ``medmoe`` command modules share: registering a command or a group, flags several commands take,
+and the train command.
 
 One place for a flag that several commands take (``--model``, ``--data``, ``--batch-size`` ...), so that its
 name, default and help read the same everywhere; each function adds the flags to a given parser.
@@ -11,6 +12,20 @@ from collections.abc import Callable
 from typing import Any
 
 from medmoe.cli.settings import add_dataclass_flags, config_from_args
+
+
+def add_command(group: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
+                help: str, description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """Register sub-command ``name`` on ``group``, handled by ``run``; returns its parser, to add the flags to.
+
+    A description or epilog written with line breaks (examples, tables) is printed as written; a one-line
+    description is wrapped to the terminal.
+    """
+    raw = epilog is not None or "\n" in (description or "")
+    parser = group.add_parser(name, help=help, description=description, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter)
+    parser.set_defaults(func=run)
+    return parser
 
 
 def add_command_group(sub: argparse._SubParsersAction, name: str, *, help: str) -> argparse._SubParsersAction:
@@ -44,17 +59,6 @@ def add_loader_arguments(parser: argparse.ArgumentParser, *, device: str = "auto
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_seg_eval_arguments(parser: argparse.ArgumentParser, *, max_cases_help: str) -> None:
-    """The sliding-window and metric flags of ``medmoe seg eval`` and ``medmoe seg benchmark``."""
-    parser.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD boundary tolerance in mm (default 2)")
-    parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--sw-batch-size", type=int, default=1)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--max-cases", type=int, default=None, help=max_cases_help)
-    parser.add_argument("--no-progress", action="store_true")
-
-
 def add_train_command(group: argparse._SubParsersAction, *, help: str, description: str, task_config: str,
                       title: str, run: Callable[[argparse.Namespace], int]) -> None:
     """Register ``train``: the task config's fields as flags, then the trainer's (see ``medmoe.cli.settings``).
@@ -81,9 +85,7 @@ def add_train_command(group: argparse._SubParsersAction, *, help: str, descripti
         add_dataclass_flags(parser, getattr(importlib.import_module(module), name), title=title, skip=trainer_fields)
         add_training_arguments(parser)
 
-    train = group.add_parser("train", help=help, description=description)
-    train.defer(add_flags)
-    train.set_defaults(func=run)
+    add_command(group, "train", run, help=help, description=description).defer(add_flags)
 
 
 def run_train_command(args: argparse.Namespace, config_class: type, make_task: Callable[[Any], Any],

@@ -7,19 +7,19 @@ import json
 import sys
 
 from medmoe.cli import data_samples
-from medmoe.cli.arguments import add_command_group
+from medmoe.cli.arguments import add_command, add_command_group
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     group = add_command_group(sub, "data", help="manifests, dataset import, shards, sample data")
 
-    check = group.add_parser("check", help="report every problem of a manifest; exit 1 if any row is bad")
+    check = add_command(group, "check", run_check,
+        help="report every problem of a manifest; exit 1 if any row is bad")
     check.add_argument("manifest", help="a .csv or .jsonl manifest")
     check.add_argument("--no-read", action="store_true", help="only check that image files exist (faster)")
     check.add_argument("--max-problems", type=int, default=None, metavar="N",
                        help="print at most N problems (the summary counts all)")
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
-    check.set_defaults(func=run_check)
 
     imp = group.add_parser(
         "import", help="build a manifest from a public corpus you have on disk",
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for source in _import_sources():
         _add_import_parser(sources, source)
 
-    shard = group.add_parser("shard", help="write WebDataset-style tar shards from a manifest")
+    shard = add_command(group, "shard", run_shard, help="write WebDataset-style tar shards from a manifest")
     shard.add_argument("manifest", help="a .csv or .jsonl manifest")
     shard.add_argument("--out", required=True, help="output folder")
     shard.add_argument("--per-shard", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
@@ -41,7 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="write rows in an order shuffled by SEED (recommended for training: shards are "
                             "streamed, so a manifest sorted by dataset would give one-source batches)")
     shard.add_argument("--no-progress", action="store_true", help="no progress bar")
-    shard.set_defaults(func=run_shard)
 
     data_samples.add_parser(group)
 
@@ -60,8 +59,8 @@ def _add_import_parser(sources: argparse._SubParsersAction, source: str) -> None
     from medmoe.data.adapters import layout_help
 
     text = layout_help(source)
-    parser = sources.add_parser(source, help=text.splitlines()[0] if text else source, description=text,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_command(sources, source, run_import,
+        help=text.splitlines()[0] if text else source, description=text)
     parser.add_argument("root", help="a .tar shard or a folder of shards" if source == "wds" else
                         "the corpus folder, laid out as above")
     parser.add_argument("--out", required=True, help="manifest to write (.csv or .jsonl)")
@@ -69,7 +68,6 @@ def _add_import_parser(sources: argparse._SubParsersAction, source: str) -> None
         parser.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is missing")
     _add_source_options(parser, source)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run_import)
 
 
 def _add_source_options(parser: argparse.ArgumentParser, source: str) -> None:

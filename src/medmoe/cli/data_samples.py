@@ -6,16 +6,16 @@ import argparse
 import json
 import time
 
+from medmoe.cli.arguments import add_command
+
 
 def add_parser(data_subparsers: argparse._SubParsersAction) -> None:
     """Register ``build-samples`` on the sub-parsers of the ``medmoe data`` group."""
-    parser = data_subparsers.add_parser(
-        "build-samples",
+    parser = add_command(data_subparsers, "build-samples", run_build_samples,
         help="write the built-in sample packs (modality benchmark, IU chest X-ray pairs, real images)",
         description="Write DIR/<dataset>/manifest.csv and DIR/<dataset>/images/ for each pack, offline and "
         "deterministic by seed: modality-bench (generated X-ray, CT, MRI, ultrasound, pathology, fundus), "
-        "iu-cxr (real IU reports with rendered radiographs), real-samples (real DICOM/JPEG/NIfTI/PNG files).",
-    )
+        "iu-cxr (real IU reports with rendered radiographs), real-samples (real DICOM/JPEG/NIfTI/PNG files).")
     parser.add_argument("--out", required=True, help="destination folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--which", default="modality,iu,real",
@@ -29,7 +29,6 @@ def add_parser(data_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None, help="rendering processes (default: CPUs, at most 4)")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(func=run_build_samples)
 
 
 def run_build_samples(args: argparse.Namespace) -> int:

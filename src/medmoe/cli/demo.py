@@ -6,9 +6,12 @@ import argparse
 import sys
 import textwrap
 
+from medmoe.cli.arguments import add_command
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="build sample data, train + evaluate MedMoE and MoME, write report.html",
+    parser = add_command(sub, "demo", run,
+        help="build sample data, train + evaluate MedMoE and MoME, write report.html",
                             description="Builds the built-in data if needed, trains medmoe-effnet-nano (ImageNet "
                                         "EfficientNet-Lite0, 6 experts) and its one-expert baseline, trains mome-nano "
                                         "on CT phantoms plus two real example CTs, tests it on a third, predicts "
@@ -21,7 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--overwrite", action="store_true",
                         help="let the demo use a non-empty DIR it did not create (it replaces runs/, align/, seg/ there)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

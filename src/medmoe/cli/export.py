@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from medmoe.cli.arguments import add_command
+
 EPILOG = """\
 what is written to DIR:
   MedMoE  image_encoder.onnx  images (B,3,H,W) -> image_embeds (B,E), router_probs (B,K), expert_index (B,)
@@ -19,13 +21,13 @@ examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "export", help="export a model to ONNX, checked against PyTorch with onnxruntime",
+    parser = add_command(sub, "export", run,
+        help="export a model to ONNX, checked against PyTorch with onnxruntime",
         description="Export a MedMoE (routed image encoder + text encoder) or a MoME (forward with the prompt\n"
                     "embeddings as an input) to ONNX. Every graph is then run with onnxruntime on random inputs\n"
                     "and compared with PyTorch: a difference above --atol or another routing choice is an error\n"
                     "(exit 1) unless --no-check; export.json records the figures either way.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     parser.add_argument("--model", required=True, metavar="M",
                         help="a saved model directory, or a registered name (e.g. mome-nano: untrained weights)")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
@@ -37,7 +39,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="ONNX opset (default: the exporter's: 20 with torch 2.13; 18 when the TorchScript exporter "
                              "is the fallback)")
     parser.add_argument("--json", action="store_true", help="print export.json instead of a summary")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

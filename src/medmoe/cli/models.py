@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from medmoe.cli.arguments import add_command
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("models", help="list registered models or show one config")
+    parser = add_command(sub, "models", run, help="list registered models or show one config")
     parser.add_argument("name", nargs="?", help="a model name: print its JSON config")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

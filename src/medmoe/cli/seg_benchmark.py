@@ -12,7 +12,7 @@ import argparse
 import math
 import sys
 
-from medmoe.cli.arguments import add_seg_eval_arguments
+from medmoe.cli.arguments import add_command
 
 
 def _millimetres(text: str) -> float:
@@ -24,6 +24,17 @@ def _millimetres(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of millimetres")
     return value
+
+
+def add_seg_eval_arguments(parser: argparse.ArgumentParser, *, max_cases_help: str) -> None:
+    """The sliding-window and metric flags of ``medmoe seg eval`` and ``medmoe seg benchmark``."""
+    parser.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD boundary tolerance in mm (default 2)")
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--sw-batch-size", type=int, default=1)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--max-cases", type=int, default=None, help=max_cases_help)
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def add_eval_spacing_argument(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +76,8 @@ def eval_spacing_lines(report: dict) -> list[str]:
 
 def add_eval_command(sub: argparse._SubParsersAction) -> None:
     """Register ``eval`` on the ``seg`` sub-command group."""
-    ev = sub.add_parser("eval", help="Dice, HD95, NSD and tumour detection of a model on a datalist split")
+    ev = add_command(sub, "eval", run_eval,
+        help="Dice, HD95, NSD and tumour detection of a model on a datalist split")
     ev.add_argument("--model", required=True, help="a saved model directory")
     ev.add_argument("--data", required=True, help="datalist JSON")
     ev.add_argument("--out", required=True, help="metrics JSON to write")
@@ -75,7 +87,6 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--overlays", default=None, metavar="DIR", help="write one overlay PNG per case here")
     add_seg_eval_arguments(ev, max_cases_help="evaluate only the first N cases")
     add_eval_spacing_argument(ev)
-    ev.set_defaults(func=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -121,14 +132,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     """Register ``benchmark`` on the ``seg`` sub-command group."""
-    bench = group.add_parser(
-        "benchmark", help="evaluate one model over several datalists: a table per dataset and class",
+    bench = add_command(group, "benchmark", run_benchmark,
+        help="evaluate one model over several datalists: a table per dataset and class",
         description="Evaluate one MoME model on each DATALIST[:SPLIT] (split default: test) with `seg eval`'s\n"
                     "protocol and print one table per dataset and class (Dice on the native grid, Dice at\n"
                     "--eval-spacing, NSD, cases) and the overall mean; --out writes it all as JSON.",
         epilog="example:\n  medmoe seg benchmark --model runs/mome/model --data btcv.json --data msd.json:validation "
-               "\\\n      --eval-spacing 1.5 --out benchmark.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "\\\n      --eval-spacing 1.5 --out benchmark.json")
     bench.add_argument("--model", required=True, help="a saved model folder or a registered model name")
     bench.add_argument("--data", required=True, action="append", dest="datalists", metavar="DATALIST[:SPLIT]",
                        help="a datalist JSON and optionally its split (repeatable)")
@@ -137,7 +147,6 @@ def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     bench.add_argument("--class", dest="classes", action="append", default=None, metavar="CLASS",
                        help="only these classes (repeatable; default: every class each dataset labels)")
     add_seg_eval_arguments(bench, max_cases_help="evaluate only the first N cases of each")
-    bench.set_defaults(func=run_benchmark)
 
 
 def run_benchmark(args: argparse.Namespace) -> int:

@@ -5,22 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from medmoe.cli.arguments import add_command
+
 
 def add_classes_command(sub: argparse._SubParsersAction) -> None:
     """Register ``classes`` on the ``medmoe seg`` group."""
-    classes = sub.add_parser(
-        "classes", help="list the class template: names, prompts, synonyms, datasets that label each class",
+    classes = add_command(sub, "classes", run_classes,
+        help="list the class template: names, prompts, synonyms, datasets that label each class",
         description="The classes `medmoe seg predict --prompt` accepts (names, synonyms and small typos\n"
                     "resolve), with the datasets that label each; or one dataset's label map.",
         epilog="examples:\n  medmoe seg classes\n  medmoe seg classes --dataset BTCV\n"
-               "  medmoe seg classes --model runs/mome/model --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "  medmoe seg classes --model runs/mome/model --json")
     classes.add_argument("--dataset", default=None, metavar="NAME",
                          help="only this dataset's label map (label id -> class); names and aliases resolve")
     classes.add_argument("--model", default=None, metavar="DIR",
                          help="only the classes of this saved model (what --prompt all segments)")
     classes.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    classes.set_defaults(func=run_classes)
 
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from medmoe.cli.arguments import add_command
+
 
 def add_dataset_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``build-samples``, ``import`` and ``check`` on the ``medmoe seg`` group."""
@@ -14,7 +16,8 @@ def add_dataset_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_build_samples(sub: argparse._SubParsersAction) -> None:
-    build = sub.add_parser("build-samples", help="write synthetic CT phantoms and the real TotalSegmentator examples")
+    build = add_command(sub, "build-samples", run_build_samples,
+        help="write synthetic CT phantoms and the real TotalSegmentator examples")
     build.add_argument("--out", required=True, help="output folder (phantoms/ and totalseg/ with datalists)")
     build.add_argument("--quick", action="store_true", help="a few phantoms per dataset (smoke runs, tests)")
     build.add_argument("--seed", type=int, default=0, help="phantom seed (same seed, same files)")
@@ -23,7 +26,6 @@ def _add_build_samples(sub: argparse._SubParsersAction) -> None:
                        help="the totalsegmentator-2.18.0.tar.gz sdist (default $MEDMOE_TOTALSEG_SDIST, else "
                             ".cache/totalsegmentator-2.18.0.tar.gz, which `make setup` downloads)")
     build.add_argument("--no-progress", action="store_true")
-    build.set_defaults(func=run_build_samples)
 
 
 IMPORT_EPILOG = """\
@@ -55,12 +57,12 @@ IMPORT_FORMATS = ("msd", "nnunet", "totalsegmentator", "btcv", "amos", "kits", "
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:
-    imp = sub.add_parser(
-        "import", help="write (or extend) a datalist from a downloaded CT dataset (MSD, nnU-Net, TotalSegmentator, ...)",
+    imp = add_command(sub, "import", run_import,
+        help="write (or extend) a datalist from a downloaded CT dataset (MSD, nnU-Net, TotalSegmentator, ...)",
         description="Find the cases of a downloaded CT segmentation dataset and write them as datalist entries\n"
                     "with the dataset name the class template knows; the dataset's own label list (where it\n"
                     "ships one) is checked against that label map first.",
-        epilog=IMPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=IMPORT_EPILOG)
     imp.add_argument("format", choices=IMPORT_FORMATS, metavar="FORMAT", help=f"one of: {', '.join(IMPORT_FORMATS)}")
     imp.add_argument("root", metavar="ROOT", help="the dataset's folder, as downloaded and unpacked")
     imp.add_argument("--out", required=True, metavar="JSON", help="the datalist to write")
@@ -74,7 +76,6 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
                           "(default: <datalist folder>/totalsegmentator_labels)")
     imp.add_argument("--workers", type=int, default=0, metavar="N", help="totalsegmentator: processes combining masks")
     imp.add_argument("--no-progress", action="store_true", help="no progress bars")
-    imp.set_defaults(func=run_import)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -100,19 +101,17 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
-    check = sub.add_parser(
-        "check", help="read every file of a datalist: shapes, affines, label values, spacing, duplicates",
+    check = add_command(sub, "check", run_check,
+        help="read every file of a datalist: shapes, affines, label values, spacing, duplicates",
         description="Open every image and label of a datalist and check that each pair shares shape and affine,\n"
                     "that label values are in the dataset's label map, that spacing and orientation are\n"
                     "plausible, and that no CT appears twice (across datasets or splits, by voxel content).\n"
-                    "Prints a per-case table; exit status 1 when any case has an error.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "Prints a per-case table; exit status 1 when any case has an error.")
     check.add_argument("datalist", metavar="DATALIST", help="datalist JSON")
     check.add_argument("--workers", type=int, default=0, metavar="N", help="processes reading files (default 0: this one)")
     check.add_argument("--json", default=None, metavar="PATH", help="also write the per-case report as JSON")
     check.add_argument("--errors-only", action="store_true", help="list only cases with errors or warnings")
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
-    check.set_defaults(func=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:

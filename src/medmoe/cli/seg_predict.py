@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from medmoe.cli.arguments import add_command
+
 logger = logging.getLogger(__name__)
 
 PREDICT_EPILOG = """\
@@ -42,11 +44,11 @@ at least one failed case (listed at the end; the other cases are still written).
 
 def add_predict_command(sub: argparse._SubParsersAction) -> None:
     """Register ``predict`` on the ``medmoe seg`` group."""
-    predict = sub.add_parser(
-        "predict", help="segment prompted classes in CTs (NIfTI file, DICOM series folder or a folder of cases)",
+    predict = add_command(sub, "predict", run_predict,
+        help="segment prompted classes in CTs (NIfTI file, DICOM series folder or a folder of cases)",
         description="Segment text-prompted classes in CT volumes with a saved MoME model; masks come back on\n"
                     "each CT's own voxel grid (shape, spacing, orientation and affine of the input).",
-        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=PREDICT_EPILOG)
     io = predict.add_argument_group("input and output")
     io.add_argument("--model", required=True, metavar="DIR", help="a saved model directory (config.json + model.safetensors)")
     io.add_argument("--input", required=True, metavar="PATH",
@@ -96,7 +98,6 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
                       help="skip the clean-up (largest component per organ, lesions inside their organ)")
     pred.add_argument("--allow-non-ct", action="store_true", help="skip the CT modality and HU-range checks")
     pred.add_argument("--no-progress", action="store_true", help="no progress bars")
-    predict.set_defaults(func=run_predict)
 
 
 def _check_settings(args: argparse.Namespace) -> None:

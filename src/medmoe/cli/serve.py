@@ -9,6 +9,8 @@ import argparse
 import logging
 import os
 
+from medmoe.cli.arguments import add_command
+
 logger = logging.getLogger(__name__)
 
 EPILOG = """\
@@ -56,10 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     DEFAULT_BATCH = 16  # medmoe.serve.app.DEFAULT_BATCH (not imported: it loads Gradio)
 
-    parser = sub.add_parser(
-        "serve", help="a local web page: text->image search, zero-shot classification, CT segmentation",
+    parser = add_command(sub, "serve", run_serve,
+        help="a local web page: text->image search, zero-shot classification, CT segmentation",
         description="Start a local web page (Gradio) over a MedMoE model, its search index and a MoME model.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     models = parser.add_argument_group("what to serve (at least one model)")
     models.add_argument("--model", default=None, metavar="DIR",
                         help="a saved MedMoE model directory (Search and Classify tabs)")
@@ -95,7 +97,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-ct-voxels", type=_positive(int), default=DEFAULT_MAX_CT_VOXELS, metavar="N",
                         help=f"largest CT the Segment tab accepts, in voxels (default {DEFAULT_MAX_CT_VOXELS:,} = "
                              "512 x 512 x 1024)")
-    parser.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
