@@ -190,7 +190,7 @@ def test_train_refuses_to_replace_a_model_folder_it_did_not_write(tmp_path, mani
     precious.parent.mkdir(parents=True)
     precious.write_bytes(b"weights")
     assert main(["align", "train", "--data", str(manifest), "--out", str(run), "--steps", "1", "--batch-size", "1",
-                 "--no-progress", "--random-text"]) == 1
+                 "--no-progress", "--no-pretrained"]) == 1
     line = _error_line(capsys)
     assert "model: holds files medmoe did not write (['my-weights.bin'])" in line
     assert precious.read_bytes() == b"weights"

@@ -15,4 +15,4 @@ def test_docs_cli_md_is_the_generated_reference(monkeypatch):
     assert DOC.read_text() == text, "docs/cli.md is out of date: python -m medmoe.cli.reference > docs/cli.md"
     for command in ("medmoe align train", "medmoe seg predict", "medmoe data import busi", "medmoe serve"):
         assert f"\n## {command}\n" in text
-    assert "--distill-loss-weight" in text and "--random-text" in text and "--set KEY=VALUE" in text
+    assert "--distill-loss-weight" in text and "--no-pretrained" in text and "--set KEY=VALUE" in text

@@ -62,7 +62,7 @@ def test_defaults_give_the_dataclass_defaults(group, config_cls):
 
 def test_align_spellings_and_shortcuts():
     args = parse([
-        "align", "train", "--data", "d", "--out", "o", "--no-augment", "--random-text", "--num-experts", "2",
+        "align", "train", "--data", "d", "--out", "o", "--no-augment", "--no-pretrained", "--num-experts", "2",
         "--set", "num_experts=5", "--set", "router_jitter=0.1", "--route-by", "label", "--split", "",
         "--no-text-cache", "--seed", "3", "--no-progress", "--set", "text.max_length=32", "--set", "text.freeze=all"])
     config = config_from_args(AlignTaskConfig, args)

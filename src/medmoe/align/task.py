@@ -90,7 +90,7 @@ class AlignTaskConfig(AlignLossWeights):
     augment: bool = True
     augmentation: str = field(default="mild", metadata={"choices": ("mild", "domain")})
     seed: int = 0
-    pretrained: bool = field(default=True, metadata={"false_aliases": ("--random-text",)})
+    pretrained: bool = True
     val_data: str | None = field(default=None, metadata={"metavar": "MANIFEST|SHARDS"})
     val_split: str | None = "val"
     val_max: int = 256

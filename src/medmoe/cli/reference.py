@@ -25,7 +25,7 @@ dataclasses (`medmoe.cli.settings`): the task's config (`AlignTaskConfig` in `me
 `SegTaskConfig` in `medmoe.seg.task`) and the trainer's (`TrainConfig` in `medmoe.train.config`). Each field is
 `--kebab-name` with the field's type and default, its help is the field's entry in the `Attributes:` section of
 the docstring of the class that declares it, and `field(metadata=...)` adds what a type cannot say (a metavar,
-choices, `--random-text` for `--no-pretrained`, `seg train --augment` for `--augmentation`).
+choices, the spelling `seg train --augment` of the field `augmentation`).
 
 | field type | flag |
 |---|---|

@@ -6,8 +6,7 @@ config. Fields inherited from a base class take their help from the base class's
 documented in one place. What a type cannot say goes in the field's ``metadata``:
 
 * ``metavar``, ``choices``: as in argparse; ``type``: a converter instead of the field's type;
-* ``option``: the flag's main spelling when it is not ``--kebab-name`` (which stays as another spelling);
-* ``false_aliases``: for a bool, more spellings that set it False (``--random-text`` for ``pretrained``);
+* ``option``: the flag's spelling when it is not ``--kebab-name`` (``seg train --augment`` for ``augmentation``);
 * for the ``dict`` field of model-config changes: ``example`` (a ``KEY=VALUE`` shown in the help) and
   ``shortcuts`` (``{"num_experts": {"type": int, ...}}``: ``--num-experts 4`` means ``--set num_experts=4``
   and wins over it).
@@ -97,7 +96,7 @@ def _plain_text(text: str) -> str:
 
 
 class BoolFlag(argparse.Action):
-    """``--name`` / ``--no-name`` (and other spellings) storing True / False."""
+    """``--name`` / ``--no-name`` storing True / False."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, *, false_options: Sequence[str] = (),
                  default: Any = None, help: str | None = None) -> None:  # noqa: A002 (argparse's keyword)
@@ -342,7 +341,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls: type, *, ti
         if f.name in skip:
             continue
         hint, optional = _unwrap_optional(hints[f.name])
-        doc = f.metadata.get("help") or docs.get(f.name, "")
+        doc = docs.get(f.name, "")
         if _is_dict(hint):
             _add_set_flags(parser, group, f, doc)
             continue
@@ -365,20 +364,16 @@ def _record(parser: argparse.ArgumentParser, action: argparse.Action, hint: Any,
 
 
 def _spellings(f: dataclasses.Field, hint: Any) -> list[str]:
-    option = f.metadata.get("option")
-    names = [option, _kebab(f.name)] if option else [_kebab(f.name)]
-    if hint is bool:
-        names += [f"--no-{n[2:]}" for n in names] + list(f.metadata.get("false_aliases", ()))
-    return names
+    name = f.metadata.get("option") or _kebab(f.name)
+    return [name, f"--no-{name[2:]}"] if hint is bool else [name]
 
 
 def _flag_kwargs(f: dataclasses.Field, hint: Any, optional: bool, doc: str) -> dict[str, Any]:
     """argparse's keywords for field ``f`` of type ``hint``."""
     meta, default = f.metadata, _default(f)
     if hint is bool:
-        negated = tuple(n for n in _spellings(f, hint) if n.startswith("--no-"))
-        return {"dest": f.name, "action": BoolFlag, "default": default,
-                "false_options": (*negated, *meta.get("false_aliases", ())), "help": _help(doc, default, is_bool=True)}
+        return {"dest": f.name, "action": BoolFlag, "default": default, "false_options": _spellings(f, hint)[1:],
+                "help": _help(doc, default, is_bool=True)}
     kwargs: dict[str, Any] = {"dest": f.name, "metavar": meta.get("metavar"), "choices": meta.get("choices"),
                               "help": _help(doc, default, is_bool=False)}
     if default is dataclasses.MISSING:

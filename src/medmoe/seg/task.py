@@ -91,7 +91,7 @@ class SegTaskConfig:
     dice_reduction: str = field(default="batch", metadata={"choices": ("batch", "sample")})
     balance_weight: float = 0.0
     seed: int = 0
-    pretrained: bool = field(default=True, metadata={"false_aliases": ("--random-text",)})
+    pretrained: bool = True
     val_split: str | None = "validation"
     val_max_cases: int = 8
     val_overlap: float = 0.25
