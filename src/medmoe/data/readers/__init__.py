@@ -12,10 +12,10 @@ one, within interpolation tolerance.
 
 The format is detected from the file's first bytes (DICOM preamble, PNG/JPEG/TIFF signatures, gzip or
 NIfTI header) with the extension as fallback, so a PNG named ``.dcm`` still reads. Every failure is a
-medmoe error naming the file and the reason: :class:`~medmoe.errors.MissingFileError` for a path that does not exist,
-:class:`~medmoe.errors.CorruptFileError` for anything unreadable (FIFOs and devices included: they are
-refused, never opened), :class:`~medmoe.limits.DecodeLimitError` for a file whose header claims more
-decoded bytes, pixels or voxels than ``MEDMOE_MAX_DECODED_BYTES`` / ``MEDMOE_MAX_PIXELS`` /
+medmoe error naming the file and the reason: :class:`~medmoe.errors.MissingFileError` for a path that does
+not exist, :class:`~medmoe.errors.CorruptFileError` for anything unreadable (FIFOs and devices included:
+they are refused, never opened), :class:`~medmoe.limits.DecodeLimitError` for a file whose header claims
+more decoded bytes, pixels or voxels than ``MEDMOE_MAX_DECODED_BYTES`` / ``MEDMOE_MAX_PIXELS`` /
 ``MEDMOE_MAX_VOXELS`` allow (see :mod:`medmoe.limits`).
 """
 
@@ -23,20 +23,23 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Any
 
 import numpy as np
 
 from medmoe.data.readers.dicom import read_dicom
 from medmoe.data.readers.meta import ImageMeta
-from medmoe.data.readers.nifti import PROJECTIONS, read_nifti
+from medmoe.data.readers.nifti import read_nifti
+from medmoe.data.readers.options import PROJECTIONS, ReadOptions
 from medmoe.data.readers.pillow import read_pillow
 from medmoe.data.readers.safety import require_regular_file
-from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError, MissingFileError
+from medmoe.errors import CorruptFileError, MedMoEError, MissingFileError
 
 __all__ = [
     "FORMATS",
     "ImageMeta",
     "PROJECTIONS",
+    "ReadOptions",
     "decode_image",
     "detect_format",
     "read_image",
@@ -85,37 +88,13 @@ def detect_format(head: bytes, name: str = "") -> str | None:
     return _EXTENSIONS.get(_extension(name))
 
 
-def read_image(
-    path: str | os.PathLike,
-    *,
-    frame: int | None = None,
-    axial_slice: int | None = None,
-    projection: str | None = None,
-    window: tuple[float, float] | None = None,
-    target_size: int | None = None,
-    max_pixels: int | None = None,
-    max_voxels: int | None = None,
-    max_decoded_bytes: int | None = None,
-) -> tuple[np.ndarray, ImageMeta]:
+def read_image(path: str | os.PathLike, **options: Any) -> tuple[np.ndarray, ImageMeta]:
     """Read one 2-D image from a file.
 
     Args:
         path: a DICOM, NIfTI (``.nii`` / ``.nii.gz``), PNG, JPEG, TIFF or BMP file.
-        frame: frame of a multi-frame DICOM or page of a multi-page TIFF; default the middle DICOM frame.
-        axial_slice: axial slice of a NIfTI volume; default the middle one.
-        projection: ``"mip"`` or ``"mean"`` along the axial axis of a NIfTI volume instead of a slice.
-        window: (center, width) overriding the VOI of grayscale DICOM and NIfTI (e.g. ``(40, 400)`` HU).
-        target_size: the longer side (pixels) the caller will resize to, or None for the full image. The
-            image then comes back with its longer side at least ``target_size`` and under
-            ``2 * target_size`` (reduced by an integer factor, aspect ratio kept up to rounding), or at full
-            size when the stored image is not larger. Never smaller than needed: the caller still resizes.
-            NIfTI slices always come back at full size.
-        max_pixels: limit on the values the file holds (rows x columns x channels x frames; for NIfTI the
-            slice read), default ``MEDMOE_MAX_PIXELS``; checked from the header before decoding.
-        max_voxels: limit on the voxels of a NIfTI volume, default ``MEDMOE_MAX_VOXELS``.
-        max_decoded_bytes: limit on the bytes of the decoded array of a DICOM or Pillow image (columns x rows
-            x channels x bytes per sample, all frames of a DICOM), default ``MEDMOE_MAX_DECODED_BYTES``;
-            checked from the header before decoding.
+        options: the fields of :class:`ReadOptions`: ``frame``, ``axial_slice``, ``projection``, ``window``,
+            ``target_size`` and the limits ``max_pixels``, ``max_voxels``, ``max_decoded_bytes``.
 
     Returns:
         ``(image, meta)``: ``image`` is float32 ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB) in [0, 1] after
@@ -130,7 +109,9 @@ def read_image(
             (a CorruptFileError).
         InvalidInputError: an option does not fit the file (frame / slice out of range, bad projection) or
             ``target_size`` is not a positive integer.
+        TypeError: an option that :class:`ReadOptions` does not have.
     """
+    requested = ReadOptions(**options)
     name = os.fspath(path)
     if not os.path.exists(name):
         raise MissingFileError(f"{name}: no such file")
@@ -145,36 +126,22 @@ def read_image(
     if size == 0:
         raise CorruptFileError(f"{name}: file is empty")
     fmt = _checked_format(head, name)
-    _check_options(fmt, name, frame, axial_slice, projection, target_size)
-    return _dispatch(fmt, name, name, None, frame, axial_slice, projection, window, target_size,
-                     (max_pixels, max_voxels, max_decoded_bytes))
+    return _dispatch(fmt, name, name, None, requested.check(fmt, name))
 
 
-def decode_image(
-    data: bytes,
-    name: str,
-    *,
-    frame: int | None = None,
-    axial_slice: int | None = None,
-    projection: str | None = None,
-    window: tuple[float, float] | None = None,
-    target_size: int | None = None,
-    max_pixels: int | None = None,
-    max_voxels: int | None = None,
-    max_decoded_bytes: int | None = None,
-) -> tuple[np.ndarray, ImageMeta]:
+def decode_image(data: bytes, name: str, **options: Any) -> tuple[np.ndarray, ImageMeta]:
     """Like :func:`read_image` for a file held in memory (e.g. a member of a tar shard).
 
     Args:
         data: the encoded file.
         name: a name for messages and metadata; its extension is the fallback format hint.
+        options: as for :func:`read_image`.
     """
+    requested = ReadOptions(**options)
     if not data:
         raise CorruptFileError(f"{name}: file is empty")
     fmt = _checked_format(data[:_HEAD_BYTES], name)
-    _check_options(fmt, name, frame, axial_slice, projection, target_size)
-    return _dispatch(fmt, None, name, data, frame, axial_slice, projection, window, target_size,
-                     (max_pixels, max_voxels, max_decoded_bytes))
+    return _dispatch(fmt, None, name, data, requested.check(fmt, name))
 
 
 def _checked_format(head: bytes, name: str) -> str:
@@ -187,32 +154,17 @@ def _checked_format(head: bytes, name: str) -> str:
     return fmt
 
 
-def _check_options(fmt: str, name: str, frame, axial_slice, projection, target_size) -> None:
-    if target_size is not None and (
-        isinstance(target_size, bool) or not isinstance(target_size, int | np.integer) or target_size < 1
-    ):
-        raise InvalidInputError(f"{name}: target_size must be a positive integer or None, got {target_size!r}")
-    if fmt == "nifti" and frame is not None:
-        raise InvalidInputError(f"{name}: is NIfTI; use axial_slice=, not frame=")
-    if fmt != "nifti" and (axial_slice is not None or projection is not None):
-        raise InvalidInputError(f"{name}: axial_slice / projection apply to NIfTI volumes, this file is {fmt}")
-
-
-def _dispatch(fmt, path, name, data, frame, axial_slice, projection, window, target_size, limits):
-    target_size = None if target_size is None else int(target_size)
-    max_pixels, max_voxels, max_decoded_bytes = limits
+def _dispatch(fmt: str, path: str | None, name: str, data: bytes | None,
+              options: ReadOptions) -> tuple[np.ndarray, ImageMeta]:
+    """The reader of ``fmt`` on the file at ``path`` or on its bytes ``data``; any error names the file."""
     try:
-        if fmt == "dicom":
-            source = path if data is None else io.BytesIO(data)
-            return read_dicom(source, name, frame=frame, window=window, target_size=target_size,
-                              max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
         if fmt == "nifti":
-            return read_nifti(path, name, data=data, axial_slice=axial_slice, projection=projection, window=window,
-                              target_size=target_size, max_pixels=max_pixels, max_voxels=max_voxels)
-        return read_pillow(path if data is None else io.BytesIO(data), name, frame=frame, target_size=target_size,
-                           max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+            return read_nifti(path, name, options, data=data)
+        source = path if data is None else io.BytesIO(data)
+        if fmt == "dicom":
+            return read_dicom(source, name, options)
+        return read_pillow(source, name, options)
     except MedMoEError:
         raise
     except Exception as err:  # a reader bug or library edge case must still name the file
         raise CorruptFileError(f"{name}: cannot read {fmt} image ({type(err).__name__}: {err})") from err
-

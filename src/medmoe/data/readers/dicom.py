@@ -15,6 +15,7 @@ import logging
 import os
 import struct
 import warnings
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -23,14 +24,9 @@ from pydicom.filereader import read_partial
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
 
 from medmoe.data.modalities import try_normalize_modality
-from medmoe.data.readers.intensity import (
-    apply_window,
-    box_reduce,
-    range_sample,
-    reduction_factor,
-    robust_rescale,
-)
+from medmoe.data.readers import intensity
 from medmoe.data.readers.meta import ImageMeta
+from medmoe.data.readers.options import ReadOptions
 from medmoe.data.readers.safety import check_dicom_size, inflated_header, require_finite
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import DecodeLimitError
@@ -223,30 +219,19 @@ def read_dicom_header(source: str | os.PathLike | BinaryIO, name: str, *, defer_
     return ds
 
 
-def read_dicom(
-    source: str | BinaryIO,
-    name: str,
-    *,
-    frame: int | None = None,
-    window: tuple[float, float] | None = None,
-    target_size: int | None = None,
-    max_pixels: int | None = None,
-    max_decoded_bytes: int | None = None,
-) -> tuple[np.ndarray, ImageMeta]:
+def read_dicom(source: str | BinaryIO, name: str, options: ReadOptions) -> tuple[np.ndarray, ImageMeta]:
     """Read one frame of a DICOM image.
 
     Args:
         source: a path or a binary file object.
         name: the path (or name) used in error messages and in the metadata.
-        frame: frame of a multi-frame object; default the middle one.
-        window: (center, width) overriding the file's own VOI for grayscale images.
-        target_size: the longer side the caller needs; the image is box-reduced by the largest integer
-            factor that keeps its longer side at least ``target_size`` (so under ``2 * target_size``).
-        max_pixels: limit on rows x columns x samples x frames (default ``MEDMOE_MAX_PIXELS``, see
-            :mod:`medmoe.limits`), checked from the header before any pixel is decoded; a deflated file is
-            inflated only after its header passed and its inflated size was counted.
-        max_decoded_bytes: limit on those values x BitsAllocated in bytes (default ``MEDMOE_MAX_DECODED_BYTES``),
-            checked with ``max_pixels``.
+        options: ``frame`` (default the middle one of a multi-frame object), ``window`` ((center, width)
+            overriding the file's own VOI for grayscale images), ``target_size`` (the image is box-reduced by
+            the largest integer factor that keeps its longer side at least ``target_size``, so under
+            ``2 * target_size``), ``max_pixels`` (limit on rows x columns x samples x frames, default
+            ``MEDMOE_MAX_PIXELS``) and ``max_decoded_bytes`` (those values x BitsAllocated in bytes, default
+            ``MEDMOE_MAX_DECODED_BYTES``). Both limits are checked from the header before any pixel is decoded;
+            a deflated file is inflated only after its header passed and its inflated size was counted.
 
     Returns:
         ``(image, meta)``: float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1], and :class:`ImageMeta`.
@@ -256,52 +241,13 @@ def read_dicom(
         DecodeLimitError: the header claims more values than ``max_pixels``.
         InvalidInputError: ``frame`` is out of range.
     """
-    require_dicom(source, name)  # a few hundred bytes decide, before pydicom parses anything
     with warnings.catch_warnings():
         # force=True lets preamble-less files through; pydicom warns about every oddity it tolerates.
         warnings.simplefilter("ignore")
-        try:
-            header = inflated_header(source, name, max_pixels, max_decoded_bytes)
-            if header is not None:
-                check_dicom_size(header, name, max_pixels, max_decoded_bytes)
-            if not isinstance(source, str):
-                source.seek(0)
-        except (CorruptFileError, InvalidInputError):
-            raise
-        except Exception as err:  # pydicom raises many types for malformed input
-            raise CorruptFileError(f"{name}: not a readable DICOM file ({type(err).__name__}: {err})") from err
-        ds = read_dicom_header(source, name)
-        if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-            raise CorruptFileError(f"{name}: DICOM file has no pixel data (or is not DICOM at all)")
-        try:
-            rows, cols = int(ds.Rows), int(ds.Columns)
-            samples = int(ds.get("SamplesPerPixel", 1) or 1)
-            n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-        except Exception as err:
-            raise CorruptFileError(f"{name}: DICOM image attributes missing or malformed ({err})") from err
-        check_dicom_size(ds, name, max_pixels, max_decoded_bytes)
-        if frame is not None and not 0 <= frame < n_frames:
-            raise InvalidInputError(f"{name}: frame {frame} out of range; the file has {n_frames} frame(s)")
-        index = (n_frames // 2 if frame is None else frame) if n_frames > 1 else None
-        try:
-            arr = pixel_array(ds, index=index)
-            factor = reduction_factor(arr.shape[0], arr.shape[1], target_size)
-            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-            if samples == 3:
-                image = _colour_to_unit(arr, ds, factor)
-            elif photometric == "PALETTE COLOR":
-                image = _palette_to_unit(arr, ds, factor)
-            else:
-                image = _grey_to_unit(arr, ds, window, name, factor)
-                if photometric == "MONOCHROME1":
-                    image = 1.0 - image
-        except (CorruptFileError, InvalidInputError, DecodeLimitError):
-            raise
-        except Exception as err:
-            raise CorruptFileError(f"{name}: cannot decode DICOM pixel data ({type(err).__name__}: {err})") from err
-
+        ds, layout = _checked_dataset(source, name, options)
+        index = _frame_index(layout, options.frame, name)
+        image, photometric = _frame_to_unit(ds, index, options, name)
     require_finite(image, f"{name}: DICOM pixel data")
-    shape = (n_frames, rows, cols) if n_frames > 1 else (rows, cols)
     meta = ImageMeta(
         path=name,
         format="dicom",
@@ -310,26 +256,97 @@ def read_dicom(
         body_part=(_text(ds.get("BodyPartExamined")) or "").lower() or None,
         spacing=_spacing(ds),
         photometric=photometric,
-        original_shape=shape + ((samples,) if samples > 1 else ()),
+        original_shape=layout.shape,
         frame=index,
         description=_description(ds),
     )
     return np.ascontiguousarray(image, dtype=np.float32), meta
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Rows, columns, samples per pixel and frames of a DICOM image, from its header."""
+
+    rows: int
+    cols: int
+    samples: int
+    frames: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The stored shape: (frames,) rows, columns (, samples)."""
+        shape = (self.frames, self.rows, self.cols) if self.frames > 1 else (self.rows, self.cols)
+        return shape + ((self.samples,) if self.samples > 1 else ())
+
+
+def _checked_dataset(source: str | BinaryIO, name: str, options: ReadOptions) -> tuple[Dataset, _Layout]:
+    """The dataset (pixel data not decoded) and its layout, after the sniff and the size limits: a deflated
+    file's header is inflated and checked first, then the dataset read and checked again."""
+    require_dicom(source, name)  # a few hundred bytes decide, before pydicom parses anything
+    limits = (options.max_pixels, options.max_decoded_bytes)
+    try:
+        header = inflated_header(source, name, *limits)
+        if header is not None:
+            check_dicom_size(header, name, *limits)
+        if not isinstance(source, str):
+            source.seek(0)
+    except (CorruptFileError, InvalidInputError):
+        raise
+    except Exception as err:  # pydicom raises many types for malformed input
+        raise CorruptFileError(f"{name}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+    ds = read_dicom_header(source, name)
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        raise CorruptFileError(f"{name}: DICOM file has no pixel data (or is not DICOM at all)")
+    try:
+        layout = _Layout(int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1),
+                         int(ds.get("NumberOfFrames", 1) or 1))
+    except Exception as err:
+        raise CorruptFileError(f"{name}: DICOM image attributes missing or malformed ({err})") from err
+    check_dicom_size(ds, name, *limits)
+    return ds, layout
+
+
+def _frame_index(layout: _Layout, frame: int | None, name: str) -> int | None:
+    """The frame to decode: ``frame``, the middle one by default, None for a single-frame image."""
+    if frame is not None and not 0 <= frame < layout.frames:
+        raise InvalidInputError(f"{name}: frame {frame} out of range; the file has {layout.frames} frame(s)")
+    if layout.frames == 1:
+        return None
+    return layout.frames // 2 if frame is None else frame
+
+
+def _frame_to_unit(ds: Dataset, index: int | None, options: ReadOptions, name: str) -> tuple[np.ndarray, str]:
+    """Decode frame ``index`` (None: the only one) to [0, 1] through the grey, palette or colour pipeline,
+    box-reduced for ``options.target_size``; also the photometric interpretation."""
+    try:
+        arr = pixel_array(ds, index=index)
+        factor = intensity.reduction_factor(arr.shape[0], arr.shape[1], options.target_size)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
+            return _colour_to_unit(arr, ds, factor), photometric
+        if photometric == "PALETTE COLOR":
+            return _palette_to_unit(arr, ds, factor), photometric
+        image = _grey_to_unit(arr, ds, options.window, name, factor)
+        return (1.0 - image if photometric == "MONOCHROME1" else image), photometric
+    except (CorruptFileError, InvalidInputError, DecodeLimitError):
+        raise
+    except Exception as err:
+        raise CorruptFileError(f"{name}: cannot decode DICOM pixel data ({type(err).__name__}: {err})") from err
+
+
 def _grey_to_unit(
     arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None, name: str, factor: int = 1
 ) -> np.ndarray:
     if factor > 1 and "ModalityLUTSequence" not in ds:
-        values = _modality(box_reduce(arr, factor), ds)
-        sample = _modality(range_sample(arr, factor), ds)
+        values = _modality(intensity.box_reduce(arr, factor), ds)
+        sample = _modality(intensity.range_sample(arr, factor), ds)
     else:
         # A Modality LUT is indexed by the stored integers, so it runs before averaging.
         full = _modality(arr, ds)
-        values, sample = box_reduce(full, factor), range_sample(full, factor)
+        values, sample = intensity.box_reduce(full, factor), intensity.range_sample(full, factor)
     values = values.astype(np.float32, copy=False)
     if window is not None:
-        return apply_window(values, *window)
+        return intensity.apply_window(values, *window)
     if "VOILUTSequence" in ds:
         lut_max = float(np.max(ds.VOILUTSequence[0].LUTData)) or 1.0
         # The LUT's own largest entry is its white; the descriptor's bit depth often overstates it.
@@ -345,7 +362,7 @@ def _grey_to_unit(
             return np.clip(out, 0.0, 1.0, out=out)
         except Exception as err:
             logger.debug("%s: ignoring unusable window (%s); rescaling to the data range", name, err)
-    return robust_rescale(values, sample=sample)
+    return intensity.robust_rescale(values, sample=sample)
 
 
 def _by_rows(function, values: np.ndarray, rows: int = 256) -> np.ndarray:
@@ -391,14 +408,15 @@ def _window_output_range(ds: Dataset) -> tuple[float, float]:
 
 def _colour_to_unit(arr: np.ndarray, ds: Dataset, factor: int = 1) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
-        return robust_rescale(box_reduce(arr, factor), sample=range_sample(arr, factor))
+        sample = intensity.range_sample(arr, factor)
+        return intensity.robust_rescale(intensity.box_reduce(arr, factor), sample=sample)
     bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
-    return np.clip(box_reduce(arr, factor).astype(np.float32) / np.float32(2**bits - 1), 0.0, 1.0)
+    return np.clip(intensity.box_reduce(arr, factor).astype(np.float32) / np.float32(2**bits - 1), 0.0, 1.0)
 
 
 def _palette_to_unit(arr: np.ndarray, ds: Dataset, factor: int = 1) -> np.ndarray:
     rgb = apply_color_lut(arr, ds)
-    return box_reduce(rgb, factor).astype(np.float32) / np.float32(np.iinfo(rgb.dtype).max)
+    return intensity.box_reduce(rgb, factor).astype(np.float32) / np.float32(np.iinfo(rgb.dtype).max)
 
 
 def _spacing(ds: Dataset) -> tuple[float, float] | None:

@@ -13,13 +13,13 @@ from nibabel.orientations import io_orientation
 
 from medmoe.data.readers.intensity import apply_window, robust_rescale
 from medmoe.data.readers.meta import ImageMeta
+from medmoe.data.readers.options import ReadOptions
 from medmoe.data.readers.safety import require_finite
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import MAX_PIXELS_ENV, MAX_VOXELS_ENV, DecodeLimitError, check_budget
 
 logger = logging.getLogger(__name__)
 
-PROJECTIONS = ("mip", "mean")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Axis roles assumed when the affine cannot be trusted: voxel axes taken as RAS+.
 _STORED_ORDER = {"axial": 2, "x": (0, 1), "y": (1, 1)}
@@ -110,16 +110,7 @@ def check_nifti_size(header, name: str, *, max_voxels: int | None = None, file_s
 
 
 def read_nifti(
-    path: str | None,
-    name: str,
-    *,
-    data: bytes | None = None,
-    axial_slice: int | None = None,
-    projection: str | None = None,
-    window: tuple[float, float] | None = None,
-    target_size: int | None = None,
-    max_pixels: int | None = None,
-    max_voxels: int | None = None,
+    path: str | None, name: str, options: ReadOptions, *, data: bytes | None = None
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read an axial slice (default the middle one) or an axial projection of a NIfTI volume.
 
@@ -129,28 +120,24 @@ def read_nifti(
     Args:
         path: file path (or None when ``data`` is given).
         name: the name used in messages and metadata.
+        options: ``axial_slice`` (slice index along the volume's inferior-superior axis) or ``projection``
+            (``"mip"`` or ``"mean"`` along that axis; both checked by :meth:`ReadOptions.check`), ``window``
+            ((center, width) in the volume's units, HU for CT; default a robust percentile range),
+            ``max_pixels`` (limit on the values of the slice read, default ``MEDMOE_MAX_PIXELS``) and
+            ``max_voxels`` (limit on the voxels of the whole image, default ``MEDMOE_MAX_VOXELS``); both
+            limits are checked from the header before any voxel is read (see :mod:`medmoe.limits`).
+            ``target_size`` is not used: slices are small and a volume is read whole anyway, so the slice
+            comes back at full resolution.
         data: the file's bytes instead of a path (gzip allowed).
-        axial_slice: slice index along the volume's inferior-superior axis.
-        projection: ``"mip"`` (maximum) or ``"mean"`` along that axis instead of a slice.
-        window: (center, width) in the volume's units (HU for CT); default a robust percentile range.
-        target_size: accepted for symmetry with the other readers and ignored: slices are small and a
-            volume is read whole anyway, so the slice comes back at full resolution.
-        max_pixels: limit on the values of the slice read (default ``MEDMOE_MAX_PIXELS``).
-        max_voxels: limit on the voxels of the whole image (default ``MEDMOE_MAX_VOXELS``); both are
-            checked from the header before any voxel is read (see :mod:`medmoe.limits`).
 
     Returns:
         ``(image, meta)``: float32 ``(H, W)`` in [0, 1] and :class:`ImageMeta`.
 
     Raises:
         CorruptFileError: unreadable file or NaN / infinite voxels in the requested slice.
-        InvalidInputError: bad ``axial_slice`` / ``projection`` or both given.
+        InvalidInputError: ``axial_slice`` out of range.
     """
-    if projection is not None and projection not in PROJECTIONS:
-        raise InvalidInputError(f"{name}: projection must be one of {PROJECTIONS}, got {projection!r}")
-    if projection is not None and axial_slice is not None:
-        raise InvalidInputError(f"{name}: give either axial_slice or projection, not both")
-    img = load_nifti(path, name, data, max_voxels=max_voxels)
+    img = load_nifti(path, name, data, max_voxels=options.max_voxels)
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 2 or min(shape) == 0:
         raise CorruptFileError(f"{name}: NIfTI image has unusable shape {shape}")
@@ -159,58 +146,67 @@ def read_nifti(
         axes = dict(_STORED_ORDER)
     plane_shape = shape[:2] if len(shape) == 2 else tuple(n for i, n in enumerate(shape[:3]) if i != axes["axial"])
     check_budget(name, f"a {plane_shape[0]} x {plane_shape[1]} slice", plane_shape[0] * plane_shape[1],
-                 MAX_PIXELS_ENV, max_pixels)
+                 MAX_PIXELS_ENV, options.max_pixels)
+    plane, chosen = _axial_plane(img, axes["axial"], options, name)
+    require_finite(plane, f"{name}: NIfTI slice", "voxels")
+    plane, zoom_axes = _to_display(plane, axes)
+    image = apply_window(plane, *options.window) if options.window is not None else robust_rescale(plane)
+    meta = ImageMeta(
+        path=name,
+        format="nifti",
+        spacing=_spacing(img.header, zoom_axes),
+        photometric="MONOCHROME2",
+        original_shape=shape,
+        frame=chosen,
+        description=_description(img.header),
+    )
+    return np.ascontiguousarray(image, dtype=np.float32), meta
+
+
+def _axial_plane(img: nib.spatialimages.SpatialImage, axial: int, options: ReadOptions,
+                 name: str) -> tuple[np.ndarray, int | None]:
+    """The float32 plane to display (the image of a 2-D file, the chosen axial slice, or the projection) and
+    the index of the slice read (None for a 2-D file or a projection); of a 4-D series, its first volume."""
+    shape = img.shape
     try:
         if len(shape) == 2:
-            plane = np.asarray(img.dataobj, dtype=np.float32)
-            chosen = None
-        else:
-            extra = (0,) * (len(shape) - 3)  # first volume of a 4-D (or higher) series
-            axial = axes["axial"]
-            n_slices = shape[axial]
-            if projection is None:
-                chosen = n_slices // 2 if axial_slice is None else axial_slice
-                if not 0 <= chosen < n_slices:
-                    raise InvalidInputError(f"{name}: axial_slice {chosen} out of range; the volume has {n_slices}")
-                index: list[int | slice] = [slice(None)] * 3
-                index[axial] = chosen
-                plane = np.asarray(img.dataobj[tuple(index) + extra], dtype=np.float32)
-            else:
-                chosen = None
-                volume = np.asarray(img.dataobj[(slice(None),) * 3 + extra], dtype=np.float32)
-                require_finite(volume, f"{name}: NIfTI volume", "voxels")
-                plane = volume.max(axis=axial) if projection == "mip" else volume.mean(axis=axial)
+            return np.asarray(img.dataobj, dtype=np.float32), None
+        extra = (0,) * (len(shape) - 3)  # first volume of a 4-D (or higher) series
+        if options.projection is not None:
+            volume = np.asarray(img.dataobj[(slice(None),) * 3 + extra], dtype=np.float32)
+            require_finite(volume, f"{name}: NIfTI volume", "voxels")
+            return (volume.max(axis=axial) if options.projection == "mip" else volume.mean(axis=axial)), None
+        n_slices = int(shape[axial])
+        chosen = n_slices // 2 if options.axial_slice is None else options.axial_slice
+        if not 0 <= chosen < n_slices:
+            raise InvalidInputError(f"{name}: axial_slice {chosen} out of range; the volume has {n_slices}")
+        index: list[int | slice] = [slice(None)] * 3
+        index[axial] = chosen
+        return np.asarray(img.dataobj[tuple(index) + extra], dtype=np.float32), chosen
     except (CorruptFileError, InvalidInputError, DecodeLimitError):
         raise
     except Exception as err:
         raise CorruptFileError(f"{name}: cannot read NIfTI voxel data ({type(err).__name__}: {err})") from err
-    require_finite(plane, f"{name}: NIfTI slice", "voxels")
 
-    plane, zoom_axes = _to_display(plane, axes)
-    image = apply_window(plane, *window) if window is not None else robust_rescale(plane)
-    zooms = img.header.get_zooms()
-    spacing = None
+
+def _spacing(header, zoom_axes: tuple[int, int]) -> tuple[float, float] | None:
+    """(row, column) voxel size in mm of the displayed plane, None when the header has none positive."""
     try:
+        zooms = header.get_zooms()
         spacing = (float(zooms[zoom_axes[0]]), float(zooms[zoom_axes[1]]))
-        spacing = spacing if min(spacing) > 0 else None
     except (IndexError, TypeError, ValueError):
-        spacing = None
-    descrip = img.header.get("descrip") if hasattr(img.header, "get") else None
-    description = None
-    if descrip is not None:
-        description = np.asarray(descrip).item()
-        description = (description.decode("latin-1") if isinstance(description, bytes) else str(description))
-        description = description.strip("\x00 ").strip() or None
-    meta = ImageMeta(
-        path=name,
-        format="nifti",
-        spacing=spacing,
-        photometric="MONOCHROME2",
-        original_shape=shape,
-        frame=chosen,
-        description=description,
-    )
-    return np.ascontiguousarray(image, dtype=np.float32), meta
+        return None
+    return spacing if min(spacing) > 0 else None
+
+
+def _description(header) -> str | None:
+    """The header's ``descrip`` text, or None when empty."""
+    descrip = header.get("descrip") if hasattr(header, "get") else None
+    if descrip is None:
+        return None
+    text = np.asarray(descrip).item()
+    text = text.decode("latin-1") if isinstance(text, bytes) else str(text)
+    return text.strip("\x00 ").strip() or None
 
 
 def _display_axes(img: nib.spatialimages.SpatialImage, name: str) -> dict:

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from medmoe.data.readers.intensity import range_sample, reduction_factor, robust_rescale
 from medmoe.data.readers.meta import ImageMeta
+from medmoe.data.readers.options import ReadOptions
 from medmoe.data.readers.safety import require_finite
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import MAX_DECODED_BYTES_ENV, MAX_PIXELS_ENV, DecodeLimitError, check_budget, limit
@@ -23,15 +24,7 @@ _DECODED_BYTES = {"1": 1, "L": 1, "P": 3, "PA": 3, "LA": 2, "La": 2, "RGB": 3, "
 _BLOCK_PIXELS = 2**20  # pixels of an RGB image copied to NumPy at a time
 
 
-def read_pillow(
-    source: str | BinaryIO,
-    name: str,
-    *,
-    frame: int | None = None,
-    target_size: int | None = None,
-    max_pixels: int | None = None,
-    max_decoded_bytes: int | None = None,
-) -> tuple[np.ndarray, ImageMeta]:
+def read_pillow(source: str | BinaryIO, name: str, options: ReadOptions) -> tuple[np.ndarray, ImageMeta]:
     """Read an ordinary image file.
 
     8-bit data is divided by 255 and 16-bit grey data by 65535, so values keep their meaning across files
@@ -52,11 +45,11 @@ def read_pillow(
     Args:
         source: a path or a binary file object.
         name: the name used in messages and metadata.
-        frame: page of a multi-page file (TIFF).
-        target_size: the longer side the caller needs; the image comes back with a longer side of at least
-            ``target_size`` (and under ``2 * target_size``), or at full size when that is smaller.
-        max_pixels: limit on width x height x bands (default ``MEDMOE_MAX_PIXELS``, see :mod:`medmoe.limits`).
-        max_decoded_bytes: limit on the decoded array's bytes (default ``MEDMOE_MAX_DECODED_BYTES``).
+        options: ``frame`` (page of a multi-page file, TIFF), ``target_size`` (the longer side the caller
+            needs; the image comes back with a longer side of at least ``target_size`` and under
+            ``2 * target_size``, or at full size when that is smaller), ``max_pixels`` (limit on width x
+            height x bands, default ``MEDMOE_MAX_PIXELS``, see :mod:`medmoe.limits`) and ``max_decoded_bytes``
+            (limit on the decoded array's bytes, default ``MEDMOE_MAX_DECODED_BYTES``).
 
     Returns:
         ``(image, meta)``: float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1] and :class:`ImageMeta`.
@@ -66,30 +59,14 @@ def read_pillow(
         DecodeLimitError: the header claims more values than ``max_pixels``.
         InvalidInputError: ``frame`` out of range for a multi-page file.
     """
-    allowed = limit(MAX_PIXELS_ENV, max_pixels)
+    allowed = limit(MAX_PIXELS_ENV, options.max_pixels)
     try:
         with warnings.catch_warnings(), _pillow_bomb_limit(allowed):
             # Pillow warns about the damage it tolerates (corrupt EXIF...); the size budget below stops bombs.
             warnings.simplefilter("ignore")
-            with Image.open(source) as im:
-                fmt = _FORMATS.get(im.format or "", (im.format or "image").lower())
-                n_frames = int(getattr(im, "n_frames", 1) or 1)
-                if frame is not None:
-                    if not 0 <= frame < n_frames:
-                        raise InvalidInputError(f"{name}: frame {frame} out of range; the file has {n_frames}")
-                    im.seek(frame)
-                size = im.size  # the stored size: draft mode shrinks im.size
-                _check_size(im, name, allowed, max_decoded_bytes)
-                if target_size is not None and im.format == "JPEG":
-                    _draft(im, target_size)
-                im.load()
-                mode = im.mode
-                if fmt == "jpeg":
-                    im = ImageOps.exif_transpose(im)
-                stored, scale = _stored(im, reduction_factor(im.height, im.width, target_size))
-            del im  # the decoded image (and a copy turned by its EXIF orientation) is released here
-            array = _to_unit(stored, scale)
-            del stored
+            stored, scale, facts = _decode(source, name, options, allowed)
+        array = _to_unit(stored, scale)
+        del stored
     except (InvalidInputError, CorruptFileError):
         raise
     except Image.DecompressionBombError as err:
@@ -97,14 +74,39 @@ def read_pillow(
     except Exception as err:  # UnidentifiedImageError, truncated data, zlib errors ...
         raise CorruptFileError(f"{name}: not a readable image file ({type(err).__name__}: {err})") from err
     require_finite(array, f"{name}: image")
+    fmt, mode, (width, height), n_frames = facts
     meta = ImageMeta(
         path=name,
         format=fmt,
         photometric=mode,
-        original_shape=(size[1], size[0]) + ((3,) if array.ndim == 3 else ()),
-        frame=frame if n_frames > 1 else None,
+        original_shape=(height, width) + ((3,) if array.ndim == 3 else ()),
+        frame=options.frame if n_frames > 1 else None,
     )
     return np.ascontiguousarray(array, dtype=np.float32), meta
+
+
+def _decode(source: str | BinaryIO, name: str, options: ReadOptions,
+            allowed: int) -> tuple[np.ndarray, float | None, tuple[str, str, tuple[int, int], int]]:
+    """Open, check and decode the chosen frame: the stored pixels and their scale to [0, 1] (as
+    :func:`_stored`), and (format, mode, stored (width, height), frames). The decoded image (and a copy
+    turned by its EXIF orientation) is released on return."""
+    with Image.open(source) as im:
+        fmt = _FORMATS.get(im.format or "", (im.format or "image").lower())
+        n_frames = int(getattr(im, "n_frames", 1) or 1)
+        if options.frame is not None:
+            if not 0 <= options.frame < n_frames:
+                raise InvalidInputError(f"{name}: frame {options.frame} out of range; the file has {n_frames}")
+            im.seek(options.frame)
+        size = im.size  # the stored size: draft mode shrinks im.size
+        _check_size(im, name, allowed, options.max_decoded_bytes)
+        if options.target_size is not None and im.format == "JPEG":
+            _draft(im, options.target_size)
+        im.load()
+        mode = im.mode
+        if fmt == "jpeg":
+            im = ImageOps.exif_transpose(im)
+        stored, scale = _stored(im, reduction_factor(im.height, im.width, options.target_size))
+    return stored, scale, (fmt, mode, size, n_frames)
 
 
 @contextlib.contextmanager
