@@ -1,6 +1,6 @@
 """Picking a torch device and its autocast dtype (library code: prediction uses it; the trainer too).
 
-``resolve_device("auto")`` is CUDA when a GPU is visible, else the CPU; :func:`autocast_dtype` is the
+``resolve_device("auto")`` is CUDA when a GPU is visible, else the CPU (under torchrun, each rank's own GPU); :func:`autocast_dtype` is the
 reduced precision a device runs inference in (bf16 where the GPU computes it natively, else fp16; none on
 CPU, where autocast to bf16 is slower than fp32 for 3-D convolutions).
 """
@@ -24,8 +24,14 @@ def cuda_autocast_dtype(capability: tuple[int, int], *, hip: bool = False) -> to
     return torch.bfloat16 if hip or capability[0] >= 8 else torch.float16
 
 
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+def resolve_device(name: str | torch.device | None = "auto", *, local_rank: int | None = None) -> torch.device:
     """``"auto"`` (or None): ``cuda`` when available, else ``cpu``; any other name is checked and returned.
+
+    Args:
+        name: ``auto``, None, a device name (``cpu``, ``cuda``, ``cuda:N``...) or a device.
+        local_rank: this process's rank on its node (torchrun's ``LOCAL_RANK``): a CUDA device without an
+            index (``cuda``, or ``auto`` where CUDA is visible) becomes GPU ``local_rank`` modulo the visible
+            count, so that each rank of a node takes its own GPU. None leaves ``cuda`` without an index.
 
     Raises:
         InvalidInputError: an unknown device string, or CUDA asked for where none is visible.
@@ -33,17 +39,20 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if isinstance(name, torch.device):
         device = name
     elif name is None or str(name).strip().lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         try:
             device = torch.device(str(name).strip())
         except (RuntimeError, ValueError) as err:
             raise InvalidInputError(f"device {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidInputError(f"device {name!r}: CUDA is not available here (use --device auto or cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InvalidInputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise InvalidInputError(f"device {name!r}: CUDA is not available here (use --device auto or cpu)")
+    if device.index is None:
+        return device if local_rank is None else torch.device("cuda", local_rank % torch.cuda.device_count())
+    if device.index >= torch.cuda.device_count():
+        raise InvalidInputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
 
 

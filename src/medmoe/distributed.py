@@ -1,4 +1,4 @@
-"""The one distributed helper the library itself needs: gathering features across ranks with gradient.
+"""The distributed helpers library code needs: gathering features across ranks with gradient, sums, barriers.
 
 Contrastive losses (the global InfoNCE of MedMoE) compare every image with every report of the *global*
 batch. Each rank gathers the others' features; ``torch.distributed.all_gather`` returns tensors detached
@@ -127,15 +127,19 @@ def barrier() -> None:
         dist.barrier(group=_wait_group())
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """``x`` summed over ranks (``x`` itself when not distributed); NCCL reduces on this rank's GPU, the
-    result comes back on ``x``'s device."""
+def all_reduce_sum(value: torch.Tensor | float | int) -> torch.Tensor | float:
+    """``value`` summed over ranks: a tensor comes back on its own device (``value`` itself when not
+    distributed; NCCL reduces on this rank's GPU), a number as a float."""
+    if not isinstance(value, torch.Tensor):
+        if not is_distributed():
+            return float(value)
+        return float(all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64))[0])
     if not is_distributed():
-        return x
+        return value
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    out = x.detach().to(device).clone()
+    out = value.detach().to(device).clone()
     dist.all_reduce(out)
-    return out.to(x.device)
+    return out.to(value.device)
 
 
 def share(n: int) -> range:

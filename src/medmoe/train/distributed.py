@@ -22,7 +22,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
 from medmoe import distributed as _library
-from medmoe.distributed import all_gather_objects, barrier, gather_with_grad, is_distributed, rank, world_size
+from medmoe.devices import resolve_device
+from medmoe.distributed import (
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    gather_with_grad,
+    is_distributed,
+    rank,
+    world_size,
+)
 from medmoe.errors import InvalidInputError
 
 __all__ = [
@@ -78,21 +87,6 @@ def _env_int(name: str, default: int) -> int:
         raise InvalidInputError(f"environment variable {name}={value!r}: expected an integer") from err
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; under torchrun each rank takes GPU ``LOCAL_RANK``."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise InvalidInputError(f"device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InvalidInputError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
-        if device == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device(device)
-    return torch.device("cpu")
-
-
 # Collectives of a training step finish in milliseconds; what may keep the other ranks waiting in one is a
 # checkpoint being written by rank 0 or an uneven validation share. NCCL's own default is 10 minutes.
 DEFAULT_TIMEOUT_MIN = 60.0
@@ -113,7 +107,7 @@ def setup_distributed(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT
     world = _env_int("WORLD_SIZE", 1)
     rank_ = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank=local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     owns = False
@@ -214,16 +208,6 @@ def wrap_model(model: nn.Module, env: DistEnv, task: object | None = None) -> nn
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The bare module inside a DDP wrapper (or the module itself)."""
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def all_reduce_sum(value: torch.Tensor | float | int) -> torch.Tensor | float:
-    """Sum over ranks: a tensor comes back summed on its own device (reduced where the backend can: NCCL on
-    this rank's GPU), a number as a float."""
-    if isinstance(value, torch.Tensor):
-        return _library.all_reduce_sum(value)
-    if not is_distributed():
-        return float(value)
-    return float(_library.all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64))[0])
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

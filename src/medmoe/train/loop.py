@@ -29,7 +29,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -519,15 +519,36 @@ class _Run:
     # ---- the run ------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        cfg, env = self.cfg, self.env
+        """Set up, train up to ``--steps`` (logging, validating, checkpointing, stopping on a signal), then
+        export the model and write the summary."""
         started = time.perf_counter()
-        if env.is_main:
+        resumed_from, state = self._prepare_run_dir()
+        model, dataset = self._build()
+        # Before the data stream exists, so that the trial step cannot disturb it.
+        self.compiled = self._compile(dataset) if self.cfg.compile else None
+        data_state = self._start_counts(resumed_from, state)
+        self._open_stream(dataset, data_state)
+        self._log_start(type(model).__name__)
+        start_step = self.step
+        validation = self._train_to_the_end()
+        result = self._finish(started, resumed_from, validation, start_step)
+        barrier()  # every rank returns once the exported model and summary exist
+        return result
+
+    def _prepare_run_dir(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """Create RUN_DIR (rank 0), choose the checkpoint to resume from, write ``config.yaml`` (rank 0)."""
+        if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.ckpt_dir)
         resumed_from, state = self._resume_state()
-        if env.is_main:
+        if self.env.is_main:
             self._write_config()
+        return resumed_from, state
 
+    def _build(self) -> tuple[nn.Module, Any]:
+        """The task's model on the device (the same initial weights on every rank) and its training dataset;
+        sets the precision, optimiser, schedule, gradient scaler and ``self.model`` (DDP-wrapped if distributed)."""
+        cfg = self.cfg
         if self.device.type == "cuda":
             # Training shapes are fixed (image size, patch size): let cuDNN pick its fastest convolutions once.
             # TF32 stays as PyTorch sets it (convolutions yes, matmuls no), so fp32 loss regions stay fp32.
@@ -540,14 +561,17 @@ class _Run:
         model = to_device(model, self.device) if to_device is not None else model.to(self.device)
         dataset = self.task.train_dataset()
         # Ranks share the initial weights but need their own random streams (dropout, jitter).
-        _seed_everything(cfg.seed + 1_000_003 * env.rank)
+        _seed_everything(cfg.seed + 1_000_003 * self.env.rank)
         self.precision = resolve_precision(cfg.amp, self.device)
         self.optimizer = build_optimizer(model, self.task, lr=cfg.lr, weight_decay=cfg.weight_decay, device=self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
         self.scaler = self.precision.grad_scaler()
-        self.model = wrap_model(model, env, self.task)
-        # Before the data stream exists, so that the trial step cannot disturb it.
-        self.compiled = self._compile(dataset) if cfg.compile else None
+        self.model = wrap_model(model, self.env, self.task)
+        return model, dataset
+
+    def _start_counts(self, resumed_from: Path | None, state: dict[str, Any] | None) -> DataState:
+        """Set the step and the run's counters: from the checkpoint resumed from, else zero. Returns where the
+        data stream starts (epoch, position, per-reader counts)."""
         self.bad_total = 0
         self.nonfinite = 0
         self.skipped = 0
@@ -560,7 +584,13 @@ class _Run:
             epoch, position, consumed = self._restore(resumed_from, state)
             self.step = int(state["step"])
         self.last_ckpt_step = self.step if state is not None else -1
+        return epoch, position, consumed
 
+    def _open_stream(self, dataset: Any, data_state: DataState) -> None:
+        """Start the data stream at ``data_state``, read the first step's batches and agree on them with the
+        other ranks."""
+        cfg, env = self.cfg, self.env
+        epoch, position, consumed = data_state
         self.stream = BatchStream(
             dataset, self.task.collate, batch_size=cfg.batch_size, rank=env.rank,
             world_size=env.world_size, seed=cfg.seed, workers=cfg.workers,
@@ -569,68 +599,91 @@ class _Run:
         self.model.train()
         self.next = self._fetch() if self.step < cfg.steps else None
         self._agree_on_next()
+
+    def _log_start(self, model_name: str) -> None:
+        cfg, env = self.cfg, self.env
         if env.is_main:
             logger.info(
                 "training %s for %d steps on %s x%d (%s precision), global batch %d",
-                type(model).__name__, cfg.steps, self.device, env.world_size, self.precision.name,
+                model_name, cfg.steps, self.device, env.world_size, self.precision.name,
                 cfg.batch_size * cfg.accum_steps * env.world_size,
             )
-        run_log = RunLogger(self.run_dir, enabled=env.is_main, start_step=self.step)
+
+    def _train_to_the_end(self) -> dict[str, float]:
+        """Train up to ``--steps``, write the last checkpoint and validate the final model (unless the last
+        step did); the last validation metrics. Closes the logs, the progress bar and the data stream."""
+        cfg = self.cfg
+        run_log = RunLogger(self.run_dir, enabled=self.env.is_main, start_step=self.step)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not (env.is_main and cfg.progress))
-        validation: dict[str, float] = {}
-        last_val_step = -1
-        start_step = self.step
-        before_step = getattr(self.task, "before_step", None)
+                   disable=not (self.env.is_main and cfg.progress))
         try:
             with StopRequest() as stop:
-                while self.step < cfg.steps:
-                    if before_step is not None:
-                        before_step(unwrap_model(self.model), self.step)
-                    if self.next_failed:
-                        self._stop_on_data_error()
-                    values, stop_now = self._train_step(stop)
-                    self.step += 1
-                    if values is not None:
-                        self.last_values = values
-                        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                            run_log.log(self.step, values, extra={"epoch": self._data_state()[0]})
-                        bar.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{values['lr']:.2e}", refresh=False)
-                    bar.update(1)
-                    if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        validation = self._validate()
-                        last_val_step = self.step
-                        if validation:
-                            run_log.log(self.step, validation, prefix="val")
-                    if stop_now:
-                        path = self._save(self.step)
-                        run_log.flush()
-                        raise TrainingInterrupted(
-                            f"stopped by {stop.requested or 'a signal on another rank'} after step {self.step}; "
-                            f"checkpoint {path}; continue with --resume latest",
-                            step=self.step, checkpoint=path,
-                        )
-                    if self.step % cfg.ckpt_every == 0:
-                        self._save(self.step)
+                validation, last_val_step = self._steps(stop, run_log, bar)
             if self.last_ckpt_step != self.step:
                 self._save(self.step)
             if last_val_step != self.step and hasattr(self.task, "validate"):
-                validation = self._validate()
-                if validation:
-                    run_log.log(self.step, validation, prefix="val")
+                validation = self._validate_and_log(run_log)
         finally:
             bar.close()
             run_log.close()
             self.stream.close()
+        return validation
 
+    def _steps(self, stop: StopRequest, run_log: RunLogger, bar: tqdm) -> tuple[dict[str, float], int]:
+        """The training steps up to ``--steps``, each followed by its log line, validation and checkpoint when
+        due; (the last validation metrics, the step they were measured at, -1 if none)."""
+        cfg = self.cfg
+        validation: dict[str, float] = {}
+        last_val_step = -1
+        before_step = getattr(self.task, "before_step", None)
+        while self.step < cfg.steps:
+            if before_step is not None:
+                before_step(unwrap_model(self.model), self.step)
+            if self.next_failed:
+                self._stop_on_data_error()
+            values, stop_now = self._train_step(stop)
+            self.step += 1
+            self._log_step(values, run_log, bar)
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                validation = self._validate_and_log(run_log)
+                last_val_step = self.step
+            if stop_now:
+                self._stop_on_signal(stop, run_log)
+            if self.step % cfg.ckpt_every == 0:
+                self._save(self.step)
+        return validation, last_val_step
+
+    def _log_step(self, values: dict[str, float] | None, run_log: RunLogger, bar: tqdm) -> None:
+        """Keep a trained step's values, log them every ``--log-every`` steps and at the last, advance the bar."""
+        if values is not None:
+            self.last_values = values
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                run_log.log(self.step, values, extra={"epoch": self._data_state()[0]})
+            bar.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{values['lr']:.2e}", refresh=False)
+        bar.update(1)
+
+    def _validate_and_log(self, run_log: RunLogger) -> dict[str, float]:
+        validation = self._validate()
+        if validation:
+            run_log.log(self.step, validation, prefix="val")
+        return validation
+
+    def _stop_on_signal(self, stop: StopRequest, run_log: RunLogger) -> NoReturn:
+        """Every rank: write a checkpoint of the steps done, then raise :class:`TrainingInterrupted`."""
+        path = self._save(self.step)
+        run_log.flush()
+        raise TrainingInterrupted(
+            f"stopped by {stop.requested or 'a signal on another rank'} after step {self.step}; "
+            f"checkpoint {path}; continue with --resume latest",
+            step=self.step, checkpoint=path,
+        )
+
+    def _finish(self, started: float, resumed_from: Path | None, validation: dict[str, float],
+                start_step: int) -> TrainResult:
+        """Export the model (rank 0), then the run's result; rank 0 writes ``summary.json`` and logs it."""
         wall = time.perf_counter() - started
-        samples = self.samples_local * env.world_size
-        model_dir = None
-        if env.is_main:
-            model_dir = self.run_dir / "model"
-            export = getattr(self.task, "export", None)
-            card = {"training": self._card_training(), "metrics": validation}
-            call_export(export or export_model, unwrap_model(self.model), model_dir, card)
+        samples = self.samples_local * self.env.world_size
+        model_dir = self._export(validation) if self.env.is_main else None
         result = TrainResult(
             run_dir=self.run_dir,
             steps=self.step,
@@ -645,15 +698,22 @@ class _Run:
             validation=validation,
             skipped_steps=self.skipped,
         )
-        if env.is_main:
+        if self.env.is_main:
             self._write_summary(result, start_step, samples)
             logger.info(
                 "done: %d steps, loss %.4g, %d bad samples, %d non-finite and %d skipped steps, %.1f s, %.1f samples/s",
                 result.steps, result.final_losses.get("loss", math.nan), result.bad_samples,
                 result.nonfinite_steps, result.skipped_steps, wall, result.samples_per_s,
             )
-        barrier()  # every rank returns once the exported model and summary exist
         return result
+
+    def _export(self, validation: dict[str, float]) -> Path:
+        """Export the trained model with its card to RUN_DIR/model (the task's ``export``, else the default)."""
+        model_dir = self.run_dir / "model"
+        export = getattr(self.task, "export", None)
+        card = {"training": self._card_training(), "metrics": validation}
+        call_export(export or export_model, unwrap_model(self.model), model_dir, card)
+        return model_dir
 
     def _card_training(self) -> dict[str, Any]:
         """The training facts of the exported model's card (``README.md``): data, steps, batch, seed, date."""
