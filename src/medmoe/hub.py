@@ -23,6 +23,7 @@ from torch import nn
 
 from medmoe.config import config_from_dict, config_to_dict
 from medmoe.errors import InvalidInputError, NotAModelDirectoryError
+from medmoe.registry import describe_family
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -166,7 +167,7 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
 
     Before any tensor of the model is allocated, the config is checked (field types, size ranges,
     :mod:`medmoe.model_checks`) and the safetensors header is read and compared with the shapes the config
-    gives (built with parameters on the ``meta`` device), so a hand-edited or hostile directory fails in one
+    gives (the model built on the ``meta`` device), so a hand-edited or hostile directory fails in one
     line. Weights are read with safetensors only: never pickle. ``medmoe.create_model(directory)`` calls this.
 
     Args:
@@ -266,10 +267,3 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         data = data.get(part) if isinstance(data, dict) else None
     return data
-
-
-def describe_family(model_type: str) -> str:
-    """A model family as people call it, e.g. ``"MoME segmentation (mome)"`` (see :mod:`medmoe.registry`)."""
-    from medmoe.registry import describe_family as describe
-
-    return describe(model_type)

@@ -22,14 +22,14 @@ KEY_SIZES = (
     ("image size", "backbone.image_size"), ("patch size", "backbone.patch_size"),
     ("backbone width", "backbone.embed_dim"), ("backbone depths", "backbone.depths"),
     ("embedding dim", "embed_dim"), ("local dim", "local_dim"), ("routed by", "route_by"),
-    ("feature size", "feature_size"), ("depths", "depths"), ("expert channels", "expert_channels"),
+    ("backbone", "backbone.kind"), ("feature size", "backbone.feature_size"), ("expert channels", "expert_channels"),
     ("router dim", "router_dim"), ("text projection dim", "text_proj_dim"), ("window (voxels)", "roi_size"),
     ("spacing (mm)", "spacing"), ("text encoder", "text.model"), ("text max length", "text.max_length"),
 )
 # (label, dotted config field) of the weight files a model starts from
 WEIGHT_FIELDS = (
     ("image backbone", "backbone.weights"), ("text encoder", "text.model"), ("text weights", "text.weights"),
-    ("whole network", "init_weights"), ("encoder", "encoder_weights"),
+    ("whole network", "backbone.init_weights"), ("encoder", "backbone.encoder_weights"),
     ("prompt embeddings", "prompt_embeddings"),
 )
 # the training facts in the order the card lists them; other keys follow in the order given
@@ -135,7 +135,7 @@ def model_card_text(model: nn.Module, *, training: Mapping[str, Any] | None = No
                     metrics: Mapping[str, Any] | None = None) -> str:
     """The Markdown of the card; see :func:`write_model_card`."""
     from medmoe import __version__
-    from medmoe.hub import describe_family
+    from medmoe.registry import describe_family
 
     model_type = getattr(model, "model_type", None) or type(model).__name__
     name = getattr(model, "model_name", None)

@@ -1,79 +1,63 @@
 """Checks a model config and a saved model's weights pass before any tensor of the model is allocated.
 
 A ``config.json`` is data: ``num_experts: 10000000`` or ``depths: [1000000, 2, 2, 2]`` must fail in a line,
-not after allocating gigabytes. :func:`check_sizes` bounds the fields that multiply modules or widths;
-:func:`expected_shapes` builds the model with every parameter moved to PyTorch's ``meta`` device as it is
-created (one parameter allocated at a time, as ``accelerate.init_empty_weights`` does) and
-:func:`compare_with_header` compares those shapes with the safetensors header, which
-:func:`read_safetensors_header` reads and checks against the file's length without reading a tensor.
+not after allocating gigabytes. :func:`check_sizes` bounds the fields that multiply modules or widths, with
+the limits each config declares (``size_limits`` of the family's config class, dotted for nested sections)
+and, for a backbone section, its kind's (``size_limits`` of the backbone class); :func:`expected_shapes`
+builds the model on PyTorch's ``meta`` device (shapes, no storage) and :func:`compare_with_header` compares
+those shapes with the safetensors header, which :func:`read_safetensors_header` reads with
+``safetensors.safe_open`` (which checks the header against the file) without reading a tensor.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
-import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from medmoe.errors import InvalidInputError, NotAModelDirectoryError
 
-# field name -> (minimum, maximum) of the value or of each element; generous for every model medmoe builds
-# (the largest registered ones use 24 heads, depth 6, 768 wide), small enough that a config cannot make
-# the model builder loop for hours or allocate gigabytes in one tensor.
-SIZE_RANGES: dict[str, tuple[int, int]] = {
-    "num_experts": (1, 64),
-    "depths": (0, 48),
-    "num_heads": (1, 256),
-    "window_size": (1, 64),
-    "patch_size": (1, 64),
-    "refine_depth": (0, 32),
-    "in_channels": (1, 64),
-    "fusion_scale": (1, 8),
-    "word_layers": (1, 64),
-    "image_size": (1, 8192),
-    "roi_size": (1, 2048),
-    "max_length": (1, 8192),
-    "local_dim": (1, 8192),
-    "embed_dim": (1, 8192),
-    "scale_hidden": (0, 8192),
-    "router_hidden": (0, 8192),
-    "feature_size": (1, 1024),
-    "expert_channels": (1, 1024),
-    "router_dim": (1, 8192),
-    "head_hidden": (1, 8192),
-    "text_proj_dim": (1, 8192),
-}
-MAX_STAGES = 8  # length of depths / num_heads
+MAX_STAGES = 8  # length of a tuple size field (depths, num_heads)
 MAX_CLASSES = 4096
-MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on its JSON header
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def size_limits(config: Any) -> dict[str, tuple[int, int]]:
+    """``{dotted field: (minimum, maximum)}`` of a config and its nested sections: the config class's
+    ``size_limits`` and, for every nested section with a ``kind`` that names a backbone, that backbone
+    class's ``size_limits`` under the section's name."""
+    from medmoe.backbones import backbone_class
+
+    limits = dict(getattr(type(config), "size_limits", {}))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value) and isinstance(getattr(value, "kind", None), str):
+            kind_limits = backbone_class(value.kind).size_limits
+            limits.update({f"{field.name}.{name}": bounds for name, bounds in kind_limits.items()})
+    return limits
 
 
 def check_sizes(config: Any, where: str) -> None:
-    """Refuse size fields outside :data:`SIZE_RANGES` anywhere in a (nested) dataclass config.
+    """Refuse size fields outside their :func:`size_limits` anywhere in a (nested) dataclass config, and
+    class lists longer than :data:`MAX_CLASSES`.
 
     Raises:
         InvalidInputError: one line naming the field, its value and the allowed range.
     """
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        name = f"{where}.{field.name}"
-        if dataclasses.is_dataclass(value):
-            check_sizes(value, name)
-            continue
-        if field.name in ("classes", "trained_classes") and len(value) > MAX_CLASSES:
+    limits = size_limits(config)
+    for dotted, value in _fields(config):
+        name = f"{where}.{dotted}"
+        if dotted.rsplit(".", 1)[-1] in ("classes", "trained_classes") and len(value) > MAX_CLASSES:
             raise InvalidInputError(f"{name}: {len(value)} classes, more than the {MAX_CLASSES} allowed")
-        if field.name not in SIZE_RANGES:
+        if dotted not in limits:
             continue
-        low, high = SIZE_RANGES[field.name]
+        low, high = limits[dotted]
         values = value if isinstance(value, tuple) else (value,)
         if isinstance(value, tuple) and len(value) > MAX_STAGES:
             raise InvalidInputError(f"{name}: {len(value)} values, at most {MAX_STAGES} allowed")
@@ -82,36 +66,16 @@ def check_sizes(config: Any, where: str) -> None:
                 raise InvalidInputError(f"{name}: {v} is outside the allowed range [{low}, {high}]")
 
 
-@contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """While building a module, move each parameter to the ``meta`` device as soon as it is registered.
-
-    The text tower keeps real parameters: a model may run it while it is built (MoME encodes its class
-    prompts), and its size is fixed by the encoder's own config (checked by :func:`check_text_config`).
-    """
-    from medmoe.text.tower import TextTower
-
-    original, original_init = nn.Module.register_parameter, TextTower.__init__
-    in_text_tower = [0]
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        # a tied (already moved) parameter stays shared
-        if param is not None and param.device.type != "meta" and not in_text_tower[0]:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    def text_init(self, *args: Any, **kwargs: Any) -> None:
-        in_text_tower[0] += 1
-        try:
-            original_init(self, *args, **kwargs)
-        finally:
-            in_text_tower[0] -= 1
-
-    nn.Module.register_parameter, TextTower.__init__ = register, text_init
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter, TextTower.__init__ = original, original_init
+def _fields(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted name, value)`` of every leaf field of a nested dataclass config."""
+    out = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            out += _fields(value, f"{prefix}{field.name}.")
+        else:
+            out.append((f"{prefix}{field.name}", value))
+    return out
 
 
 # Hugging Face encoder config keys (text/config.json of a saved model) -> largest value allowed.
@@ -140,10 +104,27 @@ def check_text_config(path: str | os.PathLike) -> None:
             raise InvalidInputError(f"{path}: {key} {value!r} is not an integer in [1, {high}]")
 
 
+class _OnMeta(TorchFunctionMode):
+    """Like ``with torch.device("meta")``: tensors created without a device (parameters, buffers) land on the
+    ``meta`` device, which records shapes and allocates nothing; ranges (``arange``, ``linspace``,
+    ``logspace``) stay on the CPU because builders read their values (MONAI's Swin reads its drop-path
+    schedule with ``.item()``): one value per block or per window position."""
+
+    _ON_META = frozenset({torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand,
+                          torch.randn, torch.randint, torch.randperm, torch.eye, torch.tensor, torch.as_tensor,
+                          torch.scalar_tensor})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._ON_META and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
 def expected_shapes(cls: type[nn.Module], config: Any) -> tuple[dict[str, tuple[int, ...]], list[list[str]]]:
-    """``({name: shape}, alias groups)`` of the state dict ``cls(config)`` would have, with no parameter
-    allocated beyond the one being created; names sharing one tensor form an alias group."""
-    with _parameters_on_meta():
+    """``({name: shape}, alias groups)`` of the state dict ``cls(config)`` would have, built on the ``meta``
+    device (no parameter storage is allocated); names sharing one tensor form an alias group."""
+    with _OnMeta():
         model = cls(config, load_pretrained=False)
     state = model.state_dict(keep_vars=True)
     groups: dict[int, list[str]] = {}
@@ -153,50 +134,25 @@ def expected_shapes(cls: type[nn.Module], config: Any) -> tuple[dict[str, tuple[
 
 
 def read_safetensors_header(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The tensor entries (``dtype``, ``shape``, ``data_offsets``) of a safetensors file, checked against
-    its length: the header fits, every tensor's bytes lie inside the file and match its shape and dtype.
+    """``{name: {"dtype", "shape"}}`` of the tensors of a safetensors file, read with
+    ``safetensors.safe_open``, which refuses a header that is over its 100 MB limit, not JSON, or describes
+    data the file does not hold; no tensor is read.
 
     Raises:
-        NotAModelDirectoryError: a header that is missing, oversized, not JSON, or describes data the file
-            does not hold.
+        NotAModelDirectoryError: an unreadable file or a header safetensors refuses.
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ValueError("shorter than the 8-byte header length")
-            (length,) = struct.unpack("<Q", head)
-            if length > min(MAX_HEADER_BYTES, size - 8):
-                raise ValueError(f"header length {length:,} exceeds the file ({size:,} bytes) or 100 MiB")
-            header = json.loads(fh.read(length).decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        header.pop("__metadata__", None)
-        data_bytes = size - 8 - length
-        for name, entry in header.items():
-            _check_entry(name, entry, data_bytes)
+        with safe_open(str(path), "pt") as weights:
+            header = {}
+            for name in weights.keys():
+                tensor = weights.get_slice(name)
+                header[name] = {"dtype": tensor.get_dtype(), "shape": list(tensor.get_shape())}
     except OSError as err:
         raise NotAModelDirectoryError(f"{path}: cannot read weights ({err.strerror or err})") from err
-    except (ValueError, RecursionError, struct.error) as err:
+    except (SafetensorError, ValueError) as err:
         raise NotAModelDirectoryError(f"{path}: not a safetensors file ({err})") from err
     return header
-
-
-def _check_entry(name: str, entry: Any, data_bytes: int) -> None:
-    if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPE_BYTES:
-        raise ValueError(f"tensor {name!r}: malformed entry")
-    shape, offsets = entry.get("shape"), entry.get("data_offsets")
-    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise ValueError(f"tensor {name!r}: malformed shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)):
-        raise ValueError(f"tensor {name!r}: malformed data_offsets")
-    start, end = offsets
-    if not 0 <= start <= end <= data_bytes:
-        raise ValueError(f"tensor {name!r}: bytes {start}..{end} lie outside the file's {data_bytes:,} data bytes")
-    if math.prod(shape) * _DTYPE_BYTES[entry["dtype"]] != end - start:
-        raise ValueError(f"tensor {name!r}: {end - start} bytes do not hold shape {shape} of {entry['dtype']}")
 
 
 def compare_with_header(expected: dict[str, tuple[int, ...]], aliases: list[list[str]],

@@ -3,15 +3,16 @@
 Every architecture is a JSON file in ``model_configs/`` (or a dict given to :func:`register_model`) whose
 ``model_type`` names a family. A family is a model class with a ``config_class`` dataclass, built as
 ``cls(config, load_pretrained=...)``; it registers itself with :func:`register_family` (a subclass of
-:class:`medmoe.hub.PretrainedMixin` that sets ``model_type`` does so when its class is defined). The
-built-in families' modules are imported only when a family is asked for, so that ``import medmoe`` stays
-light.
+:class:`medmoe.hub.PretrainedMixin` that sets ``model_type`` does so when its class is defined, with its
+``description`` and ``trained_settings`` attributes). The built-in families' modules are imported only when
+a family is asked for, so that ``import medmoe`` stays light: :data:`BUILTIN_MODULES` names them.
 
 Example (a third-party family)::
 
     class MyNet(PretrainedMixin, nn.Module):      # registers "mynet" when the class is defined
         config_class = MyNetConfig
         model_type = "mynet"
+        description = "My nets"
 
     register_model("mynet-small", {"model_type": "mynet", "width": 64})
     model = create_model("mynet-small")
@@ -38,12 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The built-in families: model_type -> (the module whose import registers it, how people call it). The
-# description is here so that error messages can name a family without importing its (heavy) module.
-BUILTIN_FAMILIES: dict[str, tuple[str, str]] = {
-    "medmoe": ("medmoe.align.model", "MedMoE image-report alignment"),
-    "mome": ("medmoe.seg.model", "MoME segmentation"),
-}
+#: the built-in families: model_type -> the module whose import defines (and so registers) its class
+BUILTIN_MODULES: dict[str, str] = {"medmoe": "medmoe.align.model", "mome": "medmoe.seg.model"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +77,8 @@ def register_family(model_type: str, cls: type, *, description: str | None = Non
         model_type: the family's name.
         cls: a model class with a ``config_class`` dataclass, built as ``cls(config, load_pretrained=...)``
             and saved with ``save_pretrained`` (:class:`medmoe.hub.PretrainedMixin`).
-        description: how error messages name the family (default: the built-in one, or the class name).
+        description: how error messages name the family (default: the class's ``description`` attribute, or
+            its name).
         trained_settings: see :class:`Family` (default: the class's ``trained_settings`` attribute, or none).
 
     Raises:
@@ -91,21 +89,21 @@ def register_family(model_type: str, cls: type, *, description: str | None = Non
         raise InvalidInputError(f"register_family: model_type {model_type!r}: expected a non-empty string")
     if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
         raise InvalidInputError(f"register_family({model_type!r}): {cls!r} has no dataclass `config_class`")
-    builtin = BUILTIN_FAMILIES.get(model_type)
-    if builtin is not None and cls.__module__ != builtin[0]:
+    builtin = BUILTIN_MODULES.get(model_type)
+    if builtin is not None and cls.__module__ != builtin:
         raise InvalidInputError(
-            f"register_family({model_type!r}): {model_type!r} is a built-in family ({builtin[0]}); choose another name"
+            f"register_family({model_type!r}): {model_type!r} is a built-in family ({builtin}); choose another name"
         )
     if trained_settings is None:
         trained_settings = tuple(getattr(cls, "trained_settings", ()))
-    description = description or (builtin[1] if builtin else cls.__name__)
+    description = description or getattr(cls, "description", None) or cls.__name__
     _FAMILIES[model_type] = Family(model_type, cls, description, tuple(trained_settings))
     return cls
 
 
 def family_names() -> list[str]:
     """The model_types that name a family (built-in or registered), sorted; nothing is imported."""
-    return sorted(set(BUILTIN_FAMILIES) | set(_FAMILIES))
+    return sorted(set(BUILTIN_MODULES) | set(_FAMILIES))
 
 
 def get_family(model_type: str) -> Family:
@@ -114,8 +112,8 @@ def get_family(model_type: str) -> Family:
     Raises:
         InvalidInputError: no family of that name.
     """
-    if isinstance(model_type, str) and model_type not in _FAMILIES and model_type in BUILTIN_FAMILIES:
-        importlib.import_module(BUILTIN_FAMILIES[model_type][0])
+    if isinstance(model_type, str) and model_type not in _FAMILIES and model_type in BUILTIN_MODULES:
+        importlib.import_module(BUILTIN_MODULES[model_type])
     if not isinstance(model_type, str) or model_type not in _FAMILIES:
         raise InvalidInputError(f"unknown model_type {model_type!r}; known: {family_names()}")
     return _FAMILIES[model_type]
@@ -127,13 +125,11 @@ def model_class(model_type: str) -> type[nn.Module]:
 
 
 def describe_family(model_type: str) -> str:
-    """A model family as people call it, e.g. ``"MoME segmentation (mome)"`` (imports nothing)."""
-    family = _FAMILIES.get(model_type) if isinstance(model_type, str) else None
-    if family is not None:
-        return f"{family.description} ({model_type})"
-    if isinstance(model_type, str) and model_type in BUILTIN_FAMILIES:
-        return f"{BUILTIN_FAMILIES[model_type][1]} ({model_type})"
-    return repr(model_type)
+    """A model family as people call it, e.g. ``"MoME segmentation (mome)"`` (a built-in family's module is
+    imported on first use); the repr of a name that is no family."""
+    if not isinstance(model_type, str) or model_type not in family_names():
+        return repr(model_type)
+    return f"{get_family(model_type).description} ({model_type})"
 
 
 def _config_dir() -> Path:

@@ -81,6 +81,9 @@ def test_contract_and_size_check():
     ({"kind": "effnet_lite0", "window_size": 4}, r"backbone.window_size applies to kind 'swin' only"),
     ({"kind": "effnet_lite0", "depths": (2, 2, 2, 2)}, r"backbone.depths applies to kind 'swin' only"),
     ({"weights": "imagenet"}, r"'imagenet' exists for kind 'effnet_lite0' only"),
+    ({"kind": "effnet_lite0", "gradient_checkpointing": True},
+     r"backbone.gradient_checkpointing applies to kind 'swin' only; remove it for kind 'effnet_lite0'"),
+    ({"kind": "swinunetr"}, r"'swinunetr' is a 3-D backbone; this model needs a 2-D one: \['effnet_lite0', 'swin'\]"),
 ])
 def test_kind_specific_fields_are_validated(fields, message):
     with pytest.raises(InvalidInputError, match=message):

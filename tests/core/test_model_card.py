@@ -15,16 +15,16 @@ from medmoe.train import add_training_arguments, run_training
 
 
 def test_a_saved_model_has_a_card_naming_its_architecture_and_weights(tmp_path):
-    model = medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, init_weights="")
+    model = medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, backbone={"init_weights": ""})
     folder = model.save_pretrained(tmp_path / "mome")
     card = (folder / "README.md").read_text()
     assert card.startswith("# mome-nano\n")
     assert "registered name: `mome-nano`" in card and "MoME segmentation (mome)" in card
     params = sum(p.numel() for p in model.parameters())
     assert f"parameters: {params:,}" in card and f"experts: {model.num_scales}" in card
-    assert "feature size: 12" in card and "window (voxels): 32, 32, 32" in card
+    assert "backbone: swinunetr" in card and "feature size: 12" in card and "window (voxels): 32, 32, 32" in card
     assert "text encoder (`text.model`): tiny-bert" in card
-    assert "whole network (`init_weights`): none" in card and "random initialisation" in card
+    assert "whole network (`backbone.init_weights`): none" in card and "random initialisation" in card
     assert "not recorded (saved outside the trainer)" in card
     assert 'medmoe.load_model("' in card and f"medmoe version: {medmoe.__version__}" in card
 

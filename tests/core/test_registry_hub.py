@@ -185,7 +185,8 @@ def test_import_medmoe_leaves_the_families_unimported_until_asked():
     code = ("import sys, medmoe; from medmoe import registry\n"
             "heavy = ('medmoe.align.model', 'medmoe.seg.model', 'transformers', 'monai')\n"
             "assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]\n"
+            "assert registry.family_names() == ['medmoe', 'mome'] and 'medmoe.seg.model' not in sys.modules\n"
+            "assert registry.model_class('mome').__name__ == 'MoME' and 'medmoe.seg.model' in sys.modules\n"
             "assert registry.describe_family('mome') == 'MoME segmentation (mome)'\n"
-            "assert 'medmoe.seg.model' not in sys.modules\n"
-            "assert registry.model_class('mome').__name__ == 'MoME' and 'medmoe.seg.model' in sys.modules\n")
+            "assert registry.describe_family('medmoe') == 'MedMoE image-report alignment (medmoe)'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

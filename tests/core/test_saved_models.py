@@ -1,5 +1,6 @@
-"""Issue 16, finding 7: a saved model's config.json is data. Wrong types, absurd sizes and another model type
-fail in one line, and the safetensors header is compared with the config before the model is allocated."""
+"""A saved model's config.json is data. Wrong types, absurd sizes and another model type fail in one line, and
+the safetensors header (read with safetensors' safe_open) is compared with the shapes the config gives (the
+model built on the meta device) before the model is allocated."""
 
 from __future__ import annotations
 
@@ -64,21 +65,40 @@ def test_wrong_family_is_refused_by_name(tmp_path):
 
 
 _CLAIM = json.dumps({"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]}}).encode()
+_SHORT = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 8]}}).encode()
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (b"\x00" * 4, "shorter than the 8-byte header length"),
-        ((2**40).to_bytes(8, "little") + b"{}", "exceeds the file"),
-        ((2).to_bytes(8, "little") + b"[]", "header is not a JSON object"),
-        (len(_CLAIM).to_bytes(8, "little") + _CLAIM + b"\x00" * 16, "lie outside the file's 16 data bytes"),
+        (b"\x00" * 4, "not a safetensors file .*header too small"),
+        ((2**40).to_bytes(8, "little") + b"{}", "not a safetensors file .*header too large"),
+        ((2).to_bytes(8, "little") + b"[]", "not a safetensors file .*invalid JSON in header"),
+        (len(_CLAIM).to_bytes(8, "little") + _CLAIM + b"\x00" * 16, "not a safetensors file .*file not fully covered"),
+        (len(_SHORT).to_bytes(8, "little") + _SHORT + b"\x00" * 8, "not a safetensors file .*invalid shape, data type"),
     ],
 )
 def test_broken_safetensors_headers_are_named(tmp_path, raw, message):
     folder = _saved(tmp_path, "m", {})
     (folder / "model.safetensors").write_bytes(raw)
-    with pytest.raises(NotAModelDirectoryError, match=message):
+    with pytest.raises(NotAModelDirectoryError, match=message) as caught:
+        medmoe.load_model(folder)
+    assert str(folder / "model.safetensors") in str(caught.value)
+
+
+def test_weights_of_other_shapes_or_names_are_named_with_the_config_shapes(tmp_path):
+    """The header is compared with the shapes of the model the config describes, built on the meta device."""
+    torch.manual_seed(0)
+    model = medmoe.create_model("mome-nano", pretrained=False, text={"model": "tiny-bert"})
+    folder = model.save_pretrained(tmp_path / "mome")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["experts.blocks.0.0.weight"] = torch.zeros(8, 13, 3, 3, 3)
+    state["extra.weight"] = torch.zeros(1)
+    del state["heads.controller.bias"]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(NotAModelDirectoryError, match=r"weights do not match the config \(missing "
+                       r"\['heads\.controller\.bias'\]; unexpected \['extra\.weight'\]; shape differs: "
+                       r"\['experts\.blocks\.0\.0\.weight \(8, 13, 3, 3, 3\) vs \(8, 12, 3, 3, 3\)'\]\)"):
         medmoe.load_model(folder)
 
 
@@ -105,7 +125,7 @@ def test_header_is_compared_before_the_model_is_allocated(tmp_path):
 
 
 def test_real_models_still_round_trip(tmp_path):
-    for name, options in (("medmoe-nano", {"text": {"model": "tiny-bert"}}), ("mome-nano", {"feature_size": 12})):
+    for name, options in (("medmoe-nano", {"text": {"model": "tiny-bert"}}), ("mome-nano", {"backbone": {"feature_size": 12}})):
         model = medmoe.create_model(name, pretrained=False, **options)
         folder = model.save_pretrained(tmp_path / name)
         loaded = medmoe.load_model(folder, family=model.model_type)

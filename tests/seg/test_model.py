@@ -100,24 +100,23 @@ def _reference_forward(model, volume, text_emb):
     resolution and stacked (B, S, C, X); gates softmax_s(<V f(x) + c, W_s t_k> / sqrt(d)) as (B, K, S, X); the
     (B, K, C, X) fusion; each (sample, class) head as three 1x1x1 convs.
 
-    Written in the layout of the models saved before the pyramid was ordered finest first: decoder outputs
-    coarse to fine, ``experts.blocks[s]`` and the router's row block s on the s-th of them; the gates and
-    usage it returns are then put in the level order (finest first) that MoME returns."""
+    ``experts.blocks[l]`` runs on pyramid level l (finest first); the router's row block s reads the s-th
+    level from the coarsest (seg/router.py), so the experts are stacked coarsest first and the gates and usage
+    it returns are then put in the level order (finest first) that MoME returns."""
     text = text_emb * math.sqrt(model.text_dim)
     pyramid = model.backbone(volume)
-    coarse_to_fine = pyramid.features[::-1]
     scale = model.config.fusion_scale
     size = tuple(s // scale for s in volume.shape[2:])
     experts = []
-    for block, feat in zip(model.experts.blocks, coarse_to_fine):
+    for block, feat in zip(model.experts.blocks, pyramid.features):
         y = block(feat)
         if tuple(y.shape[2:]) != size:
             y = (F.adaptive_avg_pool3d(y, size) if y.shape[2] > size[0] else
                  F.interpolate(y, size=size, mode="trilinear", align_corners=False))
         experts.append(y.flatten(2))
-    experts = torch.stack(experts, dim=1)  # (B, S, C, X)
+    experts = torch.stack(experts[::-1], dim=1)  # (B, S, C, X), coarsest first
     router = model.router
-    voxel = coarse_to_fine[-1] if scale == 1 else coarse_to_fine[-2]
+    voxel = pyramid.features[0] if scale == 1 else pyramid.features[1]
     v = router.voxel_proj(voxel).flatten(2)  # (B, d, X)
     q = router.text_proj(text).view(-1, router.dim) / math.sqrt(router.dim)  # (K*S, d)
     b, k, n_scales = volume.shape[0], text.shape[0], router.num_scales
@@ -159,19 +158,18 @@ def test_forward_equals_reference_formula(fusion_scale, chunk):
         torch.testing.assert_close(out[key], ref[key], atol=1e-4, rtol=1e-4)
 
 
-def test_saved_layout_is_the_one_before_the_level_order():
-    """Models saved while the decoder outputs ran coarse to fine load unchanged: the expert blocks and the
-    router's row blocks keep that layout (``blocks.0`` is the coarsest level's), which
-    test_forward_equals_reference_formula computes with, and only the returned gates are in level order."""
+def test_expert_blocks_follow_the_pyramid_level_order():
+    """``experts.blocks.l`` is the expert of pyramid level l (finest first); the returned gates and gate usage
+    are in that order too."""
     torch.manual_seed(0)
     m = medmoe.create_model("mome-nano", text={"model": "tiny-bert"}).eval()
     state = m.state_dict()
-    f, c, d = 12, 8, 16  # mome-nano: feature_size, expert_channels, router_dim
+    f, c, d = 12, 8, 16  # mome-nano: backbone.feature_size, expert_channels, router_dim
     assert [tuple(state[f"experts.blocks.{i}.0.weight"].shape) for i in range(5)] == [
-        (c, 8 * f, 3, 3, 3), (c, 4 * f, 3, 3, 3), (c, 2 * f, 3, 3, 3), (c, f, 3, 3, 3), (c, f, 3, 3, 3)]
+        (c, f, 3, 3, 3), (c, f, 3, 3, 3), (c, 2 * f, 3, 3, 3), (c, 4 * f, 3, 3, 3), (c, 8 * f, 3, 3, 3)]
     assert tuple(state["router.voxel_proj.weight"].shape) == (d, f, 1, 1, 1)  # half-resolution fusion: level 1
     assert state["router.text_proj.weight"].shape[0] == 5 * d
-    assert m.experts.block(0) is m.experts.blocks[4] and m.experts.block(4) is m.experts.blocks[0]
+    assert all(m.experts.block(level) is m.experts.blocks[level] for level in range(5))
     with torch.no_grad():
         out = m.forward_outputs(_volume(32, 32, 32), ["liver"], return_gates=True)
     usage = out["gates"].mean(dim=(0, 1, 3, 4, 5))
@@ -331,8 +329,15 @@ def test_config_errors():
         medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, fusion_scale=3)
     with pytest.raises(InvalidInputError, match="not class template names"):
         medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, classes=["liver", "unicorn"])
-    with pytest.raises(InvalidInputError, match="multiple of 12"):
-        medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, feature_size=10)
+    with pytest.raises(InvalidInputError, match="backbone.feature_size must be a positive multiple of 12"):
+        medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, backbone={"feature_size": 10})
+    with pytest.raises(InvalidInputError, match=r"roi_size \(48, 32, 32\): volume spatial size .* multiples of 32"):
+        medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, roi_size=(48, 32, 32))
+    with pytest.raises(InvalidInputError, match=r"backbone.window_size applies to kind 'swinunetr' only; remove it "
+                                                r"for kind 'segresnet'"):
+        medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, backbone={"kind": "segresnet"})
+    with pytest.raises(InvalidInputError, match=r"'swin' is a 2-D backbone; this model needs a 3-D one"):
+        medmoe.create_model("mome-nano", text={"model": "tiny-bert"}, backbone={"kind": "swin"})
 
 
 def test_training_step_reaches_every_trainable_parameter():

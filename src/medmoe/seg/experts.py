@@ -47,9 +47,7 @@ class ScaleExperts(nn.Module):
         in_channels: C_l of each pyramid level, finest first (``feature_info.channels``).
         out_channels: c_e.
 
-    ``blocks`` holds the experts coarsest first (level l's is ``blocks[S - 1 - l]``, see :meth:`block`): the
-    layout, and so the state-dict keys and parameter order, of the models saved before the pyramid's levels
-    were ordered finest first, which therefore load unchanged. Trilinear upsampling runs as three 1-D
+    ``blocks[l]`` is the expert of pyramid level l (finest first). Trilinear upsampling runs as three 1-D
     interpolations by matmul (:func:`upsample_trilinear`).
 
     Shapes:
@@ -64,7 +62,7 @@ class ScaleExperts(nn.Module):
                 nn.GroupNorm(_groups(out_channels), out_channels),
                 nn.LeakyReLU(0.01),
             )
-            for c in reversed(in_channels)
+            for c in in_channels
         )
         self.out_channels = out_channels
 
@@ -74,14 +72,14 @@ class ScaleExperts(nn.Module):
 
     def block(self, level: int) -> nn.Module:
         """The expert of pyramid level ``level`` (0 = finest)."""
-        return self.blocks[self.num_experts - 1 - level]
+        return self.blocks[level]
 
     def forward(self, features: Sequence[Tensor], size: tuple[int, int, int]) -> list[Tensor]:
         if len(features) != self.num_experts:
             raise InvalidInputError(f"expected {self.num_experts} pyramid levels, got {len(features)}")
         outs = []
-        for level, feat in enumerate(features):
-            y = self.block(level)(feat)
+        for block, feat in zip(self.blocks, features):
+            y = block(feat)
             if tuple(y.shape[2:]) == tuple(size):
                 pass
             elif all(a >= b for a, b in zip(y.shape[2:], size)):

@@ -1,6 +1,7 @@
 """MoME: text-prompted 3-D CT segmentation with a mixture of decoder-scale experts.
 
-    CT patch (B, 1, D, H, W) -> SwinUNETR -> 5 decoder outputs (pyramid levels, finest first) + bottleneck
+    CT patch (B, 1, D, H, W) -> backbone (backbone.kind: SwinUNETR by default, or SegResNet)
+        -> decoder outputs (pyramid levels, finest first) + bottleneck
     expert s: conv block on level s -> c_e channels -> trilinear to the fusion resolution
     prompt k -> text tower -> t_k (cached for the model's class set; new prompts embedded on the fly)
     router: g_{k,s}(x) = softmax_s(<v(x), W_s t_k> / sqrt(d))
@@ -19,16 +20,17 @@ import dataclasses
 import functools
 import logging
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from medmoe.backbones import build_backbone
 from medmoe.errors import InvalidInputError
 from medmoe.hub import PretrainedMixin
 from medmoe.moe import SoftUsage, soft_load_balance_loss
-from medmoe.seg.backbone import SwinUNETRFeatures
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.config import MoMEConfig
 from medmoe.seg.experts import ScaleExperts, upsample_trilinear
@@ -48,8 +50,8 @@ def _check_config(config: MoMEConfig) -> None:
     for name in ("expert_channels", "router_dim", "head_hidden", "text_proj_dim", "in_channels"):
         if getattr(config, name) < 1:
             raise InvalidInputError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if len(config.roi_size) != 3 or any(s <= 0 or s % 32 for s in config.roi_size):
-        raise InvalidInputError(f"roi_size must be 3 positive multiples of 32, got {tuple(config.roi_size)}")
+    if len(config.roi_size) != 3:
+        raise InvalidInputError(f"roi_size must be 3 sizes (D, H, W), got {tuple(config.roi_size)}")
 
 
 def fuse_scales(gates: Tensor, experts: list[Tensor]) -> Tensor:
@@ -79,12 +81,13 @@ def _device_index(values: list[int], device: torch.device) -> Tensor:
 
 
 class MoME(nn.Module, PretrainedMixin):
-    """Mixture of decoder-scale experts routed by class prompts, on a MONAI SwinUNETR.
+    """Mixture of decoder-scale experts routed by class prompts, on a 3-D backbone (``config.backbone.kind``:
+    MONAI's SwinUNETR by default).
 
     Args:
         config: :class:`MoMEConfig`.
-        load_pretrained: load the text tower's pretrained weights (False: random, as before loading a
-            saved model).
+        load_pretrained: load the pretrained weights the config names (text tower, backbone weight files;
+            False: random, as before loading a saved model).
 
     Example:
         >>> model = medmoe.create_model("mome-nano")
@@ -95,7 +98,8 @@ class MoME(nn.Module, PretrainedMixin):
 
     config_class = MoMEConfig
     model_type = "mome"
-    trained_settings = ("use_checkpoint", "drop_path_rate", "text.freeze")
+    description = "MoME segmentation"
+    trained_settings = ("backbone.use_checkpoint", "backbone.drop_path_rate", "text.freeze")
 
     def __init__(self, config: MoMEConfig, *, load_pretrained: bool = True) -> None:
         super().__init__()
@@ -107,16 +111,14 @@ class MoME(nn.Module, PretrainedMixin):
         if unknown:
             raise InvalidInputError(f"config.classes: {unknown} are not class template names (see ClassTemplate.names)")
         self.config = dataclasses.replace(config, classes=tuple(classes))
-        self.backbone = SwinUNETRFeatures(
-            config.in_channels, config.feature_size, depths=tuple(config.depths), num_heads=tuple(config.num_heads),
-            window_size=config.window_size, norm=config.norm, use_checkpoint=config.use_checkpoint,
-            drop_path_rate=config.drop_path_rate)
-        # what config.init_weights / encoder_weights filled (logged; empty when none or not load_pretrained)
-        self.weight_reports = []
-        if load_pretrained:
-            for source, part in ((config.init_weights, "full"), (config.encoder_weights, "encoder")):
-                if source:
-                    self.weight_reports.append(self.backbone.load_weights(source, part))
+        self.backbone = build_backbone(config.backbone, in_channels=config.in_channels,
+                                       load_pretrained=load_pretrained)
+        try:
+            self.backbone.check_size(*config.roi_size)
+        except InvalidInputError as err:
+            raise InvalidInputError(f"roi_size {tuple(config.roi_size)}: {err}") from None
+        # what the backbone's weight files filled (logged; empty when none or not load_pretrained)
+        self.weight_reports = list(getattr(self.backbone, "weight_reports", []))
         self.text = TextTower(config.text, load_pretrained=load_pretrained)
         text_dim = self.text.width
         info = self.backbone.feature_info
@@ -146,6 +148,9 @@ class MoME(nn.Module, PretrainedMixin):
         with torch.no_grad():
             if table is not None:
                 raw = self._table_rows(table, classes)
+            elif any(p.is_meta for p in self.text.parameters()):
+                # built on the meta device (medmoe.model_checks.expected_shapes): shapes only, nothing to encode
+                raw = torch.empty(len(classes), text_dim, device="meta")
             else:
                 raw = self._encode_raw([self.template.prompt(name) for name in classes])
         center = raw.mean(dim=0) if config.center_text else torch.zeros_like(raw[0])
@@ -163,15 +168,15 @@ class MoME(nn.Module, PretrainedMixin):
         """Whether a training step can leave a trainable parameter without a gradient (DDP's
         ``find_unused_parameters``, see :func:`medmoe.train.distributed.may_leave_parameters_unused`).
 
-        Every scale expert runs and is gated softly for every prompted class, and the heads are generated
-        per class, so the whole network takes part in every step; only a text tower that trains whole
-        leaves its pooler unused.
+        Every scale expert runs on its pyramid level and is gated softly for every prompted class, and the
+        heads read the bottleneck and are generated per class, so the whole network (whatever the backbone)
+        takes part in every step; only a text tower that trains whole leaves its pooler unused.
         """
         return self.config.text.freeze == "none"
 
     @property
     def compile_targets(self) -> list[nn.Module]:
-        """What ``--compile`` compiles: the SwinUNETR and the scale experts (tensor-only, fixed shapes). The
+        """What ``--compile`` compiles: the backbone and the scale experts (tensor-only, fixed shapes). The
         forward reads prompt strings, so a whole-model graph would be recompiled per set of classes."""
         return [self.backbone, self.experts]
 
@@ -362,6 +367,13 @@ class MoME(nn.Module, PretrainedMixin):
             return n_voxels, False
         over_budget = bool(self.chunk_elements) and per_voxel * n_voxels > self.chunk_elements
         return min(n_voxels, max(1, min(limits) // per_voxel)), over_budget and torch.is_grad_enabled()
+
+    def example_inputs(self, *, seed: int = 0) -> dict[str, Any]:
+        """Keyword arguments of a forward on the backbone's smallest input: one random volume and two class
+        prompts (for smoke tests: ``model(**model.example_inputs())``)."""
+        g = torch.Generator().manual_seed(seed)
+        volume = torch.rand(1, self.config.in_channels, *self.backbone.smallest_size(), generator=g)
+        return {"volume": volume, "prompts": ["liver", "spleen"]}
 
     def forward(self, volume: Tensor, prompts: list[str] | None = None, *, text_emb: Tensor | None = None,
                 return_dict: bool = False) -> Tensor | dict[str, Tensor]:

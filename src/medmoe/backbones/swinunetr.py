@@ -1,23 +1,28 @@
-"""MONAI SwinUNETR as a feature pyramid: the five decoder outputs (finest first) over the bottleneck."""
+"""The 3-D SwinUNETR backbone (``backbone.kind = "swinunetr"``): MONAI's SwinUNETR as a feature pyramid, the
+five decoder outputs (finest first) over the encoder bottleneck."""
 
 from __future__ import annotations
 
 from monai.networks.nets import SwinUNETR
 from torch import Tensor, nn
 
-from medmoe.backbones import FeatureInfo, Pyramid, PyramidBackbone
+from medmoe.backbones.pyramid import FeatureInfo, Pyramid, PyramidBackbone
 from medmoe.errors import InvalidInputError
-from medmoe.seg.config import NORMS
 from medmoe.weights.monai_swin import load_swinunetr
 from medmoe.weights.report import LoadReport
 
+#: the normalisations of the MONAI conv blocks (``backbone.norm``)
+NORMS = ("instance", "group", "batch")
 
-def _norm_name(norm: str, feature_size: int) -> str | tuple:
+
+def norm_name(norm: str, feature_size: int) -> str | tuple:
+    """MONAI's ``norm_name`` of ``backbone.norm`` for a network whose widths are multiples of ``feature_size``
+    (group norm: 4 groups when ``feature_size`` is a multiple of 4, else 3, else 1)."""
     if norm not in NORMS:
-        raise InvalidInputError(f"norm must be one of {NORMS}, got {norm!r}")
+        raise InvalidInputError(f"backbone.norm must be one of {NORMS}, got {norm!r}")
     if norm == "group":
-        # every SwinUNETR width is a multiple of feature_size, itself a multiple of 12
-        return ("group", {"num_groups": 4 if feature_size % 4 == 0 else 3})
+        groups = next(g for g in (4, 3, 1) if feature_size % g == 0)
+        return ("group", {"num_groups": groups})
     return norm
 
 
@@ -29,10 +34,12 @@ class SwinUNETRFeatures(PyramidBackbone):
     what MONAI's output block would read (tests/seg/test_backbone.py checks that against MONAI's forward).
 
     Args:
+        config: MoME's :class:`~medmoe.seg.config.VolumeBackboneConfig` with ``feature_size`` (F, a multiple of 12), ``depths``, ``num_heads``, ``window_size``,
+            ``use_checkpoint``, ``drop_path_rate`` (passed to MONAI), ``norm`` (``instance``, ``group`` or
+            ``batch`` for the conv blocks) and the weight files ``init_weights`` / ``encoder_weights``.
         in_channels: image channels.
-        feature_size: F, a multiple of 12.
-        depths, num_heads, window_size, use_checkpoint, drop_path_rate: passed to MONAI.
-        norm: ``instance``, ``group`` or ``batch`` for the conv blocks.
+        load_pretrained: load the weight files the config names (False: random, as before loading a saved
+            model).
 
     Shapes:
         volume: (B, C, D, H, W), sides multiples of 32 (:meth:`check_size`) -> :class:`~medmoe.backbones.Pyramid`
@@ -40,31 +47,47 @@ class SwinUNETRFeatures(PyramidBackbone):
         decoder outputs, finest first) and bottleneck (B, 16F, /32), the encoder10 output.
 
     Example:
-        >>> feats = SwinUNETRFeatures(1, 12)(torch.zeros(1, 1, 64, 64, 64))
+        >>> feats = SwinUNETRFeatures(VolumeBackboneConfig(feature_size=12))(torch.zeros(1, 1, 64, 64, 64))
         >>> [tuple(f.shape[1:]) for f in feats.features][-1]
         (96, 4, 4, 4)
     """
 
     spatial_dims = 3
+    config_fields = ("feature_size", "depths", "num_heads", "window_size", "norm", "use_checkpoint",
+                     "drop_path_rate", "init_weights", "encoder_weights")
+    size_limits = {"feature_size": (1, 1024), "depths": (0, 48), "num_heads": (1, 256),
+                   "window_size": (1, 64)}
+    #: MONAI SwinUNETR checkpoints: a whole network (``init_weights``) and the self-supervised Swin ViT
+    #: (``encoder_weights``), see :mod:`medmoe.weights.monai_swin`
+    weight_fields = ("init_weights", "encoder_weights")
+    # every decoder output is a level and the bottleneck feeds the decoder: all parameters take part
+    may_leave_parameters_unused = False
 
-    def __init__(self, in_channels: int, feature_size: int, *, depths: tuple[int, ...] = (2, 2, 2, 2),
-                 num_heads: tuple[int, ...] = (3, 6, 12, 24), window_size: int = 7, norm: str = "instance",
-                 use_checkpoint: bool = False, drop_path_rate: float = 0.0) -> None:
+    def __init__(self, config, *, in_channels: int = 1, load_pretrained: bool = True) -> None:
         super().__init__()
-        if feature_size <= 0 or feature_size % 12:
-            raise InvalidInputError(f"feature_size must be a positive multiple of 12, got {feature_size}")
-        if len(depths) != 4 or len(num_heads) != 4:
-            raise InvalidInputError(f"depths and num_heads need 4 stages, got {depths} and {num_heads}")
-        self.net = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size, depths=depths,
-                             num_heads=num_heads, window_size=window_size, norm_name=_norm_name(norm, feature_size),
-                             use_checkpoint=use_checkpoint, dropout_path_rate=drop_path_rate, spatial_dims=3)
+        f = config.feature_size
+        if f <= 0 or f % 12:
+            raise InvalidInputError(f"backbone.feature_size must be a positive multiple of 12, got {f}")
+        if len(config.depths) != 4 or len(config.num_heads) != 4:
+            raise InvalidInputError(
+                f"backbone.depths and backbone.num_heads need 4 stages, got {config.depths} and {config.num_heads}")
+        self.net = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=f,
+                             depths=tuple(config.depths), num_heads=tuple(config.num_heads),
+                             window_size=config.window_size, norm_name=norm_name(config.norm, f),
+                             use_checkpoint=config.use_checkpoint, dropout_path_rate=config.drop_path_rate,
+                             spatial_dims=3)
         self.net.out = nn.Identity()
         self.in_channels = in_channels
-        self.feature_size = feature_size
-        self.norm = norm
-        f = feature_size
+        self.feature_size = f
+        self.norm = config.norm
         self.feature_info = FeatureInfo(channels=(f, f, 2 * f, 4 * f, 8 * f), reductions=(1, 2, 4, 8, 16),
                                         pooled_channels=16 * f)
+        #: what the weight files filled, logged (empty when none or not ``load_pretrained``)
+        self.weight_reports: list[LoadReport] = []
+        if load_pretrained:
+            for source, part in ((config.init_weights, "full"), (config.encoder_weights, "encoder")):
+                if source:
+                    self.weight_reports.append(self.load_weights(source, part))
 
     def smallest_size(self) -> tuple[int, int, int]:
         """32^3, or 64 x 32 x 32 with instance norm (which needs more than one bottleneck voxel)."""

@@ -1,4 +1,5 @@
-"""The image backbone: HF transformers ``SwinBackbone`` as a channels-first feature pyramid.
+"""The 2-D Swin backbone (``backbone.kind = "swin"``): HF transformers ``SwinBackbone`` as a channels-first
+feature pyramid.
 
 ``SwinPyramid(config)(images)`` returns the four stage outputs at H/4, H/8, H/16, H/32 (channels first, finest
 first) and a pooled feature (mean of the last stage) as a :class:`~medmoe.backbones.Pyramid`, with its
@@ -14,8 +15,7 @@ from torch import Tensor, nn
 from transformers import SwinBackbone, SwinConfig
 from transformers.models.swin.modeling_swin import SwinStage
 
-from medmoe.align.config import BackboneConfig
-from medmoe.backbones import FeatureInfo, Pyramid, PyramidBackbone
+from medmoe.backbones.pyramid import FeatureInfo, Pyramid, PyramidBackbone
 from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.weights.files import read_state_dict
 from medmoe.weights.report import LoadReport
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 
 
-def swin_config(config: BackboneConfig) -> SwinConfig:
-    """The HF ``SwinConfig`` of a :class:`BackboneConfig` (all four stages as outputs)."""
+def swin_config(config) -> SwinConfig:
+    """The HF ``SwinConfig`` of a MedMoE ``BackboneConfig`` (all four stages as outputs)."""
     if len(config.depths) != 4 or len(config.num_heads) != 4:
         raise InvalidInputError(
             f"backbone depths and num_heads need 4 entries (one per stage), got {config.depths} and {config.num_heads}"
@@ -42,7 +42,7 @@ class SwinPyramid(PyramidBackbone):
     """Swin Transformer feature pyramid.
 
     Args:
-        config: :class:`BackboneConfig`.
+        config: MedMoE's :class:`~medmoe.align.config.BackboneConfig`.
         load_pretrained: load ``config.weights`` (if set) after building; False keeps random weights
             (as when a saved medmoe model is about to load its own).
 
@@ -59,7 +59,17 @@ class SwinPyramid(PyramidBackbone):
         [torch.Size([24, 16, 16]), torch.Size([48, 8, 8]), torch.Size([96, 4, 4]), torch.Size([192, 2, 2])]
     """
 
-    def __init__(self, config: BackboneConfig, *, load_pretrained: bool = True) -> None:
+    spatial_dims = 2
+    config_fields = ("image_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size",
+                     "drop_path_rate", "weights", "gradient_checkpointing")
+    size_limits = {"image_size": (1, 8192), "patch_size": (1, 64), "embed_dim": (1, 8192), "depths": (0, 48),
+                   "num_heads": (1, 256), "window_size": (1, 64)}
+    #: a local HF Swin directory or a MedCLIP-style checkpoint file (:func:`load_backbone_weights`)
+    weight_fields = ("weights",)
+    # the bottleneck is the last level, which the experts read: every parameter takes part in every step
+    may_leave_parameters_unused = False
+
+    def __init__(self, config, *, load_pretrained: bool = True) -> None:
         super().__init__()
         self.config = config
         self.swin = SwinBackbone(swin_config(config))
