@@ -8,13 +8,14 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from monai.transforms import EnsureChannelFirstd, LoadImaged, Orientationd
+from monai.transforms import EnsureChannelFirstd, LoadImage, LoadImaged, Orientationd
 from PIL import Image
 from pydicom.data import get_testdata_file
 from testkit.seg import TOTALSEG_SKIP, totalseg_datalist, write_dicom_series
 
-from medmoe.data.volumes import VolumeReader, read_ct, read_label, write_nifti
+from medmoe.data.volumes import DicomSeriesReader, VolumeReader, read_ct, read_label, write_nifti
 from medmoe.errors import CorruptFileError, InvalidInputError
+from medmoe.limits import DecodeLimitError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -160,3 +161,52 @@ def test_written_nifti_keeps_affine_in_both_headers(tmp_path):
     np.testing.assert_allclose(img.get_sform(), affine)
     np.testing.assert_allclose(img.get_qform(), affine, atol=1e-5)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_oblique_series_with_long_decimal_strings_keeps_its_geometry(tmp_path):
+    # Tilted 20 degrees about x, slices written in descending order along the normal, and orientation values
+    # of 18 characters (over DICOM's 16 for DS): the affine still comes from the tags, not the identity.
+    vol = _ct_like((20, 18, 7))
+    folder = write_dicom_series(tmp_path / "oblique", vol, spacing=(0.8, 0.7, 2.5))
+    angle = np.radians(20.0)
+    row_dir, col_dir = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(angle), np.sin(angle)])
+    normal = np.cross(row_dir, col_dir)
+    origin = np.array([-20.0, -30.0, 100.0])
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        k = round((float(ds.ImagePositionPatient[2]) - 100.0) / 2.5)
+        ds.ImageOrientationPatient = [*row_dir, *col_dir]
+        ds.ImagePositionPatient = [float(v) for v in origin - normal * 2.5 * k]
+        ds.save_as(path)
+    assert len(str(pydicom.dcmread(path).ImageOrientationPatient[4])) > 16
+    out = read_ct(folder)
+    np.testing.assert_allclose(out.array, vol[:, :, ::-1])  # stacked by position: the last written slice first
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2] = row_dir * 0.8, col_dir * 0.7, normal * 2.5
+    lps[:3, 3] = origin - normal * 2.5 * (vol.shape[2] - 1)
+    np.testing.assert_allclose(out.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-9)
+    assert out.spacing == pytest.approx((0.8, 0.7, 2.5))
+
+
+@pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")
+def test_dicom_series_reader_inside_monai_loadimage_matches_read_ct(tmp_path):
+    vol = _ct_like()
+    folder = write_dicom_series(tmp_path / "series", vol, spacing=(0.8, 0.7, 2.5))
+    image = LoadImage(reader=DicomSeriesReader(), image_only=True)(str(folder))
+    expected = read_ct(folder)
+    np.testing.assert_array_equal(image.numpy(), expected.array)
+    np.testing.assert_allclose(image.affine.numpy(), expected.affine)
+    with pytest.raises(DecodeLimitError, match="6 slices of 20 x 24"):
+        LoadImage(reader=DicomSeriesReader(max_voxels=1000), image_only=True)(str(folder))
+
+
+@pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")
+def test_a_series_refused_inside_loadimaged_raises_instead_of_falling_back_to_monai_readers(tmp_path):
+    # LoadImage tries its own readers when a reader's read() raises; MONAI's PydicomReader would stack this
+    # series with its hole. The refusal must reach the caller.
+    folder = write_dicom_series(tmp_path / "series", _ct_like())
+    sorted(folder.iterdir())[2].unlink()
+    with pytest.raises(CorruptFileError, match="slices are missing"):
+        LoadImaged(keys="image", reader=VolumeReader("ct"), image_only=True)({"image": str(folder)})
+    with pytest.raises(CorruptFileError, match="slices are missing"):
+        LoadImage(reader=DicomSeriesReader(), image_only=True)(str(folder))

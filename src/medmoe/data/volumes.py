@@ -225,8 +225,8 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True, max_v
         CorruptFileError: unreadable files or missing geometry tags.
     """
     reader = DicomSeriesReader(check_ct=check_ct, max_voxels=max_voxels)
-    slices = reader.read(folder)
-    array, header = reader.get_data(slices)
+    slices = reader.series(folder)
+    array, header = reader.stack(slices)
     first = slices[0]
     return Volume(
         array=array,
@@ -264,8 +264,7 @@ class DicomSeriesReader(PydicomReader):
         max_voxels: limit on Rows x Columns x slices (default ``MEDMOE_MAX_VOXELS``).
 
     Example:
-        >>> reader = DicomSeriesReader()
-        >>> array, header = reader.get_data(reader.read("ct_folder"))  # (X, Y, Z) float32 HU, RAS affine
+        >>> LoadImage(reader=DicomSeriesReader(), image_only=True)("ct_folder")  # (X, Y, Z) HU, RAS affine
     """
 
     def __init__(self, *, check_ct: bool = True, max_voxels: int | None = None):
@@ -277,12 +276,20 @@ class DicomSeriesReader(PydicomReader):
         names = [filename] if isinstance(filename, str | os.PathLike) else list(filename)
         return len(names) == 1 and Path(names[0]).is_dir()
 
-    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs: Any) -> list[pydicom.Dataset]:
-        """The headers of the folder's largest series, sorted along the slice normal (pixel data deferred)."""
-        names = [data] if isinstance(data, str | os.PathLike) else list(data)
-        if len(names) != 1:
-            raise InvalidInputError(f"DicomSeriesReader reads one series folder at a time, got {len(names)} paths")
-        folder = Path(names[0])
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs: Any) -> Path:
+        """The series folder. Its files are read by :meth:`get_data`, so that a refusal reaches the caller:
+        MONAI's ``LoadImage`` catches what a reader's ``read`` raises and tries its own readers on the same
+        folder, which read a folder refused here (a missing slice, over ``max_voxels``) without these checks."""
+        return _single_path(data, "DicomSeriesReader")
+
+    def get_data(self, img: str | os.PathLike) -> tuple[np.ndarray, dict]:
+        """The (X, Y, Z) float32 HU array of the series in folder ``img`` and MONAI's metadata (RAS affine)."""
+        return self.stack(self.series(img))
+
+    def series(self, folder: str | os.PathLike) -> list[pydicom.Dataset]:
+        """The headers of the folder's largest series, sorted along the slice normal (pixel data deferred),
+        after the checks listed under :func:`read_dicom_series`."""
+        folder = Path(folder)
         slices = _largest_series(folder)
         modality = _modality(slices[0][1])
         if self.check_ct and modality != "CT":
@@ -298,6 +305,10 @@ class DicomSeriesReader(PydicomReader):
         self.has_series = True
         self.filenames = [[str(f) for f, _ in slices]]
         return [ds for _, ds in slices]
+
+    def stack(self, slices: list[pydicom.Dataset]) -> tuple[np.ndarray, dict]:
+        """Decode the headers of :meth:`series` into the volume; PydicomReader's ``get_data`` adds the affine."""
+        return super().get_data(slices)
 
     def _combine_dicom_series(self, data: Sequence[pydicom.Dataset], filenames: Sequence[os.PathLike]):
         """Decode the sorted slices into one float32 array in HU; returned as PydicomReader's (row, column,
@@ -323,6 +334,13 @@ class DicomSeriesReader(PydicomReader):
 _GEOMETRY_JSON_TAGS = {"00200037": "ImageOrientationPatient", "00200032": "ImagePositionPatient",
                        "00280030": "PixelSpacing"}
 _Slice = tuple[Path, pydicom.Dataset]  # a file and its header
+
+
+def _single_path(data: Sequence[os.PathLike] | os.PathLike, reader: str) -> Path:
+    names = [data] if isinstance(data, str | os.PathLike) else list(data)
+    if len(names) != 1:
+        raise InvalidInputError(f"{reader} reads one volume at a time, got {len(names)} paths")
+    return Path(names[0])
 
 
 def _modality(ds: pydicom.Dataset) -> str:
@@ -484,23 +502,24 @@ class VolumeReader(ImageReader):
         names = [filename] if isinstance(filename, str | os.PathLike) else list(filename)
         return len(names) == 1 and (is_nifti(names[0]) or Path(names[0]).is_dir())
 
-    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs: Any) -> Volume:
-        names = [data] if isinstance(data, str | os.PathLike) else list(data)
-        if len(names) != 1:
-            raise InvalidInputError(f"VolumeReader reads one volume at a time, got {len(names)} paths")
-        if self.kind == "label":
-            return read_label(names[0])
-        return read_ct(names[0], check_ct=self.check_ct)
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs: Any) -> Path:
+        """The file or folder. It is read by :meth:`get_data`, so that a refusal reaches the caller: MONAI's
+        ``LoadImage`` catches what a reader's ``read`` raises and tries its own readers on the same path,
+        which read what was refused here (a series with a missing slice, a volume over the voxel limit)
+        without these checks."""
+        return _single_path(data, "VolumeReader")
 
-    def get_data(self, img: Volume) -> tuple[np.ndarray, dict]:
+    def get_data(self, img: str | os.PathLike) -> tuple[np.ndarray, dict]:
+        """The volume at ``img`` (:func:`read_label` or :func:`read_ct`) and MONAI's metadata."""
+        volume = read_label(img) if self.kind == "label" else read_ct(img, check_ct=self.check_ct)
         header: dict[str, Any] = {
-            MetaKeys.AFFINE: img.affine.copy(),
-            MetaKeys.ORIGINAL_AFFINE: img.affine.copy(),
-            MetaKeys.SPATIAL_SHAPE: np.asarray(img.shape),
+            MetaKeys.AFFINE: volume.affine.copy(),
+            MetaKeys.ORIGINAL_AFFINE: volume.affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape),
             MetaKeys.SPACE: SpaceKeys.RAS,
             MetaKeys.ORIGINAL_CHANNEL_DIM: "no_channel",
-            "pixdim": np.asarray([1.0, *img.spacing, 1, 1, 1, 1]),
-            "format": img.meta.get("format"),
-            "modality": img.meta.get("modality") or "",
+            "pixdim": np.asarray([1.0, *volume.spacing, 1, 1, 1, 1]),
+            "format": volume.meta.get("format"),
+            "modality": volume.meta.get("modality") or "",
         }
-        return img.array, header
+        return volume.array, header
