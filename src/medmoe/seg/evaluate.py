@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,96 @@ def _predict_at_spacing(model: nn.Module, image: Volume, native_masks: np.ndarra
     return predict_volume(model, grid, names, **predict_kwargs).masks, grid
 
 
+def _wanted_classes(template: ClassTemplate, classes: Sequence[str] | None) -> list[str] | None:
+    """The template names of ``classes`` (None: every labelled class).
+
+    Raises:
+        InvalidInputError: a class the template does not know.
+    """
+    if classes is None:
+        return None
+    wanted = []
+    for c in classes:
+        name = template.resolve(c)
+        if name is None:
+            raise InvalidInputError(f"class {c!r} is not in the class template; see ClassTemplate.names")
+        wanted.append(name)
+    return wanted
+
+
+@dataclass
+class _CaseRun:
+    """One case read and predicted: its CT, label, multi-hot reference on the CT grid and native masks."""
+
+    image: Volume
+    label: Volume
+    reference: np.ndarray
+    masks: np.ndarray
+    seconds: float
+    at_spacing: tuple[np.ndarray, Volume] | None
+
+
+def _predict_case(model: nn.Module, entry: dict[str, Any], names: Sequence[str], template: ClassTemplate,
+                  eval_spacing: Sequence[float] | None, predict_kwargs: dict[str, Any]) -> _CaseRun:
+    """Read a datalist entry's CT and label and predict ``names`` on it (and at ``eval_spacing`` if given).
+
+    Raises:
+        MedMoEError: no label file, an unreadable file, or a prediction refused.
+    """
+    if "label" not in entry:
+        raise InvalidInputError("entry has no label file")
+    image = read_ct(entry["image"])
+    label = read_label(entry["label"])
+    ids = label_on_image_grid(label, image)
+    reference = template.multi_hot(ids, entry["dataset"], names)
+    t0 = time.perf_counter()
+    prediction = predict_volume(model, image, names, **predict_kwargs)
+    seconds = time.perf_counter() - t0
+    at_spacing = None
+    if eval_spacing is not None:
+        at_spacing = _predict_at_spacing(model, image, prediction.masks, names, eval_spacing, **predict_kwargs)
+    return _CaseRun(image, label, reference, prediction.masks, seconds, at_spacing)
+
+
+def _score_case(run: _CaseRun, entry: dict[str, Any], names: Sequence[str], template: ClassTemplate,
+                eval_spacing: Sequence[float] | None, nsd_tolerance_mm: float) -> dict[str, Any]:
+    """The case's report entry: its metrics on the native grid (and at ``eval_spacing`` if given)."""
+    metrics = case_metrics(run.masks, run.reference, run.image.spacing, names, nsd_tolerance_mm=nsd_tolerance_mm)
+    case = {"path": entry["image"], "dataset": entry["dataset"], "seconds": round(run.seconds, 3), "metrics": metrics}
+    if eval_spacing is not None:
+        case["metrics_at_eval_spacing"] = metrics_at_spacing(
+            *run.at_spacing, run.label, entry["dataset"], names, template, eval_spacing,
+            nsd_tolerance_mm=nsd_tolerance_mm)
+    return case
+
+
+def _save_case_overlay(run: _CaseRun, entry: dict[str, Any], names: Sequence[str], overlay_dir: Path,
+                       index: int) -> str:
+    """Write the case's overlay PNG (prediction and reference) into ``overlay_dir``; its path."""
+    png = overlay_dir / f"case_{index:03d}_{Path(entry['image']).name.split('.')[0]}.png"
+    save_overlay(run.image.array, run.image.affine, run.masks, names, png, reference=run.reference,
+                 title=f"{entry['dataset']}: {Path(entry['image']).name}")
+    return str(png)
+
+
+def _report(cases: list[dict[str, Any]], bad: list[dict[str, str]], template: ClassTemplate,
+            settings: dict[str, Any], min_tumour_voxels: int,
+            eval_spacing: Sequence[float] | None) -> dict[str, Any]:
+    """The JSON-safe report: means per dataset and class, tumour detection, the cases, the bad files."""
+    tumours = sorted({n for c in cases for n in c["metrics"] if n in template and template.is_tumour(n)})
+    report = {
+        **aggregate(cases),
+        "tumour_detection": tumour_detection(cases, tumours, min_pred_voxels=min_tumour_voxels),
+        "cases": cases,
+        "bad": bad,
+        "settings": settings,
+    }
+    if eval_spacing is not None:
+        at_spacing = aggregate([{"dataset": c["dataset"], "metrics": c["metrics_at_eval_spacing"]} for c in cases])
+        report["at_eval_spacing"] = {"spacing_mm": list(eval_spacing), **at_spacing}
+    return json_safe(report)
+
+
 def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str = "test",
              classes: Sequence[str] | None = None, out: str | os.PathLike | None = None,
              overlay_dir: str | os.PathLike | None = None, nsd_tolerance_mm: float = 2.0, threshold: float = 0.5,
@@ -164,14 +255,9 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
     eval_spacing = parse_eval_spacing(eval_spacing)
     datalist = load_datalist(datalist_path)
     template = datalist.template
-    wanted = None
-    if classes is not None:
-        wanted = []
-        for c in classes:
-            name = template.resolve(c)
-            if name is None:
-                raise InvalidInputError(f"class {c!r} is not in the class template; see ClassTemplate.names")
-            wanted.append(name)
+    wanted = _wanted_classes(template, classes)
+    predict_kwargs = {"threshold": threshold, "overlap": overlap, "sw_batch_size": sw_batch_size, "device": device,
+                      "spacing": spacing, "template": template}
     entries = datalist.entries(split)[: max_cases or None]
     cases: list[dict[str, Any]] = []
     bad: list[dict[str, str]] = []
@@ -182,52 +268,22 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
             logger.info("%s: dataset %s labels none of the requested classes; skipped", entry["image"], entry["dataset"])
             continue
         try:
-            if "label" not in entry:
-                raise InvalidInputError("entry has no label file")
-            image = read_ct(entry["image"])
-            label = read_label(entry["label"])
-            ids = label_on_image_grid(label, image)
-            reference = template.multi_hot(ids, entry["dataset"], names)
-            t0 = time.perf_counter()
-            prediction = predict_volume(model, image, names, threshold=threshold, overlap=overlap,
-                                        sw_batch_size=sw_batch_size, device=device, spacing=spacing, template=template)
-            seconds = time.perf_counter() - t0
-            if eval_spacing is not None:
-                at_spacing = _predict_at_spacing(model, image, prediction.masks, names, eval_spacing, threshold=threshold,
-                                                 overlap=overlap, sw_batch_size=sw_batch_size, device=device,
-                                                 spacing=spacing, template=template)
+            run = _predict_case(model, entry, names, template, eval_spacing, predict_kwargs)
         except MedMoEError as err:
             logger.warning("skipping %s: %s", entry["image"], err)
             bad.append({"path": entry["image"], "reason": f"{type(err).__name__}: {err}"})
             continue
-        metrics = case_metrics(prediction.masks, reference, image.spacing, names, nsd_tolerance_mm=nsd_tolerance_mm)
-        case = {"path": entry["image"], "dataset": entry["dataset"], "seconds": round(seconds, 3), "metrics": metrics}
-        if eval_spacing is not None:
-            case["metrics_at_eval_spacing"] = metrics_at_spacing(
-                *at_spacing, label, entry["dataset"], names, template, eval_spacing, nsd_tolerance_mm=nsd_tolerance_mm)
+        case = _score_case(run, entry, names, template, eval_spacing, nsd_tolerance_mm)
         if overlay_dir is not None:
-            png = Path(overlay_dir) / f"case_{i:03d}_{Path(entry['image']).name.split('.')[0]}.png"
-            save_overlay(image.array, image.affine, prediction.masks, names, png, reference=reference,
-                         title=f"{entry['dataset']}: {Path(entry['image']).name}")
-            case["overlay"] = str(png)
+            case["overlay"] = _save_case_overlay(run, entry, names, Path(overlay_dir), i)
         cases.append(case)
     if not cases:
         raise InvalidInputError(f"{datalist_path}: no case of split {split!r} could be evaluated ({len(bad)} bad)")
-    tumours = sorted({n for c in cases for n in c["metrics"] if n in template and template.is_tumour(n)})
-    report = {
-        **aggregate(cases),
-        "tumour_detection": tumour_detection(cases, tumours, min_pred_voxels=min_tumour_voxels),
-        "cases": cases,
-        "bad": bad,
-        "settings": {"datalist": str(datalist_path), "split": split, "nsd_tolerance_mm": nsd_tolerance_mm,
-                     "threshold": threshold, "overlap": overlap, "min_tumour_voxels": min_tumour_voxels,
-                     "eval_spacing_mm": list(eval_spacing) if eval_spacing is not None else None,
-                     "seconds": round(time.perf_counter() - start, 2)},
-    }
-    if eval_spacing is not None:
-        at_spacing = aggregate([{"dataset": c["dataset"], "metrics": c["metrics_at_eval_spacing"]} for c in cases])
-        report["at_eval_spacing"] = {"spacing_mm": list(eval_spacing), **at_spacing}
-    report = json_safe(report)
+    settings = {"datalist": str(datalist_path), "split": split, "nsd_tolerance_mm": nsd_tolerance_mm,
+                "threshold": threshold, "overlap": overlap, "min_tumour_voxels": min_tumour_voxels,
+                "eval_spacing_mm": list(eval_spacing) if eval_spacing is not None else None,
+                "seconds": round(time.perf_counter() - start, 2)}
+    report = _report(cases, bad, template, settings, min_tumour_voxels, eval_spacing)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=1) + "\n")

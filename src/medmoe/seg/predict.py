@@ -333,6 +333,116 @@ def _thin_axes_warning(volume: Volume, shape: Sequence[int], roi_size: Sequence[
             "in a whole CT")
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The checked settings of one :func:`predict_volume` call."""
+
+    threshold: float
+    overlap: float
+    roi_size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    trained_spacing: tuple[float, ...]
+    hu_window: tuple[float, float]
+    fast: bool
+    pad_mode: str
+    postprocess: bool
+
+
+def _plan(model: nn.Module, *, threshold: float, overlap: float | None, sw_batch_size: int, pad_mode: str,
+          fast: bool, fast_factor: float, roi_size: Sequence[int] | None, spacing: Sequence[float] | None,
+          postprocess: bool) -> _Plan:
+    """Check :func:`predict_volume`'s settings; the window size and spacing default to the model config's
+    (the spacing ``fast_factor`` times coarser with ``fast``)."""
+    if not 0.0 < threshold < 1.0:
+        raise InvalidInputError(f"threshold {threshold}: expected a probability in (0, 1)")
+    overlap = (FAST_OVERLAP if fast else DEFAULT_OVERLAP) if overlap is None else float(overlap)
+    if not 0.0 <= overlap < 1.0:
+        raise InvalidInputError(f"overlap {overlap}: expected a fraction in [0, 1)")
+    if sw_batch_size < 1:
+        raise InvalidInputError(f"sw_batch_size {sw_batch_size}: expected >= 1")
+    if pad_mode not in PAD_MODES:
+        raise InvalidInputError(f"pad_mode {pad_mode!r}: expected one of {PAD_MODES}")
+    if fast and not fast_factor >= 1.0:
+        raise InvalidInputError(f"fast_factor {fast_factor}: expected >= 1 (how much coarser than the model's spacing)")
+    cfg_roi, cfg_spacing, hu_window = model_geometry(model)
+    roi_size = tuple(roi_size or cfg_roi or ())
+    trained_spacing = tuple(cfg_spacing or ())
+    if spacing is None:
+        spacing = tuple(float(s) * (fast_factor if fast else 1.0) for s in trained_spacing)
+    spacing = tuple(float(s) for s in spacing)
+    if len(roi_size) != 3 or len(spacing) != 3:
+        raise InvalidInputError(
+            f"{type(model).__name__} config gives roi_size {roi_size or None} and spacing {spacing or None}; "
+            "pass roi_size=(x, y, z) and spacing=(mm, mm, mm)")
+    if any(s <= 0 for s in spacing):
+        raise InvalidInputError(f"spacing {spacing}: expected positive millimetres")
+    return _Plan(threshold=threshold, overlap=overlap, roi_size=roi_size, spacing=spacing,
+                 trained_spacing=trained_spacing, hu_window=hu_window, fast=bool(fast), pad_mode=pad_mode,
+                 postprocess=postprocess)
+
+
+def _resolve_prompts(model: nn.Module, prompts: Sequence[str], template: ClassTemplate | None,
+                     allow_free_text: bool) -> tuple[ClassTemplate, list[str], list[str | None]]:
+    """(the class template, the prompts to segment, their template classes); ``"all"`` is every model class."""
+    if not hasattr(model, "embed_prompts"):
+        raise InvalidInputError(f"{type(model).__name__} has no embed_prompts(prompts); expected a MoME model")
+    template = template or getattr(model, "template", None) or ClassTemplate.default()
+    wants_all = any(isinstance(p, str) and p.strip().lower() == ALL_CLASSES for p in check_prompts(prompts))
+    model_classes = model_class_names(model, template)[0] if wants_all else None
+    prompts, classes = resolve_prompt_list(prompts, template, model_classes=model_classes,
+                                           allow_free_text=allow_free_text)
+    return template, prompts, classes
+
+
+def _model_grid_probabilities(model: nn.Module, volume: Volume, prompts: Sequence[str], plan: _Plan, *,
+                              sw_batch_size: int, device: torch.device, output_device: torch.device | str,
+                              progress: bool, amp_dtype: torch.dtype | None) -> tuple[Tensor, np.ndarray, tuple[int, ...]]:
+    """Sliding-window probabilities of ``prompts`` on the model grid, with the model in eval mode (its mode is
+    restored after); ``(probabilities (K, X', Y', Z'), the grid's affine, its shape)``."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            text_emb = model.embed_prompts(list(prompts))
+        image = preprocess_volume(volume, plan.spacing, plan.hu_window)
+        processed_affine = image.affine.numpy().copy()
+        processed_shape = tuple(int(s) for s in image.shape[1:])
+        image, crop = pad_to_window(image, plan.roi_size, plan.pad_mode)
+        if _is_thin(processed_shape, plan):
+            logger.warning(_thin_axes_warning(volume, processed_shape, plan.roi_size, plan.spacing, plan.pad_mode))
+        probs = sliding_window_probabilities(model, image, text_emb, plan.roi_size, overlap=plan.overlap,
+                                             sw_batch_size=sw_batch_size, device=device,
+                                             output_device=output_device, progress=progress, amp_dtype=amp_dtype)
+        if crop is not None:
+            probs = probs[(slice(None), *crop)]
+    finally:
+        model.train(was_training)
+    return probs, processed_affine, processed_shape
+
+
+def _is_thin(processed_shape: Sequence[int], plan: _Plan) -> bool:
+    """Whether the resampled volume is thinner than the window along some axis (and so padded)."""
+    return any(s < r for s, r in zip(processed_shape, plan.roi_size))
+
+
+def _prediction_meta(volume: Volume, plan: _Plan, processed_shape: tuple[int, ...], device: torch.device,
+                     amp_dtype: torch.dtype | None, infer_s: float, started: float) -> dict[str, Any]:
+    """What a prediction records of its input, settings and timings (``SegPrediction.meta``)."""
+    meta = {
+        "input": volume.path, "input_format": volume.meta.get("format"), "input_shape": list(volume.shape),
+        "input_spacing_mm": [round(s, 4) for s in volume.spacing],
+        "model_spacing_mm": list(plan.spacing), "trained_spacing_mm": list(plan.trained_spacing), "fast": plan.fast,
+        "roi_size": list(plan.roi_size), "processed_shape": list(processed_shape),
+        "padded_to_window": plan.pad_mode if _is_thin(processed_shape, plan) else None,
+        "threshold": plan.threshold, "overlap": plan.overlap, "postprocess": plan.postprocess, "device": str(device),
+        "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
+        "inference_seconds": round(infer_s, 3), "total_seconds": round(time.perf_counter() - started, 3),
+    }
+    if volume.meta.get("format") == "dicom":
+        meta["series_uid"] = str(volume.meta.get("series_uid") or "")
+    return meta
+
+
 def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts: Sequence[str], *,
                    threshold: float = 0.5, overlap: float | None = None, sw_batch_size: int = 1,
                    device: torch.device | str | None = None, output_device: torch.device | str = "cpu",
@@ -381,36 +491,9 @@ def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts
         InvalidInputError: empty prompt list, an unknown prompt, a 2-D or non-CT input, bad settings.
         CorruptFileError: an unreadable file.
     """
-    if not 0.0 < threshold < 1.0:
-        raise InvalidInputError(f"threshold {threshold}: expected a probability in (0, 1)")
-    overlap = (FAST_OVERLAP if fast else DEFAULT_OVERLAP) if overlap is None else float(overlap)
-    if not 0.0 <= overlap < 1.0:
-        raise InvalidInputError(f"overlap {overlap}: expected a fraction in [0, 1)")
-    if sw_batch_size < 1:
-        raise InvalidInputError(f"sw_batch_size {sw_batch_size}: expected >= 1")
-    if pad_mode not in PAD_MODES:
-        raise InvalidInputError(f"pad_mode {pad_mode!r}: expected one of {PAD_MODES}")
-    if fast and not fast_factor >= 1.0:
-        raise InvalidInputError(f"fast_factor {fast_factor}: expected >= 1 (how much coarser than the model's spacing)")
-    cfg_roi, cfg_spacing, hu_window = model_geometry(model)
-    roi_size = tuple(roi_size or cfg_roi or ())
-    trained_spacing = tuple(cfg_spacing or ())
-    if spacing is None:
-        spacing = tuple(float(s) * (fast_factor if fast else 1.0) for s in trained_spacing)
-    spacing = tuple(float(s) for s in spacing)
-    if len(roi_size) != 3 or len(spacing) != 3:
-        raise InvalidInputError(
-            f"{type(model).__name__} config gives roi_size {roi_size or None} and spacing {spacing or None}; "
-            "pass roi_size=(x, y, z) and spacing=(mm, mm, mm)")
-    if any(s <= 0 for s in spacing):
-        raise InvalidInputError(f"spacing {spacing}: expected positive millimetres")
-    if not hasattr(model, "embed_prompts"):
-        raise InvalidInputError(f"{type(model).__name__} has no embed_prompts(prompts); expected a MoME model")
-    template = template or getattr(model, "template", None) or ClassTemplate.default()
-    wants_all = any(isinstance(p, str) and p.strip().lower() == ALL_CLASSES for p in check_prompts(prompts))
-    model_classes = model_class_names(model, template)[0] if wants_all else None
-    prompts, classes = resolve_prompt_list(prompts, template, model_classes=model_classes,
-                                           allow_free_text=allow_free_text)
+    plan = _plan(model, threshold=threshold, overlap=overlap, sw_batch_size=sw_batch_size, pad_mode=pad_mode,
+                 fast=fast, fast_factor=fast_factor, roi_size=roi_size, spacing=spacing, postprocess=postprocess)
+    template, prompts, classes = _resolve_prompts(model, prompts, template, allow_free_text)
     run_device = resolve_device(device) if device is not None else _model_device(model)
     amp_dtype = autocast_dtype(run_device, amp)
     volume = source if isinstance(source, Volume) else read_ct(source, check_ct=check_ct)
@@ -419,43 +502,16 @@ def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts
         model.to(run_device)
 
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            text_emb = model.embed_prompts(list(prompts))
-        image = preprocess_volume(volume, spacing, hu_window)
-        processed_affine = image.affine.numpy().copy()
-        processed_shape = tuple(int(s) for s in image.shape[1:])
-        thin = any(s < r for s, r in zip(processed_shape, roi_size))
-        image, crop = pad_to_window(image, roi_size, pad_mode)
-        if thin:
-            logger.warning(_thin_axes_warning(volume, processed_shape, roi_size, spacing, pad_mode))
-        probs = sliding_window_probabilities(model, image, text_emb, roi_size, overlap=overlap,
-                                             sw_batch_size=sw_batch_size, device=run_device,
-                                             output_device=output_device, progress=progress, amp_dtype=amp_dtype)
-        if crop is not None:
-            probs = probs[(slice(None), *crop)]
-    finally:
-        model.train(was_training)
+    probs, processed_affine, processed_shape = _model_grid_probabilities(
+        model, volume, prompts, plan, sw_batch_size=sw_batch_size, device=run_device, output_device=output_device,
+        progress=progress, amp_dtype=amp_dtype)
     infer_s = time.perf_counter() - start
     native, probabilities = probabilities_to_native(probs, processed_affine, volume, threshold,
                                                     keep_probabilities=return_probabilities)
     if postprocess:
         native = postprocess_masks(native, classes, template)
     voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
-    meta = {
-        "input": volume.path, "input_format": volume.meta.get("format"), "input_shape": list(volume.shape),
-        "input_spacing_mm": [round(s, 4) for s in volume.spacing],
-        "model_spacing_mm": list(spacing), "trained_spacing_mm": list(trained_spacing), "fast": bool(fast),
-        "roi_size": list(roi_size), "processed_shape": list(processed_shape),
-        "padded_to_window": pad_mode if thin else None,
-        "threshold": threshold, "overlap": overlap, "postprocess": postprocess, "device": str(run_device),
-        "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
-        "inference_seconds": round(infer_s, 3), "total_seconds": round(time.perf_counter() - start, 3),
-    }
-    if volume.meta.get("format") == "dicom":
-        meta["series_uid"] = str(volume.meta.get("series_uid") or "")
+    meta = _prediction_meta(volume, plan, processed_shape, run_device, amp_dtype, infer_s, start)
     logger.info("predicted %d class(es) on %s in %.1f s", len(prompts), volume.path, meta["total_seconds"])
     return SegPrediction(masks=native, affine=volume.affine.copy(), prompts=list(prompts), classes=classes,
                          probabilities=probabilities, statistics=class_statistics(native, volume.array, voxel_ml),

@@ -193,102 +193,140 @@ def render_phantom(seed: int | tuple[int, ...], grid: Grid | None = None, *, tum
     Returns:
         :class:`Phantom` with ``image`` (X, Y, Z) int16 HU and ``label`` (X, Y, Z) uint8.
     """
-    grid = grid or Grid.make()
-    rng = np.random.default_rng(seed)
-    space = _Space(grid, rng, amplitude_mm=float(rng.uniform(3.0, 7.0)), smooth_mm=30.0)
-    hu = {k: v + (rng.normal(0, 8) if k in ("liver", "spleen", "kidney_cortex", "pancreas", "aorta") else 0.0)
-          for k, v in HU.items()}
-    shift = rng.normal(0, 6.0, size=3)
-    body_scale = rng.uniform(0.92, 1.06, size=2)
+    canvas = _Canvas(grid or Grid.make(), np.random.default_rng(seed))
+    canvas.body_wall()
+    canvas.spine()
+    canvas.lungs()
+    canvas.liver_gallbladder_spleen()
+    canvas.stomach_and_pancreas()
+    canvas.kidneys_and_vessels()
+    host = canvas.label.copy()
+    tumours = canvas.tumours(tumour_prob)
+    image = canvas.blurred_noisy_image(noise_hu)
+    return Phantom(image=np.clip(np.rint(image), -1024, 3071).astype(np.int16), label=canvas.label, host=host,
+                   affine=canvas.grid.affine.copy(), tumours=tuple(tumours))
 
-    def jitter(centre, semi, move=5.0, scale=0.1):
-        c = np.asarray(centre, float) + shift + rng.normal(0, move, size=3)
-        s = np.asarray(semi, float) * rng.uniform(1 - scale, 1 + scale, size=3)
+
+class _Canvas:
+    """One case being painted: its random draws (deformation, HU jitter, shift, body size), the HU image and
+    the label volume. The steps draw from one random generator in a fixed order, so a case depends on its
+    seed only."""
+
+    def __init__(self, grid: Grid, rng: np.random.Generator) -> None:
+        self.grid, self.rng = grid, rng
+        self.space = _Space(grid, rng, amplitude_mm=float(rng.uniform(3.0, 7.0)), smooth_mm=30.0)
+        self.hu = {k: v + (rng.normal(0, 8) if k in ("liver", "spleen", "kidney_cortex", "pancreas", "aorta") else 0.0)
+                   for k, v in HU.items()}
+        self.shift = rng.normal(0, 6.0, size=3)
+        self.body_scale = rng.uniform(0.92, 1.06, size=2)
+        self.image = np.full(grid.shape, self.hu["air"], dtype=np.float32)
+        self.label = np.zeros(grid.shape, dtype=np.uint8)
+        self.cavity = np.zeros(grid.shape, dtype=bool)
+
+    def jitter(self, centre, semi, move: float = 5.0, scale: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        """A structure's centre moved (the case's shift and its own) and its semi-axes scaled at random."""
+        c = np.asarray(centre, float) + self.shift + self.rng.normal(0, move, size=3)
+        s = np.asarray(semi, float) * self.rng.uniform(1 - scale, 1 + scale, size=3)
         return c, s
 
-    image = np.full(grid.shape, hu["air"], dtype=np.float32)
-    label = np.zeros(grid.shape, dtype=np.uint8)
-
-    # Body wall: skin, subcutaneous fat, muscle; the cavity inside holds visceral fat and bowel.
-    body_semi = np.array([135.0, 100.0]) * body_scale
-    body_c = (shift[0] * 0.3, -5.0 + shift[1] * 0.3)
-    body_r = space.cylinder_z(body_c, body_semi)
-    fat_mm = rng.uniform(8.0, 22.0)
-    wall_r = space.cylinder_z(body_c, body_semi - 3.0)
-    muscle_r = space.cylinder_z(body_c, body_semi - 3.0 - fat_mm)
-    cavity_r = space.cylinder_z(body_c, body_semi - 3.0 - fat_mm - rng.uniform(8.0, 14.0))
-    image[body_r < 1] = hu["skin"]
-    image[wall_r < 1] = hu["fat"]
-    image[muscle_r < 1] = hu["muscle"]
-    cavity = cavity_r < 1
-    image[cavity] = hu["visceral_fat"]
-    bowel = smooth_field(grid, rng, 8.0)
-    image[cavity & (bowel > 0.25)] = hu["bowel"]
-
-    # Spine (cortex + trabecular body + posterior element) and paraspinal muscles.
-    spine_c = (shift[0] * 0.3, -60.0 + shift[1] * 0.3)
-    for side in (-1, 1):
-        image[space.cylinder_z((spine_c[0] + side * 35, spine_c[1] - 20), (22, 18)) < 1] = hu["muscle"]
-    image[space.cylinder_z(spine_c, (19, 17)) < 1] = hu["bone_cortex"]
-    image[space.cylinder_z(spine_c, (15, 13)) < 1] = hu["bone_trabecular"]
-    image[space.cylinder_z((spine_c[0], spine_c[1] - 26), (6, 10)) < 1] = hu["bone_cortex"]
-
-    # Lungs at the top of the field of view, above the liver dome and spleen.
-    for side in (-1, 1):
-        c, s = jitter((side * 65.0, -5.0, 125.0), (55.0, 70.0, 75.0), move=3.0, scale=0.05)
-        image[(space.ellipsoid(c, s) < 1) & cavity] = hu["lung"]
-
-    def paint(name: str, mask: np.ndarray, value: float) -> np.ndarray:
-        mask = mask & cavity
-        image[mask] = value
-        label[mask] = _ID[name]
+    def paint(self, name: str, mask: np.ndarray, value: float) -> np.ndarray:
+        """Paint organ ``name`` (its part inside the abdominal cavity) into the image and the label."""
+        mask = mask & self.cavity
+        self.image[mask] = value
+        self.label[mask] = _ID[name]
         return mask
 
-    # Liver: a right lobe and a smaller left lobe crossing the midline.
-    c1, s1 = jitter((62.0, 5.0, 35.0), (62.0, 70.0, 55.0))
-    c2, s2 = jitter((5.0, 35.0, 45.0), (45.0, 35.0, 30.0))
-    paint("liver", (space.ellipsoid(c1, s1, _rotation(rng, 10)) < 1) | (space.ellipsoid(c2, s2) < 1),
-                  hu["liver"])
-    c, s = jitter((55.0, 40.0, -5.0), (14.0, 14.0, 26.0), move=3.0)
-    paint("gallbladder", space.ellipsoid(c, s, _rotation(rng, 20)) < 1, hu["gallbladder"])
-    c, s = jitter((-85.0, -30.0, 40.0), (26.0, 45.0, 48.0))
-    paint("spleen", space.ellipsoid(c, s, _rotation(rng, 15)) < 1, hu["spleen"])
-    c, s = jitter((-45.0, 40.0, 40.0), (42.0, 32.0, 38.0))
-    stomach = paint("stomach", space.ellipsoid(c, s, _rotation(rng, 15)) < 1, hu["stomach"])
-    gas = stomach & (space.ellipsoid(c + np.array([0, s[1] * 0.5, s[2] * 0.4]), s * 0.5) < 1)
-    image[gas] = hu["stomach_gas"]
-    head = np.array([25.0, 5.0, 0.0]) + shift + rng.normal(0, 4, 3)
-    tail = np.array([-70.0, -12.0, 15.0]) + shift + rng.normal(0, 4, 3)
-    paint("pancreas", space.capsule(head, tail, (15.0, 9.0)) < 1, hu["pancreas"])
-    kidneys = {}
-    for name, x, z in (("kidney_right", 65.0, -15.0), ("kidney_left", -65.0, -2.0)):
-        c, s = jitter((x, -50.0, z), (27.0, 24.0, 52.0), move=4.0)
-        rot = _rotation(rng, 12)
-        kidneys[name] = paint(name, space.ellipsoid(c, s, rot) < 1, hu["kidney_cortex"])
-        image[kidneys[name] & (space.ellipsoid(c, s * 0.6, rot) < 1)] = hu["kidney_medulla"]
-    aorta_xy = (-18.0 + shift[0] * 0.5, -28.0 + shift[1] * 0.5)
-    paint("aorta", space.cylinder_z(aorta_xy, (11.0, 11.0)) < 1, hu["aorta"])
-    ivc = space.cylinder_z((24.0 + shift[0] * 0.5, -25.0 + shift[1] * 0.5), (13.0, 10.0)) < 1
-    image[ivc & cavity & (label == 0)] = hu["ivc"]
+    def body_wall(self) -> None:
+        """Body wall: skin, subcutaneous fat, muscle; the cavity inside holds visceral fat and bowel."""
+        space, hu, image, shift = self.space, self.hu, self.image, self.shift
+        body_semi = np.array([135.0, 100.0]) * self.body_scale
+        body_c = (shift[0] * 0.3, -5.0 + shift[1] * 0.3)
+        body_r = space.cylinder_z(body_c, body_semi)
+        fat_mm = self.rng.uniform(8.0, 22.0)
+        wall_r = space.cylinder_z(body_c, body_semi - 3.0)
+        muscle_r = space.cylinder_z(body_c, body_semi - 3.0 - fat_mm)
+        cavity_r = space.cylinder_z(body_c, body_semi - 3.0 - fat_mm - self.rng.uniform(8.0, 14.0))
+        image[body_r < 1] = hu["skin"]
+        image[wall_r < 1] = hu["fat"]
+        image[muscle_r < 1] = hu["muscle"]
+        self.cavity = cavity_r < 1
+        image[self.cavity] = hu["visceral_fat"]
+        bowel = smooth_field(self.grid, self.rng, 8.0)
+        image[self.cavity & (bowel > 0.25)] = hu["bowel"]
 
-    host = label.copy()
-    tumours = []
-    if rng.random() < tumour_prob:
-        tumours.append("liver_tumour")
-        _add_tumours(space, rng, image, label, host_mask=label == _ID["liver"], value=hu["liver_tumour"],
-                     lesion_id=_ID["liver_tumour"], count=int(rng.integers(1, 4)), radius=(7.0, 16.0))
-    if rng.random() < tumour_prob:
-        tumours.append("kidney_tumour")
-        side = "kidney_right" if rng.random() < 0.5 else "kidney_left"
-        _add_tumours(space, rng, image, label, host_mask=label == _ID[side], value=hu["kidney_tumour"],
-                     lesion_id=_ID["kidney_tumour"], count=1, radius=(9.0, 17.0))
+    def spine(self) -> None:
+        """Spine (cortex + trabecular body + posterior element) and paraspinal muscles."""
+        space, hu, image = self.space, self.hu, self.image
+        spine_c = (self.shift[0] * 0.3, -60.0 + self.shift[1] * 0.3)
+        for side in (-1, 1):
+            image[space.cylinder_z((spine_c[0] + side * 35, spine_c[1] - 20), (22, 18)) < 1] = hu["muscle"]
+        image[space.cylinder_z(spine_c, (19, 17)) < 1] = hu["bone_cortex"]
+        image[space.cylinder_z(spine_c, (15, 13)) < 1] = hu["bone_trabecular"]
+        image[space.cylinder_z((spine_c[0], spine_c[1] - 26), (6, 10)) < 1] = hu["bone_cortex"]
 
-    spacing = np.abs(np.diag(grid.affine)[:3])
-    # Partial-volume blur at the scale of a detector element, then quantum noise.
-    image = ndimage.gaussian_filter(image, 0.6 * 3.0 / spacing)
-    image += rng.normal(0.0, noise_hu, size=grid.shape).astype(np.float32)
-    return Phantom(image=np.clip(np.rint(image), -1024, 3071).astype(np.int16), label=label, host=host,
-                   affine=grid.affine.copy(), tumours=tuple(tumours))
+    def lungs(self) -> None:
+        """Lungs at the top of the field of view, above the liver dome and spleen."""
+        for side in (-1, 1):
+            c, s = self.jitter((side * 65.0, -5.0, 125.0), (55.0, 70.0, 75.0), move=3.0, scale=0.05)
+            self.image[(self.space.ellipsoid(c, s) < 1) & self.cavity] = self.hu["lung"]
+
+    def liver_gallbladder_spleen(self) -> None:
+        """Liver (a right lobe and a smaller left lobe crossing the midline), gallbladder and spleen."""
+        space, hu, rng = self.space, self.hu, self.rng
+        c1, s1 = self.jitter((62.0, 5.0, 35.0), (62.0, 70.0, 55.0))
+        c2, s2 = self.jitter((5.0, 35.0, 45.0), (45.0, 35.0, 30.0))
+        self.paint("liver", (space.ellipsoid(c1, s1, _rotation(rng, 10)) < 1) | (space.ellipsoid(c2, s2) < 1),
+                   hu["liver"])
+        c, s = self.jitter((55.0, 40.0, -5.0), (14.0, 14.0, 26.0), move=3.0)
+        self.paint("gallbladder", space.ellipsoid(c, s, _rotation(rng, 20)) < 1, hu["gallbladder"])
+        c, s = self.jitter((-85.0, -30.0, 40.0), (26.0, 45.0, 48.0))
+        self.paint("spleen", space.ellipsoid(c, s, _rotation(rng, 15)) < 1, hu["spleen"])
+
+    def stomach_and_pancreas(self) -> None:
+        """Stomach with a gas bubble at its anterior top, and the pancreas from head to tail."""
+        space, hu, rng, shift = self.space, self.hu, self.rng, self.shift
+        c, s = self.jitter((-45.0, 40.0, 40.0), (42.0, 32.0, 38.0))
+        stomach = self.paint("stomach", space.ellipsoid(c, s, _rotation(rng, 15)) < 1, hu["stomach"])
+        gas = stomach & (space.ellipsoid(c + np.array([0, s[1] * 0.5, s[2] * 0.4]), s * 0.5) < 1)
+        self.image[gas] = hu["stomach_gas"]
+        head = np.array([25.0, 5.0, 0.0]) + shift + rng.normal(0, 4, 3)
+        tail = np.array([-70.0, -12.0, 15.0]) + shift + rng.normal(0, 4, 3)
+        self.paint("pancreas", space.capsule(head, tail, (15.0, 9.0)) < 1, hu["pancreas"])
+
+    def kidneys_and_vessels(self) -> None:
+        """Kidneys (cortex + medulla), the aorta and the inferior vena cava (unlabelled)."""
+        space, hu, shift = self.space, self.hu, self.shift
+        for name, x, z in (("kidney_right", 65.0, -15.0), ("kidney_left", -65.0, -2.0)):
+            c, s = self.jitter((x, -50.0, z), (27.0, 24.0, 52.0), move=4.0)
+            rot = _rotation(self.rng, 12)
+            kidney = self.paint(name, space.ellipsoid(c, s, rot) < 1, hu["kidney_cortex"])
+            self.image[kidney & (space.ellipsoid(c, s * 0.6, rot) < 1)] = hu["kidney_medulla"]
+        aorta_xy = (-18.0 + shift[0] * 0.5, -28.0 + shift[1] * 0.5)
+        self.paint("aorta", space.cylinder_z(aorta_xy, (11.0, 11.0)) < 1, hu["aorta"])
+        ivc = space.cylinder_z((24.0 + shift[0] * 0.5, -25.0 + shift[1] * 0.5), (13.0, 10.0)) < 1
+        self.image[ivc & self.cavity & (self.label == 0)] = hu["ivc"]
+
+    def tumours(self, tumour_prob: float) -> list[str]:
+        """Liver tumours, and independently a kidney tumour, each with probability ``tumour_prob``; their classes."""
+        rng, hu, label = self.rng, self.hu, self.label
+        tumours = []
+        if rng.random() < tumour_prob:
+            tumours.append("liver_tumour")
+            _add_tumours(self.space, rng, self.image, label, host_mask=label == _ID["liver"], value=hu["liver_tumour"],
+                         lesion_id=_ID["liver_tumour"], count=int(rng.integers(1, 4)), radius=(7.0, 16.0))
+        if rng.random() < tumour_prob:
+            tumours.append("kidney_tumour")
+            side = "kidney_right" if rng.random() < 0.5 else "kidney_left"
+            _add_tumours(self.space, rng, self.image, label, host_mask=label == _ID[side], value=hu["kidney_tumour"],
+                         lesion_id=_ID["kidney_tumour"], count=1, radius=(9.0, 17.0))
+        return tumours
+
+    def blurred_noisy_image(self, noise_hu: float) -> np.ndarray:
+        """The image after partial-volume blur at the scale of a detector element, then quantum noise."""
+        spacing = np.abs(np.diag(self.grid.affine)[:3])
+        image = ndimage.gaussian_filter(self.image, 0.6 * 3.0 / spacing)
+        image += self.rng.normal(0.0, noise_hu, size=self.grid.shape).astype(np.float32)
+        return image
 
 
 def _add_tumours(space: _Space, rng: np.random.Generator, image: np.ndarray, label: np.ndarray, *,

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medmoe.data.readers import MissingFileError
 from medmoe.data.volumes import Volume, read_ct, read_label, write_nifti
-from medmoe.errors import CorruptFileError
+from medmoe.errors import CorruptFileError, MissingFileError
 from medmoe_samples.ct.datalist import datalist_entry, write_datalist
 
 logger = logging.getLogger(__name__)
@@ -193,6 +192,26 @@ def build_totalseg_pack(out: str | os.PathLike, *, sdist: str | os.PathLike | No
     root = Path(out)
     path = require_totalseg_sdist(sdist)
     mask_dir = root / ".aorta_report_masks"
+    n_dicom = _extract_examples(path, root, mask_dir)
+    try:
+        aorta_map, excluded = _build_aorta_label(root, mask_dir)
+    finally:
+        shutil.rmtree(mask_dir, ignore_errors=True)
+    if not aorta_map:
+        raise CorruptFileError(f"{path}: no aorta-report mask covers its CT; expected totalsegmentator {TOTALSEG_VERSION}")
+    out_path = _write_pack_datalist(root, path, aorta_map, excluded)
+    logger.info("extracted the TotalSegmentator examples (%d DICOM slices, aorta-report classes %s) to %s",
+                n_dicom, ", ".join(aorta_map.values()), root)
+    return out_path
+
+
+def _extract_examples(path: Path, root: Path, mask_dir: Path) -> int:
+    """Copy the example CTs, their label maps and the DICOM series out of the sdist at ``path`` into ``root``
+    (the aorta-report masks into ``mask_dir``); the number of DICOM slices.
+
+    Raises:
+        CorruptFileError: the tarball is unreadable or lacks one of the files.
+    """
     wanted = {
         _TS_REF + "example_ct.nii.gz": root / "example_ct.nii.gz",
         _TS_REF + "example_seg_fast_force_split.nii.gz": root / "example_seg.nii.gz",
@@ -221,12 +240,12 @@ def build_totalseg_pack(out: str | os.PathLike, *, sdist: str | os.PathLike | No
     missing = [str(v.relative_to(root)) for v in wanted.values() if not v.is_file()]
     if missing or n_dicom == 0:
         raise CorruptFileError(f"{path}: tarball lacks {missing or ['example_ct_dicom/']}; expected totalsegmentator {TOTALSEG_VERSION}")
-    try:
-        aorta_map, excluded = _build_aorta_label(root, mask_dir)
-    finally:
-        shutil.rmtree(mask_dir, ignore_errors=True)
-    if not aorta_map:
-        raise CorruptFileError(f"{path}: no aorta-report mask covers its CT; expected totalsegmentator {TOTALSEG_VERSION}")
+    return n_dicom
+
+
+def _write_pack_datalist(root: Path, path: Path, aorta_map: dict[int, str], excluded: dict[str, str]) -> Path:
+    """Write the pack's datalist (splits, label maps of both datasets, the aorta-report masks kept and left
+    out); its path."""
     ct = datalist_entry(root, root / "example_ct.nii.gz", root / "example_seg.nii.gz", TOTALSEG_DATASET)
     aorta = datalist_entry(root, root / "aorta_report" / "example_ct.nii.gz",
                            root / "aorta_report" / "label.nii.gz", AORTA_DATASET)
@@ -239,7 +258,4 @@ def build_totalseg_pack(out: str | os.PathLike, *, sdist: str | os.PathLike | No
         "training": [ct, aorta], "validation": [ct, aorta], "test": [dicom],
         "aorta_report": {"kept": {str(k): v for k, v in aorta_map.items()}, "excluded": excluded},
     }
-    out_path = write_datalist(root, datalist)
-    logger.info("extracted the TotalSegmentator examples (%d DICOM slices, aorta-report classes %s) to %s",
-                n_dicom, ", ".join(aorta_map.values()), root)
-    return out_path
+    return write_datalist(root, datalist)

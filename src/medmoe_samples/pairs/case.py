@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -27,3 +28,13 @@ class Case:
 def tags_or_normal(tags: list[str] | set[str]) -> tuple[str, ...]:
     """Sorted unique tags, or ``("normal",)`` when there are none."""
     return tuple(sorted(set(tags))) or (NORMAL,)
+
+
+class CaseMaker(Protocol):
+    """One modality's generator (the ``make_<modality>_case`` functions): ``make(rng, size) -> Case``.
+
+    ``rng`` fixes the findings, the image and the report's wording; ``size`` is the image side in pixels.
+    The :class:`Case` holds a (size, size) uint8 grey image or a (size, size, 3) uint8 RGB one.
+    """
+
+    def __call__(self, rng: np.random.Generator, size: int = 224) -> Case: ...

@@ -42,15 +42,8 @@ def _liver_sentence(rng: np.random.Generator, diameter: float) -> str:
 
 
 def make_ct_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the CT slice and write its report.
-
-    Args:
-        rng: random generator.
-        size: image side in pixels.
-
-    Returns:
-        A :class:`Case` with a (size, size) uint8 windowed slice.
-    """
+    """Draw findings, render the CT slice and write its report (a :class:`~.case.CaseMaker`; a
+    (size, size) uint8 windowed slice)."""
     region = "chest" if rng.random() < 0.6 else "abdomen"
     tags: list[str] = []
     positives: list[str] = []

@@ -25,15 +25,8 @@ def _count_word(n: int) -> str:
 
 
 def make_fundus_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the photograph and write its report.
-
-    Args:
-        rng: random generator.
-        size: image side in pixels.
-
-    Returns:
-        A :class:`Case` with a (size, size, 3) uint8 RGB image.
-    """
+    """Draw findings, render the photograph and write its report (a :class:`~.case.CaseMaker`; a
+    (size, size, 3) uint8 RGB image)."""
     eye = pick(rng, ("right", "left"))
     present = [] if rng.random() < 0.25 else [k for k in ("haemorrhage", "exudate", "cupping") if rng.random() < 0.45]
     haemorrhages = int(rng.integers(4, 14)) if "haemorrhage" in present else 0

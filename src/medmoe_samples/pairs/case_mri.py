@@ -36,15 +36,8 @@ def _mass_sentences(rng: np.random.Generator, signal: str, side: str, diameter: 
 
 
 def make_mri_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the brain slice and write its report.
-
-    Args:
-        rng: random generator.
-        size: image side in pixels.
-
-    Returns:
-        A :class:`Case` with a (size, size) uint8 image.
-    """
+    """Draw findings, render the brain slice and write its report (a :class:`~.case.CaseMaker`; a
+    (size, size) uint8 image)."""
     sequence = pick(rng, ("t1", "t2"))
     tags, positives, negatives = [], [], []
     mass = None

@@ -29,15 +29,8 @@ _NEGATED = {"tumour": ("dysplasia or malignancy", "malignancy", "carcinoma"),
 
 
 def make_pathology_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw the tissue kind, render the H&E patch and write its report.
-
-    Args:
-        rng: random generator.
-        size: image side in pixels.
-
-    Returns:
-        A :class:`Case` with a (size, size, 3) uint8 RGB image.
-    """
+    """Draw the tissue kind, render the H&E patch and write its report (a :class:`~.case.CaseMaker`;
+    a (size, size, 3) uint8 RGB image)."""
     tissue = TISSUE_KINDS[int(rng.integers(len(TISSUE_KINDS)))]
     description = pick(rng, _SENTENCES[tissue])
     # A normal patch is described but names no finding; abnormal ones state theirs.

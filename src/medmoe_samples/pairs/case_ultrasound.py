@@ -45,15 +45,8 @@ def _sentence(rng: np.random.Generator, kind: str, diameter: float) -> str:
 
 
 def make_ultrasound_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the sector image and write its report.
-
-    Args:
-        rng: random generator.
-        size: image side in pixels.
-
-    Returns:
-        A :class:`Case` with a (size, size) uint8 image.
-    """
+    """Draw findings, render the sector image and write its report (a :class:`~.case.CaseMaker`; a
+    (size, size) uint8 image)."""
     roll = rng.random()
     kinds = ("cyst", "solid_mass", "calcification")
     kind = None if roll < 0.22 else kinds[int(rng.integers(3))]

@@ -77,15 +77,8 @@ def _opacity_sentence(rng: np.random.Generator, lesion: LungLesion) -> str:
 
 
 def make_xray_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the radiograph and write its report.
-
-    Args:
-        rng: random generator (fixes findings, image and wording).
-        size: image side in pixels.
-
-    Returns:
-        A :class:`Case` with a (size, size) uint8 image.
-    """
+    """Draw findings, render the radiograph and write its report (a :class:`~.case.CaseMaker`; a
+    (size, size) uint8 image)."""
     kinds = [] if rng.random() < 0.28 else list(rng.permutation(["cardiomegaly", "effusion", "opacity"]))
     kinds = kinds[: 1 if rng.random() < 0.6 else 2]
     tags: list[str] = []

@@ -9,7 +9,6 @@ whatever the number of workers, and a smaller pack is a prefix of a larger one p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from medmoe.data.manifest import write_manifest
 from medmoe.data.modalities import MODALITIES
 from medmoe.errors import InvalidInputError
-from medmoe_samples.pairs.case import Case
+from medmoe_samples.pairs.case import CaseMaker
 from medmoe_samples.pairs.case_ct import make_ct_case
 from medmoe_samples.pairs.case_fundus import make_fundus_case
 from medmoe_samples.pairs.case_mri import make_mri_case
@@ -31,7 +30,7 @@ from medmoe_samples.pairs.staging import run_tasks, staged_dataset
 logger = logging.getLogger(__name__)
 
 DATASET = "modality-bench"
-CASE_MAKERS: dict[str, Callable[[np.random.Generator, int], Case]] = {
+CASE_MAKERS: dict[str, CaseMaker] = {
     "xray": make_xray_case,
     "ct": make_ct_case,
     "mri": make_mri_case,
