@@ -471,3 +471,11 @@ def test_target_size_not_below_the_image_changes_nothing(tmp_path, large_images)
 def test_target_size_must_be_a_positive_integer(bad):
     with pytest.raises(InvalidInputError, match="target_size"):
         read_image(dicom_file("CT_small.dcm"), target_size=bad)
+
+
+def test_an_unknown_read_option_is_refused_by_name():
+    path = dicom_file("CT_small.dcm")
+    with pytest.raises(TypeError, match="fram"):
+        read_image(path, fram=0)
+    with pytest.raises(TypeError, match="max_pixel"):
+        decode_image(b"\0" * 200, "ct.dcm", max_pixel=10)

@@ -245,19 +245,25 @@ class DicomSeriesReader(PydicomReader):
     to the last ImagePositionPatient, converted from LPS. The parts below are medmoe's own, because
     PydicomReader's do not fit untrusted folders:
 
-    - finding the files (:meth:`read`): PydicomReader reads every file of the folder whole with
+    - finding the files (:meth:`series`): PydicomReader reads every file of the folder whole with
       ``pydicom.dcmread`` (or only files with a ``DICM`` preamble), with no size budget; here a file counts
       when its first bytes parse as DICOM (:func:`dicom_files`), and its header is read by
       :func:`~medmoe.data.readers.dicom.read_dicom_header` with the pixel data deferred, so a 300 MB file of
       zeros is refused in milliseconds and Rows x Columns x slices is checked against ``max_voxels`` before
       any pixel is decoded;
     - one series: PydicomReader stacks every file it read; here the series with the most slices, others logged;
-    - the order (:meth:`read`): PydicomReader sorts by InstanceNumber and skips slices without one; here the
+    - the order (:meth:`series`): PydicomReader sorts by InstanceNumber and skips slices without one; here the
       slices are sorted by their position along the slice normal (InstanceNumber is optional and need not
       follow position), and duplicate positions or missing slices are refused;
-    - the stacking (:meth:`_combine_dicom_series`): PydicomReader decodes every slice into a list and stacks it
-      with ``np.stack`` (two copies of the volume at the peak); here the slices are decoded one at a time into
-      one float32 array and each file's pixel bytes are dropped once decoded (one copy).
+    - the stacking (:meth:`_combine_dicom_series`): PydicomReader keeps every file's pixel bytes, decodes every
+      slice into a list and stacks it with ``np.stack`` into float64; here the slices are decoded one at a time
+      into one float32 array and each file's pixel bytes are dropped once decoded. Measured on a 512 x 512 x
+      120 series (tracemalloc): peak 123 MiB here for the 120 MiB volume, 602 MiB for PydicomReader's;
+    - the geometry values (:meth:`_get_meta_dict`): read from the header as floats, where PydicomReader's
+      DICOM JSON conversion leaves out over-long decimal strings and its affine falls back to the identity.
+
+    :meth:`read` only names the folder and :meth:`get_data` reads it, so that inside ``LoadImage`` a refusal
+    is raised rather than passed over to MONAI's own readers.
 
     Args:
         check_ct: refuse a series whose Modality is not CT.
