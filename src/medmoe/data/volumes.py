@@ -245,8 +245,9 @@ class DicomSeriesReader(PydicomReader):
     to the last ImagePositionPatient, converted from LPS. The parts below are medmoe's own, because
     PydicomReader's do not fit untrusted folders:
 
-    - finding the files (:meth:`series`): PydicomReader reads every file of the folder whole with
-      ``pydicom.dcmread`` (or only files with a ``DICM`` preamble), with no size budget; here a file counts
+    - finding the files (:meth:`series`): PydicomReader passes every file of the folder to ``pydicom.dcmread``
+      (a file without the ``DICM`` preamble is skipped with a warning, or parsed whatever its bytes with
+      ``force=True``) and reads each whole, pixel data included, with no size budget; here a file counts
       when its first bytes parse as DICOM (:func:`dicom_files`), and its header is read by
       :func:`~medmoe.data.readers.dicom.read_dicom_header` with the pixel data deferred, so a 300 MB file of
       zeros is refused in milliseconds and Rows x Columns x slices is checked against ``max_voxels`` before
