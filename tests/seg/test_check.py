@@ -55,9 +55,22 @@ def _other_shape(root: Path, doc: dict) -> tuple[str, str]:
 def _flipped_affine(root: Path, doc: dict) -> tuple[str, str]:
     path = root / doc["training"][1]["label"]
     image = nib.load(str(path))
-    flip = image.affine @ np.array([[-1, 0, 0, image.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    write_nifti(np.asarray(image.dataobj)[::-1], flip, path, dtype=np.uint8)
-    return "training", "label affine does not agree with the image's: axis i flipped (LAS vs RAS)"
+    write_nifti(np.asarray(image.dataobj), image.affine @ np.diag([-1, 1, 1, 1]), path, dtype=np.uint8)
+    return "training", "label affine does not agree with the image's: axis i flipped (LAS vs RAS) onto another grid"
+
+
+def test_a_label_stored_with_an_axis_reversed_on_the_image_grid_is_a_warning(tmp_path, capsys):
+    """TotalSegmentator's NIfTI labels of its DICOM example store the rows reversed: same voxels, read aligned."""
+    path = _datalist(tmp_path)
+    doc = json.loads(path.read_text())
+    label = tmp_path / doc["training"][1]["label"]
+    image = nib.load(str(label))
+    reverse_i = np.array([[-1, 0, 0, image.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    write_nifti(np.asarray(image.dataobj)[::-1], image.affine @ reverse_i, label, dtype=np.uint8)
+    assert main(["seg", "check", str(path), "--no-progress"]) == 0
+    assert "label stored with axis i reversed (LAS vs RAS) on the image's grid" in capsys.readouterr().out
+    report = check_datalist(path, progress=False)
+    assert [c.status for c in report.cases].count("warning") == 1 and not any(c.errors for c in report.cases)
 
 
 def _value_outside_map(root: Path, doc: dict) -> tuple[str, str]:

@@ -4,9 +4,10 @@
 
 errors (``medmoe seg check`` exits 1):
     - a file that is missing or cannot be read; a training or validation entry without a label;
-    - a label whose shape differs from its image's, or whose affine does not agree with it: every entry of
+    - a label whose shape differs from its image's, or whose voxel grid is not the image's: every entry of
       the two 4x4 affines within :data:`AFFINE_ATOL` (mm for the origin, mm per voxel for the axes) plus
-      :data:`AFFINE_RTOL` of the entry (NIfTI stores them as float32), so a flipped or shifted axis is caught;
+      :data:`AFFINE_RTOL` of the entry (NIfTI stores them as float32), so a shifted axis, or one flipped
+      about its first voxel, is caught;
     - a label value that is not 0 and not an id of the dataset's label map;
     - a voxel size outside :data:`SPACING_RANGE_MM`, or axes that are not orthogonal (a sheared header);
     - a CT whose voxels are those of another entry's CT (a hash of the voxel values, so a copy saved with
@@ -14,6 +15,9 @@ errors (``medmoe seg check`` exits 1):
       listed twice.
 
 warnings:
+    - a label on the image's voxel grid stored in another order (an axis reversed, as TotalSegmentator's
+      NIfTI labels of DICOM series are): training, prediction and evaluation place image and label by
+      their affines, so the pair is read aligned;
     - an axis more than :data:`OBLIQUE_DEGREES` off the scanner axes;
     - intensities that do not look like Hounsfield units.
 
@@ -148,15 +152,29 @@ def _geometry_problems(affine: np.ndarray, spacing: tuple[float, ...], path: str
     return errors, warnings
 
 
-def _affine_difference(image: np.ndarray, label: np.ndarray) -> str | None:
+def _reversed_axes(affine: np.ndarray, shape: tuple[int, ...], axes: list[int]) -> np.ndarray:
+    """The affine of the same voxels stored with ``axes`` reversed (voxel n-1-i where i was)."""
+    out = np.array(affine, dtype=np.float64)
+    for k in axes:
+        out[:3, 3] += out[:3, k] * (shape[k] - 1)
+        out[:3, k] *= -1
+    return out
+
+
+def _grid_difference(image: np.ndarray, label: np.ndarray, shape: tuple[int, ...]) -> tuple[str | None, str | None]:
+    """(error, note) comparing a label's affine with its image's (both of ``shape``): None, None when equal;
+    a note when the label is the image's grid stored with axes reversed; an error otherwise."""
     if np.allclose(image, label, atol=AFFINE_ATOL, rtol=AFFINE_RTOL):
-        return None
-    flipped = [name for k, name in enumerate("ijk")
-               if np.dot(image[:3, k], label[:3, k]) < 0]
+        return None, None
+    flipped = [k for k in range(3) if np.dot(image[:3, k], label[:3, k]) < 0]
+    names = ", ".join("ijk"[k] for k in flipped)
+    if flipped and np.allclose(image, _reversed_axes(label, shape, flipped), atol=AFFINE_ATOL, rtol=AFFINE_RTOL):
+        return None, (f"stored with axis {names} reversed ({_axcodes(label)} vs {_axcodes(image)}) on the "
+                      "image's grid: read aligned")
     if flipped:
-        return f"axis {', '.join(flipped)} flipped ({_axcodes(label)} vs {_axcodes(image)})"
+        return f"axis {names} flipped ({_axcodes(label)} vs {_axcodes(image)}) onto another grid", None
     diff = np.abs(image - label).max()
-    return f"entries differ by up to {diff:.4g} (tolerance {AFFINE_ATOL} + {AFFINE_RTOL} x entry)"
+    return f"entries differ by up to {diff:.4g} (tolerance {AFFINE_ATOL} + {AFFINE_RTOL} x entry)", None
 
 
 def check_case(entry: dict[str, str], split: str, label_ids: list[int]) -> CaseReport:
@@ -206,9 +224,11 @@ def check_case(entry: dict[str, str], split: str, label_ids: list[int]) -> CaseR
             report.errors.append(f"{entry['label']}: label shape {label.shape} differs from the image's "
                                  f"{image.shape}")
         else:
-            why = _affine_difference(image.affine, label.affine)
-            if why:
-                report.errors.append(f"{entry['label']}: label affine does not agree with the image's: {why}")
+            error, note = _grid_difference(image.affine, label.affine, image.shape)
+            if error:
+                report.errors.append(f"{entry['label']}: label affine does not agree with the image's: {error}")
+            if note:
+                report.warnings.append(f"{entry['label']}: label {note}")
     return report
 
 
