@@ -176,7 +176,8 @@ def build_totalseg_pack(out: str | os.PathLike, *, sdist: str | os.PathLike | No
     - ``example_ct_dicom/`` (20-slice 512x512 DICOM series, 2 mm, upper abdomen with the arms) with
       ``example_seg_dicom.nii.gz`` (the 'total' map): dataset ``TotalSegmentator``.
 
-    Splits: training and validation = the two NIfTI CTs, test = the DICOM series (never trained on). The
+    Splits: training = the two NIfTI CTs, test = the DICOM series (never trained on); no validation split of
+    its own, since a CT in both would be a training/validation overlap (train with ``--val-split training``). The
     datalist's ``aorta_report`` key records the kept and the excluded masks. The masks are TotalSegmentator's
     model output, not manual annotation.
 
@@ -255,7 +256,7 @@ def _write_pack_datalist(root: Path, path: Path, aorta_map: dict[int, str], excl
                        "(model output, not manual annotation); test = the DICOM series",
         "label_maps": {TOTALSEG_DATASET: {str(k): v for k, v in totalseg_class_map(path).items()},
                        AORTA_DATASET: {str(k): v for k, v in aorta_map.items()}},
-        "training": [ct, aorta], "validation": [ct, aorta], "test": [dicom],
+        "training": [ct, aorta], "test": [dicom],
         "aorta_report": {"kept": {str(k): v for k, v in aorta_map.items()}, "excluded": excluded},
     }
     return write_datalist(root, datalist)
