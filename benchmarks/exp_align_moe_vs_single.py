@@ -33,8 +33,8 @@ from medmoe.align.compare import paired_bootstrap, verdict  # noqa: E402
 from medmoe.align.evaluate import embed_dataset, make_dataset, routing_report  # noqa: E402
 from medmoe.align.retrieval import retrieval_metrics  # noqa: E402
 from medmoe.align.task import AlignTask, AlignTaskConfig  # noqa: E402
-from medmoe.cli.overrides import parse_overrides  # noqa: E402
 from medmoe.data.modalities import MODALITIES  # noqa: E402
+from medmoe.settings import parse_overrides  # noqa: E402
 from medmoe.train import TrainConfig, run_training  # noqa: E402
 
 

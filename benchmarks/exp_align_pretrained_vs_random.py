@@ -25,7 +25,7 @@ import torch
 from exp_align_moe_vs_single import evaluate_one, mean_std, train_one, train_seconds
 
 from medmoe.align.compare import paired_bootstrap, verdict
-from medmoe.cli.overrides import parse_overrides
+from medmoe.settings import parse_overrides
 
 KEYS = ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5", "routing_agreement_identity", "real_routing_agreement_identity")
 

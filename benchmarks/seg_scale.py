@@ -52,7 +52,7 @@ def train_peak_rss(datalist: Path, out: Path, steps: int, patch: int) -> dict:
     cmd = [sys.executable, "-m", "medmoe", "seg", "train", "--data", str(datalist), "--out", str(out / "run"),
            "--cache-dir", str(out / "cache"), "--cache-workers", "0", "--steps", str(steps), "--batch-size", "2",
            "--workers", "0", "--spacing", *map(str, SPACING), "--patch-size", *[str(patch)] * 3,
-           "--set", "text.model=tiny-bert", "--random-text", "--val-split", "", "--no-progress",
+           "--set", "text.model=tiny-bert", "--no-pretrained", "--val-split", "", "--no-progress",
            "--warmup-steps", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     start = time.perf_counter()

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from medmoe.align.backbone import SwinPyramid
 
 import medmoe
-from medmoe.align.backbone import SwinPyramid
 from medmoe.align.config import BackboneConfig
-from medmoe.cli.overrides import parse_overrides
 from medmoe.errors import InvalidInputError
+from medmoe.settings import parse_overrides
 
 # Stochastic depth on: the recomputation must replay the same random drops.
 TINY = BackboneConfig(image_size=64, embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=2,

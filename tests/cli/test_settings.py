@@ -13,8 +13,8 @@ import yaml
 from medmoe.align.losses import AlignLossWeights
 from medmoe.align.task import AlignTaskConfig
 from medmoe.cli.main import build_parser
-from medmoe.cli.settings import SettingsParser, add_dataclass_flags, config_from_args, field_docs
 from medmoe.seg.task import SegTaskConfig
+from medmoe.settings import SettingsParser, add_dataclass_flags, config_from_args, field_docs
 from medmoe.train import TrainConfig, add_training_arguments
 from medmoe.train.args import save_resolved_config
 

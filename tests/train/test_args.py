@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmoe.cli.settings import SettingsParser, add_dataclass_flags
 from medmoe.errors import InvalidInputError
+from medmoe.settings import SettingsParser, add_dataclass_flags
 from medmoe.train import TrainConfig, add_training_arguments
 from medmoe.train.args import resolved_config, save_resolved_config
 

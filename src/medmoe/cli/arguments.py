@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from medmoe.cli.settings import add_dataclass_flags, config_from_args
+from medmoe.settings import add_dataclass_flags, config_from_args
 
 
 def add_command(group: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
@@ -61,7 +61,7 @@ def add_loader_arguments(parser: argparse.ArgumentParser, *, device: str = "auto
 
 def add_train_command(group: argparse._SubParsersAction, *, help: str, description: str, task_config: str,
                       title: str, run: Callable[[argparse.Namespace], int]) -> None:
-    """Register ``train``: the task config's fields as flags, then the trainer's (see ``medmoe.cli.settings``).
+    """Register ``train``: the task config's fields as flags, then the trainer's (see ``medmoe.settings``).
 
     The flags are added when the command is first used (``group`` makes :class:`SettingsParser` parsers), so
     that other commands do not import the task's module.

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from medmoe.cli.settings import SettingsParser
+from medmoe.settings import SettingsParser
 
 # Command groups, in the order `medmoe --help` lists them.
 GROUPS = ("medmoe.cli.models", "medmoe.cli.data", "medmoe.cli.align", "medmoe.cli.seg", "medmoe.cli.demo",

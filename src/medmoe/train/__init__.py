@@ -2,7 +2,7 @@
 
 A command builds a :class:`Task` (see :mod:`medmoe.train.task` for the full contract) and calls::
 
-    parser = sub.add_parser("train")        # a medmoe.cli.settings.SettingsParser reads --config YAML
+    parser = sub.add_parser("train")        # a medmoe.settings.SettingsParser reads --config YAML
     add_training_arguments(parser)          # a flag per TrainConfig field (--out, --steps, --lr, ...), --config
     ...
     result = run_training(task, args)       # -> TrainResult

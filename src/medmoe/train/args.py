@@ -1,7 +1,7 @@
 """The trainer's command-line flags (generated from :class:`TrainConfig`) and the run config saved with a run.
 
 ``add_training_arguments(parser)`` adds one flag per ``TrainConfig`` field and ``--config YAML``; on a
-:class:`~medmoe.cli.settings.SettingsParser` the YAML's keys (field names) set the settings, and the command
+:class:`~medmoe.settings.SettingsParser` the YAML's keys (field names) set the settings, and the command
 line wins over them. :func:`save_resolved_config` writes the run's settings so that ``--config`` loads them back.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from medmoe.cli.settings import SETTINGS_ATTR, add_config_file_flag, add_dataclass_flags
+from medmoe.settings import SETTINGS_ATTR, add_config_file_flag, add_dataclass_flags
 from medmoe.train.config import TrainConfig
 
 # Never written to the saved run config: re-using it must not resume or chain configs by surprise.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import sys
 import types
@@ -31,11 +32,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medmoe.cli.overrides import json_value, parse_overrides
-
 # Attribute of parsed namespaces: the settings a --config file may set (a saved run config holds those).
 SETTINGS_ATTR = "_medmoe_settings"
 _CONFIG_FILE_ATTR = "_medmoe_config_file"
+
+
+def json_value(text: str):
+    """``text`` parsed as JSON when it is JSON (numbers, booleans, lists, objects), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(pairs: list[str] | None, *, example: str) -> dict:
+    """``["feature_size=24", "text.model=tiny-bert"]`` -> nested dict (values parsed as JSON when possible).
+
+    Raises:
+        InvalidInputError: a pair without ``=`` or without a key (the message shows ``example``).
+    """
+    from medmoe.errors import InvalidInputError
+
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--set {pair!r}: expected KEY=VALUE, e.g. {example}")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = json_value(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -147,7 +175,7 @@ class ConfigFile(argparse.Action):
                  option_string: str | None = None) -> None:
         if getattr(namespace, _CONFIG_FILE_ATTR, None) != Path(values):
             parser.error(f"{option_string} {values}: the file was not read; spell the flag out as --config "
-                         f"(a medmoe.cli.settings.SettingsParser reads it)")
+                         f"(a medmoe.settings.SettingsParser reads it)")
         setattr(namespace, self.dest, Path(values))
 
 
