@@ -126,27 +126,6 @@ def test_loss_weights_given_as_model_overrides_go_to_the_task(manifest):
         AlignTask(AlignTaskConfig(data=str(manifest), global_loss_weight=-1.0))
 
 
-def test_a_model_saved_with_loss_weights_in_its_config_still_loads(tmp_path):
-    from testkit.align import tiny_model
-
-    import medmoe
-
-    model = tiny_model()
-    model.save_pretrained(tmp_path / "m")
-    path = tmp_path / "m" / "config.json"
-    config = json.loads(path.read_text())
-    config.pop("modality_experts")
-    config.update(global_loss_weight=0.5, local_loss_weight=0.5, balance_loss_weight=0.01, router_ce_loss_weight=1.0,
-                  distill_loss_weight=1.0, local_loss_chunk=0)  # as models were saved before the loss moved
-    path.write_text(json.dumps(config))
-    loaded = medmoe.load_model(tmp_path / "m")
-    assert loaded.config.modality_experts  # trained with a router cross-entropy: expert e is modality e
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, loaded.state_dict()[key]), key
-    with pytest.raises(Exception, match="not config fields any more.*AlignTaskConfig"):
-        medmoe.create_model("medmoe-nano", distill_loss_weight=0.0)
-
-
 def test_the_task_records_whether_the_experts_learn_modalities(manifest):
     assert AlignTask(task_config(manifest)).build_model().config.modality_experts
     off = AlignTask(task_config(manifest, router_ce_loss_weight=0.0)).build_model()

@@ -142,7 +142,7 @@ def test_train_stops_on_missing_files_before_it_starts(tmp_path, capsys):
         quick_check(path)
     assert "lits1_label.nii.gz does not exist" in str(err.value) and "btcv1_ct.nii.gz" in str(err.value)
     rc = main(["seg", "train", "--data", str(path), "--out", str(tmp_path / "run"), "--steps", "1",
-               "--set", "text.model=tiny-bert", "--random-text", "--no-progress"])
+               "--set", "text.model=tiny-bert", "--no-pretrained", "--no-progress"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "lits1_label.nii.gz does not exist" in err and f"medmoe seg check {path}" in err

@@ -262,7 +262,7 @@ FAKES = {"msd": fake_msd, "nnunet": fake_nnunet, "totalsegmentator": fake_totals
 
 
 def test_every_format_has_a_fake_copy_and_a_cli_choice():
-    from medmoe.cli.seg_tools import IMPORT_FORMATS
+    from medmoe.cli.seg_datasets import IMPORT_FORMATS
 
     assert set(FAKES) == set(FORMATS) == set(IMPORT_FORMATS)
 
@@ -281,7 +281,7 @@ def _split_counts(datalist: Path) -> dict[str, int]:
 def _train(datalist: Path, tmp_path: Path, *extra: str) -> int:
     return main(["seg", "train", "--data", str(datalist), "--out", str(tmp_path / "run"), "--steps", "3",
                  "--batch-size", "2", "--spacing", *TRAIN_SPACING, "--patch-size", "32", "32", "32", "--workers", "0",
-                 "--set", "text.model=tiny-bert", "--random-text", "--val-max-cases", "1", "--warmup-steps", "1",
+                 "--set", "text.model=tiny-bert", "--no-pretrained", "--val-max-cases", "1", "--warmup-steps", "1",
                  "--no-progress", "--cache-dir", str(tmp_path / "cache"), *extra])
 
 

@@ -86,7 +86,7 @@ def test_cli_train_exports_a_model_that_predicts(datalist, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["seg", "train", "--data", str(datalist), "--out", str(out), "--steps", "2", "--batch-size", "2",
                "--spacing", *map(str, SPACING), "--patch-size", "32", "32", "32", "--workers", "0",
-               "--set", "text.model=tiny-bert", "--random-text", "--val-max-cases", "1", "--warmup-steps", "1",
+               "--set", "text.model=tiny-bert", "--no-pretrained", "--val-max-cases", "1", "--warmup-steps", "1",
                "--log-every", "1", "--no-progress", "--lr", "1e-3"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -182,10 +182,9 @@ def test_run_config_yaml_sets_seg_train_defaults():
     from pathlib import Path
 
     from medmoe.cli.main import build_parser
-    from medmoe.train.args import parse_args
 
     config = Path(__file__).resolve().parents[2] / "configs" / "seg-nano-phantoms.yaml"
-    args = parse_args(build_parser(), ["seg", "train", "--config", str(config), "--out", "run", "--steps", "7"])
+    args = build_parser().parse_args(["seg", "train", "--config", str(config), "--out", "run", "--steps", "7"])
     assert args.patch_size == [64, 32, 32] and args.spacing == [4.5, 4.5, 4.5] and args.soft_labels is True
     assert args.model == "mome-nano" and args.steps == 7 and args.val_split == "validation"
 
