@@ -49,7 +49,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -146,24 +145,6 @@ def default_by_rule(results: dict) -> dict:
     return {"choice": ranked[-1][1] if ranked else None, "phantom_validation_dice": val}
 
 
-def _git() -> dict:
-    def run(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], capture_output=True, text=True, check=True,
-                                  cwd=Path(__file__).resolve().parent).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-    return {"commit": run("rev-parse", "HEAD"), "dirty_seg_files": run("status", "--short", "--", "src/medmoe/seg")}
-
-
-def _source() -> str:
-    """Where medmoe was imported from: the repository's src, or a copy elsewhere (not named: docs and results
-    name no file outside the repository)."""
-    repo = Path(__file__).resolve().parents[1]
-    source = Path(medmoe.__file__).resolve().parent
-    return "src of this repository" if source.is_relative_to(repo) else "a copy of src outside the repository"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/exp-seg-real-ct"))
@@ -173,7 +154,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=FULL.seg_steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-only", action="store_true", help="evaluate the models saved under OUT")
-    parser.add_argument("--code-note", default="", help="recorded as is, e.g. which commit a copied src tree is")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
@@ -211,8 +191,7 @@ def main() -> None:
                      "lr": FULL.seg_lr, "warmup_steps": FULL.seg_warmup, "spacing_mm": FULL.seg_spacing,
                      "patch": FULL.seg_patch, "soft_labels": FULL.seg_soft_labels, "overlap": FULL.seg_overlap,
                      "dicom_classes": classes, "threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "python": platform.python_version(), "git": _git(),
-                     "medmoe_source": _source(), "code_note": args.code_note},
+                     "torch": torch.__version__, "python": platform.python_version(), "medmoe": medmoe.__version__},
         "rule": f"demo default: strong unless its phantom-validation mean Dice is more than {RULE_MARGIN} below "
                 "light's, then the best phantom-validation mean Dice; DICOM numbers not used",
         "default_by_rule": default_by_rule(variants),

@@ -50,7 +50,11 @@ class Section:
 
 def _cell(value: object) -> str:
     if isinstance(value, float):
-        return "n/a" if value != value else f"{value:.3f}"
+        if value != value:
+            return "n/a"
+        if value.is_integer() and abs(value) >= 1:
+            return f"{value:.0f}"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
     return html.escape(str(value))
 
 

@@ -246,8 +246,10 @@ def _numpy(x: Any) -> np.ndarray:
 
 
 def _root_cause(err: BaseException) -> BaseException:
-    # MONAI wraps a reader's exception in RuntimeError("applying transform ..."); report the root cause.
-    while err.__cause__ is not None:
+    """The error to report: the first medmoe error in the cause chain (it names the file, and a medmoe error
+    caused by an ``OSError``, e.g. a corrupt gzip, is a fault of the file), else the deepest cause (MONAI wraps
+    a reader's exception in ``RuntimeError("applying transform ...")``)."""
+    while not isinstance(err, MedMoEError) and err.__cause__ is not None:
         err = err.__cause__
     return err
 

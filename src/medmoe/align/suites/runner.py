@@ -50,7 +50,7 @@ def load_set(spec: EvalSet, root: Path, *, splits: tuple[str, ...] = ("train", "
     """The rows of ``spec`` under ``root`` in ``splits`` whose one label is a class of the set.
 
     Raises:
-        MedMoEError: the folder is missing (:class:`~medmoe.data.readers.MissingFileError`) or the
+        MedMoEError: the folder is missing (:class:`~medmoe.errors.MissingFileError`) or the
             adapter refuses its layout.
     """
     from medmoe.errors import MissingFileError
