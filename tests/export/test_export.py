@@ -23,7 +23,7 @@ from medmoe.errors import InvalidInputError
 from medmoe.export import ExportParityError, check_parity, export_onnx
 from medmoe.export import onnx as export_module
 from medmoe.export.graphs import RoutedImageEncoder
-from medmoe.export.onnx import Case, Graph
+from medmoe.export.onnx import Graph, ParityCase
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -186,7 +186,7 @@ def test_check_parity_flags_a_value_or_routing_mismatch(medmoe_model, medmoe_exp
             return [ref["image_embeds"] + shift, ref["router_probs"], index]
 
         return Graph("image_encoder", nn.Identity(), (images,), ["images"],
-                     ["image_embeds", "router_probs", "expert_index"], {}, [Case((images,), expected)],
+                     ["image_embeds", "router_probs", "expert_index"], {}, [ParityCase((images,), expected)],
                      exact=("expert_index",))
 
     path = out / "image_encoder.onnx"
@@ -210,7 +210,7 @@ def test_failed_parity_is_an_error_and_overwrite_replaces(monkeypatch, mome_expo
 
     def graphs(model, seed=0, wrong=True):
         return [Graph("mome", _Scale().eval(), (x,), ["x"], ["y"], {"x": {0: "batch"}},
-                      [Case((x[:1],), lambda: [x[:1] * (3.0 if wrong else 2.0)])])]
+                      [ParityCase((x[:1],), lambda: [x[:1] * (3.0 if wrong else 2.0)])])]
 
     monkeypatch.setattr(export_module, "model_graphs", graphs)
     out = tmp_path / "exp"
@@ -257,7 +257,7 @@ def test_torchscript_fallback_is_used_and_recorded_when_dynamo_fails(monkeypatch
 
     monkeypatch.setattr(torch.onnx, "export", no_dynamo)
     monkeypatch.setattr(export_module, "model_graphs", lambda model, seed=0: [
-        Graph("mome", _Scale().eval(), (x,), ["x"], ["y"], {"x": {0: "batch"}}, [Case((x[:1],), lambda: [x[:1] * 2])])])
+        Graph("mome", _Scale().eval(), (x,), ["x"], ["y"], {"x": {0: "batch"}}, [ParityCase((x[:1],), lambda: [x[:1] * 2])])])
     graph = export_onnx(medmoe.load_model(saved), tmp_path / "ts")["graphs"]["mome"]
     assert graph["exporter"] == "torchscript" and "no dynamo today" in graph["dynamo_error"]
     assert graph["parity"]["ok"] and graph["inputs"][0]["shape"] == ["batch", 4]

@@ -21,7 +21,7 @@ from medmoe.data.volumes import write_nifti
 from medmoe.errors import InvalidInputError
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.data import load_datalist
-from medmoe.seg.importers import FORMATS, check_label_list, import_dataset
+from medmoe.seg.importers import IMPORT_FORMATS, check_label_list, import_dataset
 from medmoe_samples.ct.phantoms import Grid, relabel, render_phantom
 
 GRID_MM = (12.0, 12.0, 12.0)
@@ -262,9 +262,9 @@ FAKES = {"msd": fake_msd, "nnunet": fake_nnunet, "totalsegmentator": fake_totals
 
 
 def test_every_format_has_a_fake_copy_and_a_cli_choice():
-    from medmoe.cli.seg_datasets import IMPORT_FORMATS
+    from medmoe.cli.seg_datasets import IMPORT_FORMATS as CLI_FORMATS
 
-    assert set(FAKES) == set(FORMATS) == set(IMPORT_FORMATS)
+    assert set(FAKES) == set(IMPORT_FORMATS) == set(CLI_FORMATS)
 
 
 def _import(fmt: str, root: Path, out: Path, *extra: str) -> tuple[int, dict]:
@@ -286,7 +286,7 @@ def _train(datalist: Path, tmp_path: Path, *extra: str) -> int:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", IMPORT_FORMATS)
 def test_imported_dataset_has_its_name_splits_and_passes_check(fmt, tmp_path, capsys):
     out = tmp_path / "lists" / "datalist.json"
     rc, expected = _import(fmt, tmp_path / "download", out)
@@ -305,7 +305,7 @@ def test_imported_dataset_has_its_name_splits_and_passes_check(fmt, tmp_path, ca
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", IMPORT_FORMATS)
 def test_imported_dataset_trains(fmt, tmp_path, capsys):
     out = tmp_path / "lists" / "datalist.json"
     rc, expected = _import(fmt, tmp_path / "download", out)
@@ -315,7 +315,7 @@ def test_imported_dataset_trains(fmt, tmp_path, capsys):
     assert "trained 3 steps" in capsys.readouterr().out
 
 
-COMBINED = list(FORMATS)
+COMBINED = list(IMPORT_FORMATS)
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ examples:
 """
 
 
-# medmoe.seg.importers.FORMATS, listed here so that building the parser imports no library code
+# medmoe.seg.importers.IMPORT_FORMATS, listed here so that building the parser imports no library code
 IMPORT_FORMATS = ("msd", "nnunet", "totalsegmentator", "btcv", "amos", "kits", "word", "flare22", "abdomenct1k",
                   "ctorg", "lits", "folders")
 

@@ -8,7 +8,7 @@ Example:
 """
 
 from medmoe.export.onnx import (
-    FORMATS,
+    EXPORT_FORMATS,
     ExportParityError,
     check_parity,
     export_onnx,
@@ -16,4 +16,4 @@ from medmoe.export.onnx import (
     planned_paths,
 )
 
-__all__ = ["FORMATS", "ExportParityError", "check_parity", "export_onnx", "model_graphs", "planned_paths"]
+__all__ = ["EXPORT_FORMATS", "ExportParityError", "check_parity", "export_onnx", "model_graphs", "planned_paths"]

@@ -39,7 +39,7 @@ from medmoe.export.graphs import PromptedSegmenter, RoutedImageEncoder, TextEnco
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx",)
 DEFAULT_ATOL = 1e-4
 MANIFEST = "export.json"
 SAMPLE_REPORTS = (
@@ -56,7 +56,7 @@ class ExportParityError(MedMoEError):
 
 
 @dataclass
-class Case:
+class ParityCase:
     """Parity inputs and a function computing the model's own outputs on them (its public method, not the
     traced module, so the check covers the export wrapper too)."""
 
@@ -84,7 +84,7 @@ class Graph:
     input_names: list[str]
     output_names: list[str]
     dynamic: dict[str, dict[int, str]]
-    cases: list[Case]
+    cases: list[ParityCase]
     exact: tuple[str, ...] = ()
     translations: dict[Any, Callable] = field(default_factory=dict)
 
@@ -94,22 +94,22 @@ def _medmoe_graphs(model: nn.Module, seed: int) -> list[Graph]:
     g = torch.Generator().manual_seed(seed)
     size = model.config.backbone.image_size
 
-    def image_case(b: int) -> Case:
+    def image_case(b: int) -> ParityCase:
         x = torch.randn(b, 3, size, size, generator=g)
 
         def expected() -> list[Tensor]:
             out = model.image_features(x)
             return [out["image_embeds"], out["router_probs"], out["expert_index"]]
 
-        return Case((x,), expected)
+        return ParityCase((x,), expected)
 
     image = Graph("image_encoder", RoutedImageEncoder(model).eval(), image_case(2).inputs, ["images"],
                   ["image_embeds", "router_probs", "expert_index"], {"images": {0: "batch"}},
                   [image_case(3), image_case(1)], exact=("expert_index",))
 
-    def text_case(texts: Sequence[str]) -> Case:
+    def text_case(texts: Sequence[str]) -> ParityCase:
         enc = model.text.tokenize(list(texts))
-        return Case((enc["input_ids"], enc["attention_mask"]), lambda: [model.encode_text(list(texts))])
+        return ParityCase((enc["input_ids"], enc["attention_mask"]), lambda: [model.encode_text(list(texts))])
 
     dynamic = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}}
     text = Graph("text_encoder", TextEncoder(model).eval(), text_case(SAMPLE_REPORTS[:2]).inputs,
@@ -123,10 +123,10 @@ def _mome_graphs(model: nn.Module, seed: int) -> list[Graph]:
     roi = tuple(model.config.roi_size)
     names = list(model.class_names)
 
-    def case(b: int, k: int) -> Case:
+    def case(b: int, k: int) -> ParityCase:
         volume = torch.rand(b, model.config.in_channels, *roi, generator=g)
         emb = model.embed_prompts([names[i % len(names)] for i in range(k)])
-        return Case((volume, emb), lambda: [model(volume, text_emb=emb)])
+        return ParityCase((volume, emb), lambda: [model(volume, text_emb=emb)])
 
     return [Graph("mome", PromptedSegmenter(model).eval(), case(2, 3).inputs, ["volume", "text_emb"], ["logits"],
                   {"volume": {0: "batch"}, "text_emb": {0: "classes"}}, [case(1, 2), case(2, 5)],

@@ -25,7 +25,7 @@ from pathlib import Path
 from medmoe.errors import InvalidInputError
 from medmoe.seg.cases import Case, CaseSet, nifti_stem
 
-FORMATS = ("nifti", "dicom-seg")
+MASK_FORMATS = ("nifti", "dicom-seg")
 _FILE_SUFFIXES = (".nii", ".nii.gz", ".dcm")
 
 
@@ -88,8 +88,8 @@ def plan_outputs(cases: CaseSet, out: str | os.PathLike, *, class_files: Sequenc
     out = Path(out)
     file_out = is_file_output(out)
     n = len(cases.cases)
-    if fmt is not None and fmt not in FORMATS:
-        raise InvalidInputError(f"--format {fmt!r}: expected one of {FORMATS}")
+    if fmt is not None and fmt not in MASK_FORMATS:
+        raise InvalidInputError(f"--format {fmt!r}: expected one of {MASK_FORMATS}")
     suffix_fmt = ("dicom-seg" if str(out).lower().endswith(".dcm") else "nifti") if file_out else None
     if fmt is None:
         fmt = suffix_fmt or "nifti"

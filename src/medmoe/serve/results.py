@@ -30,14 +30,14 @@ from PIL import Image
 GRACE_S = 120.0
 # JPEG at quality 90 for thumbnails and attention maps: 0.5 ms for a 320 px picture where Gradio's WebP took
 # 16 ms (and 3 ms at its fastest setting), at about the same size; PNG where colours must stay exact (masks).
-FORMATS = {"jpeg": {"quality": 90}, "png": {"compress_level": 1}}
+ENCODER_SETTINGS = {"jpeg": {"quality": 90}, "png": {"compress_level": 1}}
 SUFFIXES = {"jpeg": "jpg", "png": "png"}
 
 
 def encode_picture(rgb: np.ndarray, fmt: str = "jpeg") -> bytes:
     """An (H, W, 3) uint8 picture as an encoded image file: ``"jpeg"`` (quality 90) or ``"png"`` (lossless)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buffer, fmt, **FORMATS[fmt])
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buffer, fmt, **ENCODER_SETTINGS[fmt])
     return buffer.getvalue()
 
 

@@ -11,7 +11,7 @@ NORMAL = "normal"
 
 
 @dataclass(frozen=True)
-class Case:
+class Pair:
     """One generated image-report pair.
 
     Attributes:
@@ -30,11 +30,11 @@ def tags_or_normal(tags: list[str] | set[str]) -> tuple[str, ...]:
     return tuple(sorted(set(tags))) or (NORMAL,)
 
 
-class CaseMaker(Protocol):
-    """One modality's generator (the ``make_<modality>_case`` functions): ``make(rng, size) -> Case``.
+class PairMaker(Protocol):
+    """One modality's generator (the ``make_<modality>_case`` functions): ``make(rng, size) -> Pair``.
 
     ``rng`` fixes the findings, the image and the report's wording; ``size`` is the image side in pixels.
-    The :class:`Case` holds a (size, size) uint8 grey image or a (size, size, 3) uint8 RGB one.
+    The :class:`Pair` holds a (size, size) uint8 grey image or a (size, size, 3) uint8 RGB one.
     """
 
-    def __call__(self, rng: np.random.Generator, size: int = 224) -> Case: ...
+    def __call__(self, rng: np.random.Generator, size: int = 224) -> Pair: ...

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medmoe_samples.pairs.case import Case, tags_or_normal
+from medmoe_samples.pairs.case import Pair, tags_or_normal
 from medmoe_samples.pairs.render_ct import CTFindings, render_ct_slice
 from medmoe_samples.pairs.report_text import compose, negate, pick
 
@@ -41,8 +41,8 @@ def _liver_sentence(rng: np.random.Generator, diameter: float) -> str:
     ))
 
 
-def make_ct_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the CT slice and write its report (a :class:`~.case.CaseMaker`; a
+def make_ct_case(rng: np.random.Generator, size: int = 224) -> Pair:
+    """Draw findings, render the CT slice and write its report (a :class:`~.case.PairMaker`; a
     (size, size) uint8 windowed slice)."""
     region = "chest" if rng.random() < 0.6 else "abdomen"
     tags: list[str] = []
@@ -76,4 +76,4 @@ def make_ct_case(rng: np.random.Generator, size: int = 224) -> Case:
     chosen = [pick(rng, fillers)] if rng.random() < 0.6 else []
     impression = pick(rng, ("No abnormality.", "Normal study.")) if not tags and rng.random() < 0.5 else None
     report = compose(rng, positives, negatives, header, chosen, impression)
-    return Case(image=render_ct_slice(findings, rng, size), report=report, labels=tags_or_normal(tags))
+    return Pair(image=render_ct_slice(findings, rng, size), report=report, labels=tags_or_normal(tags))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medmoe_samples.pairs.case import Case, tags_or_normal
+from medmoe_samples.pairs.case import Pair, tags_or_normal
 from medmoe_samples.pairs.render_fundus import CUP_RATIO, FundusFindings, render_fundus
 from medmoe_samples.pairs.report_text import compose, negate, pick
 
@@ -24,8 +24,8 @@ def _count_word(n: int) -> str:
     return "a few" if n < 6 else "several" if n < 10 else "multiple"
 
 
-def make_fundus_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the photograph and write its report (a :class:`~.case.CaseMaker`; a
+def make_fundus_case(rng: np.random.Generator, size: int = 224) -> Pair:
+    """Draw findings, render the photograph and write its report (a :class:`~.case.PairMaker`; a
     (size, size, 3) uint8 RGB image)."""
     eye = pick(rng, ("right", "left"))
     present = [] if rng.random() < 0.25 else [k for k in ("haemorrhage", "exudate", "cupping") if rng.random() < 0.45]
@@ -67,4 +67,4 @@ def make_fundus_case(rng: np.random.Generator, size: int = 224) -> Case:
     impression = "Normal fundus." if not present and rng.random() < 0.6 else None
     report = compose(rng, positives, sentences, pick(rng, _headers(eye)), fillers, impression)
     findings = FundusFindings(eye, haemorrhages, exudates, ratio)
-    return Case(image=render_fundus(findings, rng, size), report=report, labels=tags_or_normal(present))
+    return Pair(image=render_fundus(findings, rng, size), report=report, labels=tags_or_normal(present))

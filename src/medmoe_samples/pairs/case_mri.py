@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medmoe_samples.pairs.case import Case, tags_or_normal
+from medmoe_samples.pairs.case import Pair, tags_or_normal
 from medmoe_samples.pairs.render_mri import MASS_DIAMETER_MM, BrainFindings, mass_size_word, render_brain_mri
 from medmoe_samples.pairs.report_text import compose, negate, pick
 
@@ -35,8 +35,8 @@ def _mass_sentences(rng: np.random.Generator, signal: str, side: str, diameter: 
     return sentences
 
 
-def make_mri_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the brain slice and write its report (a :class:`~.case.CaseMaker`; a
+def make_mri_case(rng: np.random.Generator, size: int = 224) -> Pair:
+    """Draw findings, render the brain slice and write its report (a :class:`~.case.PairMaker`; a
     (size, size) uint8 image)."""
     sequence = pick(rng, ("t1", "t2"))
     tags, positives, negatives = [], [], []
@@ -56,4 +56,4 @@ def make_mri_case(rng: np.random.Generator, size: int = 224) -> Case:
     impression = pick(rng, ("Normal MRI of the brain.", "Normal study.")) if not tags and rng.random() < 0.6 else None
     report = compose(rng, positives, negatives, pick(rng, _HEADERS[sequence]), fillers, impression)
     image = render_brain_mri(BrainFindings(sequence, mass), rng, size)
-    return Case(image=image, report=report, labels=tags_or_normal(tags))
+    return Pair(image=image, report=report, labels=tags_or_normal(tags))

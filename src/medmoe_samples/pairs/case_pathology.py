@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medmoe_samples.pairs.case import Case, tags_or_normal
+from medmoe_samples.pairs.case import Pair, tags_or_normal
 from medmoe_samples.pairs.render_pathology import TISSUE_KINDS, PathologyFindings, render_pathology
 from medmoe_samples.pairs.report_text import compose, negate, pick
 
@@ -28,8 +28,8 @@ _NEGATED = {"tumour": ("dysplasia or malignancy", "malignancy", "carcinoma"),
             "inflammation": ("significant inflammation", "inflammatory infiltrate")}
 
 
-def make_pathology_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw the tissue kind, render the H&E patch and write its report (a :class:`~.case.CaseMaker`;
+def make_pathology_case(rng: np.random.Generator, size: int = 224) -> Pair:
+    """Draw the tissue kind, render the H&E patch and write its report (a :class:`~.case.PairMaker`;
     a (size, size, 3) uint8 RGB image)."""
     tissue = TISSUE_KINDS[int(rng.integers(len(TISSUE_KINDS)))]
     description = pick(rng, _SENTENCES[tissue])
@@ -44,4 +44,4 @@ def make_pathology_case(rng: np.random.Generator, size: int = 224) -> Case:
     impression = "Benign tissue." if tissue == "normal" and rng.random() < 0.5 else None
     report = compose(rng, positives, negatives, pick(rng, _HEADERS), fillers, impression)
     image = render_pathology(PathologyFindings(tissue), rng, size)
-    return Case(image=image, report=report, labels=tags_or_normal([] if tissue == "normal" else [tissue]))
+    return Pair(image=image, report=report, labels=tags_or_normal([] if tissue == "normal" else [tissue]))

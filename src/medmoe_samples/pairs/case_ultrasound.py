@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medmoe_samples.pairs.case import Case, tags_or_normal
+from medmoe_samples.pairs.case import Pair, tags_or_normal
 from medmoe_samples.pairs.render_ultrasound import (
     LESION_DIAMETER_MM,
     UltrasoundFindings,
@@ -44,8 +44,8 @@ def _sentence(rng: np.random.Generator, kind: str, diameter: float) -> str:
     ))
 
 
-def make_ultrasound_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the sector image and write its report (a :class:`~.case.CaseMaker`; a
+def make_ultrasound_case(rng: np.random.Generator, size: int = 224) -> Pair:
+    """Draw findings, render the sector image and write its report (a :class:`~.case.PairMaker`; a
     (size, size) uint8 image)."""
     roll = rng.random()
     kinds = ("cyst", "solid_mass", "calcification")
@@ -70,4 +70,4 @@ def make_ultrasound_case(rng: np.random.Generator, size: int = 224) -> Case:
         negatives.append(_NORMAL)
     report = compose(rng, positives, negatives, pick(rng, _HEADERS), fillers)
     image = render_ultrasound(UltrasoundFindings(lesion), rng, size)
-    return Case(image=image, report=report, labels=tags_or_normal(tags))
+    return Pair(image=image, report=report, labels=tags_or_normal(tags))

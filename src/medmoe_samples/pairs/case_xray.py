@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medmoe_samples.pairs.case import Case, tags_or_normal
+from medmoe_samples.pairs.case import Pair, tags_or_normal
 from medmoe_samples.pairs.render_xray import ChestFindings, LungLesion, render_chest_xray
 from medmoe_samples.pairs.report_text import compose, negate, pick
 
@@ -76,8 +76,8 @@ def _opacity_sentence(rng: np.random.Generator, lesion: LungLesion) -> str:
     ))
 
 
-def make_xray_case(rng: np.random.Generator, size: int = 224) -> Case:
-    """Draw findings, render the radiograph and write its report (a :class:`~.case.CaseMaker`; a
+def make_xray_case(rng: np.random.Generator, size: int = 224) -> Pair:
+    """Draw findings, render the radiograph and write its report (a :class:`~.case.PairMaker`; a
     (size, size) uint8 image)."""
     kinds = [] if rng.random() < 0.28 else list(rng.permutation(["cardiomegaly", "effusion", "opacity"]))
     kinds = kinds[: 1 if rng.random() < 0.6 else 2]
@@ -127,4 +127,4 @@ def make_xray_case(rng: np.random.Generator, size: int = 224) -> Case:
     impression = pick(rng, _NORMAL_IMPRESSIONS) if not tags and rng.random() < 0.7 else None
     report = compose(rng, positives, sentences, pick(rng, _HEADERS), fillers, impression)
     image = render_chest_xray(ChestFindings(heart_ratio=ratio, effusions=effusions, lesions=lesions), rng, size)
-    return Case(image=image, report=report, labels=tags_or_normal(tags))
+    return Pair(image=image, report=report, labels=tags_or_normal(tags))

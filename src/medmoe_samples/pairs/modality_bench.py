@@ -16,7 +16,7 @@ import numpy as np
 from medmoe.data.manifest import write_manifest
 from medmoe.data.modalities import MODALITIES
 from medmoe.errors import InvalidInputError
-from medmoe_samples.pairs.case import CaseMaker
+from medmoe_samples.pairs.case import PairMaker
 from medmoe_samples.pairs.case_ct import make_ct_case
 from medmoe_samples.pairs.case_fundus import make_fundus_case
 from medmoe_samples.pairs.case_mri import make_mri_case
@@ -30,7 +30,7 @@ from medmoe_samples.pairs.staging import run_tasks, staged_dataset
 logger = logging.getLogger(__name__)
 
 DATASET = "modality-bench"
-CASE_MAKERS: dict[str, CaseMaker] = {
+CASE_MAKERS: dict[str, PairMaker] = {
     "xray": make_xray_case,
     "ct": make_ct_case,
     "mri": make_mri_case,

@@ -36,7 +36,7 @@ from medmoe.data.readers.safety import require_regular_file
 from medmoe.errors import CorruptFileError, MedMoEError, MissingFileError
 
 __all__ = [
-    "FORMATS",
+    "IMAGE_FORMATS",
     "ImageMeta",
     "PROJECTIONS",
     "ReadOptions",
@@ -45,7 +45,7 @@ __all__ = [
     "read_image",
 ]
 
-FORMATS = ("dicom", "nifti", "png", "jpeg", "tiff", "bmp")
+IMAGE_FORMATS = ("dicom", "nifti", "png", "jpeg", "tiff", "bmp")
 
 _EXTENSIONS = {
     ".dcm": "dicom", ".dicom": "dicom", ".dic": "dicom", ".ima": "dicom", "": "dicom",
@@ -67,7 +67,7 @@ def detect_format(head: bytes, name: str = "") -> str | None:
     """The image format from the first bytes of a file (at least 552 for NIfTI), else from ``name``.
 
     Returns:
-        One of :data:`FORMATS`, or None when neither the bytes nor the extension are recognised.
+        One of :data:`IMAGE_FORMATS`, or None when neither the bytes nor the extension are recognised.
     """
     if head[128:132] == b"DICM":
         return "dicom"
@@ -149,7 +149,7 @@ def _checked_format(head: bytes, name: str) -> str:
     if fmt is None:
         raise CorruptFileError(
             f"{name}: unsupported file type (extension {_extension(name)!r} and unrecognised content); "
-            f"expected one of {list(FORMATS)}"
+            f"expected one of {list(IMAGE_FORMATS)}"
         )
     return fmt
 

@@ -45,7 +45,7 @@ IMPORTERS = {
     "lits": import_lits,
     "folders": import_folders,
 }
-FORMATS = tuple(IMPORTERS)
+IMPORT_FORMATS = tuple(IMPORTERS)
 
 
 def import_dataset(fmt: str, root: str | os.PathLike, *, dataset: str | None = None,
@@ -54,7 +54,7 @@ def import_dataset(fmt: str, root: str | os.PathLike, *, dataset: str | None = N
     """Find the cases of a downloaded dataset.
 
     Args:
-        fmt: one of :data:`FORMATS`.
+        fmt: one of :data:`IMPORT_FORMATS`.
         root: the dataset's folder as downloaded and unpacked.
         dataset: the dataset name to write (msd, nnunet, kits, folders: overrides the one found).
         labels: folders only: the label YAML (default ``root/labels.yaml``).
@@ -63,7 +63,7 @@ def import_dataset(fmt: str, root: str | os.PathLike, *, dataset: str | None = N
         progress: tqdm bar on long work.
     """
     if fmt not in IMPORTERS:
-        raise InvalidInputError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise InvalidInputError(f"format {fmt!r}: expected one of {', '.join(IMPORT_FORMATS)}")
     root = Path(root)
     if not root.is_dir():
         raise InvalidInputError(f"{root}: no such folder; expected the unpacked {fmt} dataset")
@@ -77,5 +77,5 @@ def import_dataset(fmt: str, root: str | os.PathLike, *, dataset: str | None = N
     return imported
 
 
-__all__ = ["FORMATS", "IMPORTERS", "Imported", "ImportedCase", "check_label_list", "import_dataset",
+__all__ = ["IMPORT_FORMATS", "IMPORTERS", "Imported", "ImportedCase", "check_label_list", "import_dataset",
            "write_datalist"]
