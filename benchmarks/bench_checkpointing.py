@@ -28,8 +28,8 @@ def measure(checkpointing: bool, batch: int, image_size: int, repeats: int, devi
 
     import torch
 
-    from medmoe.align.backbone import SwinPyramid
     from medmoe.align.config import BackboneConfig
+    from medmoe.backbones.swin import SwinPyramid
 
     device = torch.device(device_name)
     torch.manual_seed(0)

@@ -40,8 +40,8 @@ import torch
 from monai.networks.nets import SwinUNETR
 
 import medmoe
+from medmoe.backbones.swinunetr import norm_name
 from medmoe.data.volumes import Volume
-from medmoe.seg.backbone import _norm_name
 
 BTCV13 = ["spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
           "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right",
@@ -64,7 +64,7 @@ def build(which: str, args) -> tuple[torch.nn.Module, dict]:
     if which == "mome":
         return mome, {"text_emb": mome.embed_prompts(_classes(args.k))}
     plain = SwinUNETR(in_channels=1, out_channels=args.k, feature_size=args.feature_size, depths=tuple(args.depths),
-                      norm_name=_norm_name(args.norm, args.feature_size), spatial_dims=3)
+                      norm_name=norm_name(args.norm, args.feature_size), spatial_dims=3)
     return plain, {}
 
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from medmoe.align.backbone import SwinPyramid
 
 import medmoe
 from medmoe.align.config import BackboneConfig
+from medmoe.backbones.swin import SwinPyramid
 from medmoe.errors import InvalidInputError
 from medmoe.settings import parse_overrides
 

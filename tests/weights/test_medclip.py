@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import SwinModel
 
-from medmoe.align.backbone import SwinPyramid, swin_config
 from medmoe.align.config import BackboneConfig
+from medmoe.backbones.swin import SwinPyramid, swin_config
 from medmoe.errors import CorruptFileError
 
 TINY = BackboneConfig(image_size=64, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=2)

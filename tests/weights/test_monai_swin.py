@@ -5,8 +5,9 @@ import torch
 from monai.networks.nets import SwinUNETR
 
 import medmoe
+from medmoe.backbones.swinunetr import SwinUNETRFeatures
 from medmoe.errors import CorruptFileError, InvalidInputError
-from medmoe.seg.backbone import SwinUNETRFeatures
+from medmoe.seg.config import VolumeBackboneConfig
 from medmoe.weights import load_swinunetr, swinunetr_key
 
 # mome-nano's SwinUNETR: F = 12, one block per stage, window 4
@@ -71,7 +72,7 @@ def test_ssl_encoder_checkpoint_loads_into_mome_encoder(tmp_path):
     source = _source(seed=3)
     path = tmp_path / "model_swinvit.pt"
     torch.save(_ssl_checkpoint(source), path)
-    model = _nano(encoder_weights=str(path))
+    model = _nano(backbone={"encoder_weights": str(path)})
     loaded = model.backbone.net.swinViT.state_dict()
     for key, value in source.swinViT.state_dict().items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
@@ -91,7 +92,7 @@ def test_universal_model_checkpoint_loads_backbone_and_decoder(tmp_path):
     source = _source(seed=4)
     path = tmp_path / "unet.pth"
     torch.save(_universal_checkpoint(source), path)
-    model = _nano(init_weights=str(path))  # mome-nano uses group norm: its affine norms are not in the file
+    model = _nano(backbone={"init_weights": str(path)})  # mome-nano uses group norm: its affine norms are not in the file
     own = model.backbone.net.state_dict()
     expected = {k: v for k, v in source.state_dict().items() if not k.startswith("out.")}
     for key, value in expected.items():
@@ -112,12 +113,12 @@ def test_plain_monai_state_dict_as_safetensors(tmp_path):
     source = _source(seed=5)
     path = tmp_path / "swinunetr.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    target = SwinUNETRFeatures(1, 12, depths=(1, 1, 1, 1), window_size=4)  # instance norm, like the source
+    target = SwinUNETRFeatures(VolumeBackboneConfig(feature_size=12, depths=(1, 1, 1, 1), window_size=4), in_channels=1)  # instance norm, like the source
     report = target.load_weights(str(path), "full")
     assert report.complete and report.unexpected == ["out.conv.conv.bias", "out.conv.conv.weight"]
     torch.testing.assert_close(target.net.decoder1.state_dict(), source.decoder1.state_dict(), rtol=0, atol=0)
     # as encoder weights the same file fills only the Swin ViT, and says the rest could be used with init_weights
-    fresh = SwinUNETRFeatures(1, 12, depths=(1, 1, 1, 1), window_size=4)
+    fresh = SwinUNETRFeatures(VolumeBackboneConfig(feature_size=12, depths=(1, 1, 1, 1), window_size=4), in_channels=1)
     report = fresh.load_weights(str(path), "encoder")
     assert report.matched == sorted(k for k in source.state_dict() if k.startswith("swinViT."))
     assert any("init_weights" in note for note in report.notes)
@@ -127,7 +128,7 @@ def test_other_window_size_reports_shape_mismatch(tmp_path):
     source = _source(seed=6)
     path = tmp_path / "model_swinvit.pt"
     torch.save(_ssl_checkpoint(source), path)
-    target = SwinUNETRFeatures(1, 12, depths=(1, 1, 1, 1), window_size=2)
+    target = SwinUNETRFeatures(VolumeBackboneConfig(feature_size=12, depths=(1, 1, 1, 1), window_size=2), in_channels=1)
     report = load_swinunetr(target.net, path, "encoder")
     names = {k for k, _, _ in report.mismatched}
     assert names and all("relative_position" in k for k in names)
@@ -142,7 +143,7 @@ class _NotATensor:
 
 
 def test_files_that_are_not_swinunetr_checkpoints_are_refused(tmp_path):
-    net = SwinUNETRFeatures(1, 12, depths=(1, 1, 1, 1), window_size=4).net
+    net = SwinUNETRFeatures(VolumeBackboneConfig(feature_size=12, depths=(1, 1, 1, 1), window_size=4), in_channels=1).net
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CorruptFileError, match="junk.pt"):
@@ -158,18 +159,18 @@ def test_files_that_are_not_swinunetr_checkpoints_are_refused(tmp_path):
     with pytest.raises(InvalidInputError, match="missing.pt"):
         load_swinunetr(net, tmp_path / "missing.pt")
     with pytest.raises(CorruptFileError, match="resnet.pt"):
-        _nano(encoder_weights=str(other))
+        _nano(backbone={"encoder_weights": str(other)})
 
 
 def test_saved_model_reloads_without_the_weight_file(tmp_path):
     source = _source(seed=7)
     path = tmp_path / "model_swinvit.pt"
     torch.save(_ssl_checkpoint(source), path)
-    model = _nano(encoder_weights=str(path))
+    model = _nano(backbone={"encoder_weights": str(path)})
     model.save_pretrained(tmp_path / "saved")
     path.unlink()  # the saved model holds the weights; the file is only read when a model is first built
     again = medmoe.load_model(tmp_path / "saved")
-    assert again.config.encoder_weights == str(path) and again.weight_reports == []
+    assert again.config.backbone.encoder_weights == str(path) and again.weight_reports == []
     for key, value in source.swinViT.state_dict().items():
         torch.testing.assert_close(again.backbone.net.swinViT.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
@@ -190,7 +191,7 @@ def test_disruptive_autoencoder_layout_maps_as_monai_filter_does(tmp_path):
         assert swinunetr_key(key, "encoder") == (expected[0] if expected else None), key
     path = tmp_path / "ssl_pretrained_weights.pth"
     torch.save({"model": state}, path)
-    target = SwinUNETRFeatures(1, 12, depths=(1, 1, 1, 1), window_size=4)
+    target = SwinUNETRFeatures(VolumeBackboneConfig(feature_size=12, depths=(1, 1, 1, 1), window_size=4), in_channels=1)
     report = target.load_weights(str(path), "encoder")
     assert report.complete and report.unexpected == ["encoder.mask_token", "encoder.norm.weight",
                                                      "out.conv.conv.weight"]

@@ -170,7 +170,8 @@ def plan_predict(args: argparse.Namespace) -> PredictJob:
     output paths, device (light imports only: MONAI alone takes seconds to import)."""
     from medmoe.devices import autocast_dtype, resolve_device
     from medmoe.errors import InvalidInputError
-    from medmoe.hub import describe_family, read_model_config
+    from medmoe.hub import read_model_config
+    from medmoe.registry import describe_family
     from medmoe.seg.cases import find_cases
     from medmoe.seg.classes import ClassTemplate
     from medmoe.seg.outputs import plan_outputs

@@ -74,7 +74,7 @@ class SegTaskConfig:
 
     data: str = field(metadata={"metavar": "DATALIST"})
     model: str = "mome-nano"
-    overrides: dict[str, Any] = field(default_factory=dict, metadata={"example": "feature_size=24"})
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={"example": "backbone.feature_size=24"})
     patch_size: tuple[int, int, int] | None = field(default=None, metadata={"type": positive_int,
                                                                             "metavar": ("X", "Y", "Z")})
     spacing: tuple[float, float, float] | None = field(default=None, metadata={"metavar": ("SX", "SY", "SZ")})

@@ -1,4 +1,4 @@
-"""MONAI SwinUNETR checkpoints into MoME's SwinUNETR (``medmoe.seg.backbone.SwinUNETRFeatures.net``).
+"""MONAI SwinUNETR checkpoints into MoME's SwinUNETR (``medmoe.backbones.swinunetr.SwinUNETRFeatures.net``).
 
 Two layouts are read:
 
