@@ -14,6 +14,6 @@ from medmoe.lazy_exports import lazy_getattr
 
 __version__ = "0.1.0"
 _EXPORTS = {"create_model": "medmoe.registry", "list_models": "medmoe.registry",
-            "register_family": "medmoe.registry", "register_model": "medmoe.registry", "load_model": "medmoe.hub"}
+            "register_family": "medmoe.registry", "register_model": "medmoe.registry", "load_model": "medmoe.saved_model"}
 __all__ = ["__version__", *sorted(_EXPORTS)]
 __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

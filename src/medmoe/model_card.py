@@ -1,6 +1,6 @@
 """The model card: a ``README.md`` in every saved model folder saying what the model is and where it came from.
 
-Written by :meth:`medmoe.hub.PretrainedMixin.save_pretrained` (inside its atomic temporary folder) with what
+Written by :meth:`medmoe.saved_model.PretrainedMixin.save_pretrained` (inside its atomic temporary folder) with what
 the model itself knows (family, registered name, architecture, the weight files its config started from and
 what loading them matched) and what the caller passes: the trainer gives the training data and steps and the
 validation metrics of the exported model. Plain Markdown, built line by line.

@@ -57,6 +57,6 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
 
 def check_run_dir(out: str | os.PathLike) -> None:
     """Before training: RUN_DIR writable, and its ``model/`` (replaced at the end) empty or a model medmoe saved."""
-    from medmoe.hub import check_replaceable
+    from medmoe.saved_model import check_replaceable
 
     check_replaceable(check_output_dir(out) / "model")

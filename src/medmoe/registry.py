@@ -3,7 +3,7 @@
 Every architecture is a JSON file in ``model_configs/`` (or a dict given to :func:`register_model`) whose
 ``model_type`` names a family. A family is a model class with a ``config_class`` dataclass, built as
 ``cls(config, load_pretrained=...)``; it registers itself with :func:`register_family` (a subclass of
-:class:`medmoe.hub.PretrainedMixin` that sets ``model_type`` does so when its class is defined, with its
+:class:`medmoe.saved_model.PretrainedMixin` that sets ``model_type`` does so when its class is defined, with its
 ``description`` and ``trained_settings`` attributes). The built-in families' modules are imported only when
 a family is asked for, so that ``import medmoe`` stays light: :data:`BUILTIN_MODULES` names them.
 
@@ -76,7 +76,7 @@ def register_family(model_type: str, cls: type, *, description: str | None = Non
     Args:
         model_type: the family's name.
         cls: a model class with a ``config_class`` dataclass, built as ``cls(config, load_pretrained=...)``
-            and saved with ``save_pretrained`` (:class:`medmoe.hub.PretrainedMixin`).
+            and saved with ``save_pretrained`` (:class:`medmoe.saved_model.PretrainedMixin`).
         description: how error messages name the family (default: the class's ``description`` attribute, or
             its name).
         trained_settings: see :class:`Family` (default: the class's ``trained_settings`` attribute, or none).
@@ -220,7 +220,7 @@ def create_model(name_or_folder: str | os.PathLike, *, pretrained: bool = True, 
     """
     path = Path(name_or_folder)
     if path.is_dir():
-        from medmoe.hub import load_model
+        from medmoe.saved_model import load_model
 
         return load_model(path, device=device, family=family, **overrides)
     name = os.fspath(name_or_folder)

@@ -225,7 +225,7 @@ def test_same_expert_gives_the_same_embedding_whichever_router_chose_it(batch, e
     assert torch.allclose(model.encode_image(images), trained["image_embeds"], atol=1e-5)
 
 
-def test_probability_gate_keeps_the_old_switch_behaviour(batch):
+def test_probability_gate_scales_the_chosen_expert_by_its_router_probability(batch):
     images, reports, _ = batch
     model = _pin_routers(tiny_model(route_by="text", gate="probability"), 2, 4.5, 0.8).eval()
     with torch.no_grad():
@@ -235,8 +235,8 @@ def test_probability_gate_keeps_the_old_switch_behaviour(batch):
     for out, logits in ((trained, trained["text_router_logits"]), (inferred, inferred["router_logits"])):
         p = logits.softmax(-1)[:, 2]
         assert torch.allclose(out["gates"], p)
-        old = F.normalize(model.image_proj((local * p.view(-1, 1, 1, 1)).mean(dim=(2, 3))), dim=-1)
-        assert torch.allclose(out["image_embeds"], old, atol=1e-5)
+        scaled = F.normalize(model.image_proj((local * p.view(-1, 1, 1, 1)).mean(dim=(2, 3))), dim=-1)
+        assert torch.allclose(out["image_embeds"], scaled, atol=1e-5)
         assert torch.allclose(out["local_features"], local * p.view(-1, 1, 1, 1), atol=1e-5)
     # the same expert, two embeddings: what the straight-through gate removes
     assert (trained["image_embeds"] - inferred["image_embeds"]).abs().max() > 1e-3

@@ -18,7 +18,7 @@ from medmoe import registry
 from medmoe.backbones import FeatureInfo, Pyramid, PyramidBackbone, backbone_kinds, register_backbone
 from medmoe.backbones import registry as backbone_registry
 from medmoe.errors import InvalidInputError
-from medmoe.hub import PretrainedMixin
+from medmoe.saved_model import PretrainedMixin
 
 TINY_TEXT = {"model": "tiny-bert", "max_length": 16, "freeze": "all"}
 

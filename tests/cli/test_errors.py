@@ -1,6 +1,6 @@
-"""Issue 16: user mistakes on the command line are one line naming the path or value, never a traceback
-(the traceback list), checked before long work; an unknown prompt and a negative size are errors (finding 3);
-nothing is deleted or replaced that the command did not create (finding 4)."""
+"""User mistakes on the command line end as one error line naming the path or value, never a traceback, and
+are checked before long work; an unknown prompt and a non-positive size are errors; nothing is deleted or
+replaced that the command did not create."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from medmoe.data.manifest import ManifestRow, write_manifest
 from medmoe.data.readers import read_image
 from medmoe.demo.ownership import MARKER, claim_output_dir, owned_fresh
 from medmoe.errors import CorruptFileError, InvalidInputError
-from medmoe.hub import check_replaceable
+from medmoe.saved_model import check_replaceable
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -105,7 +105,7 @@ def test_seg_predict_with_an_alignment_model(tmp_path, capsys):
 
 
 def test_seg_predict_unknown_prompt_is_an_error(tmp_path, capsys):
-    """Finding 3: `seg predict --prompt nosuchorgan` exited 0 with an empty mask."""
+    """`seg predict --prompt nosuchorgan` exits 1 with one error line naming the class and writes no mask."""
     ct = _ct(tmp_path / "ct.nii.gz")
     assert main(["seg", "predict", "--model", str(_model_dir(tmp_path, "mome")), "--input", str(ct),
                  "--prompt", "nosuchorgan", "--out", str(tmp_path / "m.nii.gz")]) == 1
@@ -115,7 +115,7 @@ def test_seg_predict_unknown_prompt_is_an_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("size", ["-5", "0"])
 def test_data_shard_negative_max_size_is_an_error(manifest, tmp_path, size, capsys):
-    """Finding 3: `data shard --max-size -5` wrote 1x1 images."""
+    """`data shard --max-size -5` (or 0) exits 1 with one error line naming the flag and writes no shard."""
     out = tmp_path / "shards"
     assert main(["data", "shard", str(manifest), "--out", str(out), "--max-size", size]) == 1
     assert f"--max-size {size}" in _error_line(capsys)
@@ -162,7 +162,8 @@ def _catch(function, *args):
 
 
 def test_demo_refuses_a_folder_it_did_not_create(tmp_path, capsys):
-    """Finding 4: `demo --out DIR` deleted DIR/runs/... without checking it owned them."""
+    """`demo --out DIR` refuses a DIR it did not create and leaves DIR/runs/... in place; only a folder it
+    claimed (or the user's explicit overwrite) lets it clear them."""
     out = tmp_path / "mine"
     precious = out / "runs" / "seg" / "notes.txt"
     precious.parent.mkdir(parents=True)
@@ -184,7 +185,8 @@ def test_demo_refuses_a_folder_it_did_not_create(tmp_path, capsys):
 
 
 def test_train_refuses_to_replace_a_model_folder_it_did_not_write(tmp_path, manifest, capsys):
-    """Finding 4: `train --out DIR` replaced DIR/model without checking it owned it."""
+    """`train --out DIR` refuses to replace a DIR/model holding files medmoe did not write, and leaves them;
+    a model folder medmoe saved may be replaced."""
     run = tmp_path / "run"
     precious = run / "model" / "my-weights.bin"
     precious.parent.mkdir(parents=True)

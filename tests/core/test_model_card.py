@@ -9,8 +9,8 @@ from testkit.align import TINY, write_tiny_manifest
 
 import medmoe
 from medmoe.align.task import AlignTask, AlignTaskConfig
-from medmoe.hub import check_replaceable
 from medmoe.model_card import write_model_card
+from medmoe.saved_model import check_replaceable
 from medmoe.train import add_training_arguments, run_training
 
 

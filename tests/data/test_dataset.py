@@ -170,11 +170,11 @@ def test_items_decode_at_the_transform_decode_size(tmp_path, monkeypatch, train)
     assert ds.transform.decode_size == 334
     assert decoded == [(334, (313, 375))]  # libjpeg's 1/8 scale
     assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 224, 224)
-    # The old path: full-resolution decode, normalised float transform. Same picture within rounding and
+    # The reference: full-resolution decode, normalised float transform. Same picture within rounding and
     # resampling, compared in [0, 1] units.
     full, _ = read_image(path)
-    old = ImageTransform(image_size=224, train=train, normalized=True)(
+    reference = ImageTransform(image_size=224, train=train, normalized=True)(
         full, generator=sample_generator(4, 1, 0) if train else None)
-    old = old * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    difference = (item["image"].float() / 255 - old).abs()
+    reference = reference * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    difference = (item["image"].float() / 255 - reference).abs()
     assert float(difference.mean()) < 1 / 255, f"{float(difference.mean()) * 255:.2f}/255"  # measured 0.3-0.4

@@ -1,5 +1,5 @@
-"""Issue 16, finding 2: careless manifests. A CSV row with unquoted commas was cut short silently, one
-non-UTF-8 byte rejected the whole manifest without a row number, and a bad JSONL line stopped the check."""
+"""Careless manifests: a CSV row with unquoted commas is an error naming its row, a non-UTF-8 byte names its
+row while the rest still reads, the check reports every bad JSONL line and goes on, and a FIFO is refused."""
 
 from __future__ import annotations
 

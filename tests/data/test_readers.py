@@ -431,8 +431,8 @@ def _peak_bytes_per_pixel(path, pixels: int, **options) -> float:
 def test_decode_makes_no_full_size_float64_copy(large_images, name, pixels, limit, full_limit):
     # A float64 copy of the full image alone is 8 bytes per stored pixel; the DICOM path holds the file's
     # 16-bit pixels twice (bytes, array) and one float32 copy for the box reduction: 8 bytes per pixel.
-    # Issue 16, finding 6: at full size too, 8-bit pixels stay uint8 until the one float32 copy returned
-    # (1 + 4 bytes per pixel; it was 1 + 8 + 8 with float64); DICOM 2 + 2 + 4 + 4 + checks (it was 32).
+    # At full size too, 8-bit pixels stay uint8 until the one float32 copy returned (1 + 4 bytes per pixel,
+    # where float64 copies would add 8 + 8); DICOM 2 + 2 + 4 + 4 + checks.
     full = _peak_bytes_per_pixel(large_images / name, pixels)
     reduced = _peak_bytes_per_pixel(large_images / name, pixels, target_size=448)
     assert full < full_limit, f"{full:.1f} bytes per pixel at full size"

@@ -291,7 +291,7 @@ def test_shard_source_errors(tmp_path):
 
 @pytest.mark.parametrize("max_size", [-5, 0])
 def test_a_non_positive_max_size_is_refused_before_writing(tmp_path, capsys, max_size):
-    """Issue 16, finding 3: `data shard --max-size -5` wrote 1x1 images."""
+    """`data shard --max-size -5` (or 0) fails naming max_size and writes no shard."""
     path, _ = make_manifest(tmp_path / "src", n=2)
     code = main(["data", "shard", str(path), "--out", str(tmp_path / "out"), "--max-size", str(max_size)])
     assert code != 0 and "max_size must be a positive" in capsys.readouterr().err

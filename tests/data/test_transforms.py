@@ -173,7 +173,7 @@ def test_the_domain_profile_varies_intensity_blur_noise_and_colour_and_mild_keep
     rng = np.random.default_rng(0)
     colour = rng.random((80, 80, 3)).astype(np.float32)
     mild = augmentation("mild", 48, train=True)
-    assert mild == ImageTransform(image_size=48, train=True)  # the default profile is the old transform
+    assert mild == ImageTransform(image_size=48, train=True)  # the default profile is the plain transform
     domain = augmentation("domain", 48, train=True)
     outs = [domain(colour, generator=torch.Generator().manual_seed(s)) for s in range(40)]
     grey = [bool((o[0] == o[1]).all() and (o[1] == o[2]).all()) for o in outs]

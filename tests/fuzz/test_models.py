@@ -1,4 +1,4 @@
-"""Fuzzing ``load_model`` (issue 16): a saved model whose config.json holds values of any JSON type or size,
+"""Fuzzing ``load_model``: a saved model whose config.json holds values of any JSON type or size,
 or whose safetensors file is damaged, ends as a medmoe error (or loads), with bounded memory."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fuzzing the image and volume readers (issue 16): truncated, bit-flipped and size-inflated PNG, JPEG,
+"""Fuzzing the image and volume readers: truncated, bit-flipped and size-inflated PNG, JPEG,
 TIFF, BMP, DICOM (plain and deflated, multi-frame) and NIfTI (plain and gzipped) end as medmoe errors, never
 another exception, and no call adds more than MEMORY_BOUND to the process under the lowered limits."""
 

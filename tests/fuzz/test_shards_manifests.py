@@ -1,4 +1,4 @@
-"""Fuzzing the tar shard reader and the manifest reader (issue 16): damaged shards and manifests end as
+"""Fuzzing the tar shard reader and the manifest reader: damaged shards and manifests end as
 medmoe errors (or bad samples / malformed rows), never another exception, with bounded memory."""
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def test_shape_errors(target_shape, mask_shape, match):
 
 def test_batch_dice_leaves_classes_absent_from_the_batch_to_bce():
     """A rare class (a tumour) absent from a batch must not get the empty-target Dice, whose pull to zero
-    (~1 per unit of predicted mass) drowned the pull up from the batches that hold it; BCE still applies."""
+    (~1 per unit of predicted mass) would drown the pull up from the batches that hold it; BCE still applies."""
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 2, 64, generator=g, requires_grad=True)
     target = torch.zeros(2, 2, 64)

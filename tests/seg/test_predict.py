@@ -326,8 +326,9 @@ def test_masks_are_thresholded_after_resampling_the_probabilities_to_the_input_g
 
 def test_a_constant_probability_stays_constant_at_every_native_voxel_including_the_far_edges():
     """The model grid ends at the last native voxel centre rounded to its spacing, so the input's outermost
-    voxels lie up to half a model voxel beyond it; linear resampling blended them with zeros (a constant 1
-    read 0.67 on the last native slice) until coordinates were clamped inside the model grid's footprint."""
+    voxels lie up to half a model voxel beyond it. Their coordinates are clamped inside the model grid's
+    footprint, so a constant 1 reads 1 there too; linear resampling with zero padding reads 0.67 on the last
+    native slice."""
     from medmoe.data.volumes import Volume
     from medmoe.seg.predict import preprocess_volume, probabilities_to_native
     from medmoe.seg.resample import resample_to_grid
@@ -342,9 +343,9 @@ def test_a_constant_probability_stays_constant_at_every_native_voxel_including_t
     masks, kept = probabilities_to_native(ones, processed, volume, 0.5, keep_probabilities=True)
     assert masks.all()
     np.testing.assert_allclose(kept, 1.0, atol=1e-6)
-    # the old zero padding loses the far edges; points beyond the footprint still read 0 with the border
-    legacy = resample_to_grid(ones[:1], processed, affine, volume.shape, "linear")[0]
-    assert legacy[:, :, -1].max() < 0.7 and legacy.min() < 0.5  # 0.67 on the last native slice
+    # zero padding (the default) loses the far edges; points beyond the footprint read 0 even with the border
+    zero_padded = resample_to_grid(ones[:1], processed, affine, volume.shape, "linear")[0]
+    assert zero_padded[:, :, -1].max() < 0.7 and zero_padded.min() < 0.5  # 0.67 on the last native slice
     shifted = affine.copy()
     shifted[2, 3] += 10 * spacing[2]  # starts 10 slices up: its last slices lie beyond the model grid
     beyond = resample_to_grid(ones[:1], processed, shifted, volume.shape, "linear", padding="border")[0]

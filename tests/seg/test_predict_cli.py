@@ -17,7 +17,7 @@ import pytest
 import torch
 from testkit.seg import BandModel, write_dicom_series
 
-import medmoe.hub
+import medmoe.saved_model
 from medmoe.cli.main import main
 from medmoe.data.volumes import Volume, read_ct, write_nifti
 from medmoe.errors import InvalidInputError
@@ -67,7 +67,7 @@ def fake_model_dir(tmp_path: Path, classes=("liver", "liver_tumour")) -> Path:
 
 @pytest.fixture
 def band_model(monkeypatch):
-    """``medmoe.hub.load_model`` returns one BandModel (3 mm, 32^3 windows); the list records the loads."""
+    """``medmoe.saved_model.load_model`` returns one BandModel (3 mm, 32^3 windows); the list records the loads."""
     loads = []
     model = BandModel(spacing=(3.0, 3.0, 3.0), smooth=False, bands_hu=BANDS)
 
@@ -75,7 +75,7 @@ def band_model(monkeypatch):
         loads.append(str(directory))
         return model
 
-    monkeypatch.setattr(medmoe.hub, "load_model", load)
+    monkeypatch.setattr(medmoe.saved_model, "load_model", load)
     return model, loads
 
 
@@ -85,7 +85,7 @@ def no_model(monkeypatch):
     def load(directory, device=None):
         raise AssertionError("the model was loaded: the check did not run before inference")
 
-    monkeypatch.setattr(medmoe.hub, "load_model", load)
+    monkeypatch.setattr(medmoe.saved_model, "load_model", load)
 
 
 @pytest.fixture(scope="module")

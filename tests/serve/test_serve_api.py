@@ -116,10 +116,9 @@ def test_a_bad_upload_through_the_api_gets_the_tabs_message(client, tmp_path):
 
 @pytest.mark.slow  # about 20 s on 2 cores
 def test_concurrent_identical_requests_are_each_answered_whole(server, tmp_path):
-    """Identical answers shared one file when the page handed Gradio arrays: Gradio rewrote it while another
-    request was sending it, and the client got 0 bytes or a body longer than its Content-Length (2 failed of
-    93 answers of benchmarks/bench_serve.py at 8 clients). Each request writes its own files; every file of
-    every answer must come back and decode to the same picture as the others'."""
+    """8 clients send the same image at once. Each request writes its own answer files, so none is rewritten
+    while another request sends it (a shared file could reach a client as 0 bytes or as a body longer than its
+    Content-Length); every file of every answer must come back and decode to the same picture as the others'."""
     from gradio_client import Client, handle_file
 
     image = png(tmp_path / "same.png")

@@ -70,7 +70,7 @@ def shots(tmp_path_factory) -> Path:
 def files(tmp_path_factory) -> dict[str, Path]:
     """Models, index and uploads: tiny ones, or the trained ones the MEDMOE_SERVE_* variables name."""
     from medmoe.align.index import build_index
-    from medmoe.hub import load_model
+    from medmoe.saved_model import load_model
 
     root = tmp_path_factory.mktemp("serve-browser")
     if os.environ.get("MEDMOE_SERVE_MODEL"):

@@ -138,6 +138,6 @@ def test_a_parse_with_a_config_leaves_the_parser_as_it_was(tmp_path):
     parser = cli_parser()
     cfg = write_yaml(tmp_path / "run.yaml", {"out": "a", "data": "d", "lr": 3e-4})
     assert parse_args(parser, ["train", "--config", str(cfg)]).lr == 3e-4
-    with pytest.raises(SystemExit):  # --data is required again: the YAML no longer gives it
+    with pytest.raises(SystemExit):  # --data is required: the YAML of the parse above left no default behind
         parse_args(parser, ["train", "--out", "o"])
     assert parse_args(parser, ["train", "--data", "d", "--out", "o"]).lr == 1e-4

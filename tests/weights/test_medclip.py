@@ -42,7 +42,7 @@ def test_medclip_checkpoint_report(tmp_path):
         assert not torch.allclose(deepest, SwinPyramid(TINY).eval()(x).features[3])
 
 
-def test_medclip_loader_still_refuses_other_files(tmp_path):
+def test_medclip_loader_refuses_other_files(tmp_path):
     path = tmp_path / "other.bin"
     torch.save({"fc.weight": torch.randn(3, 3)}, path)
     with pytest.raises(CorruptFileError, match="other.bin"):

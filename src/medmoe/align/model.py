@@ -25,8 +25,8 @@ from medmoe.align.losses import AlignLossWeights, alignment_loss
 from medmoe.align.routing import MedMoERouting, RouteDecision
 from medmoe.backbones import FeatureInfo, build_backbone
 from medmoe.errors import InvalidInputError
-from medmoe.hub import PretrainedMixin
 from medmoe.moe import MoELayer
+from medmoe.saved_model import PretrainedMixin
 from medmoe.text import TextOutput, TextTower
 
 log = logging.getLogger(__name__)

@@ -173,7 +173,7 @@ class AlignTask:
 
             name = self.config.model
             if Path(name).is_dir():
-                from medmoe.hub import read_model_config
+                from medmoe.saved_model import read_model_config
 
                 self._image_size = int(read_model_config(name)[1]["backbone"]["image_size"])
             else:

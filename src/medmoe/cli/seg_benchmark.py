@@ -93,8 +93,8 @@ def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``medmoe seg eval``: checks, model, :func:`~medmoe.seg.evaluate.evaluate`, the table."""
     import torch
 
-    from medmoe.hub import load_model
     from medmoe.paths import check_output_file
+    from medmoe.saved_model import load_model
     from medmoe.seg.evaluate import evaluate
 
     check_output_file(args.out)

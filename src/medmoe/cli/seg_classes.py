@@ -25,7 +25,7 @@ def add_classes_command(sub: argparse._SubParsersAction) -> None:
 
 
 def run_classes(args: argparse.Namespace) -> int:
-    from medmoe.hub import read_model_config
+    from medmoe.saved_model import read_model_config
     from medmoe.seg.classes import ClassTemplate
     from medmoe.seg.prompts import model_class_names
 

@@ -143,7 +143,7 @@ class PredictJob:
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``medmoe seg predict``: every check, then the model once, then each case."""
     job = plan_predict(args)
-    from medmoe.hub import load_model
+    from medmoe.saved_model import load_model
 
     logger.info("segmenting %d class(es) in %d case(s) on %s (%s%s)", len(job.prompts), len(job.cases.cases),
                 job.device, str(job.amp_dtype).replace("torch.", "") if job.amp_dtype else "fp32",
@@ -170,8 +170,8 @@ def plan_predict(args: argparse.Namespace) -> PredictJob:
     output paths, device (light imports only: MONAI alone takes seconds to import)."""
     from medmoe.devices import autocast_dtype, resolve_device
     from medmoe.errors import InvalidInputError
-    from medmoe.hub import read_model_config
     from medmoe.registry import describe_family
+    from medmoe.saved_model import read_model_config
     from medmoe.seg.cases import find_cases
     from medmoe.seg.classes import ClassTemplate
     from medmoe.seg.outputs import plan_outputs

@@ -29,8 +29,8 @@ from torch.utils.checkpoint import checkpoint
 
 from medmoe.backbones import build_backbone
 from medmoe.errors import InvalidInputError
-from medmoe.hub import PretrainedMixin
 from medmoe.moe import SoftUsage, soft_load_balance_loss
+from medmoe.saved_model import PretrainedMixin
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.config import MoMEConfig
 from medmoe.seg.experts import ScaleExperts, upsample_trilinear

@@ -29,7 +29,7 @@ def model_class_names(model: Any, template: ClassTemplate | None = None) -> tupl
     of the template.
 
     Args:
-        model: a model, or the config fields of a saved model (:func:`medmoe.hub.read_model_config`).
+        model: a model, or the config fields of a saved model (:func:`medmoe.saved_model.read_model_config`).
     """
     config = model if isinstance(model, dict) else getattr(model, "config", None)
 

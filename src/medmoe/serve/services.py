@@ -181,7 +181,7 @@ def load_services(model_dir: str | None, seg_model_dir: str | None, index_dir: s
             nothing to serve, a bad device.
     """
     from medmoe.devices import resolve_device
-    from medmoe.hub import load_model, read_model_config
+    from medmoe.saved_model import load_model, read_model_config
 
     if not model_dir and not seg_model_dir:
         raise InvalidInputError("nothing to serve: give --model (MedMoE) and/or --seg-model (MoME)")

@@ -76,7 +76,7 @@ def test_splits_are_70_15_15_per_modality(quick_pack):
 
 
 def test_every_report_says_more_than_its_technique_line(monkeypatch):
-    """No seed may give an empty or header-only report (seed 7 once stopped build-samples with an empty one)."""
+    """No seed may give an empty or header-only report (an empty one stops build-samples)."""
     from medmoe_samples.pairs import modality_bench
 
     modules = {sys.modules[maker.__module__] for maker in modality_bench.CASE_MAKERS.values()}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import medmoe
-from medmoe import hub, registry
+from medmoe import registry, saved_model
 from medmoe.errors import InvalidInputError, NotAModelDirectoryError
 from medmoe.text import TextConfig, TextTower
 
@@ -21,7 +21,7 @@ class ToyConfig:
     text: TextConfig = field(default_factory=lambda: TextConfig(model="tiny-bert"))
 
 
-class Toy(hub.PretrainedMixin, nn.Module):
+class Toy(saved_model.PretrainedMixin, nn.Module):
     config_class = ToyConfig
     model_type = "toy"  # defining the class registers the family (PretrainedMixin.__init_subclass__)
     trained_settings = ("dropout",)
