@@ -63,8 +63,8 @@ def _medclip_style(net: SwinPyramid) -> dict[str, torch.Tensor]:
         if not key.startswith("swin.swin."):
             continue
         name = key[len("swin.swin."):]
-        for new, old in renames:
-            name = name.replace(new, old)
+        for ours, medclip in renames:
+            name = name.replace(ours, medclip)
         state[f"vision_model.model.{name}"] = value.clone()
     state["vision_model.projection_head.weight"] = torch.randn(512, 128)
     state["text_model.model.embeddings.word_embeddings.weight"] = torch.randn(10, 8)
@@ -123,11 +123,11 @@ def test_uint8_batches_give_the_float_path_outputs():
 
     net = SwinPyramid(TINY).eval()
     pictures = _pictures()
-    old = torch.stack([ImageTransform(image_size=64, normalized=True)(p) for p in pictures])  # float path
-    new = torch.stack([ImageTransform(image_size=64)(p) for p in pictures])  # uint8 path
-    assert new.dtype == torch.uint8
+    floats = torch.stack([ImageTransform(image_size=64, normalized=True)(p) for p in pictures])  # float path
+    bytes_ = torch.stack([ImageTransform(image_size=64)(p) for p in pictures])  # uint8 path
+    assert bytes_.dtype == torch.uint8
     with torch.no_grad():
-        a, b = net(old), net(new)
+        a, b = net(floats), net(bytes_)
     # uint8 rounding moves inputs by at most 0.5/255: the outputs move by a small fraction of their size
     # (measured: about 1% on average; a different picture moves them by about 65%).
     scale = float(a.pooled.abs().mean())

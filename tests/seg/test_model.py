@@ -256,8 +256,8 @@ def test_router_softmax_is_fp32_and_balance_loss_bounds():
     assert soft_load_balance_loss(SoftUsage(expert_dim=2).update(one_scale).usage()).item() == pytest.approx(5.0)
 
 
-def test_scale_usage_and_balance_from_the_moe_core_equal_the_former_formula_exactly():
-    """MoME took its usage and balance from its own code before they moved to ``medmoe.moe``: same bits."""
+def test_scale_usage_and_balance_over_voxel_chunks_equal_the_whole_volume_formula_exactly():
+    """Usage accumulated over the model's voxel chunks equals mean gate per scale over every voxel, bit for bit."""
     torch.manual_seed(0)
     b, k, s, n = 2, 3, 5, 1000
     gates = torch.randn(b, k, s, n).mul(3).softmax(dim=2)
@@ -265,9 +265,9 @@ def test_scale_usage_and_balance_from_the_moe_core_equal_the_former_formula_exac
     for chunk in gates.split(333, dim=-1):  # the model's voxel chunks
         meter.update(chunk)
         gate_sum = gate_sum + chunk.sum(dim=-1, dtype=torch.float32)
-    former_usage = gate_sum.sum(dim=(0, 1)) / (b * k * n)
-    assert torch.equal(meter.usage(), former_usage)
-    assert torch.equal(soft_load_balance_loss(meter.usage()), former_usage.numel() * former_usage.pow(2).sum())
+    whole_usage = gate_sum.sum(dim=(0, 1)) / (b * k * n)
+    assert torch.equal(meter.usage(), whole_usage)
+    assert torch.equal(soft_load_balance_loss(meter.usage()), whole_usage.numel() * whole_usage.pow(2).sum())
 
 
 def test_sliding_window_equals_single_pass(model):
@@ -379,9 +379,9 @@ def test_paper_scale_model_builds_and_runs():
 
 @pytest.mark.timeout(120)
 def test_prompts_steer_the_heads_from_the_first_step():
-    """With MiniLM's unit-norm prompts fed unscaled, every class started with nearly the same head (logits of
-    different prompts differed less than across voxels) and small organs died before their prompts could
-    separate them. Scaled to unit RMS, the prompt moves a class's logits far more than the image does."""
+    """Prompts scaled to unit RMS move a class's logits far more than the image does; MiniLM's unit-norm
+    prompts fed unscaled give every class nearly the same head (logits of different prompts differ less than
+    across voxels), so small organs would vanish before their prompts separate them."""
     names = ["liver", "spleen", "kidney_left", "kidney_right", "gallbladder", "pancreas", "aorta", "stomach"]
     x = _volume(32, 32, 32)
     ratios = {}
