@@ -10,10 +10,8 @@ The names below are imported on first use, so that ``import medmoe`` (and ``medm
 torch.
 """
 
-from medmoe.lazy_exports import lazy_getattr
+from medmoe.lazy_exports import lazy_package
 
 __version__ = "0.1.0"
-_EXPORTS = {"create_model": "medmoe.registry", "list_models": "medmoe.registry",
-            "register_family": "medmoe.registry", "register_model": "medmoe.registry", "load_model": "medmoe.saved_model"}
-__all__ = ["__version__", *sorted(_EXPORTS)]
-__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
+lazy_package(globals(), {".registry": "create_model list_models register_family register_model",
+                         ".saved_model": "load_model"}, also=("__version__",))

@@ -14,20 +14,10 @@ Entry points (imported on first use, so that ``import medmoe.align`` stays light
 
 from __future__ import annotations
 
-from medmoe.lazy_exports import lazy_getattr
+from medmoe.lazy_exports import lazy_package
 
-_EXPORTS = {
-    "MedMoE": "medmoe.align.model",
-    "MedMoEConfig": "medmoe.align.config",
-    "AlignTask": "medmoe.align.task",
-    "AlignTaskConfig": "medmoe.align.task",
-    "ZeroShotClassifier": "medmoe.align.zeroshot",
-    "retrieval_metrics": "medmoe.align.retrieval",
-    "linear_probe": "medmoe.align.probe",
-    "embed_manifest": "medmoe.align.embed",
-    "build_index": "medmoe.align.index",
-    "SearchIndex": "medmoe.align.index",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
+lazy_package(globals(), {
+    ".model": "MedMoE", ".config": "MedMoEConfig", ".task": "AlignTask AlignTaskConfig",
+    ".zeroshot": "ZeroShotClassifier", ".retrieval": "retrieval_metrics", ".probe": "linear_probe",
+    ".embed": "embed_manifest", ".index": "build_index SearchIndex",
+})

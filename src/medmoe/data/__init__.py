@@ -9,42 +9,18 @@ Names are imported on first use so that ``import medmoe.data`` (and ``medmoe --h
 
 from __future__ import annotations
 
-from medmoe.lazy_exports import lazy_getattr
+from medmoe.lazy_exports import lazy_package
 
-_EXPORTS = {
-    "read_image": "medmoe.data.readers",
-    "decode_image": "medmoe.data.readers",
-    "ImageMeta": "medmoe.data.readers",
-    "MissingFileError": "medmoe.errors",
-    "MODALITIES": "medmoe.data.modalities",
-    "normalize_modality": "medmoe.data.modalities",
-    "modality_index": "medmoe.data.modalities",
-    "guess_modality": "medmoe.data.modalities",
-    "ImageTransform": "medmoe.data.transforms",
-    "ManifestRow": "medmoe.data.manifest",
-    "read_manifest": "medmoe.data.manifest",
-    "write_manifest": "medmoe.data.manifest",
-    "SPLITS": "medmoe.data.manifest",
-    "clean_report": "medmoe.data.reports",
-    "split_sentences": "medmoe.data.reports",
-    "Volume": "medmoe.data.volumes",
-    "read_ct": "medmoe.data.volumes",
-    "read_label": "medmoe.data.volumes",
-    "write_nifti": "medmoe.data.volumes",
-    "BadSample": "medmoe.data.dataset",
-    "ImageReportDataset": "medmoe.data.dataset",
-    "collate_image_report": "medmoe.data.dataset",
-    "check_manifest": "medmoe.data.check",
-    "ShardDataset": "medmoe.data.shards",
-    "write_shards": "medmoe.data.shards",
-    "import_source": "medmoe.data.adapters",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+lazy_package(globals(), {
+    ".readers": "read_image decode_image ImageMeta",
+    "medmoe.errors": "MissingFileError",
+    ".modalities": "MODALITIES normalize_modality modality_index guess_modality",
+    ".transforms": "ImageTransform",
+    ".manifest": "ManifestRow read_manifest write_manifest SPLITS",
+    ".reports": "clean_report split_sentences",
+    ".volumes": "Volume read_ct read_label write_nifti",
+    ".dataset": "BadSample ImageReportDataset collate_image_report",
+    ".check": "check_manifest",
+    ".shards": "ShardDataset write_shards",
+    ".adapters": "import_source",
+})

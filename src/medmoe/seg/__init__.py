@@ -15,18 +15,9 @@ Entry points (imported on first use, so that ``import medmoe.seg`` stays light):
 
 from __future__ import annotations
 
-from medmoe.lazy_exports import lazy_getattr
+from medmoe.lazy_exports import lazy_package
 
-_EXPORTS = {
-    "MoME": "medmoe.seg.model",
-    "MoMEConfig": "medmoe.seg.config",
-    "SegTask": "medmoe.seg.task",
-    "SegTaskConfig": "medmoe.seg.task",
-    "import_dataset": "medmoe.seg.importers",
-    "check_datalist": "medmoe.seg.check",
-    "predict_volume": "medmoe.seg.predict",
-    "save_prediction": "medmoe.seg.predict",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
+lazy_package(globals(), {
+    ".model": "MoME", ".config": "MoMEConfig", ".task": "SegTask SegTaskConfig", ".importers": "import_dataset",
+    ".check": "check_datalist", ".predict": "predict_volume save_prediction",
+})

@@ -11,19 +11,16 @@ The same code runs in one process and under ``torchrun --nproc_per_node N`` (DDP
 nccl on CUDA). Only rank 0 logs and writes files. Library code never imports this package.
 """
 
-from medmoe.lazy_exports import lazy_getattr
+from medmoe.lazy_exports import lazy_package
 
 # Imported on first use: the command line reads the trainer's flags without loading torch.
-_EXPORTS = {
-    **dict.fromkeys(("add_training_arguments", "resolved_config"), "medmoe.train.args"),
-    **dict.fromkeys(("find_latest_checkpoint", "load_checkpoint"), "medmoe.train.checkpoint"),
-    "TrainConfig": "medmoe.train.config",
-    **dict.fromkeys(("all_reduce_sum", "is_main", "unwrap_model"), "medmoe.train.distributed"),
-    "TrainingInterrupted": "medmoe.train.interrupt",
-    **dict.fromkeys(("TrainResult", "run_training"), "medmoe.train.loop"),
-    "NonFiniteLossError": "medmoe.train.outputs",
-    **dict.fromkeys(("BadSampleLike", "Task", "TaskBase", "default_param_groups", "export_model"),
-                    "medmoe.train.task"),
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
+lazy_package(globals(), {
+    ".args": "add_training_arguments resolved_config",
+    ".checkpoint": "find_latest_checkpoint load_checkpoint",
+    ".config": "TrainConfig",
+    ".distributed": "all_reduce_sum is_main unwrap_model",
+    ".interrupt": "TrainingInterrupted",
+    ".loop": "TrainResult run_training",
+    ".outputs": "NonFiniteLossError",
+    ".task": "BadSampleLike Task TaskBase default_param_groups export_model",
+})

@@ -17,22 +17,7 @@ Names are imported on first use so that importing the package stays light.
 
 from __future__ import annotations
 
-from medmoe.lazy_exports import lazy_getattr
+from medmoe.lazy_exports import lazy_package
 
-_EXPORTS = {
-    "build_samples": "medmoe_samples.pairs.build",
-    "PACKS": "medmoe_samples.pairs.build",
-    "DatasetCounts": "medmoe_samples.pairs.rows",
-    "MANIFEST_NAME": "medmoe_samples.pairs.rows",
-    "assign_splits": "medmoe_samples.pairs.rows",
-    "sample_row": "medmoe_samples.pairs.rows",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+lazy_package(globals(), {".build": "build_samples PACKS",
+                         ".rows": "DatasetCounts MANIFEST_NAME assign_splits sample_row"})

@@ -9,12 +9,10 @@ under the root, classes and prompt ensembles are in :mod:`medmoe.align.suites.se
 (MedMoE, arXiv 2506.08356, Tables 1 and 2) in :mod:`medmoe.align.suites.paper`. See docs/protocols.md.
 """
 
-from medmoe.lazy_exports import lazy_getattr
+from medmoe.lazy_exports import lazy_package
 
-_EXPORTS = {
-    **dict.fromkeys(("format_probe_table", "format_zeroshot_table", "write_suite_json"), "medmoe.align.suites.report"),
-    **dict.fromkeys(("embed_rows", "load_set", "run_probe_suite", "run_zeroshot_suite"), "medmoe.align.suites.runner"),
-    **dict.fromkeys(("EVAL_SETS", "PROBE_SETS", "ZEROSHOT_SETS", "EvalSet", "select_sets"), "medmoe.align.suites.sets"),
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
+lazy_package(globals(), {
+    ".report": "format_probe_table format_zeroshot_table write_suite_json",
+    ".runner": "embed_rows load_set run_probe_suite run_zeroshot_suite",
+    ".sets": "EVAL_SETS PROBE_SETS ZEROSHOT_SETS EvalSet select_sets",
+})
