@@ -114,7 +114,7 @@ def _reference_forward(model, volume, text_emb):
             y = (F.adaptive_avg_pool3d(y, size) if y.shape[2] > size[0] else
                  F.interpolate(y, size=size, mode="trilinear", align_corners=False))
         experts.append(y.flatten(2))
-    experts = torch.stack(experts[::-1], dim=1)  # (B, S, C, X), coarsest first
+    experts = torch.stack(experts, dim=1)  # (B, S, C, X), finest first
     router = model.router
     voxel = pyramid.features[0] if scale == 1 else pyramid.features[1]
     v = router.voxel_proj(voxel).flatten(2)  # (B, d, X)
@@ -138,7 +138,7 @@ def _reference_forward(model, volume, text_emb):
     if scale != 1:
         logits = F.interpolate(logits, size=tuple(volume.shape[2:]), mode="trilinear", align_corners=False)
     usage = gates.mean(dim=(0, 1, 3))
-    return {"logits": logits, "gates": gates.view(b, k, n_scales, *size).flip(2), "gate_usage": usage.flip(0),
+    return {"logits": logits, "gates": gates.view(b, k, n_scales, *size), "gate_usage": usage,
             "balance_loss": n_scales * usage.pow(2).sum()}
 
 

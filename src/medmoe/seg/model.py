@@ -315,8 +315,7 @@ class MoME(nn.Module, PretrainedMixin):
         pyramid = self.backbone(volume)
         scale = self.config.fusion_scale
         size = tuple(s // scale for s in volume.shape[2:])
-        # S x (B, C, X) in the router's gate order, coarsest first (see ScaleRouter): the pyramid's reversed
-        experts = [e.flatten(2) for e in self.experts(pyramid.features, size)][::-1]
+        experts = [e.flatten(2) for e in self.experts(pyramid.features, size)]  # S x (B, C, X), finest first
         voxel = pyramid.features[self.backbone.feature_info.level(scale)].flatten(2)  # (B, C_v, X)
         queries = self.router.queries(text)
         layers = self.heads.layers(self.heads.head_params(pyramid.bottleneck, text))
@@ -335,11 +334,10 @@ class MoME(nn.Module, PretrainedMixin):
         logits = (torch.cat(logits, dim=-1) if len(logits) > 1 else logits[0]).view(b, k, *size)
         if scale != 1:
             logits = upsample_trilinear(logits, tuple(volume.shape[2:]))
-        usage = usage.usage()  # (S,) mean gates, coarsest first as computed
-        out = {"logits": logits, "gate_usage": usage.flip(0),  # the pyramid's level order, finest first
-               "balance_loss": soft_load_balance_loss(usage)}
+        usage = usage.usage()  # (S,) mean gate per scale, finest first
+        out = {"logits": logits, "gate_usage": usage, "balance_loss": soft_load_balance_loss(usage)}
         if return_gates:
-            out["gates"] = torch.cat(gates, dim=-1).view(b, k, self.num_scales, *size).flip(2)
+            out["gates"] = torch.cat(gates, dim=-1).view(b, k, self.num_scales, *size)
         return out
 
     def _voxel_stage(self, queries: tuple[Tensor, Tensor], layers: list[tuple[Tensor, Tensor]], voxel: Tensor,

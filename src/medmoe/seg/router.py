@@ -3,9 +3,8 @@
     g_{k,s}(x) = softmax_s( <v(x), W_s t_k> / sqrt(d) ),   v(x) = V f(x) + c
 
 v(x) is a 1x1x1 projection of the decoder feature f at the fusion resolution; W_s t_k a per-scale
-projection of the prompt embedding. The router's scale axis runs coarsest first (s = S - 1 - level): the
-layout of ``text_proj``'s rows in saved models, kept so that they load unchanged and their softmax sums in
-the same order; MoME turns gates and gate usage it returns into the pyramid's level order (finest first). Since v is linear in f, the logits are computed as one matmul of the
+projection of the prompt embedding; the scale axis s is the pyramid's level order (finest first), as are the
+rows of ``text_proj`` (S blocks of d). Since v is linear in f, the logits are computed as one matmul of the
 prompt queries folded into V, ``(W_s t_k)^T V f(x) + (W_s t_k)^T c``, without materialising v. Unlike the
 token routers of ``medmoe.moe`` this is a dense (soft) mixture at every voxel, so there is nothing to
 dispatch; it keeps the core's conventions (fp32 softmax, auxiliary losses returned, never stored) and takes
@@ -35,7 +34,7 @@ class ScaleRouter(nn.Module):
 
     Shapes:
         voxel_features: (B, C_v, *size); text: (K, T) -> gates (B, K, S, *size) float32, summing to 1 over S
-        (scale axis coarsest first, see the module's docstring).
+        (scale axis in the pyramid's level order, finest first).
     """
 
     def __init__(self, voxel_channels: int, text_dim: int, num_scales: int, dim: int) -> None:
