@@ -20,11 +20,7 @@ from medmoe.cli.models import model_from_flag
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     group = add_command_group(sub, "align", help="MedMoE image-report alignment: train, eval, compare, embed, zeroshot, index, search, benchmark")
-    add_train_command(
-        group, help="train a MedMoE model (single process or torchrun DDP)",
-        description="Train a MedMoE model. The alignment flags are AlignTaskConfig's fields; --set changes any "
-                    "field of the model's config (--num-experts and --route-by are shortcuts of it).",
-        task_config="medmoe.align.task:AlignTaskConfig", title="alignment", run=run_train)
+    add_train_command(group, task_config="medmoe.align.task:AlignTaskConfig", title="alignment", run=run_train)
     _add_eval(group)
     _add_compare(group)
     _add_embed(group)
@@ -33,8 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(group: argparse._SubParsersAction) -> None:
-    ev = add_command(group, "eval", run_eval,
-        help="retrieval, zero-shot, linear probe and routing metrics + figures")
+    ev = add_command(group, "eval", run_eval)
     add_model_data_arguments(ev)
     ev.add_argument("--out", required=True, help="metrics JSON; figures go to <out stem>_figures/")
     ev.add_argument("--split", default="test", help="rows to evaluate (all rows if the manifest has no splits)")
@@ -47,10 +42,7 @@ def _add_eval(group: argparse._SubParsersAction) -> None:
 
 
 def _add_compare(group: argparse._SubParsersAction) -> None:
-    co = add_command(group, "compare", run_compare,
-        help="is model A better than model B? paired bootstrap over the test items",
-        description="Compare two `medmoe align eval --per-item` results on the same test items: difference of "
-                    "R@K both ways with a paired percentile-bootstrap confidence interval over the items.")
+    co = add_command(group, "compare", run_compare)
     co.add_argument("a", metavar="A_METRICS", help="metrics JSON of model A (from eval --per-item)")
     co.add_argument("b", metavar="B_METRICS", help="metrics JSON of model B, same manifest and split")
     co.add_argument("--out", default=None, help="write the comparison as JSON")
@@ -60,8 +52,7 @@ def _add_compare(group: argparse._SubParsersAction) -> None:
 
 
 def _add_embed(group: argparse._SubParsersAction) -> None:
-    em = add_command(group, "embed", run_embed,
-        help="write image and report embeddings of a manifest or shards to .npz")
+    em = add_command(group, "embed", run_embed)
     add_model_data_arguments(em, model_help="saved model directory (or a registered name)")
     em.add_argument("--out", required=True, help="output .npz")
     em.add_argument("--split", default=None, help="only rows of this split (default: all)")
@@ -69,6 +60,11 @@ def _add_embed(group: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """train a MedMoE model (single process or torchrun DDP)
+
+    Train a MedMoE model. The alignment flags are AlignTaskConfig's fields; --set changes any field of the
+    model's config (--num-experts and --route-by are shortcuts of it).
+    """
     from medmoe.align.task import AlignTask, AlignTaskConfig
 
     return run_train_command(args, AlignTaskConfig, AlignTask, _print_trained)
@@ -83,6 +79,7 @@ def _print_trained(result) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """retrieval, zero-shot, linear probe and routing metrics + figures"""
     from medmoe.align.evaluate import evaluate
     from medmoe.paths import check_output_file
 
@@ -126,6 +123,11 @@ def _read_metrics(path: str) -> dict:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    """is model A better than model B? paired bootstrap over the test items
+
+    Compare two `medmoe align eval --per-item` results on the same test items: difference of R@K both ways
+    with a paired percentile-bootstrap confidence interval over the items.
+    """
     import json
     from pathlib import Path
 
@@ -156,6 +158,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
+    """write image and report embeddings of a manifest or shards to .npz"""
     from medmoe.align.embed import embed_manifest
     from medmoe.paths import check_output_file
 

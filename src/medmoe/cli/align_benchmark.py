@@ -11,14 +11,7 @@ def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     """Register ``benchmark`` on the ``medmoe align`` sub-parsers."""
     from medmoe.align.suites.sets import EVAL_SETS, PROBE_SETS
 
-    bench = add_command(group, "benchmark", run_benchmark,
-        help="the paper's zero-shot / linear-probe protocols on public test sets, next to its numbers",
-        description="Run the MedMoE paper's evaluation protocols on the public test sets found under --root "
-                    "(one folder per set, in its public layout; see docs/protocols.md) and print the paper's "
-                    "rows (MedMoE, arXiv 2506.08356, Table 1 / Table 2) next to the model's. zeroshot: top-1 "
-                    "accuracy with prompt ensembles on the nine sets of Table 1 and their mean; probe: "
-                    "logistic regression on frozen image embeddings at 1 / 10 / 100 % of the training labels on "
-                    "the sets of Table 2. Missing sets are listed, not fatal.")
+    bench = add_command(group, "benchmark", run_benchmark)
     bench.add_argument("--suite", choices=("zeroshot", "probe"), required=True, help="which protocol")
     bench.add_argument("--root", required=True, metavar="DIR", help="folder holding one folder per test set")
     bench.add_argument("--model", required=True,
@@ -50,6 +43,14 @@ def _seeds(text: str) -> list[int]:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
+    """the paper's zero-shot / linear-probe protocols on public test sets, next to its numbers
+
+    Run the MedMoE paper's evaluation protocols on the public test sets found under --root (one folder per
+    set, in its public layout; see docs/protocols.md) and print the paper's rows (MedMoE, arXiv 2506.08356,
+    Table 1 / Table 2) next to the model's. zeroshot: top-1 accuracy with prompt ensembles on the nine sets of
+    Table 1 and their mean; probe: logistic regression on frozen image embeddings at 1 / 10 / 100 % of the
+    training labels on the sets of Table 2. Missing sets are listed, not fatal.
+    """
     from pathlib import Path
 
     from medmoe.align.suites import (

@@ -15,12 +15,7 @@ def add_search_commands(group: argparse._SubParsersAction) -> None:
 
 
 def _add_zeroshot(group: argparse._SubParsersAction) -> None:
-    zs = add_command(group, "zeroshot", run_zeroshot,
-        help="classify every image of a folder or manifest against your class names (CSV)",
-        description="Zero-shot classification: each class is the mean text embedding of its prompts; an image's "
-                    "class probabilities are softmax(logit_scale x cosine) over the classes. Writes one CSV row "
-                    "per image (path, top_class, top_prob, expert, expert_prob, one column per class); "
-                    "unreadable files are listed in <out stem>.errors.csv and the summary, never fatal.")
+    zs = add_command(group, "zeroshot", run_zeroshot)
     zs.add_argument("--model", required=True, help=MODEL_HELP)
     zs.add_argument("--images", required=True, metavar="DIR|MANIFEST|SHARDS",
                     help="a folder (searched recursively for DICOM, NIfTI, PNG, JPEG, TIFF, BMP), a manifest "
@@ -36,13 +31,7 @@ def _add_zeroshot(group: argparse._SubParsersAction) -> None:
 
 
 def _add_index(group: argparse._SubParsersAction) -> None:
-    ix = add_command(group, "index", run_index,
-        help="embed a manifest or shards and build a FAISS search index (resumable, torchrun)",
-        description="Embed every image and report of MANIFEST|SHARDS and save a search index folder: FAISS "
-                    "indexes of the image and report embeddings, the items (id, path, report) and meta.json "
-                    "(index kind and parameters, model). Embeddings are saved in chunks under OUT/parts/: an "
-                    "interrupted run continues where it stopped. Under torchrun every rank embeds a share of "
-                    "the chunks and rank 0 builds the index.")
+    ix = add_command(group, "index", run_index)
     add_model_data_arguments(ix)
     ix.add_argument("--out", required=True, metavar="IDX", help="index folder (created)")
     ix.add_argument("--kind", choices=("auto", "exact", "pq", "ivf", "hnsw", "ivfpq"), default="auto",
@@ -60,11 +49,7 @@ def _add_index(group: argparse._SubParsersAction) -> None:
 
 
 def _add_search(group: argparse._SubParsersAction) -> None:
-    se = add_command(group, "search", run_search,
-        help="search an index by text or by example image; prints the top hits with scores",
-        description="Embed the query with the model and print the index's k most similar items (cosine). "
-                    "--target images searches the image embeddings (text->image, image->image); --target "
-                    "reports the report embeddings (image->text, text->text).")
+    se = add_command(group, "search", run_search)
     se.add_argument("--index", required=True, metavar="IDX", help="index folder written by `medmoe align index`")
     se.add_argument("--model", default=None, help="model to embed the query (default: the one the index was built with)")
     query = se.add_mutually_exclusive_group(required=True)
@@ -88,6 +73,13 @@ def _load(name_or_dir: str, device) -> tuple[object, str]:
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:
+    """classify every image of a folder or manifest against your class names (CSV)
+
+    Zero-shot classification: each class is the mean text embedding of its prompts; an image's class
+    probabilities are softmax(logit_scale x cosine) over the classes. Writes one CSV row per image (path,
+    top_class, top_prob, expert, expert_prob, one column per class); unreadable files are listed in <out
+    stem>.errors.csv and the summary, never fatal.
+    """
     from medmoe.align.folder import class_prompts, zero_shot_folder
     from medmoe.devices import resolve_device
 
@@ -109,6 +101,13 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
 
 def run_index(args: argparse.Namespace) -> int:
+    """embed a manifest or shards and build a FAISS search index (resumable, torchrun)
+
+    Embed every image and report of MANIFEST|SHARDS and save a search index folder: FAISS indexes of the image
+    and report embeddings, the items (id, path, report) and meta.json (index kind and parameters, model).
+    Embeddings are saved in chunks under OUT/parts/: an interrupted run continues where it stopped. Under
+    torchrun every rank embeds a share of the chunks and rank 0 builds the index.
+    """
     from medmoe.align.index import SearchIndex, build_index
     from medmoe.train.distributed import setup_distributed, teardown_distributed
 
@@ -133,6 +132,12 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    """search an index by text or by example image; prints the top hits with scores
+
+    Embed the query with the model and print the index's k most similar items (cosine). --target images
+    searches the image embeddings (text->image, image->image); --target reports the report embeddings
+    (image->text, text->text).
+    """
     import json
     from dataclasses import asdict
 

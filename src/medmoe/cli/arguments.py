@@ -8,6 +8,7 @@ name, default and help read the same everywhere; each function adds the flags to
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -15,17 +16,40 @@ from medmoe.settings import add_dataclass_flags, config_from_args
 
 
 def add_command(group: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
-                help: str, description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+                help: str | None = None, description: str | None = None, epilog: str | None = None,
+                keep_lines: bool = False) -> argparse.ArgumentParser:
     """Register sub-command ``name`` on ``group``, handled by ``run``; returns its parser, to add the flags to.
 
-    A description or epilog written with line breaks (examples, tables) is printed as written; a one-line
-    description is wrapped to the terminal.
+    The command's help and description are ``run``'s docstring (see :func:`command_text`): its first paragraph
+    is the one-line help, the rest the description. With an epilog or ``keep_lines``, the description keeps the
+    docstring's line breaks and is printed as written (examples, tables, lines that must stay lines); otherwise
+    its lines are joined and wrapped to the terminal. ``help`` and ``description`` given here replace the
+    docstring's; a description given here is printed as written when it has line breaks.
     """
+    doc_help, doc_description = command_text(run, keep_lines=keep_lines or epilog is not None)
+    help = doc_help if help is None else help
+    description = doc_description if description is None else description
     raw = epilog is not None or "\n" in (description or "")
     parser = group.add_parser(name, help=help, description=description, epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter)
     parser.set_defaults(func=run)
     return parser
+
+
+def command_text(run: Callable[..., Any], *, keep_lines: bool) -> tuple[str | None, str | None]:
+    """The help and description of the command ``run`` handles, from its docstring (``inspect.cleandoc``).
+
+    The help is the first paragraph on one line; the description is the rest, with its line breaks when
+    ``keep_lines``, else on one line (single spaces). None for what the docstring lacks (no docstring, or only
+    a first paragraph).
+    """
+    doc = inspect.cleandoc(run.__doc__ or "")
+    first, _, rest = doc.partition("\n\n")
+    rest = rest.strip()
+    help = " ".join(first.split()) or None
+    if not rest:
+        return help, None
+    return help, rest if keep_lines else " ".join(rest.split())
 
 
 def add_command_group(sub: argparse._SubParsersAction, name: str, *, help: str) -> argparse._SubParsersAction:
@@ -59,8 +83,8 @@ def add_loader_arguments(parser: argparse.ArgumentParser, *, device: str = "auto
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_train_command(group: argparse._SubParsersAction, *, help: str, description: str, task_config: str,
-                      title: str, run: Callable[[argparse.Namespace], int]) -> None:
+def add_train_command(group: argparse._SubParsersAction, *, task_config: str, title: str,
+                      run: Callable[[argparse.Namespace], int]) -> None:
     """Register ``train``: the task config's fields as flags, then the trainer's (see ``medmoe.settings``).
 
     The flags are added when the command is first used (``group`` makes :class:`SettingsParser` parsers), so
@@ -68,10 +92,9 @@ def add_train_command(group: argparse._SubParsersAction, *, help: str, descripti
 
     Args:
         group: the sub-parsers of ``medmoe align`` or ``medmoe seg``.
-        help, description: the command's one-line help and its description.
         task_config: ``"module:Class"`` of the task's config dataclass.
         title: the name of the task flags' group in ``--help``.
-        run: the handler.
+        run: the handler; its docstring is the command's help and description (see :func:`add_command`).
     """
 
     def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +108,7 @@ def add_train_command(group: argparse._SubParsersAction, *, help: str, descripti
         add_dataclass_flags(parser, getattr(importlib.import_module(module), name), title=title, skip=trainer_fields)
         add_training_arguments(parser)
 
-    add_command(group, "train", run, help=help, description=description).defer(add_flags)
+    add_command(group, "train", run).defer(add_flags)
 
 
 def run_train_command(args: argparse.Namespace, config_class: type, make_task: Callable[[Any], Any],

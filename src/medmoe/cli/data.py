@@ -13,8 +13,7 @@ from medmoe.cli.arguments import add_command, add_command_group
 def add_parser(sub: argparse._SubParsersAction) -> None:
     group = add_command_group(sub, "data", help="manifests, dataset import, shards, sample data")
 
-    check = add_command(group, "check", run_check,
-        help="report every problem of a manifest; exit 1 if any row is bad")
+    check = add_command(group, "check", run_check)
     check.add_argument("manifest", help="a .csv or .jsonl manifest")
     check.add_argument("--no-read", action="store_true", help="only check that image files exist (faster)")
     check.add_argument("--max-problems", type=int, default=None, metavar="N",
@@ -29,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for source in _import_sources():
         _add_import_parser(sources, source)
 
-    shard = add_command(group, "shard", run_shard, help="write WebDataset-style tar shards from a manifest")
+    shard = add_command(group, "shard", run_shard)
     shard.add_argument("manifest", help="a .csv or .jsonl manifest")
     shard.add_argument("--out", required=True, help="output folder")
     shard.add_argument("--per-shard", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
@@ -91,6 +90,7 @@ def _add_source_options(parser: argparse.ArgumentParser, source: str) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """report every problem of a manifest; exit 1 if any row is bad"""
     from medmoe.data.check import check_manifest
 
     result = check_manifest(args.manifest, read_images=not args.no_read, progress=not args.no_progress)
@@ -137,6 +137,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_shard(args: argparse.Namespace) -> int:
+    """write WebDataset-style tar shards from a manifest"""
     from medmoe.data.shards import write_shards
     from medmoe.errors import InvalidInputError
     from medmoe.paths import check_output_dir

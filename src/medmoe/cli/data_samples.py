@@ -11,11 +11,7 @@ from medmoe.cli.arguments import add_command
 
 def add_parser(data_subparsers: argparse._SubParsersAction) -> None:
     """Register ``build-samples`` on the sub-parsers of the ``medmoe data`` group."""
-    parser = add_command(data_subparsers, "build-samples", run_build_samples,
-        help="write the built-in sample packs (modality benchmark, IU chest X-ray pairs, real images)",
-        description="Write DIR/<dataset>/manifest.csv and DIR/<dataset>/images/ for each pack, offline and "
-        "deterministic by seed: modality-bench (generated X-ray, CT, MRI, ultrasound, pathology, fundus), "
-        "iu-cxr (real IU reports with rendered radiographs), real-samples (real DICOM/JPEG/NIfTI/PNG files).")
+    parser = add_command(data_subparsers, "build-samples", run_build_samples)
     parser.add_argument("--out", required=True, help="destination folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--which", default="modality,iu,real",
@@ -32,7 +28,12 @@ def add_parser(data_subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build_samples(args: argparse.Namespace) -> int:
-    """Handler of ``medmoe data build-samples``: build, then print the counts per dataset."""
+    """write the built-in sample packs (modality benchmark, IU chest X-ray pairs, real images)
+
+    Write DIR/<dataset>/manifest.csv and DIR/<dataset>/images/ for each pack, offline and deterministic by
+    seed: modality-bench (generated X-ray, CT, MRI, ultrasound, pathology, fundus), iu-cxr (real IU reports
+    with rendered radiographs), real-samples (real DICOM/JPEG/NIfTI/PNG files).
+    """
     from medmoe_samples.pairs.build import build_samples
 
     which = [w.strip() for w in args.which.split(",") if w.strip()]

@@ -10,13 +10,7 @@ from medmoe.cli.arguments import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = add_command(sub, "demo", run,
-        help="build sample data, train + evaluate MedMoE and MoME, write report.html",
-                            description="Builds the built-in data if needed, trains medmoe-effnet-nano (ImageNet "
-                                        "EfficientNet-Lite0, 6 experts) and its one-expert baseline, trains mome-nano "
-                                        "on CT phantoms plus two real example CTs, tests it on a third, predicts "
-                                        "organs on a training CT, and writes DIR/report.html and "
-                                        "DIR/metrics.json.")
+    parser = add_command(sub, "demo", run)
     parser.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (about a minute): a smoke run")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -27,6 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """build sample data, train + evaluate MedMoE and MoME, write report.html
+
+    Builds the built-in data if needed, trains medmoe-effnet-nano (ImageNet EfficientNet-Lite0, 6 experts) and
+    its one-expert baseline, trains mome-nano on CT phantoms plus two real example CTs, tests it on a third,
+    predicts organs on a training CT, and writes DIR/report.html and DIR/metrics.json.
+    """
     import torch
 
     from medmoe.demo import run_demo

@@ -21,13 +21,7 @@ examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = add_command(sub, "export", run,
-        help="export a model to ONNX, checked against PyTorch with onnxruntime",
-        description="Export a MedMoE (routed image encoder + text encoder) or a MoME (forward with the prompt\n"
-                    "embeddings as an input) to ONNX. Every graph is then run with onnxruntime on random inputs\n"
-                    "and compared with PyTorch: a difference above --atol or another routing choice is an error\n"
-                    "(exit 1) unless --no-check; export.json records the figures either way.",
-        epilog=EPILOG)
+    parser = add_command(sub, "export", run, epilog=EPILOG)
     parser.add_argument("--model", required=True, metavar="M",
                         help="a saved model directory, or a registered name (e.g. mome-nano: untrained weights)")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
@@ -42,6 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """export a model to ONNX, checked against PyTorch with onnxruntime
+
+    Export a MedMoE (routed image encoder + text encoder) or a MoME (forward with the prompt
+    embeddings as an input) to ONNX. Every graph is then run with onnxruntime on random inputs
+    and compared with PyTorch: a difference above --atol or another routing choice is an error
+    (exit 1) unless --no-check; export.json records the figures either way.
+    """
     from pathlib import Path
 
     from medmoe.cli.models import model_from_flag

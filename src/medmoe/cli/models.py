@@ -9,11 +9,12 @@ from medmoe.cli.arguments import add_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = add_command(sub, "models", run, help="list registered models or show one config")
+    parser = add_command(sub, "models", run)
     parser.add_argument("name", nargs="?", help="a model name: print its JSON config")
 
 
 def run(args: argparse.Namespace) -> int:
+    """list registered models or show one config"""
     from medmoe.registry import get_model_config, list_models
 
     if args.name:

@@ -14,11 +14,7 @@ from medmoe.cli.seg_predict import add_predict_command
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     group = add_command_group(sub, "seg", help="MoME text-prompted CT segmentation: train, predict, classes, eval, benchmark, build-samples, import, check")
-    add_train_command(
-        group, help="train a MoME model on partially labelled CT datasets (torchrun for DDP)",
-        description="Train a MoME model. The segmentation flags are SegTaskConfig's fields; --set changes any "
-                    "field of the model's config.",
-        task_config="medmoe.seg.task:SegTaskConfig", title="segmentation", run=run_train)
+    add_train_command(group, task_config="medmoe.seg.task:SegTaskConfig", title="segmentation", run=run_train)
     add_predict_command(group)
     add_classes_command(group)
     add_eval_command(group)
@@ -27,6 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """train a MoME model on partially labelled CT datasets (torchrun for DDP)
+
+    Train a MoME model. The segmentation flags are SegTaskConfig's fields; --set changes any field of the
+    model's config.
+    """
     from medmoe.seg.task import SegTask, SegTaskConfig
 
     return run_train_command(args, SegTaskConfig, SegTask, _print_trained)

@@ -76,8 +76,7 @@ def eval_spacing_lines(report: dict) -> list[str]:
 
 def add_eval_command(sub: argparse._SubParsersAction) -> None:
     """Register ``eval`` on the ``seg`` sub-command group."""
-    ev = add_command(sub, "eval", run_eval,
-        help="Dice, HD95, NSD and tumour detection of a model on a datalist split")
+    ev = add_command(sub, "eval", run_eval)
     ev.add_argument("--model", required=True, help="a saved model directory")
     ev.add_argument("--data", required=True, help="datalist JSON")
     ev.add_argument("--out", required=True, help="metrics JSON to write")
@@ -90,7 +89,7 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Handler of ``medmoe seg eval``: checks, model, :func:`~medmoe.seg.evaluate.evaluate`, the table."""
+    """Dice, HD95, NSD and tumour detection of a model on a datalist split"""
     import torch
 
     from medmoe.paths import check_output_file
@@ -132,12 +131,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def add_benchmark_command(group: argparse._SubParsersAction) -> None:
     """Register ``benchmark`` on the ``seg`` sub-command group."""
-    bench = add_command(group, "benchmark", run_benchmark,
-        help="evaluate one model over several datalists: a table per dataset and class",
-        description="Evaluate one MoME model on each DATALIST[:SPLIT] (split default: test) with `seg eval`'s\n"
-                    "protocol and print one table per dataset and class (Dice on the native grid, Dice at\n"
-                    "--eval-spacing, NSD, cases) and the overall mean; --out writes it all as JSON.",
-        epilog="example:\n  medmoe seg benchmark --model runs/mome/model --data btcv.json --data msd.json:validation "
+    bench = add_command(group, "benchmark", run_benchmark, epilog="example:\n  medmoe seg benchmark --model runs/mome/model --data btcv.json --data msd.json:validation "
                "\\\n      --eval-spacing 1.5 --out benchmark.json")
     bench.add_argument("--model", required=True, help="a saved model folder or a registered model name")
     bench.add_argument("--data", required=True, action="append", dest="datalists", metavar="DATALIST[:SPLIT]",
@@ -150,7 +144,12 @@ def add_benchmark_command(group: argparse._SubParsersAction) -> None:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
-    """Handler of ``medmoe seg benchmark``: checks, model, :func:`~medmoe.seg.benchmark.benchmark`, tables."""
+    """evaluate one model over several datalists: a table per dataset and class
+
+    Evaluate one MoME model on each DATALIST[:SPLIT] (split default: test) with `seg eval`'s
+    protocol and print one table per dataset and class (Dice on the native grid, Dice at
+    --eval-spacing, NSD, cases) and the overall mean; --out writes it all as JSON.
+    """
     import torch
 
     from medmoe.seg.benchmark import benchmark, format_tables, parse_datalist_spec

@@ -10,11 +10,7 @@ from medmoe.cli.arguments import add_command
 
 def add_classes_command(sub: argparse._SubParsersAction) -> None:
     """Register ``classes`` on the ``medmoe seg`` group."""
-    classes = add_command(sub, "classes", run_classes,
-        help="list the class template: names, prompts, synonyms, datasets that label each class",
-        description="The classes `medmoe seg predict --prompt` accepts (names, synonyms and small typos\n"
-                    "resolve), with the datasets that label each; or one dataset's label map.",
-        epilog="examples:\n  medmoe seg classes\n  medmoe seg classes --dataset BTCV\n"
+    classes = add_command(sub, "classes", run_classes, epilog="examples:\n  medmoe seg classes\n  medmoe seg classes --dataset BTCV\n"
                "  medmoe seg classes --model runs/mome/model --json")
     classes.add_argument("--dataset", default=None, metavar="NAME",
                          help="only this dataset's label map (label id -> class); names and aliases resolve")
@@ -25,6 +21,11 @@ def add_classes_command(sub: argparse._SubParsersAction) -> None:
 
 
 def run_classes(args: argparse.Namespace) -> int:
+    """list the class template: names, prompts, synonyms, datasets that label each class
+
+    The classes `medmoe seg predict --prompt` accepts (names, synonyms and small typos
+    resolve), with the datasets that label each; or one dataset's label map.
+    """
     from medmoe.saved_model import read_model_config
     from medmoe.seg.classes import ClassTemplate
     from medmoe.seg.prompts import model_class_names

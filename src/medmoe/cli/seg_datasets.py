@@ -16,8 +16,7 @@ def add_dataset_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_build_samples(sub: argparse._SubParsersAction) -> None:
-    build = add_command(sub, "build-samples", run_build_samples,
-        help="write synthetic CT phantoms and the real TotalSegmentator examples")
+    build = add_command(sub, "build-samples", run_build_samples)
     build.add_argument("--out", required=True, help="output folder (phantoms/ and totalseg/ with datalists)")
     build.add_argument("--quick", action="store_true", help="a few phantoms per dataset (smoke runs, tests)")
     build.add_argument("--seed", type=int, default=0, help="phantom seed (same seed, same files)")
@@ -57,12 +56,7 @@ IMPORT_FORMATS = ("msd", "nnunet", "totalsegmentator", "btcv", "amos", "kits", "
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:
-    imp = add_command(sub, "import", run_import,
-        help="write (or extend) a datalist from a downloaded CT dataset (MSD, nnU-Net, TotalSegmentator, ...)",
-        description="Find the cases of a downloaded CT segmentation dataset and write them as datalist entries\n"
-                    "with the dataset name the class template knows; the dataset's own label list (where it\n"
-                    "ships one) is checked against that label map first.",
-        epilog=IMPORT_EPILOG)
+    imp = add_command(sub, "import", run_import, epilog=IMPORT_EPILOG)
     imp.add_argument("format", choices=IMPORT_FORMATS, metavar="FORMAT", help=f"one of: {', '.join(IMPORT_FORMATS)}")
     imp.add_argument("root", metavar="ROOT", help="the dataset's folder, as downloaded and unpacked")
     imp.add_argument("--out", required=True, metavar="JSON", help="the datalist to write")
@@ -79,6 +73,12 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    """write (or extend) a datalist from a downloaded CT dataset (MSD, nnU-Net, TotalSegmentator, ...)
+
+    Find the cases of a downloaded CT segmentation dataset and write them as datalist entries
+    with the dataset name the class template knows; the dataset's own label list (where it
+    ships one) is checked against that label map first.
+    """
     from pathlib import Path
 
     from medmoe.seg.importers import import_dataset, write_datalist
@@ -101,12 +101,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
-    check = add_command(sub, "check", run_check,
-        help="read every file of a datalist: shapes, affines, label values, spacing, duplicates",
-        description="Open every image and label of a datalist and check that each pair shares shape and affine,\n"
-                    "that label values are in the dataset's label map, that spacing and orientation are\n"
-                    "plausible, and that no CT appears twice (across datasets or splits, by voxel content).\n"
-                    "Prints a per-case table; exit status 1 when any case has an error.")
+    check = add_command(sub, "check", run_check, keep_lines=True)
     check.add_argument("datalist", metavar="DATALIST", help="datalist JSON")
     check.add_argument("--workers", type=int, default=0, metavar="N", help="processes reading files (default 0: this one)")
     check.add_argument("--json", default=None, metavar="PATH", help="also write the per-case report as JSON")
@@ -115,6 +110,13 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """read every file of a datalist: shapes, affines, label values, spacing, duplicates
+
+    Open every image and label of a datalist and check that each pair shares shape and affine,
+    that label values are in the dataset's label map, that spacing and orientation are
+    plausible, and that no CT appears twice (across datasets or splits, by voxel content).
+    Prints a per-case table; exit status 1 when any case has an error.
+    """
     from medmoe.seg.check import check_datalist, format_report
 
     report = check_datalist(args.datalist, workers=args.workers, progress=not args.no_progress)
@@ -128,6 +130,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_build_samples(args: argparse.Namespace) -> int:
+    """write synthetic CT phantoms and the real TotalSegmentator examples"""
     from medmoe.paths import check_output_dir
     from medmoe_samples.ct.build import build_ct_samples
 

@@ -44,11 +44,7 @@ at least one failed case (listed at the end; the other cases are still written).
 
 def add_predict_command(sub: argparse._SubParsersAction) -> None:
     """Register ``predict`` on the ``medmoe seg`` group."""
-    predict = add_command(sub, "predict", run_predict,
-        help="segment prompted classes in CTs (NIfTI file, DICOM series folder or a folder of cases)",
-        description="Segment text-prompted classes in CT volumes with a saved MoME model; masks come back on\n"
-                    "each CT's own voxel grid (shape, spacing, orientation and affine of the input).",
-        epilog=PREDICT_EPILOG)
+    predict = add_command(sub, "predict", run_predict, epilog=PREDICT_EPILOG)
     io = predict.add_argument_group("input and output")
     io.add_argument("--model", required=True, metavar="DIR", help="a saved model directory (config.json + model.safetensors)")
     io.add_argument("--input", required=True, metavar="PATH",
@@ -141,7 +137,11 @@ class PredictJob:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Handler of ``medmoe seg predict``: every check, then the model once, then each case."""
+    """segment prompted classes in CTs (NIfTI file, DICOM series folder or a folder of cases)
+
+    Segment text-prompted classes in CT volumes with a saved MoME model; masks come back on
+    each CT's own voxel grid (shape, spacing, orientation and affine of the input).
+    """
     job = plan_predict(args)
     from medmoe.saved_model import load_model
 

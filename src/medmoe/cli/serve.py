@@ -58,10 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     DEFAULT_BATCH = 16  # medmoe.serve.app.DEFAULT_BATCH (not imported: it loads Gradio)
 
-    parser = add_command(sub, "serve", run_serve,
-        help="a local web page: text->image search, zero-shot classification, CT segmentation",
-        description="Start a local web page (Gradio) over a MedMoE model, its search index and a MoME model.",
-        epilog=EPILOG)
+    parser = add_command(sub, "serve", run_serve, epilog=EPILOG)
     models = parser.add_argument_group("what to serve (at least one model)")
     models.add_argument("--model", default=None, metavar="DIR",
                         help="a saved MedMoE model directory (Search and Classify tabs)")
@@ -100,6 +97,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """a local web page: text->image search, zero-shot classification, CT segmentation
+
+    Start a local web page (Gradio) over a MedMoE model, its search index and a MoME model.
+    """
     from medmoe.errors import InvalidInputError
     from medmoe.serve.uploads import UploadLimits
 
