@@ -200,10 +200,6 @@ def routing_report(emb: Embeddings, num_experts: int) -> dict[str, Any]:
     return out
 
 
-def _single_targets(labels: Sequence[Sequence[str]]) -> list[int]:
-    return [i for i, s in enumerate(labels) if len(s) == 1]
-
-
 def zero_shot_report(model: nn.Module, emb: Embeddings, *, templates: Sequence[str] | None = None,
                      min_count: int = 2) -> dict[str, Any]:
     """Zero-shot on the finding labels (classes seen at least ``min_count`` times) and on the modality."""

@@ -88,22 +88,6 @@ def _dataset_table(tables: Mapping[str, np.ndarray], dataset: Any, who: str) -> 
     return tables[dataset]
 
 
-class ToPlaintensord(MapTransform):
-    """Drop MONAI metadata: plain tensors collate faster and carry no per-sample dicts into the model."""
-
-    def __init__(self, keys: Sequence[str], dtypes: Mapping[str, torch.dtype], allow_missing_keys: bool = True):
-        super().__init__(keys, allow_missing_keys)
-        self.dtypes = dict(dtypes)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            value = d[key]
-            value = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
-            d[key] = value.to(self.dtypes.get(key, value.dtype))
-        return d
-
-
 def footprint_sigmas(src_affine: np.ndarray, dst_affine: np.ndarray) -> list[float]:
     """Per source axis, the Gaussian sigma (in source voxels) with the variance of a box as wide as a
     destination voxel along that axis; 0 where the destination is not coarser.

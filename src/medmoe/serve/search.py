@@ -142,25 +142,6 @@ def check_query(query: str, k: int) -> tuple[str, int]:
     return query, k
 
 
-def search_images(model: nn.Module, index, query: str, k: int = 12, *, root: Path | None = None,
-                  thumbnails: Thumbnails | None = None) -> SearchResult:
-    """Search ``index`` with a text query and read the hits' images as thumbnails.
-
-    Args:
-        model: the MedMoE model the index was built with (encodes the query).
-        index: a :class:`medmoe.align.index.SearchIndex` (``search_text(model, texts, k)``).
-        query: the text to search for.
-        k: number of hits.
-        root: folder that relative image paths of the index are tried under.
-        thumbnails: the thumbnail cache to use (a new one by default).
-
-    Raises:
-        InvalidInputError: an empty or too long query, or k out of range.
-    """
-    query, k = check_query(query, k)
-    return hits_result(find_hits(model, index, [(query, k)])[0], root, thumbnails or Thumbnails())
-
-
 def find_hits(model: nn.Module, index, queries: Sequence[tuple[str, int]]) -> list[list]:
     """The hits of checked ``(query, k)`` pairs (:func:`check_query`), the texts encoded as one batch."""
     if not queries:

@@ -47,16 +47,6 @@ def require_finite(array: np.ndarray, what: str, unit: str = "values") -> None:
         raise CorruptFileError(f"{what} contains NaN or infinite {unit}")
 
 
-def has_dicom_preamble(path: str | os.PathLike) -> bool:
-    """True when the file starts with DICOM's 128-byte preamble and ``DICM`` (False also when unreadable)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def require_regular_file(path: str | os.PathLike, what: str = "file") -> os.stat_result:
     """``os.stat`` of ``path`` after checking it is a regular file, so that opening it cannot block.
 
