@@ -39,7 +39,7 @@ class SegTaskConfig:
     Attributes:
         data: Decathlon-style datalist JSON (``training`` / ``validation`` entries with ``dataset``).
         model: a registered name (``mome-nano``) or a saved model directory to continue from.
-        overrides: config fields of the registered model (``{"feature_size": 24}``).
+        overrides: config fields of the registered model (``{"backbone": {"feature_size": 24}}``).
         patch_size: training patch in voxels (default: the model's ``roi_size``; written into the model).
         spacing: training spacing in mm (default: the model's; written into the model).
         cache: preprocess every volume once into ``cache_dir`` and read patches from memory maps (False:
