@@ -52,7 +52,7 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         if value != value:
             return "n/a"
-        if value.is_integer() and abs(value) >= 1:
+        if value.is_integer():
             return f"{value:.0f}"
         return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
     return html.escape(str(value))
