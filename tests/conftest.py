@@ -106,17 +106,14 @@ def http_server():
 def damage_shard():
     """``damage_shard(shard, key)`` slips a sample ``key`` with an undecodable PNG and a report in after the
     shard's first sample (a shard damaged in storage; its index.json count no longer matches)."""
-    import io
     import tarfile
+
+    from testkit.data import write_tar
 
     def damage(shard, key: str = "broken") -> None:
         with tarfile.open(shard) as tar:
             members = [(m.name, tar.extractfile(m).read()) for m in tar]
         members[3:3] = [(f"{key}.png", b"\x89PNG\r\n not really"), (f"{key}.txt", b"Chest x-ray: damaged file.")]
-        with tarfile.open(shard, "w") as tar:
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+        write_tar(shard, members)
 
     return damage

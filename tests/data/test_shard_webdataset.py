@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import tarfile
 import tracemalloc
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
-from testkit.data import make_manifest
+from testkit.data import make_manifest, write_tar
 from webdataset.tariterators import tar_file_iterator
 
 from medmoe.data import shard_files
@@ -27,15 +26,6 @@ def _png(value: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), value, np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _tar(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_a_bare_webdataset_pipeline_reads_the_samples_medmoe_wrote(tmp_path):
@@ -53,7 +43,7 @@ def test_a_bare_webdataset_pipeline_reads_the_samples_medmoe_wrote(tmp_path):
 
 
 def test_a_repeated_extension_starts_a_new_sample_under_the_same_key(tmp_path):
-    shard = _tar(tmp_path / "repeat.tar", [("a.png", _png(1)), ("a.txt", b"first"), ("a.txt", b"second"),
+    shard = write_tar(tmp_path / "repeat.tar", [("a.png", _png(1)), ("a.txt", b"first"), ("a.txt", b"second"),
                                            ("b.png", _png(2)), ("b.txt", b"third")])
     samples = list(iter_tar_samples(str(shard)))
     assert [(key, sorted(members)) for key, members in samples] == [("a", ["png", "txt"]), ("a", ["txt"]),

@@ -71,3 +71,16 @@ def make_manifest(
         )
     path = write_manifest(rows, root / name)
     return path, rows
+
+
+def write_tar(path: str | Path, members: list[tuple[str, bytes]]) -> Path:
+    """A plain tar at ``path`` holding ``members`` (name, bytes) in that order (shards built by hand)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return Path(path)
