@@ -29,9 +29,9 @@ import os
 import re
 from pathlib import Path
 
-from medmoe.data.adapters.common import ImportResult, hash_split, require_dir, require_some_image
+from medmoe.data.adapters.common import ImportResult, hash_split, require_dir
 from medmoe.data.adapters.labelled import label_row
-from medmoe.data.adapters.unimed_folds import SPLITS, read_fold_csv
+from medmoe.data.adapters.unimed_folds import FoldLayout, find_fold_csv, read_folds
 from medmoe.errors import InvalidInputError, MissingFileError
 
 NAME = "busi"
@@ -40,7 +40,8 @@ NORMAL_CHOICES = ("benign", "exclude", "class")
 SPLIT_CHOICES = ("fold", "hash")
 _MASK = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-_FOLD_LABELS = {"benign": "benign", "malignant": "malignant"}
+_FOLD = FoldLayout(NAME, "breast_{split}_fold{fold}.csv", 0, 1,
+                   {"benign": "benign", "malignant": "malignant"}, "ultrasound")
 
 
 def _class_images(base: Path) -> dict[str, list[Path]]:
@@ -64,12 +65,6 @@ def _class_images(base: Path) -> dict[str, list[Path]]:
     return images
 
 
-def _fold_csv(root: Path, base: Path, split: str, fold: int) -> Path | None:
-    name = f"breast_{split}_fold{fold}.csv"
-    places = dict.fromkeys([root, root / "dataframe", base, base / "dataframe"])
-    return next((folder / name for folder in places if (folder / name).is_file()), None)
-
-
 def _label(folder_class: str, fold_label: str, normal: str) -> str | None:
     """The row's class: the fold's label, or for a ``normal`` image what ``normal`` says (None: left out)."""
     if folder_class != "normal":
@@ -78,32 +73,26 @@ def _label(folder_class: str, fold_label: str, normal: str) -> str | None:
 
 
 def _rows_from_fold(root: Path, base: Path, images: dict[str, list[Path]], fold: int, normal: str) -> ImportResult:
-    test_csv = _fold_csv(root, base, "test", fold)
-    if test_csv is None:
+    folders = list(dict.fromkeys([root, root / "dataframe", base, base / "dataframe"]))
+    if find_fold_csv(folders, _FOLD.csv_name("test", fold)) is None:
         raise MissingFileError(f"{root}: cannot find RadImageNet's BUSI fold breast_test_fold{fold}.csv (looked in "
                                f"{root}, {root / 'dataframe'}, {base} and {base / 'dataframe'}; it is published in "
                                "github.com/BMEII-AI/RadImageNet under breast/dataframe/); or choose split='hash'")
     by_name = {p.name: (label, p) for label, paths in images.items() for p in paths}
-    result = ImportResult(NAME)
-    for split in SPLITS:
-        path = _fold_csv(root, base, split, fold)
-        if path is None:
-            continue
-        split_result = ImportResult(NAME)
-        for image, fold_label in read_fold_csv(path, 0, 1, _FOLD_LABELS):
-            name = image.replace("\\", "/").rsplit("/", 1)[-1]
-            if name not in by_name:
-                split_result.skip("missing image", f"{base}/*/{name}")
-                continue
-            folder_class, file = by_name[name]
-            label = _label(folder_class, fold_label, normal)
-            if label is None:
-                split_result.skip("normal image left out (normal='exclude')", str(file))
-                continue
-            split_result.rows.append(label_row(file, label, dataset=NAME, split=split, modality="ultrasound"))
-        require_some_image(split_result, path)
-        result.extend(split_result)
-    return result
+
+    def add(rows: ImportResult, path: Path, split: str, image: str, fold_label: str) -> None:
+        name = image.replace("\\", "/").rsplit("/", 1)[-1]
+        if name not in by_name:
+            rows.skip("missing image", f"{base}/*/{name}")
+            return
+        folder_class, file = by_name[name]
+        label = _label(folder_class, fold_label, normal)
+        if label is None:
+            rows.skip("normal image left out (normal='exclude')", str(file))
+        else:
+            rows.rows.append(label_row(file, label, dataset=NAME, split=split, modality="ultrasound"))
+
+    return read_folds(_FOLD, folders, fold, add)
 
 
 def _rows_by_hash(images: dict[str, list[Path]], normal: str, test_fraction: float) -> ImportResult:

@@ -31,6 +31,7 @@ from medmoe.data.adapters.common import (
     existing_path,
     find_first,
     pick_column,
+    positive_labels,
     read_csv_table,
     require_columns,
     require_dir,
@@ -61,17 +62,6 @@ def image_path(base: Path, relative: str) -> Path:
         candidates.append(base.joinpath(*parts[1:]))  # the CSV inside CheXpert-v1.0: drop that prefix
     candidates.append(base.parent / relative)
     return existing_path(candidates)
-
-
-def _positive(record: dict[str, str], columns: list[str]) -> list[str]:
-    labels = []
-    for column in columns:
-        try:
-            if float(record.get(column) or 0) == 1.0:
-                labels.append(column)
-        except ValueError:
-            continue
-    return labels
 
 
 def import_chexpert5x200(
@@ -106,7 +96,7 @@ def import_chexpert5x200(
         if skip_missing and not image.is_file():
             result.skip("missing image", str(image))
             continue
-        labels = _positive(record, present)
+        labels = positive_labels(record, present)
         if not labels:
             result.skip("no positive class", record[path_column])
             continue

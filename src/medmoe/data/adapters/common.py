@@ -8,6 +8,7 @@ import hashlib
 import io
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,15 +38,14 @@ class ImportResult:
     def log(self) -> ImportResult:
         """Log the skipped entries (one warning per reason) and return self."""
         for reason, paths in self.skipped.items():
-            log_skipped(self.source, reason, paths)
+            if paths:  # one warning per kind of skipped row, with a count and a few examples
+                logger.warning("%s: skipped %d row(s) with %s: %s", self.source, len(paths), reason,
+                               _examples(paths, 3))
         logger.info("%s: %d rows", self.source, len(self.rows))
         return self
 
     def split_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.rows:
-            counts[row.split or "none"] = counts.get(row.split or "none", 0) + 1
-        return counts
+        return dict(Counter(row.split or "none" for row in self.rows))
 
 
 def require_dir(root: str | os.PathLike, source: str) -> Path:
@@ -110,6 +110,23 @@ def require_columns(rows: list[dict[str, str]], columns: list[str], path: Path) 
         raise CorruptFileError(f"{path}: missing column(s) {missing}; found {list(rows[0])}")
 
 
+def stable_hash(key: str) -> int:
+    """A 64-bit hash of ``key``, the same on every machine and run (SHA-1's first 8 bytes)."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big")
+
+
+def positive_labels(record: dict[str, str], columns: list[str]) -> list[str]:
+    """The ``columns`` of ``record`` marked positive (1.0); blank, uncertain and other values are not."""
+    labels = []
+    for column in columns:
+        try:
+            if float(record.get(column) or "nan") == 1.0:
+                labels.append(column)
+        except ValueError:
+            continue
+    return labels
+
+
 def hash_split(key: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
     """A stable train/val/test assignment from a key (the same on every machine and run).
 
@@ -119,17 +136,15 @@ def hash_split(key: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise InvalidInputError(f"split fractions must be three non-negative shares summing to 1, got {fractions}")
-    value = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    value = stable_hash(key) / 2**64
     if value < fractions[0]:
         return "train"
     return "val" if value < fractions[0] + fractions[1] else "test"
 
 
-def log_skipped(source: str, reason: str, paths: list[str]) -> None:
-    """One warning per kind of skipped row, with a count and a few examples."""
-    if paths:
-        examples = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
-        logger.warning("%s: skipped %d row(s) with %s: %s", source, len(paths), reason, examples)
+def _examples(items: list[str], count: int) -> str:
+    """The first ``count`` of ``items``, comma-separated, with ``, ...`` when there are more."""
+    return ", ".join(items[:count]) + (", ..." if len(items) > count else "")
 
 
 def require_some_image(result: ImportResult, table: Path, reason: str = "missing image") -> None:
@@ -141,5 +156,6 @@ def require_some_image(result: ImportResult, table: Path, reason: str = "missing
     """
     missing = result.skipped.get(reason, [])
     if missing and not result.rows and len(missing) == sum(len(v) for v in result.skipped.values()):
-        examples = ", ".join(missing[:2]) + (", ..." if len(missing) > 2 else "")
-        raise MissingFileError(f"{table}: none of the {len(missing)} images it names exists (looked for {examples})")
+        raise MissingFileError(
+            f"{table}: none of the {len(missing)} images it names exists (looked for {_examples(missing, 2)})"
+        )

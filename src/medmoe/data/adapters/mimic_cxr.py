@@ -23,7 +23,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from medmoe.data.adapters.common import ImportResult, find_first, read_csv_table, require_columns, require_dir
+from medmoe.data.adapters.common import (
+    ImportResult,
+    find_first,
+    positive_labels,
+    read_csv_table,
+    require_columns,
+    require_dir,
+)
 from medmoe.data.manifest import ManifestRow, normalize_split
 from medmoe.errors import CorruptFileError, MissingFileError
 
@@ -90,17 +97,6 @@ def _reports_location(path: Path) -> Path:
                            f"the folder holding {REPORTS_ZIP}, or that zip)")
 
 
-def _positive_labels(record: dict[str, str], columns: list[str]) -> list[str]:
-    labels = []
-    for column in columns:
-        try:
-            if float(record.get(column) or "nan") == 1.0:
-                labels.append(column)
-        except ValueError:
-            continue
-    return labels
-
-
 def import_mimic_cxr(
     root: str | os.PathLike,
     *,
@@ -140,7 +136,7 @@ def import_mimic_cxr(
         table = read_csv_table(labels_path)
         require_columns(table, ["subject_id", "study_id"], labels_path)
         columns = [c for c in (table[0] if table else {}) if c not in ("subject_id", "study_id")]
-        labels = {(r["subject_id"], r["study_id"]): _positive_labels(r, columns) for r in table}
+        labels = {(r["subject_id"], r["study_id"]): positive_labels(r, columns) for r in table}
 
     report_roots = [_reports_location(Path(reports_root))] if reports_root is not None else []
     reports = _Reports(report_roots + [root])

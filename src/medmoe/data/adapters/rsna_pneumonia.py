@@ -16,7 +16,6 @@ and as many normal patients (those of lowest hash), as MedCLIP's ``rsna-balanced
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from medmoe.data.adapters.common import (
@@ -26,6 +25,7 @@ from medmoe.data.adapters.common import (
     read_csv_table,
     require_columns,
     require_dir,
+    stable_hash,
 )
 from medmoe.data.adapters.labelled import label_row
 from medmoe.errors import CorruptFileError, MissingFileError
@@ -33,10 +33,6 @@ from medmoe.errors import CorruptFileError, MissingFileError
 NAME = "rsna-pneumonia"
 CLASSES = ("normal", "pneumonia")
 IMAGE_FOLDERS = ("stage_2_train_images", "stage_1_train_images")
-
-
-def _hash(key: str) -> int:
-    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big")
 
 
 def import_rsna_pneumonia(
@@ -88,7 +84,7 @@ def import_rsna_pneumonia(
     if balanced_test:
         keep = min(len(test["normal"]), len(test["pneumonia"]))
         for label in CLASSES:
-            test[label] = sorted(sorted(test[label], key=_hash)[:keep])
+            test[label] = sorted(sorted(test[label], key=stable_hash)[:keep])
     for label in CLASSES:
         result.rows += [label_row(images / f"{pid}.dcm", label, dataset=NAME, split="test", modality="xray")
                         for pid in test[label]]

@@ -18,31 +18,8 @@ required; train and val CSVs are read when present. Other folds are chosen with 
 
 from __future__ import annotations
 
-import os
-
-from medmoe.data.adapters.common import ImportResult
-from medmoe.data.adapters.unimed_folds import LAYOUTS, import_fold_layout
+from medmoe.data.adapters.unimed_folds import fold_adapter
 
 NAME = "thyroid-us"
-CLASSES = ("benign", "malignant")
 
-
-def import_thyroid_us(
-    root: str | os.PathLike,
-    *,
-    fold: int = 1,
-    skip_missing: bool = True,
-    progress: bool = False,
-) -> ImportResult:
-    """Rows of the fold's test CSV (split ``test``) and, when present, its train and val CSVs.
-
-    Args:
-        root: the thyroid task folder (RadImageNet), its ``dataframe`` folder, or UniMed-CLIP's ``thyroid_us``.
-        fold: which ``thyroid_{train,val,test}_fold{N}.csv`` to read.
-        skip_missing: leave out rows whose image does not exist.
-        progress: unused; accepted so every adapter takes the same options.
-
-    Raises:
-        MissingFileError: no test CSV of that fold, or none of a CSV's images exists.
-    """
-    return import_fold_layout(root, LAYOUTS[NAME], fold=fold, skip_missing=skip_missing)
+import_thyroid_us = fold_adapter(NAME)

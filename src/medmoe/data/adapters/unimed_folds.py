@@ -31,6 +31,7 @@ file is its own balanced sample (not public); its train file, if any, is looked 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +106,30 @@ def read_fold_csv(path: Path, image_column: int, label_column: int, labels: dict
     return pairs
 
 
-def find_fold_csv(root: Path, layout: FoldLayout, split: str, fold: int) -> Path | None:
-    """The CSV of ``split`` in ROOT or ``ROOT/dataframe``, or None."""
-    name = layout.csv_name(split, fold)
-    return next((root / folder / name for folder in CSV_FOLDERS if (root / folder / name).is_file()), None)
+def find_fold_csv(folders: Sequence[Path], name: str) -> Path | None:
+    """The CSV ``name`` in the first of ``folders`` that holds it, or None."""
+    return next((folder / name for folder in folders if (folder / name).is_file()), None)
+
+
+def read_folds(layout: FoldLayout, folders: Sequence[Path], fold: int,
+               add: Callable[[ImportResult, Path, str, str, str], None]) -> ImportResult:
+    """The rows of each split's CSV of ``fold`` found in ``folders``: ``add(rows, csv, split, image, class)``
+    turns each CSV row into a row of ``rows`` (or a skipped entry).
+
+    Raises:
+        MissingFileError: none of a CSV's images exists.
+    """
+    result = ImportResult(layout.name)
+    for split in SPLITS:
+        path = find_fold_csv(folders, layout.csv_name(split, fold))
+        if path is None:
+            continue
+        split_result = ImportResult(layout.name)
+        for image, label in read_fold_csv(path, layout.image_column, layout.label_column, layout.labels):
+            add(split_result, path, split, image, label)
+        require_some_image(split_result, path)
+        result.extend(split_result)
+    return result
 
 
 def import_fold_layout(root: str | os.PathLike, layout: FoldLayout, *, fold: int = 1,
@@ -122,29 +143,25 @@ def import_fold_layout(root: str | os.PathLike, layout: FoldLayout, *, fold: int
     if not isinstance(fold, int) or fold < 1:
         raise InvalidInputError(f"fold {fold!r}: expected a positive integer (RadImageNet publishes folds 1-5)")
     root = require_dir(root, layout.name)
+    folders = [root / folder for folder in CSV_FOLDERS]
     test_name = layout.csv_name("test", fold)
-    if find_fold_csv(root, layout, "test", fold) is None:
+    if find_fold_csv(folders, test_name) is None:
         raise MissingFileError(f"{root}: cannot find the {layout.name} test fold (looked for {test_name} in "
                                f"{root} and {root / 'dataframe'})")
-    result = ImportResult(layout.name)
-    for split in SPLITS:
-        path = find_fold_csv(root, layout, split, fold)
-        if path is None:
-            continue
-        split_result = ImportResult(layout.name)
-        for image, label in read_fold_csv(path, layout.image_column, layout.label_column, layout.labels):
-            image_path = existing_path([root / image, path.parent / image, path.parent.parent / image])
-            if skip_missing and not image_path.is_file():
-                split_result.skip("missing image", str(image_path))
-                continue
-            split_result.rows.append(label_row(image_path, label, dataset=layout.name, split=split,
-                                               modality=layout.modality))
-        require_some_image(split_result, path)
-        result.extend(split_result)
-    return result.log()
+
+    def add(rows: ImportResult, path: Path, split: str, image: str, label: str) -> None:
+        image_path = existing_path([root / image, path.parent / image, path.parent.parent / image])
+        if skip_missing and not image_path.is_file():
+            rows.skip("missing image", str(image_path))
+        else:
+            rows.rows.append(label_row(image_path, label, dataset=layout.name, split=split,
+                                       modality=layout.modality))
+
+    return read_folds(layout, folders, fold, add).log()
 
 
-def _adapter(source: str):
+def fold_adapter(source: str) -> Callable[..., ImportResult]:
+    """The import function of ``source``, one of :data:`LAYOUTS`."""
     layout = LAYOUTS[source]
 
     def run(root: str | os.PathLike, *, fold: int = 1, skip_missing: bool = True,
@@ -157,7 +174,7 @@ def _adapter(source: str):
     return run
 
 
-import_unimed_breast_us = _adapter("unimed-breast-us")
-import_unimed_acl_mri = _adapter("unimed-acl-mri")
-import_unimed_meniscus_mri = _adapter("unimed-meniscus-mri")
-import_unimed_rsna_pneumonia = _adapter("unimed-rsna-pneumonia")
+import_unimed_breast_us = fold_adapter("unimed-breast-us")
+import_unimed_acl_mri = fold_adapter("unimed-acl-mri")
+import_unimed_meniscus_mri = fold_adapter("unimed-meniscus-mri")
+import_unimed_rsna_pneumonia = fold_adapter("unimed-rsna-pneumonia")
