@@ -44,8 +44,7 @@ _SPLIT_SYNONYMS = {
     "validation": "val", "dev": "val", "test": "test", "testing": "test",
 }
 LABEL_SEPARATOR = "|"
-_CSV_SUFFIXES = (".csv",)
-_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 @dataclass
@@ -76,12 +75,8 @@ class ManifestRow:
 def normalize_split(value: str | None) -> str | None:
     """``"validate"`` -> ``"val"`` etc.; None for empty; an unknown value is returned unchanged
     (``medmoe data check`` reports it)."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    if not text:
-        return None
-    return _SPLIT_SYNONYMS.get(text.lower(), text)
+    text = _blank(value)
+    return None if text is None else _SPLIT_SYNONYMS.get(text.lower(), text)
 
 
 def manifest_format(path: str | os.PathLike) -> str:
@@ -91,11 +86,10 @@ def manifest_format(path: str | os.PathLike) -> str:
         InvalidInputError: any other suffix.
     """
     name = os.fspath(path).lower()
-    if name.endswith(_CSV_SUFFIXES):
-        return "csv"
-    if name.endswith(_JSONL_SUFFIXES):
-        return "jsonl"
-    raise InvalidInputError(f"{os.fspath(path)}: manifest must end in .csv, .jsonl or .ndjson")
+    fmt = next((fmt for suffix, fmt in _FORMATS.items() if name.endswith(suffix)), None)
+    if fmt is None:
+        raise InvalidInputError(f"{os.fspath(path)}: manifest must end in .csv, .jsonl or .ndjson")
+    return fmt
 
 
 def _blank(value: object) -> str | None:
@@ -308,33 +302,23 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path
     rows = list(rows)
     extra_keys = sorted({k for r in rows for k in r.extra})
     buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS) + extra_keys, lineterminator="\n")
     if fmt == "csv":
-        writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS) + extra_keys, lineterminator="\n")
         writer.writeheader()
-        for r in rows:
-            writer.writerow(
-                {
-                    "image": _relative_image(r.image, base),
-                    "report": r.report,
-                    "modality": r.modality or "",
-                    "labels": LABEL_SEPARATOR.join(r.labels),
-                    "dataset": r.dataset or "",
-                    "split": r.split or "",
-                    **{k: r.extra.get(k, "") for k in extra_keys},
-                }
-            )
-    else:
-        for r in rows:
-            record = {
-                "image": _relative_image(r.image, base),
-                "report": r.report,
-                "modality": r.modality,
-                "labels": list(r.labels),
-                "dataset": r.dataset,
-                "split": r.split,
-                **r.extra,
-            }
-            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
+    for r in rows:
+        record = {
+            "image": _relative_image(r.image, base),
+            "report": r.report,
+            "modality": r.modality,
+            "labels": list(r.labels),
+            "dataset": r.dataset,
+            "split": r.split,
+        }
+        if fmt == "csv":  # the csv module writes None as an empty cell
+            writer.writerow({**record, "labels": LABEL_SEPARATOR.join(r.labels),
+                             **{k: r.extra.get(k, "") for k in extra_keys}})
+        else:
+            buffer.write(json.dumps({**record, **r.extra}, ensure_ascii=False) + "\n")
     _atomic_write_text(path, buffer.getvalue())
     return path
 
