@@ -10,7 +10,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,13 @@ def model_image_size(model: nn.Module) -> int:
     return int(model.config.backbone.image_size)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place (no reader sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def make_dataset(source: str | os.PathLike, split: str | None, image_size: int, *,
                  by_rank: bool = True) -> ImageReportDataset | ShardDataset:
     """The evaluation dataset of a manifest or a shard source (folder, pattern, URL): rows of ``split``
@@ -96,11 +103,9 @@ def dataset_size(dataset: ImageReportDataset | ShardDataset) -> int:
 
 def _concat(parts: Sequence[Embeddings]) -> Embeddings:
     """One :class:`Embeddings` of ``parts`` in order (the shares of the ranks)."""
-    out = Embeddings(*(torch.cat([getattr(p, name) for p in parts]) for name in
-                       ("image_embeds", "text_embeds", "expert_index", "router_probs", "modality")))
-    for name in ("labels", "reports", "paths", "indices", "bad"):
-        setattr(out, name, [x for p in parts for x in getattr(p, name)])
-    return out
+    tensors = ("image_embeds", "text_embeds", "expert_index", "router_probs", "modality")
+    return Embeddings(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) if f.name in tensors
+                         else [x for p in parts for x in getattr(p, f.name)] for f in fields(Embeddings)})
 
 
 @torch.no_grad()
@@ -133,7 +138,12 @@ def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: 
         source, total = torch.utils.data.Subset(dataset, indices), len(indices)
     loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_image_report)
-    parts: dict[str, list] = {k: [] for k in ("img", "txt", "exp", "probs", "mod")}
+    width = model.config.embed_dim
+    # each field starts from an empty block of its shape, so that a set with no readable sample concatenates too
+    parts: dict[str, list[torch.Tensor]] = {
+        "image_embeds": [torch.empty(0, width)], "text_embeds": [torch.empty(0, width if encode_reports else 0)],
+        "expert_index": [torch.empty(0, dtype=torch.long)], "router_probs": [torch.empty(0, model.num_experts)],
+        "modality": [torch.empty(0, dtype=torch.long)]}
     out = Embeddings(*(torch.empty(0) for _ in range(5)))
     if max_items is not None and total is not None:
         total = min(total, max_items)
@@ -149,27 +159,20 @@ def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: 
                 break
             continue
         features = model.image_features(batch["images"].to(device))
-        parts["img"].append(features["image_embeds"].float().cpu())
-        parts["exp"].append(features["expert_index"].cpu())
-        parts["probs"].append(features["router_probs"].float().cpu())
+        parts["image_embeds"].append(features["image_embeds"].float().cpu())
+        parts["expert_index"].append(features["expert_index"].cpu())
+        parts["router_probs"].append(features["router_probs"].float().cpu())
         n = batch["images"].shape[0]
-        parts["txt"].append(model.encode_text(batch["reports"]).float().cpu() if encode_reports else torch.empty(n, 0))
-        parts["mod"].append(batch["modality"].cpu())
+        parts["text_embeds"].append(
+            model.encode_text(batch["reports"]).float().cpu() if encode_reports else torch.empty(n, 0))
+        parts["modality"].append(batch["modality"].cpu())
         out.labels += batch["labels"]
         out.reports += batch["reports"]
         out.paths += batch["paths"]
         out.indices += batch["index"].tolist()
     bar.close()
-    if parts["img"]:
-        out.image_embeds, out.text_embeds = torch.cat(parts["img"]), torch.cat(parts["txt"])
-        out.expert_index, out.router_probs = torch.cat(parts["exp"]), torch.cat(parts["probs"])
-        out.modality = torch.cat(parts["mod"])
-    else:
-        width = model.config.embed_dim
-        out.image_embeds = torch.empty(0, width)
-        out.text_embeds = torch.empty(0, width if encode_reports else 0)
-        out.expert_index, out.router_probs = torch.empty(0, dtype=torch.long), torch.empty(0, model.num_experts)
-        out.modality = torch.empty(0, dtype=torch.long)
+    for name, blocks in parts.items():
+        setattr(out, name, torch.cat(blocks))
     for path, reason in out.bad:
         log.warning("skipped %s: %s", path, reason)
     if across_ranks:
@@ -224,13 +227,10 @@ def zero_shot_report(model: nn.Module, emb: Embeddings, *, templates: Sequence[s
 def probe_report(train: Embeddings, test: Embeddings, fractions: Sequence[float], seed: int = 0) -> dict[str, Any]:
     """Linear probes on the finding label (single-label samples) and on the modality."""
     out: dict[str, Any] = {}
-    tasks = {
-        "labels": ([s[0] if len(s) == 1 else None for s in train.labels],
-                   [s[0] if len(s) == 1 else None for s in test.labels]),
-        "modality": ([MODALITIES[m] if m >= 0 else None for m in train.modality.tolist()],
-                     [MODALITIES[m] if m >= 0 else None for m in test.modality.tolist()]),
-    }
-    for name, (ytr, yte) in tasks.items():
+    targets = {"labels": lambda e: [s[0] if len(s) == 1 else None for s in e.labels],
+               "modality": lambda e: [MODALITIES[m] if m >= 0 else None for m in e.modality.tolist()]}
+    for name, target in targets.items():
+        ytr, yte = target(train), target(test)
         itr = [i for i, y in enumerate(ytr) if y is not None]
         ite = [i for i, y in enumerate(yte) if y is not None]
         if len({ytr[i] for i in itr}) < 2 or not ite:
@@ -290,9 +290,7 @@ def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None
         out.parent.mkdir(parents=True, exist_ok=True)
         if figures:
             metrics["figures"] = _figures(model, dataset, emb, metrics, out, attention_examples, device)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        tmp.replace(out)
+        write_atomic(out, json.dumps(metrics, indent=2) + "\n")
         log.info("metrics written to %s", out)
     return metrics
 

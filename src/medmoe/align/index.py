@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medmoe import distributed
-from medmoe.align.evaluate import model_image_size
+from medmoe.align.evaluate import model_image_size, write_atomic
 from medmoe.align.faiss_index import IndexPlan, build_faiss, choose_index, import_faiss, search_faiss
 from medmoe.align.index_parts import (
     DEFAULT_CHUNK_SIZE,
@@ -231,9 +231,7 @@ def _prepare_folder(out: Path, build: dict[str, Any], overwrite: bool) -> str | 
         for name in INDEX_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".build.json.tmp"
-    tmp.write_text(json.dumps(build, indent=2) + "\n")
-    tmp.replace(recorded)
+    write_atomic(recorded, json.dumps(build, indent=2) + "\n")
     return None
 
 
@@ -323,7 +321,6 @@ def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any]) 
                                 f"see {out / 'errors.csv'}")
     _write_errors(out / "errors.csv", merged["bad"])
     dim = int(merged["images"].shape[1])
-    plan = choose_index(n, dim, kind)
     has_report = np.array([bool(item["report"]) for item in merged["items"]])
     targets = {"images": (merged["images"], None)}
     if has_report.any():
@@ -343,21 +340,17 @@ def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any]) 
             np.save(out / f"{target}.rows.npy", rows.astype(np.int64))
         else:
             (out / f"{target}.rows.npy").unlink(missing_ok=True)
-    tmp = out / ".items.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for item, expert, modality in zip(merged["items"], merged["experts"].tolist(), merged["modality"].tolist()):
-            f.write(json.dumps({**item, "expert": expert, "modality": modality}) + "\n")
-    tmp.replace(out / "items.jsonl")
+    write_atomic(out / "items.jsonl", "".join(
+        json.dumps({**item, "expert": expert, "modality": modality}) + "\n"
+        for item, expert, modality in zip(merged["items"], merged["experts"].tolist(), merged["modality"].tolist())))
     meta = {
-        "kind": plan.kind, "params": plan.params, "n": n, "dim": dim, "model": build["model"],
+        "kind": plans["images"].kind, "params": plans["images"].params, "n": n, "dim": dim, "model": build["model"],
         "model_fingerprint": build["model_fingerprint"], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "targets": list(targets), "n_reports": int(has_report.sum()), "unreadable": len(merged["bad"]),
         "data": build["data"]["source"], "split": build["data"]["split"], "requested_kind": kind,
         "indexes": {t: {"kind": p.kind, "params": p.params, "n": len(targets[t][0])} for t, p in plans.items()},
     }
-    tmp = out / ".meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(out / "meta.json")
+    write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
 
 
 def _write_errors(path: Path, bad: list[dict[str, str]]) -> None:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 4096
 PART_PATTERN = "part-{:06d}.npz"
+_ARRAYS = ("images", "reports", "experts", "modality")  # a part's arrays; its items and bad are JSON text
 
 
 class _WholeShard(ShardDataset):
@@ -88,15 +89,11 @@ class Gallery:
 
     @property
     def num_chunks(self) -> int:
-        if self.shards is not None:
-            return len(self.shards)
-        return -(-len(self.dataset) // self.chunk_size)
+        return len(self.shards) if self.shards is not None else -(-len(self.dataset) // self.chunk_size)
 
     def chunk_size_of(self, chunk: int) -> int | None:
         """Rows in ``chunk`` (None for a shard, whose count is not known before reading it)."""
-        if self.shards is not None:
-            return None
-        return len(range(chunk * self.chunk_size, min(len(self.dataset), (chunk + 1) * self.chunk_size)))
+        return None if self.shards is not None else len(self.chunk_dataset(chunk))
 
     def chunk_dataset(self, chunk: int):
         if self.shards is not None:
@@ -189,8 +186,8 @@ def write_part(folder: Path, chunk: int, part: dict[str, Any]) -> Path:
     path = part_path(folder, chunk)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=part["images"], reports=part["reports"], experts=part["experts"], modality=part["modality"],
-             items=np.asarray(json.dumps(part["items"])), bad=np.asarray(json.dumps(part["bad"])))
+    np.savez(tmp, **{name: part[name] for name in _ARRAYS}, items=np.asarray(json.dumps(part["items"])),
+             bad=np.asarray(json.dumps(part["bad"])))
     os.replace(tmp, path)
     return path
 
@@ -199,8 +196,7 @@ def read_part(path: Path) -> dict[str, Any]:
     """A part written by :func:`write_part` (no pickle)."""
     try:
         with np.load(path) as data:
-            return {"images": data["images"], "reports": data["reports"], "experts": data["experts"],
-                    "modality": data["modality"], "items": json.loads(str(data["items"])),
+            return {**{name: data[name] for name in _ARRAYS}, "items": json.loads(str(data["items"])),
                     "bad": json.loads(str(data["bad"]))}
     except (OSError, ValueError, KeyError) as err:
         raise InvalidInputError(f"{path}: unreadable index part ({err}); delete it to embed that chunk again") from None
@@ -212,11 +208,5 @@ def merge_parts(folder: Path, num_chunks: int) -> dict[str, Any]:
     if missing:
         raise InvalidInputError(f"{folder}: index parts of chunk(s) {missing[:5]} missing; run the build again")
     parts = [read_part(part_path(folder, c)) for c in range(num_chunks)]
-    return {
-        "images": np.concatenate([p["images"] for p in parts]),
-        "reports": np.concatenate([p["reports"] for p in parts]),
-        "experts": np.concatenate([p["experts"] for p in parts]),
-        "modality": np.concatenate([p["modality"] for p in parts]),
-        "items": [item for p in parts for item in p["items"]],
-        "bad": [b for p in parts for b in p["bad"]],
-    }
+    return {**{name: np.concatenate([p[name] for p in parts]) for name in _ARRAYS},
+            "items": [item for p in parts for item in p["items"]], "bad": [b for p in parts for b in p["bad"]]}
