@@ -69,9 +69,9 @@ def to_three_channels(image: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Per-channel ``(x - mean) / std`` on a ``(3, H, W)`` tensor."""
-    m = torch.as_tensor(mean, dtype=image.dtype).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=image.dtype).view(-1, 1, 1)
+    """Per-channel ``(x - mean) / std`` on a ``(3, H, W)`` tensor (or a ``(B, 3, H, W)`` batch)."""
+    m = torch.as_tensor(mean, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     return (image - m) / s
 
 
@@ -108,9 +108,7 @@ def normalize_uint8_batch(
         raise InvalidInputError(f"expected uint8 images, got {images.dtype}")
     if images.dim() != 4 or images.shape[1] != len(mean):
         raise InvalidInputError(f"expected a (B, {len(mean)}, H, W) batch, got shape {tuple(images.shape)}")
-    m = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - m) / s
+    return normalize(images.float() / 255.0, mean, std)
 
 
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
@@ -263,11 +261,9 @@ class ImageTransform:
         """
         x = to_tensor(image)
         if self.train:
-            x = self._augment_geometry(x, generator)
+            x = self._augment_intensity(self._augment_geometry(x, generator), generator)
         else:
             x = resize_pad(x, self.image_size)
-        if self.train:
-            x = self._augment_intensity(x, generator)
         if self.normalized:
             return normalize(to_three_channels(x), self.mean, self.std)
         return to_three_channels(to_uint8(x))
