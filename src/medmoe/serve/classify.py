@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,6 +121,22 @@ def prepare_image(path: str | Path, image_size: int) -> tuple[torch.Tensor, np.n
     return x[None], to_rgb(x.permute(1, 2, 0).numpy()), getattr(meta, "modality", None)
 
 
+def answer_each(requests: Sequence[tuple], check: Callable[..., Any], work: Callable[[list], Sequence]) -> list:
+    """The answer to each request, in order: ``work`` answers the checked requests (``check(*request)``) as one
+    batch; a request whose check raises a medmoe error has that error as its answer."""
+    answers: list = [None] * len(requests)
+    checked = []
+    for position, request in enumerate(requests):
+        try:
+            checked.append((position, check(*request)))
+        except MedMoEError as err:
+            answers[position] = err
+    if checked:
+        for (position, _), answer in zip(checked, work([item for _, item in checked])):
+            answers[position] = answer
+    return answers
+
+
 def content_words(words: Sequence[str], count: int = WORD_MAPS) -> list[int]:
     """Positions of up to ``count`` words worth a map: content words, else any word with a letter."""
     from medmoe.align.figures import pick_words
@@ -161,34 +178,12 @@ class Classifier:
         return clf
 
     @torch.no_grad()
-    def classify(self, path: str | Path, classes_text: str, text: str = "") -> ClassifyResult:
-        """Classify the image at ``path`` against the classes of ``classes_text``; attention of ``text``
-        (default: the top class's first prompt).
-
-        Raises:
-            InvalidInputError: bad class list or text; MedMoEError: an unreadable image.
-        """
-        result = self.classify_many([(path, classes_text, text)])[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    @torch.no_grad()
     def classify_many(self, requests: Sequence[tuple[str | Path, str, str]]) -> list[ClassifyResult | MedMoEError]:
-        """:meth:`classify` of several ``(path, classes_text, text)`` requests, their images through the model
-        as one batch and their texts as another. A request's medmoe error (an unreadable image, a bad class
-        list) is its entry in the list; the others are answered."""
-        answers: list[ClassifyResult | MedMoEError | None] = [None] * len(requests)
-        prepared: list[tuple[int, _Prepared]] = []
-        for position, (path, classes_text, text) in enumerate(requests):
-            try:
-                prepared.append((position, self._prepare(path, classes_text, text)))
-            except MedMoEError as err:
-                answers[position] = err
-        if prepared:
-            for (position, _), answer in zip(prepared, self._answer([item for _, item in prepared])):
-                answers[position] = answer
-        return answers
+        """Classify the image of each ``(path, classes_text, text)`` request against the classes of
+        ``classes_text``, with the attention of ``text`` (default: the top class's first prompt); the images go
+        through the model as one batch and the texts as another. A request's medmoe error (an unreadable image,
+        a bad class list or text) is its entry in the list; the others are answered."""
+        return answer_each(requests, self._prepare, self._answer)
 
     def _prepare(self, path: str | Path, classes_text: str, text: str) -> _Prepared:
         names = parse_classes(classes_text)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -87,19 +86,6 @@ class Thumbnails:
         return data
 
 
-def load_index(path: str | os.PathLike):
-    """Load a saved index folder (``medmoe align index``) with :class:`medmoe.align.index.SearchIndex`.
-
-    Raises:
-        InvalidInputError: the path does not exist.
-    """
-    from medmoe.align.index import SearchIndex
-
-    if not Path(path).exists():
-        raise InvalidInputError(f"--index {path}: no such folder (write one with `medmoe align index`)")
-    return SearchIndex.load(path)
-
-
 def resolve_image(path: str, root: Path | None) -> Path:
     """A hit's image path; a relative path that does not exist as given is looked up under ``root``."""
     p = Path(path)
@@ -143,9 +129,8 @@ def check_query(query: str, k: int) -> tuple[str, int]:
 
 
 def find_hits(model: nn.Module, index, queries: Sequence[tuple[str, int]]) -> list[list]:
-    """The hits of checked ``(query, k)`` pairs (:func:`check_query`), the texts encoded as one batch."""
-    if not queries:
-        return []
+    """The hits of checked ``(query, k)`` pairs (:func:`check_query`, at least one), the texts encoded as one
+    batch."""
     hits = index.search_text(model, [query for query, _ in queries], k=max(k for _, k in queries))
     return [found[:k] for found, (_, k) in zip(hits, queries)]
 

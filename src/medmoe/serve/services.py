@@ -8,8 +8,8 @@ encodes their texts and images as one batch each.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from medmoe.errors import InvalidInputError, MedMoEError
-from medmoe.serve.classify import Classifier, ClassifyResult
+from medmoe.serve.classify import Classifier, ClassifyResult, answer_each
 from medmoe.serve.results import KeptViews, ResultFolders
 from medmoe.serve.search import SearchResult, Thumbnails, check_query, find_hits, hits_result
 from medmoe.serve.segment import SegView, gather_prompts, segment_upload
@@ -106,18 +106,12 @@ class Services:
         queries are encoded as one batch."""
         if not self.can_search:
             raise InvalidInputError("no index loaded: start `medmoe serve` with --index IDX")
-        answers: list[SearchResult | MedMoEError | None] = [None] * len(requests)
-        checked = []
-        for position, (query, k) in enumerate(requests):
-            try:
-                checked.append((position, check_query(query, k)))
-            except MedMoEError as err:
-                answers[position] = err
+        return answer_each(requests, check_query, self._search_checked)
+
+    def _search_checked(self, queries: list[tuple[str, int]]) -> list[SearchResult]:
         with self._model_lock, torch.no_grad():
-            hits = find_hits(self.model, self.index, [query for _, query in checked])
-        for (position, _), found in zip(checked, hits):
-            answers[position] = hits_result(found, self.index_root, self.thumbnails)
-        return answers
+            hits = find_hits(self.model, self.index, queries)
+        return [hits_result(found, self.index_root, self.thumbnails) for found in hits]
 
     def classify(self, upload, classes: str, text: str = "") -> ClassifyResult:
         return _one(self.classify_many([(upload, classes, text)]))
@@ -127,19 +121,15 @@ class Services:
         list); the images are encoded as one batch, and so are the texts."""
         if not self.can_classify:
             raise InvalidInputError("no MedMoE model loaded: start `medmoe serve` with --model M")
-        answers: list[ClassifyResult | MedMoEError | None] = [None] * len(requests)
-        checked = []
-        for position, (upload, classes, text) in enumerate(requests):
-            try:
-                checked.append((position, uploaded_file(upload, self.limits, what="an image (PNG, JPEG, DICOM)"),
-                                classes, text))
-            except MedMoEError as err:
-                answers[position] = err
+        return answer_each(requests, lambda upload, classes, text: (
+            uploaded_file(upload, self.limits, what="an image (PNG, JPEG, DICOM)"), classes, text),
+            self._classify_checked)
+
+    def _classify_checked(self, checked: list[tuple[Path, str, str]]) -> list[ClassifyResult | MedMoEError]:
         with self._model_lock:
-            found = self.classifier.classify_many([(path, classes, text) for _, path, classes, text in checked])
-        for (position, path, _, _), answer in zip(checked, found):
-            answers[position] = named_after_upload(answer, path) if isinstance(answer, MedMoEError) else answer
-        return answers
+            found = self.classifier.classify_many(checked)
+        return [named_after_upload(answer, path) if isinstance(answer, MedMoEError) else answer
+                for answer, (path, _, _) in zip(found, checked)]
 
     def segment(self, upload, selected: list[str] | None, free_text: str = "", fast: bool = False, *,
                 out_dir: Path | None = None) -> SegView:
@@ -149,15 +139,10 @@ class Services:
             raise InvalidInputError("no MoME model loaded: start `medmoe serve` with --seg-model S")
         prompts = gather_prompts(selected, free_text)
         path = uploaded_file(upload, self.limits, what="a CT (.nii, .nii.gz or a .zip of a DICOM series)")
-        if out_dir is not None:
-            return self._segment(path, prompts, Path(out_dir), fast)
-        with self.results.open("segment") as folder:
-            return self._segment(path, prompts, folder, fast)
-
-    def _segment(self, path: Path, prompts: list[str], out_dir: Path, fast: bool) -> SegView:
-        with self._seg_lock:
+        folder = self.results.open("segment") if out_dir is None else contextlib.nullcontext(Path(out_dir))
+        with folder as out, self._seg_lock:
             try:
-                return segment_upload(self.seg_model, path, prompts, out_dir, self.limits, device=self.device,
+                return segment_upload(self.seg_model, path, prompts, out, self.limits, device=self.device,
                                       fast=fast)
             except MedMoEError as err:
                 renamed = named_after_upload(err, path)
@@ -168,7 +153,7 @@ class Services:
     def close(self) -> None:
         """Remove the result folders, and the scratch folder when this object made it."""
         self.results.close()
-        if self._own_workdir and os.path.isdir(self.workdir):
+        if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -199,9 +184,9 @@ def load_services(model_dir: str | None, seg_model_dir: str | None, index_dir: s
     seg_model = load_model(seg_model_dir, device=str(resolved)) if seg_model_dir else None
     index = None
     if index_dir:
-        from medmoe.serve.search import load_index
+        from medmoe.align.index import SearchIndex
 
-        index = load_index(index_dir)
+        index = SearchIndex.load(index_dir)
     logger.info("serving on %s: model %s, seg model %s, index %s", resolved, model_dir, seg_model_dir, index_dir)
     return Services(model, seg_model, index, index_root=Path(index_dir) if index_dir else None, device=resolved,
                     limits=limits)
