@@ -53,6 +53,9 @@ _EXTENSIONS = {
     ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg",
     ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp",
 }
+# Leading bytes of the formats that have them; gzip is the only compressed format read here (NIfTI).
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"),
+          (b"MM\x00*", "tiff"), (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"), (b"\x1f\x8b", "nifti"))
 _HEAD_BYTES = 552  # enough for the DICOM preamble and both NIfTI header magics
 
 
@@ -71,14 +74,9 @@ def detect_format(head: bytes, name: str = "") -> str | None:
     """
     if head[128:132] == b"DICM":
         return "dicom"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head[:2] == b"\x1f\x8b":
-        return "nifti"  # the only gzipped format read here
+    signed = next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+    if signed is not None:
+        return signed
     if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1") and head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
         return "nifti"
     if len(head) >= 8 and head[4:7] == b"n+2":

@@ -41,15 +41,11 @@ def robust_rescale(
     # Percentiles of a subsample: exact enough for a display range and much faster on large images.
     subsample = source[:: max(1, source.size // 1_000_000)].astype(np.float64)
     subsample = subsample[np.isfinite(subsample)]
-    if subsample.size == 0:
-        return np.zeros(np.shape(values), dtype=np.float32)
-    low, high = np.percentile(subsample, [low_pct, high_pct])
-    if high <= low:
+    low, high = np.percentile(subsample, [low_pct, high_pct]) if subsample.size else (0.0, 0.0)
+    if subsample.size and high <= low:
         finite = source[np.isfinite(source)] if source.dtype.kind == "f" else source
-        if finite.size == 0:
-            return np.zeros(np.shape(values), dtype=np.float32)
-        low, high = float(finite.min()), float(finite.max())
-    if high <= low:
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if high <= low:  # constant, or nothing finite
         return np.zeros(np.shape(values), dtype=np.float32)
     out = np.asarray(values).astype(np.float32)
     out -= np.float32(low)

@@ -6,6 +6,8 @@ import gzip
 import io
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -49,7 +51,7 @@ def load_nifti(
             size = os.path.getsize(path) if not str(path).lower().endswith(".gz") else None
         else:
             raw = _inflate_nifti(data, name, max_voxels) if data[:2] == b"\x1f\x8b" else data
-            image, size = _from_bytes(raw), len(raw)
+            image, size = _either_version(lambda image_class, _: image_class.from_bytes(raw)), len(raw)
     except (CorruptFileError, InvalidInputError):
         raise
     except Exception as err:
@@ -58,19 +60,11 @@ def load_nifti(
     return image
 
 
-def _from_bytes(raw: bytes) -> nib.spatialimages.SpatialImage:
-    for cls in (nib.Nifti1Image, nib.Nifti2Image):
+def _either_version(load: Callable[[type, type], Any]) -> Any:
+    """``load(image class, header class)`` of NIfTI-1, else of NIfTI-2."""
+    for classes in ((nib.Nifti1Image, nib.Nifti1Header), (nib.Nifti2Image, nib.Nifti2Header)):
         try:
-            return cls.from_bytes(raw)
-        except Exception:  # try the other NIfTI version
-            continue
-    raise ValueError("neither a NIfTI-1 nor a NIfTI-2 header")
-
-
-def _header_of(head: bytes) -> nib.Nifti1Header:
-    for cls in (nib.Nifti1Header, nib.Nifti2Header):
-        try:
-            return cls.from_fileobj(io.BytesIO(head), check=False)
+            return load(*classes)
         except Exception:  # try the other NIfTI version
             continue
     raise ValueError("neither a NIfTI-1 nor a NIfTI-2 header")
@@ -80,7 +74,7 @@ def _inflate_nifti(data: bytes, name: str, max_voxels: int | None) -> bytes:
     """Gunzip a NIfTI file held in memory, reading its header first and then only the bytes it announces."""
     with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
         head = stream.read(544)  # a NIfTI-2 header is 540 bytes, NIfTI-1 348 (+ 4 extension flag bytes)
-        header = _header_of(head)
+        header = _either_version(lambda _, header: header.from_fileobj(io.BytesIO(head), check=False))
         check_nifti_size(header, name, max_voxels=max_voxels)
         return head + stream.read(max(0, _data_end(header) - len(head)))
 

@@ -156,9 +156,7 @@ def _stored(im: Image.Image, factor: int = 1) -> tuple[np.ndarray, float | None]
     already."""
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        if factor > 1:
-            return _floats(im, factor), 1.0 / 65535.0
-        return np.asarray(im), 1.0 / 65535.0
+        return (_floats(im, factor) if factor > 1 else np.asarray(im)), 1.0 / 65535.0
     if mode == "I":
         stored = np.asarray(im)
         # Pillow opens some 16-bit PNGs as 32-bit "I"; keep their 16-bit scale when the values fit.
