@@ -10,12 +10,12 @@ with it), else the output of a Modality LUT or palette lookup; windowing then ru
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import struct
 import warnings
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -203,13 +203,10 @@ def read_dicom_header(source: str | os.PathLike | BinaryIO, name: str, *, defer_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about every oddity it tolerates
         try:
-            if isinstance(source, str | os.PathLike):
-                with open(source, "rb") as handle:
-                    guard = _AscendingTags(handle, stop_before_pixels)
-                    ds = read_partial(handle, guard, defer_size=defer_size, force=True)
-            else:
-                guard = _AscendingTags(source, stop_before_pixels)
-                ds = read_partial(source, guard, force=True)
+            path = isinstance(source, str | os.PathLike)
+            with open(source, "rb") if path else contextlib.nullcontext(source) as handle:
+                guard = _AscendingTags(handle, stop_before_pixels)
+                ds = read_partial(handle, guard, defer_size=defer_size, force=True)
         except CorruptFileError:
             raise
         except Exception as err:  # pydicom raises many types for malformed input
@@ -244,8 +241,8 @@ def read_dicom(source: str | BinaryIO, name: str, options: ReadOptions) -> tuple
     with warnings.catch_warnings():
         # force=True lets preamble-less files through; pydicom warns about every oddity it tolerates.
         warnings.simplefilter("ignore")
-        ds, layout = _checked_dataset(source, name, options)
-        index = _frame_index(layout, options.frame, name)
+        ds, frames, shape = _checked_dataset(source, name, options)
+        index = _frame_index(frames, options.frame, name)
         image, photometric = _frame_to_unit(ds, index, options, name)
     require_finite(image, f"{name}: DICOM pixel data")
     meta = ImageMeta(
@@ -256,32 +253,18 @@ def read_dicom(source: str | BinaryIO, name: str, options: ReadOptions) -> tuple
         body_part=(_text(ds.get("BodyPartExamined")) or "").lower() or None,
         spacing=_spacing(ds),
         photometric=photometric,
-        original_shape=layout.shape,
+        original_shape=shape,
         frame=index,
         description=_description(ds),
     )
     return np.ascontiguousarray(image, dtype=np.float32), meta
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Rows, columns, samples per pixel and frames of a DICOM image, from its header."""
-
-    rows: int
-    cols: int
-    samples: int
-    frames: int
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The stored shape: (frames,) rows, columns (, samples)."""
-        shape = (self.frames, self.rows, self.cols) if self.frames > 1 else (self.rows, self.cols)
-        return shape + ((self.samples,) if self.samples > 1 else ())
-
-
-def _checked_dataset(source: str | BinaryIO, name: str, options: ReadOptions) -> tuple[Dataset, _Layout]:
-    """The dataset (pixel data not decoded) and its layout, after the sniff and the size limits: a deflated
-    file's header is inflated and checked first, then the dataset read and checked again."""
+def _checked_dataset(source: str | BinaryIO, name: str,
+                     options: ReadOptions) -> tuple[Dataset, int, tuple[int, ...]]:
+    """The dataset (pixel data not decoded), its frame count and its stored shape ((frames,) rows, columns
+    (, samples)), after the sniff and the size limits: a deflated file's header is inflated and checked
+    first, then the dataset read and checked again."""
     require_dicom(source, name)  # a few hundred bytes decide, before pydicom parses anything
     limits = (options.max_pixels, options.max_decoded_bytes)
     try:
@@ -297,22 +280,18 @@ def _checked_dataset(source: str | BinaryIO, name: str, options: ReadOptions) ->
     ds = read_dicom_header(source, name)
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         raise CorruptFileError(f"{name}: DICOM file has no pixel data (or is not DICOM at all)")
-    try:
-        layout = _Layout(int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1),
-                         int(ds.get("NumberOfFrames", 1) or 1))
-    except Exception as err:
-        raise CorruptFileError(f"{name}: DICOM image attributes missing or malformed ({err})") from err
-    check_dicom_size(ds, name, *limits)
-    return ds, layout
+    rows, cols, samples, frames, _ = check_dicom_size(ds, name, *limits)
+    shape = (frames, rows, cols) if frames > 1 else (rows, cols)
+    return ds, frames, shape + ((samples,) if samples > 1 else ())
 
 
-def _frame_index(layout: _Layout, frame: int | None, name: str) -> int | None:
+def _frame_index(frames: int, frame: int | None, name: str) -> int | None:
     """The frame to decode: ``frame``, the middle one by default, None for a single-frame image."""
-    if frame is not None and not 0 <= frame < layout.frames:
-        raise InvalidInputError(f"{name}: frame {frame} out of range; the file has {layout.frames} frame(s)")
-    if layout.frames == 1:
+    if frame is not None and not 0 <= frame < frames:
+        raise InvalidInputError(f"{name}: frame {frame} out of range; the file has {frames} frame(s)")
+    if frames == 1:
         return None
-    return layout.frames // 2 if frame is None else frame
+    return frames // 2 if frame is None else frame
 
 
 def _frame_to_unit(ds: Dataset, index: int | None, options: ReadOptions, name: str) -> tuple[np.ndarray, str]:

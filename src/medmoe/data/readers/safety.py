@@ -6,6 +6,7 @@ See :mod:`medmoe.limits` for the limits and how to raise them.
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 import zlib
@@ -65,9 +66,12 @@ def require_regular_file(path: str | os.PathLike, what: str = "file") -> os.stat
 
 
 def check_dicom_size(ds: Dataset, name: str, max_pixels: int | None = None,
-                     max_decoded_bytes: int | None = None) -> None:
+                     max_decoded_bytes: int | None = None) -> tuple[int, int, int, int, int]:
     """Refuse a DICOM dataset whose Rows x Columns x SamplesPerPixel x NumberOfFrames exceeds the pixel limit,
     or whose decoded pixel data (those values x BitsAllocated rounded up to bytes) exceeds the byte budget.
+
+    Returns:
+        ``(rows, columns, samples per pixel, frames, bytes per sample)`` of the dataset.
 
     Raises:
         CorruptFileError: the attributes are missing or not numbers.
@@ -90,6 +94,7 @@ def check_dicom_size(ds: Dataset, name: str, max_pixels: int | None = None,
     check_budget(name, what, frames * rows * cols * samples, MAX_PIXELS_ENV, max_pixels)
     check_budget(name, f"{what} x {sample_bytes} byte(s)", frames * rows * cols * samples * sample_bytes,
                  MAX_DECODED_BYTES_ENV, max_decoded_bytes, unit="bytes")
+    return rows, cols, samples, frames, sample_bytes
 
 
 def inflated_header(source: str | BinaryIO, name: str, max_pixels: int | None = None,
@@ -127,10 +132,7 @@ def inflated_header(source: str | BinaryIO, name: str, max_pixels: int | None = 
                               stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
     except Exception as err:  # truncated inside an element: a header over 8 MiB, or damage
         raise CorruptFileError(f"{name}: deflated DICOM header unreadable ({type(err).__name__}: {err})") from err
-    check_dicom_size(header, name, max_pixels, max_decoded_bytes)
-    bits = int(header.get("BitsAllocated", 16) or 16)
-    announced = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1) or 1)
-    announced *= int(header.get("NumberOfFrames", 1) or 1) * max(1, -(-bits // 8))
+    announced = math.prod(check_dicom_size(header, name, max_pixels, max_decoded_bytes))
     if total > announced + _SLACK_BYTES:
         raise DecodeLimitError(
             f"{name}: deflated DICOM inflates to more than {announced + _SLACK_BYTES:,} bytes while its header "
