@@ -81,17 +81,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
                "progress": not args.no_progress, "cache_dir": args.cache_dir, "max_items": args.max_items}
     if args.suite == "zeroshot":
         result = run_zeroshot_suite(model, args.root, args.sets, **options)
-        print(format_zeroshot_table(result, label=_label(args.model)))
+        print(format_zeroshot_table(result, label=Path(args.model).name or args.model))
     else:
         result = run_probe_suite(model, args.root, args.sets, seeds=seeds, **options)
-        print(format_probe_table(result, label=_label(args.model)))
+        print(format_probe_table(result, label=Path(args.model).name or args.model))
     if out is not None:
         write_suite_json(result, out, model=args.model, max_items=args.max_items)
         print(f"results: {out}")
     return 0
-
-
-def _label(model: str) -> str:
-    from pathlib import Path
-
-    return Path(model).name or model

@@ -151,10 +151,8 @@ def run_search(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.index}: built from a model in memory; give --model")
     model, _ = _load(name, resolve_device(args.device))
     queries = args.text or args.image
-    if args.text:
-        results = index.search_text(model, queries, k=args.k, target=args.target)
-    else:
-        results = index.search_image(model, queries, k=args.k, target=args.target)
+    search = index.search_text if args.text else index.search_image
+    results = search(model, queries, k=args.k, target=args.target)
     if args.json:
         print(json.dumps({"index": args.index, "model": name, "target": args.target, "kind": index.meta["kind"],
                           "queries": [{"query": q, "hits": [asdict(h) for h in hits]}

@@ -55,13 +55,8 @@ def command_text(run: Callable[..., Any], *, keep_lines: bool) -> tuple[str | No
 def add_command_group(sub: argparse._SubParsersAction, name: str, *, help: str) -> argparse._SubParsersAction:
     """``medmoe NAME``: a group of sub-commands (returned, to add them to); the group alone prints its help."""
     parser = sub.add_parser(name, help=help)
-    parser.set_defaults(func=lambda args: _print_help(parser))
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
     return parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 MODEL_HELP = "saved model directory (or a registered name, untrained)"

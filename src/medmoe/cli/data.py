@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Build a manifest from a public corpus in the layout it is distributed in. "
         "`medmoe data import SOURCE --help` shows the folder tree SOURCE expects and the source it follows.")
     sources = imp.add_subparsers(dest="source", metavar="SOURCE", required=True)
-    for source in _import_sources():
+    from medmoe.data.adapters import SOURCES  # one list of adapters: the library's
+
+    for source in sorted(SOURCES):
         _add_import_parser(sources, source)
 
     shard = add_command(group, "shard", run_shard)
@@ -45,12 +47,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 FOLD_SOURCES = ("thyroid-us", "unimed-breast-us", "unimed-acl-mri", "unimed-meniscus-mri", "unimed-rsna-pneumonia")
-
-
-def _import_sources() -> list[str]:
-    from medmoe.data.adapters import SOURCES  # one list of adapters: the library's
-
-    return sorted(SOURCES)
 
 
 def _add_import_parser(sources: argparse._SubParsersAction, source: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from unittest import mock
 
 from medmoe.cli.main import build_parser
 from medmoe.settings import SettingsParser
@@ -56,16 +57,9 @@ def command_parsers(parser: SettingsParser) -> Iterator[SettingsParser]:
 
 def reference() -> str:
     """The text of docs/cli.md."""
-    previous = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = str(WIDTH)  # argparse wraps help at the terminal's width
-    try:
+    with mock.patch.dict(os.environ, {"COLUMNS": str(WIDTH)}):  # argparse wraps help at the terminal's width
         sections = [f"## {p.prog}\n\n```text\n{p.format_help().rstrip()}\n```\n"
                     for p in command_parsers(build_parser())]
-    finally:
-        if previous is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = previous
     return "\n".join([PREAMBLE, *sections])
 
 

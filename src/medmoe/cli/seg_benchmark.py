@@ -26,6 +26,11 @@ def _millimetres(text: str) -> float:
     return value
 
 
+def _score(value: float | None) -> str:
+    """A score as `seg eval` prints it: three decimals in six columns, ``n/a`` when there is none."""
+    return "   n/a" if value is None else f"{value:6.3f}"
+
+
 def add_seg_eval_arguments(parser: argparse.ArgumentParser, *, max_cases_help: str) -> None:
     """The sliding-window and metric flags of ``medmoe seg eval`` and ``medmoe seg benchmark``."""
     parser.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD boundary tolerance in mm (default 2)")
@@ -62,15 +67,11 @@ def eval_spacing_lines(report: dict) -> list[str]:
     at = report.get("at_eval_spacing")
     if not at:
         return []
-
-    def num(value: float | None) -> str:
-        return "   n/a" if value is None else f"{value:6.3f}"
-
     label = spacing_label(at["spacing_mm"])
     lines = [f"at {label}: {'class':20s} {'dice':>6s} {'nsd':>6s}  n"]
-    lines += [f"at {label}: {name:20s} {num(row['dice'])} {num(row['nsd'])}  {row['n']}"
+    lines += [f"at {label}: {name:20s} {_score(row['dice'])} {_score(row['nsd'])}  {row['n']}"
               for name, row in at["per_class"].items()]
-    lines.append(f"at {label}: {'mean':20s} {num(at['mean']['dice'])} {num(at['mean']['nsd'])}")
+    lines.append(f"at {label}: {'mean':20s} {_score(at['mean']['dice'])} {_score(at['mean']['nsd'])}")
     return lines
 
 
@@ -106,18 +107,14 @@ def run_eval(args: argparse.Namespace) -> int:
                       overlay_dir=args.overlays, nsd_tolerance_mm=args.nsd_tolerance, threshold=args.threshold,
                       overlap=args.overlap, sw_batch_size=args.sw_batch_size, device=torch.device(args.device) if args.device else None,
                       max_cases=args.max_cases, progress=not args.no_progress, eval_spacing=eval_spacing_of(args))
-
-    def fmt(v):
-        return "   n/a" if v is None else f"{v:6.3f}"
-
     print(f"{'class':28s} {'dice':>6s} {'hd95':>7s} {'nsd':>6s}  n")
     for name, row in report["per_class"].items():
         hd = "    n/a" if row["hd95"] is None else f"{row['hd95']:7.1f}"
-        print(f"{name:28s} {fmt(row['dice'])} {hd} {fmt(row['nsd'])}  {row['n']}")
+        print(f"{name:28s} {_score(row['dice'])} {hd} {_score(row['nsd'])}  {row['n']}")
     mean = report["mean"]
-    print(f"{'mean':28s} {fmt(mean['dice'])} {'':7s} {fmt(mean['nsd'])}")
+    print(f"{'mean':28s} {_score(mean['dice'])} {'':7s} {_score(mean['nsd'])}")
     for name, det in report["tumour_detection"].items():
-        print(f"{name}: sensitivity {fmt(det['sensitivity'])}, specificity {fmt(det['specificity'])} "
+        print(f"{name}: sensitivity {_score(det['sensitivity'])}, specificity {_score(det['specificity'])} "
               f"(tp {det['tp']} fn {det['fn']} tn {det['tn']} fp {det['fp']})")
     for line in eval_spacing_lines(report):
         print(line)
