@@ -30,6 +30,7 @@ of the shard is lost). Output shards read with a bare ``webdataset.WebDataset(ur
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -56,7 +57,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys
 from medmoe.data.dataset import BadSample
 from medmoe.data.manifest import ManifestRow, normalize_split, read_manifest
 from medmoe.data.readers import read_image
-from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
+from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError, MissingFileError
 from medmoe.limits import MAX_MEMBER_BYTES_ENV, limit
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ INDEX_NAME = "index.json"
 SHARD_FORMAT = "medmoe-shards/1"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "nii", "nii.gz")
 _TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+_SAVE_OPTIONS = {"png": {"format": "PNG", "compress_level": 1}, "jpg": {"format": "JPEG", "quality": 95}}
 
 
 @dataclass
@@ -83,10 +85,7 @@ def _encode(image: np.ndarray, fmt: str, max_size: int | None) -> bytes:
         scale = max_size / max(pil.size)
         pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR)
     buffer = io.BytesIO()
-    if fmt == "png":
-        pil.save(buffer, format="PNG", compress_level=1)
-    else:
-        pil.save(buffer, format="JPEG", quality=95)
+    pil.save(buffer, **_SAVE_OPTIONS[fmt])
     return buffer.getvalue()
 
 
@@ -95,7 +94,7 @@ def _check_write_options(per_shard: int, image_format: str, max_size: int | None
         raise InvalidInputError(f"per_shard must be >= 1, got {per_shard}")
     if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
         raise InvalidInputError(f"max_size must be a positive number of pixels or None, got {max_size!r}")
-    if image_format not in ("png", "jpg"):
+    if image_format not in _SAVE_OPTIONS:
         raise InvalidInputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
 
 
@@ -287,8 +286,6 @@ def open_shard(url: str) -> BinaryIO:
     Raises:
         MissingFileError / CorruptFileError: the shard cannot be opened (naming it and why).
     """
-    from medmoe.errors import MissingFileError
-
     if not is_remote(url):
         path = url.removeprefix("file://")
         if not os.path.isfile(path):
@@ -396,7 +393,6 @@ def _checked_members(url: str, allowed: int, refused: list[str]) -> Iterator[tup
     """
     stream = open_shard(url)
     closed = False
-    failure: Exception | None = None
     last_key = None
     try:
         for name, data, problem in _tar_members(stream, url, allowed):
@@ -414,15 +410,11 @@ def _checked_members(url: str, allowed: int, refused: list[str]) -> Iterator[tup
     except MedMoEError:
         raise
     except Exception as err:  # tarfile, zlib, lzma, OSError, EOFError ...: every tar error names the shard
-        failure = err
+        raise CorruptFileError(f"{url}: unreadable tar shard ({type(err).__name__}: {err})") from err
     finally:
         if not closed:
-            try:
+            with contextlib.suppress(Exception):  # the first error is the one worth reporting
                 stream.close()
-            except Exception:  # noqa: BLE001 - the first error is the one worth reporting
-                pass
-    if failure is not None:
-        raise CorruptFileError(f"{url}: unreadable tar shard ({type(failure).__name__}: {failure})") from failure
 
 
 def iter_tar_samples(url: str, *, max_member_bytes: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -501,10 +493,8 @@ def sample_metadata(members: dict[str, bytes]) -> dict[str, Any]:
 def _count_members(url: str, split: str | None) -> int:
     if split is None and not is_remote(url):
         return len(scan_shard(url))
-    count = 0
-    for _, members in iter_tar_samples(url):
-        count += split is None or normalize_split(sample_metadata(members).get("split")) in (None, split)
-    return count
+    return sum(split is None or normalize_split(sample_metadata(members).get("split")) in (None, split)
+               for _, members in iter_tar_samples(url))
 
 
 def shard_sample_counts(shards: Sequence[str], split: str | None = None, *, progress: bool = False) -> list[int]:
