@@ -46,8 +46,7 @@ def extract_sections(text: str) -> dict[str, str]:
     "impression", "finding" becomes "findings". Repeated sections are joined.
     """
     sections: dict[str, str] = {}
-    matches = list(_HEADER.finditer(text))
-    bounds = [(m.start(), m.end(), _section_name(m)) for m in matches]
+    bounds = [(m.start(), m.end(), _section_name(m)) for m in _HEADER.finditer(text)]
     first = bounds[0][0] if bounds else len(text)
     if text[:first].strip():
         sections[""] = text[:first].strip()

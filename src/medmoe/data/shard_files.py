@@ -462,16 +462,11 @@ def _read_index(shards: Sequence[str]) -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {}
     for folder in dict.fromkeys(url.rsplit("/", 1)[0] if "/" in url else "." for url in shards):
         location = f"{folder}/{INDEX_NAME}"
+        if location.startswith("pipe:") or not (is_remote(location) or os.path.isfile(location)):
+            continue
         try:
-            if is_remote(location):
-                if location.startswith("pipe:"):
-                    continue
-                with open_shard(location) as handle:
-                    data = json.loads(handle.read().decode("utf-8"))
-            elif os.path.isfile(location):
-                data = json.loads(Path(location).read_text(encoding="utf-8"))
-            else:
-                continue
+            with open_shard(location) as handle:
+                data = json.loads(handle.read().decode("utf-8"))
         except (MedMoEError, OSError, ValueError) as err:
             logger.info("no usable %s (%s): counting samples in the shards", location, err)
             continue

@@ -73,12 +73,8 @@ def report_text(sections: dict[str, str]) -> str:
 
 def mesh_labels(terms: list[str]) -> list[str]:
     """``["Opacity/lung/base/left", "normal"]`` -> ``["opacity", "normal"]`` (unique, in order)."""
-    labels: list[str] = []
-    for term in terms:
-        head = term.split("/")[0].strip().lower()
-        if head and head not in _IGNORED_MESH and head not in labels:
-            labels.append(head)
-    return labels
+    heads = (term.split("/")[0].strip().lower() for term in terms)
+    return list(dict.fromkeys(head for head in heads if head and head not in _IGNORED_MESH))
 
 
 def import_iu_xray(

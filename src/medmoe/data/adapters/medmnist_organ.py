@@ -96,10 +96,8 @@ def _npz_file(path: Path, view: str) -> Path:
 
 def _unimed_csv(root: Path, view: str) -> Path | None:
     """UniMed-CLIP's ``annotations.csv`` of ``view`` in ``root`` or ``root/organs_<view>``, or None."""
-    for folder in (root / UNIMED_FOLDERS[view], root):
-        if (folder / UNIMED_CSV).is_file():
-            return folder / UNIMED_CSV
-    return None
+    return next((folder / UNIMED_CSV for folder in (root / UNIMED_FOLDERS[view], root)
+                 if (folder / UNIMED_CSV).is_file()), None)
 
 
 def _organ_label(value: str, path: Path, number: int) -> str:
@@ -188,8 +186,7 @@ def import_organ_mnist(
         raise InvalidInputError(f"MedMNIST split(s) {unknown}: expected some of {list(SPLITS)}")
     path = Path(root)
     if path.is_file():
-        result = _rows_from_npz(_npz_file(path, view), view, splits, cache_dir, progress)
-        return result.log()
+        return _rows_from_npz(_npz_file(path, view), view, splits, cache_dir, progress).log()
     root = require_dir(root, VIEWS[view])
     table_path = _unimed_csv(root, view)
     if table_path is not None and not any(root.glob(f"{VIEWS[view]}*.npz")):

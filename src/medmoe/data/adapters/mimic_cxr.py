@@ -54,10 +54,8 @@ class _Reports:
         self.zip_names: dict[str, str] = {}
         archive = next((r if r.is_file() else r / REPORTS_ZIP for r in roots
                         if r.is_file() or (r / REPORTS_ZIP).is_file()), None)
-        if archive is not None:
-            self._open(archive)
-
-    def _open(self, archive: Path) -> None:
+        if archive is None:
+            return
         try:
             self.zip = zipfile.ZipFile(archive)
         except (zipfile.BadZipFile, OSError) as err:

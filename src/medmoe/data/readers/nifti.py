@@ -220,8 +220,6 @@ def _to_display(plane: np.ndarray, axes: dict) -> tuple[np.ndarray, tuple[int, i
     """Rows run anterior -> posterior, columns patient right -> left (RAS+: +x is right, +y anterior)."""
     (x_axis, x_flip), (y_axis, y_flip) = axes["x"], axes["y"]
     in_plane = sorted((x_axis, y_axis))
-    if plane.ndim != 2:
-        return plane, (0, 1)
     # After removing the axial axis, the lower voxel axis is plane axis 0.
     if in_plane.index(y_axis) != 0:
         plane = plane.T
