@@ -9,7 +9,7 @@ Lite0 is EfficientNet-B0 made for integer accelerators: no squeeze-and-excitatio
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 
 import torch
@@ -28,13 +28,7 @@ IMAGENET = "imagenet"
 _BN = {"eps": 1e-3, "momentum": 0.01}  # TensorFlow's batch-norm defaults, which the weights were trained with
 
 
-@dataclass(frozen=True)
-class _Stage:
-    expand: int
-    kernel: int
-    stride: int
-    out_channels: int
-    repeats: int
+_Stage = namedtuple("_Stage", "expand kernel stride out_channels repeats")
 
 
 # EfficientNet-B0's stages at width and depth 1.0 (Lite0 keeps them; only stem, head and activations change)
@@ -144,9 +138,8 @@ class EfficientNetLite0(PyramidBackbone):
         self.feature_info = FeatureInfo(channels, tuple(_LEVELS.values()), _HEAD)
         self.check_size(config.image_size, config.image_size)
         #: what config.weights filled (None: no weights file was loaded)
-        self.load_report: LoadReport | None = None
-        if load_pretrained and config.weights:
-            self.load_report = load_effnet_weights(self, config.weights)
+        self.load_report: LoadReport | None = (load_effnet_weights(self, config.weights)
+                                               if load_pretrained and config.weights else None)
 
     def smallest_size(self) -> tuple[int, int]:
         return 32, 32
@@ -164,8 +157,8 @@ class EfficientNetLite0(PyramidBackbone):
 
         images = self._rgb_batch(images)
         # ImageNet mean / std -> Lite0's (pixel - 127) / 128, pixel in 0..255
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        mean, std = (torch.tensor(v, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+                     for v in (IMAGENET_MEAN, IMAGENET_STD))
         x = (images * std + mean) * (255 / 128) - 127 / 128
         x = F.relu6(self._bn0(self._conv_stem(x)))
         features = []

@@ -45,9 +45,8 @@ def backbone_kinds(spatial_dims: int | None = None) -> list[str]:
     """Every kind :func:`build_backbone` accepts (only the ``spatial_dims``-D ones when given; that imports
     the built-in kinds' modules)."""
     kinds = sorted({*_BUILTIN, *_REGISTERED})
-    if spatial_dims is None:
-        return kinds
-    return [k for k in kinds if backbone_class(k).spatial_dims == spatial_dims]
+    return (kinds if spatial_dims is None
+            else [k for k in kinds if backbone_class(k).spatial_dims == spatial_dims])
 
 
 def backbone_class(kind: str) -> type[PyramidBackbone]:

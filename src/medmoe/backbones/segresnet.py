@@ -6,12 +6,12 @@ from __future__ import annotations
 from monai.networks.nets import SegResNet
 from torch import Tensor, nn
 
-from medmoe.backbones.pyramid import FeatureInfo, Pyramid, PyramidBackbone
-from medmoe.backbones.swinunetr import norm_name
+from medmoe.backbones.pyramid import FeatureInfo, Pyramid
+from medmoe.backbones.swinunetr import VolumePyramid, norm_name
 from medmoe.errors import InvalidInputError
 
 
-class SegResNetFeatures(PyramidBackbone):
+class SegResNetFeatures(VolumePyramid):
     """MONAI's SegResNet encoder and decoder, returning the decoder pyramid instead of logits.
 
     The MONAI network is kept whole (``self.net``) so that its state dict keeps MONAI's names; its final
@@ -36,7 +36,6 @@ class SegResNetFeatures(PyramidBackbone):
         [(8, 32, 32, 32), (16, 16, 16, 16), (32, 8, 8, 8), (64, 4, 4, 4)]
     """
 
-    spatial_dims = 3
     config_fields = ("feature_size", "depths", "norm")
     size_limits = {"feature_size": (1, 1024), "depths": (1, 48)}
     weight_fields = ()
@@ -44,8 +43,10 @@ class SegResNetFeatures(PyramidBackbone):
     may_leave_parameters_unused = False
 
     def __init__(self, config, *, in_channels: int = 1, load_pretrained: bool = True) -> None:
-        super().__init__()
         f, depths = config.feature_size, tuple(config.depths)
+        levels = len(depths)
+        super().__init__(config.norm, 2 ** (levels - 1), f"this SegResNet downsamples {levels - 1} times",
+                         "or norm='group'")
         if f <= 0:
             raise InvalidInputError(f"backbone.feature_size must be positive, got {f}")
         if len(depths) < 2:
@@ -54,35 +55,9 @@ class SegResNetFeatures(PyramidBackbone):
                              norm=norm_name(config.norm, f), blocks_down=depths,
                              blocks_up=(1,) * (len(depths) - 1))
         self.net.conv_final = nn.Identity()
-        self.norm = config.norm
-        levels = len(depths)
         self.feature_info = FeatureInfo(channels=tuple(f * 2**i for i in range(levels)),
                                         reductions=tuple(2**i for i in range(levels)),
                                         pooled_channels=f * 2 ** (levels - 1))
-
-    @property
-    def _deepest(self) -> int:
-        return self.feature_info.reductions[-1]
-
-    def smallest_size(self) -> tuple[int, int, int]:
-        """The deepest stride per side, doubled along one axis with instance norm (more than one bottleneck
-        voxel)."""
-        r = self._deepest
-        return (2 * r, r, r) if self.norm == "instance" else (r, r, r)
-
-    def check_size(self, *size: int) -> None:
-        """Raise unless every side of a (D, H, W) volume is a multiple of the deepest stride, and with instance
-        norm the bottleneck has more than one voxel."""
-        self._check_dims(size)
-        r = self._deepest
-        if any(side <= 0 or side % r for side in size):
-            raise InvalidInputError(
-                f"volume spatial size {tuple(size)} must be multiples of {r} (this SegResNet downsamples "
-                f"{len(self.feature_info) - 1} times)")
-        if self.norm == "instance" and all(side == r for side in size):
-            raise InvalidInputError(
-                f"volume {tuple(size)} leaves a single bottleneck voxel, which instance norm cannot normalise; "
-                f"use at least {2 * r} voxels along one axis (or norm='group')")
 
     def forward(self, volume: Tensor) -> Pyramid:
         """The pyramid of a (B, C, D, H, W) volume (size not checked here: MoME checks it with its advice)."""

@@ -82,14 +82,8 @@ class SwinPyramid(PyramidBackbone):
         self.feature_info = FeatureInfo(channels, tuple(config.patch_size * 2**s for s in range(4)), channels[-1])
         self.check_size(config.image_size, config.image_size)
         #: what config.weights filled (None: no weights file was loaded)
-        self.load_report: LoadReport | None = None
-        if load_pretrained and config.weights:
-            self.load_report = load_backbone_weights(self, config.weights)
-
-    @property
-    def out_channels(self) -> int:
-        """Channels of the pooled feature (the deepest level)."""
-        return self.feature_info.pooled_channels
+        self.load_report: LoadReport | None = (load_backbone_weights(self, config.weights)
+                                               if load_pretrained and config.weights else None)
 
     @property
     def compile_target(self) -> nn.Module:
@@ -178,33 +172,23 @@ def remap_medclip_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         A state dict with ``swin.swin.*`` / ``swin.hidden_states_norms.*`` keys, ready for
         ``SwinPyramid.load_state_dict(..., strict=False)``.
     """
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        name = medclip_key(key)
-        if name is not None:
-            out[name] = value
-    return out
+    return {name: value for key, value in state.items() if (name := medclip_key(key)) is not None}
 
 
 def medclip_key(key: str) -> str | None:
     """The :class:`SwinPyramid` name of one MedCLIP-style checkpoint key (None: not a Swin weight); see
     :func:`remap_medclip_state_dict`."""
-    prefixes = ("module.", "vision_model.model.", "vision_model.", "img_encoder.model.", "image_encoder.model.",
-                "model.")
-    name = key
-    for prefix in prefixes:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    if name.startswith("swin."):
-        name = name[len("swin."):]
+    for prefix in ("module.", "vision_model.model.", "vision_model.", "img_encoder.model.",
+                   "image_encoder.model.", "model.", "swin."):
+        key = key.removeprefix(prefix)
     for old, new in _RENAMES_4X:
-        name = name.replace(old, new)
-    if name.startswith("hidden_states_norms."):
-        return f"swin.{name}"
-    if name.startswith(("embeddings.", "encoder.")) and "relative_position_index" not in name:
-        return f"swin.swin.{name}"
-    if name in ("layernorm.weight", "layernorm.bias"):
-        return f"swin.hidden_states_norms.stage4.{name.split('.')[-1]}"
+        key = key.replace(old, new)
+    if key.startswith("hidden_states_norms."):
+        return f"swin.{key}"
+    if key.startswith(("embeddings.", "encoder.")) and "relative_position_index" not in key:
+        return f"swin.swin.{key}"
+    if key in ("layernorm.weight", "layernorm.bias"):
+        return f"swin.hidden_states_norms.stage4.{key.split('.')[-1]}"
     return None
 
 
@@ -222,8 +206,7 @@ def load_backbone_weights(net: SwinPyramid, source: str) -> LoadReport:
     """
     path = Path(source)
     if path.is_dir():
-        files = [path / "model.safetensors", path / "pytorch_model.bin"]
-        found = [f for f in files if f.is_file()]
+        found = [f for f in (path / "model.safetensors", path / "pytorch_model.bin") if f.is_file()]
         if not found:
             raise InvalidInputError(f"{path}: no model.safetensors or pytorch_model.bin in this directory")
         path = found[0]
@@ -238,8 +221,7 @@ def load_backbone_weights(net: SwinPyramid, source: str) -> LoadReport:
     mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     if mismatched:
         raise CorruptFileError(f"{path}: shapes differ from the configured Swin for {mismatched[:5]}")
-    missing = sorted(set(own) - set(usable))
     net.load_state_dict(usable, strict=False)
-    unexpected = sorted(k for k in raw if medclip_key(k) not in own)
-    return LoadReport(str(path), "Swin backbone (SwinPyramid)", matched=sorted(usable), missing=missing,
-                      unexpected=unexpected).log(log)
+    return LoadReport(str(path), "Swin backbone (SwinPyramid)", matched=sorted(usable),
+                      missing=sorted(set(own) - set(usable)),
+                      unexpected=sorted(k for k in raw if medclip_key(k) not in own)).log(log)

@@ -21,12 +21,51 @@ def norm_name(norm: str, feature_size: int) -> str | tuple:
     if norm not in NORMS:
         raise InvalidInputError(f"backbone.norm must be one of {NORMS}, got {norm!r}")
     if norm == "group":
-        groups = next(g for g in (4, 3, 1) if feature_size % g == 0)
-        return ("group", {"num_groups": groups})
+        return ("group", {"num_groups": next(g for g in (4, 3, 1) if feature_size % g == 0)})
     return norm
 
 
-class SwinUNETRFeatures(PyramidBackbone):
+class VolumePyramid(PyramidBackbone):
+    """Base of the MONAI 3-D backbones: a volume fits when every side is a multiple of the deepest stride
+    and, with instance norm (which cannot normalise a single voxel), the bottleneck has more than one voxel.
+
+    Args:
+        norm: ``backbone.norm``.
+        stride: the deepest stride.
+        downsampling: what the size message says of the network's downsampling.
+        group_advice: what the single-voxel message suggests besides a larger volume.
+    """
+
+    spatial_dims = 3
+
+    def __init__(self, norm: str, stride: int, downsampling: str, group_advice: str) -> None:
+        super().__init__()
+        self.norm = norm
+        self._stride = stride
+        self._downsampling = downsampling
+        self._group_advice = group_advice
+
+    def smallest_size(self) -> tuple[int, int, int]:
+        """The deepest stride per side, doubled along one axis with instance norm (more than one bottleneck
+        voxel)."""
+        r = self._stride
+        return (2 * r, r, r) if self.norm == "instance" else (r, r, r)
+
+    def check_size(self, *size: int) -> None:
+        """Raise unless every side of a (D, H, W) volume is a multiple of the deepest stride, and with instance
+        norm the bottleneck has more than one voxel."""
+        self._check_dims(size)
+        r = self._stride
+        if any(side <= 0 or side % r for side in size):
+            raise InvalidInputError(
+                f"volume spatial size {tuple(size)} must be multiples of {r} ({self._downsampling})")
+        if self.norm == "instance" and all(side == r for side in size):
+            raise InvalidInputError(
+                f"volume {tuple(size)} leaves a single bottleneck voxel, which instance norm cannot "
+                f"normalise; use at least {2 * r} voxels along one axis ({self._group_advice})")
+
+
+class SwinUNETRFeatures(VolumePyramid):
     """MONAI's SwinUNETR encoder and decoder, returning the decoder pyramid instead of logits.
 
     The MONAI network is kept whole (``self.net``) so its weights load from MONAI checkpoints; only its
@@ -52,7 +91,6 @@ class SwinUNETRFeatures(PyramidBackbone):
         (96, 4, 4, 4)
     """
 
-    spatial_dims = 3
     config_fields = ("feature_size", "depths", "num_heads", "window_size", "norm", "use_checkpoint",
                      "drop_path_rate", "init_weights", "encoder_weights")
     size_limits = {"feature_size": (1, 1024), "depths": (0, 48), "num_heads": (1, 256),
@@ -64,7 +102,7 @@ class SwinUNETRFeatures(PyramidBackbone):
     may_leave_parameters_unused = False
 
     def __init__(self, config, *, in_channels: int = 1, load_pretrained: bool = True) -> None:
-        super().__init__()
+        super().__init__(config.norm, 32, "SwinUNETR downsamples 5 times", "or a model with norm='group'")
         f = config.feature_size
         if f <= 0 or f % 12:
             raise InvalidInputError(f"backbone.feature_size must be a positive multiple of 12, got {f}")
@@ -77,33 +115,13 @@ class SwinUNETRFeatures(PyramidBackbone):
                              use_checkpoint=config.use_checkpoint, dropout_path_rate=config.drop_path_rate,
                              spatial_dims=3)
         self.net.out = nn.Identity()
-        self.in_channels = in_channels
-        self.feature_size = f
-        self.norm = config.norm
         self.feature_info = FeatureInfo(channels=(f, f, 2 * f, 4 * f, 8 * f), reductions=(1, 2, 4, 8, 16),
                                         pooled_channels=16 * f)
         #: what the weight files filled, logged (empty when none or not ``load_pretrained``)
-        self.weight_reports: list[LoadReport] = []
-        if load_pretrained:
-            for source, part in ((config.init_weights, "full"), (config.encoder_weights, "encoder")):
-                if source:
-                    self.weight_reports.append(self.load_weights(source, part))
-
-    def smallest_size(self) -> tuple[int, int, int]:
-        """32^3, or 64 x 32 x 32 with instance norm (which needs more than one bottleneck voxel)."""
-        return (64, 32, 32) if self.norm == "instance" else (32, 32, 32)
-
-    def check_size(self, *size: int) -> None:
-        """Raise unless a (D, H, W) volume fits: every side a multiple of 32 (SwinUNETR downsamples 5 times),
-        and with instance norm more than one bottleneck voxel (it cannot normalise a single one)."""
-        self._check_dims(size)
-        if any(side <= 0 or side % 32 for side in size):
-            raise InvalidInputError(
-                f"volume spatial size {tuple(size)} must be multiples of 32 (SwinUNETR downsamples 5 times)")
-        if self.norm == "instance" and all(side == 32 for side in size):
-            raise InvalidInputError(
-                f"volume {tuple(size)} leaves a single bottleneck voxel, which instance norm cannot "
-                "normalise; use at least 64 voxels along one axis (or a model with norm='group')")
+        self.weight_reports: list[LoadReport] = [
+            self.load_weights(source, part) for source, part in ((config.init_weights, "full"),
+                                                                 (config.encoder_weights, "encoder"))
+            if load_pretrained and source]
 
     def load_weights(self, source: str, part: str = "encoder") -> LoadReport:
         """Load a MONAI SwinUNETR checkpoint: ``"encoder"`` fills the Swin ViT (MONAI's self-supervised
@@ -125,5 +143,4 @@ class SwinUNETRFeatures(PyramidBackbone):
         dec2 = net.decoder4(dec3, enc3)
         dec1 = net.decoder3(dec2, enc2)
         dec0 = net.decoder2(dec1, enc1)
-        out = net.decoder1(dec0, enc0)
-        return Pyramid([out, dec0, dec1, dec2, dec3], bottleneck)
+        return Pyramid([net.decoder1(dec0, enc0), dec0, dec1, dec2, dec3], bottleneck)
