@@ -25,9 +25,8 @@ Inputs = Tensor | Sequence[Tensor]
 
 
 def _rows(inputs: Inputs, index: Tensor) -> Inputs:
-    if isinstance(inputs, Tensor):
-        return inputs.index_select(0, index)
-    return [x.index_select(0, index) for x in inputs]
+    return (inputs.index_select(0, index) if isinstance(inputs, Tensor)
+            else [x.index_select(0, index) for x in inputs])
 
 
 def _num_rows(inputs: Inputs) -> int:
@@ -69,18 +68,6 @@ def _out_of_range_error(flat_expert: Tensor, num_experts: int) -> InvalidInputEr
     return InvalidInputError(f"expert_index holds {int(bad[0])}: out of range [0, {num_experts})")
 
 
-def _expert_counts(flat_expert: Tensor, num_experts: int) -> list[int]:
-    """Slots routed to each expert, read to the host in the dispatch's only synchronisation.
-
-    :func:`~medmoe.moe.stats.expert_counts` also checks the range: an index outside ``[0, K)`` matches no
-    expert, so the counts fall short (and only then is the index read again, for the error message).
-    """
-    counts = expert_counts(flat_expert, num_experts).tolist()
-    if sum(counts) != flat_expert.numel():
-        raise _out_of_range_error(flat_expert, num_experts)
-    return counts
-
-
 def sparse_dispatch(experts: Sequence[nn.Module], inputs: Inputs, expert_index: Tensor, gates: Tensor) -> Tensor:
     """Combine ``sum_j gates[n, j] * experts[expert_index[n, j]](inputs[n])`` running only hit experts.
 
@@ -98,18 +85,20 @@ def sparse_dispatch(experts: Sequence[nn.Module], inputs: Inputs, expert_index: 
     k = expert_index.shape[1]
     flat_expert = expert_index.reshape(-1)
     flat_gate = gates.reshape(-1)
-    counts = _expert_counts(flat_expert, len(experts))
+    # Slots routed to each expert, read to the host in the dispatch's only synchronisation. The counts also
+    # check the range: an index outside [0, K) matches no expert, so they fall short (and only then is the
+    # index read again, for the error message).
+    counts = expert_counts(flat_expert, len(experts)).tolist()
+    if sum(counts) != flat_expert.numel():
+        raise _out_of_range_error(flat_expert, len(experts))
     if k == 1 and n and max(counts) == n:  # the whole batch went to one expert: no gather, no scatter
         return _scale(_call(experts[counts.index(n)], inputs), flat_gate, inputs)
     # Slots sorted by expert: each expert's slots are one contiguous slice, cut with the host-side counts.
     order = torch.argsort(flat_expert, stable=True)
     out: Tensor | None = None
-    start = 0
-    for e, count in enumerate(counts):
-        if not count:
+    for e, slots in enumerate(order.split(counts)):
+        if not counts[e]:
             continue
-        slots = order[start : start + count]
-        start += count
         rows = slots // k if k > 1 else slots  # slot n * k + j is row n's j-th choice
         picked = _rows(inputs, rows)
         y = _scale(_call(experts[e], picked), flat_gate.index_select(0, slots), picked)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from medmoe.errors import InvalidInputError
 from medmoe.moe.precision import full_precision
-from medmoe.moe.stats import expert_counts
+from medmoe.moe.stats import expert_usage
 
 
 @full_precision
@@ -33,8 +33,7 @@ def load_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
         Scalar loss, in ``[1, K]`` for top-1 routing.
     """
     num_experts = probs.shape[-1]
-    counts = expert_counts(expert_index, num_experts).to(probs.dtype)
-    fraction = counts / counts.sum().clamp_min(1)
+    fraction = expert_usage(expert_index, num_experts, dtype=probs.dtype)
     return num_experts * (fraction * probs.mean(dim=0)).sum()
 
 

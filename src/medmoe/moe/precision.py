@@ -8,6 +8,7 @@ at least float32 (float64 stays float64).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import TypeVar
@@ -22,9 +23,7 @@ F = TypeVar("F", bound=Callable)
 
 def at_least_fp32(x: Tensor) -> Tensor:
     """``x`` in float32 when it is in a narrower floating type; float32, float64 and non-float tensors as given."""
-    if not x.is_floating_point():
-        return x
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    return x.to(torch.promote_types(x.dtype, torch.float32)) if x.is_floating_point() else x
 
 
 def full_precision(fn: F) -> F:
@@ -36,9 +35,7 @@ def full_precision(fn: F) -> F:
         args = tuple(at_least_fp32(a) if isinstance(a, Tensor) else a for a in args)
         kwargs = {k: at_least_fp32(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
         first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
-        if first is None:
-            return fn(*args, **kwargs)
-        with autocast_off(first):
+        with contextlib.nullcontext() if first is None else autocast_off(first):
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -141,10 +141,9 @@ class Router(nn.Module):
         self.top_k = top_k
         self.gate = gate
         self.jitter = jitter
-        if hidden_dim > 0:
-            self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_experts))
-        else:
-            self.net = nn.Linear(in_dim, num_experts)
+        self.net = (nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden_dim, num_experts))
+                    if hidden_dim > 0 else nn.Linear(in_dim, num_experts))
 
     def logits(self, x: Tensor) -> Tensor:
         """(N, K) float32 logits of (N, in_dim) inputs: the net in its parameters' dtype, autocast off."""

@@ -20,8 +20,7 @@ def expert_counts(expert_index: Tensor, num_experts: int) -> Tensor:
         expert_index: (N,) or (N, k) long, the chosen experts.
         num_experts: K.
     """
-    experts = torch.arange(num_experts, device=expert_index.device)
-    return (expert_index.reshape(-1, 1) == experts).sum(dim=0)
+    return (expert_index.reshape(-1, 1) == torch.arange(num_experts, device=expert_index.device)).sum(dim=0)
 
 
 def expert_usage(expert_index: Tensor, num_experts: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -110,8 +109,8 @@ def confusion_matrix(labels: Tensor | np.ndarray, experts: Tensor | np.ndarray, 
                      num_experts: int) -> np.ndarray:
     """(num_labels, num_experts) counts: row = true label (e.g. modality), column = chosen expert.
     Rows with a negative label are ignored."""
-    labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).reshape(-1)
-    experts = np.asarray(experts.cpu() if isinstance(experts, Tensor) else experts).reshape(-1)
+    labels, experts = (np.asarray(x.cpu() if isinstance(x, Tensor) else x).reshape(-1)
+                       for x in (labels, experts))
     keep = labels >= 0
     matrix = np.zeros((num_labels, num_experts), dtype=np.int64)
     np.add.at(matrix, (labels[keep], experts[keep]), 1)
