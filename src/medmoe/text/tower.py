@@ -65,10 +65,8 @@ def minilm_path() -> str:
 
 def _resolve(model: str) -> tuple[str, bool]:
     """(local directory holding the tokenizer (and config), whether it is the tiny random BERT)."""
-    if model == "minilm":
-        return minilm_path(), False
-    if model == "tiny-bert":
-        return minilm_path(), True
+    if model in ("minilm", "tiny-bert"):
+        return minilm_path(), model == "tiny-bert"
     path = Path(model)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise InvalidInputError(
@@ -132,13 +130,12 @@ class TextTower(nn.Module):
         elif clip:
             self.encoder, self.load_report = load_clip_text(directory, projection=config.projection,
                                                             pretrained=load_pretrained)
-        elif load_pretrained and config.weights:
-            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
-            self.load_report = load_open_clip_text(self.encoder, config.weights)
-        elif load_pretrained:
+        elif load_pretrained and not config.weights:
             self.encoder = AutoModel.from_pretrained(directory)
         else:
             self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
+            if load_pretrained:
+                self.load_report = load_open_clip_text(self.encoder, config.weights)
         self.pooling = config.pooling if config.pooling != "auto" else ("eos" if clip else "mean")
         self._inputs = set(inspect.signature(self.encoder.forward).parameters)
         if config.word_layers < 1:
@@ -150,9 +147,8 @@ class TextTower(nn.Module):
     @property
     def width(self) -> int:
         """H, the encoder's hidden size (CLIP's projection size with ``projection``)."""
-        if self.config.projection:
-            return self.encoder.config.projection_dim
-        return self.encoder.config.hidden_size
+        encoder = self.encoder.config
+        return encoder.projection_dim if self.config.projection else encoder.hidden_size
 
     @property
     def frozen(self) -> bool:
@@ -161,15 +157,13 @@ class TextTower(nn.Module):
     def _apply_freeze(self, freeze: str) -> None:
         if freeze == "none":
             return
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
+        self.encoder.requires_grad_(False)
         if freeze == "all":
             return
         if not freeze.startswith("last:") or not freeze[5:].isdigit():
             raise InvalidInputError(f"text freeze must be 'all', 'none' or 'last:N', got {freeze!r}")
         for layer in list(_encoder_layers(self.encoder))[-int(freeze[5:]):] if int(freeze[5:]) else []:
-            for p in layer.parameters():
-                p.requires_grad_(True)
+            layer.requires_grad_(True)
 
     def train(self, mode: bool = True) -> TextTower:
         super().train(mode)
@@ -181,9 +175,8 @@ class TextTower(nn.Module):
         """Tokenise B texts on the encoder's device."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise InvalidInputError("texts must be a list of strings")
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
-                             return_tensors="pt")
-        return enc
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
+                              return_tensors="pt")
 
     def forward(self, texts: list[str]) -> TextOutput:
         if isinstance(texts, str):

@@ -26,7 +26,6 @@ def word_assignment(encoding, texts: list[str], max_words: int, drop_punctuation
     """
     batch, tokens = encoding["input_ids"].shape
     assign = torch.zeros(batch, max_words, tokens)
-    mask = torch.zeros(batch, max_words, dtype=torch.bool)
     words: list[list[str]] = []
     for b, text in enumerate(texts):
         slot_of_word: dict[int, int] = {}
@@ -45,7 +44,7 @@ def word_assignment(encoding, texts: list[str], max_words: int, drop_punctuation
             slot = slot_of_word[word_id]
             if slot >= 0:
                 assign[b, slot, t] = 1.0
-        mask[b, : len(kept)] = True
         words.append(kept)
     assign = assign / assign.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    mask = torch.arange(max_words) < torch.tensor([len(w) for w in words], dtype=torch.long)[:, None]
     return assign, mask, words
