@@ -48,10 +48,8 @@ class RoutedImageEncoder(nn.Module):
 
     def _expert_if_chosen(self, e: int, chosen: Tensor, features: tuple[Tensor, ...]) -> Tensor:
         """Expert ``e`` on the whole batch if ``chosen`` (a bool scalar), else zeros of its output's shape."""
-        expert = self.experts[e]
-
         def run(*levels: Tensor) -> Tensor:
-            return expert(list(levels))
+            return self.experts[e](list(levels))
 
         def skip(*levels: Tensor) -> Tensor:
             first = levels[0]
@@ -70,8 +68,7 @@ class RoutedImageEncoder(nn.Module):
         local = outputs.gather(1, index.view(b, 1, 1, 1, 1).expand(b, 1, d, h, w)).squeeze(1)
         if self.gate == "probability":  # straight_through gates are exactly 1 in the forward
             local = local * top.to(local.dtype).view(b, 1, 1, 1)
-        embeds = self.image_proj(local.mean(dim=(2, 3)))
-        return F.normalize(embeds, dim=-1), probs, index
+        return F.normalize(self.image_proj(local.mean(dim=(2, 3))), dim=-1), probs, index
 
 
 class TextEncoder(nn.Module):

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import operator
 import os
 import shutil
 import time
@@ -94,14 +95,11 @@ def _medmoe_graphs(model: nn.Module, seed: int) -> list[Graph]:
     g = torch.Generator().manual_seed(seed)
     size = model.config.backbone.image_size
 
+    outputs = operator.itemgetter("image_embeds", "router_probs", "expert_index")
+
     def image_case(b: int) -> ParityCase:
         x = torch.randn(b, 3, size, size, generator=g)
-
-        def expected() -> list[Tensor]:
-            out = model.image_features(x)
-            return [out["image_embeds"], out["router_probs"], out["expert_index"]]
-
-        return ParityCase((x,), expected)
+        return ParityCase((x,), lambda: list(outputs(model.image_features(x))))
 
     image = Graph("image_encoder", RoutedImageEncoder(model).eval(), image_case(2).inputs, ["images"],
                   ["image_embeds", "router_probs", "expert_index"], {"images": {0: "batch"}},
@@ -214,12 +212,9 @@ def _io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     proto = onnx.load(str(path), load_external_data=False)
 
     def describe(values) -> list[dict[str, Any]]:
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
-        return out
+        return [{"name": v.name, "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
+                for v in values]
 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     return describe(proto.graph.input), describe(proto.graph.output), int(opset)
@@ -257,20 +252,13 @@ def check_parity(graph: Graph, path: Path, *, atol: float = DEFAULT_ATOL) -> dic
             "routing_identical": identical if graph.exact else None, "cases": shapes}
 
 
-def _config_hash(model: nn.Module) -> tuple[dict[str, Any], str]:
-    config = config_to_dict(model.config)
-    text = json.dumps(config, sort_keys=True, default=str)
-    return config, hashlib.sha256(text.encode()).hexdigest()
-
-
 def planned_paths(model: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
     """Every path ``export_onnx`` writes in ``out_dir`` for ``model``."""
     out = Path(out_dir)
     medmoe = _family(model) == "medmoe"
     names = [f"{g}.onnx" for g in (("image_encoder", "text_encoder") if medmoe else ("mome",))]
-    extra = ["tokenizer"] if medmoe else ["class_embeddings.npz"]
-    paths = [out / n for n in names] + [out / f"{n}.data" for n in names] + [out / e for e in extra]
-    return [*paths, out / MANIFEST]
+    return [*(out / n for n in names), *(out / f"{n}.data" for n in names),
+            out / ("tokenizer" if medmoe else "class_embeddings.npz"), out / MANIFEST]
 
 
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | None = None, overwrite: bool = False,
@@ -344,7 +332,8 @@ def _export(model: nn.Module, out: Path, name: str | None, check: bool, atol: fl
             seed: int) -> tuple[dict[str, Any], list[str]]:
     """Write the graphs, assets and manifest of a CPU float32 ``model``; returns the manifest as written and
     the graphs whose parity check failed."""
-    config, digest = _config_hash(model)
+    config = config_to_dict(model.config)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
     manifest: dict[str, Any] = {
         "format": "onnx", "model": name or getattr(model, "model_name", None), "model_type": model.model_type,
         "config_sha256": digest, "config": config, "versions": _versions(check), "graphs": {},
