@@ -28,23 +28,14 @@ def embed_manifest(model: nn.Module, manifest: str | os.PathLike, out: str | os.
     """
     dataset = make_dataset(manifest, split, model_image_size(model))
     emb = embed_dataset(model, dataset, batch_size=batch_size, device=device, workers=workers, progress=progress)
-    out = Path(out)
-    if out.suffix != ".npz":
-        out = out.with_suffix(".npz")
+    out = Path(out).with_suffix(".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.npz")
-    np.savez(
-        tmp,
-        image_embeds=emb.image_embeds.numpy(),
-        text_embeds=emb.text_embeds.numpy(),
-        expert_index=emb.expert_index.numpy(),
-        router_probs=emb.router_probs.numpy(),
-        modality=emb.modality.numpy(),
-        index=np.asarray(emb.indices, dtype=np.int64),
-        paths=np.asarray(emb.paths, dtype=str),
-        reports=np.asarray(emb.reports, dtype=str),
-        labels=np.asarray(["|".join(x) for x in emb.labels], dtype=str),
-    )
+    tensors = ("image_embeds", "text_embeds", "expert_index", "router_probs", "modality")
+    np.savez(tmp, **{name: getattr(emb, name).numpy() for name in tensors},
+             index=np.asarray(emb.indices, dtype=np.int64), paths=np.asarray(emb.paths, dtype=str),
+             reports=np.asarray(emb.reports, dtype=str),
+             labels=np.asarray(["|".join(x) for x in emb.labels], dtype=str))
     tmp.replace(out)
     log.info("%d embeddings written to %s (%d bad samples skipped)", len(emb), out, len(emb.bad))
     return out

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,26 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def write_errors_csv(path: Path, bad: Sequence[tuple[str, str]]) -> Path:
+    """Write the ``(path, reason)`` of unreadable samples as a CSV with a header; returns ``path``."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows(bad)
+    return path
+
+
+def routed_batches(model: nn.Module, loader: DataLoader, device: str | torch.device, bar: tqdm,
+                   bad: list[tuple[str, str]]) -> Iterator[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """Each batch of ``loader`` holding a readable image, with ``model.image_features`` of its images; every
+    sample is counted on ``bar`` and the ``(path, reason)`` of each unreadable one added to ``bad``."""
+    for batch in loader:
+        bad += [(b.path, b.reason) for b in batch["bad"]]
+        bar.update(batch["images"].shape[0] + len(batch["bad"]))
+        if batch["images"].shape[0]:
+            yield batch, model.image_features(batch["images"].to(device))
+
+
 def make_dataset(source: str | os.PathLike, split: str | None, image_size: int, *,
                  by_rank: bool = True) -> ImageReportDataset | ShardDataset:
     """The evaluation dataset of a manifest or a shard source (folder, pattern, URL): rows of ``split``
@@ -85,14 +107,13 @@ def make_dataset(source: str | os.PathLike, split: str | None, image_size: int, 
         if dataset.num_samples == 0:
             raise InvalidInputError(f"{source}: no sample of split {split!r} in {len(dataset.shards)} shard(s)")
         return dataset
-    manifest = source
-    dataset = ImageReportDataset(manifest, split=split, image_size=image_size, train=False)
+    dataset = ImageReportDataset(source, split=split, image_size=image_size, train=False)
     if len(dataset) == 0 and split is not None:
-        all_rows = ImageReportDataset(manifest, split=None, image_size=image_size, train=False)
+        all_rows = ImageReportDataset(source, split=None, image_size=image_size, train=False)
         if all(r.split is None for r in all_rows.rows):
-            log.info("%s has no split column: evaluating every row", manifest)
+            log.info("%s has no split column: evaluating every row", source)
             return all_rows
-        raise InvalidInputError(f"{manifest}: no row in split {split!r}")
+        raise InvalidInputError(f"{source}: no row in split {split!r}")
     return dataset
 
 
@@ -139,10 +160,12 @@ def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: 
     loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_image_report)
     width = model.config.embed_dim
-    # each field starts from an empty block of its shape, so that a set with no readable sample concatenates too
+    # each field starts from an empty block of its shape: a set with no readable sample concatenates too
     parts: dict[str, list[torch.Tensor]] = {
-        "image_embeds": [torch.empty(0, width)], "text_embeds": [torch.empty(0, width if encode_reports else 0)],
-        "expert_index": [torch.empty(0, dtype=torch.long)], "router_probs": [torch.empty(0, model.num_experts)],
+        "image_embeds": [torch.empty(0, width)],
+        "text_embeds": [torch.empty(0, width if encode_reports else 0)],
+        "expert_index": [torch.empty(0, dtype=torch.long)],
+        "router_probs": [torch.empty(0, model.num_experts)],
         "modality": [torch.empty(0, dtype=torch.long)]}
     out = Embeddings(*(torch.empty(0) for _ in range(5)))
     if max_items is not None and total is not None:
@@ -162,9 +185,8 @@ def embed_dataset(model: nn.Module, dataset: ImageReportDataset, *, batch_size: 
         parts["image_embeds"].append(features["image_embeds"].float().cpu())
         parts["expert_index"].append(features["expert_index"].cpu())
         parts["router_probs"].append(features["router_probs"].float().cpu())
-        n = batch["images"].shape[0]
-        parts["text_embeds"].append(
-            model.encode_text(batch["reports"]).float().cpu() if encode_reports else torch.empty(n, 0))
+        parts["text_embeds"].append(model.encode_text(batch["reports"]).float().cpu() if encode_reports
+                                    else torch.empty(batch["images"].shape[0], 0))
         parts["modality"].append(batch["modality"].cpu())
         out.labels += batch["labels"]
         out.reports += batch["reports"]
@@ -206,21 +228,21 @@ def routing_report(emb: Embeddings, num_experts: int) -> dict[str, Any]:
 def zero_shot_report(model: nn.Module, emb: Embeddings, *, templates: Sequence[str] | None = None,
                      min_count: int = 2) -> dict[str, Any]:
     """Zero-shot on the finding labels (classes seen at least ``min_count`` times) and on the modality."""
+    def scores(prompts: dict[str, Sequence[str]]) -> np.ndarray:
+        return ZeroShotClassifier.from_prompts(model, prompts).logits(emb.image_embeds).numpy()
+
     out: dict[str, Any] = {}
     counts = Counter(label for s in emb.labels for label in s)
     classes = sorted(c for c, n in counts.items() if n >= min_count)
     if len(classes) >= 2:
         prompts = label_prompts(classes, templates) if templates else label_prompts(classes)
-        clf = ZeroShotClassifier.from_prompts(model, prompts)
-        scores = clf.logits(emb.image_embeds).numpy()
-        out["labels"] = classification_metrics(scores, emb.labels, classes)
+        out["labels"] = classification_metrics(scores(prompts), emb.labels, classes)
     present = sorted({int(m) for m in emb.modality.tolist() if m >= 0})
     if len(present) >= 2:
         names = [MODALITIES[m] for m in present]
-        clf = ZeroShotClassifier.from_prompts(model, {n: MODALITY_PROMPTS[n] for n in names})
-        scores = clf.logits(emb.image_embeds).numpy()
         targets = [MODALITIES[m] if m >= 0 else "" for m in emb.modality.tolist()]
-        out["modality"] = classification_metrics(scores, targets, names)
+        prompts = {n: MODALITY_PROMPTS[n] for n in names}
+        out["modality"] = classification_metrics(scores(prompts), targets, names)
     return out
 
 
@@ -265,13 +287,13 @@ def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None
     """
     size = model_image_size(model)
     dataset = make_dataset(manifest, split, size)
-    emb = embed_dataset(model, dataset, batch_size=batch_size, device=device, workers=workers,
-                        progress=progress, max_items=max_items)
+    embed = functools.partial(embed_dataset, model, batch_size=batch_size, device=device, workers=workers,
+                              progress=progress, max_items=max_items)
+    emb = embed(dataset)
     metrics: dict[str, Any] = {"manifest": str(manifest), "split": split, "n": len(emb), "bad_samples": len(emb.bad)}
-    has_labels = any(emb.labels)
     metrics["retrieval"] = retrieval_metrics(emb.image_embeds, emb.text_embeds,
-                                             labels=emb.labels if has_labels else None, ks=ks, chunk_size=chunk_size,
-                                             per_item=per_item)
+                                             labels=emb.labels if any(emb.labels) else None, ks=ks,
+                                             chunk_size=chunk_size, per_item=per_item)
     if per_item:
         ranks = metrics["retrieval"].pop("ranks")
         metrics["items"] = {"paths": list(emb.paths), **{f"{d}_rank": r for d, r in ranks.items()}}
@@ -282,9 +304,7 @@ def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None
         dataset_type = ShardDataset if looks_like_shards(manifest) else ImageReportDataset
         train = dataset_type(manifest, split=probe_split, image_size=size, train=False)
         if dataset_size(train) and split != probe_split:
-            train_emb = embed_dataset(model, train, batch_size=batch_size, device=device, workers=workers,
-                                      progress=progress, max_items=max_items)
-            metrics["linear_probe"] = probe_report(train_emb, emb, probe_fractions, seed)
+            metrics["linear_probe"] = probe_report(embed(train), emb, probe_fractions, seed)
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -305,10 +325,8 @@ def _figures(model: nn.Module, dataset: ImageReportDataset, emb: Embeddings, met
         names = [m for m, keep in zip(MODALITIES, rows) if keep]
         written.append(str(save_confusion_matrix(matrix[rows], names, folder / "routing_confusion.png")))
     if examples > 0:
-        if isinstance(dataset, torch.utils.data.IterableDataset):
-            items = _stream_examples(dataset, examples)
-        else:
-            items = [dataset[dataset_index] for dataset_index in _examples(emb, examples)]
+        items = (_stream_examples(dataset, examples) if isinstance(dataset, torch.utils.data.IterableDataset)
+                 else [dataset[dataset_index] for dataset_index in _examples(emb, examples)])
         items = [it for it in items if isinstance(it, dict)]
         if items:
             images = torch.stack([it["image"] for it in items]).to(device)

@@ -42,10 +42,8 @@ class ScaleAttentionExpert(nn.Module):
         hidden = hidden or max(1, dim // 2)
         self.proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, dim, 1), nn.ReLU(inplace=True)) for c in in_channels)
         self.score = nn.Sequential(nn.Conv2d(dim, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1))
-        blocks: list[nn.Module] = []
-        for _ in range(refine_depth):
-            blocks += [nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True)]
-        self.refine = nn.Sequential(*blocks)
+        self.refine = nn.Sequential(*(layer for _ in range(refine_depth) for layer in (
+            nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))))
 
     def scale_weights(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """(levels (B, S, D, H_0, W_0), weights (B, S, 1, H_0, W_0)) before the weighted sum."""
@@ -60,8 +58,7 @@ class ScaleAttentionExpert(nn.Module):
             levels.append(y)
         stacked = torch.stack(levels, dim=1)  # (B, S, D, H, W)
         b, s = stacked.shape[:2]
-        logits = self.score(stacked.flatten(0, 1)).view(b, s, 1, *size)
-        return stacked, logits.softmax(dim=1)
+        return stacked, self.score(stacked.flatten(0, 1)).view(b, s, 1, *size).softmax(dim=1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         levels, weights = self.scale_weights(features)

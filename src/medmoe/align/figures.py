@@ -85,22 +85,19 @@ def attention_maps(model: nn.Module, images: Tensor, reports: list[str]) -> tupl
     regions = out["local_features"].flatten(2).transpose(1, 2).float()  # (B, R, D)
     words, mask = out["word_features"].float(), out["word_mask"]
     temp1 = model.config.local_temperatures[0]
-    maps = []
-    for b in range(images.shape[0]):
-        attn = word_region_attention(words[b:b + 1], mask[b:b + 1], regions[b:b + 1], temp1)[0, 0]  # (W, R)
-        h, w = out["local_features"].shape[-2:]
-        maps.append(F.interpolate(attn.view(1, -1, h, w), size=images.shape[-2:], mode="bilinear",
-                                  align_corners=False)[0])
+    h, w = out["local_features"].shape[-2:]
+    # each report over its own image: (1, 1, W, R) -> (W, R) -> (W, H_img, W_img)
+    maps = [F.interpolate(word_region_attention(words[b:b + 1], mask[b:b + 1], regions[b:b + 1], temp1)[0, 0]
+                          .view(1, -1, h, w), size=images.shape[-2:], mode="bilinear", align_corners=False)[0]
+            for b in range(images.shape[0])]
     return torch.stack(maps), out["words"]
 
 
 def _display(image: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """(3, H, W) model input -> (H, W, 3) float in [0, 1] for imshow: uint8 as stored by the datasets,
     float as normalised with ``mean`` / ``std``."""
-    if image.dtype == torch.uint8:
-        x = image.cpu().float() / 255.0
-    else:
-        x = image.float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    x = (image.cpu().float() / 255.0 if image.dtype == torch.uint8
+         else image.float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1))
     return x.clamp(0, 1).permute(1, 2, 0).numpy()
 
 

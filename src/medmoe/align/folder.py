@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
-from medmoe.align.evaluate import model_image_size
+from medmoe.align.evaluate import model_image_size, routed_batches, write_errors_csv
 from medmoe.align.zeroshot import ZeroShotClassifier, label_prompts
 from medmoe.data.dataset import ImageReportDataset, collate_image_report
 from medmoe.data.manifest import ManifestRow
@@ -128,12 +128,10 @@ def class_prompts(classes: str | Sequence[str] | None = None, classes_file: str 
     """
     if (classes is None) == (classes_file is None):
         raise InvalidInputError("give the classes either as a comma-separated list or as a file, not both")
-    if classes_file is None:
-        names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else [str(c) for c in classes]
-        prompts = label_prompts(_check_names([c for c in names if c], "--classes"))
-    else:
-        prompts = _read_classes_file(Path(classes_file))
-    return prompts
+    if classes_file is not None:
+        return _read_classes_file(Path(classes_file))
+    names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else [str(c) for c in classes]
+    return label_prompts(_check_names([c for c in names if c], "--classes"))
 
 
 def _check_names(names: list[str], where: str) -> list[str]:
@@ -211,12 +209,7 @@ def zero_shot_folder(model: nn.Module, source: str | os.PathLike, prompts: Mappi
             tqdm(total=total, desc="zero-shot", unit="image", disable=not progress) as bar:
         writer = csv.writer(f)
         writer.writerow([*FIXED_COLUMNS, *names])
-        for batch in loader:
-            result.errors += [(b.path, b.reason) for b in batch["bad"]]
-            bar.update(batch["images"].shape[0] + len(batch["bad"]))
-            if batch["images"].shape[0] == 0:
-                continue
-            features = model.image_features(batch["images"].to(device))
+        for batch, features in routed_batches(model, loader, device, bar, result.errors):
             probs = (scale * classifier.logits(features["image_embeds"])).softmax(dim=-1).cpu()
             experts = features["expert_index"].cpu().tolist()
             expert_probs = features["router_probs"].float().max(dim=-1).values.cpu().tolist()
@@ -229,11 +222,7 @@ def zero_shot_folder(model: nn.Module, source: str | os.PathLike, prompts: Mappi
     tmp.replace(out)
     errors_out = out.with_name(f"{out.stem}.errors.csv")
     if result.errors:
-        with open(errors_out, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "reason"])
-            writer.writerows(result.errors)
-        result.errors_out = errors_out
+        result.errors_out = write_errors_csv(errors_out, result.errors)
     elif errors_out.exists():
         errors_out.unlink()
     log.info("%d images classified into %s (%d unreadable)", result.n, out, len(result.errors))

@@ -21,7 +21,6 @@ The folder ``IDX`` holds:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medmoe import distributed
-from medmoe.align.evaluate import model_image_size, write_atomic
+from medmoe.align.evaluate import model_image_size, write_atomic, write_errors_csv
 from medmoe.align.faiss_index import IndexPlan, build_faiss, choose_index, import_faiss, search_faiss
 from medmoe.align.index_parts import (
     DEFAULT_CHUNK_SIZE,
@@ -275,8 +274,7 @@ def build_index(model: nn.Module, data: str | os.PathLike, out: str | os.PathLik
     gallery = Gallery.open(data, model_image_size(model), split=split, chunk_size=chunk_size)
     name = model_name or "<in memory>"
     build = {"model": name, "model_fingerprint": model_fingerprint(model), "data": gallery.fingerprint()}
-    message = _prepare_folder(out, build, overwrite) if distributed.rank() == 0 else None
-    _raise_if_any(message)
+    _raise_if_any(_prepare_folder(out, build, overwrite) if distributed.rank() == 0 else None)
     todo = list(range(gallery.num_chunks))
     if resume and distributed.rank() == 0:
         done = set(finished_chunks(out, gallery.num_chunks))
@@ -319,7 +317,7 @@ def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any]) 
     if n == 0:
         raise InvalidInputError(f"{gallery.source}: no item could be read ({len(merged['bad'])} unreadable); "
                                 f"see {out / 'errors.csv'}")
-    _write_errors(out / "errors.csv", merged["bad"])
+    write_errors_csv(out / "errors.csv", [(b["path"], b["reason"]) for b in merged["bad"]])
     dim = int(merged["images"].shape[1])
     has_report = np.array([bool(item["report"]) for item in merged["items"]])
     targets = {"images": (merged["images"], None)}
@@ -332,8 +330,7 @@ def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any]) 
         plans[target] = target_plan = choose_index(len(vectors), dim, kind)
         log.info("building the %s index of %d %s", target_plan.kind, len(vectors), target)
         started = time.perf_counter()
-        index = build_faiss(vectors, target_plan)
-        faiss.write_index(index, str(out / f".{target}.faiss.tmp"))
+        faiss.write_index(build_faiss(vectors, target_plan), str(out / f".{target}.faiss.tmp"))
         os.replace(out / f".{target}.faiss.tmp", out / f"{target}.faiss")
         log.info("%s index (%s) built in %.1f s", target, target_plan.kind, time.perf_counter() - started)
         if rows is not None:
@@ -352,9 +349,3 @@ def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any]) 
     }
     write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
 
-
-def _write_errors(path: Path, bad: list[dict[str, str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows([b["path"], b["reason"]] for b in bad)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, get_worker_info
 from tqdm import tqdm
 
+from medmoe.align.evaluate import routed_batches
 from medmoe.data.dataset import ImageReportDataset, collate_image_report
 from medmoe.data.shards import ShardDataset, looks_like_shards
 from medmoe.errors import InvalidInputError
@@ -111,10 +112,8 @@ class Gallery:
 
     def fingerprint(self) -> dict[str, Any]:
         """What the parts depend on besides the model: the source, its content, split and chunking."""
-        if self.shards is not None:
-            content = "\n".join(self.shards)
-        else:
-            content = hashlib.sha256(Path(self.source).read_bytes()).hexdigest()
+        content = ("\n".join(self.shards) if self.shards is not None
+                   else hashlib.sha256(Path(self.source).read_bytes()).hexdigest())
         return {"source": str(Path(self.source).resolve()) if "://" not in self.source and "{" not in self.source
                 else self.source, "content": hashlib.sha256(content.encode()).hexdigest()[:16],
                 "split": self.split, "chunk_size": self.chunk_size if self.shards is None else None,
@@ -148,14 +147,8 @@ def embed_chunk(model: nn.Module, gallery: Gallery, chunk: int, *, batch_size: i
                         collate_fn=_collate_with_keys)
     images, reports, experts, modality = [], [], [], []
     items: list[dict[str, str]] = []
-    bad: list[dict[str, str]] = []
-    for batch in loader:
-        bad += [{"path": b.path, "reason": b.reason} for b in batch["bad"]]
-        if bar is not None:
-            bar.update(batch["images"].shape[0] + len(batch["bad"]))
-        if batch["images"].shape[0] == 0:
-            continue
-        features = model.image_features(batch["images"].to(device))
+    bad: list[tuple[str, str]] = []
+    for batch, features in routed_batches(model, loader, device, bar or tqdm(disable=True), bad):
         images.append(features["image_embeds"].float().cpu())
         experts.append(features["expert_index"].cpu())
         texts = batch["reports"]
@@ -163,12 +156,12 @@ def embed_chunk(model: nn.Module, gallery: Gallery, chunk: int, *, batch_size: i
         # an item without a report gets a zero vector: found by no image->text search
         reports.append(embedded * torch.tensor([bool(t) for t in texts], dtype=torch.float32)[:, None])
         modality.append(batch["modality"].cpu())
-        for index, key, path, text in zip(batch["index"].tolist(), batch["keys"], batch["paths"], texts):
-            items.append({"id": gallery.item_id(index, key), "path": path, "report": text})
+        items += [{"id": gallery.item_id(index, key), "path": path, "report": text} for index, key, path, text
+                  in zip(batch["index"].tolist(), batch["keys"], batch["paths"], texts)]
     dim = int(model.config.embed_dim)
     return {"images": _cat(images, (0, dim), np.float32), "reports": _cat(reports, (0, dim), np.float32),
             "experts": _cat(experts, (0,), np.int64), "modality": _cat(modality, (0,), np.int64),
-            "items": items, "bad": bad}
+            "items": items, "bad": [{"path": path, "reason": reason} for path, reason in bad]}
 
 
 def _cat(tensors: list[torch.Tensor], empty_shape: tuple[int, ...], dtype) -> np.ndarray:

@@ -120,8 +120,8 @@ def local_similarity(words: Tensor, word_mask: Tensor, regions: Tensor, temp1: f
     columns = []
     for start in range(0, words.shape[0], step):
         w, m = words[start:start + step], word_mask[start:start + step]
-        attn = word_region_attention(w, m, regions, temp1)  # (t, I, W, R)
-        context = torch.einsum("tiwr,ird->tiwd", attn, regions)
+        # the (t, I, W, R) attention's weighted sum of the regions: (t, I, W, D)
+        context = torch.einsum("tiwr,ird->tiwd", word_region_attention(w, m, regions, temp1), regions)
         cosine = F.cosine_similarity(w[:, None], context, dim=-1, eps=1e-8)  # (t, I, W)
         cosine = (cosine * temp2).masked_fill(~m[:, None, :], float("-inf"))
         columns.append(torch.logsumexp(cosine, dim=-1))  # (t, I)
@@ -162,8 +162,7 @@ def _paired_cross_entropy(scores: Tensor, keep: Tensor) -> Tensor:
     0 next to any kept score, and the terms of the other pairs weigh 0. With every entry finite, each
     cross-entropy term is finite and so is its gradient.
     """
-    pair = keep[:, None] & keep[None, :]
-    scores = scores.masked_fill(~pair, torch.finfo(scores.dtype).min)
+    scores = scores.masked_fill(~(keep[:, None] & keep[None, :]), torch.finfo(scores.dtype).min)
     target = torch.arange(scores.shape[0], device=scores.device)
     weight = keep.to(scores.dtype)
     count = weight.sum().clamp_min(1)
@@ -227,13 +226,11 @@ def routing_losses(outputs: Mapping[str, Any], modality: Tensor | None,
         weights: the term weights.
     """
     image_logits = outputs["image_router_logits"]
-    source = outputs["route_source"]
+    source, taken = outputs["route_source"], outputs["expert_index"]
     zero = image_logits.sum() * 0.0
     out: dict[str, Tensor] = {}
     if weights.balance_loss_weight:
-        balance = zero
-        if source != "label":
-            balance = load_balance_loss(outputs["router_probs"], outputs["expert_index"][:, None])
+        balance = zero if source == "label" else load_balance_loss(outputs["router_probs"], taken[:, None])
         out["balance_loss"] = weights.balance_loss_weight * balance
     if weights.router_ce_loss_weight:
         logits = outputs["router_logits"]
@@ -241,9 +238,7 @@ def routing_losses(outputs: Mapping[str, Any], modality: Tensor | None,
         ce = zero if labels is None else router_ce_loss(logits, labels, ignore_index=IGNORE)
         out["router_ce_loss"] = weights.router_ce_loss_weight * ce
     if weights.distill_loss_weight:
-        distill = zero
-        if source != "image":
-            distill = router_distillation_loss(image_logits, outputs["expert_index"])
+        distill = zero if source == "image" else router_distillation_loss(image_logits, taken)
         out["distill_loss"] = weights.distill_loss_weight * distill
     return out
 

@@ -168,8 +168,7 @@ class MedMoE(PretrainedMixin, nn.Module):
             chunk = todo[start:start + batch_size]
             out = self.text(chunk)
             for b, report in enumerate(chunk):
-                n = len(out.word_text[b])
-                self._store(report, out.sentence[b], out.words[b, :n], out.word_text[b])
+                self._store(report, out.sentence[b], out.words[b, :len(out.word_text[b])], out.word_text[b])
                 mine[report] = self._text_cache[report]
         for part in all_gather_objects(mine):
             self._text_cache.update(part)
@@ -193,10 +192,9 @@ class MedMoE(PretrainedMixin, nn.Module):
         dtype = self.image_proj.weight.dtype
         width = max(1, max(e[1].shape[0] for e in entries))
         words = torch.zeros(len(entries), width, entries[0][0].shape[-1], dtype=dtype)
-        mask = torch.zeros(len(entries), width, dtype=torch.bool)
         for b, (_, w, _) in enumerate(entries):
             words[b, : w.shape[0]] = w
-            mask[b, : w.shape[0]] = True
+        mask = torch.arange(width) < torch.tensor([e[1].shape[0] for e in entries])[:, None]
         # cast each entry first: stacking float16 under CPU autocast (bf16) is not supported
         sentence = torch.stack([e[0].to(dtype) for e in entries])
         return TextOutput(sentence.to(device), words.to(device, non_blocking=True), mask.to(device),
@@ -307,6 +305,5 @@ class MedMoE(PretrainedMixin, nn.Module):
         """Parameters of the model; ``active=True`` counts one expert only (what one image runs through)."""
         total = sum(p.numel() for p in self.parameters())
         if active and self.num_experts > 1:
-            per_expert = sum(p.numel() for p in self.moe.experts[0].parameters())
-            total -= per_expert * (self.num_experts - 1)
+            total -= sum(p.numel() for p in self.moe.experts[0].parameters()) * (self.num_experts - 1)
         return total

@@ -22,8 +22,7 @@ def subsample(targets: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     chosen: list[int] = []
     for cls in sorted(set(targets.tolist())):
         idx = np.flatnonzero(targets == cls)
-        take = max(1, int(round(fraction * len(idx))))
-        chosen.extend(rng.choice(idx, size=take, replace=False).tolist())
+        chosen.extend(rng.choice(idx, size=max(1, int(round(fraction * len(idx)))), replace=False).tolist())
     return np.sort(np.asarray(chosen))
 
 

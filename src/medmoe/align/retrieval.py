@@ -84,14 +84,14 @@ def top_k(queries: Tensor, gallery: Tensor, k: int, *, chunk_size: int = 1024,
     queries, gallery = queries.float(), gallery.float()
     out = []
     for q0 in range(0, queries.shape[0], chunk_size):
-        best_s: Tensor | None = None
-        best_i: Tensor | None = None
         q = queries[q0:q0 + chunk_size]
+        # the best so far of each query, merged with each gallery chunk's scores
+        best_s = q.new_empty(q.shape[0], 0)
+        best_i = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
         for g0 in range(0, gallery.shape[0], chunk_size):
             scores = q @ gallery[g0:g0 + chunk_size].t()
             idx = torch.arange(g0, g0 + scores.shape[1], device=scores.device).expand_as(scores)
-            if best_s is not None:
-                scores, idx = torch.cat([best_s, scores], 1), torch.cat([best_i, idx], 1)
+            scores, idx = torch.cat([best_s, scores], 1), torch.cat([best_i, idx], 1)
             best_s, pos = scores.topk(min(k, scores.shape[1]), dim=1)
             best_i = idx.gather(1, pos)
         out.append(best_i)
@@ -119,9 +119,8 @@ def precision_at_k(neighbors: Tensor, query_labels: Sequence[Sequence[str]], gal
 def _direction(queries: Tensor, gallery: Tensor, ks: Sequence[int], chunk_size: int,
                query_labels, gallery_labels, use_faiss: bool | None) -> tuple[dict[str, float], Tensor]:
     ranks = retrieval_ranks(queries, gallery, chunk_size=chunk_size)
-    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
-    out["mean_rank"] = float(ranks.double().mean())
-    out["median_rank"] = float(ranks.double().median())
+    out = {**{f"R@{k}": float((ranks <= k).double().mean()) for k in ks},
+           "mean_rank": float(ranks.double().mean()), "median_rank": float(ranks.double().median())}
     if query_labels is not None and gallery_labels is not None:
         neighbors = top_k(queries, gallery, max(ks), chunk_size=chunk_size, use_faiss=use_faiss)
         out.update(precision_at_k(neighbors, query_labels, gallery_labels, ks))

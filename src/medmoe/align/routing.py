@@ -7,7 +7,7 @@ routes by the image alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -68,10 +68,9 @@ class MedMoERouting(nn.Module):
         super().__init__()
         self.num_experts = num_experts
         self.detach_image = detach_image
-        self.text_router = Router(text_dim, num_experts, hidden_dim=hidden_dim, gating="top1", gate=gate,
-                                  jitter=jitter)
-        self.image_router = Router(image_dim, num_experts, hidden_dim=hidden_dim, gating="top1", gate=gate,
-                                   jitter=jitter)
+        options = {"hidden_dim": hidden_dim, "gating": "top1", "gate": gate, "jitter": jitter}
+        self.text_router = Router(text_dim, num_experts, **options)
+        self.image_router = Router(image_dim, num_experts, **options)
 
     def forward(self, pooled: Tensor, sentence: Tensor | None = None, *, labels: Tensor | None = None,
                 route_by: str = "image") -> RouteDecision:
@@ -101,5 +100,4 @@ class MedMoERouting(nn.Module):
         # so no gradient); the rest fall back to the report's route and gate.
         index = torch.where(known, labels, text.expert_index[:, 0]).unsqueeze(1)
         gates = torch.where(known, torch.ones_like(text.gates[:, 0]), text.gates[:, 0]).unsqueeze(1)
-        taken = RouterOutput(logits=text.logits, probs=text.probs, expert_index=index, gates=gates)
-        return RouteDecision(taken, image, text, "label")
+        return RouteDecision(replace(text, expert_index=index, gates=gates), image, text, "label")

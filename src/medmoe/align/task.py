@@ -102,14 +102,7 @@ class AlignTaskConfig(AlignLossWeights):
     def __post_init__(self) -> None:
         """Move loss fields given as model overrides (``--set distill_loss_weight=0.5``) to the task's."""
         moved = {key: self.overrides[key] for key in LOSS_FIELDS if key in self.overrides}
-        if moved:
-            self._take_loss_overrides(moved)
-        if not 0 <= self.backbone_lr_scale <= 1:
-            raise InvalidInputError(f"backbone_lr_scale must be in [0, 1], got {self.backbone_lr_scale}")
-        super().__post_init__()  # the loss fields, checked (a negative weight is an error)
-
-    def _take_loss_overrides(self, moved: dict[str, Any]) -> None:
-        """Set the loss fields ``moved`` from the model overrides, refusing one also given as a task field."""
+        # each moved field is refused when it is also given as a task field (with another value)
         defaults, hints = AlignLossWeights(), typing.get_type_hints(AlignLossWeights)
         for key, value in moved.items():
             value = checked_value(value, hints[key], f"overrides.{key}")
@@ -117,7 +110,11 @@ class AlignTaskConfig(AlignLossWeights):
             if own != getattr(defaults, key) and own != value:
                 raise InvalidInputError(f"{key} is given twice, {own!r} and {value!r} (overrides); give it once")
             setattr(self, key, value)
-        self.overrides = {k: v for k, v in self.overrides.items() if k not in moved}
+        if moved:
+            self.overrides = {k: v for k, v in self.overrides.items() if k not in moved}
+        if not 0 <= self.backbone_lr_scale <= 1:
+            raise InvalidInputError(f"backbone_lr_scale must be in [0, 1], got {self.backbone_lr_scale}")
+        super().__post_init__()  # the loss fields, checked (a negative weight is an error)
 
     @property
     def loss_weights(self) -> AlignLossWeights:
@@ -229,20 +226,16 @@ class AlignTask:
                 replacement = self._replacement(item.index, {s["index"] for s in good})
                 if replacement is not None:
                     good.append(replacement)
-        batch = collate_image_report(good, self.image_size)
-        batch["bad"] = bad
-        batch["requested"] = len(samples)
-        batch.pop("paths", None)
-        return batch
+        batch = {k: v for k, v in collate_image_report(good, self.image_size).items() if k != "paths"}
+        return {**batch, "bad": bad, "requested": len(samples)}
 
     def check_batch(self, batch: dict[str, Any]) -> str | None:
         """Why ``batch`` cannot be trained on: it is short (some samples failed to load and no stand-in was
         found). Every rank then skips the step: a short batch would change the count of contrastive
         negatives, and the ranks' features could not be gathered (their shapes differ)."""
         n, wanted = batch["images"].shape[0], batch.get("requested", batch["images"].shape[0])
-        if n < wanted:
-            return f"{wanted - n} of {wanted} samples could not be loaded and no stand-in was found"
-        return None
+        return (f"{wanted - n} of {wanted} samples could not be loaded and no stand-in was found"
+                if n < wanted else None)
 
     def _replacement(self, index: int, taken: set[int]) -> dict[str, Any] | None:
         """A good item standing in for bad item ``index``, a fixed stride away. Bad items met here are not
@@ -309,16 +302,14 @@ class AlignTask:
             reason = dataset if isinstance(dataset, str) else f"fewer than 2 pairs in split {self.config.val_split!r}"
             log.warning("validation skipped: %s (%s)", reason, self.config.val_data)
             return {}
-        device = next(model.parameters()).device
-        emb = embed_dataset(model, dataset, device=str(device), progress=False, max_items=self.config.val_max,
-                            across_ranks=True)
+        emb = embed_dataset(model, dataset, device=str(next(model.parameters()).device), progress=False,
+                            max_items=self.config.val_max, across_ranks=True)
         metrics = retrieval_metrics(emb.image_embeds, emb.text_embeds, ks=(1, 5))
         out = {f"{direction}/{key}": value for direction in ("image_to_text", "text_to_image")
                for key, value in metrics[direction].items() if key.startswith("R@")}
         routing = routing_report(emb, model.num_experts)
         if "agreement" in routing:
-            out["routing/agreement"] = routing["agreement"]
-            out["routing/agreement_identity"] = routing["agreement_identity"]
+            out.update({f"routing/{key}": routing[key] for key in ("agreement", "agreement_identity")})
         return out
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:

@@ -93,8 +93,7 @@ def classification_metrics(scores: np.ndarray, targets: Sequence[Sequence[str] |
     from sklearn.metrics import roc_auc_score
 
     names = list(class_names)
-    sets = [{t} if isinstance(t, str) else set(t) for t in targets]
-    sets = [s & set(names) for s in sets]
+    sets = [({t} if isinstance(t, str) else set(t)) & set(names) for t in targets]
     single = [i for i, s in enumerate(sets) if len(s) == 1]
     predicted = scores.argmax(axis=1)
     correct = [names[predicted[i]] in sets[i] for i in single]

@@ -20,9 +20,8 @@ from medmoe.align.suites.sets import EVAL_SETS
 
 
 def _cell(value: float | None, width: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-".rjust(width)
-    return f"{value:.2f}".rjust(width)
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return ("-" if missing else f"{value:.2f}").rjust(width)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -53,9 +52,8 @@ def format_zeroshot_table(result: dict[str, Any], label: str = "yours") -> str:
     lines.append(f"{label.ljust(name_width)}{cells} {_cell(full, 7)} {_cell(_mean(list(mine.values())), 7)}")
     counts = " ".join(str(result["sets"][c]["n"]).rjust(w) if c in result["sets"] else "-".rjust(w)
                       for c, w in zip(columns, widths))
-    lines.append(f"{'images'.ljust(name_width)}{counts}")
-    lines.append(f"avg*: mean over the {len(mine)} set(s) run here")
-    lines += _missing_lines(result)
+    lines += [f"{'images'.ljust(name_width)}{counts}", f"avg*: mean over the {len(mine)} set(s) run here",
+              *_missing_lines(result)]
     return "\n".join(lines)
 
 
@@ -72,11 +70,8 @@ def format_probe_table(result: dict[str, Any], label: str = "yours") -> str:
         if name in TABLE2:
             paper = "".join(_cell(TABLE2[name].get(f), 16) for f in fractions)
             lines.append(column.ljust(16) + "paper".ljust(10) + paper)
-        cells = []
-        for f in fractions:
-            run = entry["fractions"].get(f)
-            cells.append("-".rjust(16) if run is None else
-                         f"{100 * run['accuracy']:.2f} ± {100 * run['std']:.2f}".rjust(16))
+        cells = [("-" if run is None else f"{100 * run['accuracy']:.2f} ± {100 * run['std']:.2f}").rjust(16)
+                 for run in map(entry["fractions"].get, fractions)]
         lines.append(("" if name in TABLE2 else column).ljust(16) + label[:9].ljust(10) + "".join(cells)
                      + f"   {entry['n_train']} / {entry['n_test']}")
     lines += _missing_lines(result)

@@ -30,7 +30,7 @@ from medmoe.align.zeroshot import ZeroShotClassifier, classification_metrics
 from medmoe.data.adapters import import_source
 from medmoe.data.dataset import ImageReportDataset
 from medmoe.data.manifest import ManifestRow
-from medmoe.errors import InvalidInputError, MedMoEError
+from medmoe.errors import InvalidInputError, MedMoEError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ def load_set(spec: EvalSet, root: Path, *, splits: tuple[str, ...] = ("train", "
         MedMoEError: the folder is missing (:class:`~medmoe.errors.MissingFileError`) or the
             adapter refuses its layout.
     """
-    from medmoe.errors import MissingFileError
-
     found = find_set_folder(spec, root)
     if found is None:
         names = [*spec.folders, *(name for _, folders in spec.alternatives for name in folders)]

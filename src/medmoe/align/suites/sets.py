@@ -111,12 +111,8 @@ EVAL_SETS: dict[str, EvalSet] = {s.name: s for s in (
             alternatives=(("unimed-acl-mri", ("acl_mri",)),)),
     EvalSet("meniscus-mri", "Meniscus MRI", "mrnet-meniscus", _MRNET, _MENISCUS, writes_pngs=True,
             alternatives=(("unimed-meniscus-mri", ("meniscal_mri",)),)),
-    EvalSet("ct-axial", "CT axial", "organamnist", (*_MEDMNIST, "organs_axial"), _organs("axial"),
-            writes_pngs=True),
-    EvalSet("ct-coronal", "CT coronal", "organcmnist", (*_MEDMNIST, "organs_coronal"), _organs("coronal"),
-            writes_pngs=True),
-    EvalSet("ct-sagittal", "CT sagittal", "organsmnist", (*_MEDMNIST, "organs_sagittal"), _organs("sagittal"),
-            writes_pngs=True),
+    *(EvalSet(f"ct-{view}", f"CT {view}", f"organ{view[0]}mnist", (*_MEDMNIST, f"organs_{view}"),
+              _organs(view), writes_pngs=True) for view in ("axial", "coronal", "sagittal")),
 )}
 
 ZEROSHOT_SETS = tuple(EVAL_SETS)
@@ -129,8 +125,7 @@ def select_sets(names: str | list[str] | tuple[str, ...] | None, default: tuple[
     Raises:
         InvalidInputError: an unknown name, or none.
     """
-    if names is None:
-        names = default
+    names = default if names is None else names
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in EVAL_SETS]
