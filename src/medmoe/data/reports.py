@@ -109,24 +109,16 @@ def split_sentences(text: str) -> list[str]:
     common abbreviations ("e.g.", "approx.") do not split, and list numbers ("1.", "2)") stay attached to
     the sentence they number. Whitespace is normalised; empty pieces are dropped.
     """
-    text = re.sub(r"\s+", " ", text or "").strip()
-    if not text:
-        return []
-    pieces = _SENTENCE_END.split(text)
     sentences: list[str] = []
-    carry = ""
-    for piece in pieces:
-        piece = piece.strip()
-        if not piece:
-            continue
-        if carry:
-            piece = f"{carry} {piece}"
-            carry = ""
+    carry = ""  # a list number or a piece ending in an abbreviation, joined to the next piece
+    for piece in _SENTENCE_END.split(re.sub(r"\s+", " ", text or "").strip()):
+        piece = f"{carry} {piece.strip()}".strip()
         last_word = piece.rsplit(" ", 1)[-1].rstrip(".").lower()
         if _LIST_NUMBER.match(piece) or last_word in _ABBREVIATIONS:
             carry = piece
-            continue
-        sentences.append(piece)
+        elif piece:
+            sentences.append(piece)
+            carry = ""
     if carry:
         sentences.append(carry)
     return sentences

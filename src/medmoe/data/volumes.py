@@ -121,8 +121,7 @@ def read_ct(path: str | os.PathLike, *, check_ct: bool = True, max_voxels: int |
     elif is_nifti(p):
         volume = read_nifti_volume(p, max_voxels=max_voxels, dtype=np.float32)
     elif p.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(p):
-        _reject_single_dicom(p)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise _single_dicom_error(p)
     else:
         raise InvalidInputError(
             f"{p}: not a CT volume format (got {p.suffix or 'no suffix'!r}; expected a .nii/.nii.gz file "
@@ -195,16 +194,17 @@ def _require_3d(shape: Sequence[int], path: Path) -> None:
         raise InvalidInputError(f"{path}: a {len(shape)}-D image (shape {tuple(shape)}); expected one 3-D volume")
 
 
-def _reject_single_dicom(path: Path) -> None:
+def _single_dicom_error(path: Path) -> InvalidInputError:
+    """Why a single DICOM file is not a CT volume."""
     ds = read_dicom_header(path, str(path), stop_before_pixels=True)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     modality = str(ds.get("Modality", "?"))
     if frames > 1:
-        raise InvalidInputError(
+        return InvalidInputError(
             f"{path}: a multi-frame DICOM object ({modality}, {frames} frames); enhanced multi-frame CT is not "
             "supported, pass a folder holding a classic one-file-per-slice CT series"
         )
-    raise InvalidInputError(
+    return InvalidInputError(
         f"{path}: a single DICOM slice ({modality}) is a 2-D image; pass the folder holding the whole series"
     )
 
@@ -227,12 +227,11 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True, max_v
     reader = DicomSeriesReader(check_ct=check_ct, max_voxels=max_voxels)
     slices = reader.series(folder)
     array, header = reader.stack(slices)
-    first = slices[0]
     return Volume(
         array=array,
         affine=np.asarray(header[MetaKeys.AFFINE], dtype=np.float64),
         path=str(folder),
-        meta={"format": "dicom", "modality": _modality(first), "series_uid": _series_uid(first),
+        meta={"format": "dicom", "modality": _modality(slices[0]), "series_uid": _series_uid(slices[0]),
               "n_slices": len(slices)},
     )
 

@@ -63,14 +63,12 @@ def find_first(root: Path, names: list[str], what: str, *, required: bool = True
         MissingFileError: none exists and ``required``; the message names ``what``, ``root`` and every
             name looked for.
     """
-    for name in names:
-        hits = sorted(root.glob(name)) if any(ch in name for ch in "*?[") else [root / name]
-        for hit in hits:
-            if hit.is_file():
-                return hit
-    if required:
+    hits = (hit for name in names
+            for hit in (sorted(root.glob(name)) if any(ch in name for ch in "*?[") else [root / name]))
+    found = next((hit for hit in hits if hit.is_file()), None)
+    if found is None and required:
         raise MissingFileError(f"{root}: cannot find {what} (looked for {', '.join(names)} under {root})")
-    return None
+    return found
 
 
 def pick_column(rows: list[dict[str, str]], candidates: list[str], path: Path, what: str) -> str:

@@ -65,7 +65,8 @@ def read_pillow(source: str | BinaryIO, name: str, options: ReadOptions) -> tupl
             # Pillow warns about the damage it tolerates (corrupt EXIF...); the size budget below stops bombs.
             warnings.simplefilter("ignore")
             stored, scale, facts = _decode(source, name, options, allowed)
-        array = _to_unit(stored, scale)
+        # float32 in [0, 1]: one conversion, scaled as it is made (already float32 when scale is None)
+        array = stored if scale is None else np.multiply(stored, np.float32(scale), dtype=np.float32)
         del stored
     except (InvalidInputError, CorruptFileError):
         raise
@@ -189,16 +190,6 @@ def _rgb_array(im: Image.Image) -> np.ndarray:
             del grey
         rgb[top:top + rows] = block
     return grey if rgb is None else rgb
-
-
-def _to_unit(stored: np.ndarray, scale: float | None) -> np.ndarray:
-    """float32 in [0, 1]: ``stored * scale`` converted once and scaled in place (already float32 when
-    ``scale`` is None)."""
-    if scale is None:
-        return stored
-    out = stored.astype(np.float32)
-    out *= np.float32(scale)
-    return out
 
 
 def _reduced(im: Image.Image, factor: int) -> Image.Image:
