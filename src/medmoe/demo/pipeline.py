@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 from medmoe.demo.budget import FULL, QUICK, DemoBudget
 from medmoe.demo.ownership import claim_output_dir, owned_fresh
 from medmoe.errors import MedMoEError
+from medmoe.paths import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +51,18 @@ class DemoResult:
     summary_rows: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-class Step:
+@contextmanager
+def step(name: str, timings: dict[str, float], say: Callable[[str], None]) -> Iterator[None]:
     """Times one stage and names it in the error if it fails."""
-
-    def __init__(self, name: str, timings: dict[str, float], say: Callable[[str], None]) -> None:
-        self.name, self.timings, self.say = name, timings, say
-
-    def __enter__(self) -> Step:
-        self.start = time.perf_counter()
-        self.say(f"[demo] {self.name} ...")
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.timings[self.name] = round(time.perf_counter() - self.start, 1)
-        if exc is None:
-            self.say(f"[demo] {self.name}: done in {self.timings[self.name]:.0f} s")
-        elif isinstance(exc, MedMoEError):
-            raise MedMoEError(f"demo step '{self.name}' failed: {exc}") from exc
+    start = time.perf_counter()
+    say(f"[demo] {name} ...")
+    try:
+        yield
+    except MedMoEError as exc:
+        raise MedMoEError(f"demo step '{name}' failed: {exc}") from exc
+    finally:
+        timings[name] = round(time.perf_counter() - start, 1)
+    say(f"[demo] {name}: done in {timings[name]:.0f} s")
 
 
 def build_data(root: Path, budget: DemoBudget, seed: int, progress: bool) -> dict[str, Path]:
@@ -80,15 +77,14 @@ def build_data(root: Path, budget: DemoBudget, seed: int, progress: bool) -> dic
     if which:
         build_samples(images, seed=seed, which=which, n_per_modality=budget.n_per_modality,
                       iu_limit=budget.iu_limit, progress=progress)
-    paths = {name: images / name / "manifest.csv" for name in ALIGN_DATASETS}
     phantoms = root / "ct" / "phantoms" / "datalist.json"
     if not phantoms.is_file():
         build_phantom_pack(phantoms.parent, seed=seed, quick=budget.seg_quick_data, progress=progress)
     real = root / "ct" / "totalseg" / "datalist.json"
     if not real.is_file() or AORTA_CT_DATASET not in json.loads(real.read_text()).get("label_maps", {}):
         build_totalseg_pack(real.parent)  # absent, or written before the aorta-report CT joined the pack
-    paths.update(phantoms=phantoms, totalseg=real)
-    return paths
+    return {**{name: images / name / "manifest.csv" for name in ALIGN_DATASETS}, "phantoms": phantoms,
+            "totalseg": real}
 
 
 def combined_manifest(manifests: list[Path], out: Path) -> Path:
@@ -102,11 +98,9 @@ def combined_manifest(manifests: list[Path], out: Path) -> Path:
 
 def _entries(doc: dict, root: Path, split: str, dataset: str | None = None) -> list[dict]:
     """A split's entries with absolute paths (so a derived datalist can live anywhere), optionally renamed."""
-    rows = []
-    for e in doc.get(split, []):
-        row = {**e, "image": str((root / e["image"]).resolve()), "label": str((root / e["label"]).resolve())}
-        rows.append({**row, "dataset": dataset} if dataset else row)
-    return rows
+    renamed = {"dataset": dataset} if dataset else {}
+    return [{**e, "image": str((root / e["image"]).resolve()), "label": str((root / e["label"]).resolve()),
+             **renamed} for e in doc.get(split, [])]
 
 
 def seg_training_datalist(phantoms: Path, real: Path, out: Path) -> Path:
@@ -277,13 +271,13 @@ def evaluate_real_test(model_dir: Path, datalist: Path, classes: list[str], out_
                       overlap=budget.seg_overlap)
     from medmoe.data.volumes import read_ct
 
-    figures = [c["overlay"] for c in report["cases"] if c.get("overlay")]
+    figure = next((c["overlay"] for c in report["cases"] if c.get("overlay")), None)
     volumes: dict[str, dict[str, float]] = {}
     for case in report["cases"]:  # one case (the DICOM series): reference and predicted volume per class
         voxel_ml = float(np.prod(read_ct(case["path"]).spacing)) / 1000.0
         volumes = {c: {"reference_ml": round(m["gt_voxels"] * voxel_ml, 2), "predicted_ml": round(m["pred_voxels"] * voxel_ml, 2)}
                    for c, m in case["metrics"].items()}
-    return {**report, "classes": list(classes), "figure": figures[0] if figures else None, "volumes_ml": volumes}
+    return {**report, "classes": list(classes), "figure": figure, "volumes_ml": volumes}
 
 
 def predict_real_ct(model_dir: Path, datalist: Path, out_dir: Path, budget: DemoBudget, *,
@@ -329,39 +323,36 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str =
     budget = QUICK if quick else FULL
     timings: dict[str, float] = {}
     data_root = out / "data" / ("quick" if quick else "full")
-    with Step("build the built-in data", timings, say):
+    with step("build the built-in data", timings, say):
         data = build_data(data_root, budget, seed, progress)
     train_manifest = combined_manifest([data["modality-bench"], data["iu-cxr"]], out / "runs" / "align-train.csv")
     align: dict[str, Any] = {}
     for label, k in (("moe", 6), ("single", 1)):
-        with Step(f"train {budget.align_model} with {k} expert{'s' if k > 1 else ''}", timings, say):
+        with step(f"train {budget.align_model} with {k} expert{'s' if k > 1 else ''}", timings, say):
             model_dir, train_info = train_align(train_manifest, out / "runs" / f"align-{label}", k, budget,
                                                 seed=seed, device=device, progress=progress)
-        with Step(f"evaluate {budget.align_model} K={k}", timings, say):
+        with step(f"evaluate {budget.align_model} K={k}", timings, say):
             align[label] = {"num_experts": k, "train": train_info,
                             "eval": evaluate_align(model_dir, data, out / "align" / label, budget, device=device,
                                                    progress=progress)}
     align["moe_vs_single"] = compare_align(align)
     seg_data = seg_training_datalist(data["phantoms"], data["totalseg"], out / "runs" / "seg-train.json")
     test_data, test_classes = real_test_datalist(data["totalseg"], seg_data, out / "runs" / "seg-real-test.json")
-    with Step("train mome-nano on CT phantoms + two real CTs", timings, say):
+    with step("train mome-nano on CT phantoms + two real CTs", timings, say):
         seg_dir, seg_train = train_seg(seg_data, out / "runs" / "seg", budget, seed=seed, device=device,
                                        progress=progress)
-    with Step("evaluate mome-nano on held-out phantoms", timings, say):
+    with step("evaluate mome-nano on held-out phantoms", timings, say):
         seg_eval = evaluate_seg(seg_dir, seg_data, out / "seg", budget, device=device, progress=progress)
-    with Step("evaluate mome-nano on the real DICOM series it never trained on", timings, say):
+    with step("evaluate mome-nano on the real DICOM series it never trained on", timings, say):
         real_test = evaluate_real_test(seg_dir, test_data, test_classes, out / "seg", budget, device=device,
                                        progress=progress)
-    with Step("predict organs on a real training CT", timings, say):
+    with step("predict organs on a real training CT", timings, say):
         real_ct = predict_real_ct(seg_dir, data["totalseg"], out / "seg", budget, device=device)
     metrics = {"quick": quick, "seed": seed, "device": device, "environment": _environment(),
                "budget": budget.__dict__, "timings_s": timings,
                "align": align, "seg": {"train": seg_train, "eval": seg_eval, "real_ct_test": real_test,
                                        "real_ct": real_ct}}
-    metrics_path = out / "metrics.json"
-    tmp = metrics_path.with_name(".metrics.json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
-    tmp.replace(metrics_path)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
     report = build_report(metrics, out / "report.html")
     return DemoResult(out=out, metrics=metrics, report=report, summary_rows=summary_rows(metrics))
 
@@ -379,10 +370,8 @@ def _environment() -> dict[str, Any]:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (Path, tuple)):
-        return str(value) if isinstance(value, Path) else list(value)
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

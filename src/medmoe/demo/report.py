@@ -60,13 +60,8 @@ def _cell(value: object) -> str:
 
 def _table(t: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header)
-    body = []
-    for r, row in enumerate(t.rows):
-        cells = "".join(
-            f"<td class='better'>{_cell(c)}</td>" if (r, i) in t.highlight else f"<td>{_cell(c)}</td>"
-            for i, c in enumerate(row)
-        )
-        body.append(f"<tr>{cells}</tr>")
+    body = ["<tr>" + "".join(("<td class='better'>" if (r, i) in t.highlight else "<td>") + f"{_cell(c)}</td>"
+                             for i, c in enumerate(row)) + "</tr>" for r, row in enumerate(t.rows)]
     note = f"<p class='note'>{html.escape(t.note)}</p>" if t.note else ""
     return f"<h3>{html.escape(t.title)}</h3><table><tr>{head}</tr>{''.join(body)}</table>{note}"
 

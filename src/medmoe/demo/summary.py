@@ -23,6 +23,15 @@ medmoe seg predict --model runs/mome/model --input ct.nii.gz --prompt liver --pr
 medmoe seg eval --model runs/mome/model --data datalist.json --out seg_metrics.json"""
 
 
+# (label, dataset, keys of the metric in an evaluation): the summary rows with both models' values
+COMPARED_ROWS = (
+    ("text->image R@1, modality benchmark", "modality-bench", ("retrieval", "text_to_image", "R@1")),
+    ("image->text R@1, modality benchmark", "modality-bench", ("retrieval", "image_to_text", "R@1")),
+    ("text->image R@1, IU chest X-ray", "iu-cxr", ("retrieval", "text_to_image", "R@1")),
+    ("zero-shot finding accuracy, modality benchmark", "modality-bench", ("zero_shot", "labels", "accuracy")),
+)
+
+
 def _get(d: dict, *keys: str, default: float = float("nan")) -> Any:
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -41,24 +50,16 @@ def _align_value(metrics: dict, which: str, dataset: str, *keys: str) -> float:
 
 def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
     """(what, MoE value, one-expert or single value) rows, in percent where the metric is a fraction."""
-    rows = []
-    for label, ds, direction in (("text->image R@1, modality benchmark", "modality-bench", "text_to_image"),
-                                 ("image->text R@1, modality benchmark", "modality-bench", "image_to_text"),
-                                 ("text->image R@1, IU chest X-ray", "iu-cxr", "text_to_image")):
-        rows.append((label + " (%)", _pct(_align_value(metrics, "moe", ds, "retrieval", direction, "R@1")),
-                     _pct(_align_value(metrics, "single", ds, "retrieval", direction, "R@1"))))
-    rows.append(("zero-shot finding accuracy, modality benchmark (%)",
-                 _pct(_align_value(metrics, "moe", "modality-bench", "zero_shot", "labels", "accuracy")),
-                 _pct(_align_value(metrics, "single", "modality-bench", "zero_shot", "labels", "accuracy"))))
-    for label, ds in (("image router vs modality, held-out generated (%)", "modality-bench"),
-                      ("image router vs modality, real images (%)", "real-samples")):
-        rows.append((label, _pct(_align_value(metrics, "moe", ds, "routing", "agreement")), "(one expert)"))
+    rows = [(label + " (%)", *(_pct(_align_value(metrics, model, ds, *keys)) for model in ("moe", "single")))
+            for label, ds, keys in COMPARED_ROWS]
+    rows += [(label, _pct(_align_value(metrics, "moe", ds, "routing", "agreement")), "(one expert)")
+             for label, ds in (("image router vs modality, held-out generated (%)", "modality-bench"),
+                               ("image router vs modality, real images (%)", "real-samples"))]
     seg = metrics["seg"]
     rows.append(("MoME mean Dice, held-out phantoms (%)", _pct(_get(seg["eval"], "mean", "dice")), ""))
     test = seg.get("real_ct_test") or {}
-    for organ, values in _get(test, "per_class", default={}).items():
-        rows.append((f"MoME Dice on the unseen real DICOM series (never trained on): {organ} (%)",
-                     _pct(values.get("dice")), ""))
+    rows += [(f"MoME Dice on the unseen real DICOM series (never trained on): {organ} (%)", _pct(values.get("dice")),
+              "") for organ, values in _get(test, "per_class", default={}).items()]
     fit = seg["real_ct"]["metrics"]
     rows.append((f"MoME Dice on a real training CT (fit, not generalisation): {' / '.join(fit)} (%)",
                  " / ".join(_pct(v.get("dice")) for v in fit.values()), ""))
@@ -87,12 +88,10 @@ def _verdict(r: dict) -> str:
 
 def _comparison_table(metrics: dict) -> Table | None:
     compared = _get(metrics["align"], "moe_vs_single", default={})
-    rows = []
-    for ds, by_direction in compared.items():
-        for direction in ("text_to_image", "image_to_text"):
-            for metric, r in _get(by_direction, direction, default={}).items():
-                rows.append([ds, direction.replace("_to_", "->"), metric, _pct(r["a"]), _pct(r["b"]),
-                             f"{100 * r['difference']:+.1f}", interval_points(r), _verdict(r)])
+    rows = [[ds, direction.replace("_to_", "->"), metric, _pct(r["a"]), _pct(r["b"]),
+             f"{100 * r['difference']:+.1f}", interval_points(r), _verdict(r)]
+            for ds, by_direction in compared.items() for direction in ("text_to_image", "image_to_text")
+            for metric, r in _get(by_direction, direction, default={}).items()]
     if not rows:
         return None
     return Table("MoE vs one expert, pair by pair", ["dataset", "direction", "metric", "MoE %", "one expert %",
@@ -115,14 +114,12 @@ def _align_sections(metrics: dict) -> list[Section]:
     retrieval = Table("Cross-modal retrieval on the test splits", ["dataset", "direction", "model", "R@1 %", "R@5 %",
                       "R@10 %", "median rank", "pairs"], rows,
                       note="R@K: share of queries whose paired item is among the K nearest. Chance R@1 = 1/pairs.")
-    zs_rows = []
-    for name, m in (("MoE K=6", moe), ("one expert", single)):
-        e = m["eval"]["modality-bench"]
-        zs_rows.append([name, _pct(_get(e, "zero_shot", "labels", "accuracy")),
-                        _get(e, "zero_shot", "labels", "mean_auroc"), _pct(_get(e, "zero_shot", "modality", "accuracy")),
-                        _pct(_get(e, "linear_probe", "labels", "1%", "accuracy")),
-                        _pct(_get(e, "linear_probe", "labels", "10%", "accuracy")),
-                        _pct(_get(e, "linear_probe", "labels", "100%", "accuracy"))])
+    zs_rows = [[name, _pct(_get(e, "zero_shot", "labels", "accuracy")),
+                _get(e, "zero_shot", "labels", "mean_auroc"),
+                _pct(_get(e, "zero_shot", "modality", "accuracy")),
+                *(_pct(_get(e, "linear_probe", "labels", f"{share}%", "accuracy")) for share in (1, 10, 100))]
+               for name, e in (("MoE K=6", moe["eval"]["modality-bench"]),
+                               ("one expert", single["eval"]["modality-bench"]))]
     zero_shot = Table("Zero-shot classification and linear probe (modality benchmark)",
                       ["model", "finding acc. %", "finding mean AUROC", "modality acc. %", "probe 1 % labels",
                        "probe 10 %", "probe 100 %"], zs_rows,
@@ -132,17 +129,15 @@ def _align_sections(metrics: dict) -> list[Section]:
                    m["train"]["bad_samples"]] for name, m in (("MoE K=6", moe), ("one expert", single))]
     training = Table("Training (same data, steps and seed)", ["model", "steps", "seconds", "samples/s", "bad samples"],
                      train_rows)
-    figures = []
-    for ds, caption in (("modality-bench", "Image-router confusion on held-out generated images (rows: true "
-                         "modality, columns: expert chosen from the image alone)."),
-                        ("real-samples", "Image-router confusion on the real DICOM/JPEG/NIfTI sample images.")):
-        for path in _get(moe["eval"][ds], "figures", default=[]):
-            if path.endswith("routing_confusion.png"):
-                figures.append(Figure(path, caption))
-    for path in _get(moe["eval"]["modality-bench"], "figures", default=[]):
-        if path.endswith("attention_maps.png"):
-            figures.append(Figure(path, "Word-region attention of the MoE model: where each report word looks in "
-                                        "its image (as the paper's Fig. 3)."))
+    figures = [Figure(path, caption) for ds, caption in (
+        ("modality-bench", "Image-router confusion on held-out generated images (rows: true modality, "
+                           "columns: expert chosen from the image alone)."),
+        ("real-samples", "Image-router confusion on the real DICOM/JPEG/NIfTI sample images."))
+        for path in _get(moe["eval"][ds], "figures", default=[]) if path.endswith("routing_confusion.png")]
+    figures += [Figure(path, "Word-region attention of the MoE model: where each report word looks in its "
+                             "image (as the paper's Fig. 3).")
+                for path in _get(moe["eval"]["modality-bench"], "figures", default=[])
+                if path.endswith("attention_maps.png")]
     name = _get(metrics, "budget", "align_model", default="medmoe-nano")
     backbone = {"medmoe-nano": "tiny Swin from random weights",
                 "medmoe-effnet-nano": "EfficientNet-Lite0 with its ImageNet weights"}.get(name, "its image backbone")
@@ -156,13 +151,16 @@ def _align_sections(metrics: dict) -> list[Section]:
     return [Section("MedMoE: image-report alignment", text, tables, figures)]
 
 
+def _scores(v: dict) -> list:
+    """Dice %, HD95 mm and NSD % of a class (or the mean) in a segmentation report."""
+    return [_pct(_get(v, "dice")), _get(v, "hd95"), _pct(_get(v, "nsd"))]
+
+
 def _seg_sections(metrics: dict) -> list[Section]:
     seg = metrics["seg"]
     per_class = _get(seg["eval"], "per_class", default={})
-    rows = [[name, _pct(v.get("dice")), _get(v, "hd95"), _pct(v.get("nsd")), v.get("n", "")]
-            for name, v in per_class.items()]
-    mean = _get(seg["eval"], "mean", default={})
-    rows.append(["mean", _pct(_get(mean, "dice")), _get(mean, "hd95"), _pct(_get(mean, "nsd")), ""])
+    rows = [[name, *_scores(v), v.get("n", "")] for name, v in per_class.items()]
+    rows.append(["mean", *_scores(_get(seg["eval"], "mean", default={})), ""])
     phantom = Table("Held-out phantoms (every organ labelled)", ["class", "Dice %", "HD95 mm", "NSD % (2 mm)", "cases"],
                     rows, note="Training data: three phantom 'datasets', each labelling a different subset of organs "
                                "(partial labels); the loss counts only the classes each dataset labels.")
@@ -171,11 +169,10 @@ def _seg_sections(metrics: dict) -> list[Section]:
     test = seg.get("real_ct_test") or {}
     if test:
         volumes = test.get("volumes_ml", {})
-        test_rows = [[name, _pct(v.get("dice")), _get(v, "hd95"), _pct(v.get("nsd")),
-                      _get(volumes, name, "reference_ml"), _get(volumes, name, "predicted_ml")]
+        test_rows = [[name, *_scores(v), _get(volumes, name, "reference_ml"),
+                      _get(volumes, name, "predicted_ml")]
                      for name, v in _get(test, "per_class", default={}).items()]
-        mean = _get(test, "mean", default={})
-        test_rows.append(["mean", _pct(_get(mean, "dice")), _get(mean, "hd95"), _pct(_get(mean, "nsd")), "", ""])
+        test_rows.append(["mean", *_scores(_get(test, "mean", default={})), "", ""])
         tables.append(Table(
             "Real CT never trained on (TotalSegmentator's DICOM series: 20 slices of 2 mm, upper abdomen, arms down)",
             ["class", "Dice %", "HD95 mm", "NSD % (2 mm)", "reference ml", "predicted ml"], test_rows,
@@ -197,10 +194,8 @@ def _seg_sections(metrics: dict) -> list[Section]:
                              "generalisation; the DICOM series above is the test."))
     figures.append(Figure(real["figure"], "Predicted contours (solid) and TotalSegmentator's masks (dashed) on the "
                                           "real training CT."))
-    overlays = sorted(Path(p) for p in _get(seg["eval"], "overlays", default=[]))
-    if not overlays:
-        folder = Path(metrics.get("out", ".")) / "seg" / "overlays"
-        overlays = sorted(folder.glob("*.png"))
+    overlays = (sorted(Path(p) for p in _get(seg["eval"], "overlays", default=[]))
+                or sorted((Path(metrics.get("out", ".")) / "seg" / "overlays").glob("*.png")))
     figures += [Figure(p, f"Held-out phantom {p.stem}: prediction (solid) vs reference (dashed).") for p in overlays[:2]]
     t = seg["train"]
     augmentation = _get(metrics, "budget", "seg_augmentation", default="light")
