@@ -93,7 +93,7 @@ def normalize_modality(name: str) -> str:
 
 def try_normalize_modality(name: str | None) -> str | None:
     """Like :func:`normalize_modality` but returns None for an unknown or empty name."""
-    if name is None or not isinstance(name, str):
+    if not isinstance(name, str):  # None included
         return None
     return _SYNONYMS.get(_key(name))
 

@@ -183,7 +183,7 @@ class ShardDataset(IterableDataset):
     def _reader_samples(self, epoch: int, reader: int, readers: int) -> int:
         shards, stride, offset = self._plan(epoch, reader, readers)
         total = sum(self.counts[i] for i in shards)
-        return total if stride == 1 else len(range(offset, total, stride))
+        return len(range(offset, total, stride))
 
     # ---- the training protocol (BatchStream) ----------------------------------------------------------
     def configure(self, batch_size: int, *, rank: int | None = None, world_size: int | None = None,
@@ -266,10 +266,9 @@ class ShardDataset(IterableDataset):
                         meta = sample_metadata(members)
                         if not self._wanted(meta):
                             continue
-                        take = stride == 1 or position % stride == offset
-                        position += 1
-                        if take:
+                        if position % stride == offset:  # stride 1, offset 0: every sample
                             yield url, key, members, meta
+                        position += 1
                 except CorruptFileError as err:
                     logger.warning("%s", err)
                     yield BadSample(-1, url, str(err))

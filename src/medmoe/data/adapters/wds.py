@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from medmoe.data.adapters.common import ImportResult
-from medmoe.data.manifest import ManifestRow, normalize_split
+from medmoe.data.manifest import SPLITS, ManifestRow, normalize_split
 from medmoe.data.shard_files import iter_tar_samples
 from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError, MissingFileError
 
@@ -65,11 +65,8 @@ def unimed_caption(text: str) -> str:
 
 
 def _split_from_path(path: Path, root: Path) -> str | None:
-    for part in reversed(path.relative_to(root).parts[:-1] if path.is_relative_to(root) else path.parts[:-1]):
-        split = normalize_split(part)
-        if split in ("train", "val", "test"):
-            return split
-    return None
+    parts = path.relative_to(root).parts if path.is_relative_to(root) else path.parts
+    return next((split for split in map(normalize_split, reversed(parts[:-1])) if split in SPLITS), None)
 
 
 def import_wds(
