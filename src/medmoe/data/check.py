@@ -93,8 +93,8 @@ def check_manifest(path: str | os.PathLike, *, read_images: bool = True, progres
     rows, malformed = scan_manifest(path)
     result = CheckResult(manifest=os.fspath(path), n_rows=len(rows) + len(malformed))
     for problem in malformed:
-        detail = f"line {problem.line} {problem.detail}"
-        result.problems.append(RowProblem(problem.row, os.fspath(path), "malformed row", detail))
+        result.problems.append(RowProblem(problem.row, os.fspath(path), "malformed row",
+                                          f"line {problem.line} {problem.detail}"))
     for row in tqdm(rows, desc="checking", unit="row", disable=not progress):
         for kind, detail in check_row_fields(row):
             result.problems.append(RowProblem(row.row, row.image, kind, detail))

@@ -268,9 +268,7 @@ def _checked_dataset(source: str | BinaryIO, name: str,
     require_dicom(source, name)  # a few hundred bytes decide, before pydicom parses anything
     limits = (options.max_pixels, options.max_decoded_bytes)
     try:
-        header = inflated_header(source, name, *limits)
-        if header is not None:
-            check_dicom_size(header, name, *limits)
+        inflated_header(source, name, *limits)  # a deflated file: its header checked before it inflates
         if not isinstance(source, str):
             source.seek(0)
     except (CorruptFileError, InvalidInputError):
