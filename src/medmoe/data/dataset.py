@@ -96,6 +96,17 @@ def build_item(
     }
 
 
+def dataset_item(dataset: Any, epoch: int, index: int, path: str, image: np.ndarray,
+                 image_modality: str | None, raw_report: str, row_modality: str | None,
+                 labels: Sequence[str]) -> dict[str, Any] | BadSample:
+    """:func:`build_item` with the ``transform``, ``require_report`` and augmentation stream (``seed``,
+    ``epoch``) of a dataset set up by :func:`apply_item_options`."""
+    generator = sample_generator(dataset.seed, epoch, index) if dataset.transform.train else None
+    return build_item(image=image, image_modality=image_modality, raw_report=raw_report,
+                      row_modality=row_modality, labels=labels, index=index, path=path,
+                      transform=dataset.transform, generator=generator, require_report=dataset.require_report)
+
+
 class ItemOptions(TypedDict, total=False):
     """How :class:`ImageReportDataset` and ``ShardDataset`` build items (keyword arguments of both; the
     defaults are those of :func:`apply_item_options`)."""
@@ -176,19 +187,8 @@ class ImageReportDataset(Dataset):
         row = self.rows[index]
         try:
             image, meta = read_image(row.image, target_size=self.transform.decode_size)
-            generator = sample_generator(self.seed, self.epoch, index) if self.transform.train else None
-            item = build_item(
-                image=image,
-                image_modality=meta.modality,
-                raw_report=row.report,
-                row_modality=row.modality,
-                labels=row.labels,
-                index=index,
-                path=row.image,
-                transform=self.transform,
-                generator=generator,
-                require_report=self.require_report,
-            )
+            item = dataset_item(self, self.epoch, index, row.image, image, meta.modality, row.report,
+                                row.modality, row.labels)
         except Exception as err:  # any failure is a bad sample, never a dead run
             item = BadSample(index, row.image, f"{type(err).__name__}: {err}")
         if isinstance(item, BadSample):

@@ -39,14 +39,11 @@ import torch
 import webdataset
 from torch.utils.data import IterableDataset, get_worker_info
 
-from medmoe.data.dataset import BadSample, ItemOptions, apply_item_options, build_item, sample_generator
+from medmoe.data.dataset import BadSample, ItemOptions, apply_item_options, dataset_item
 from medmoe.data.manifest import normalize_split
 from medmoe.data.readers import decode_image
 from medmoe.data.shard_files import (
     IMAGE_EXTENSIONS,
-    INDEX_NAME,
-    SHARD_FORMAT,
-    ShardWriteResult,
     iter_tar_samples,
     list_shards,
     looks_like_shards,
@@ -57,10 +54,7 @@ from medmoe.data.shard_files import (
 from medmoe.errors import CorruptFileError, InvalidInputError
 
 __all__ = [
-    "INDEX_NAME",
-    "SHARD_FORMAT",
     "ShardDataset",
-    "ShardWriteResult",
     "distributed_position",
     "iter_tar_samples",
     "list_shards",
@@ -331,18 +325,9 @@ class ShardDataset(IterableDataset):
             labels = meta.get("labels") or []
             if not labels and "cls" in members:
                 labels = [members["cls"].decode("utf-8").strip()]
-            item = build_item(
-                image=image,
-                image_modality=image_meta.modality,
-                raw_report=members.get("txt", b"").decode("utf-8", errors="replace"),
-                row_modality=meta.get("modality"),
-                labels=[str(v) for v in labels],
-                index=index,
-                path=str(meta.get("source") or name),
-                transform=self.transform,
-                generator=sample_generator(self.seed, epoch, index) if self.transform.train else None,
-                require_report=self.require_report,
-            )
+            report = members.get("txt", b"").decode("utf-8", errors="replace")
+            item = dataset_item(self, epoch, index, str(meta.get("source") or name), image,
+                                image_meta.modality, report, meta.get("modality"), [str(v) for v in labels])
         except Exception as err:  # any failure is a bad sample, never a dead run
             item = BadSample(index, name, f"{type(err).__name__}: {err}")
         return self._bad(item) if isinstance(item, BadSample) else item
