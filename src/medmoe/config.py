@@ -33,14 +33,9 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config
     if unknown:
         raise InvalidInputError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints.get(key)
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = config_from_dict(hint, value, where=f"{where}.{key}")
-        else:
-            value = checked_value(value, hint, f"{where}.{key}")
-        kwargs[key] = value
+    kwargs = {key: config_from_dict(hints[key], value, where=f"{where}.{key}")
+              if dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict)
+              else checked_value(value, hints.get(key), f"{where}.{key}") for key, value in data.items()}
     try:
         return cls(**kwargs)
     except InvalidInputError as err:
@@ -138,9 +133,8 @@ def merge_overrides(config: T, overrides: dict[str, Any], *, where: str = "confi
     data = config_to_dict(config)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
+            value = {**data[key], **value}
         elif dataclasses.is_dataclass(value):
-            data[key] = config_to_dict(value)
-        else:
-            data[key] = value
+            value = config_to_dict(value)
+        data[key] = value
     return config_from_dict(type(config), data, where=where)

@@ -12,6 +12,7 @@ import torch
 from medmoe.errors import InvalidInputError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the --amp choices that name a dtype
 
 
 def cuda_autocast_dtype(capability: tuple[int, int], *, hip: bool = False) -> torch.dtype:
@@ -66,14 +67,11 @@ def autocast_dtype(device: torch.device | str, amp: str = "auto") -> torch.dtype
     if amp not in AMP_CHOICES:
         raise InvalidInputError(f"amp {amp!r}: expected one of {AMP_CHOICES}")
     device = torch.device(device)
-    if amp == "off" or device.type != "cuda":
-        if amp in ("bf16", "fp16") and device.type != "cuda":
-            raise InvalidInputError(f"amp {amp!r} needs a CUDA device; {device} runs in fp32 (use amp 'auto' or 'off')")
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
+    if amp in AMP_DTYPES and device.type != "cuda":
+        raise InvalidInputError(f"amp {amp!r} needs a CUDA device; {device} runs in fp32 "
+                                "(use amp 'auto' or 'off')")
+    if amp != "auto" or device.type != "cuda":
+        return AMP_DTYPES.get(amp)
     return cuda_autocast_dtype(torch.cuda.get_device_capability(device), hip=bool(torch.version.hip))
 
 

@@ -130,12 +130,10 @@ def barrier() -> None:
 def all_reduce_sum(value: torch.Tensor | float | int) -> torch.Tensor | float:
     """``value`` summed over ranks: a tensor comes back on its own device (``value`` itself when not
     distributed; NCCL reduces on this rank's GPU), a number as a float."""
-    if not isinstance(value, torch.Tensor):
-        if not is_distributed():
-            return float(value)
-        return float(all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64))[0])
     if not is_distributed():
-        return value
+        return value if isinstance(value, torch.Tensor) else float(value)
+    if not isinstance(value, torch.Tensor):
+        return float(all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64))[0])
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     out = value.detach().to(device).clone()
     dist.all_reduce(out)

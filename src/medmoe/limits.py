@@ -36,17 +36,8 @@ MAX_PIXELS_ENV = "MEDMOE_MAX_PIXELS"
 MAX_VOXELS_ENV = "MEDMOE_MAX_VOXELS"
 MAX_MEMBER_BYTES_ENV = "MEDMOE_MAX_MEMBER_BYTES"
 
-DEFAULT_MAX_DECODED_BYTES = 2**28
-DEFAULT_MAX_PIXELS = 2**28
-DEFAULT_MAX_VOXELS = 2**30
-DEFAULT_MAX_MEMBER_BYTES = 2**29
-
-_DEFAULTS = {
-    MAX_DECODED_BYTES_ENV: DEFAULT_MAX_DECODED_BYTES,
-    MAX_PIXELS_ENV: DEFAULT_MAX_PIXELS,
-    MAX_VOXELS_ENV: DEFAULT_MAX_VOXELS,
-    MAX_MEMBER_BYTES_ENV: DEFAULT_MAX_MEMBER_BYTES,
-}
+_DEFAULTS = {MAX_DECODED_BYTES_ENV: 2**28, MAX_PIXELS_ENV: 2**28, MAX_VOXELS_ENV: 2**30,
+             MAX_MEMBER_BYTES_ENV: 2**29}
 
 
 class DecodeLimitError(CorruptFileError):
@@ -60,7 +51,7 @@ def limit(env: str, value: int | float | None = None) -> int:
         InvalidInputError: ``value`` or the variable is not a positive number (``1e9`` and ``2**30``-style
             integers are accepted as written in the environment: digits or a float literal).
     """
-    where = f"{env}"
+    where = env
     if value is None:
         text = os.environ.get(env, "").strip()
         if not text:

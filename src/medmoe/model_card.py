@@ -60,8 +60,8 @@ def _num_experts(model: nn.Module) -> int | None:
         value = getattr(model, name, None)
         if isinstance(value, int):
             return value
-    found, value = _field(getattr(model, "config", None), "num_experts")
-    return value if found and isinstance(value, int) else None
+    value = _field(getattr(model, "config", None), "num_experts")[1]  # None when the config has no such field
+    return value if isinstance(value, int) else None
 
 
 def _load_reports(model: nn.Module) -> list[Any]:
@@ -83,10 +83,9 @@ def _architecture(model: nn.Module) -> list[str]:
     if experts is not None:
         lines.append(f"- experts: {experts}")
     config = getattr(model, "config", None)
-    for label, dotted in KEY_SIZES:
-        found, value = _field(config, dotted)
-        if found and value not in (None, ""):
-            lines.append(f"- {label}: {_text(value)}")
+    # an absent field reads as None
+    lines += [f"- {label}: {_text(value)}" for label, dotted in KEY_SIZES
+              if (value := _field(config, dotted)[1]) not in (None, "")]
     for name in ("trained_classes", "classes"):
         found, value = _field(config, name)
         if found and value:

@@ -68,14 +68,9 @@ def check_sizes(config: Any, where: str) -> None:
 
 def _fields(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """``(dotted name, value)`` of every leaf field of a nested dataclass config."""
-    out = []
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if dataclasses.is_dataclass(value):
-            out += _fields(value, f"{prefix}{field.name}.")
-        else:
-            out.append((f"{prefix}{field.name}", value))
-    return out
+    values = {f"{prefix}{field.name}": getattr(config, field.name) for field in dataclasses.fields(config)}
+    return [item for name, value in values.items()
+            for item in (_fields(value, f"{name}.") if dataclasses.is_dataclass(value) else [(name, value)])]
 
 
 # Hugging Face encoder config keys (text/config.json of a saved model) -> largest value allowed.
@@ -144,10 +139,9 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, dict[str, Any]
     path = Path(path)
     try:
         with safe_open(str(path), "pt") as weights:
-            header = {}
-            for name in weights.keys():
-                tensor = weights.get_slice(name)
-                header[name] = {"dtype": tensor.get_dtype(), "shape": list(tensor.get_shape())}
+            slices = {name: weights.get_slice(name) for name in weights.keys()}
+            header = {name: {"dtype": t.get_dtype(), "shape": list(t.get_shape())}
+                      for name, t in slices.items()}
     except OSError as err:
         raise NotAModelDirectoryError(f"{path}: cannot read weights ({err.strerror or err})") from err
     except (SafetensorError, ValueError) as err:

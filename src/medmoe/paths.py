@@ -15,11 +15,10 @@ from medmoe.errors import InvalidInputError
 
 
 def _writable_folder(folder: Path, option: str) -> None:
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise InvalidInputError(f"{option} {folder}: {parent} is a file, not a folder")
-            break
+    # a file can hold no folder: a file among the parents is the first of them that exists
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InvalidInputError(f"{option} {folder}: {blocker} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".medmoe-probe-"):
@@ -53,6 +52,13 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
         raise InvalidInputError(f"{option} {target}: is a file; expected a folder")
     _writable_folder(target, option)
     return target
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a hidden temporary file renamed over it (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def check_run_dir(out: str | os.PathLike) -> None:

@@ -30,12 +30,6 @@ WEIGHTS_NAME = "model.safetensors"
 TEXT_DIR = "text"
 
 
-def _version() -> str:
-    from medmoe import __version__
-
-    return __version__
-
-
 class PretrainedMixin:
     """Adds ``save_pretrained`` to a model with ``config``, ``config_class`` and ``model_type``.
 
@@ -68,7 +62,9 @@ class PretrainedMixin:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            meta = {"model_type": self.model_type, "medmoe_version": _version(), **config_to_dict(self.config)}
+            from medmoe import __version__ as version
+
+            meta = {"model_type": self.model_type, "medmoe_version": version, **config_to_dict(self.config)}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
             text = getattr(self, "text", None)
             if text is not None and hasattr(text, "save_assets"):
@@ -219,8 +215,7 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device | Non
     if not weights.is_file():
         raise NotAModelDirectoryError(f"{path}: not a medmoe model directory (no {WEIGHTS_NAME})")
     header = read_safetensors_header(weights)
-    shapes, aliases = expected_shapes(cls, config)
-    compare_with_header(shapes, aliases, header, str(weights))
+    compare_with_header(*expected_shapes(cls, config), header, str(weights))
     model = cls(config, load_pretrained=False)
     try:
         missing, unexpected = _load_safetensors(model, str(weights), strict=False)
@@ -239,8 +234,8 @@ def _apply_trained_settings(config: Any, settings: dict[str, Any], allowed: tupl
     """``config`` with ``settings`` merged, refusing a changed field that is not in ``allowed``."""
     from medmoe.config import merge_overrides
 
-    where = str(path / CONFIG_NAME)
-    merged = merge_overrides(config, settings, where=where)  # unknown fields and bad types fail here
+    # unknown fields and bad types fail here
+    merged = merge_overrides(config, settings, where=str(path / CONFIG_NAME))
     saved, wanted = config_to_dict(config), config_to_dict(merged)
     for key in _dotted_keys(settings):
         before, after = _lookup(saved, key), _lookup(wanted, key)
@@ -254,13 +249,9 @@ def _apply_trained_settings(config: Any, settings: dict[str, Any], allowed: tupl
 
 
 def _dotted_keys(settings: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            keys += _dotted_keys(value, f"{prefix}{key}.")
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
+    return [dotted for key, value in settings.items()
+            for dotted in (_dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict)
+                           else [f"{prefix}{key}"])]
 
 
 def _lookup(data: dict[str, Any], dotted: str) -> Any:

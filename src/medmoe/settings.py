@@ -158,10 +158,9 @@ class SetPairs(argparse.Action):
 
 
 def _merged(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    nested = {key: _merged(base[key], value) for key, value in update.items()
+              if isinstance(value, dict) and isinstance(base.get(key), dict)}
+    return {**base, **update, **nested}
 
 
 class ConfigFile(argparse.Action):
@@ -223,8 +222,7 @@ class SettingsParser(argparse.ArgumentParser):
         path = _config_path(args) if any(isinstance(s.action, ConfigFile) for s in self.settings.values()) else None
         namespace = argparse.Namespace() if namespace is None else namespace
         values = self.read_config(path) if path is not None else {}
-        for dest, value in values.items():
-            setattr(namespace, dest, value)
+        vars(namespace).update(values)
         setattr(namespace, _CONFIG_FILE_ATTR, path)
         relaxed = [s.action for dest, s in self.settings.items() if s.action.required and dest in values]
         for action in relaxed:
@@ -336,11 +334,8 @@ def _kebab(name: str) -> str:
 
 
 def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
+    # f.default is MISSING when the field has a default_factory, or no default at all
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
 
 
 def _help(text: str, default: Any, *, is_bool: bool) -> str:
