@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -42,11 +43,8 @@ def read_state_dict(source: str | os.PathLike, what: str = "weights") -> dict[st
         raise CorruptFileError(f"{path}: not a readable checkpoint for {what} ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict):
         raise CorruptFileError(f"{path}: expected a state dict for {what}, got {type(state).__name__}")
-    for key in CONTAINERS:
-        inner = state.get(key)
-        if isinstance(inner, dict) and _tensors_only(inner):
-            state = inner
-            break
+    state = next((inner for key in CONTAINERS
+                  if isinstance(inner := state.get(key), dict) and _tensors_only(inner)), state)
     tensors = _tensors_only(state)
     if not tensors:
         raise CorruptFileError(f"{path}: holds no tensor (keys {sorted(map(str, state))[:8]}); not a checkpoint "
@@ -54,11 +52,9 @@ def read_state_dict(source: str | os.PathLike, what: str = "weights") -> dict[st
     return tensors
 
 
-def strip_prefix(key: str, prefix: str = "module.") -> str:
-    """``key`` without any number of leading ``prefix`` (DataParallel / DDP wrap names in ``module.``)."""
-    while key.startswith(prefix):
-        key = key[len(prefix):]
-    return key
+def strip_prefix(key: str) -> str:
+    """``key`` without any number of leading ``module.`` (DataParallel / DDP wrap names in it)."""
+    return re.sub(r"^(?:module\.)+", "", key)
 
 
 def load_mapped(module: nn.Module, source: str | os.PathLike, state: dict[str, Tensor],

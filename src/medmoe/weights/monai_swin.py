@@ -55,15 +55,10 @@ def swinunetr_key(key: str, part: str = "full") -> str | None:
         >>> swinunetr_key("module.backbone.decoder5.transp_conv.conv.weight")
         'decoder5.transp_conv.conv.weight'
     """
-    name = strip_prefix(key)
-    name = name[len("backbone."):] if name.startswith("backbone.") else name
-    if name.startswith("encoder.patch_embed."):
-        name = name[len("encoder."):]
-    elif _DAE_STAGE.match(name):
-        name = _DAE_STAGE.sub(r"\1.0.", name)
-    for prefix in _SWIN_NAMES:
-        if name.startswith(prefix):
-            return "swinViT." + _mlp_names(name[len(prefix):])
+    name = _DAE_STAGE.sub(r"\1.0.", strip_prefix(key).removeprefix("backbone."))
+    name = name.removeprefix("encoder.") if name.startswith("encoder.patch_embed.") else name
+    if name.startswith(_SWIN_NAMES):  # each a single name: the part after its dot is the Swin ViT's key
+        return "swinViT." + _mlp_names(name.split(".", 1)[1])
     if name.startswith(("patch_embed.", "layers1.", "layers2.", "layers3.", "layers4.")):
         return "swinViT." + _mlp_names(name)
     if part == "full" and name.startswith(_BLOCKS):

@@ -50,11 +50,8 @@ class LoadReport:
         """One line: counts, then a digest of what did not load."""
         line = (f"{self.source} -> {self.target}: {len(self.matched)} matched, {len(self.missing)} missing, "
                 f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape-mismatched")
-        parts = []
-        if self.missing:
-            parts.append(f"missing: {_grouped(self.missing)}")
-        if self.unexpected:
-            parts.append(f"unexpected: {_grouped(self.unexpected)}")
+        parts = [f"{label}: {_grouped(keys)}" for label, keys in (("missing", self.missing),
+                                                                  ("unexpected", self.unexpected)) if keys]
         if self.mismatched:
             parts.append("mismatched: " + ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched[:3])
                          + (" ..." if len(self.mismatched) > 3 else ""))
