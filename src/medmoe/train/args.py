@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from medmoe.paths import write_text_atomic
 from medmoe.settings import SETTINGS_ATTR, add_config_file_flag, add_dataclass_flags
 from medmoe.train.config import TrainConfig
 
@@ -31,14 +32,8 @@ def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings as plain YAML-ready values, loadable again with ``--config``."""
     data = vars(args)
     keys = data.get(SETTINGS_ATTR) or [k for k in data if not k.startswith("_")]
-    out: dict[str, Any] = {}
-    for key in keys:
-        if key in _NOT_SAVED or key not in data:
-            continue
-        value = _plain(data[key])
-        if value is not _UNSET:
-            out[key] = value
-    return out
+    plain = {key: _plain(data[key]) for key in keys if key not in _NOT_SAVED and key in data}
+    return {key: value for key, value in plain.items() if value is not _UNSET}
 
 
 _UNSET = object()
@@ -61,6 +56,4 @@ def _plain(value: Any) -> Any:
 def save_resolved_config(args: argparse.Namespace, path: Path) -> None:
     """Write :func:`resolved_config` as YAML to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(resolved_config(args), sort_keys=True))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(resolved_config(args), sort_keys=True))

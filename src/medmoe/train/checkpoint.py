@@ -9,6 +9,7 @@ always complete; a crash leaves at most a temporary file, which the next run del
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -41,14 +42,8 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of the complete-named checkpoints in ``directory``, oldest first."""
-    if not Path(directory).is_dir():
-        return []
-    found = []
-    for path in Path(directory).iterdir():
-        match = _NAME.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+    return sorted((int(match.group(1)), path) for path in Path(directory).glob("step_*.pt")
+                  if (match := _NAME.match(path.name)) and path.is_file())
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
@@ -73,17 +68,13 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
 
 
 def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every filesystem allows opening a directory.
-    try:
+    # Makes the rename itself durable; not every filesystem allows opening (or syncing) a directory.
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -132,9 +123,7 @@ def prune_checkpoints(directory: Path, keep: int) -> list[Path]:
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete temporary files left by an interrupted save."""
-    if not Path(directory).is_dir():
-        return []
-    stale = [p for p in Path(directory).iterdir() if p.name.startswith(_TMP_PREFIX)]
+    stale = list(Path(directory).glob(f"{_TMP_PREFIX}*"))
     for path in stale:
         path.unlink(missing_ok=True)
         logger.info("removed incomplete checkpoint file %s", path)
@@ -145,7 +134,6 @@ def capture_rng_state(device: torch.device) -> dict[str, Any]:
     """Python, NumPy (global), torch CPU and CUDA RNG states as tensors and numbers."""
     version, words, gauss = random.getstate()
     np_key, np_words, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return {
         "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
         "numpy": {
@@ -156,7 +144,7 @@ def capture_rng_state(device: torch.device) -> dict[str, Any]:
             "cached_gaussian": float(np_gauss),
         },
         "torch": torch.get_rng_state(),
-        "cuda": cuda,
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 

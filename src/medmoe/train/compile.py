@@ -43,13 +43,6 @@ def compile_targets(model: nn.Module) -> list[nn.Module]:
     return targets
 
 
-def available_backends() -> list[str]:
-    """Names ``torch.compile(backend=...)`` accepts here (debug backends such as ``eager`` included)."""
-    import torch._dynamo
-
-    return sorted(torch._dynamo.list_backends(exclude_tags=()))
-
-
 def compile_in_place(model: nn.Module, backend: str) -> list[nn.Module]:
     """Compile :func:`compile_targets` of ``model`` with ``backend``; returns them (for :func:`uncompile`).
 
@@ -59,7 +52,10 @@ def compile_in_place(model: nn.Module, backend: str) -> list[nn.Module]:
     Raises:
         InvalidInputError: ``backend`` is not a registered torch.compile backend.
     """
-    backends = available_backends()
+    import torch._dynamo
+
+    # the names torch.compile(backend=...) accepts here (debug backends such as eager included)
+    backends = sorted(torch._dynamo.list_backends(exclude_tags=()))
     if backend not in backends:
         raise InvalidInputError(f"--compile-backend {backend!r}: not a torch.compile backend here; one of {backends}")
     targets = compile_targets(model)

@@ -80,14 +80,10 @@ class TrainConfig:
         self.out = Path(self.out)
         positive = ("steps", "batch_size", "accum_steps", "ckpt_every", "keep_ckpts", "log_every",
                     "max_nonfinite_steps")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 1")
-        for name in ("warmup_steps", "workers", "eval_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise InvalidInputError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 0")
+        for name in (*positive, "warmup_steps", "workers", "eval_every"):
+            value, low = getattr(self, name), int(name in positive)
+            if not isinstance(value, int) or value < low:
+                raise InvalidInputError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= {low}")
         if not self.dist_timeout > 0:
             raise InvalidInputError(f"--dist-timeout {self.dist_timeout!r}: expected a positive number of minutes")
         if not self.lr > 0:

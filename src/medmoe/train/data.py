@@ -131,10 +131,8 @@ class BatchStream:
         self.streaming = is_streaming(dataset)
         # An explicit generator keeps DataLoader from drawing worker seeds from the global torch RNG,
         # which would make the model's random stream depend on where epochs start.
-        self._generator = torch.Generator()
-        self._generator.manual_seed(seed)
         common = dict(batch_size=batch_size, drop_last=True, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, generator=self._generator)
+                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
         if self.streaming:
             dataset.configure(batch_size, rank=rank, world_size=world_size, workers=workers)
             self.sampler = None

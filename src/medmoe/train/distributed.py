@@ -23,15 +23,7 @@ from torch.utils.data import Sampler
 
 from medmoe import distributed as _library
 from medmoe.devices import resolve_device
-from medmoe.distributed import (
-    all_gather_objects,
-    all_reduce_sum,
-    barrier,
-    gather_with_grad,
-    is_distributed,
-    rank,
-    world_size,
-)
+from medmoe.distributed import all_reduce_sum, barrier, is_distributed, rank
 from medmoe.errors import InvalidInputError
 
 __all__ = [
@@ -41,16 +33,11 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "close_process_group",
-    "gather_objects",
-    "gather_with_grad",
-    "is_distributed",
     "is_main",
     "may_leave_parameters_unused",
-    "rank",
     "setup_distributed",
     "teardown_distributed",
     "unwrap_model",
-    "world_size",
     "wrap_model",
 ]
 
@@ -59,11 +46,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistEnv:
-    """Where this process sits: its rank among ``world_size``, its local rank on the node, its device."""
+    """Where this process sits: its rank among ``world_size``, its device."""
 
     rank: int
     world_size: int
-    local_rank: int
     device: torch.device
     owns_process_group: bool = False
 
@@ -79,7 +65,7 @@ def is_main() -> bool:
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
-    if value is None or value == "":
+    if not value:
         return default
     try:
         return int(value)
@@ -106,12 +92,11 @@ def setup_distributed(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT
         raise InvalidInputError(f"--dist-timeout {timeout_min!r}: expected a positive number of minutes")
     world = _env_int("WORLD_SIZE", 1)
     rank_ = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
-    dev = resolve_device(device, local_rank=local_rank)
+    dev = resolve_device(device, local_rank=_env_int("LOCAL_RANK", 0))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    owns = False
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         timeout = timedelta(minutes=timeout_min)
         # A fresh key prefix per run: torchrun's store outlives a destroyed group, and destroy_process_group
@@ -120,11 +105,10 @@ def setup_distributed(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT
         store, _, _ = next(dist.rendezvous("env://", rank_, world, timeout=timeout))
         store = dist.PrefixStore(f"medmoe/run{next(_RUNS)}", store)
         dist.init_process_group(backend=backend, store=store, rank=rank_, world_size=world, timeout=timeout)
-        owns = True
         logger.debug("rank %d/%d initialised (%s) on %s", rank_, world, backend, dev)
     if dist.is_available() and dist.is_initialized():
         rank_, world = dist.get_rank(), dist.get_world_size()
-    return DistEnv(rank=rank_, world_size=world, local_rank=local_rank, device=dev, owns_process_group=owns)
+    return DistEnv(rank=rank_, world_size=world, device=dev, owns_process_group=owns)
 
 
 def close_process_group(*, synchronize: bool = True) -> None:
@@ -219,11 +203,6 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` as a list indexed by rank (``[obj]`` when not distributed)."""
-    return all_gather_objects(obj)
-
-
 class ResumableSampler(Sampler[int]):
     """Shuffled, rank-partitioned indices that can restart mid-epoch at the same permutation.
 
@@ -235,12 +214,11 @@ class ResumableSampler(Sampler[int]):
         num_samples: length of the dataset.
         num_replicas: number of ranks.
         rank: this rank.
-        shuffle: permute per epoch (otherwise dataset order).
         seed: base seed shared by all ranks.
     """
 
     def __init__(
-        self, num_samples: int, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
+        self, num_samples: int, *, num_replicas: int = 1, rank: int = 0, seed: int = 0
     ) -> None:
         if num_samples < num_replicas:
             raise InvalidInputError(
@@ -251,7 +229,6 @@ class ResumableSampler(Sampler[int]):
         self.num_samples = num_samples
         self.num_replicas = num_replicas
         self.rank = rank
-        self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
         self.start = 0
@@ -266,12 +243,8 @@ class ResumableSampler(Sampler[int]):
 
     def indices(self) -> list[int]:
         """This rank's full index list of the current epoch (ignoring ``start``)."""
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=g).tolist()
-        else:
-            order = list(range(self.num_samples))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=g).tolist()
         total = self.per_rank * self.num_replicas
         return order[self.rank : total : self.num_replicas]
 

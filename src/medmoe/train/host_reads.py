@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import traceback
 from collections import Counter
-from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -31,10 +30,6 @@ _READS = {
     "nonzero", "argwhere", "bincount", "unique", "unique_consecutive", "masked_select",
     "repeat_interleave",  # without output_size its length is read from the device
 }
-
-
-def _name(func: Any) -> str:
-    return getattr(func, "__name__", str(func))
 
 
 def _is_bool_index(args: tuple) -> bool:
@@ -68,13 +63,9 @@ class HostReadCounter(TorchFunctionMode):
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def reset(self) -> None:
-        self.counts.clear()
-        self.calls.clear()
-
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = _name(func)
+        name = getattr(func, "__name__", str(func))
         counted = (name in _READS
                    or (name == "__getitem__" and _is_bool_index(args))
                    or (name == "to" and _moves_to_host(args, kwargs))

@@ -8,12 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medmoe.paths import write_text_atomic
+
 logger = logging.getLogger(__name__)
-
-
-def _json_number(value: float) -> float | None:
-    # Strict JSON has no NaN/Infinity; a skipped non-finite step logs null.
-    return value if math.isfinite(value) else None
 
 
 class RunLogger:
@@ -23,7 +20,7 @@ class RunLogger:
     the interrupted run are discarded, so the logs read as one uninterrupted run.
     """
 
-    def __init__(self, run_dir: Path, *, enabled: bool, start_step: int = 0, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, enabled: bool, start_step: int = 0) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._writer = None
@@ -31,20 +28,20 @@ class RunLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _truncate_after(self.path, start_step)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start_step + 1)
+        self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start_step + 1)
 
     def log(self, step: int, values: dict[str, float], *, prefix: str = "train", extra: dict[str, Any] | None = None) -> None:
         """One metrics.jsonl line ``{"step", **extra, "<prefix>/<name>": value}`` and one scalar per value."""
         if not self.enabled:
             return
         row: dict[str, Any] = {"step": step, **(extra or {})}
-        for name, value in values.items():
-            row[f"{prefix}/{name}"] = _json_number(float(value))
-            if self._writer is not None and math.isfinite(float(value)):
-                self._writer.add_scalar(f"{prefix}/{name}", float(value), step)
+        for name, value in ((f"{prefix}/{k}", float(v)) for k, v in values.items()):
+            finite = math.isfinite(value)
+            row[name] = value if finite else None  # strict JSON has no NaN/Infinity: a skipped step logs null
+            if self._writer is not None and finite:
+                self._writer.add_scalar(name, value, step)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -69,9 +66,7 @@ def _truncate_after(path: Path, step: int) -> None:
             continue  # a line cut short by a crash
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -38,8 +38,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
-from medmoe.distributed import local_only
+from medmoe.distributed import all_gather_objects, local_only
 from medmoe.errors import DataLoadError, InvalidInputError
+from medmoe.paths import write_text_atomic
 from medmoe.train.args import resolved_config, save_resolved_config
 from medmoe.train.checkpoint import (
     FORMAT,
@@ -62,7 +63,6 @@ from medmoe.train.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_object,
-    gather_objects,
     setup_distributed,
     teardown_distributed,
     unwrap_model,
@@ -171,9 +171,6 @@ class _Run:
             return self.args
         return argparse.Namespace(**{k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self.cfg).items()})
 
-    def _write_config(self) -> None:
-        save_resolved_config(self._settings(), self.run_dir / "config.yaml")
-
     def _resume_state(self) -> tuple[Path | None, dict[str, Any] | None]:
         resume = self.cfg.resume
         if resume is None:
@@ -185,11 +182,8 @@ class _Run:
             return None, None
         if resume == "latest":
             # Rank 0 chooses so that every rank resumes from the same file.
-            chosen = None
-            if self.env.is_main:
-                found = find_latest_checkpoint(self.ckpt_dir)
-                chosen = str(found[0]) if found else None
-            chosen = broadcast_object(chosen)
+            found = find_latest_checkpoint(self.ckpt_dir) if self.env.is_main else None
+            chosen = broadcast_object(str(found[0]) if found else None)
             if chosen is None:
                 if self.env.is_main:
                     logger.info("--resume latest: no checkpoint in %s; starting from scratch", self.ckpt_dir)
@@ -203,7 +197,7 @@ class _Run:
     def _check_visible(self, path: Path) -> None:
         """Every rank reads the checkpoint it resumes from, which rank 0 alone wrote: refuse, on every rank and
         with the hosts that cannot see it, when some rank cannot (a run directory on a node's local disk)."""
-        hosts = gather_objects(None if path.is_file() else socket.gethostname())
+        hosts = all_gather_objects(None if path.is_file() else socket.gethostname())
         blind = sorted({f"rank {r} on {host}" for r, host in enumerate(hosts) if host is not None})
         if blind and self.env.world_size > 1 and len(blind) < self.env.world_size:
             raise InvalidInputError(
@@ -216,9 +210,7 @@ class _Run:
     def _save(self, step: int) -> Path:
         # One gather: every rank's RNG states, and the counts of its streaming readers (exact resume).
         epoch, position, consumed_here = self._data_state()
-        parts = gather_objects((capture_rng_state(self.device), consumed_here))
-        rng = [part[0] for part in parts]
-        consumed = {reader: n for part in parts for reader, n in part[1].items()}
+        parts = all_gather_objects((capture_rng_state(self.device), consumed_here))
         path = checkpoint_path(self.run_dir, step)
         if self.env.is_main:
             state = {
@@ -230,8 +222,8 @@ class _Run:
                 "step": step,
                 "epoch": epoch,
                 "position": position,
-                "consumed": consumed,
-                "rng": rng,
+                "consumed": {reader: n for part in parts for reader, n in part[1].items()},
+                "rng": [part[0] for part in parts],
                 "world_size": self.env.world_size,
                 "batch_size": self.cfg.batch_size,
                 "accum_steps": self.cfg.accum_steps,
@@ -259,23 +251,17 @@ class _Run:
         self.skipped = int(state.get("skipped_steps", 0))
         self.last_values = {k: float(v) for k, v in state.get("final_losses", {}).items()}
         epoch, position = int(state["epoch"]), int(state["position"])
-        same = (
-            state.get("world_size") == self.env.world_size
-            and state.get("batch_size") == self.cfg.batch_size
-            and state.get("accum_steps") == self.cfg.accum_steps
-        )
-        if not same and self.env.is_main:
-            logger.warning(
-                "%s was written with world_size=%s batch_size=%s accum_steps=%s; now %s/%s/%s: continuing, "
-                "but not exactly as the original run would have",
-                path, state.get("world_size"), state.get("batch_size"), state.get("accum_steps"),
-                self.env.world_size, self.cfg.batch_size, self.cfg.accum_steps,
-            )
-        consumed = {int(k): int(v) for k, v in (state.get("consumed") or {}).items()}
-        if not same:
+        saved = (state.get("world_size"), state.get("batch_size"), state.get("accum_steps"))
+        layout = (self.env.world_size, self.cfg.batch_size, self.cfg.accum_steps)
+        if saved != layout:
+            if self.env.is_main:
+                logger.warning(
+                    "%s was written with world_size=%s batch_size=%s accum_steps=%s; now %s/%s/%s: "
+                    "continuing, but not exactly as the original run would have", path, *saved, *layout)
+            # the stream continues at the same fraction of the epoch (with no reader counts of another layout)
             seen = position * int(state.get("batch_size", self.cfg.batch_size)) * int(state.get("world_size", 1))
             position = seen // (self.cfg.batch_size * self.env.world_size)
-            consumed = {}  # readers of another layout: the stream continues at the same fraction of the epoch
+        consumed = (state.get("consumed") or {}) if saved == layout else {}
         rng = state["rng"]
         if isinstance(rng, list) and len(rng) == self.env.world_size:
             restore_rng_state(rng[self.env.rank], self.device)
@@ -283,7 +269,7 @@ class _Run:
             _seed_everything(self.cfg.seed + 1_000_003 * self.env.rank + int(state["step"]))
         if self.env.is_main:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["step"], epoch, position)
-        return epoch, position, consumed
+        return epoch, position, {int(k): int(v) for k, v in consumed.items()}
 
     # ---- torch.compile ------------------------------------------------------------------------------
 
@@ -386,14 +372,7 @@ class _Run:
         """``values`` as a float64 tensor on the training device (where NCCL reduces), copied without waiting
         for the device."""
         flags = torch.tensor(values, dtype=torch.float64)
-        if self.device.type == "cuda":
-            return flags.pin_memory().to(self.device, non_blocking=True)
-        return flags
-
-    def _agree_on_next(self) -> None:
-        """Before the first step: whether every rank can train on its first batches (one all-reduce)."""
-        flags = self.next.flags() if self.next is not None else [0.0, 0.0]
-        self._agreed(*all_reduce_sum(self._flags_tensor(flags)).tolist())
+        return flags.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else flags
 
     def _agreed(self, unusable: float, failed: float) -> None:
         """What the ranks' summed flags say of the next step: train on it, or skip it / stop (some rank cannot)."""
@@ -425,8 +404,7 @@ class _Run:
             for micro, batch in enumerate(current.batches):
                 batch = move_to_device(batch, self.device)
                 final = micro == len(current.batches) - 1
-                sync = contextlib.nullcontext() if final or not ddp else self.model.no_sync()
-                with sync:
+                with contextlib.nullcontext() if final or not ddp else self.model.no_sync():
                     with self.precision.autocast():
                         out = self.task.training_step(self.model, batch)
                     loss, values = split_step_output(out)
@@ -495,13 +473,14 @@ class _Run:
 
     def _stop_on_data_error(self) -> None:
         """Every rank: write a checkpoint of the steps done, then raise one error naming the ranks that failed."""
-        errors = gather_objects(self.next.error if self.next is not None else None)
+        errors = all_gather_objects(self.next.error if self.next is not None else None)
         path = self._save(self.step)
         where = "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e)
         raise DataLoadError(f"training stopped after step {self.step}: reading the next batches failed ({where}); "
                             f"checkpoint {path}; fix the data and continue with --resume latest")
 
-    def _validate(self) -> dict[str, float]:
+    def _validate_and_log(self, run_log: RunLogger) -> dict[str, float]:
+        """The task's validation metrics of the current model (none without ``validate``), logged if any."""
         validate = getattr(self.task, "validate", None)
         if validate is None:
             return {}
@@ -514,7 +493,10 @@ class _Run:
         finally:
             bare.train()
             restore_rng_state(rng, self.device)
-        return {k: float(v) for k, v in metrics.items()}
+        validation = {k: float(v) for k, v in metrics.items()}
+        if validation:
+            run_log.log(self.step, validation, prefix="val")
+        return validation
 
     # ---- the run ------------------------------------------------------------------------------------
 
@@ -526,12 +508,15 @@ class _Run:
         model, dataset = self._build()
         # Before the data stream exists, so that the trial step cannot disturb it.
         self.compiled = self._compile(dataset) if self.cfg.compile else None
-        data_state = self._start_counts(resumed_from, state)
-        self._open_stream(dataset, data_state)
-        self._log_start(type(model).__name__)
+        self._open_stream(dataset, self._start_counts(resumed_from, state))
+        if self.env.is_main:
+            logger.info(
+                "training %s for %d steps on %s x%d (%s precision), global batch %d",
+                type(model).__name__, self.cfg.steps, self.device, self.env.world_size, self.precision.name,
+                self.cfg.batch_size * self.cfg.accum_steps * self.env.world_size,
+            )
         start_step = self.step
-        validation = self._train_to_the_end()
-        result = self._finish(started, resumed_from, validation, start_step)
+        result = self._finish(started, resumed_from, self._train_to_the_end(), start_step)
         barrier()  # every rank returns once the exported model and summary exist
         return result
 
@@ -542,7 +527,7 @@ class _Run:
             remove_stale_temporaries(self.ckpt_dir)
         resumed_from, state = self._resume_state()
         if self.env.is_main:
-            self._write_config()
+            save_resolved_config(self._settings(), self.run_dir / "config.yaml")
         return resumed_from, state
 
     def _build(self) -> tuple[nn.Module, Any]:
@@ -578,13 +563,11 @@ class _Run:
         self.consecutive_nonfinite = 0
         self.last_values: dict[str, float] = {}
         self.samples_local = 0
-        self.step, epoch, position = 0, 0, 0
-        consumed: dict[int, int] = {}
-        if state is not None and resumed_from is not None:
-            epoch, position, consumed = self._restore(resumed_from, state)
-            self.step = int(state["step"])
-        self.last_ckpt_step = self.step if state is not None else -1
-        return epoch, position, consumed
+        if state is None:
+            self.step, self.last_ckpt_step = 0, -1
+            return 0, 0, {}
+        self.step = self.last_ckpt_step = int(state["step"])
+        return self._restore(resumed_from, state)
 
     def _open_stream(self, dataset: Any, data_state: DataState) -> None:
         """Start the data stream at ``data_state``, read the first step's batches and agree on them with the
@@ -598,16 +581,9 @@ class _Run:
         )
         self.model.train()
         self.next = self._fetch() if self.step < cfg.steps else None
-        self._agree_on_next()
-
-    def _log_start(self, model_name: str) -> None:
-        cfg, env = self.cfg, self.env
-        if env.is_main:
-            logger.info(
-                "training %s for %d steps on %s x%d (%s precision), global batch %d",
-                model_name, cfg.steps, self.device, env.world_size, self.precision.name,
-                cfg.batch_size * cfg.accum_steps * env.world_size,
-            )
+        # Before the first step: whether every rank can train on its first batches (one all-reduce).
+        flags = self.next.flags() if self.next is not None else [0.0, 0.0]
+        self._agreed(*all_reduce_sum(self._flags_tensor(flags)).tolist())
 
     def _train_to_the_end(self) -> dict[str, float]:
         """Train up to ``--steps``, write the last checkpoint and validate the final model (unless the last
@@ -662,12 +638,6 @@ class _Run:
             bar.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{values['lr']:.2e}", refresh=False)
         bar.update(1)
 
-    def _validate_and_log(self, run_log: RunLogger) -> dict[str, float]:
-        validation = self._validate()
-        if validation:
-            run_log.log(self.step, validation, prefix="val")
-        return validation
-
     def _stop_on_signal(self, stop: StopRequest, run_log: RunLogger) -> NoReturn:
         """Every rank: write a checkpoint of the steps done, then raise :class:`TrainingInterrupted`."""
         path = self._save(self.step)
@@ -683,7 +653,6 @@ class _Run:
         """Export the model (rank 0), then the run's result; rank 0 writes ``summary.json`` and logs it."""
         wall = time.perf_counter() - started
         samples = self.samples_local * self.env.world_size
-        model_dir = self._export(validation) if self.env.is_main else None
         result = TrainResult(
             run_dir=self.run_dir,
             steps=self.step,
@@ -693,7 +662,7 @@ class _Run:
             wall_time_s=wall,
             samples_per_s=samples / wall if wall > 0 else 0.0,
             checkpoint=checkpoint_path(self.run_dir, self.step),
-            model_dir=model_dir,
+            model_dir=self._export(validation) if self.env.is_main else None,
             resumed_from=resumed_from,
             validation=validation,
             skipped_steps=self.skipped,
@@ -718,11 +687,9 @@ class _Run:
     def _card_training(self) -> dict[str, Any]:
         """The training facts of the exported model's card (``README.md``): data, steps, batch, seed, date."""
         settings, task_config = self._settings(), getattr(self.task, "config", None)
-        data = {}
-        for key in ("model", "data", "split", "val_data"):  # the command line, else the task's config
-            value = getattr(settings, key, None) or getattr(task_config, key, None)
-            if value:
-                data[key] = str(value)
+        # the command line, else the task's config
+        data = {key: str(value) for key in ("model", "data", "split", "val_data")
+                if (value := getattr(settings, key, None) or getattr(task_config, key, None))}
         return {**data, "steps": self.step, "batch_size": self.cfg.batch_size,
                 "global_batch_size": self.cfg.batch_size * self.cfg.accum_steps * self.env.world_size,
                 "lr": self.cfg.lr, "seed": self.cfg.seed, "bad_samples": self.bad_total,
@@ -753,7 +720,4 @@ class _Run:
             "validation": result.validation,
             "config": resolved_config(self._settings()),
         }
-        path = self.run_dir / "summary.json"
-        tmp = path.with_name(".summary.json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        tmp.replace(path)
+        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")

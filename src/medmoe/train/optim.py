@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medmoe.devices import cuda_autocast_dtype
+from medmoe.devices import AMP_DTYPES, cuda_autocast_dtype
 from medmoe.errors import InvalidInputError
 from medmoe.train.distributed import is_main
 from medmoe.train.task import default_param_groups
@@ -87,21 +87,15 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
 
     ``fp16`` needs CUDA. The choice of ``auto`` is logged with its reason (on rank 0).
     """
-    if amp == "off":
-        return Precision(device.type, None)
-    if device.type == "cuda":
-        if amp == "auto":
-            capability = torch.cuda.get_device_capability(device)
-            hip = bool(torch.version.hip)
-            dtype = cuda_autocast_dtype(capability, hip=hip)
-            precision = Precision("cuda", dtype)
-            where = "ROCm" if hip else f"compute capability {capability[0]}.{capability[1]}"
-            why = "native bf16" if dtype is torch.bfloat16 else "no native bf16: fp16 with loss scaling"
-            (logger.info if is_main() else logger.debug)("--amp auto: %s on %s (%s)", precision.name, where, why)
-            return precision
-        return Precision("cuda", torch.bfloat16 if amp == "bf16" else torch.float16)
-    if amp == "auto":
-        return Precision(device.type, None)
-    if amp == "bf16":
-        return Precision(device.type, torch.bfloat16)
-    raise InvalidInputError(f"--amp {amp}: fp16 autocast needs a CUDA device (on {device.type} use bf16 or off)")
+    if amp == "fp16" and device.type != "cuda":
+        raise InvalidInputError(f"--amp {amp}: fp16 autocast needs a CUDA device "
+                                f"(on {device.type} use bf16 or off)")
+    if amp != "auto" or device.type != "cuda":
+        return Precision(device.type, AMP_DTYPES.get(amp))
+    capability = torch.cuda.get_device_capability(device)
+    hip = bool(torch.version.hip)
+    precision = Precision("cuda", cuda_autocast_dtype(capability, hip=hip))
+    where = "ROCm" if hip else f"compute capability {capability[0]}.{capability[1]}"
+    why = "native bf16" if precision.dtype is torch.bfloat16 else "no native bf16: fp16 with loss scaling"
+    (logger.info if is_main() else logger.debug)("--amp auto: %s on %s (%s)", precision.name, where, why)
+    return precision

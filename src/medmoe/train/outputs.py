@@ -47,8 +47,7 @@ def split_step_output(out: Any) -> tuple[Tensor, dict[str, Tensor]]:
     for key, value in out.items():
         if key == "loss":
             continue
-        t = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value)
-        t = t.float()
+        t = (value.detach() if isinstance(value, Tensor) else torch.as_tensor(value)).float()
         if t.numel() == 1:
             values[key] = t.reshape(())
         elif t.dim() == 1:
@@ -85,8 +84,7 @@ class StepAccumulator:
         keys = sorted(self.sums)
         if not keys:  # a step that trained on nothing (skipped)
             return keys, torch.zeros(0, dtype=torch.float64, device=device)
-        vec = torch.stack([self.sums[k].to(device, torch.float64) for k in keys]) / max(self.count, 1)
-        return keys, vec
+        return keys, torch.stack([self.sums[k].to(device, torch.float64) for k in keys]) / max(self.count, 1)
 
 
 def all_finite(values: dict[str, float]) -> bool:

@@ -154,16 +154,10 @@ def default_param_groups(model: nn.Module) -> list[dict[str, Any]]:
 
     Groups without ``weight_decay`` get the run's ``--weight-decay``.
     """
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups: list[dict[str, Any]] = []
-    if decay:
-        groups.append({"params": decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2]},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 def export_model(model: nn.Module, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> None:
