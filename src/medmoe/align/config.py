@@ -126,9 +126,7 @@ class MedMoEConfig:
     }
 
     def __post_init__(self) -> None:
-        if self.num_experts < 1:
-            raise InvalidInputError(f"num_experts must be >= 1, got {self.num_experts}")
-        for name in ("local_dim", "embed_dim"):
+        for name in ("num_experts", "local_dim", "embed_dim"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.route_by not in ROUTE_BY:

@@ -353,9 +353,7 @@ def _stream_examples(dataset: torch.utils.data.IterableDataset, count: int, look
 
 def _examples(emb: Embeddings, count: int) -> list[int]:
     """Dataset indices of up to ``count`` examples, one per modality first."""
-    first: dict[int, int] = {}
-    for i, m in enumerate(emb.modality.tolist()):
-        first.setdefault(m, i)
-    chosen = list(first.values())[:count]
+    # the first item of each modality, in the order the modalities first appear
+    chosen = sorted(np.unique(emb.modality.numpy(), return_index=True)[1].tolist())[:count]
     chosen += [i for i in range(len(emb)) if i not in chosen][: count - len(chosen)]
     return [emb.indices[i] for i in chosen]

@@ -50,12 +50,9 @@ class ScaleAttentionExpert(nn.Module):
         if len(features) != len(self.proj):
             raise InvalidInputError(f"expected {len(self.proj)} pyramid levels, got {len(features)}")
         size = features[0].shape[-2:]
-        levels = []
-        for proj, x in zip(self.proj, features):
-            y = proj(x)
-            if y.shape[-2:] != size:
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            levels.append(y)
+        levels = [proj(x) for proj, x in zip(self.proj, features)]
+        levels = [F.interpolate(y, size=size, mode="bilinear", align_corners=False) if y.shape[-2:] != size
+                  else y for y in levels]
         stacked = torch.stack(levels, dim=1)  # (B, S, D, H, W)
         b, s = stacked.shape[:2]
         return stacked, self.score(stacked.flatten(0, 1)).view(b, s, 1, *size).softmax(dim=1)

@@ -49,9 +49,7 @@ def save_confusion_matrix(matrix: np.ndarray, row_names: Sequence[str], path: st
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(matrix.shape[1]), [f"E{e}" for e in range(matrix.shape[1])])
     ax.set_yticks(range(matrix.shape[0]), list(row_names))
-    ax.set_xlabel("expert (image router)")
-    ax.set_ylabel("modality")
-    ax.set_title(title)
+    ax.set(xlabel="expert (image router)", ylabel="modality", title=title)
     peak = matrix.max() if matrix.size else 0
     for (r, c), v in np.ndenumerate(matrix):
         ax.text(c, r, str(int(v)), ha="center", va="center", color="white" if v > peak / 2 else "black", fontsize=8)

@@ -112,11 +112,9 @@ class SearchIndex:
             meta = json.loads(meta_path.read_text())
             with open(folder / "items.jsonl", encoding="utf-8") as f:
                 items = [json.loads(line) for line in f if line.strip()]
-            indexes, rows = {}, {}
-            for target in meta["targets"]:
-                indexes[target] = faiss.read_index(str(folder / f"{target}.faiss"))
-                extra = folder / f"{target}.rows.npy"
-                rows[target] = np.load(extra) if extra.is_file() else None
+            indexes = {t: faiss.read_index(str(folder / f"{t}.faiss")) for t in meta["targets"]}
+            rows = {t: np.load(f) if (f := folder / f"{t}.rows.npy").is_file() else None
+                    for t in meta["targets"]}
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise InvalidInputError(f"{folder}: damaged search index ({type(err).__name__}: {err})") from None
         if len(items) != meta["n"]:

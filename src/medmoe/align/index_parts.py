@@ -169,9 +169,8 @@ def _cat(tensors: list[torch.Tensor], empty_shape: tuple[int, ...], dtype) -> np
 
 
 def _collate_with_keys(samples):
-    batch = collate_image_report(samples)
-    batch["keys"] = [s.get("key") for s in samples if isinstance(s, dict)]
-    return batch
+    keys = [s.get("key") for s in samples if isinstance(s, dict)]
+    return {**collate_image_report(samples), "keys": keys}
 
 
 def write_part(folder: Path, chunk: int, part: dict[str, Any]) -> Path:

@@ -205,9 +205,10 @@ class MedMoE(PretrainedMixin, nn.Module):
         out = self.text_proj(self._text(reports).sentence)
         return F.normalize(out, dim=-1) if normalize else out
 
-    def _image(self, images: Tensor, decide) -> tuple[Tensor, Tensor, RouteDecision]:
+    def _image(self, images: Tensor, **route: Any) -> tuple[Tensor, Tensor, RouteDecision]:
+        """Local map, global embedding and route of ``images``; ``route``: the routing's arguments."""
         pyramid = self.backbone(images)
-        decision: RouteDecision = decide(pyramid.pooled)
+        decision = self.routing(pyramid.pooled, **route)
         local = self.moe(pyramid.features, route=decision.taken).output
         return local, self.image_proj(local.mean(dim=(2, 3))), decision
 
@@ -220,14 +221,14 @@ class MedMoE(PretrainedMixin, nn.Module):
             ``expert_index`` (B,), ``gates`` (B,) the scale of the expert's output (1 unless
             ``config.gate="probability"``).
         """
-        local, global_, decision = self._image(images, lambda pooled: self.routing(pooled, route_by="image"))
+        local, global_, decision = self._image(images, route_by="image")
         route = decision.taken
         return {"image_embeds": F.normalize(global_, dim=-1), "local_features": local, "router_logits": route.logits,
                 "router_probs": route.probs, "expert_index": route.expert_index[:, 0], "gates": route.gates[:, 0]}
 
     def encode_image(self, images: Tensor, *, normalize: bool = True) -> Tensor:
         """(B, E) image embeddings routed by the image alone: no report and no label needed."""
-        _, global_, _ = self._image(images, lambda pooled: self.routing(pooled, route_by="image"))
+        _, global_, _ = self._image(images, route_by="image")
         return F.normalize(global_, dim=-1) if normalize else global_
 
     @torch.no_grad()
@@ -269,8 +270,8 @@ class MedMoE(PretrainedMixin, nn.Module):
             raise InvalidInputError(f"got {images.shape[0]} images but {len(reports)} reports")
         route_by = route_by or self.config.route_by
         text = self._text(reports)
-        local, global_, decision = self._image(
-            images, lambda pooled: self.routing(pooled, text.sentence, labels=modality, route_by=route_by))
+        local, global_, decision = self._image(images, sentence=text.sentence, labels=modality,
+                                               route_by=route_by)
         out: dict[str, Any] = {
             "image_embeds": F.normalize(global_, dim=-1),
             "text_embeds": F.normalize(self.text_proj(text.sentence), dim=-1),

@@ -240,9 +240,8 @@ class AlignTask:
     def _replacement(self, index: int, taken: set[int]) -> dict[str, Any] | None:
         """A good item standing in for bad item ``index``, a fixed stride away. Bad items met here are not
         counted: they are counted when the sampler draws them."""
-        n = len(self._dataset)
         for k in range(1, REFILL_TRIES + 1):
-            j = (index + 7919 * k) % n
+            j = (index + 7919 * k) % len(self._dataset)
             if j not in taken and not isinstance(candidate := self._dataset[j], BadSample):
                 return candidate
         return None

@@ -95,8 +95,7 @@ def classification_metrics(scores: np.ndarray, targets: Sequence[Sequence[str] |
     names = list(class_names)
     sets = [({t} if isinstance(t, str) else set(t)) & set(names) for t in targets]
     single = [i for i, s in enumerate(sets) if len(s) == 1]
-    predicted = scores.argmax(axis=1)
-    correct = [names[predicted[i]] in sets[i] for i in single]
+    correct = [names[scores[i].argmax()] in sets[i] for i in single]
     aurocs: dict[str, float] = {}
     for c, name in enumerate(names):
         y = np.array([name in s for s in sets])

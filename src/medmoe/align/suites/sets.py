@@ -91,8 +91,8 @@ _MENISCUS = {
 def _organs(view: str) -> dict[str, tuple[str, ...]]:
     templates = ("a ct scan of the {}.", f"an {view} ct slice showing the {{}}." if view == "axial"
                  else f"a {view} ct slice showing the {{}}.", "computed tomography of the {}.", "the {} on ct.")
-    readable = {c: " ".join(reversed(c.split("-"))) for c in ORGAN_CLASSES}  # femur-left -> left femur
-    return _fill(templates, readable)
+    # femur-left -> left femur
+    return _fill(templates, {c: " ".join(reversed(c.split("-"))) for c in ORGAN_CLASSES})
 
 
 _MEDMNIST = ("medmnist", "MedMNIST")
