@@ -291,10 +291,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, name: str | Non
         raise InvalidInputError(f"{out}: would overwrite {', '.join(p.name for p in existing)}; "
                                 "pass --overwrite (overwrite=True) to replace them")
     for p in existing:
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+        (shutil.rmtree if p.is_dir() else Path.unlink)(p)
     out.mkdir(parents=True, exist_ok=True)
     with _on_cpu_in_fp32_eval(model):
         manifest, failed = _export(model, out, name, check, atol, opset, seed)
@@ -338,7 +335,6 @@ def _export(model: nn.Module, out: Path, name: str | None, check: bool, atol: fl
         "format": "onnx", "model": name or getattr(model, "model_name", None), "model_type": model.model_type,
         "config_sha256": digest, "config": config, "versions": _versions(check), "graphs": {},
     }
-    failed = []
     for graph in model_graphs(model, seed=seed):
         path = out / f"{graph.name}.onnx"
         log.info("%s: tracing (the dynamo exporter takes a minute or more)", path.name)
@@ -355,14 +351,13 @@ def _export(model: nn.Module, out: Path, name: str | None, check: bool, atol: fl
             entry["external_data"] = f"{path.name}.data"
         if check:
             entry["parity"] = check_parity(graph, path, atol=atol)
-            if not entry["parity"]["ok"]:
-                failed.append(graph.name)
         log.info("%s: %s exporter, %.1f s; parity %s", path.name, exporter, seconds,
                  entry["parity"]["max_abs_diff"] if check else "not checked")
         manifest["graphs"][graph.name] = entry
     manifest.update(_assets(model, out))
     text = json.dumps(manifest, indent=2) + "\n"
     (out / MANIFEST).write_text(text)
+    failed = [g for g, entry in manifest["graphs"].items() if check and not entry["parity"]["ok"]]
     return json.loads(text), failed  # what the file holds (tuples as lists)
 
 
