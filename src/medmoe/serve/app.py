@@ -68,6 +68,18 @@ def _answers(work, requests: list) -> list:
         return [err] * len(requests)
 
 
+def _batch_outputs(work, requests: list, action: str, cleared: tuple, outputs) -> tuple[list, ...]:
+    """The tab's outputs for a batch, one list per output: ``outputs(request, answer)`` per request of
+    ``work(requests)``, or for a failed request the ``cleared`` outputs and the message saying why."""
+    rows = [(*cleared, failure(action, answer, toast=False)) if isinstance(answer, Exception)
+            else outputs(request, answer) for request, answer in zip(requests, _answers(work, requests))]
+    return tuple([row[i] for row in rows] for i in range(len(cleared) + 1))
+
+
+def _upload_name(upload) -> str:
+    return os.path.basename(getattr(upload, "name", upload))
+
+
 def _gallery(services: Services, prefix: str, pictures: Sequence[tuple]) -> list[tuple[str, str]]:
     """``(file, caption)`` per picture (an array or encoded bytes), written into a new folder of this request."""
     with services.results.open(prefix) as folder:
@@ -78,18 +90,12 @@ def _gallery(services: Services, prefix: str, pictures: Sequence[tuple]) -> list
 def _search_handler(services: Services):
     """Batched: lists of queries and k in, lists of galleries, tables and messages out."""
 
+    def outputs(request: tuple, answer):
+        query = " ".join(str(request[0]).split())
+        return _gallery(services, "search", answer.thumbnails), answer.rows, answer.message(query)
+
     def run(queries: list, ks: list):
-        galleries, tables, messages = [], [], []
-        for query, answer in zip(queries, _answers(services.search_many, list(zip(queries, ks)))):
-            if isinstance(answer, Exception):
-                galleries.append([])
-                tables.append([])
-                messages.append(failure("search", answer, toast=False))
-                continue
-            galleries.append(_gallery(services, "search", answer.thumbnails))
-            tables.append(answer.rows)
-            messages.append(answer.message(" ".join(str(query).split())))
-        return galleries, tables, messages
+        return _batch_outputs(services.search_many, list(zip(queries, ks)), "search", ([], []), outputs)
 
     return run
 
@@ -97,21 +103,15 @@ def _search_handler(services: Services):
 def _classify_handler(services: Services):
     """Batched: lists of uploads, class lists and texts in; lists of each output out."""
 
+    def outputs(request: tuple, answer):
+        attention = _gallery(services, "classify", answer.attention)
+        message = answer.message(_upload_name(request[0]))
+        return answer.probabilities, answer.expert_probabilities, attention, message
+
     def run(uploads: list, classes: list, texts: list):
-        labels, experts, attention, messages = [], [], [], []
         requests = list(zip(uploads, classes, texts))
-        for upload, answer in zip(uploads, _answers(services.classify_many, requests)):
-            if isinstance(answer, Exception):
-                labels.append(None)
-                experts.append(None)
-                attention.append([])
-                messages.append(failure("classify the image", answer, toast=False))
-                continue
-            labels.append(answer.probabilities)
-            experts.append(answer.expert_probabilities)
-            attention.append(_gallery(services, "classify", answer.attention))
-            messages.append(answer.message(os.path.basename(getattr(upload, "name", upload))))
-        return labels, experts, attention, messages
+        return _batch_outputs(services.classify_many, requests, "classify the image", (None, None, []),
+                              outputs)
 
     return run
 
@@ -124,11 +124,10 @@ def _segment_handler(services: Services):
             picture = _slice_file(services, view, z)
         except Exception as err:  # noqa: BLE001
             return (None, None, gr.Slider(visible=False), "", None, failure("segment the CT", err))
-        name = os.path.basename(getattr(upload, "name", upload))
         slider = gr.Slider(minimum=0, maximum=view.depth - 1, value=z, step=1, visible=True,
                            label=f"axial slice (0 = inferior, {view.depth - 1} = superior)")
         return (services.views.keep(view), picture, slider, view.legend_html(),
-                [str(view.mask_file), str(view.summary_file)], view.message(name))
+                [str(view.mask_file), str(view.summary_file)], view.message(_upload_name(upload)))
 
     return run
 

@@ -10,6 +10,7 @@ attention of the words of the text over the image's local features (:func:`medmo
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections import OrderedDict
@@ -87,11 +88,9 @@ def parse_classes(text: str) -> list[str]:
 def class_prompts(names: Sequence[str]) -> dict[str, list[str]]:
     """The prompt ensemble of each class: a modality's own prompts for a modality's name or synonym (``"MRI"``,
     ``"x-ray"``), else the label templates."""
-    prompts = {}
-    for name in names:
-        modality = try_normalize_modality(name)
-        prompts[name] = list(MODALITY_PROMPTS[modality]) if modality in MODALITY_PROMPTS else label_prompts([name])[name]
-    return prompts
+    modalities = {name: try_normalize_modality(name) for name in names}
+    return {name: list(MODALITY_PROMPTS[m]) if m in MODALITY_PROMPTS else label_prompts([name])[name]
+            for name, m in modalities.items()}
 
 
 def expert_names(model: nn.Module) -> list[str]:
@@ -141,10 +140,8 @@ def content_words(words: Sequence[str], count: int = WORD_MAPS) -> list[int]:
     """Positions of up to ``count`` words worth a map: content words, else any word with a letter."""
     from medmoe.align.figures import pick_words
 
-    chosen = pick_words(words, count)
-    if not chosen:
-        chosen = [i for i, w in enumerate(words) if any(ch.isalpha() for ch in w)][:count]
-    return chosen
+    return pick_words(words, count) or [i for i, w in enumerate(words)
+                                        if any(ch.isalpha() for ch in w)][:count]
 
 
 class Classifier:
@@ -159,23 +156,12 @@ class Classifier:
         self.model = model
         self.image_size = int(model.config.backbone.image_size)
         self.experts = expert_names(model)
-        self._cache: OrderedDict[tuple[str, ...], ZeroShotClassifier] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        # the classifier of a tuple of class names, the last ``cache_size`` kept (lru_cache is thread-safe)
+        self.classifier = functools.lru_cache(maxsize=cache_size)(self._classifier)
         self.words = WordFeatures(model)
 
-    def classifier(self, names: Sequence[str]) -> ZeroShotClassifier:
-        key = tuple(names)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        clf = ZeroShotClassifier.from_prompts(self.model, class_prompts(names))
-        with self._lock:
-            self._cache[key] = clf
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return clf
+    def _classifier(self, names: tuple[str, ...]) -> ZeroShotClassifier:
+        return ZeroShotClassifier.from_prompts(self.model, class_prompts(names))
 
     @torch.no_grad()
     def classify_many(self, requests: Sequence[tuple[str | Path, str, str]]) -> list[ClassifyResult | MedMoEError]:
@@ -200,7 +186,7 @@ class Classifier:
         scale = float(self.model.logit_scale)
         probabilities = []
         for row, item in enumerate(items):
-            logits = self.classifier(item.names).logits(features["image_embeds"][row:row + 1])
+            logits = self.classifier(tuple(item.names)).logits(features["image_embeds"][row:row + 1])
             probs = (scale * logits).softmax(dim=-1)[0].cpu().tolist()
             probabilities.append({n: float(p) for n, p in zip(item.names, probs)})
         texts = [item.text or class_prompts([max(p, key=p.get)]).popitem()[1][0]

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from medmoe.errors import InvalidInputError
@@ -28,7 +30,6 @@ from medmoe.serve.uploads import (
     check_ct_size,
     display_name,
     extract_dicom_zip,
-    remove_tree,
     volume_kind,
 )
 
@@ -69,16 +70,6 @@ def gather_prompts(selected: Sequence[str] | None, free_text: str | None) -> lis
     if len(prompts) > MAX_PROMPTS:
         raise InvalidInputError(f"{len(prompts)} classes: at most {MAX_PROMPTS} in one label map")
     return prompts
-
-
-def _edges(mask: np.ndarray) -> np.ndarray:
-    """Pixels of a 2-D mask with a 4-neighbour outside it."""
-    inner = mask.copy()
-    inner[1:, :] &= mask[:-1, :]
-    inner[:-1, :] &= mask[1:, :]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return mask & ~inner
 
 
 @dataclass
@@ -136,7 +127,8 @@ class SegView:
             if not mask.any():
                 continue
             picture[mask] = (1 - ALPHA) * picture[mask] + ALPHA * colour
-            picture[_edges(mask)] = colour
+            # the edge: pixels with a 4-neighbour outside the mask
+            picture[mask & ~ndimage.binary_erosion(mask, border_value=1)] = colour
         return np.clip(picture + 0.5, 0, 255).astype(np.uint8)
 
     def legend_html(self) -> str:
@@ -157,11 +149,7 @@ class SegView:
 
 
 def _stem(name: str) -> str:
-    lower = name.lower()
-    for suffix in (".nii.gz", ".nii", ".zip"):
-        if lower.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = re.sub(r"\.(nii\.gz|nii|zip)$", "", name, flags=re.IGNORECASE)
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "ct"
 
 
@@ -198,7 +186,7 @@ def segment_upload(model: nn.Module, path: Path, prompts: Sequence[str], out_dir
                                     f"({limits.max_ct_voxels:,}; `medmoe serve --max-ct-voxels`)")
         prediction = predict_volume(model, volume, list(prompts), device=device, fast=fast, progress=False)
     finally:
-        remove_tree(series)
+        shutil.rmtree(series, ignore_errors=True)
     stem = _stem(name)
     mask_file, summary_file = out_dir / f"{stem}_mask.nii.gz", out_dir / f"{stem}_summary.json"
     save_prediction(prediction, mask_file, summary=summary_file)

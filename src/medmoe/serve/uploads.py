@@ -10,8 +10,8 @@ whose message the page shows as it is.
 
 from __future__ import annotations
 
+import math
 import os
-import shutil
 import stat
 import zipfile
 from dataclasses import dataclass
@@ -102,9 +102,7 @@ def volume_kind(path: Path) -> str:
             return "nifti"
         raise InvalidInputError(f"{path.name}: a gzipped file that is not named .nii.gz; expected a NIfTI CT "
                                 "(.nii or .nii.gz) or a .zip of one DICOM series")
-    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
-        return "nifti"
-    if len(head) >= 8 and head[4:7] == b"n+2":
+    if (len(head) >= 348 and head[344:347] in (b"n+1", b"ni1")) or (len(head) >= 8 and head[4:7] == b"n+2"):
         return "nifti"
     if lower.endswith((".nii", ".nii.gz")):
         raise CorruptFileError(f"{path.name}: named NIfTI but its header is not a NIfTI header (truncated or "
@@ -136,8 +134,7 @@ def extract_dicom_zip(path: Path, dest: Path, limits: UploadLimits) -> Path:
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                mode = info.external_attr >> 16
-                if info.is_dir() or stat.S_ISLNK(mode):
+                if info.is_dir() or stat.S_ISLNK(info.external_attr >> 16):
                     continue
                 if info.flag_bits & 0x1:
                     raise InvalidInputError(f"{name}: the archive is encrypted; upload an unencrypted .zip")
@@ -207,10 +204,7 @@ def ct_voxels(path: Path) -> int | None:
         shape = nib.load(str(path)).header.get_data_shape()
     except Exception:  # an unreadable header: the reader says what is wrong with it
         return None
-    total = 1
-    for s in shape[:3]:
-        total *= int(s)
-    return total
+    return math.prod(int(s) for s in shape[:3])
 
 
 def check_ct_size(path: Path, limits: UploadLimits, *, name: str) -> None:
@@ -220,8 +214,3 @@ def check_ct_size(path: Path, limits: UploadLimits, *, name: str) -> None:
         raise InvalidInputError(f"{name}: {voxels:,} voxels is larger than this page segments "
                                 f"({limits.max_ct_voxels:,}; `medmoe serve --max-ct-voxels`); crop or resample it, "
                                 "or run `medmoe seg predict` on it")
-
-
-def remove_tree(folder: Path) -> None:
-    """Delete a scratch folder, ignoring what is already gone."""
-    shutil.rmtree(folder, ignore_errors=True)
