@@ -6,10 +6,7 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 DATALIST_NAME = "datalist.json"
 

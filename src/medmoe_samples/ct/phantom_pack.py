@@ -39,12 +39,11 @@ PHANTOM_DATASETS: dict[str, dict] = {
         "spacing": (3.0, 3.0, 4.0), "axcodes": "RAS",
     },
 }
-PHANTOM_TEST = {"labels": FULL_LABELS, "spacing": (3.0, 3.0, 3.0), "axcodes": "LAS"}
 # Held-out test phantoms label every class. They take turns between the test grid and the grid and
 # orientation of each training dataset, each under its own dataset name, so that an evaluation reports
 # every organ per dataset style, including the organs that dataset never labels in training.
 PHANTOM_TEST_STYLES: dict[str, dict] = {
-    PHANTOM_TEST_DATASET: PHANTOM_TEST,
+    PHANTOM_TEST_DATASET: {"labels": FULL_LABELS, "spacing": (3.0, 3.0, 3.0), "axcodes": "LAS"},
     **{f"{name} held-out": {"labels": FULL_LABELS, "spacing": spec["spacing"], "axcodes": spec["axcodes"]}
        for name, spec in PHANTOM_DATASETS.items()},
 }
@@ -70,22 +69,16 @@ def build_phantom_pack(out: str | os.PathLike, *, seed: int = 0, quick: bool = F
     """
     root = Path(out)
     n_train, n_val, n_test = sizes or PHANTOM_SIZES["quick" if quick else "full"]
-    jobs = []
-    for d, (name, spec) in enumerate(PHANTOM_DATASETS.items()):
-        for i in range(n_train + n_val):
-            jobs.append((name, spec, (seed, d, i), "training" if i < n_train else "validation", f"{name}_{i:03d}"))
+    jobs = [(name, spec, (seed, d, i), "training" if i < n_train else "validation", f"{name}_{i:03d}")
+            for d, (name, spec) in enumerate(PHANTOM_DATASETS.items()) for i in range(n_train + n_val)]
     styles = list(PHANTOM_TEST_STYLES.items())
-    for i in range(n_test):
-        name, spec = styles[i % len(styles)]
-        jobs.append((name, spec, (seed, 99, i), "test", f"test_{i:03d}"))
+    jobs += [(*styles[i % len(styles)], (seed, 99, i), "test", f"test_{i:03d}") for i in range(n_test)]
     datalist: dict = {
         "description": f"medmoe synthetic CT phantoms (seed {seed}{', quick' if quick else ''})",
-        "label_maps": {name: {str(k): v for k, v in spec["labels"].items()} for name, spec in PHANTOM_DATASETS.items()},
-        "training": [], "validation": [], "test": [],
+        "label_maps": {name: {str(k): v for k, v in spec["labels"].items()}
+                       for name, spec in {**PHANTOM_DATASETS, **PHANTOM_TEST_STYLES}.items()},
+        "training": [], "validation": [], "test": [], "tumours": {},
     }
-    for name in PHANTOM_TEST_STYLES:
-        datalist["label_maps"][name] = {str(k): v for k, v in FULL_LABELS.items()}
-    tumours: dict[str, list[str]] = {}
     for name, spec, case_seed, split, case in tqdm(jobs, desc="phantoms", disable=not progress):
         phantom = render_phantom(case_seed, Grid.make(spec["spacing"], spec["axcodes"]))
         folder = root / name.replace(" ", "-")
@@ -93,8 +86,7 @@ def build_phantom_pack(out: str | os.PathLike, *, seed: int = 0, quick: bool = F
         label = write_nifti(relabel(phantom, spec["labels"]), phantom.affine, folder / "labels" / f"{case}.nii.gz",
                             dtype=np.uint8)
         datalist[split].append(datalist_entry(root, image, label, name))
-        tumours[case] = list(phantom.tumours)
-    datalist["tumours"] = tumours
+        datalist["tumours"][case] = list(phantom.tumours)
     path = write_datalist(root, datalist)
     logger.info("wrote %d phantom cases and %s", len(jobs), path)
     return path

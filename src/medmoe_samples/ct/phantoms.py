@@ -241,18 +241,13 @@ class _Canvas:
         space, hu, image, shift = self.space, self.hu, self.image, self.shift
         body_semi = np.array([135.0, 100.0]) * self.body_scale
         body_c = (shift[0] * 0.3, -5.0 + shift[1] * 0.3)
-        body_r = space.cylinder_z(body_c, body_semi)
         fat_mm = self.rng.uniform(8.0, 22.0)
-        wall_r = space.cylinder_z(body_c, body_semi - 3.0)
-        muscle_r = space.cylinder_z(body_c, body_semi - 3.0 - fat_mm)
-        cavity_r = space.cylinder_z(body_c, body_semi - 3.0 - fat_mm - self.rng.uniform(8.0, 14.0))
-        image[body_r < 1] = hu["skin"]
-        image[wall_r < 1] = hu["fat"]
-        image[muscle_r < 1] = hu["muscle"]
-        self.cavity = cavity_r < 1
+        image[space.cylinder_z(body_c, body_semi) < 1] = hu["skin"]
+        image[space.cylinder_z(body_c, body_semi - 3.0) < 1] = hu["fat"]
+        image[space.cylinder_z(body_c, body_semi - 3.0 - fat_mm) < 1] = hu["muscle"]
+        self.cavity = space.cylinder_z(body_c, body_semi - 3.0 - fat_mm - self.rng.uniform(8.0, 14.0)) < 1
         image[self.cavity] = hu["visceral_fat"]
-        bowel = smooth_field(self.grid, self.rng, 8.0)
-        image[self.cavity & (bowel > 0.25)] = hu["bowel"]
+        image[self.cavity & (smooth_field(self.grid, self.rng, 8.0) > 0.25)] = hu["bowel"]
 
     def spine(self) -> None:
         """Spine (cortex + trabecular body + posterior element) and paraspinal muscles."""
@@ -308,18 +303,32 @@ class _Canvas:
 
     def tumours(self, tumour_prob: float) -> list[str]:
         """Liver tumours, and independently a kidney tumour, each with probability ``tumour_prob``; their classes."""
-        rng, hu, label = self.rng, self.hu, self.label
+        rng = self.rng
         tumours = []
         if rng.random() < tumour_prob:
             tumours.append("liver_tumour")
-            _add_tumours(self.space, rng, self.image, label, host_mask=label == _ID["liver"], value=hu["liver_tumour"],
-                         lesion_id=_ID["liver_tumour"], count=int(rng.integers(1, 4)), radius=(7.0, 16.0))
+            self.add_tumours("liver", "liver_tumour", count=int(rng.integers(1, 4)), radius=(7.0, 16.0))
         if rng.random() < tumour_prob:
             tumours.append("kidney_tumour")
             side = "kidney_right" if rng.random() < 0.5 else "kidney_left"
-            _add_tumours(self.space, rng, self.image, label, host_mask=label == _ID[side], value=hu["kidney_tumour"],
-                         lesion_id=_ID["kidney_tumour"], count=1, radius=(9.0, 17.0))
+            self.add_tumours(side, "kidney_tumour", count=1, radius=(9.0, 17.0))
         return tumours
+
+    def add_tumours(self, host: str, lesion: str, count: int, radius: tuple[float, float]) -> None:
+        """Paint ``count`` lobulated ``lesion`` blobs centred on random voxels of organ ``host``, inside it."""
+        rng, space, host_mask = self.rng, self.space, self.label == _ID[host]
+        candidates = np.argwhere(ndimage.binary_erosion(host_mask, iterations=2))
+        if len(candidates) == 0:
+            candidates = np.argwhere(host_mask)
+        if len(candidates) == 0:
+            return
+        for _ in range(count):
+            i, j, k = candidates[rng.integers(len(candidates))]
+            semi = rng.uniform(*radius) * rng.uniform(0.8, 1.2, size=3)
+            blob = space.ellipsoid(space.xyz[:, i, j, k], semi, _rotation(rng, 45), exponent=2.0) < 1
+            blob &= host_mask
+            self.image[blob] = self.hu[lesion] + rng.normal(0, 5)
+            self.label[blob] = _ID[lesion]
 
     def blurred_noisy_image(self, noise_hu: float) -> np.ndarray:
         """The image after partial-volume blur at the scale of a detector element, then quantum noise."""
@@ -327,24 +336,6 @@ class _Canvas:
         image = ndimage.gaussian_filter(self.image, 0.6 * 3.0 / spacing)
         image += self.rng.normal(0.0, noise_hu, size=self.grid.shape).astype(np.float32)
         return image
-
-
-def _add_tumours(space: _Space, rng: np.random.Generator, image: np.ndarray, label: np.ndarray, *,
-                 host_mask: np.ndarray, value: float, lesion_id: int, count: int, radius: tuple[float, float]) -> None:
-    """Paint ``count`` lobulated blobs centred on random host voxels, clipped to the host organ."""
-    candidates = np.argwhere(ndimage.binary_erosion(host_mask, iterations=2))
-    if len(candidates) == 0:
-        candidates = np.argwhere(host_mask)
-    if len(candidates) == 0:
-        return
-    for _ in range(count):
-        i, j, k = candidates[rng.integers(len(candidates))]
-        centre = space.xyz[:, i, j, k]
-        r = rng.uniform(*radius)
-        blob = space.ellipsoid(centre, r * rng.uniform(0.8, 1.2, size=3), _rotation(rng, 45), exponent=2.0) < 1
-        blob &= host_mask
-        image[blob] = value + rng.normal(0, 5)
-        label[blob] = lesion_id
 
 
 def relabel(phantom: Phantom, label_map: Mapping[int, str]) -> np.ndarray:

@@ -60,9 +60,7 @@ def totalseg_sdist_path(sdist: str | os.PathLike | None = None) -> Path:
 
     The file may not exist; :func:`require_totalseg_sdist` checks it.
     """
-    if sdist is not None:
-        return Path(sdist)
-    return Path(os.environ.get(SDIST_ENV) or DEFAULT_SDIST)
+    return Path(sdist if sdist is not None else os.environ.get(SDIST_ENV) or DEFAULT_SDIST)
 
 
 def require_totalseg_sdist(sdist: str | os.PathLike | None = None) -> Path:
