@@ -321,30 +321,6 @@ def _member_problem(info: tarfile.TarInfo, allowed: int) -> str | None:
     return None
 
 
-def _tar_members(stream: BinaryIO, url: str, allowed: int) -> Iterator[tuple[str, bytes | None, str | None]]:
-    """``(name, data, None)`` of the regular members of a tar stream (compressed too), directories skipped;
-    ``(name, None, problem)`` for a refused one (sparse, link, device, FIFO, over ``allowed`` bytes), whose
-    data is never read, after which the stream stops.
-
-    Raises:
-        CorruptFileError: a member shorter than its header says.
-    """
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
-        for info in tar:
-            if info.isdir():
-                continue
-            problem = _member_problem(info, allowed)
-            if problem is not None:
-                yield info.name, None, problem
-                return
-            handle = tar.extractfile(info)
-            data = handle.read() if handle is not None else b""
-            if len(data) != info.size:
-                raise CorruptFileError(f"{url}: member {info.name!r} truncated ({len(data)} of {info.size} bytes)")
-            yield info.name, data, None
-            tar.members = []  # a streamed shard keeps no list of its members (memory stays bounded)
-
-
 def _sample_member(name: str) -> tuple[str, str] | None:
     """``(key, extension)`` of a member that belongs to a sample, as WebDataset's ``base_plus_ext`` splits
     it (key up to the first dot of the file name); None for hidden files and ``__`` entries."""
@@ -381,30 +357,42 @@ def _grouped(files: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, dict[str, 
 
 
 def _checked_members(url: str, allowed: int, refused: list[str]) -> Iterator[tuple[str, bytes]]:
-    """``(name, data)`` of a shard's members through the safety checks of :func:`_tar_members`.
+    """``(name, data)`` of the regular members of a shard's tar stream (compressed too), directories skipped,
+    each checked from its tar header before its data is read.
 
-    A refused member ends the stream. When it starts a new key, the sample before it is complete: the
-    stream ends normally (that sample still reaches the caller) after ``refused`` receives the error;
-    when it belongs to the sample being read, that sample is lost with the error raised here.
+    A refused member (sparse, link, device, FIFO, over ``allowed`` bytes; its data is never read) ends the
+    stream. When it starts a new key, the sample before it is complete: the stream ends normally (that
+    sample still reaches the caller) after ``refused`` receives the error; when it belongs to the sample
+    being read, that sample is lost with the error raised here.
 
     Raises:
-        CorruptFileError: the shard cannot be opened, its tar stream is broken, or a member of the sample
-            being read is refused (naming the shard and member).
+        CorruptFileError: the shard cannot be opened, its tar stream is broken, a member is shorter than its
+            header says, or a member of the sample being read is refused (naming the shard and member).
     """
     stream = open_shard(url)
     closed = False
     last_key = None
     try:
-        for name, data, problem in _tar_members(stream, url, allowed):
-            parsed = _sample_member(name)
-            if problem is not None:
-                message = f"{url}: member {name!r} refused: {problem}"
-                if parsed is not None and parsed[0] == last_key:
-                    raise CorruptFileError(message)
-                refused.append(message)
-                return
-            last_key = parsed[0] if parsed is not None else last_key
-            yield name, data
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if info.isdir():
+                    continue
+                parsed = _sample_member(info.name)
+                problem = _member_problem(info, allowed)
+                if problem is not None:
+                    message = f"{url}: member {info.name!r} refused: {problem}"
+                    if parsed is not None and parsed[0] == last_key:
+                        raise CorruptFileError(message)
+                    refused.append(message)
+                    return
+                handle = tar.extractfile(info)
+                data = handle.read() if handle is not None else b""
+                if len(data) != info.size:
+                    raise CorruptFileError(
+                        f"{url}: member {info.name!r} truncated ({len(data)} of {info.size} bytes)")
+                last_key = parsed[0] if parsed is not None else last_key
+                yield info.name, data
+                tar.members = []  # a streamed shard keeps no list of its members (memory stays bounded)
         closed = True
         stream.close()  # a remote reader's exit status (curl's HTTP error) surfaces here
     except MedMoEError:
