@@ -49,7 +49,7 @@ def _split_dirs(root: Path) -> dict[str, Path]:
 
 def _caption_csvs(folder: Path) -> list[Path]:
     """The split folder's radiology CSVs (the Kaggle ``radiology<split>data.csv``)."""
-    return sorted(folder.glob("radiology*.csv")) if folder.is_dir() else []
+    return sorted(folder.glob("radiology*.csv"))  # none where the folder is missing
 
 
 def _read_tab_file(path: Path) -> list[list[str]]:
@@ -101,7 +101,7 @@ def _captions(split_dir: Path) -> list[tuple[str, str, str | None]]:
     captions_txt = folder / "captions.txt"
     if captions_txt.is_file():
         return [(p[0].strip(), "\t".join(p[1:]).strip(), None) for p in _read_tab_file(captions_txt) if p[0].strip()]
-    tables = (sorted(folder.glob("*.csv")) if folder.is_dir() else []) + _caption_csvs(split_dir)
+    tables = sorted(folder.glob("*.csv")) + _caption_csvs(split_dir)
     for table_path in tables:
         if (rows := _captions_from_csv(table_path)) is not None:
             return rows
