@@ -127,8 +127,7 @@ def read_ct(path: str | os.PathLike, *, check_ct: bool = True, max_voxels: int |
             f"{p}: not a CT volume format (got {p.suffix or 'no suffix'!r}; expected a .nii/.nii.gz file "
             "or a folder holding a DICOM series)"
         )
-    volume.array = volume.array.astype(np.float32, copy=False)
-    if check_ct:
+    if check_ct:  # both readers return float32
         check_hounsfield(volume)
     return volume
 

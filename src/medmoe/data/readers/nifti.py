@@ -219,9 +219,8 @@ def _display_axes(img: nib.spatialimages.SpatialImage, name: str) -> dict:
 def _to_display(plane: np.ndarray, axes: dict) -> tuple[np.ndarray, tuple[int, int]]:
     """Rows run anterior -> posterior, columns patient right -> left (RAS+: +x is right, +y anterior)."""
     (x_axis, x_flip), (y_axis, y_flip) = axes["x"], axes["y"]
-    in_plane = sorted((x_axis, y_axis))
     # After removing the axial axis, the lower voxel axis is plane axis 0.
-    if in_plane.index(y_axis) != 0:
+    if y_axis > x_axis:
         plane = plane.T
     if y_flip > 0:
         plane = plane[::-1, :]
