@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
@@ -201,10 +202,11 @@ class VolumeCache:
             if target is not None and _is_data_fault(_root_cause(err)):
                 _record_failure(target.with_suffix(".bad"), entry, err)
             raise
-        image = _numpy(out["image"]).astype(np.float32, copy=False)
-        label = _numpy(out["label"]).astype(np.int16, copy=False) if "label" in out else None
-        soft = _numpy(out["soft_label"]).astype(np.float16, copy=False) if "soft_label" in out else None
-        affine = np.asarray(_numpy(out["image"].affine), dtype=np.float64)
+        image = convert_to_numpy(out["image"]).astype(np.float32, copy=False)
+        label = convert_to_numpy(out["label"]).astype(np.int16, copy=False) if "label" in out else None
+        soft = (convert_to_numpy(out["soft_label"]).astype(np.float16, copy=False) if "soft_label" in out
+                else None)
+        affine = np.asarray(convert_to_numpy(out["image"].affine), dtype=np.float64)
         seed = int(self.key(entry)[:8], 16)
         volume = CachedVolume(image=image, label=label, affine=affine, soft=soft,
                               locations=class_locations(None if label is None else label[0], image[0],
@@ -220,11 +222,9 @@ class VolumeCache:
             _atomic_text(settings, json.dumps(self.settings, indent=2, sort_keys=True, default=str))
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=self.folder))
         try:
-            np.save(tmp / "image.npy", volume.image)
-            if volume.label is not None:
-                np.save(tmp / "label.npy", volume.label)
-            if volume.soft is not None:
-                np.save(tmp / "soft.npy", volume.soft)
+            for name, array in (("image", volume.image), ("label", volume.label), ("soft", volume.soft)):
+                if array is not None:
+                    np.save(tmp / f"{name}.npy", array)
             np.savez(tmp / "locations.npz", **volume.locations)
             (tmp / "meta.json").write_text(json.dumps({
                 "affine": volume.affine.tolist(), "shape": list(volume.shape),
@@ -235,14 +235,6 @@ class VolumeCache:
             shutil.rmtree(tmp, ignore_errors=True)
             if not target.is_dir():  # another rank renaming the same entry first is fine; anything else is not
                 raise
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "as_tensor"):
-        x = x.as_tensor()
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _root_cause(err: BaseException) -> BaseException:

@@ -27,6 +27,7 @@ file exists); ``medmoe seg train`` runs it before it starts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -136,8 +137,9 @@ def _axcodes(affine: np.ndarray) -> str:
     return "".join(nib.aff2axcodes(affine))
 
 
-def _geometry_problems(affine: np.ndarray, spacing: tuple[float, ...], path: str) -> tuple[list[str], list[str]]:
-    errors, warnings = [], []
+def _geometry_problems(report: CaseReport, affine: np.ndarray, spacing: tuple[float, ...], path: str) -> None:
+    """Add the voxel size, shear and obliqueness problems of an image to ``report``."""
+    errors, warnings = report.errors, report.warnings
     lo, hi = SPACING_RANGE_MM
     if any(not lo <= s <= hi for s in spacing):
         errors.append(f"{path}: voxel size {tuple(round(s, 4) for s in spacing)} mm is outside {lo}..{hi} mm "
@@ -149,7 +151,6 @@ def _geometry_problems(affine: np.ndarray, spacing: tuple[float, ...], path: str
     tilt = np.degrees(np.arccos(np.clip(np.abs(axes).max(axis=0), -1.0, 1.0))).max()
     if tilt > OBLIQUE_DEGREES:
         warnings.append(f"{path}: an axis is {tilt:.0f} degrees off the scanner axes (oblique acquisition)")
-    return errors, warnings
 
 
 def _reversed_axes(affine: np.ndarray, shape: tuple[int, ...], axes: list[int]) -> np.ndarray:
@@ -191,15 +192,12 @@ def check_case(entry: dict[str, str], split: str, label_ids: list[int]) -> CaseR
     if image is not None:
         report.shape, report.spacing = image.shape, tuple(round(s, 4) for s in image.spacing)
         report.orientation = _axcodes(image.affine)
-        errors, warnings = _geometry_problems(image.affine, image.spacing, entry["image"])
-        report.errors += errors
-        report.warnings += warnings
+        _geometry_problems(report, image.affine, image.spacing, entry["image"])
         try:
             check_hounsfield(image)
         except MedMoEError as err:
             report.warnings.append(str(err))
-        array = image.array
-        array = array.astype(np.int32 if array.dtype.kind in "iub" else np.float32, copy=False)
+        array = image.array.astype(np.int32 if image.array.dtype.kind in "iub" else np.float32, copy=False)
         digest = hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16)
         digest.update(repr(array.shape).encode())
         report.content_hash = digest.hexdigest()
@@ -249,12 +247,8 @@ def _mark_duplicates(cases: list[CaseReport]) -> None:
         if case.content_hash:
             groups[case.content_hash].append(case)
     for group in groups.values():
-        if len(group) < 2:
-            continue
         for case in group:
-            for other in group:
-                if other is case:
-                    continue
+            for other in (o for o in group if o is not case):
                 if other.dataset != case.dataset:
                     why = f"the same CT as {other.image} of dataset {other.dataset} ({other.split})"
                 elif other.split != case.split:
@@ -278,18 +272,10 @@ def check_datalist(datalist: str | os.PathLike, *, workers: int = 0, progress: b
     parsed = load_datalist(datalist)
     ids = {d: sorted(parsed.template.label_map(d)) for d in parsed.datasets}
     jobs = [(entry, split, ids[entry["dataset"]]) for split in SPLITS for entry in parsed.splits.get(split, [])]
-    bar = tqdm(total=len(jobs), desc=f"checking {Path(datalist).name}", unit="case", disable=not progress)
-    cases: list[CaseReport] = []
-    if workers > 0:
-        with ProcessPoolExecutor(workers) as pool:
-            for case in pool.map(_run, jobs, chunksize=1):
-                cases.append(case)
-                bar.update()
-    else:
-        for job in jobs:
-            cases.append(_run(job))
-            bar.update()
-    bar.close()
+    with ProcessPoolExecutor(workers) if workers > 0 else contextlib.nullcontext() as pool:
+        results = pool.map(_run, jobs, chunksize=1) if pool else map(_run, jobs)
+        cases = list(tqdm(results, total=len(jobs), desc=f"checking {Path(datalist).name}", unit="case",
+                          disable=not progress))
     _mark_duplicates(cases)
     return CheckReport(datalist=str(datalist), cases=cases)
 
@@ -305,10 +291,8 @@ def format_report(report: CheckReport, *, errors_only: bool = False) -> Iterator
         name = Path(c.image).name
         yield (f"{c.split:10s} {c.dataset[:22]:22s} {name[-28:]:28s} {shape:16s} {spacing:18s} "
                f"{c.orientation or '-':6s} {c.status}")
-        for msg in c.errors:
-            yield f"    error: {msg}"
-        for msg in c.warnings:
-            yield f"    warning: {msg}"
+        yield from (f"    error: {msg}" for msg in c.errors)
+        yield from (f"    warning: {msg}" for msg in c.warnings)
     ok = len(report.cases) - report.n_errors - report.n_warnings
     yield (f"{len(report.cases)} case(s): {ok} ok, {report.n_warnings} with warnings only, {report.n_errors} with "
            f"errors")

@@ -80,11 +80,9 @@ class ScaleExperts(nn.Module):
         outs = []
         for block, feat in zip(self.blocks, features):
             y = block(feat)
-            if tuple(y.shape[2:]) == tuple(size):
-                pass
-            elif all(a >= b for a, b in zip(y.shape[2:], size)):
-                y = F.adaptive_avg_pool3d(y, size)  # the full-res level under half-res fusion: average, not alias
-            else:
-                y = upsample_trilinear(y, size)
+            if tuple(y.shape[2:]) != tuple(size):
+                # the full-res level under half-res fusion: average, not alias
+                y = (F.adaptive_avg_pool3d(y, size) if all(a >= b for a, b in zip(y.shape[2:], size))
+                     else upsample_trilinear(y, size))
             outs.append(y)
         return outs

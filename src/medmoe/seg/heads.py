@@ -47,14 +47,10 @@ class DynamicHeads(nn.Module):
 
     def layers(self, params: Tensor) -> list[tuple[Tensor, Tensor]]:
         """(B, K, P) params -> the three convs' (weight (B*K, out, in), bias (B*K, out, 1)), as views."""
-        params = params.reshape(-1, self.num_params)
-        out, offset = [], 0
-        for (out_c, in_c), n_bias in self.layer_shapes:
-            weight = params[:, offset:offset + out_c * in_c].view(-1, out_c, in_c)
-            offset += out_c * in_c
-            out.append((weight, params[:, offset:offset + n_bias, None]))
-            offset += n_bias
-        return out
+        sizes = [n for (out_c, in_c), n_bias in self.layer_shapes for n in (out_c * in_c, n_bias)]
+        chunks = params.reshape(-1, self.num_params).split(sizes, dim=1)  # weight, bias, weight, bias, ...
+        return [(weight.view(-1, *shape), bias[..., None])
+                for (shape, _), weight, bias in zip(self.layer_shapes, chunks[::2], chunks[1::2])]
 
     @staticmethod
     def run(layers: list[tuple[Tensor, Tensor]], features: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -128,10 +129,8 @@ def detection_counts(pred_positive: Sequence[bool], gt_positive: Sequence[bool])
     """
     if len(pred_positive) != len(gt_positive):
         raise InvalidInputError(f"{len(pred_positive)} predictions for {len(gt_positive)} references")
-    tp = sum(bool(p) and bool(g) for p, g in zip(pred_positive, gt_positive))
-    fn = sum(not p and bool(g) for p, g in zip(pred_positive, gt_positive))
-    tn = sum(not p and not g for p, g in zip(pred_positive, gt_positive))
-    fp = sum(bool(p) and not g for p, g in zip(pred_positive, gt_positive))
+    calls = Counter((bool(p), bool(g)) for p, g in zip(pred_positive, gt_positive))
+    tp, fn, tn, fp = calls[True, True], calls[False, True], calls[False, False], calls[True, False]
     return {"tp": tp, "fn": fn, "tn": tn, "fp": fp,
             "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
             "specificity": tn / (tn + fp) if tn + fp else math.nan}

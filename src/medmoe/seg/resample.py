@@ -130,9 +130,7 @@ def _monai_resample(arr: np.ndarray, src: np.ndarray, dst: np.ndarray, dst_shape
     # border: clamped reads inside the source's footprint (nearest of ones, zeros outside), 0 beyond
     footprint = (one(np.ones(arr.shape[1:], np.float32), SpatialResample(mode="nearest", padding_mode="zeros")) > 0.5
                  if border else None)
-    out = []
-    for channel in arr:  # one channel at a time bounds the (X, Y, Z, 3) sampling grid to one volume
-        values = one(channel, resample)
-        out.append(np.where(footprint, values, 0.0) if footprint is not None else values)
-    stacked = np.stack(out)
-    return stacked.astype(arr.dtype) if mode == "nearest" else stacked.astype(np.float32)
+    # one channel at a time bounds the (X, Y, Z, 3) sampling grid to one volume
+    values = (one(channel, resample) for channel in arr)
+    out = [np.where(footprint, v, 0.0) if footprint is not None else v for v in values]
+    return np.stack(out).astype(arr.dtype if mode == "nearest" else np.float32)

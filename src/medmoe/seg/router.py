@@ -64,10 +64,7 @@ class ScaleRouter(nn.Module):
             logits = torch.matmul(weight, voxel_features.float()).add_(bias)  # (B, K*S, X)
             return logits.view(logits.shape[0], -1, self.num_scales, logits.shape[-1]).softmax(dim=2)
 
-    def flat(self, voxel_features: Tensor, text: Tensor) -> Tensor:
-        """(B, K, S, X) gates, X = voxels flattened (contiguous)."""
-        return self.gates(self.queries(text), voxel_features.flatten(2))
-
     def forward(self, voxel_features: Tensor, text: Tensor) -> Tensor:
         b, _, *size = voxel_features.shape
-        return self.flat(voxel_features, text).view(b, text.shape[0], self.num_scales, *size)
+        gates = self.gates(self.queries(text), voxel_features.flatten(2))  # (B, K, S, X)
+        return gates.view(b, text.shape[0], self.num_scales, *size)

@@ -19,8 +19,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
+    CopyItemsd,
     CropForegroundd,
-    DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
@@ -66,13 +66,10 @@ class AlignLabeld(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        if self.label_key not in d:
-            return d
-        image, label = d[self.image_key], d[self.label_key]
-        if same_grid(_affine(image), image.shape[1:], _affine(label), label.shape[1:]):
-            return d
-        out = self._resample(label.float(), img_dst=image)
-        d[self.label_key] = out.round().to(label.dtype)
+        if self.label_key in d:
+            image, label = d[self.image_key], d[self.label_key]
+            if not same_grid(_affine(image), image.shape[1:], _affine(label), label.shape[1:]):
+                d[self.label_key] = self._resample(label.float(), img_dst=image).round().to(label.dtype)
         return d
 
 
@@ -80,12 +77,6 @@ def _affine(x: Any) -> np.ndarray:
     if not isinstance(x, MetaTensor):
         raise InvalidInputError(f"expected a MetaTensor with an affine, got {type(x).__name__}")
     return np.asarray(x.affine, dtype=np.float64)
-
-
-def _dataset_table(tables: Mapping[str, np.ndarray], dataset: Any, who: str) -> np.ndarray:
-    if dataset not in tables:
-        raise InvalidInputError(f"{who}: no lookup table for dataset {dataset!r}; have {sorted(tables)}")
-    return tables[dataset]
 
 
 def footprint_sigmas(src_affine: np.ndarray, dst_affine: np.ndarray) -> list[float]:
@@ -102,19 +93,6 @@ def footprint_sigmas(src_affine: np.ndarray, dst_affine: np.ndarray) -> list[flo
         width = float(np.abs(src[:, i] / step @ dst).sum()) / step  # destination extent, in source voxels
         sigmas.append(width / np.sqrt(12.0) if width > 1.0 else 0.0)
     return sigmas
-
-
-class _KeepNatived(MapTransform):
-    """Keep the label ids on their native grid under ``native_ids`` for :class:`SoftMultiHotd` (not
-    ``label_*``: MONAI's Spacingd treats every ``label_*`` key as a metadata dict of ``label``)."""
-
-    def __init__(self) -> None:
-        super().__init__(["label"])
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        d["native_ids"] = d["label"].clone()
-        return d
 
 
 class SoftMultiHotd(MapTransform):
@@ -144,17 +122,17 @@ class SoftMultiHotd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         native, image = d.pop(self.native_key), d[self.image_key]
-        table = _dataset_table(self.tables, d.get("dataset"), "SoftMultiHotd")
+        if d.get("dataset") not in self.tables:
+            raise InvalidInputError(f"SoftMultiHotd: no lookup table for dataset {d.get('dataset')!r}; have "
+                                    f"{sorted(self.tables)}")
+        table = self.tables[d["dataset"]]
         ids = convert_to_numpy(native)[0].astype(np.int64)
         ids = np.where((ids >= 0) & (ids < table.shape[0]), ids, 0)
         src, dst, shape = _affine(native), _affine(image), tuple(image.shape[1:])
         sigma = footprint_sigmas(src, dst)
         out = np.zeros((table.shape[1], *shape), dtype=np.float16)
-        for k in range(table.shape[1]):
-            rows = table[:, k]
-            if not rows.any():
-                continue
-            mask = rows[ids]
+        for k in np.flatnonzero(table.any(axis=0)):  # classes some label id belongs to
+            mask = table[:, k][ids]
             if mask.any():
                 fraction = ndimage.gaussian_filter(mask.astype(np.float32), sigma, mode="constant")
                 out[k] = np.clip(resample_to_grid(fraction[None], src, dst, shape, "linear")[0], 0, 1)
@@ -214,7 +192,9 @@ def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, 
     chain = load_transforms(with_label=with_label, check_ct=check_ct)
     soft = with_label and soft_tables is not None
     if soft:
-        chain.append(_KeepNatived())
+        # the label ids on their native grid for SoftMultiHotd (not ``label_*``: MONAI's Spacingd treats every
+        # ``label_*`` key as a metadata dict of ``label``)
+        chain.append(CopyItemsd(keys="label", names="native_ids"))
     chain += [
         Orientationd(keys=keys, axcodes="RAS", labels=None),
         Spacingd(keys=keys, pixdim=tuple(float(s) for s in spacing), mode=modes),
@@ -226,8 +206,7 @@ def preprocess_transforms(spacing: Sequence[float], *, with_label: bool = True, 
     if with_label:
         chain.append(EnsureTyped(keys="label", dtype=torch.int16, track_meta=True))
     if soft:
-        chain.append(SoftMultiHotd(soft_tables))
-        chain.append(DeleteItemsd(keys="native_ids"))
+        chain.append(SoftMultiHotd(soft_tables))  # drops native_ids
     return Compose(chain)
 
 
