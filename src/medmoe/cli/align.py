@@ -21,14 +21,7 @@ from medmoe.cli.models import model_from_flag
 def add_parser(sub: argparse._SubParsersAction) -> None:
     group = add_command_group(sub, "align", help="MedMoE image-report alignment: train, eval, compare, embed, zeroshot, index, search, benchmark")
     add_train_command(group, task_config="medmoe.align.task:AlignTaskConfig", title="alignment", run=run_train)
-    _add_eval(group)
-    _add_compare(group)
-    _add_embed(group)
-    add_search_commands(group)  # zeroshot, index, search
-    add_benchmark_command(group)  # the papers' protocols
 
-
-def _add_eval(group: argparse._SubParsersAction) -> None:
     ev = add_command(group, "eval", run_eval)
     add_model_data_arguments(ev)
     ev.add_argument("--out", required=True, help="metrics JSON; figures go to <out stem>_figures/")
@@ -40,8 +33,6 @@ def _add_eval(group: argparse._SubParsersAction) -> None:
     ev.add_argument("--per-item", action="store_true",
                     help="keep each pair's retrieval ranks in the JSON (for `medmoe align compare`)")
 
-
-def _add_compare(group: argparse._SubParsersAction) -> None:
     co = add_command(group, "compare", run_compare)
     co.add_argument("a", metavar="A_METRICS", help="metrics JSON of model A (from eval --per-item)")
     co.add_argument("b", metavar="B_METRICS", help="metrics JSON of model B, same manifest and split")
@@ -50,13 +41,14 @@ def _add_compare(group: argparse._SubParsersAction) -> None:
     co.add_argument("--level", type=float, default=0.95, help="coverage of the interval (default 0.95)")
     co.add_argument("--seed", type=int, default=0)
 
-
-def _add_embed(group: argparse._SubParsersAction) -> None:
     em = add_command(group, "embed", run_embed)
     add_model_data_arguments(em, model_help="saved model directory (or a registered name)")
     em.add_argument("--out", required=True, help="output .npz")
     em.add_argument("--split", default=None, help="only rows of this split (default: all)")
     add_loader_arguments(em, device="cpu")
+
+    add_search_commands(group)  # zeroshot, index, search
+    add_benchmark_command(group)  # the papers' protocols
 
 
 def run_train(args: argparse.Namespace) -> int:

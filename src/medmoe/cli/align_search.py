@@ -9,12 +9,6 @@ from medmoe.cli.arguments import MODEL_HELP, add_command, add_loader_arguments, 
 
 def add_search_commands(group: argparse._SubParsersAction) -> None:
     """Register the three sub-commands on the ``medmoe align`` sub-parsers."""
-    _add_zeroshot(group)
-    _add_index(group)
-    _add_search(group)
-
-
-def _add_zeroshot(group: argparse._SubParsersAction) -> None:
     zs = add_command(group, "zeroshot", run_zeroshot)
     zs.add_argument("--model", required=True, help=MODEL_HELP)
     zs.add_argument("--images", required=True, metavar="DIR|MANIFEST|SHARDS",
@@ -29,8 +23,6 @@ def _add_zeroshot(group: argparse._SubParsersAction) -> None:
     zs.add_argument("--split", default=None, help="only rows of this split of a manifest or shards (default: all)")
     add_loader_arguments(zs)
 
-
-def _add_index(group: argparse._SubParsersAction) -> None:
     ix = add_command(group, "index", run_index)
     add_model_data_arguments(ix)
     ix.add_argument("--out", required=True, metavar="IDX", help="index folder (created)")
@@ -47,8 +39,6 @@ def _add_index(group: argparse._SubParsersAction) -> None:
                     help="replace an index of another model or data in OUT (otherwise an error)")
     add_loader_arguments(ix)
 
-
-def _add_search(group: argparse._SubParsersAction) -> None:
     se = add_command(group, "search", run_search)
     se.add_argument("--index", required=True, metavar="IDX", help="index folder written by `medmoe align index`")
     se.add_argument("--model", default=None, help="model to embed the query (default: the one the index was built with)")

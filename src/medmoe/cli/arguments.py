@@ -46,10 +46,7 @@ def command_text(run: Callable[..., Any], *, keep_lines: bool) -> tuple[str | No
     doc = inspect.cleandoc(run.__doc__ or "")
     first, _, rest = doc.partition("\n\n")
     rest = rest.strip()
-    help = " ".join(first.split()) or None
-    if not rest:
-        return help, None
-    return help, rest if keep_lines else " ".join(rest.split())
+    return " ".join(first.split()) or None, (rest if keep_lines else " ".join(rest.split())) or None
 
 
 def add_command_group(sub: argparse._SubParsersAction, name: str, *, help: str) -> argparse._SubParsersAction:

@@ -112,16 +112,15 @@ def run_import(args: argparse.Namespace) -> int:
     if args.source != "wds":
         options["skip_missing"] = not args.keep_missing
     if args.source == "mimic-cxr":
-        options["views"] = None if args.all_views else ("PA", "AP")
-        options["reports_root"] = args.reports_root
+        options.update(views=None if args.all_views else ("PA", "AP"), reports_root=args.reports_root)
     if args.source == "busi":
         options.update(normal=args.normal, split=args.split_by)
     if hasattr(args, "fold"):
         options["fold"] = args.fold
     if args.source == "wds":
         out = Path(args.out)
-        options["extract_dir"] = args.extract_dir or str(out.with_name(out.name.split(".")[0] + "-images"))
-        options["split"] = args.split
+        options.update(extract_dir=args.extract_dir or str(out.with_name(out.name.split(".")[0] + "-images")),
+                       split=args.split)
         check_output_dir(options["extract_dir"], "--extract-dir")
     result = import_source(args.source, args.root, **options)
     path = write_manifest(result.rows, args.out)

@@ -93,14 +93,12 @@ def run_eval(args: argparse.Namespace) -> int:
     """Dice, HD95, NSD and tumour detection of a model on a datalist split"""
     import torch
 
-    from medmoe.paths import check_output_file
+    from medmoe.paths import check_output_dir, check_output_file
     from medmoe.saved_model import load_model
     from medmoe.seg.evaluate import evaluate
 
     check_output_file(args.out)
     if args.overlays:
-        from medmoe.paths import check_output_dir
-
         check_output_dir(args.overlays, "--overlays")
     model = load_model(args.model, device=args.device, family="mome")
     report = evaluate(model, args.data, split=args.split, classes=args.classes, out=args.out,

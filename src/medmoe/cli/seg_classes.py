@@ -50,16 +50,11 @@ def run_classes(args: argparse.Namespace) -> int:
     if args.model:
         _, fields = read_model_config(args.model)
         names, source = model_class_names(fields, template)
-    labelled_by: dict[str, list[str]] = {n: [] for n in template.names}
-    for dataset in template.datasets:
-        for cls in template.labelled_classes(dataset):
-            labelled_by[cls].append(dataset)
-    rows = []
-    for n in names:
-        info = template.info(n)
-        rows.append({"name": n, "display": info.display, "prompt": template.prompt(n), "kind": info.kind,
-                     "parent": info.parent, "parts": list(info.parts), "synonyms": list(info.synonyms),
-                     "datasets": labelled_by[n]})
+    labelled = {dataset: set(template.labelled_classes(dataset)) for dataset in template.datasets}
+    rows = [{"name": n, "display": info.display, "prompt": template.prompt(n), "kind": info.kind,
+             "parent": info.parent, "parts": list(info.parts), "synonyms": list(info.synonyms),
+             "datasets": [d for d in template.datasets if n in labelled[d]]}
+            for n, info in ((n, template.info(n)) for n in names)]
     if args.json:
         print(json.dumps({"source": source, "prompt_template": template.prompt_template, "classes": rows}, indent=2))
         return 0

@@ -7,26 +7,6 @@ import json
 
 from medmoe.cli.arguments import add_command
 
-
-def add_dataset_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``build-samples``, ``import`` and ``check`` on the ``medmoe seg`` group."""
-    _add_build_samples(sub)
-    _add_import(sub)
-    _add_check(sub)
-
-
-def _add_build_samples(sub: argparse._SubParsersAction) -> None:
-    build = add_command(sub, "build-samples", run_build_samples)
-    build.add_argument("--out", required=True, help="output folder (phantoms/ and totalseg/ with datalists)")
-    build.add_argument("--quick", action="store_true", help="a few phantoms per dataset (smoke runs, tests)")
-    build.add_argument("--seed", type=int, default=0, help="phantom seed (same seed, same files)")
-    build.add_argument("--no-real", action="store_true", help="skip the TotalSegmentator examples")
-    build.add_argument("--totalseg-sdist", default=None, metavar="PATH",
-                       help="the totalsegmentator-2.18.0.tar.gz sdist (default $MEDMOE_TOTALSEG_SDIST, else "
-                            ".cache/totalsegmentator-2.18.0.tar.gz, which `make setup` downloads)")
-    build.add_argument("--no-progress", action="store_true")
-
-
 IMPORT_EPILOG = """\
 formats (the layout each dataset is downloaded in; docs/data.md says where to get it):
   msd               Medical Segmentation Decathlon task: dataset.json, imagesTr/, labelsTr/, imagesTs/
@@ -55,7 +35,18 @@ IMPORT_FORMATS = ("msd", "nnunet", "totalsegmentator", "btcv", "amos", "kits", "
                   "ctorg", "lits", "folders")
 
 
-def _add_import(sub: argparse._SubParsersAction) -> None:
+def add_dataset_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``build-samples``, ``import`` and ``check`` on the ``medmoe seg`` group."""
+    build = add_command(sub, "build-samples", run_build_samples)
+    build.add_argument("--out", required=True, help="output folder (phantoms/ and totalseg/ with datalists)")
+    build.add_argument("--quick", action="store_true", help="a few phantoms per dataset (smoke runs, tests)")
+    build.add_argument("--seed", type=int, default=0, help="phantom seed (same seed, same files)")
+    build.add_argument("--no-real", action="store_true", help="skip the TotalSegmentator examples")
+    build.add_argument("--totalseg-sdist", default=None, metavar="PATH",
+                       help="the totalsegmentator-2.18.0.tar.gz sdist (default $MEDMOE_TOTALSEG_SDIST, else "
+                            ".cache/totalsegmentator-2.18.0.tar.gz, which `make setup` downloads)")
+    build.add_argument("--no-progress", action="store_true")
+
     imp = add_command(sub, "import", run_import, epilog=IMPORT_EPILOG)
     imp.add_argument("format", choices=IMPORT_FORMATS, metavar="FORMAT", help=f"one of: {', '.join(IMPORT_FORMATS)}")
     imp.add_argument("root", metavar="ROOT", help="the dataset's folder, as downloaded and unpacked")
@@ -70,6 +61,13 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
                           "(default: <datalist folder>/totalsegmentator_labels)")
     imp.add_argument("--workers", type=int, default=0, metavar="N", help="totalsegmentator: processes combining masks")
     imp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    check = add_command(sub, "check", run_check, keep_lines=True)
+    check.add_argument("datalist", metavar="DATALIST", help="datalist JSON")
+    check.add_argument("--workers", type=int, default=0, metavar="N", help="processes reading files (default 0: this one)")
+    check.add_argument("--json", default=None, metavar="PATH", help="also write the per-case report as JSON")
+    check.add_argument("--errors-only", action="store_true", help="list only cases with errors or warnings")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -98,15 +96,6 @@ def run_import(args: argparse.Namespace) -> int:
     print(f"{'appended' if args.append else 'wrote'} {imported.dataset}: {counts} case(s) -> {out}")
     print(f"next: medmoe seg check {out}")
     return 0
-
-
-def _add_check(sub: argparse._SubParsersAction) -> None:
-    check = add_command(sub, "check", run_check, keep_lines=True)
-    check.add_argument("datalist", metavar="DATALIST", help="datalist JSON")
-    check.add_argument("--workers", type=int, default=0, metavar="N", help="processes reading files (default 0: this one)")
-    check.add_argument("--json", default=None, metavar="PATH", help="also write the per-case report as JSON")
-    check.add_argument("--errors-only", action="store_true", help="list only cases with errors or warnings")
-    check.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -225,17 +225,12 @@ def _predict_cases(args: argparse.Namespace, job: PredictJob, model) -> tuple[li
 
     done: list[dict] = []
     failed: list[dict] = []
-    first = read_ct(job.cases.cases[0].path, check_ct=not args.allow_non_ct) if job.single else None
     bar = tqdm(job.plan.cases, desc="cases", unit="case", disable=job.single or args.no_progress)
     for item in bar:
         case = item.case
         bar.set_postfix_str(case.name)
         try:
-            volume = first if job.single else read_ct(case.path, check_ct=not args.allow_non_ct)
-            first = None
-            info = _predict_case(args, job, model, item, volume)
-        except KeyboardInterrupt:
-            raise
+            info = _predict_case(args, job, model, item, read_ct(case.path, check_ct=not args.allow_non_ct))
         except Exception as err:
             if job.single:
                 raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from medmoe.cli.arguments import add_command
 
@@ -127,7 +128,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import signal
 
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `kill` stops the page like Ctrl-C does
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # `kill` stops it like Ctrl-C
     try:
         launch(services, host=args.host, port=args.port, auth=users, ssl_certfile=args.ssl_certfile,
                ssl_keyfile=args.ssl_keyfile, batch_size=args.batch_size)
@@ -135,7 +136,3 @@ def run_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         services.close()
     return 0
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(0)
