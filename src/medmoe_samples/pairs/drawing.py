@@ -18,14 +18,6 @@ from medmoe.errors import InvalidInputError
 
 
 @functools.lru_cache(maxsize=8)
-def _grid_cached(size: int) -> tuple[np.ndarray, np.ndarray]:
-    axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
-    y, x = np.meshgrid(axis, axis, indexing="ij")
-    y.setflags(write=False)
-    x.setflags(write=False)
-    return y, x
-
-
 def grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalised pixel-centre coordinates of a square image.
 
@@ -37,7 +29,11 @@ def grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """
     if size < 16:
         raise InvalidInputError(f"image size {size} is too small; expected at least 16 pixels")
-    return _grid_cached(size)
+    axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    y.setflags(write=False)
+    x.setflags(write=False)
+    return y, x
 
 
 def soft_step(distance: np.ndarray, width: float) -> np.ndarray:
@@ -77,8 +73,7 @@ def ellipse(
     dy, dx = y - cy, x - cx
     u = (dx * c + dy * s) / rx
     v = (-dx * s + dy * c) / ry
-    radius = np.sqrt(u * u + v * v)
-    return soft_step((radius - 1.0) * min(rx, ry), edge)
+    return soft_step((np.sqrt(u * u + v * v) - 1.0) * min(rx, ry), edge)
 
 
 def irregular_blob(
@@ -111,8 +106,23 @@ def irregular_blob(
     for k in range(2, lobes + 1):
         amp = rng.normal(0.0, roughness / k**0.7)
         modulation += amp * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    boundary = radius * np.clip(1.0 + modulation, 0.4, 1.8)
-    return soft_step(dist - boundary, edge)
+    return soft_step(dist - radius * np.clip(1.0 + modulation, 0.4, 1.8), edge)
+
+
+def pick_pixel(mask: np.ndarray, margin_px: int, rng: np.random.Generator,
+               fallback: np.ndarray | None = None) -> tuple[int, int]:
+    """A random pixel of ``mask`` at least ``margin_px`` pixels inside it, where ``mask`` leaves room for one;
+    else a random pixel of ``fallback`` (default ``mask``).
+
+    Raises:
+        InvalidInputError: there is no pixel to pick.
+    """
+    core = ndimage.binary_erosion(mask, iterations=margin_px)
+    rows, cols = np.nonzero(core if core.any() else mask if fallback is None else fallback)
+    if len(rows) == 0:
+        raise InvalidInputError("no room to place a lesion in the rendered organ")
+    pick = rng.integers(len(rows))
+    return int(rows[pick]), int(cols[pick])
 
 
 def smooth_noise(rng: np.random.Generator, size: int, sigma: float | tuple[float, float]) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from medmoe.errors import InvalidInputError
+from medmoe_samples.pairs import drawing
 from medmoe_samples.pairs.drawing import ellipse, grid, irregular_blob, smooth_noise, soft_step, to_uint8
 
 REGIONS = ("chest", "abdomen")
@@ -47,18 +48,16 @@ class CTFindings:
                 raise InvalidInputError(f"nodule side {side!r} is not 'left' or 'right'")
 
 
-def pixel_spacing_mm(size: int) -> float:
-    """Millimetres per pixel of a rendered slice of ``size`` pixels."""
-    return FIELD_OF_VIEW_MM / size
-
-
-def _place(mask: np.ndarray, margin_px: int, rng: np.random.Generator) -> tuple[int, int]:
-    core = ndimage.binary_erosion(mask, iterations=max(1, margin_px))
-    rows, cols = np.nonzero(core if core.any() else mask)
-    if len(rows) == 0:
-        raise InvalidInputError("no room to place a lesion in the rendered organ")
-    pick = rng.integers(len(rows))
-    return int(rows[pick]), int(cols[pick])
+def _focal(hu: np.ndarray, y, x, mask: np.ndarray, diameter: float, margin_px: int, rng: np.random.Generator,
+           roughness: float, edge_px: float, value: float) -> np.ndarray:
+    """``hu`` with a lobulated lesion of ``diameter`` mm and ``value`` HU placed in ``mask`` (a margin of
+    ``margin_px`` pixels beyond its radius from the mask's border where there is room)."""
+    size = y.shape[0]
+    radius_px = diameter / (FIELD_OF_VIEW_MM / size) / 2.0
+    row, col = drawing.pick_pixel(mask, int(np.ceil(radius_px)) + margin_px, rng)
+    lesion = irregular_blob(y, x, float(y[row, col]), float(x[row, col]), radius_px * 2.0 / size, rng,
+                            roughness=roughness, edge=edge_px / size)
+    return hu + lesion * (value - hu)
 
 
 def _body(y: np.ndarray, x: np.ndarray, rng: np.random.Generator, ry: float) -> tuple[np.ndarray, np.ndarray]:
@@ -107,13 +106,8 @@ def _chest(y, x, findings: CTFindings, rng: np.random.Generator, size: int) -> n
     vessels = ndimage.gaussian_filter(spots * (0.3 + hilar), 0.7) * 2.2
     hu = hu + lung * np.clip(vessels, 0.0, 1.0) * 700.0
 
-    spacing = pixel_spacing_mm(size)
     for side, diameter in findings.nodules:
-        radius_px = diameter / spacing / 2.0
-        row, col = _place(lungs[side] > 0.99, int(np.ceil(radius_px)) + 7, rng)
-        nodule = irregular_blob(y, x, float(y[row, col]), float(x[row, col]), radius_px * 2.0 / size, rng,
-                                roughness=0.12, edge=1.2 / size)
-        hu = hu + nodule * (30.0 - hu)
+        hu = _focal(hu, y, x, lungs[side] > 0.99, diameter, 7, rng, roughness=0.12, edge_px=1.2, value=30.0)
     return hu + _bones(y, x, ry, rng)
 
 
@@ -130,20 +124,15 @@ def _abdomen(y, x, findings: CTFindings, rng: np.random.Generator, size: int) ->
     ivc = ellipse(y, x, 0.05 + ry - 0.5, -0.12, 0.05, 0.07, edge=0.008)
     parenchyma = 8.0 * smooth_noise(rng, size, 1.5)
     hu = hu + liver * (105.0 + parenchyma - hu)
-    portal = np.clip(smooth_noise(rng, size, (1.5, 4.0)) - 1.6, 0.0, 1.0) * liver
-    hu = hu + 60.0 * portal
+    hu = hu + 60.0 * (np.clip(smooth_noise(rng, size, (1.5, 4.0)) - 1.6, 0.0, 1.0) * liver)  # portal veins
     hu = hu + spleen * (115.0 + parenchyma - hu)
     hu = hu + stomach * (15.0 - hu) + gas * (-1000.0 - 15.0)
     hu = hu + kidney * (160.0 - hu) + aorta * (180.0 - hu) + ivc * (130.0 - hu)
 
-    spacing = pixel_spacing_mm(size)
     for diameter in findings.liver_lesions:
-        radius_px = diameter / spacing / 2.0
         # The lateral liver only: medially the liver meets the vessels and the spine.
-        row, col = _place((liver > 0.99) & (x < -0.1), int(np.ceil(radius_px)) + 3, rng)
-        lesion = irregular_blob(y, x, float(y[row, col]), float(x[row, col]), radius_px * 2.0 / size, rng,
-                                roughness=0.1, edge=1.5 / size)
-        hu = hu + lesion * (25.0 - hu)
+        hu = _focal(hu, y, x, (liver > 0.99) & (x < -0.1), diameter, 3, rng, roughness=0.1, edge_px=1.5,
+                    value=25.0)
     return hu + _bones(y, x, ry, rng)
 
 

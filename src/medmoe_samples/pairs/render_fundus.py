@@ -118,10 +118,8 @@ def render_fundus(findings: FundusFindings, rng: np.random.Generator, size: int 
     disc_r = float(rng.uniform(0.085, 0.1))
 
     pigment = np.array(rng.uniform([0.78, 0.3, 0.12], [0.92, 0.42, 0.2]), dtype=np.float32)
-    texture = 1.0 + 0.05 * smooth_noise(rng, size, 3.0)
-    shade = (1.0 - 0.4 * r**2) * texture
-    macular = ellipse(y, x, macula[0], macula[1], 0.16, 0.16, edge=0.12)
-    shade = shade * (1.0 - 0.25 * macular)
+    shade = (1.0 - 0.4 * r**2) * (1.0 + 0.05 * smooth_noise(rng, size, 3.0))
+    shade = shade * (1.0 - 0.25 * ellipse(y, x, macula[0], macula[1], 0.16, 0.16, edge=0.12))  # darker macula
     rgb = pigment * shade[..., None]
 
     major, minor = _vessel_tree(disc, macula, rng)
@@ -136,11 +134,9 @@ def render_fundus(findings: FundusFindings, rng: np.random.Generator, size: int 
     cup_r = disc_r * findings.cup_ratio
     cup = ellipse(y, x, disc[0], disc[1] - nasal * 0.1 * disc_r, cup_r * 1.05, cup_r, edge=0.006)
     disc_colour = np.array([0.97, 0.72, 0.45], np.float32)
-    cup_colour = np.array([1.0, 0.93, 0.8], np.float32)
     rgb = rgb + disc_mask[..., None] * (disc_colour * (1.0 - 0.3 * vessels[..., None]) - rgb)
-    rgb = rgb + cup[..., None] * (cup_colour - rgb)
-    fovea = ellipse(y, x, macula[0], macula[1], 0.012, 0.012, edge=0.006)
-    rgb = rgb + 0.15 * fovea[..., None]
+    rgb = rgb + cup[..., None] * (np.array([1.0, 0.93, 0.8], np.float32) - rgb)
+    rgb = rgb + 0.15 * ellipse(y, x, macula[0], macula[1], 0.012, 0.012, edge=0.006)[..., None]
 
     # Lesions sit on the posterior pole, away from the disc.
     def positions(count: int) -> np.ndarray:

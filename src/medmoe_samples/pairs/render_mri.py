@@ -18,7 +18,6 @@ from medmoe_samples.pairs.drawing import ellipse, grid, irregular_blob, smooth_n
 
 SEQUENCES = ("t1", "t2")
 SIGNALS = ("hyperintense", "hypointense")
-SIZES = ("small", "large")
 FIELD_OF_VIEW_MM = 240.0
 # Mass diameters of each size class; a gap between them keeps "small" and "large" unambiguous.
 MASS_DIAMETER_MM = {"small": (14.0, 20.0), "large": (30.0, 42.0)}
@@ -77,9 +76,6 @@ def render_brain_mri(findings: BrainFindings, rng: np.random.Generator, size: in
     rx, ry = float(rng.uniform(0.66, 0.74)), float(rng.uniform(0.82, 0.9))
     cy = float(rng.uniform(-0.02, 0.04))
 
-    head = ellipse(y, x, cy, 0.0, ry, rx, edge=0.01)
-    skull_outer = ellipse(y, x, cy, 0.0, ry - 0.05, rx - 0.05, edge=0.008)
-    skull_inner = ellipse(y, x, cy, 0.0, ry - 0.1, rx - 0.1, edge=0.008)
     brain_r = (ry - 0.12, rx - 0.12)
     rho = np.sqrt(((y - cy) / brain_r[0]) ** 2 + (x / brain_r[1]) ** 2)
 
@@ -94,7 +90,6 @@ def render_brain_mri(findings: BrainFindings, rng: np.random.Generator, size: in
     sulci = soft_step(np.abs(folding_field) - 0.12, 0.06) * cortex_band
     fissure = soft_step(np.abs(x) - 0.012, 0.006) * soft_step(0.25 - np.abs(y - cy) * 1.0 / brain_r[0] * 0.9, 0.05)
 
-    mass = findings.mass
     ventricles = np.zeros_like(y)
     nuclei = np.zeros_like(y)
     for sign in (-1.0, 1.0):
@@ -102,15 +97,16 @@ def render_brain_mri(findings: BrainFindings, rng: np.random.Generator, size: in
                                                     edge=0.01))
         nuclei = np.maximum(nuclei, ellipse(y, x, cy + 0.1, sign * 0.2, 0.12, 0.08, angle=sign * 0.3, edge=0.03))
 
-    image = head * tissue["fat"]
-    image = image + skull_outer * (tissue["bone"] - image)
-    image = image + skull_inner * (tissue["csf"] - image)
+    # Scalp, skull, the CSF inside it, then the brain.
+    image = ellipse(y, x, cy, 0.0, ry, rx, edge=0.01) * tissue["fat"]
+    image = image + ellipse(y, x, cy, 0.0, ry - 0.05, rx - 0.05, edge=0.008) * (tissue["bone"] - image)
+    image = image + ellipse(y, x, cy, 0.0, ry - 0.1, rx - 0.1, edge=0.008) * (tissue["csf"] - image)
     parenchyma = tissue["gm"] + (tissue["wm"] - tissue["gm"]) * white * (1.0 - 0.8 * nuclei)
     parenchyma = parenchyma + (tissue["csf"] - parenchyma) * np.maximum.reduce([sulci, fissure, ventricles])
     image = image + brain * (parenchyma - image)
 
-    if mass is not None:
-        signal, side, diameter = mass
+    if findings.mass is not None:
+        signal, side, diameter = findings.mass
         sign = -1.0 if side == "right" else 1.0
         radius = diameter / FIELD_OF_VIEW_MM
         # In the hemisphere's white matter, lateral to the ventricles (|x| < 0.17) and clear of the cortex.

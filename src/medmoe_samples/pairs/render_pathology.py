@@ -117,15 +117,13 @@ def render_pathology(findings: PathologyFindings, rng: np.random.Generator, size
 
     if tissue == "tumour":
         parts, lumen, epithelium = _glands(rng, size, int(rng.integers(2, 5)), irregular=True)
-        spacing = float(rng.uniform(8.5, 10.0))
-        centres = _jittered(rng, size, spacing, 0.3)
+        centres = _jittered(rng, size, float(rng.uniform(8.5, 10.0)), 0.3)
         n = len(centres)
         axes = np.stack([rng.uniform(3.0, 5.5, n), rng.uniform(4.0, 7.0, n)], 1)
         parts.append(_Nuclei(centres, axes, rng.uniform(0, np.pi, n), rng.uniform(1.1, 1.5, n)))
-        sheet = soft_step(-0.6 - smooth_noise(rng, size, size / 12.0), 0.4)
-        keep = sheet[centres[:, 0].clip(0, size - 1).astype(int), centres[:, 1].clip(0, size - 1).astype(int)] > 0.5
+        cytoplasm = soft_step(-0.6 - smooth_noise(rng, size, size / 12.0), 0.4)  # the tumour's cell sheets
+        keep = cytoplasm[tuple(centres.clip(0, size - 1).astype(int).T)] > 0.5
         parts[-1] = _Nuclei(centres[keep], axes[keep], parts[-1].angles[keep], parts[-1].density[keep])
-        cytoplasm = sheet
     else:
         parts, lumen, epithelium = _glands(rng, size, int(rng.integers(5, 9)), irregular=False)
         cytoplasm = epithelium

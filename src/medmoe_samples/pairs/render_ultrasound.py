@@ -17,7 +17,6 @@ from medmoe.errors import InvalidInputError
 from medmoe_samples.pairs.drawing import ellipse, grid, irregular_blob, smooth_noise, soft_step, to_uint8
 
 LESION_KINDS = ("cyst", "solid_mass", "calcification")
-SIZES = ("small", "large")
 MM_PER_UNIT = 40.0  # the image is 2 normalised units (80 mm) deep
 LESION_DIAMETER_MM = {"small": (6.0, 8.0), "large": (11.0, 15.0), "calcification": (2.0, 3.0)}
 APEX_Y = -1.08
@@ -43,14 +42,6 @@ class UltrasoundFindings:
             raise InvalidInputError(f"lesion {self.lesion!r} must be (kind in {LESION_KINDS}, diameter 1..30 mm)")
 
 
-def sector_geometry(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Polar coordinates of each pixel about the probe apex: ``(depth, angle)``, each (size, size)."""
-    y, x = grid(size)
-    depth = np.sqrt((y - APEX_Y) ** 2 + x**2)
-    angle = np.arctan2(x, y - APEX_Y)
-    return depth, angle
-
-
 def render_ultrasound(findings: UltrasoundFindings, rng: np.random.Generator, size: int = 224) -> np.ndarray:
     """Render a sector B-mode ultrasound image that shows ``findings``.
 
@@ -63,7 +54,9 @@ def render_ultrasound(findings: UltrasoundFindings, rng: np.random.Generator, si
         (size, size) uint8 image, black outside the fan.
     """
     y, x = grid(size)
-    depth, angle = sector_geometry(size)
+    # Polar coordinates of each pixel about the probe apex.
+    depth = np.sqrt((y - APEX_Y) ** 2 + x**2)
+    angle = np.arctan2(x, y - APEX_Y)
     half_angle = float(rng.uniform(0.5, 0.62))
     max_depth = float(rng.uniform(1.85, 1.98))
     fan = soft_step(np.abs(angle) - half_angle, 0.006) * soft_step(depth - max_depth, 0.01) * (depth > 0.12)
@@ -92,8 +85,7 @@ def render_ultrasound(findings: UltrasoundFindings, rng: np.random.Generator, si
         lesion_angle = float(rng.uniform(-0.55, 0.55)) * (half_angle - radius / lesion_depth)
         cy = APEX_Y + lesion_depth * np.cos(lesion_angle)
         cx = lesion_depth * np.sin(lesion_angle)
-        angular_halfwidth = radius / lesion_depth
-        on_beam = soft_step(np.abs(angle - lesion_angle) - angular_halfwidth * 0.85, 0.01)
+        on_beam = soft_step(np.abs(angle - lesion_angle) - radius / lesion_depth * 0.85, 0.01)
         behind = on_beam * soft_step(lesion_depth - depth, 0.03)
         if kind == "cyst":
             body = ellipse(y, x, float(cy), float(cx), radius * float(rng.uniform(0.8, 1.0)), radius, edge=0.006)

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from medmoe.errors import InvalidInputError
+from medmoe_samples.pairs import drawing
 from medmoe_samples.pairs.drawing import ellipse, grid, irregular_blob, smooth_noise, soft_step, to_uint8
 
 SIDES = ("right", "left")
@@ -138,16 +139,12 @@ def _opacity(
         texture = soft_step(0.35 - np.abs(smooth_noise(rng, size, 1.8)), 0.25)
         return region * density * 0.75 * texture
     if lesion.pattern == "round":
-        ys, xs = np.nonzero(ndimage.binary_erosion(region > 0.9, iterations=max(2, size // 25)))
-        if len(ys) == 0:
-            ys, xs = np.nonzero(region > 0.5)
-        pick = rng.integers(len(ys))
-        cy, cx = y[ys[pick], xs[pick]], x[ys[pick], xs[pick]]
+        row, col = drawing.pick_pixel(region > 0.9, max(2, size // 25), rng, fallback=region > 0.5)
+        cy, cx = y[row, col], x[row, col]
         blob = irregular_blob(y, x, cy, cx, 0.06 + 0.06 * lesion.severity, rng, roughness=0.15)
         return lung * density * 1.2 * blob
     if lesion.pattern == "streaky":
-        texture = smooth_noise(rng, size, (1.0, 5.0))
-        cover = soft_step(0.5 - texture, 0.3)
+        cover = soft_step(0.5 - smooth_noise(rng, size, (1.0, 5.0)), 0.3)
     elif lesion.pattern == "confluent":
         cover = 0.7 + 0.3 * soft_step(-smooth_noise(rng, size, 6.0), 0.8)
     else:
@@ -162,24 +159,17 @@ def _nodule(y: np.ndarray, x: np.ndarray, lung: np.ndarray, t: _Thorax, lesion: 
     region = lung * _zone_weight(y, t, lesion.side, lesion.zone)
     calcified = lesion.kind == "granuloma"
     radius_px = (1.4 + 1.2 * lesion.severity) if calcified else (2.5 + 3.5 * lesion.severity)
-    margin = int(np.ceil(radius_px)) + 3
-    core = ndimage.binary_erosion(region > 0.95, iterations=margin)
-    ys, xs = np.nonzero(core)
-    if len(ys) == 0:
-        ys, xs = np.nonzero(region > 0.5)
-    pick = rng.integers(len(ys))
+    row, col = drawing.pick_pixel(region > 0.95, int(np.ceil(radius_px)) + 3, rng, fallback=region > 0.5)
     radius = radius_px * 2.0 / size
     density = 0.5 if calcified else 0.3
-    return density * ellipse(y, x, y[ys[pick], xs[pick]], x[ys[pick], xs[pick]], radius, radius, edge=2.0 / size)
+    return density * ellipse(y, x, y[row, col], x[row, col], radius, radius, edge=2.0 / size)
 
 
 def _atelectasis(y: np.ndarray, x: np.ndarray, lung: np.ndarray, t: _Thorax, lesion: LungLesion, rng):
-    zone = lesion.zone or "lower"
     top, bottom = t.apex, t.dome[lesion.side] + 0.1
     third = (bottom - top) / 3.0
-    level = top + (ZONES.index(zone) + rng.uniform(0.35, 0.75)) * third
-    sign = side_sign(lesion.side)
-    centre = sign * (t.mediastinum + t.half_width) / 2.0
+    level = top + (ZONES.index(lesion.zone or "lower") + rng.uniform(0.35, 0.75)) * third
+    centre = side_sign(lesion.side) * (t.mediastinum + t.half_width) / 2.0
     tilt = rng.uniform(-0.25, 0.25)
     line = y - level - tilt * (x - centre)
     length = 0.16 + 0.14 * lesion.severity
@@ -239,11 +229,9 @@ def render_chest_xray(findings: ChestFindings, rng: np.random.Generator, size: i
     image = image - lung * (0.36 - markings - 0.04 * smooth_noise(rng, size, size / 16.0))
 
     for side, height in findings.effusions:
-        sign = side_sign(side)
-        lateral = np.clip((sign * x - t.mediastinum) / (t.half_width - t.mediastinum), 0.0, 1.0)
-        lung_height = t.dome[side] + 0.17 - t.apex
+        lateral = np.clip((side_sign(side) * x - t.mediastinum) / (t.half_width - t.mediastinum), 0.0, 1.0)
         # The meniscus: fluid climbs higher along the lateral chest wall than medially.
-        level = t.dome[side] + 0.17 - height * lung_height * (0.7 + 0.5 * lateral)
+        level = t.dome[side] + 0.17 - height * (t.dome[side] + 0.17 - t.apex) * (0.7 + 0.5 * lateral)
         fluid = soft_step(level - y, 0.03) * lungs[side]
         image = image + fluid * 0.34 * (0.85 + 0.15 * soft_step(level + 0.08 - y, 0.08))
 
