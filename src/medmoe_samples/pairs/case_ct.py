@@ -17,12 +17,8 @@ _CHEST_FILLERS = ("The airways are patent.", "Heart size within normal limits.",
 _ABDOMEN_FILLERS = ("The spleen is of normal size.", "The kidneys enhance symmetrically.", "The aorta is of normal calibre.")
 
 
-def _size_word(diameter_mm: float) -> str:
-    return "tiny" if diameter_mm < 6 else "small" if diameter_mm < 10 else "sizeable"
-
-
 def _nodule_sentence(rng: np.random.Generator, side: str, diameter: float) -> str:
-    size, d = _size_word(diameter), round(diameter)
+    size, d = "tiny" if diameter < 6 else "small" if diameter < 10 else "sizeable", round(diameter)
     return pick(rng, (
         f"A {d} mm solid nodule in the {side} lung.",
         f"{side} pulmonary nodule measuring {d} mm.",

@@ -32,8 +32,7 @@ def make_fundus_case(rng: np.random.Generator, size: int = 224) -> Pair:
     haemorrhages = int(rng.integers(4, 14)) if "haemorrhage" in present else 0
     exudates = int(rng.integers(8, 26)) if "exudate" in present else 0
     cupping = "cupping" in present
-    low, high = CUP_RATIO["cupping" if cupping else "normal"]
-    ratio = float(rng.uniform(low, high))
+    ratio = float(rng.uniform(*CUP_RATIO["cupping" if cupping else "normal"]))
 
     positives, denied = [], []
     spelling = pick(rng, ("haemorrhages", "hemorrhages"))
@@ -60,9 +59,8 @@ def make_fundus_case(rng: np.random.Generator, size: int = 224) -> Pair:
             f"The optic cup is enlarged, cup-to-disc ratio about {ratio:.1f}.",
         )))
     else:
-        denied_cup = pick(rng, (f"Normal cup-to-disc ratio ({ratio:.1f}).", "optic disc cupping"))
-        denied.append(denied_cup)
-    sentences = [d for d in denied if d.endswith(".")] + negate(rng, [d for d in denied if not d.endswith(".")])
+        denied.append(pick(rng, (f"Normal cup-to-disc ratio ({ratio:.1f}).", "optic disc cupping")))
+    sentences = negate(rng, denied)
     fillers = [pick(rng, _FILLERS)] if rng.random() < 0.5 else []
     impression = "Normal fundus." if not present and rng.random() < 0.6 else None
     report = compose(rng, positives, sentences, pick(rng, _headers(eye)), fillers, impression)

@@ -47,9 +47,8 @@ def _sentence(rng: np.random.Generator, kind: str, diameter: float) -> str:
 def make_ultrasound_case(rng: np.random.Generator, size: int = 224) -> Pair:
     """Draw findings, render the sector image and write its report (a :class:`~.case.PairMaker`; a
     (size, size) uint8 image)."""
-    roll = rng.random()
     kinds = ("cyst", "solid_mass", "calcification")
-    kind = None if roll < 0.22 else kinds[int(rng.integers(3))]
+    kind = None if rng.random() < 0.22 else kinds[int(rng.integers(3))]
     lesion, tags, positives = None, [], []
     if kind is not None:
         size_class = "calcification" if kind == "calcification" else pick(rng, ("small", "large"))

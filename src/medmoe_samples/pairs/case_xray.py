@@ -21,19 +21,10 @@ _PATTERN_WORDS = {"patchy": ("patchy", "ill-defined"), "confluent": ("dense", "c
 _ZONE_WORDS = {"upper": ("upper zone", "upper lobe", "upper lung"), "lower": ("lower zone", "lower lobe", "base")}
 
 
-def _severity_word(ratio: float) -> str:
-    return "mild" if ratio < 0.6 else "moderate" if ratio < 0.65 else "marked"
-
-
-def _effusion_size(height: float) -> str:
-    return "small" if height < 0.2 else "moderate" if height < 0.3 else "large"
-
-
 def _cardiomegaly_sentence(rng: np.random.Generator, ratio: float) -> str:
-    severity = _severity_word(ratio)
-    adverb = {"mild": "mildly", "moderate": "moderately", "marked": "markedly"}[severity]
+    severity = "mild" if ratio < 0.6 else "moderate" if ratio < 0.65 else "marked"
     return pick(rng, (
-        f"The heart is {adverb} enlarged.",
+        f"The heart is {severity}ly enlarged.",
         f"{severity} cardiomegaly.",
         f"There is {severity} enlargement of the cardiac silhouette.",
         f"Cardiothoracic ratio is increased at {ratio:.2f}.",
@@ -41,7 +32,7 @@ def _cardiomegaly_sentence(rng: np.random.Generator, ratio: float) -> str:
 
 
 def _effusion_sentence(rng: np.random.Generator, sides: list[str], height: float) -> str:
-    size = _effusion_size(height)
+    size = "small" if height < 0.2 else "moderate" if height < 0.3 else "large"
     if len(sides) == 2:
         return pick(rng, (
             f"Bilateral {size} pleural effusions.",
@@ -121,8 +112,7 @@ def make_xray_case(rng: np.random.Generator, size: int = 224) -> Pair:
     else:
         negatives.append(pick(rng, ("focal consolidation", "airspace opacity", "infiltrate")))
 
-    sentences = [n for n in negatives if n.endswith(".")]
-    sentences += negate(rng, [n for n in negatives if not n.endswith(".")])
+    sentences = negate(rng, negatives)
     fillers = [pick(rng, _FILLERS)] if rng.random() < 0.5 else []
     impression = pick(rng, _NORMAL_IMPRESSIONS) if not tags and rng.random() < 0.7 else None
     report = compose(rng, positives, sentences, pick(rng, _HEADERS), fillers, impression)

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# Words that mark a sentence as denying what it names. Positive templates must not contain any of them.
-NEGATION_CUES = ("no", "not", "without", "negative", "free", "clear", "normal", "unremarkable", "absent", "sharp")
-
 _NEGATION_FRAMES = (
     "No {x}.",
     "There {be} no {x}.",
@@ -39,20 +36,21 @@ def negate(rng: np.random.Generator, phrases: list[str]) -> list[str]:
 
     Args:
         rng: random generator.
-        phrases: noun phrases of absent findings, e.g. ``["pleural effusion", "focal consolidation"]``.
+        phrases: noun phrases of absent findings, e.g. ``["pleural effusion", "focal consolidation"]``;
+            an item ending in "." is already a sentence ("The lungs are clear.") and is kept as it is.
 
     Returns:
-        Sentences, in random order.
+        The kept sentences, in their order, then the denying sentences, in random order.
     """
+    sentences = [p for p in phrases if p.endswith(".")]
+    phrases = [p for p in phrases if not p.endswith(".")]
     phrases = [phrases[i] for i in rng.permutation(len(phrases))]
-    sentences = []
     while phrases:
         take = 1 if len(phrases) == 1 or rng.random() < 0.6 else int(rng.integers(2, min(3, len(phrases)) + 1))
         group, phrases = phrases[:take], phrases[take:]
         joined = group[0] if take == 1 else ", ".join(group[:-1]) + " or " + group[-1]
         frame = pick(rng, _NEGATION_FRAMES if take == 1 else _NEGATION_FRAMES[:4])
-        plural = group[-1].endswith("s") and not group[-1].endswith(("sis", "ss"))
-        be = "are" if plural else "is"
+        be = "are" if group[-1].endswith("s") and not group[-1].endswith(("sis", "ss")) else "is"
         sentences.append(frame.replace("{X}", capitalise(joined)).replace("{x}", joined).replace("{be}", be))
     return sentences
 
