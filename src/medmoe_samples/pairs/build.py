@@ -82,15 +82,13 @@ def build_samples(
     if iu_limit is None and quick:
         iu_limit = QUICK_IU_LIMIT
 
+    builders = {"modality": lambda: build_modality_bench(out, seed, n_per_modality, tuple(modalities), size,
+                                                         workers, progress),
+                "iu": lambda: build_iu_pairs(out, seed, iu_limit, size, workers, progress),
+                "real": lambda: build_real_samples(out)}
     counts: dict[str, DatasetCounts] = {}
     for short in dict.fromkeys(which):
         start = time.perf_counter()
-        if short == "modality":
-            result = build_modality_bench(out, seed, n_per_modality, tuple(modalities), size, workers, progress)
-        elif short == "iu":
-            result = build_iu_pairs(out, seed, iu_limit, size, workers, progress)
-        else:
-            result = build_real_samples(out)
-        counts[PACKS[short]] = result
+        counts[PACKS[short]] = builders[short]()
         logger.info("built %s in %.1f s", PACKS[short], time.perf_counter() - start)
     return counts

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medmoe.data.manifest import write_manifest
 from medmoe.errors import InvalidInputError
 from medmoe_samples.pairs.drawing import save_png
 from medmoe_samples.pairs.iu_reports import IUReport, MeshFinding, read_iu_reports, report_findings
 from medmoe_samples.pairs.render_xray import ChestFindings, LungLesion, render_chest_xray
-from medmoe_samples.pairs.rows import MANIFEST_NAME, DatasetCounts, assign_splits, sample_row
+from medmoe_samples.pairs.rows import DatasetCounts, assign_splits, sample_row
 from medmoe_samples.pairs.staging import run_tasks, staged_dataset
 
 logger = logging.getLogger(__name__)
@@ -35,10 +34,8 @@ _PATTERNS = {"streaky": "streaky", "interstitial": "interstitial", "reticular": 
 
 
 def _uniform(rng: np.random.Generator, modifiers: tuple[str, ...], table: dict, default: tuple[float, float]) -> float:
-    for m in modifiers:
-        if m in table:
-            return float(rng.uniform(*table[m]))
-    return float(rng.uniform(*default))
+    known = next((m for m in modifiers if m in table), None)
+    return float(rng.uniform(*table.get(known, default)))
 
 
 def chest_findings_from_mesh(findings: list[MeshFinding], rng: np.random.Generator) -> ChestFindings:
@@ -116,14 +113,13 @@ def build_iu_pairs(
         keep = np.sort(select_rng.choice(len(usable), size=limit, replace=False))
         usable = [usable[i] for i in keep]
     splits = assign_splits(len(usable), select_rng)
-    with staged_dataset(Path(out), DATASET) as folder:
+    with staged_dataset(Path(out), DATASET) as (folder, rows):
         tasks = [(str(folder / "images"), r.uid, r.mesh_major, seed, size) for r in usable]
         paths = run_tasks(_render_one, tasks, workers, progress, desc=DATASET)
-        rows = [
+        rows += [
             sample_row(path, r.text, "xray", tuple(sorted({f.tag for f in report_findings(r)})), DATASET, split)
             for path, r, split in zip(paths, usable, splits)
         ]
-        write_manifest(rows, folder / MANIFEST_NAME)
     counts = DatasetCounts.from_rows(rows, skipped=skipped)
     logger.info("%s: %d pairs written to %s", DATASET, counts.total, Path(out) / DATASET)
     return counts

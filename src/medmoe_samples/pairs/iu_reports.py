@@ -49,8 +49,8 @@ _ZONES = {
     "middle lobe": "middle", "lingula": "middle", "hilum": "middle",
     "upper lobe": "upper", "apex": "upper",
 }
-_LEFT_ONLY = ("lingula", "retrocardiac")
-_RIGHT_ONLY = ("middle lobe",)
+# Zones that lie in one lung only: a term naming one and no side is on that side.
+_ZONE_SIDES = {"lingula": "left", "retrocardiac": "left", "middle lobe": "right"}
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,11 @@ def parse_mesh_term(term: str) -> list[MeshFinding]:
         ['effusion_left', 'effusion_right']
     """
     parts = [p.strip().lower() for p in term.split("/") if p.strip()]
-    if not parts:
-        return []
-    kind = _HEADINGS.get("/".join(parts[:2])) or _HEADINGS.get(parts[0])
+    n = 2 if "/".join(parts[:2]) in _HEADINGS else 1  # a heading may have two parts (lung/hypoinflation)
+    kind = _HEADINGS.get("/".join(parts[:n]))
     if kind is None:
         return []
-    qualifiers = parts[2:] if "/".join(parts[:2]) in _HEADINGS else parts[1:]
+    qualifiers = parts[n:]
     sides: list[str | None] = [None]
     zone = None
     modifiers = []
@@ -130,10 +129,8 @@ def parse_mesh_term(term: str) -> list[MeshFinding]:
             sides = ["left", "right"]
         elif q in _ZONES:
             zone = _ZONES[q]
-            if sides == [None] and q in _LEFT_ONLY:
-                sides = ["left"]
-            elif sides == [None] and q in _RIGHT_ONLY:
-                sides = ["right"]
+            if sides == [None] and q in _ZONE_SIDES:
+                sides = [_ZONE_SIDES[q]]
         elif q not in ("lung", "thorax"):
             modifiers.append(q)
     if kind in ("cardiomegaly", "normal", "low_lung_volumes", "hyperinflation"):
@@ -143,13 +140,10 @@ def parse_mesh_term(term: str) -> list[MeshFinding]:
 
 def report_findings(report: IUReport) -> list[MeshFinding]:
     """All drawable findings of a report's major MeSH terms, duplicates (same tag) removed, in order."""
-    seen, out = set(), []
-    for term in report.mesh_major:
-        for finding in parse_mesh_term(term):
-            if finding.tag not in seen:
-                seen.add(finding.tag)
-                out.append(finding)
-    return out
+    unique: dict[str, MeshFinding] = {}
+    for finding in (f for term in report.mesh_major for f in parse_mesh_term(term)):
+        unique.setdefault(finding.tag, finding)
+    return list(unique.values())
 
 
 def find_iu_archive() -> Path:

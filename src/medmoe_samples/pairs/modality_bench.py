@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medmoe.data.manifest import write_manifest
 from medmoe.data.modalities import MODALITIES
 from medmoe.errors import InvalidInputError
 from medmoe_samples.pairs.case import PairMaker
@@ -24,7 +23,7 @@ from medmoe_samples.pairs.case_pathology import make_pathology_case
 from medmoe_samples.pairs.case_ultrasound import make_ultrasound_case
 from medmoe_samples.pairs.case_xray import make_xray_case
 from medmoe_samples.pairs.drawing import save_png
-from medmoe_samples.pairs.rows import MANIFEST_NAME, DatasetCounts, assign_splits, sample_row
+from medmoe_samples.pairs.rows import DatasetCounts, assign_splits, sample_row
 from medmoe_samples.pairs.staging import run_tasks, staged_dataset
 
 logger = logging.getLogger(__name__)
@@ -83,16 +82,14 @@ def build_modality_bench(
             f"modalities {sorted(unknown)} unknown (expected {MODALITIES}), n_per_modality={n_per_modality} "
             f"(expected >= 1), seed={seed} (expected >= 0)"
         )
-    with staged_dataset(Path(out), DATASET) as folder:
+    with staged_dataset(Path(out), DATASET) as (folder, rows):
         tasks = [(str(folder / "images"), m, i, seed, size) for m in modalities for i in range(n_per_modality)]
         results = run_tasks(_render_one, tasks, workers, progress, desc=DATASET)
-        rows = []
         for modality in modalities:
             splits = assign_splits(n_per_modality, np.random.default_rng([_STREAM, seed, MODALITIES.index(modality)]))
             block = [r for t, r in zip(tasks, results) if t[1] == modality]
             rows += [sample_row(path, report, modality, labels, DATASET, split)
                      for (path, report, labels), split in zip(block, splits)]
-        write_manifest(rows, folder / MANIFEST_NAME)
     counts = DatasetCounts.from_rows(rows)
     logger.info("%s: %d pairs written to %s", DATASET, counts.total, Path(out) / DATASET)
     return counts

@@ -23,9 +23,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from medmoe.data.manifest import write_manifest
 from medmoe.data.modalities import normalize_modality
-from medmoe_samples.pairs.rows import MANIFEST_NAME, DatasetCounts, sample_row
+from medmoe_samples.pairs.rows import DatasetCounts, sample_row
 from medmoe_samples.pairs.staging import staged_dataset
 
 logger = logging.getLogger(__name__)
@@ -66,10 +65,11 @@ class RealSource:
     convert_to_png: bool = False
 
 
-def _package_dir(module: str) -> Path | None:
+def _package_path(module: str, *parts: str) -> Path | None:
+    """``parts`` below the folder of the installed package ``module`` (not imported); None without it."""
     spec = importlib.util.find_spec(module)
     locations = list(spec.submodule_search_locations or []) if spec else []
-    return Path(locations[0]) if locations else None
+    return Path(locations[0], *parts) if locations else None
 
 
 def describe_dicom(path: Path) -> tuple[str, str]:
@@ -118,27 +118,24 @@ def _dicom_sources() -> Iterator[RealSource | tuple[str, str]]:
         if found is None:
             yield name, "not found in pydicom's test files (is pydicom-data installed?)"
             continue
-        yield from _dicom_source(Path(found), f"pydicom_{name}")
-    deid = _package_dir("deid_data")
+        yield _dicom_source(Path(found), f"pydicom_{name}")
     for rel in DEID_FILES:
-        path = deid / "data" / rel if deid else None
+        path = _package_path("deid_data", "data", rel)
         if path is None or not path.is_file():
             yield f"deid_data/data/{rel}", "not found (is deid-data installed?)"
             continue
-        yield from _dicom_source(path, f"deid_{Path(rel).name}")
+        yield _dicom_source(path, f"deid_{Path(rel).name}")
 
 
-def _dicom_source(path: Path, name: str) -> Iterator[RealSource | tuple[str, str]]:
+def _dicom_source(path: Path, name: str) -> RealSource | tuple[str, str]:
     modality, report = describe_dicom(path)
     if not modality:
-        yield str(path), f"DICOM modality of {path.name} is not one medmoe uses"
-    else:
-        yield RealSource(path, name, modality, report)
+        return str(path), f"DICOM modality of {path.name} is not one medmoe uses"
+    return RealSource(path, name, modality, report)
 
 
 def _other_sources() -> Iterator[RealSource | tuple[str, str]]:
-    pneumonia = _package_dir("pneumonia_model_package")
-    folder = pneumonia / "datasets" / "pneumonia-data" / "val" if pneumonia else None
+    folder = _package_path("pneumonia_model_package", "datasets", "pneumonia-data", "val")
     jpegs = sorted(folder.glob("*.jpeg")) if folder and folder.is_dir() else []
     if not jpegs:
         yield "pneumonia_model_package/datasets/pneumonia-data/val", "no JPEGs (is pneumonia-model-package installed?)"
@@ -149,8 +146,8 @@ def _other_sources() -> Iterator[RealSource | tuple[str, str]]:
             report, labels = "Paediatric frontal chest radiograph, normal; no pneumonia.", ("normal",)
         yield RealSource(path, f"pneumonia_{path.name}", "xray", report, labels)
 
-    nilearn = _package_dir("nilearn")
-    template = nilearn / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" if nilearn else None
+    template = _package_path("nilearn", "datasets", "data",
+                             "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
     if template is None or not template.is_file():
         yield "nilearn MNI152 T1 template", "not found (is nilearn installed?)"
     else:
@@ -158,7 +155,6 @@ def _other_sources() -> Iterator[RealSource | tuple[str, str]]:
                          "T1-weighted brain MRI template, MNI152 ICBM 2009a symmetric: a 3D average of healthy "
                          "adult brains.", ("normal",))
 
-    skimage = _package_dir("skimage")
     for file, out_name, modality, report, labels, to_png in (
         ("retina.jpg", "skimage_retina.png", "fundus",
          "Colour fundus photograph of a human retina with optic disc, macula and vessels.", (), True),
@@ -167,7 +163,7 @@ def _other_sources() -> Iterator[RealSource | tuple[str, str]]:
         ("microaneurysms.png", "skimage_microaneurysms.png", "fundus",
          "Grey-level detail of a retinal image (green channel) with microaneurysms.", ("microaneurysm",), False),
     ):
-        path = skimage / "data" / file if skimage else None
+        path = _package_path("skimage", "data", file)
         if path is None or not path.is_file():
             yield f"skimage/data/{file}", "not found (is scikit-image installed with its data?)"
         else:
@@ -201,8 +197,7 @@ def build_real_samples(out: Path) -> DatasetCounts:
     sources, missing = real_sources()
     for what, why in missing:
         logger.warning("real-samples: skipped %s: %s", what, why)
-    with staged_dataset(Path(out), DATASET) as folder:
-        rows = []
+    with staged_dataset(Path(out), DATASET) as (folder, rows):
         for source in sources:
             target = folder / "images" / source.name
             if source.convert_to_png:
@@ -212,7 +207,6 @@ def build_real_samples(out: Path) -> DatasetCounts:
                 shutil.copyfile(source.path, target)
             rows.append(sample_row(f"images/{source.name}", source.report, source.modality, source.labels,
                                   DATASET, "test"))
-        write_manifest(rows, folder / MANIFEST_NAME)
     counts = DatasetCounts.from_rows(rows, skipped=len(missing))
     logger.info("%s: %d files written to %s (%d skipped)", DATASET, counts.total, Path(out) / DATASET, len(missing))
     return counts

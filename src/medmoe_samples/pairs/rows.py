@@ -8,7 +8,7 @@ user's manifest needs: every row has a canonical modality, a split, a non-empty 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -66,8 +66,7 @@ class DatasetCounts:
         )
 
     def as_dict(self) -> dict:
-        return {"total": self.total, "splits": dict(self.splits), "modalities": dict(self.modalities),
-                "skipped": self.skipped}
+        return asdict(self)
 
 
 def assign_splits(n: int, rng: np.random.Generator, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> list[str]:
@@ -90,9 +89,5 @@ def assign_splits(n: int, rng: np.random.Generator, fractions: tuple[float, floa
     if n >= 3:
         n_val, n_test = max(1, n_val), max(1, n_test)
     n_train = n - n_val - n_test
-    order = rng.permutation(n)
-    train, val, test = SPLITS
-    splits = [""] * n
-    for rank, index in enumerate(order):
-        splits[index] = train if rank < n_train else val if rank < n_train + n_val else test
-    return splits
+    ranks = np.argsort(rng.permutation(n))  # item i's place in the random order
+    return [SPLITS[k] for k in np.searchsorted([n_train, n_train + n_val], ranks, side="right")]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +11,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from medmoe.data.manifest import ManifestRow, write_manifest
 from medmoe.errors import InvalidInputError
 from medmoe_samples.pairs.rows import MANIFEST_NAME
-
-logger = logging.getLogger(__name__)
 
 
 def check_replaceable(out: Path, name: str) -> None:
@@ -28,20 +26,22 @@ def check_replaceable(out: Path, name: str) -> None:
 
 
 @contextmanager
-def staged_dataset(out: Path, name: str) -> Iterator[Path]:
-    """Yield an empty staging folder (with ``images/``); on success it replaces ``out/name``.
+def staged_dataset(out: Path, name: str) -> Iterator[tuple[Path, list[ManifestRow]]]:
+    """Yield an empty staging folder (with ``images/``) and a list to fill with the pack's manifest rows; on
+    success the rows are written to the folder's manifest and the folder replaces ``out/name``.
 
     A failed build leaves any previous ``out/name`` untouched and removes the staging folder.
     """
-    out = Path(out)
     check_replaceable(out, name)
     staging, old = out / f".{name}.partial", out / f".{name}.old"
     for leftover in (staging, old):
         if leftover.exists():
             shutil.rmtree(leftover)
     (staging / "images").mkdir(parents=True)
+    rows: list[ManifestRow] = []
     try:
-        yield staging
+        yield staging, rows
+        write_manifest(rows, staging / MANIFEST_NAME)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -60,19 +60,8 @@ def run_tasks(
 
     Results do not depend on ``workers``: every task carries its own seed.
     """
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, unit="img")
-    results: list[Any] = []
-    try:
-        if workers <= 1 or len(tasks) < 2 * workers:
-            iterator: Iterable[Any] = map(fn, tasks)
-            for result in iterator:
-                results.append(result)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for result in pool.map(fn, tasks, chunksize=max(1, min(32, len(tasks) // (8 * workers)))):
-                    results.append(result)
-                    bar.update()
-    finally:
-        bar.close()
-    return results
+    bar = {"total": len(tasks), "desc": desc, "disable": not progress, "unit": "img"}
+    if workers <= 1 or len(tasks) < 2 * workers:
+        return list(tqdm(map(fn, tasks), **bar))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(fn, tasks, chunksize=max(1, min(32, len(tasks) // (8 * workers)))), **bar))
