@@ -254,11 +254,9 @@ def _scan_jsonl(text: str, path: Path, base: Path) -> tuple[list[ManifestRow], l
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(ManifestProblem(number, line_no, f"is not valid JSON ({err.msg})"))
-            continue
-        except RecursionError:
-            problems.append(ManifestProblem(number, line_no, "is not valid JSON (nested too deeply)"))
+        except (json.JSONDecodeError, RecursionError) as err:
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+            problems.append(ManifestProblem(number, line_no, f"is not valid JSON ({reason})"))
             continue
         if not isinstance(record, dict):
             problems.append(ManifestProblem(number, line_no, "is not a JSON object"))

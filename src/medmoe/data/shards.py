@@ -26,6 +26,7 @@ current epoch so far are read again, the images are not decoded).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -81,13 +82,6 @@ def distributed_position() -> tuple[int, int]:
 DEFAULT_SHUFFLE_BUFFER = 256
 
 
-def _mixed(source: Iterator[Any], rng: random.Random, size: int) -> Iterator[Any]:
-    """``source`` through WebDataset's shuffle buffer of ``size`` items drawn with ``rng`` (off below 2)."""
-    if size <= 1:
-        return source
-    return webdataset.shuffle(size, initial=size, rng=rng)(source)
-
-
 class ShardDataset(IterableDataset):
     """Stream image-report samples from tar shards; items are the dicts of
     :class:`~medmoe.data.dataset.ImageReportDataset` (``index`` is the sample's metadata index: its
@@ -132,7 +126,6 @@ class ShardDataset(IterableDataset):
             raise InvalidInputError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         self.shuffle_buffer = (DEFAULT_SHUFFLE_BUFFER if self.shuffle else 0) if shuffle_buffer is None else shuffle_buffer
         self.progress = progress
-        self._counts: list[int] | None = None
         self._layout: tuple[int, int, int, int] | None = None
         # Epoch and start batch live in shared memory: persistent DataLoader workers keep their own copy of
         # the dataset and read them there when the next epoch's iteration begins.
@@ -146,12 +139,10 @@ class ShardDataset(IterableDataset):
         return int(self._shared[0])
 
     # ---- sizes -------------------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def counts(self) -> list[int]:
         """Samples of ``split`` in each shard (from ``index.json``, else counted once)."""
-        if self._counts is None:
-            self._counts = shard_sample_counts(self.shards, self.split, progress=self.progress)
-        return self._counts
+        return shard_sample_counts(self.shards, self.split, progress=self.progress)
 
     @property
     def num_samples(self) -> int:
@@ -267,8 +258,10 @@ class ShardDataset(IterableDataset):
                     logger.warning("%s", err)
                     yield BadSample(-1, url, str(err))
 
+        if self.shuffle_buffer <= 1:  # mixing off
+            return raw()
         rng = random.Random(f"{self.seed}:{epoch}:{reader}:{cycle}")
-        return _mixed(raw(), rng, self.shuffle_buffer)
+        return webdataset.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(raw())
 
     def _quota(self, epoch: int, reader: int, readers: int, skip: int, wanted: int) -> Iterator[dict[str, Any]]:
         """``wanted`` good items after the first ``skip`` samples (not decoded); bad samples ride along in

@@ -97,8 +97,7 @@ def read_csv_table(path: Path) -> list[dict[str, str]]:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-        text = raw.decode("utf-8-sig")
-        return list(csv.DictReader(io.StringIO(text, newline="")))
+        return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
     except (OSError, UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as err:
         raise CorruptFileError(f"{path}: cannot read CSV table ({type(err).__name__}: {err})") from err
 

@@ -50,8 +50,7 @@ class _Reports:
 
     def __init__(self, roots: list[Path]) -> None:
         self.roots = [r for r in roots if r.is_dir()]
-        self.zip: zipfile.ZipFile | None = None
-        self.zip_names: dict[str, str] = {}
+        self.zip: zipfile.ZipFile | None = None  # when set, so is zip_names
         archive = next((r if r.is_file() else r / REPORTS_ZIP for r in roots
                         if r.is_file() or (r / REPORTS_ZIP).is_file()), None)
         if archive is None:
@@ -61,9 +60,8 @@ class _Reports:
         except (zipfile.BadZipFile, OSError) as err:
             raise CorruptFileError(f"{archive}: not a readable zip of MIMIC-CXR reports ({err})") from err
         # Index by the path from "files/" on, whatever folder the zip wraps it in.
-        for name in self.zip.namelist():
-            if name.endswith(".txt") and "files/" in name:
-                self.zip_names[name[name.index("files/") :]] = name
+        self.zip_names = {name[name.index("files/") :]: name for name in self.zip.namelist()
+                          if name.endswith(".txt") and "files/" in name}
         if not self.zip_names:
             self.close()
             raise CorruptFileError(f"{archive}: holds no report (expected files/pXX/pXXXXXXXX/sXXXXXXXX.txt members)")

@@ -132,16 +132,13 @@ def _element_header(head: bytes, offset: int, explicit: bool) -> tuple[int | Non
 def sniff_dicom(source: str | os.PathLike | BinaryIO) -> str | None:
     """:func:`dicom_signature` of a file (a path or a seekable binary file object, left at offset 0); reads
     at most :data:`SNIFF_BYTES`. None also for a file that cannot be read."""
+    path = isinstance(source, str | os.PathLike)
     try:
-        if isinstance(source, str | os.PathLike):
-            with open(source, "rb") as fh:
-                head, size = fh.read(SNIFF_BYTES), os.fstat(fh.fileno()).st_size
-        else:
-            source.seek(0, io.SEEK_END)
-            size = source.tell()
-            source.seek(0)
-            head = source.read(SNIFF_BYTES)
-            source.seek(0)
+        with open(source, "rb") if path else contextlib.nullcontext(source) as fh:
+            size = fh.seek(0, io.SEEK_END)
+            fh.seek(0)
+            head = fh.read(SNIFF_BYTES)
+            fh.seek(0)
     except OSError:
         return None
     return dicom_signature(head, size)
