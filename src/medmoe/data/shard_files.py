@@ -79,8 +79,7 @@ class ShardWriteResult:
 
 
 def _encode(image: np.ndarray, fmt: str, max_size: int | None) -> bytes:
-    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    pil = Image.fromarray(pixels)
+    pil = Image.fromarray(np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8))
     if max_size and max(pil.size) > max_size:
         scale = max_size / max(pil.size)
         pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR)
@@ -135,8 +134,7 @@ class _ShardSequence:
         self.entries: list[dict[str, Any]] = []
         self._writer: TarWriter | None = None
         self._tmp = ""
-        self._count = 0
-        self._splits: dict[str, int] = {}
+        self._splits: dict[str, int] = {}  # samples of the shard being written, by split
 
     def write(self, sample: dict[str, Any], split: str) -> None:
         if self._writer is None:
@@ -144,9 +142,8 @@ class _ShardSequence:
             os.close(fd)
             self._writer = TarWriter(self._tmp, encoder=False, mode=0o644, user="", group="")
         self._writer.write(sample)
-        self._count += 1
         self._splits[split] = self._splits.get(split, 0) + 1
-        if self._count >= self.per_shard:
+        if sum(self._splits.values()) >= self.per_shard:
             self.close()
 
     def close(self) -> None:
@@ -156,8 +153,8 @@ class _ShardSequence:
         self._writer.close()
         final = self.out / f"{self.prefix}-{len(self.entries):06d}.tar"
         os.replace(self._tmp, final)
-        self.entries.append({"name": final.name, "count": self._count, "splits": self._splits})
-        self._writer, self._count, self._splits = None, 0, {}
+        self.entries.append({"name": final.name, "count": sum(self._splits.values()), "splits": self._splits})
+        self._writer, self._splits = None, {}
 
     def abort(self) -> None:
         """Delete the shard being written (if any): no half shard is left behind."""

@@ -158,14 +158,12 @@ def _stored(im: Image.Image, factor: int = 1) -> tuple[np.ndarray, float | None]
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return (_floats(im, factor) if factor > 1 else np.asarray(im)), 1.0 / 65535.0
-    if mode == "I":
+    if mode in ("I", "F"):
         stored = np.asarray(im)
         # Pillow opens some 16-bit PNGs as 32-bit "I"; keep their 16-bit scale when the values fit.
-        if stored.size and stored.min() >= 0 and stored.max() <= 65535:
+        if mode == "I" and stored.size and stored.min() >= 0 and stored.max() <= 65535:
             return _floats(im, factor), 1.0 / 65535.0
         return robust_rescale(_floats(im, factor), sample=range_sample(stored, factor)), None
-    if mode == "F":
-        return robust_rescale(_floats(im, factor), sample=range_sample(np.asarray(im), factor)), None
     if mode in ("1", "L", "LA", "La"):
         return np.asarray(_reduced(im if mode == "L" else im.convert("L"), factor)), 1.0 / 255.0
     return _rgb_array(_reduced(im if mode == "RGB" else im.convert("RGB"), factor)), 1.0 / 255.0
