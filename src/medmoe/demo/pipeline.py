@@ -91,8 +91,7 @@ def combined_manifest(manifests: list[Path], out: Path) -> Path:
     """One manifest with the rows of several (image paths rewritten relative to ``out``)."""
     from medmoe.data.manifest import read_manifest, write_manifest
 
-    rows = [row for m in manifests for row in read_manifest(m)]
-    write_manifest(rows, out)
+    write_manifest([row for m in manifests for row in read_manifest(m)], out)
     return out
 
 
@@ -129,9 +128,8 @@ def seg_training_datalist(phantoms: Path, real: Path, out: Path) -> Path:
         raise MedMoEError(f"{real}: no training CT of {sorted(REAL_TRAINING)}")
     doc = {**ph, "description": f"{ph.get('description', 'phantoms')} + the real CTs {', '.join(names)}",
            "label_maps": label_maps, "training": training}
-    for split in ("validation", "test"):
-        if split in ph:
-            doc[split] = _entries(ph, phantoms.parent, split)
+    doc.update({split: _entries(ph, phantoms.parent, split)
+                for split in ("validation", "test") if split in ph})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     return out
@@ -203,14 +201,11 @@ def evaluate_align(model_dir: Path, manifests: dict[str, Path], out_dir: Path, b
     from medmoe.align.evaluate import evaluate
 
     model = medmoe.load_model(model_dir, device=device)
-    results = {}
-    for name in ALIGN_DATASETS:
-        probe = "train" if name == "modality-bench" and budget.align_probe else None
-        results[name] = evaluate(model, manifests[name], split="test", out=out_dir / f"{name}.json",
-                                 probe_split=probe, device=device, max_items=budget.align_eval_max,
-                                 progress=progress, attention_examples=4 if name != "real-samples" else 0,
-                                 per_item=True)
-    return results
+    return {name: evaluate(model, manifests[name], split="test", out=out_dir / f"{name}.json",
+                           probe_split="train" if name == "modality-bench" and budget.align_probe else None,
+                           device=device, max_items=budget.align_eval_max, progress=progress,
+                           attention_examples=4 if name != "real-samples" else 0, per_item=True)
+            for name in ALIGN_DATASETS}
 
 
 def compare_align(align: dict[str, Any]) -> dict[str, Any]:

@@ -104,13 +104,12 @@ def _comparison_table(metrics: dict) -> Table | None:
 
 def _align_sections(metrics: dict) -> list[Section]:
     moe, single = metrics["align"]["moe"], metrics["align"]["single"]
-    rows = []
-    for ds in ("modality-bench", "iu-cxr", "real-samples"):
-        for direction in ("text_to_image", "image_to_text"):
-            for name, m in (("MoE K=6", moe), ("one expert", single)):
-                r = _get(m["eval"][ds], "retrieval", direction, default={})
-                rows.append([ds, direction.replace("_to_", "->"), name, _pct(_get(r, "R@1")), _pct(_get(r, "R@5")),
-                             _pct(_get(r, "R@10")), _get(r, "median_rank"), _get(m["eval"][ds], "n")])
+    models = (("MoE K=6", moe), ("one expert", single))
+    rows = [[ds, direction.replace("_to_", "->"), name,
+             *(_pct(_get(m["eval"][ds], "retrieval", direction, k)) for k in ("R@1", "R@5", "R@10")),
+             _get(m["eval"][ds], "retrieval", direction, "median_rank"), _get(m["eval"][ds], "n")]
+            for ds in ("modality-bench", "iu-cxr", "real-samples")
+            for direction in ("text_to_image", "image_to_text") for name, m in models]
     retrieval = Table("Cross-modal retrieval on the test splits", ["dataset", "direction", "model", "R@1 %", "R@5 %",
                       "R@10 %", "median rank", "pairs"], rows,
                       note="R@K: share of queries whose paired item is among the K nearest. Chance R@1 = 1/pairs.")
@@ -118,15 +117,14 @@ def _align_sections(metrics: dict) -> list[Section]:
                 _get(e, "zero_shot", "labels", "mean_auroc"),
                 _pct(_get(e, "zero_shot", "modality", "accuracy")),
                 *(_pct(_get(e, "linear_probe", "labels", f"{share}%", "accuracy")) for share in (1, 10, 100))]
-               for name, e in (("MoE K=6", moe["eval"]["modality-bench"]),
-                               ("one expert", single["eval"]["modality-bench"]))]
+               for name, e in ((name, m["eval"]["modality-bench"]) for name, m in models)]
     zero_shot = Table("Zero-shot classification and linear probe (modality benchmark)",
                       ["model", "finding acc. %", "finding mean AUROC", "modality acc. %", "probe 1 % labels",
                        "probe 10 %", "probe 100 %"], zs_rows,
                       note="Zero-shot: each class is a prompt ensemble; the nearest class embedding wins. Probe: "
                            "logistic regression on frozen global image embeddings with 1/10/100 % of the training labels.")
     train_rows = [[name, m["train"]["steps"], m["train"]["seconds"], m["train"]["samples_per_s"],
-                   m["train"]["bad_samples"]] for name, m in (("MoE K=6", moe), ("one expert", single))]
+                   m["train"]["bad_samples"]] for name, m in models]
     training = Table("Training (same data, steps and seed)", ["model", "steps", "seconds", "samples/s", "bad samples"],
                      train_rows)
     figures = [Figure(path, caption) for ds, caption in (
