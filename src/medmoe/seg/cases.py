@@ -108,16 +108,12 @@ def find_cases(path: str | os.PathLike) -> CaseSet:
     cases: list[Case] = []
     ignored: list[Path] = []
     for entry in entries:
-        if entry.is_file():
-            if is_nifti(entry):
-                cases.append(Case(nifti_stem(entry), entry, "nifti"))
-            else:
-                ignored.append(entry)
-        elif entry.is_dir():
-            if holds_dicom_files(entry):
-                cases.append(Case(entry.name, entry, "dicom"))
-            else:
-                ignored.append(entry)
+        if entry.is_file() and is_nifti(entry):
+            cases.append(Case(nifti_stem(entry), entry, "nifti"))
+        elif entry.is_dir() and holds_dicom_files(entry):
+            cases.append(Case(entry.name, entry, "dicom"))
+        elif entry.is_file() or entry.is_dir():
+            ignored.append(entry)
     if not cases:
         raise InvalidInputError(
             f"{p}: no CT found (expected DICOM slices of one series, or NIfTI files and/or sub-folders holding "
@@ -132,13 +128,11 @@ def _unique_names(cases: list[Case]) -> list[Case]:
     out = []
     for case in cases:
         key = case.name.lower()  # case-insensitive file systems would merge "A" and "a"
-        if key in seen:
-            seen[key] += 1
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > 1:
             renamed = f"{case.name}-{seen[key]}"
             logger.warning("two cases are named %r; %s is written as %r", case.name, case.path, renamed)
             case = Case(renamed, case.path, case.kind)
             seen[renamed.lower()] = 1
-        else:
-            seen[key] = 1
         out.append(case)
     return out

@@ -114,15 +114,6 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def _predict_at_spacing(model: nn.Module, image: Volume, native_masks: np.ndarray, names: Sequence[str],
-                        eval_spacing: Sequence[float], **predict_kwargs: Any) -> tuple[np.ndarray, Volume]:
-    """``(masks, grid)``: the prediction on the CT resampled to ``eval_spacing`` (the native one if already there)."""
-    grid = image_at_spacing(image, eval_spacing)
-    if same_grid(grid.affine, grid.shape, image.affine, image.shape):
-        return native_masks, image
-    return predict_volume(model, grid, names, **predict_kwargs).masks, grid
-
-
 def _wanted_classes(template: ClassTemplate, classes: Sequence[str] | None) -> list[str] | None:
     """The template names of ``classes`` (None: every labelled class).
 
@@ -131,12 +122,10 @@ def _wanted_classes(template: ClassTemplate, classes: Sequence[str] | None) -> l
     """
     if classes is None:
         return None
-    wanted = []
-    for c in classes:
-        name = template.resolve(c)
-        if name is None:
-            raise InvalidInputError(f"class {c!r} is not in the class template; see ClassTemplate.names")
-        wanted.append(name)
+    wanted = [template.resolve(c) for c in classes]
+    if None in wanted:
+        raise InvalidInputError(f"class {classes[wanted.index(None)]!r} is not in the class template; see "
+                                "ClassTemplate.names")
     return wanted
 
 
@@ -169,8 +158,11 @@ def _predict_case(model: nn.Module, entry: dict[str, Any], names: Sequence[str],
     prediction = predict_volume(model, image, names, **predict_kwargs)
     seconds = time.perf_counter() - t0
     at_spacing = None
-    if eval_spacing is not None:
-        at_spacing = _predict_at_spacing(model, image, prediction.masks, names, eval_spacing, **predict_kwargs)
+    if eval_spacing is not None:  # the prediction on the CT resampled there (the native one if already there)
+        grid = image_at_spacing(image, eval_spacing)
+        at_spacing = (prediction.masks, image)
+        if not same_grid(grid.affine, grid.shape, image.affine, image.shape):
+            at_spacing = (predict_volume(model, grid, names, **predict_kwargs).masks, grid)
     return _CaseRun(image, label, reference, prediction.masks, seconds, at_spacing)
 
 
@@ -184,15 +176,6 @@ def _score_case(run: _CaseRun, entry: dict[str, Any], names: Sequence[str], temp
             *run.at_spacing, run.label, entry["dataset"], names, template, eval_spacing,
             nsd_tolerance_mm=nsd_tolerance_mm)
     return case
-
-
-def _save_case_overlay(run: _CaseRun, entry: dict[str, Any], names: Sequence[str], overlay_dir: Path,
-                       index: int) -> str:
-    """Write the case's overlay PNG (prediction and reference) into ``overlay_dir``; its path."""
-    png = overlay_dir / f"case_{index:03d}_{Path(entry['image']).name.split('.')[0]}.png"
-    save_overlay(run.image.array, run.image.affine, run.masks, names, png, reference=run.reference,
-                 title=f"{entry['dataset']}: {Path(entry['image']).name}")
-    return str(png)
 
 
 def _report(cases: list[dict[str, Any]], bad: list[dict[str, str]], template: ClassTemplate,
@@ -274,8 +257,11 @@ def evaluate(model: nn.Module, datalist_path: str | os.PathLike, *, split: str =
             bad.append({"path": entry["image"], "reason": f"{type(err).__name__}: {err}"})
             continue
         case = _score_case(run, entry, names, template, eval_spacing, nsd_tolerance_mm)
-        if overlay_dir is not None:
-            case["overlay"] = _save_case_overlay(run, entry, names, Path(overlay_dir), i)
+        if overlay_dir is not None:  # the case's overlay PNG (prediction and reference)
+            png = Path(overlay_dir) / f"case_{i:03d}_{Path(entry['image']).name.split('.')[0]}.png"
+            save_overlay(run.image.array, run.image.affine, run.masks, names, png, reference=run.reference,
+                         title=f"{entry['dataset']}: {Path(entry['image']).name}")
+            case["overlay"] = str(png)
         cases.append(case)
     if not cases:
         raise InvalidInputError(f"{datalist_path}: no case of split {split!r} could be evaluated ({len(bad)} bad)")

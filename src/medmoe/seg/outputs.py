@@ -57,12 +57,8 @@ class OutputPlan:
     folder: bool
 
 
-def is_file_output(out: str | os.PathLike) -> bool:
-    """True when ``--out`` names a file (``.nii``, ``.nii.gz``, ``.dcm``) rather than a folder."""
-    return str(out).lower().endswith(_FILE_SUFFIXES)
-
-
-def _stem(path: Path) -> str:
+def output_stem(path: Path) -> str:
+    """The file name of an output without ``.nii.gz`` / ``.nii`` / ``.dcm`` (any case)."""
     return path.name[: -len(".dcm")] if path.name.lower().endswith(".dcm") else nifti_stem(path)
 
 
@@ -86,19 +82,18 @@ def plan_outputs(cases: CaseSet, out: str | os.PathLike, *, class_files: Sequenc
         InvalidInputError: with one line naming the path and the problem.
     """
     out = Path(out)
-    file_out = is_file_output(out)
+    file_out = str(out).lower().endswith(_FILE_SUFFIXES)  # a file (.nii, .nii.gz, .dcm) rather than a folder
     n = len(cases.cases)
     if fmt is not None and fmt not in MASK_FORMATS:
         raise InvalidInputError(f"--format {fmt!r}: expected one of {MASK_FORMATS}")
     suffix_fmt = ("dicom-seg" if str(out).lower().endswith(".dcm") else "nifti") if file_out else None
-    if fmt is None:
-        fmt = suffix_fmt or "nifti"
-    elif suffix_fmt is not None and suffix_fmt != fmt:
-        want = ".dcm" if fmt == "dicom-seg" else ".nii.gz"
-        raise InvalidInputError(f"--out {out}: --format {fmt} writes a {want} file, not {out.name}")
+    fmt = fmt or suffix_fmt or "nifti"
+    ext = ".dcm" if fmt == "dicom-seg" else ".nii.gz"
+    if suffix_fmt is not None and suffix_fmt != fmt:
+        raise InvalidInputError(f"--out {out}: --format {fmt} writes a {ext} file, not {out.name}")
     if cases.folder and file_out:
         raise InvalidInputError(f"--out {out}: the input is a folder of {n} case(s); --out must be a folder "
-                                f"(one {'.dcm' if fmt == 'dicom-seg' else '.nii.gz'} per case is written there)")
+                                f"(one {ext} per case is written there)")
     if fmt == "dicom-seg":
         nifti = [c.path.name for c in cases.cases if c.kind != "dicom"]
         if nifti:
@@ -107,18 +102,17 @@ def plan_outputs(cases: CaseSet, out: str | os.PathLike, *, class_files: Sequenc
                 f"{', '.join(nifti[:5])}{' ...' if len(nifti) > 5 else ''} {'is' if len(nifti) == 1 else 'are'} "
                 "NIfTI: use --format nifti")
     if file_out and out.is_dir():
-        raise InvalidInputError(f"--out {out}: is a folder; name a file ({'.dcm' if fmt == 'dicom-seg' else '.nii.gz'}) "
+        raise InvalidInputError(f"--out {out}: is a folder; name a file ({ext}) "
                                 "or drop the suffix to write into a folder")
     if not file_out and out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out}: is a file, but a folder is needed here (it holds the outputs)")
     if isinstance(overlay, str | os.PathLike) and n > 1:
         raise InvalidInputError("--overlay PATH names one PNG; for a folder of cases give --overlay alone "
                                 "(one PNG per case in --out)")
-    ext = ".dcm" if fmt == "dicom-seg" else ".nii.gz"
     plans = []
     for case in cases.cases:
         if file_out:
-            main, base = out, out.parent / _stem(out)
+            main, base = out, out.parent / output_stem(out)
             summary_path = Path(summary) if summary else None
         else:
             main, base = out / f"{case.name}{ext}", out / case.name
@@ -128,14 +122,12 @@ def plan_outputs(cases: CaseSet, out: str | os.PathLike, *, class_files: Sequenc
             plan.per_class = base
             plan.per_class_files = [base / f"{name}.nii.gz" for name in class_files]
         if probabilities:
-            plan.probability_files = [main.with_name(f"{_stem(main)}_prob_{i + 1}_{name}.nii.gz")
+            plan.probability_files = [main.with_name(f"{output_stem(main)}_prob_{i + 1}_{name}.nii.gz")
                                       for i, name in enumerate(class_files)]
         if overlay:
             plan.overlay = Path(overlay) if isinstance(overlay, str | os.PathLike) else base.with_name(base.name + ".png")
         plans.append(plan)
-    index = None
-    if cases.folder:
-        index = Path(summary) if summary else out / "index.json"
+    index = (Path(summary) if summary else out / "index.json") if cases.folder else None
     _check(plans, index, cases, out, overwrite)
     return OutputPlan(cases=plans, index=index, format=fmt, folder=not file_out)
 
@@ -162,12 +154,10 @@ def _check(plans: list[CaseOutputs], index: Path | None, cases: CaseSet, out: Pa
     for plan in plans:
         if plan.per_class is not None and plan.per_class.exists() and not plan.per_class.is_dir():
             raise InvalidInputError(f"{plan.per_class}: is a file, but the per-class masks need a folder there")
-    exist = []
     for p in files:
         if p.is_dir():
             raise InvalidInputError(f"{p}: is a folder, but an output file is written there")
-        if p.exists():
-            exist.append(p)
+    exist = [p for p in files if p.exists()]
     if exist and not overwrite:
         more = f" and {len(exist) - 3} more" if len(exist) > 3 else ""
         raise InvalidInputError(f"{len(exist)} output file(s) exist ({', '.join(map(str, exist[:3]))}{more}); pass "
@@ -177,9 +167,7 @@ def _check(plans: list[CaseOutputs], index: Path | None, cases: CaseSet, out: Pa
 def _check_folder(folder: Path) -> None:
     """The folder exists and is writable, or can be created: its nearest existing ancestor is a writable folder."""
     probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
         raise InvalidInputError(f"{folder}: cannot create this folder, {probe} is a file")

@@ -11,6 +11,7 @@ inside their organ) on the input grid -> per-class statistics (volume, mean HU).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from medmoe.data.volumes import Volume, read_ct, write_nifti
 from medmoe.devices import autocast_dtype, resolve_device
 from medmoe.errors import InvalidInputError
 from medmoe.seg.classes import ClassTemplate
+from medmoe.seg.outputs import output_stem
 from medmoe.seg.postprocess import postprocess_masks
 from medmoe.seg.prompts import (  # noqa: F401  (part of this module's API)
     ALL_CLASSES,
@@ -99,12 +101,9 @@ class SegPrediction:
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary: per prompt its class, label value, voxel count, volume (ml) and mean/std HU."""
         rows = []
-        stats = self.statistics or [None] * len(self.prompts)
-        for i, (prompt, name, mask, stat) in enumerate(zip(self.prompts, self.classes, self.masks, stats)):
-            row = {"prompt": prompt, "class": name, "label_value": i + 1}
-            if stat is None:
-                stat = {"voxels": int(mask.sum()), "volume_ml": round(float(mask.sum()) * self.voxel_ml, 3)}
-            row.update(stat)
+        stats = self.statistics or class_statistics(self.masks, None, self.voxel_ml)
+        for i, (prompt, name, stat) in enumerate(zip(self.prompts, self.classes, stats)):
+            row = {"prompt": prompt, "class": name, "label_value": i + 1, **stat}
             if self.probabilities is not None:
                 row["max_probability"] = round(float(self.probabilities[i].max()), 4)
             rows.append(row)
@@ -125,7 +124,7 @@ def class_statistics(masks: np.ndarray, hu: np.ndarray | None, voxel_ml: float) 
         n = int(mask.sum())
         row: dict[str, Any] = {"voxels": n, "volume_ml": round(n * voxel_ml, 3)}
         if hu is not None:
-            inside = hu[mask].astype(np.float64) if n else None
+            inside = hu[mask].astype(np.float64)
             row["mean_hu"] = round(float(inside.mean()), 2) if n else None
             row["std_hu"] = round(float(inside.std()), 2) if n else None
         rows.append(row)
@@ -133,11 +132,8 @@ def class_statistics(masks: np.ndarray, hu: np.ndarray | None, voxel_ml: float) 
 
 
 def _config_tuple(config: Any, names: Sequence[str]) -> tuple | None:
-    for name in names:
-        value = getattr(config, name, None)
-        if value is not None:
-            return tuple(value)
-    return None
+    value = next((v for v in (getattr(config, name, None) for name in names) if v is not None), None)
+    return tuple(value) if value is not None else None
 
 
 def model_geometry(model: nn.Module) -> tuple[tuple[int, ...] | None, tuple[float, ...] | None, tuple[float, float]]:
@@ -158,11 +154,8 @@ def _logits_of(output: Any) -> Tensor:
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -238,9 +231,7 @@ def stitch_buffer(image_size: Sequence[int], roi_size: Sequence[int], overlap: f
     interval = roi if roi == size[dim] else max(int(roi * (1 - overlap)), 1)  # MONAI's scan interval
     slice_bytes = 4 * classes * int(np.prod(size)) // size[dim]
     rows = 1 + -(-(size[dim] - roi) // interval)
-    steps = 0
-    while steps < rows and slice_bytes * min(size[dim], roi + steps * interval) <= budget_bytes:
-        steps += 1
+    steps = sum(slice_bytes * min(size[dim], roi + s * interval) <= budget_bytes for s in range(rows))
     return (steps, dim) if steps else None
 
 
@@ -381,19 +372,6 @@ def _plan(model: nn.Module, *, threshold: float, overlap: float | None, sw_batch
                  postprocess=postprocess)
 
 
-def _resolve_prompts(model: nn.Module, prompts: Sequence[str], template: ClassTemplate | None,
-                     allow_free_text: bool) -> tuple[ClassTemplate, list[str], list[str | None]]:
-    """(the class template, the prompts to segment, their template classes); ``"all"`` is every model class."""
-    if not hasattr(model, "embed_prompts"):
-        raise InvalidInputError(f"{type(model).__name__} has no embed_prompts(prompts); expected a MoME model")
-    template = template or getattr(model, "template", None) or ClassTemplate.default()
-    wants_all = any(isinstance(p, str) and p.strip().lower() == ALL_CLASSES for p in check_prompts(prompts))
-    model_classes = model_class_names(model, template)[0] if wants_all else None
-    prompts, classes = resolve_prompt_list(prompts, template, model_classes=model_classes,
-                                           allow_free_text=allow_free_text)
-    return template, prompts, classes
-
-
 def _model_grid_probabilities(model: nn.Module, volume: Volume, prompts: Sequence[str], plan: _Plan, *,
                               sw_batch_size: int, device: torch.device, output_device: torch.device | str,
                               progress: bool, amp_dtype: torch.dtype | None) -> tuple[Tensor, np.ndarray, tuple[int, ...]]:
@@ -493,7 +471,14 @@ def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts
     """
     plan = _plan(model, threshold=threshold, overlap=overlap, sw_batch_size=sw_batch_size, pad_mode=pad_mode,
                  fast=fast, fast_factor=fast_factor, roi_size=roi_size, spacing=spacing, postprocess=postprocess)
-    template, prompts, classes = _resolve_prompts(model, prompts, template, allow_free_text)
+    if not hasattr(model, "embed_prompts"):
+        raise InvalidInputError(f"{type(model).__name__} has no embed_prompts(prompts); expected a MoME model")
+    # the class template, the prompts to segment and their template classes; "all" is every model class
+    template = template or getattr(model, "template", None) or ClassTemplate.default()
+    wants_all = any(p.strip().lower() == ALL_CLASSES for p in check_prompts(prompts))
+    model_classes = model_class_names(model, template)[0] if wants_all else None
+    prompts, classes = resolve_prompt_list(prompts, template, model_classes=model_classes,
+                                           allow_free_text=allow_free_text)
     run_device = resolve_device(device) if device is not None else _model_device(model)
     amp_dtype = autocast_dtype(run_device, amp)
     volume = source if isinstance(source, Volume) else read_ct(source, check_ct=check_ct)
@@ -516,19 +501,6 @@ def predict_volume(model: nn.Module, source: str | os.PathLike | Volume, prompts
     return SegPrediction(masks=native, affine=volume.affine.copy(), prompts=list(prompts), classes=classes,
                          probabilities=probabilities, statistics=class_statistics(native, volume.array, voxel_ml),
                          meta=meta)
-
-
-def _kinds(classes: Sequence[str | None]) -> list[str | None]:
-    template = ClassTemplate.default()
-    return [template.info(c).kind if c is not None and c in template else None for c in classes]
-
-
-def _nifti_stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def save_prediction(prediction: SegPrediction, out: str | os.PathLike | None, *, probabilities: bool = False,
@@ -565,8 +537,7 @@ def save_prediction(prediction: SegPrediction, out: str | os.PathLike | None, *,
                 raise InvalidInputError(f"{out}: DICOM-SEG needs a DICOM series input; {prediction.meta.get('input')} "
                                         "is not one (write a .nii.gz instead)")
             write_dicom_seg(prediction.masks, prediction.names, out, folder=prediction.meta["input"],
-                            series_uid=prediction.meta.get("series_uid", ""), affine=prediction.affine,
-                            kinds=_kinds(prediction.classes))
+                            series_uid=prediction.meta.get("series_uid", ""), affine=prediction.affine)
             files["dicom_seg"] = str(out)
         else:
             raise InvalidInputError(f"{out}: the output must be a .nii/.nii.gz label map or a .dcm DICOM-SEG file")
@@ -583,7 +554,7 @@ def save_prediction(prediction: SegPrediction, out: str | os.PathLike | None, *,
             raise InvalidInputError("probabilities were not computed; call predict_volume(..., return_probabilities=True)")
         if out is None:
             raise InvalidInputError("probability maps are written next to the output file; give out=")
-        stem = _nifti_stem(out)
+        stem = output_stem(out)
         for i, (row, prob, name) in enumerate(zip(info["classes"], prediction.probabilities, prediction.names)):
             path = write_nifti(prob, prediction.affine, out.with_name(f"{stem}_prob_{i + 1}_{class_file_name(name)}.nii.gz"),
                                dtype=np.float32)

@@ -68,22 +68,14 @@ def suggest_classes(text: str, template: ClassTemplate, n: int = 4) -> list[str]
         for alias in (name, info.display, *info.synonyms):
             keys.setdefault(normalize_text(alias), name)
     query = normalize_text(text)
-    close = []
-    for key in difflib.get_close_matches(query, list(keys), n=4 * n, cutoff=0.6):
-        if keys[key] not in close:
-            close.append(keys[key])
+    matches = difflib.get_close_matches(query, list(keys), n=4 * n, cutoff=0.6)
+    close = list(dict.fromkeys(keys[key] for key in matches))
     # a word of the query starting a word of a class name, or the reverse: "ribs" -> rib_left_1, "heart" ...
     words = [w for w in query.split() if len(w) >= 3 and not w.isdigit()]
-    by_word = []
-    for key, name in keys.items():
-        if name not in by_word and any(k.startswith(w) or (len(k) >= 3 and w.startswith(k))
-                                       for w in words for k in key.split()):
-            by_word.append(name)
-    out: list[str] = []
-    for name in [*close[:2], *by_word, *close[2:]]:
-        if name not in out:
-            out.append(name)
-    return out[:n]
+    by_word = [name for key, name in keys.items()
+               if any(k.startswith(w) or (len(k) >= 3 and w.startswith(k))
+                      for w in words for k in key.split())]
+    return list(dict.fromkeys([*close[:2], *by_word, *close[2:]]))[:n]
 
 
 def resolve_prompt_list(prompts: Sequence[str], template: ClassTemplate, *, model_classes: Sequence[str] | None = None,
@@ -131,10 +123,8 @@ def resolve_prompt_list(prompts: Sequence[str], template: ClassTemplate, *, mode
             out_prompts.append(text)
             classes.append(name)
     if unknown:
-        parts = []
-        for text in unknown:
-            close = suggest_classes(text, template)
-            parts.append(f"{text!r} (did you mean {', '.join(close)}?)" if close else f"{text!r} (no close class name)")
+        parts = [f"{text!r} (did you mean {', '.join(close)}?)" if (close := suggest_classes(text, template))
+                 else f"{text!r} (no close class name)" for text in unknown]
         raise InvalidInputError(
             f"unknown class{'es' if len(unknown) > 1 else ''}: {'; '.join(parts)}. List the classes with "
             "`medmoe seg classes`; to segment free text as an unseen class anyway, pass --allow-free-text "
