@@ -14,6 +14,7 @@ from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.importers.core import (
     Imported,
     ImportedCase,
+    channel_stem,
     check_label_list,
     decathlon_labels,
     nifti_files,
@@ -31,22 +32,11 @@ def _check_shipped_labels(root: Path, template: ClassTemplate, dataset: str) -> 
             check_label_list(template, dataset, decathlon_labels(doc, path), path)
 
 
-def _first_dir(root: Path, candidates: list[str], what: str) -> Path:
-    for name in candidates:
-        if (root / name).is_dir():
-            return root / name
-    raise InvalidInputError(f"{root}: found none of {candidates}; expected {what}")
-
-
 def _number(p: Path) -> str:
     found = re.findall(r"\d+", strip_nifti(p.name))
     if not found:
         raise InvalidInputError(f"{p}: no case number in the file name")
     return str(int(found[-1]))
-
-
-def _no_channel(p: Path) -> str:
-    return re.sub(r"_0000$", "", strip_nifti(p.name))
 
 
 def _paired_folders(root: Path, pairs: list[tuple[str, str, str]], key: Callable[[Path], str],
@@ -64,12 +54,9 @@ def _paired_folders(root: Path, pairs: list[tuple[str, str, str]], key: Callable
 def import_btcv(root: Path, *, template: ClassTemplate, **_) -> Imported:
     """BTCV (Synapse "Multi-Atlas Labeling Beyond the Cranial Vault", ``RawData.zip``):
     ``Training/img/img0001.nii.gz`` with ``Training/label/label0001.nii.gz``; ``Testing/img/`` as test."""
-    base = root
-    for candidate in (root, root / "RawData", root / "Abdomen" / "RawData"):
-        if (candidate / "Training" / "img").is_dir():
-            base = candidate
-            break
-    else:
+    base = next((b for b in (root, root / "RawData", root / "Abdomen" / "RawData")
+                 if (b / "Training" / "img").is_dir()), None)
+    if base is None:
         raise InvalidInputError(f"{root}: no Training/img/ (nor RawData/Training/img/); expected the unpacked "
                                 "BTCV RawData.zip")
     cases = _paired_folders(base, [("training", "Training/img", "Training/label"),
@@ -120,7 +107,7 @@ def import_word(root: Path, *, template: ClassTemplate, **_) -> Imported:
     (validation), ``imagesTs``/``labelsTs`` (test), files named alike (``word_0001.nii.gz``)."""
     _check_shipped_labels(root, template, "WORD")
     cases = _paired_folders(root, [("training", "imagesTr", "labelsTr"), ("validation", "imagesVal", "labelsVal"),
-                                   ("test", "imagesTs", "labelsTs")], _no_channel, "training")
+                                   ("test", "imagesTs", "labelsTs")], channel_stem, "training")
     return Imported(dataset="WORD", cases=cases)
 
 
@@ -129,7 +116,7 @@ def import_flare22(root: Path, *, template: ClassTemplate, **_) -> Imported:
     ``labels/FLARE22_Tr_0001.nii.gz``."""
     base = root / "FLARE22Train" if (root / "FLARE22Train").is_dir() else root
     _check_shipped_labels(base, template, "FLARE22")
-    cases = _paired_folders(base, [("training", "images", "labels")], _no_channel, "training")
+    cases = _paired_folders(base, [("training", "images", "labels")], channel_stem, "training")
     return Imported(dataset="FLARE22", cases=cases)
 
 
@@ -139,10 +126,13 @@ def import_abdomenct1k(root: Path, *, template: ClassTemplate, **_) -> Imported:
     image_dirs = sorted(p for p in root.iterdir() if p.is_dir() and re.match(r"(AbdomenCT-1K-)?Image", p.name))
     if not image_dirs:
         raise InvalidInputError(f"{root}: no Image/ or AbdomenCT-1K-ImagePart*/ folder")
-    mask_dir = _first_dir(root, ["Mask", "Masks"], "the AbdomenCT-1K Mask/ folder")
+    mask_dir = next((root / name for name in ("Mask", "Masks") if (root / name).is_dir()), None)
+    if mask_dir is None:
+        raise InvalidInputError(f"{root}: found none of ['Mask', 'Masks']; expected the AbdomenCT-1K Mask/ "
+                                "folder")
     images = [p for d in image_dirs for p in nifti_files(d)]
-    cases = pair_by_case(images, nifti_files(mask_dir), split="training", image_key=_no_channel,
-                         label_key=_no_channel, source=root)
+    cases = pair_by_case(images, nifti_files(mask_dir), split="training", image_key=channel_stem,
+                         label_key=channel_stem, source=root)
     return Imported(dataset="AbdomenCT-1K", cases=cases)
 
 

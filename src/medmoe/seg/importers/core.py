@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +52,8 @@ class Imported:
     notes: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in SPLITS}
-        for c in self.cases:
-            out[c.split] += 1
-        return {s: n for s, n in out.items() if n}
+        counts = Counter(c.split for c in self.cases)
+        return {s: counts[s] for s in SPLITS if counts[s]}
 
 
 def strip_nifti(name: str) -> str:
@@ -62,6 +62,11 @@ def strip_nifti(name: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def channel_stem(p: Path) -> str:
+    """The case id of ``<case>.nii.gz`` or ``<case>_0000.nii.gz`` (nnU-Net's channel suffix)."""
+    return re.sub(r"_0000$", "", strip_nifti(p.name))
 
 
 def nifti_files(folder: Path) -> list[Path]:
@@ -93,13 +98,9 @@ def read_json(path: Path) -> dict:
 
 def resolve_dataset(template: ClassTemplate, *names: str | None) -> str | None:
     """The first of ``names`` that names (or aliases) a dataset of the template, canonical; None if none does."""
-    for name in names:
-        if not name:
-            continue
-        try:
+    for name in filter(None, names):
+        with contextlib.suppress(InvalidInputError):
             return template.dataset_name(name)
-        except InvalidInputError:
-            continue
     return None
 
 
@@ -118,15 +119,11 @@ def label_name_agrees(template: ClassTemplate, name: str, cls: str) -> bool:
     Task08's ``"Vessel"`` is ``hepatic_vessel``. Alternatives separated by ``/`` agree if one of them does.
     """
     info = template.info(cls)
-    for alt in re.split(r"/|\bor\b", name):
-        if not alt.strip():
-            continue
+    for alt in filter(str.strip, re.split(r"/|\bor\b", name)):
         resolved = template.resolve(alt)
-        if resolved is not None:
-            if resolved == cls:
-                return True
-            continue
-        words = _words(alt)
+        if resolved == cls:
+            return True
+        words = _words(alt) if resolved is None else set()  # a name of another class never agrees
         if words and any(words <= _words(n) for n in (info.name, info.display, *info.synonyms)):
             return True
     return False
@@ -236,7 +233,6 @@ def write_datalist(imported: Imported, out: str | os.PathLike, *, append: bool =
             if name in maps and maps[name] != labels:
                 raise InvalidInputError(f"{out}: has another label map named {name!r}")
             maps[name] = labels
-    written: dict[str, int] = {}
     base = out.parent.resolve()
     for case in imported.cases:
         entry = {"image": _relative(case.image, base)}
@@ -244,20 +240,16 @@ def write_datalist(imported: Imported, out: str | os.PathLike, *, append: bool =
             entry["label"] = _relative(case.label, base)
         entry["dataset"] = imported.dataset
         doc.setdefault(case.split, []).append(entry)
-        written[case.split] = written.get(case.split, 0) + 1
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, out)
-    return written
+    return dict(Counter(case.split for case in imported.cases))
 
 
 def _relative(path: Path, base: Path) -> str:
     path = path.resolve()
-    try:
-        return str(path.relative_to(base))
-    except ValueError:
-        return str(path)
+    return str(path.relative_to(base) if path.is_relative_to(base) else path)
 
 
 def pair_by_case(images: Iterable[Path], labels: Iterable[Path], *, split: str, image_key, label_key,

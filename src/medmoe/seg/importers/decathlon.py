@@ -37,10 +37,7 @@ def _name_and_labels(template: ClassTemplate, root: Path, path: Path, doc: dict,
     """The canonical dataset name, checking the dataset.json labels against its map; or (for a dataset the
     template lacks) the folder name with the dataset's own labels as a new label map."""
     labels = decathlon_labels(doc, path)
-    if dataset:
-        name = template.dataset_name(dataset)
-    else:
-        name = resolve_dataset(template, *candidates)
+    name = template.dataset_name(dataset) if dataset else resolve_dataset(template, *candidates)
     if name is not None:
         check_label_list(template, name, labels, path)
         return name, {}

@@ -16,7 +16,6 @@ label are test cases.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml
@@ -25,18 +24,14 @@ from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.seg.classes import ClassTemplate
 from medmoe.seg.importers.core import (
     Imported,
+    channel_stem,
     check_label_list,
     nifti_files,
     own_label_map,
     pair_by_case,
     require_dir,
     resolve_dataset,
-    strip_nifti,
 )
-
-
-def _case(p: Path) -> str:
-    return re.sub(r"_0000$", "", strip_nifti(p.name))
 
 
 def import_folders(root: Path, *, template: ClassTemplate, labels: Path | None = None, dataset: str | None = None,
@@ -56,14 +51,12 @@ def import_folders(root: Path, *, template: ClassTemplate, labels: Path | None =
     if not name:
         raise InvalidInputError(f"{path}: no 'dataset' name (or pass --dataset)")
     known = resolve_dataset(template, str(name))
-    maps = {}
     if known is not None:
         check_label_list(template, known, doc["labels"], path)
-    else:
-        maps = {str(name): own_label_map(template, doc["labels"], path)}
+    maps = {} if known is not None else {str(name): own_label_map(template, doc["labels"], path)}
     cases = pair_by_case(nifti_files(require_dir(root / "images", "images/ with the CTs")),
                          nifti_files(require_dir(root / "labels", "labels/ with the label maps")), split="training",
-                         image_key=_case, label_key=_case, source=root, require_labels=False)
+                         image_key=channel_stem, label_key=channel_stem, source=root, require_labels=False)
     if not cases:
         raise InvalidInputError(f"{root / 'images'}: no NIfTI images")
     by_id = {c.case_id: c for c in cases}

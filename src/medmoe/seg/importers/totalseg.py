@@ -11,9 +11,11 @@ beside it: an interrupted import resumes where it stopped, and a case whose mask
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -67,11 +69,9 @@ def combine_masks(ct: Path, masks: list[tuple[int, Path]], out: Path) -> str:
     stamp_path = out.with_name(strip_nifti(out.name) + ".json")
     stamp = _stamp([p for _, p in masks])
     if out.is_file() and stamp_path.is_file():
-        try:
+        with contextlib.suppress(OSError, json.JSONDecodeError):
             if json.loads(stamp_path.read_text()) == stamp:
                 return "cached"
-        except (OSError, json.JSONDecodeError):
-            pass
     try:
         header = nib.load(str(ct))
     except Exception as err:
@@ -117,7 +117,7 @@ def import_totalsegmentator(root: Path, *, template: ClassTemplate, cache: Path,
         if not ct.is_file():
             raise InvalidInputError(f"{root / 'meta.csv'}: lists {case_id}, but {ct} is missing")
         files = nifti_files(folder / "segmentations")
-        masks, named = [], {}
+        named = {}
         for path in files:
             cls = template.resolve(strip_nifti(path.name))
             if cls not in ids:
@@ -126,27 +126,17 @@ def import_totalsegmentator(root: Path, *, template: ClassTemplate, cache: Path,
             if cls in named:
                 raise InvalidInputError(f"{path}: a second mask of class {cls} (also {named[cls]})")
             named[cls] = path
-            masks.append((ids[cls], path))
         missing = sorted(set(ids) - set(named), key=ids.get)
         if missing:
             raise InvalidInputError(f"{folder / 'segmentations'}: no mask of {missing[0]!r} (label {ids[missing[0]]})"
                                     f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; TotalSegmentator "
                                     f"v2 has one file per class, {len(ids)} in all")
         label = cache / f"{case_id}.nii.gz"
-        jobs.append((ct, masks, label))
+        jobs.append((ct, [(ids[cls], path) for cls, path in named.items()], label))
         cases.append(ImportedCase(image=ct, label=label, split=split, case_id=case_id))
-    counts = {"built": 0, "cached": 0}
-    bar = tqdm(total=len(jobs), desc=f"combining TotalSegmentator masks into {cache}", unit="case",
-               disable=not progress)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for result in pool.map(_combine, jobs):
-                counts[result] += 1
-                bar.update()
-    else:
-        for job in jobs:
-            counts[_combine(job)] += 1
-            bar.update()
-    bar.close()
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.map(_combine, jobs) if pool else map(_combine, jobs)
+        counts = Counter(tqdm(results, total=len(jobs), desc=f"combining TotalSegmentator masks into {cache}",
+                              unit="case", disable=not progress))
     notes = [f"label maps in {cache}: {counts['built']} built, {counts['cached']} already there"]
     return Imported(dataset=DATASET, cases=cases, notes=notes)
