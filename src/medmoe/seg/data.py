@@ -15,6 +15,7 @@ becomes a multi-hot over the prompted classes only on the device (:func:`expand_
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -72,18 +73,13 @@ class Datalist:
     @property
     def datasets(self) -> list[str]:
         """Canonical names of every dataset used in any split, in order of appearance."""
-        seen: dict[str, None] = {}
-        for entries in self.splits.values():
-            for e in entries:
-                seen.setdefault(e["dataset"], None)
-        return list(seen)
+        return list(dict.fromkeys(e["dataset"] for entries in self.splits.values() for e in entries))
 
     def class_names(self, datasets: Iterable[str] | None = None) -> list[str]:
         """Template classes labelled by at least one of ``datasets`` (default: all of the datalist), in
         template order: the channel order of this datalist's multi-hot labels."""
-        labelled: set[str] = set()
-        for d in self.datasets if datasets is None else datasets:
-            labelled.update(self.template.labelled_classes(d))
+        datasets = self.datasets if datasets is None else datasets
+        labelled = set().union(*map(self.template.labelled_classes, datasets))
         return [n for n in self.template.names if n in labelled]
 
 
@@ -272,17 +268,13 @@ class SegDataset(Dataset):
             counts["bad" if reason else "built"] += 1
         return counts
 
-    def _entry(self, i: int) -> dict[str, str]:
-        entry = self.entries[i]
-        if "label" not in entry and self.train:
-            raise InvalidInputError("entry has no label file")
-        return entry
-
     def volume(self, i: int) -> CachedVolume | BadSample:
         """Preprocessed volume of entry ``i`` (memory-mapped from the cache; built first when missing)."""
         entry = self.entries[i]
         try:
-            return self.cache.load(self._entry(i))
+            if "label" not in entry and self.train:
+                raise InvalidInputError("entry has no label file")
+            return self.cache.load(entry)
         except (MedMoEError, RuntimeError, ValueError, OSError, KeyError, IndexError) as err:
             self.n_bad += 1
             reason = failure_reason(err)
@@ -426,12 +418,9 @@ def seg_collate(samples: Sequence[Any]) -> dict[str, Any]:
                                 "for whole volumes or train=True patches")
     label_mask = torch.stack([f["label_mask"] for f in flat])
     active = label_mask.any(dim=0).nonzero().flatten().tolist() or [0]
-    offsets: dict[str, int] = {}
-    tables: list[torch.Tensor] = []
-    for f in flat:
-        if f["dataset"] not in offsets:
-            offsets[f["dataset"]] = sum(len(t) for t in tables)
-            tables.append(f["label_table"])
+    tables = {f["dataset"]: f["label_table"] for f in flat}  # one per dataset, in order of appearance
+    offsets = dict(zip(tables, itertools.accumulate(map(len, tables.values()), initial=0)))
+    tables = list(tables.values())
     batch = {"bad": bad, "image": torch.stack([f["image"] for f in flat]),
              "label_ids": torch.stack([f["label_ids"] + offsets[f["dataset"]] for f in flat]),
              "label_table": torch.cat(tables)[:, active], "active": active, "active_mask": label_mask[:, active],

@@ -61,13 +61,10 @@ def source_slices(folder: str | os.PathLike, series_uid: str, shape: Sequence[in
     if not folder.is_dir():
         raise InvalidInputError(f"{folder}: DICOM-SEG needs a DICOM series input (a NIfTI CT has no DICOM slices to "
                                 "reference); write a .nii.gz instead")
-    slices = []
-    for f in sorted(folder.iterdir()):
-        if not f.is_file() or f.name.startswith(".") or not is_dicom_file(f):
-            continue
-        ds = read_dicom_header(f, str(f), stop_before_pixels=True)
-        if str(ds.get("SeriesInstanceUID", "")) == series_uid and "Rows" in ds and "ImagePositionPatient" in ds:
-            slices.append(ds)
+    headers = (read_dicom_header(f, str(f), stop_before_pixels=True) for f in sorted(folder.iterdir())
+               if f.is_file() and not f.name.startswith(".") and is_dicom_file(f))
+    slices = [ds for ds in headers if str(ds.get("SeriesInstanceUID", "")) == series_uid
+              and "Rows" in ds and "ImagePositionPatient" in ds]
     if len(slices) != int(shape[2]):
         raise CorruptFileError(f"{folder}: {len(slices)} slices of series {series_uid} found, the volume read had "
                                f"{int(shape[2])}; did the folder change?")
@@ -148,13 +145,11 @@ def write_dicom_seg(masks: np.ndarray, names: Sequence[str], path: str | os.Path
                                 f"{sources[0].Rows} rows")
     algorithm = hd.AlgorithmIdentificationSequence(name="medmoe MoME", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
-    descriptions = []
-    for k, (name, kind) in enumerate(zip(names, kinds)):
-        category, prop_type = _codes(kind)
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=k + 1, segment_label=str(name)[:64], segmented_property_category=category,
-            segmented_property_type=prop_type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm))
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=k + 1, segment_label=str(name)[:64], segmented_property_category=category,
+        segmented_property_type=prop_type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+        for k, (name, (category, prop_type)) in enumerate(zip(names, map(_codes, kinds)))]
     # (K, X=columns, Y=rows, Z=slices) -> (frames = slices, rows, columns, segments)
     pixels = np.ascontiguousarray(masks.transpose(3, 2, 1, 0), dtype=np.uint8)
     hd_logger = logging.getLogger("highdicom")

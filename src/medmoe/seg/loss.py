@@ -115,8 +115,6 @@ def partial_label_loss(logits: Tensor, target: Tensor, label_mask: Tensor, *, bc
     with autocast_off(logits):
         mask = label_mask.to(device=logits.device, dtype=torch.float32)
         count = mask.sum().clamp_min(1)  # nothing labelled: every masked sum is 0, and so is each term
-        if dice_reduction == "batch":
-            dice_loss = pooled_dice_loss(sums, mask, smooth=smooth)
-        else:
-            dice_loss = (_dice(sums.intersection, sums.predicted + sums.target, smooth) * mask).sum() / count
+        dice_loss = (pooled_dice_loss(sums, mask, smooth=smooth) if dice_reduction == "batch" else
+                     (_dice(sums.intersection, sums.predicted + sums.target, smooth) * mask).sum() / count)
         return {"bce_loss": bce_weight * (sums.bce * mask).sum() / count, "dice_loss": dice_weight * dice_loss}

@@ -210,9 +210,6 @@ class MoME(nn.Module, PretrainedMixin):
         centered = raw - self.text_center.to(raw.dtype)
         return F.normalize(centered, dim=-1) if self.config.normalize_text else centered
 
-    def _encode(self, texts: list[str]) -> Tensor:
-        return self._finish_text(self._encode_raw(texts))
-
     def resolve_prompts(self, prompts: list[str]) -> list[str | None]:
         """Canonical class of each prompt (synonyms and typos resolved), None for an unknown class."""
         self._check_prompts(prompts)
@@ -255,14 +252,13 @@ class MoME(nn.Module, PretrainedMixin):
                 text = prompt.strip() if prompt.strip().lower().startswith(_PROMPT_START) else self.template.prompt(prompt)
             else:
                 text = self.template.prompt(name)
-            rows.append(-1 - len(fresh))
+            rows.append(len(self.class_names) + len(fresh))  # a row appended to the table below
             fresh.append(text)
         table = self.class_embeddings
         if fresh:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not use_cache):
-                table = torch.cat([table, self._encode(fresh).to(table.dtype)], dim=0)
-        index = _device_index([r if r >= 0 else len(self.class_names) - 1 - r for r in rows], table.device)
-        return table.index_select(0, index)
+                table = torch.cat([table, self._finish_text(self._encode_raw(fresh)).to(table.dtype)], dim=0)
+        return table.index_select(0, _device_index(rows, table.device))
 
     # ------------------------------------------------------------------ forward
     def _check_volume(self, volume: Tensor) -> None:

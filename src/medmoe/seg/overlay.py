@@ -73,6 +73,7 @@ def save_overlay(image: np.ndarray, affine: np.ndarray, masks: np.ndarray, names
     colours = plt.get_cmap("tab20" if len(names) > 10 else "tab10")(np.arange(len(names)) % 20)
 
     panels = [("axial", z) for z in zs] + [("coronal", y_cor)]
+    drawn = [(pred, "solid")] + ([(ref, "dashed")] if ref is not None else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
     for ax, (view, index) in zip(axes[0], panels):
         if view == "axial":
@@ -87,9 +88,7 @@ def save_overlay(image: np.ndarray, affine: np.ndarray, masks: np.ndarray, names
         ax.imshow(cut(ct), cmap="gray", vmin=hu_window[0], vmax=hu_window[1], origin="lower", aspect=aspect,
                   interpolation="nearest")
         for k in range(len(names)):
-            for masks_k, style in ((pred, "solid"), (ref, "dashed")):
-                if masks_k is None:
-                    continue
+            for masks_k, style in drawn:
                 plane = cut(masks_k[k]).astype(np.float32)
                 if plane.any() and not plane.all():
                     ax.contour(plane, levels=[0.5], colors=[colours[k]], linewidths=1.2, linestyles=style)

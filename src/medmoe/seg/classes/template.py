@@ -81,12 +81,9 @@ def dataset_key(name: str) -> str:
 
 
 def _sides(words: list[str], *, fuzzy: bool) -> set[str]:
-    found = set()
-    for word in words:
-        for side in _SIDE_WORDS:
-            if word == side or (fuzzy and len(word) >= 3 and difflib.SequenceMatcher(None, word, side).ratio() >= 0.75):
-                found.add(side)
-    return found
+    return {side for word in words for side in _SIDE_WORDS
+            if word == side
+            or (fuzzy and len(word) >= 3 and difflib.SequenceMatcher(None, word, side).ratio() >= 0.75)}
 
 
 def _words_agree(query: list[str], key: list[str]) -> bool:
@@ -123,7 +120,6 @@ class ClassTemplate:
                 raise InvalidInputError(f"class template: {info.name!r} has kind {info.kind!r}; expected one of {KINDS}")
             self._classes[info.name] = info
         self.names: tuple[str, ...] = tuple(self._classes)
-        self._index = {n: i for i, n in enumerate(self.names)}
         self._components: dict[str, frozenset[str]] = {}
         for info in self._classes.values():
             for ref in (*info.parts, *([info.parent] if info.parent else [])):
@@ -165,7 +161,8 @@ class ClassTemplate:
 
         A fresh copy each call, so registering a dataset on it never leaks into other users.
         """
-        return _default_copy()
+        root = Path(str(resources.files("medmoe.seg.classes")))
+        return cls.from_files(root / "template.json", root / "label_maps.json")
 
     def _build_lookup(self) -> dict[str, str]:
         lookup: dict[str, str] = {}
@@ -193,11 +190,6 @@ class ClassTemplate:
         if name not in self._classes:
             raise InvalidInputError(f"unknown class {name!r}; see ClassTemplate.names ({len(self)} classes)")
         return self._classes[name]
-
-    def index(self, name: str) -> int:
-        """Channel index of a canonical class name."""
-        self.info(name)
-        return self._index[name]
 
     def class_set(self, set_name: str) -> list[str]:
         """A named subset of classes (``"universal"``, ``"btcv"``) or ``"all"``."""
@@ -257,14 +249,8 @@ class ClassTemplate:
     def components(self, name: str) -> frozenset[str]:
         """Classes whose voxels belong to ``name``: itself, its parts (recursively) and the lesions inside."""
         if name not in self._components:
-            info = self.info(name)
-            out = {name}
-            for part in info.parts:
-                out |= self.components(part)
-            for other in self._classes.values():
-                if other.parent == name:
-                    out |= self.components(other.name)
-            self._components[name] = frozenset(out)
+            members = [*self.info(name).parts, *(o.name for o in self._classes.values() if o.parent == name)]
+            self._components[name] = frozenset({name}.union(*map(self.components, members)))
         return self._components[name]
 
     def _check_names(self, names: Iterable[str], *, where: str) -> None:
@@ -293,8 +279,8 @@ class ClassTemplate:
                 raise InvalidInputError(f"dataset {dataset!r}: label {label_id} names unknown class {cls_name!r}")
             mapping[label_id] = canonical
         for key in (dataset_key(dataset), *map(dataset_key, aliases)):
-            owner = self._dataset_keys.get(key)
-            if owner is not None and owner != dataset:
+            owner = self._dataset_keys.get(key, dataset)
+            if owner != dataset:
                 raise InvalidInputError(f"dataset name/alias {key!r} is already used by {owner!r}")
             self._dataset_keys[key] = dataset
         self._datasets[dataset] = dict(sorted(mapping.items()))
@@ -382,13 +368,3 @@ def _read_json(path: str | Path) -> dict:
         raise InvalidInputError(f"{path}: file not found") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InvalidInputError(f"{path}: not valid JSON ({err})") from err
-
-
-@functools.cache
-def _packaged_files() -> tuple[Path, Path]:
-    root = Path(str(resources.files("medmoe.seg.classes")))
-    return root / "template.json", root / "label_maps.json"
-
-
-def _default_copy() -> ClassTemplate:
-    return ClassTemplate.from_files(*_packaged_files())
