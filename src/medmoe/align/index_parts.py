@@ -148,7 +148,8 @@ def embed_chunk(model: nn.Module, gallery: Gallery, chunk: int, *, batch_size: i
     images, reports, experts, modality = [], [], [], []
     items: list[dict[str, str]] = []
     bad: list[tuple[str, str]] = []
-    for batch, features in routed_batches(model, loader, device, bar or tqdm(disable=True), bad):
+    counter = tqdm(disable=True) if bar is None else bar  # (a tqdm's truth is its total, so no `bar or ...`)
+    for batch, features in routed_batches(model, loader, device, counter, bad):
         images.append(features["image_embeds"].float().cpu())
         experts.append(features["expert_index"].cpu())
         texts = batch["reports"]
