@@ -98,8 +98,7 @@ def clean_report(text: str | None) -> str:
     kept = [sections[name] for name in KEPT_SECTIONS if name in sections]
     # Without findings / impression headers (captions, short or all-caps reports) nothing can be told
     # apart, so everything is kept rather than nothing.
-    body = " ".join(part for part in kept if part) if kept else text
-    return normalize_text(body)
+    return normalize_text(" ".join(part for part in kept if part) if kept else text)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -167,8 +167,7 @@ class ShardDataset(IterableDataset):
 
     def _reader_samples(self, epoch: int, reader: int, readers: int) -> int:
         shards, stride, offset = self._plan(epoch, reader, readers)
-        total = sum(self.counts[i] for i in shards)
-        return len(range(offset, total, stride))
+        return len(range(offset, sum(self.counts[i] for i in shards), stride))
 
     # ---- the training protocol (BatchStream) ----------------------------------------------------------
     def configure(self, batch_size: int, *, rank: int | None = None, world_size: int | None = None,

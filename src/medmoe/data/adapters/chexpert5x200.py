@@ -49,8 +49,7 @@ PATH_COLUMNS = ["Path", "imgpath"]
 
 def csv_candidates(csv_name: str | None = None) -> list[str]:
     """Where the table is looked for, relative to the root, in order."""
-    names = [csv_name] if csv_name else list(CSV_NAMES)
-    return [folder + name for folder in CSV_FOLDERS for name in names]
+    return [folder + name for folder in CSV_FOLDERS for name in ([csv_name] if csv_name else CSV_NAMES)]
 
 
 def image_path(base: Path, relative: str) -> Path:

@@ -50,8 +50,7 @@ def find_npz(root: Path, view: str, size: int | None) -> Path:
         MissingFileError: no such file.
     """
     stem = VIEWS[view]
-    sizes = [size] if size is not None else list(SIZES)
-    names = [f"{stem}.npz" if s == 28 else f"{stem}_{s}.npz" for s in sizes]
+    names = [f"{stem}.npz" if s == 28 else f"{stem}_{s}.npz" for s in ([size] if size is not None else SIZES)]
     for name in names:
         if (root / name).is_file():
             return root / name

@@ -101,8 +101,7 @@ def _captions(split_dir: Path) -> list[tuple[str, str, str | None]]:
     captions_txt = folder / "captions.txt"
     if captions_txt.is_file():
         return [(p[0].strip(), "\t".join(p[1:]).strip(), None) for p in _read_tab_file(captions_txt) if p[0].strip()]
-    tables = sorted(folder.glob("*.csv")) + _caption_csvs(split_dir)
-    for table_path in tables:
+    for table_path in sorted(folder.glob("*.csv")) + _caption_csvs(split_dir):
         if (rows := _captions_from_csv(table_path)) is not None:
             return rows
     raise CorruptFileError(f"{split_dir}: no ROCO captions (looked for {captions_txt}, {folder}/*.csv and "

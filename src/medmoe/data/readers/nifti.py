@@ -145,7 +145,7 @@ def read_nifti(
     require_finite(plane, f"{name}: NIfTI slice", "voxels")
     plane, zoom_axes = _to_display(plane, axes)
     image = apply_window(plane, *options.window) if options.window is not None else robust_rescale(plane)
-    meta = ImageMeta(
+    return np.ascontiguousarray(image, dtype=np.float32), ImageMeta(
         path=name,
         format="nifti",
         spacing=_spacing(img.header, zoom_axes),
@@ -154,7 +154,6 @@ def read_nifti(
         frame=chosen,
         description=_description(img.header),
     )
-    return np.ascontiguousarray(image, dtype=np.float32), meta
 
 
 def _axial_plane(img: nib.spatialimages.SpatialImage, axial: int, options: ReadOptions,

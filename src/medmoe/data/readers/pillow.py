@@ -76,14 +76,13 @@ def read_pillow(source: str | BinaryIO, name: str, options: ReadOptions) -> tupl
         raise CorruptFileError(f"{name}: not a readable image file ({type(err).__name__}: {err})") from err
     require_finite(array, f"{name}: image")
     fmt, mode, (width, height), n_frames = facts
-    meta = ImageMeta(
+    return np.ascontiguousarray(array, dtype=np.float32), ImageMeta(
         path=name,
         format=fmt,
         photometric=mode,
         original_shape=(height, width) + ((3,) if array.ndim == 3 else ()),
         frame=options.frame if n_frames > 1 else None,
     )
-    return np.ascontiguousarray(array, dtype=np.float32), meta
 
 
 def _decode(source: str | BinaryIO, name: str, options: ReadOptions,
