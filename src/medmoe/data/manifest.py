@@ -95,8 +95,7 @@ def manifest_format(path: str | os.PathLike) -> str:
 def _blank(value: object) -> str | None:
     if value is None:
         return None
-    text = str(value).strip()
-    return text or None
+    return str(value).strip() or None
 
 
 class _RowError(ValueError):
@@ -117,7 +116,6 @@ def _row_from_record(record: dict, row: int, base: Path) -> ManifestRow:
     image = _blank(record.get("image"))
     if image is None:
         raise _RowError("has no 'image' value")
-    resolved = image if os.path.isabs(image) else os.path.normpath(os.path.join(base, image))
     report = record.get("report")
     # An empty extra cell means "absent": CSV cannot tell the two apart.
     extra = {
@@ -126,7 +124,7 @@ def _row_from_record(record: dict, row: int, base: Path) -> ManifestRow:
         if k not in COLUMNS and k is not None and v not in (None, "")
     }
     return ManifestRow(
-        image=resolved,
+        image=image if os.path.isabs(image) else os.path.normpath(os.path.join(base, image)),
         report="" if report is None else str(report),
         modality=_blank(record.get("modality")),
         labels=_labels(record.get("labels")),
@@ -203,9 +201,7 @@ def scan_manifest(path: str | os.PathLike) -> tuple[list[ManifestRow], list[Mani
         text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     except OSError as err:
         raise CorruptFileError(f"{path}: cannot read manifest ({err.strerror or err})") from err
-    if fmt == "csv":
-        return _scan_csv(text, path, base)
-    return _scan_jsonl(text, path, base)
+    return {"csv": _scan_csv, "jsonl": _scan_jsonl}[fmt](text, path, base)
 
 
 def _scan_csv(text: str, path: Path, base: Path) -> tuple[list[ManifestRow], list[ManifestProblem]]:

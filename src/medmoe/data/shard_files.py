@@ -349,8 +349,7 @@ def _sample_boundaries(files: Iterator[tuple[str, Any]]) -> Iterator[dict[str, A
 def _grouped(files: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(key, {extension: data})`` of members grouped by WebDataset's ``group_by_keys``."""
     for sample in group_by_keys(_sample_boundaries(files)):
-        key = sample.pop("__key__")
-        yield key, {ext: value for ext, value in sample.items() if not ext.startswith("__")}
+        yield sample.pop("__key__"), {ext: value for ext, value in sample.items() if not ext.startswith("__")}
 
 
 def _checked_members(url: str, allowed: int, refused: list[str]) -> Iterator[tuple[str, bytes]]:

@@ -71,8 +71,7 @@ def to_three_channels(image: torch.Tensor) -> torch.Tensor:
 def normalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """Per-channel ``(x - mean) / std`` on a ``(3, H, W)`` tensor (or a ``(B, 3, H, W)`` batch)."""
     m = torch.as_tensor(mean, dtype=image.dtype, device=image.device).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=image.dtype, device=image.device).view(-1, 1, 1)
-    return (image - m) / s
+    return (image - m) / torch.as_tensor(std, dtype=image.dtype, device=image.device).view(-1, 1, 1)
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -124,11 +123,9 @@ def random_resized_crop_box(
     Every draw is a fraction of the image, so one generator state crops the same part of the picture
     whatever resolution it was decoded at (readers may return reduced images, see ``decode_size``).
     """
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * _uniform(scale[0], scale[1], generator)
-        aspect = math.exp(_uniform(log_ratio[0], log_ratio[1], generator))
+        target = height * width * _uniform(scale[0], scale[1], generator)
+        aspect = math.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), generator))
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
@@ -138,8 +135,8 @@ def random_resized_crop_box(
     return 0, 0, height, width
 
 
-def rotate(image: torch.Tensor, degrees: float, fill: float = 0.0) -> torch.Tensor:
-    """Rotate ``(C, H, W)`` about its centre by ``degrees`` (counter-clockwise), bilinear, ``fill`` outside."""
+def rotate(image: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate ``(C, H, W)`` about its centre by ``degrees`` (counter-clockwise), bilinear, zeros outside."""
     if degrees == 0:
         return image
     theta = math.radians(degrees)
@@ -148,9 +145,8 @@ def rotate(image: torch.Tensor, degrees: float, fill: float = 0.0) -> torch.Tens
     # affine_grid works in normalised coordinates; the aspect terms keep the rotation rigid on non-squares.
     matrix = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=image.dtype).unsqueeze(0)
     grid = F.affine_grid(matrix, [1, image.shape[0], h, w], align_corners=False)
-    shifted = image.unsqueeze(0) - fill
-    out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return (out + fill).squeeze(0)
+    out = F.grid_sample(image.unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.squeeze(0)
 
 
 @dataclass
@@ -359,8 +355,7 @@ def burned_in_annotations(size: int, generator: torch.Generator | None = None) -
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """``(C, H, W)`` blurred by a separable Gaussian of ``sigma`` pixels (reflect padding, radius 3 sigma)."""
     radius = max(1, math.ceil(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=image.dtype)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=image.dtype) / sigma) ** 2)
     kernel = kernel / kernel.sum()
     c = image.shape[0]
     x = F.pad(image.unsqueeze(0), (radius, radius, radius, radius), mode="reflect")

@@ -225,7 +225,7 @@ def read_dicom_series(folder: str | os.PathLike, *, check_ct: bool = True, max_v
     """
     reader = DicomSeriesReader(check_ct=check_ct, max_voxels=max_voxels)
     slices = reader.series(folder)
-    array, header = reader.stack(slices)
+    array, header = PydicomReader.get_data(reader, slices)  # the stacking, without the series search
     return Volume(
         array=array,
         affine=np.asarray(header[MetaKeys.AFFINE], dtype=np.float64),
@@ -289,7 +289,7 @@ class DicomSeriesReader(PydicomReader):
 
     def get_data(self, img: str | os.PathLike) -> tuple[np.ndarray, dict]:
         """The (X, Y, Z) float32 HU array of the series in folder ``img`` and MONAI's metadata (RAS affine)."""
-        return self.stack(self.series(img))
+        return super().get_data(self.series(img))
 
     def series(self, folder: str | os.PathLike) -> list[pydicom.Dataset]:
         """The headers of the folder's largest series, sorted along the slice normal (pixel data deferred),
@@ -310,10 +310,6 @@ class DicomSeriesReader(PydicomReader):
         self.has_series = True
         self.filenames = [[str(f) for f, _ in slices]]
         return [ds for _, ds in slices]
-
-    def stack(self, slices: list[pydicom.Dataset]) -> tuple[np.ndarray, dict]:
-        """Decode the headers of :meth:`series` into the volume; PydicomReader's ``get_data`` adds the affine."""
-        return super().get_data(slices)
 
     def _combine_dicom_series(self, data: Sequence[pydicom.Dataset], filenames: Sequence[os.PathLike]):
         """Decode the sorted slices into one float32 array in HU; returned as PydicomReader's (row, column,
@@ -403,10 +399,9 @@ def _sorted_along_normal(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     if np.any(gaps < 1e-3):
         raise CorruptFileError(f"{folder}: two slices share a position; the folder mixes acquisitions")
     if gaps.max() > 1.5 * gaps.min():
-        where = int(np.argmax(gaps))
         raise CorruptFileError(
-            f"{folder}: slices are missing: a gap of {gaps.max():.2f} mm after slice {where} where the series "
-            f"steps {np.median(gaps):.2f} mm"
+            f"{folder}: slices are missing: a gap of {gaps.max():.2f} mm after slice {int(np.argmax(gaps))} "
+            f"where the series steps {np.median(gaps):.2f} mm"
         )
     if gaps.max() - gaps.min() > 0.1 * np.median(gaps):
         logger.warning("%s: uneven slice spacing (%.2f..%.2f mm); using the mean", folder, gaps.min(), gaps.max())

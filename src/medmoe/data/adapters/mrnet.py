@@ -107,10 +107,8 @@ def import_mrnet(
     cache = cache_folder(root, cache_dir, NAME)
     result = ImportResult(name)
     for folder, split in SPLITS.items():
-        if split not in splits:
-            continue
         labels_csv = root / f"{folder}-{task}.csv"
-        if not labels_csv.is_file():
+        if split not in splits or not labels_csv.is_file():
             continue
         pairs = _labels(labels_csv)
         for case, label in tqdm(pairs, desc=f"{name} {folder}", unit="exam", disable=not progress):

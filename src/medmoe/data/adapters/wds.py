@@ -55,9 +55,8 @@ def unimed_caption(text: str) -> str:
     parts = [p.strip() for p in text.split(marker)]
     templates = [p for p in parts if p]
     if marker == "_mimiccxr_":
-        report = parts[-1]
-        if report and report != _NO_REPORT:
-            return report
+        if parts[-1] not in ("", _NO_REPORT):
+            return parts[-1]
         templates = [p for p in parts[:-1] if p]
     if marker in ("_openi_", "_medicat_"):
         return parts[0]
@@ -93,12 +92,11 @@ def import_wds(
     if not shards:
         raise InvalidInputError(f"{root}: no .tar shards found")
     base = root.parent if root.is_file() else root
-    out = Path(extract_dir)
     result = ImportResult(NAME)
     written: set[Path] = set()  # one file per sample across shards (train.tar#x/a and train/x.tar#a meet)
     for shard in tqdm(shards, desc=NAME, unit="shard", disable=not progress):
         shard_split = _split_from_path(shard, base)
-        target = out / shard.relative_to(base).with_suffix("")
+        target = Path(extract_dir) / shard.relative_to(base).with_suffix("")
         try:
             samples = list(iter_tar_samples(str(shard)))
         except MedMoEError as err:
@@ -118,7 +116,6 @@ def import_wds(
             if not parts or PurePosixPath(key).is_absolute() or any(p in ("..", ".") for p in parts):
                 result.skip("unsafe key (would write outside the extract folder)", f"{shard}#{key}")
                 continue
-            text = unimed_caption(members.get("txt", b"").decode("utf-8", errors="replace"))
             try:
                 meta = json.loads(members["json"]) if "json" in members else {}
                 if not isinstance(meta, dict):
@@ -138,7 +135,7 @@ def import_wds(
             result.rows.append(
                 ManifestRow(
                     image=str(image.resolve()),
-                    report=text,
+                    report=unimed_caption(members.get("txt", b"").decode("utf-8", errors="replace")),
                     modality=meta.get("modality"),
                     labels=labels,
                     dataset=meta.get("dataset") or dataset or (base.name or NAME),

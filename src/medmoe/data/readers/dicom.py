@@ -242,7 +242,7 @@ def read_dicom(source: str | BinaryIO, name: str, options: ReadOptions) -> tuple
         index = _frame_index(frames, options.frame, name)
         image, photometric = _frame_to_unit(ds, index, options, name)
     require_finite(image, f"{name}: DICOM pixel data")
-    meta = ImageMeta(
+    return np.ascontiguousarray(image, dtype=np.float32), ImageMeta(
         path=name,
         format="dicom",
         modality=try_normalize_modality(ds.get("Modality")),
@@ -254,7 +254,6 @@ def read_dicom(source: str | BinaryIO, name: str, options: ReadOptions) -> tuple
         frame=index,
         description=_description(ds),
     )
-    return np.ascontiguousarray(image, dtype=np.float32), meta
 
 
 def _checked_dataset(source: str | BinaryIO, name: str,
@@ -265,9 +264,8 @@ def _checked_dataset(source: str | BinaryIO, name: str,
     require_dicom(source, name)  # a few hundred bytes decide, before pydicom parses anything
     limits = (options.max_pixels, options.max_decoded_bytes)
     try:
-        inflated_header(source, name, *limits)  # a deflated file: its header checked before it inflates
-        if not isinstance(source, str):
-            source.seek(0)
+        # a deflated file: its header checked before it inflates (a file object is left at offset 0)
+        inflated_header(source, name, *limits)
     except (CorruptFileError, InvalidInputError):
         raise
     except Exception as err:  # pydicom raises many types for malformed input
@@ -325,15 +323,12 @@ def _grey_to_unit(
         lut_max = float(np.max(ds.VOILUTSequence[0].LUTData)) or 1.0
         # The LUT's own largest entry is its white; the descriptor's bit depth often overstates it.
         out = _by_rows(lambda v: apply_voi_lut(v, ds, prefer_lut=True), values)
-        out /= np.float32(lut_max)
-        return np.clip(out, 0.0, 1.0, out=out)
+        return intensity.to_unit_range(out, 0.0, lut_max, copy=False)
     if "WindowCenter" in ds and "WindowWidth" in ds:
         try:
             low, high = _window_output_range(ds)
             out = _by_rows(lambda v: apply_windowing(v, ds), values)
-            out -= np.float32(low)
-            out /= np.float32(high - low)
-            return np.clip(out, 0.0, 1.0, out=out)
+            return intensity.to_unit_range(out, low, high - low, copy=False)
         except Exception as err:
             logger.debug("%s: ignoring unusable window (%s); rescaling to the data range", name, err)
     return intensity.robust_rescale(values, sample=sample)

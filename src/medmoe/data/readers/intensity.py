@@ -16,10 +16,15 @@ def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     """
     if not width > 0:
         raise InvalidInputError(f"window width must be > 0, got {width}")
-    low = center - width / 2.0
-    out = values.astype(np.float32)
+    return to_unit_range(values, center - width / 2.0, width)
+
+
+def to_unit_range(values: np.ndarray, low: float, span: float, *, copy: bool = True) -> np.ndarray:
+    """``(values - low) / span`` clipped to [0, 1] in float32, computed in place in one float32 copy of
+    ``values`` (or in ``values`` itself when it is float32 and ``copy`` is False)."""
+    out = np.asarray(values).astype(np.float32, copy=copy)
     out -= np.float32(low)
-    out /= np.float32(width)
+    out /= np.float32(span)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
@@ -47,10 +52,7 @@ def robust_rescale(
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     if high <= low:  # constant, or nothing finite
         return np.zeros(np.shape(values), dtype=np.float32)
-    out = np.asarray(values).astype(np.float32)
-    out -= np.float32(low)
-    out /= np.float32(high - low)
-    return np.clip(out, 0.0, 1.0, out=out)
+    return to_unit_range(values, low, high - low)
 
 
 def reduction_factor(height: int, width: int, target_size: int | None) -> int:

@@ -62,6 +62,4 @@ class ReadOptions:
             raise InvalidInputError(f"{name}: projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.projection is not None and self.axial_slice is not None:
             raise InvalidInputError(f"{name}: give either axial_slice or projection, not both")
-        if size is None or type(size) is int:
-            return self
-        return replace(self, target_size=int(size))
+        return self if size is None else replace(self, target_size=int(size))
