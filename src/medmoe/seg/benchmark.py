@@ -40,14 +40,11 @@ def parse_datalist_spec(spec: str, default_split: str = "test") -> tuple[str, st
 
 def _rows(report: dict[str, Any], datalist: str, split: str) -> list[dict[str, Any]]:
     at = (report.get("at_eval_spacing") or {}).get("per_dataset", {})
-    rows = []
-    for dataset, classes in report["per_dataset"].items():
-        for name, values in classes.items():
-            coarse = at.get(dataset, {}).get(name, {})
-            rows.append({"datalist": datalist, "split": split, "dataset": dataset, "class": name,
-                         "dice": values["dice"], "dice_at_spacing": coarse.get("dice"), "nsd": values["nsd"],
-                         "nsd_at_spacing": coarse.get("nsd"), "cases": values["n"]})
-    return rows
+    return [{"datalist": datalist, "split": split, "dataset": dataset, "class": name,
+             "dice": values["dice"], "dice_at_spacing": coarse.get("dice"), "nsd": values["nsd"],
+             "nsd_at_spacing": coarse.get("nsd"), "cases": values["n"]}
+            for dataset, classes in report["per_dataset"].items() for name, values in classes.items()
+            for coarse in [at.get(dataset, {}).get(name, {})]]
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

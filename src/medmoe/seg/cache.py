@@ -248,9 +248,8 @@ def _root_cause(err: BaseException) -> BaseException:
 
 def _is_data_fault(err: BaseException) -> bool:
     """A fault of the files (recorded, not retried until they change), not of the moment (memory, I/O)."""
-    if isinstance(err, MedMoEError | FileNotFoundError | NotADirectoryError | IsADirectoryError):
-        return True
-    return not isinstance(err, MemoryError | OSError)
+    return (isinstance(err, MedMoEError | FileNotFoundError | NotADirectoryError | IsADirectoryError)
+            or not isinstance(err, MemoryError | OSError))
 
 
 def failure_reason(err: BaseException) -> str:

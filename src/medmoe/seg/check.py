@@ -112,10 +112,8 @@ def quick_check(datalist: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -
     """
     parsed = load_datalist(datalist)
     problems: list[str] = []
-    n = 0
     for split in splits:
         for entry in parsed.splits.get(split, []):
-            n += 1
             if not _exists(entry["image"]):
                 problems.append(f"{split}: image {entry['image']} does not exist")
             if "label" in entry:
@@ -128,7 +126,7 @@ def quick_check(datalist: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise InvalidInputError(f"{datalist}: {len(problems)} missing file(s):\n  {shown}{more}\n"
                                 f"(`medmoe seg check {datalist}` lists every problem)")
-    return n
+    return sum(len(parsed.splits.get(split, [])) for split in splits)
 
 
 def _axcodes(affine: np.ndarray) -> str:
@@ -211,8 +209,7 @@ def check_case(entry: dict[str, str], split: str, label_ids: list[int]) -> CaseR
         report.errors.append(f"{entry['label']}: unreadable label ({err})" if os.path.isfile(entry["label"])
                              else f"{entry['label']}: label does not exist")
         return report
-    values = np.unique(label.array)
-    report.label_values = [int(v) for v in values]
+    report.label_values = [int(v) for v in np.unique(label.array)]
     outside = sorted(set(report.label_values) - {0, *label_ids})
     if outside:
         report.errors.append(f"{entry['label']}: label value(s) {outside[:10]} are not in the {entry['dataset']} "

@@ -118,7 +118,7 @@ def load_datalist(path: str | os.PathLike, template: ClassTemplate | None = None
             continue
         if not isinstance(raw, list):
             raise InvalidInputError(f"{path}: {split!r} must be a list of entries")
-        entries = []
+        entries = splits[split] = []
         for i, e in enumerate(raw):
             if not isinstance(e, dict) or "image" not in e or "dataset" not in e:
                 raise InvalidInputError(f"{path}: {split}[{i}] = {e!r}; expected an object with image, label, dataset")
@@ -126,7 +126,6 @@ def load_datalist(path: str | os.PathLike, template: ClassTemplate | None = None
             if e.get("label"):
                 entry["label"] = str(root / e["label"])
             entries.append(entry)
-        splits[split] = entries
     if not splits:
         raise InvalidInputError(f"{path}: no 'training', 'validation' or 'test' list")
     return Datalist(path=path, splits=splits, template=template, label_maps=label_maps)

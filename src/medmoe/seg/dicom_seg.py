@@ -40,8 +40,8 @@ def _codes(kind: str | None):
         return sct.MorphologicallyAbnormalStructure, (sct.Neoplasm if kind == "tumour" else sct.Cyst)
     if kind is None:  # a free-text prompt outside the template
         return sct.Tissue, sct.Tissue
-    type_code = {"organ": sct.Organ, "vessel": sct.BloodVessel, "bone": sct.Bone, "muscle": sct.Muscle}[kind]
-    return sct.AnatomicalStructure, type_code
+    return sct.AnatomicalStructure, {"organ": sct.Organ, "vessel": sct.BloodVessel, "bone": sct.Bone,
+                                     "muscle": sct.Muscle}[kind]
 
 
 def source_slices(folder: str | os.PathLike, series_uid: str, shape: Sequence[int],

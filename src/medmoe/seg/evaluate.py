@@ -152,8 +152,7 @@ def _predict_case(model: nn.Module, entry: dict[str, Any], names: Sequence[str],
         raise InvalidInputError("entry has no label file")
     image = read_ct(entry["image"])
     label = read_label(entry["label"])
-    ids = label_on_image_grid(label, image)
-    reference = template.multi_hot(ids, entry["dataset"], names)
+    reference = template.multi_hot(label_on_image_grid(label, image), entry["dataset"], names)
     t0 = time.perf_counter()
     prediction = predict_volume(model, image, names, **predict_kwargs)
     seconds = time.perf_counter() - t0

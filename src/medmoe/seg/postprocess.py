@@ -26,9 +26,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     labelled, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
     if n <= 1:
         return mask.astype(bool, copy=True)
-    sizes = np.bincount(labelled.reshape(-1))
-    sizes[0] = 0
-    return labelled == int(sizes.argmax())
+    return labelled == int(np.bincount(labelled.reshape(-1))[1:].argmax()) + 1  # the background (0) left out
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -36,8 +34,7 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     if min_voxels <= 1 or not mask.any():
         return mask.astype(bool, copy=True)
     labelled, _ = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
-    sizes = np.bincount(labelled.reshape(-1))
-    keep = sizes >= min_voxels
+    keep = np.bincount(labelled.reshape(-1)) >= min_voxels
     keep[0] = False
     return keep[labelled]
 

@@ -88,8 +88,7 @@ class SegPrediction:
 
     def label_map(self) -> np.ndarray:
         """(X, Y, Z) label map: value i where prompt i (1-based) is predicted; later prompts win overlaps."""
-        dtype = np.uint8 if len(self.prompts) < 255 else np.uint16
-        out = np.zeros(self.masks.shape[1:], dtype=dtype)
+        out = np.zeros(self.masks.shape[1:], dtype=np.uint8 if len(self.prompts) < 255 else np.uint16)
         for i, mask in enumerate(self.masks):
             out[mask] = i + 1
         return out

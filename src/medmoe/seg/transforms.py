@@ -87,12 +87,10 @@ def footprint_sigmas(src_affine: np.ndarray, dst_affine: np.ndarray) -> list[flo
         src_affine, dst_affine: (4, 4) voxel -> world of the fine and the coarse grid.
     """
     src, dst = np.asarray(src_affine, float)[:3, :3], np.asarray(dst_affine, float)[:3, :3]
-    sigmas = []
-    for i in range(3):
-        step = np.linalg.norm(src[:, i])
-        width = float(np.abs(src[:, i] / step @ dst).sum()) / step  # destination extent, in source voxels
-        sigmas.append(width / np.sqrt(12.0) if width > 1.0 else 0.0)
-    return sigmas
+    steps = [np.linalg.norm(src[:, i]) for i in range(3)]
+    # the destination extent along each source axis, in source voxels
+    widths = [float(np.abs(src[:, i] / steps[i] @ dst).sum()) / steps[i] for i in range(3)]
+    return [width / np.sqrt(12.0) if width > 1.0 else 0.0 for width in widths]
 
 
 class SoftMultiHotd(MapTransform):

@@ -226,12 +226,10 @@ class ClassTemplate:
         want_sides = _sides(words, fuzzy=True)
         want_numbers = re.findall(r"\d+", query)
         for key in difflib.get_close_matches(query, list(self._lookup), n=5, cutoff=_FUZZY_CUTOFF):
-            if re.findall(r"\d+", key) != want_numbers or _sides(key.split(), fuzzy=False) != want_sides:
-                continue
-            if not _words_agree(words, key.split()):
-                continue
-            log.debug("prompt %r resolved to %r via %r", text, self._lookup[key], key)
-            return self._lookup[key]
+            if (re.findall(r"\d+", key) == want_numbers and _sides(key.split(), fuzzy=False) == want_sides
+                    and _words_agree(words, key.split())):
+                log.debug("prompt %r resolved to %r via %r", text, self._lookup[key], key)
+                return self._lookup[key]
         return None
 
     def is_tumour(self, name: str) -> bool:

@@ -77,17 +77,16 @@ def import_kits(root: Path, *, template: ClassTemplate, dataset: str | None = No
     if base is None:
         raise InvalidInputError(f"{root}: no case_*/imaging.nii.gz (nor under data/ or dataset/); expected a KiTS "
                                 "data folder")
-    cases, kinds = [], set()
+    cases = []
     for folder in sorted(base.glob("case_*")):
         image = folder / "imaging.nii.gz"
         if not image.is_file():
             raise InvalidInputError(f"{folder}: no imaging.nii.gz")
         label = next((folder / n for n in ("aggregated_MAJ_seg.nii.gz", "segmentation.nii.gz")
                       if (folder / n).is_file()), None)
-        if label is not None:
-            kinds.add(label.name)
         cases.append(ImportedCase(image=image, label=label, split="training" if label else "test",
                                   case_id=folder.name))
+    kinds = {c.label.name for c in cases if c.label is not None}
     if len(kinds) > 1:
         raise InvalidInputError(f"{base}: cases mix {sorted(kinds)}; expected one KiTS release")
     if dataset:

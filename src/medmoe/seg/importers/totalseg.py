@@ -116,9 +116,8 @@ def import_totalsegmentator(root: Path, *, template: ClassTemplate, cache: Path,
         ct = folder / "ct.nii.gz"
         if not ct.is_file():
             raise InvalidInputError(f"{root / 'meta.csv'}: lists {case_id}, but {ct} is missing")
-        files = nifti_files(folder / "segmentations")
         named = {}
-        for path in files:
+        for path in nifti_files(folder / "segmentations"):
             cls = template.resolve(strip_nifti(path.name))
             if cls not in ids:
                 raise InvalidInputError(f"{path}: {strip_nifti(path.name)!r} is no class of the {DATASET} label map "
