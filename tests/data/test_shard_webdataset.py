@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import tracemalloc
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from webdataset.tariterators import tar_file_iterator
 
 from medmoe.data import shard_files
 from medmoe.data.shard_files import iter_tar_samples, scan_shard, shard_sample_counts, write_shards
+from medmoe.data.shards import ShardDataset
 from medmoe.errors import CorruptFileError
 
 pytestmark = pytest.mark.timeout(120)
@@ -90,3 +92,19 @@ def test_an_interrupted_write_keeps_the_complete_shards_and_no_half_one(tmp_path
         write_shards(manifest, out, per_shard=3)
     assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar"]
     assert shard_sample_counts([str(out / "shard-000000.tar")]) == [3]
+
+
+def test_a_blank_split_in_another_tools_shard_is_read_and_counted_as_no_split(tmp_path):
+    # WebDataset shards written by other tools may carry "split": "" in a sample's .json
+    manifest, _ = make_manifest(tmp_path / "src", n=4)
+    url = write_shards(manifest, tmp_path / "ours", per_shard=4, image_format="png").shards[0]
+    splits = ["train", "", None, "test"]
+    members = []
+    for (key, sample), split in zip(iter_tar_samples(url), splits, strict=True):
+        meta = {k: v for k, v in json.loads(sample["json"]).items() if k != "split"}
+        if split is not None:
+            meta["split"] = split
+        members += [(f"{key}.png", sample["png"]), (f"{key}.txt", sample["txt"]), (f"{key}.json", json.dumps(meta).encode())]
+    shard = str(write_tar(tmp_path / "other.tar", members))
+    read = [item["index"] for item in ShardDataset(shard, split="train")]
+    assert len(read) == 3 == shard_sample_counts([shard], "train")[0]

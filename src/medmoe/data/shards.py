@@ -299,8 +299,7 @@ class ShardDataset(IterableDataset):
                            wanted - yielded)
 
     def _wanted(self, meta: dict[str, Any]) -> bool:
-        split = meta.get("split")
-        return self.split is None or split is None or normalize_split(split) == self.split
+        return self.split is None or normalize_split(meta.get("split")) in (None, self.split)
 
     def _decode(self, epoch: int, shard: str, key: str, members: dict[str, bytes],
                 meta: dict[str, Any]) -> dict[str, Any] | BadSample:
