@@ -180,8 +180,7 @@ def build_config(name: str, **overrides: Any):
     from medmoe.model_checks import check_sizes
 
     raw = get_model_config(name)
-    model_type = raw.pop("model_type")
-    cls = model_class(model_type)
+    cls = model_class(raw.pop("model_type"))
     config = config_from_dict(cls.config_class, raw, where=name)
     config = merge_overrides(config, overrides, where=name) if overrides else config
     check_sizes(config, name)

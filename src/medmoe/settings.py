@@ -410,7 +410,8 @@ def _flag_kwargs(f: dataclasses.Field, hint: Any, optional: bool, doc: str) -> d
     elif origin is typing.Literal:
         kwargs["choices"], kwargs["type"] = items, meta.get("type") or type(items[0])
     elif hint in (int, float, str, Path):
-        kwargs["type"] = meta.get("type") or (_optional_text if hint is str and optional else hint)
+        # an optional text field takes '' for None
+        kwargs["type"] = meta.get("type") or ((lambda t: t or None) if hint is str and optional else hint)
         if hint is str and optional and default:
             kwargs["help"] = _help(f"{doc.rstrip('.')}; '' for none", default, is_bool=False)
     else:
@@ -418,10 +419,6 @@ def _flag_kwargs(f: dataclasses.Field, hint: Any, optional: bool, doc: str) -> d
         if kwargs["metavar"] is None and kwargs["choices"] is None:
             kwargs["metavar"] = "JSON"
     return kwargs
-
-
-def _optional_text(text: str) -> str | None:
-    return text or None
 
 
 def _add_set_flags(parser: argparse.ArgumentParser, group: Any, f: dataclasses.Field, doc: str) -> None:
