@@ -29,13 +29,13 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medmoe.data.readers.safety import require_regular_file
 from medmoe.errors import CorruptFileError, InvalidInputError, MissingFileError
+from medmoe.paths import write_text_atomic
 
 COLUMNS = ("image", "report", "modality", "labels", "dataset", "split")
 SPLITS = ("train", "val", "test")
@@ -313,20 +313,5 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path
                              **{k: r.extra.get(k, "") for k in extra_keys}})
         else:
             buffer.write(json.dumps({**record, **r.extra}, ensure_ascii=False) + "\n")
-    _atomic_write_text(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
     return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a manifest is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -46,6 +46,7 @@ from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
+from medmoe.paths import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class VolumeCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         settings = self.folder / "settings.json"
         if not settings.is_file():
-            _atomic_text(settings, json.dumps(self.settings, indent=2, sort_keys=True, default=str))
+            write_text_atomic(settings, json.dumps(self.settings, indent=2, sort_keys=True, default=str))
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=self.folder))
         try:
             for name, array in (("image", volume.image), ("label", volume.label), ("soft", volume.soft)):
@@ -260,13 +261,6 @@ def failure_reason(err: BaseException) -> str:
 def _record_failure(path: Path, entry: Mapping[str, str], err: BaseException) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_text(path, f"{entry.get('image')}: {failure_reason(err)}")
+        write_text_atomic(path, f"{entry.get('image')}: {failure_reason(err)}")
     except OSError as write_err:
         logger.debug("cannot record the failure of %s: %s", entry.get("image"), write_err)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
