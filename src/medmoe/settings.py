@@ -46,7 +46,8 @@ def json_value(text: str):
 
 
 def parse_overrides(pairs: list[str] | None, *, example: str) -> dict:
-    """``["feature_size=24", "text.model=tiny-bert"]`` -> nested dict (values parsed as JSON when possible).
+    """``["feature_size=24", "text.model=tiny-bert"]`` -> nested dict (values parsed as JSON when possible;
+    a later pair overrides an earlier one, a nested key included).
 
     Raises:
         InvalidInputError: a pair without ``=`` or without a key (the message shows ``example``).
@@ -58,11 +59,10 @@ def parse_overrides(pairs: list[str] | None, *, example: str) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InvalidInputError(f"--set {pair!r}: expected KEY=VALUE, e.g. {example}")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = json_value(value)
+        nested = json_value(value)
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        out = _merged(out, nested)  # a later pair wins, as repeated --set flags do
     return out
 
 

@@ -14,7 +14,7 @@ from medmoe.align.losses import AlignLossWeights
 from medmoe.align.task import AlignTaskConfig
 from medmoe.cli.main import build_parser
 from medmoe.seg.task import SegTaskConfig
-from medmoe.settings import SettingsParser, add_dataclass_flags, config_from_args, field_docs
+from medmoe.settings import SettingsParser, add_dataclass_flags, config_from_args, field_docs, parse_overrides
 from medmoe.train import TrainConfig, add_training_arguments
 from medmoe.train.args import save_resolved_config
 
@@ -79,6 +79,12 @@ def test_a_malformed_set_pair_is_a_usage_error_with_an_example(capsys):
     with pytest.raises(SystemExit):
         parse(["align", "train", "--data", "d", "--out", "o", "--set", "num_experts"])
     assert "expected KEY=VALUE, e.g. num_experts=4" in capsys.readouterr().err
+
+
+def test_later_set_pairs_override_earlier_ones_nested_keys_included():
+    pairs = ["text=1", "text.model=tiny-bert", "backbone.depths=[1, 1]", "backbone.kind=swin", "text.model=x"]
+    assert parse_overrides(pairs, example="K=V") == {"text": {"model": "x"},
+                                                     "backbone": {"depths": [1, 1], "kind": "swin"}}
 
 
 def test_seg_spellings():
