@@ -32,6 +32,7 @@ from medmoe.data.modalities import MODALITIES
 from medmoe.data.shards import ShardDataset, looks_like_shards
 from medmoe.errors import InvalidInputError
 from medmoe.moe import confusion_matrix, expert_usage, routing_agreement
+from medmoe.paths import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,6 @@ class Embeddings:
 
 def model_image_size(model: nn.Module) -> int:
     return int(model.config.backbone.image_size)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place (no reader sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def write_errors_csv(path: Path, bad: Sequence[tuple[str, str]]) -> Path:
@@ -310,7 +304,7 @@ def evaluate(model: nn.Module, manifest: str | os.PathLike, *, split: str | None
         out.parent.mkdir(parents=True, exist_ok=True)
         if figures:
             metrics["figures"] = _figures(model, dataset, emb, metrics, out, attention_examples, device)
-        write_atomic(out, json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(metrics, indent=2) + "\n")
         log.info("metrics written to %s", out)
     return metrics
 

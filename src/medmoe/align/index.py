@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medmoe import distributed
-from medmoe.align.evaluate import model_image_size, write_atomic, write_errors_csv
+from medmoe.align.evaluate import model_image_size, write_errors_csv
 from medmoe.align.faiss_index import IndexPlan, build_faiss, choose_index, import_faiss, search_faiss
 from medmoe.align.index_parts import (
     DEFAULT_CHUNK_SIZE,
@@ -49,6 +49,7 @@ from medmoe.align.index_parts import (
 )
 from medmoe.devices import resolve_device
 from medmoe.errors import InvalidInputError, MedMoEError
+from medmoe.paths import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def _prepare_folder(out: Path, build: dict[str, Any], overwrite: bool) -> str | 
         for name in INDEX_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(recorded, json.dumps(build, indent=2) + "\n")
+    write_text_atomic(recorded, json.dumps(build, indent=2) + "\n")
     return None
 
 
@@ -335,7 +336,7 @@ def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any]) 
             np.save(out / f"{target}.rows.npy", rows.astype(np.int64))
         else:
             (out / f"{target}.rows.npy").unlink(missing_ok=True)
-    write_atomic(out / "items.jsonl", "".join(
+    write_text_atomic(out / "items.jsonl", "".join(
         json.dumps({**item, "expert": expert, "modality": modality}) + "\n"
         for item, expert, modality in zip(merged["items"], merged["experts"].tolist(), merged["modality"].tolist())))
     meta = {
@@ -345,5 +346,5 @@ def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any]) 
         "data": build["data"]["source"], "split": build["data"]["split"], "requested_kind": kind,
         "indexes": {t: {"kind": p.kind, "params": p.params, "n": len(targets[t][0])} for t, p in plans.items()},
     }
-    write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medmoe.paths import write_text_atomic
+
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
      padding:0 1em;color:#1d2433;line-height:1.45}
@@ -95,7 +97,5 @@ def write_report(path: str | os.PathLike, title: str, intro: str, sections: Sequ
     """Write the report atomically; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_report(title, intro, sections), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, render_report(title, intro, sections))
     return path

@@ -17,6 +17,7 @@ from medmoe.align.suites.paper import (
     TABLE2_FRACTIONS,
 )
 from medmoe.align.suites.sets import EVAL_SETS
+from medmoe.paths import write_text_atomic
 
 
 def _cell(value: float | None, width: int) -> str:
@@ -94,7 +95,5 @@ def write_suite_json(result: dict[str, Any], path: str | os.PathLike, **extra: A
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**result, **extra, "paper": paper_reference(result["suite"])}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
     return path
