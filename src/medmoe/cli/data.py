@@ -46,9 +46,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data_samples.add_parser(group)
 
 
-FOLD_SOURCES = ("thyroid-us", "unimed-breast-us", "unimed-acl-mri", "unimed-meniscus-mri", "unimed-rsna-pneumonia")
-
-
 def _add_import_parser(sources: argparse._SubParsersAction, source: str) -> None:
     """``medmoe data import SOURCE``: its help is the adapter's description (source followed, layout)."""
     from medmoe.data.adapters import layout_help
@@ -66,6 +63,8 @@ def _add_import_parser(sources: argparse._SubParsersAction, source: str) -> None
 
 
 def _add_source_options(parser: argparse.ArgumentParser, source: str) -> None:
+    from medmoe.data.adapters.unimed_folds import LAYOUTS
+
     if source == "mimic-cxr":
         parser.add_argument("--all-views", action="store_true", help="keep lateral views too")
         parser.add_argument("--reports-root", default=None,
@@ -81,7 +80,7 @@ def _add_source_options(parser: argparse.ArgumentParser, source: str) -> None:
                                  "out, or a class of their own")
         parser.add_argument("--split-by", choices=("fold", "hash"), default="fold",
                             help="RadImageNet's fold CSVs (default) or a file-name hash (not the protocol's)")
-    if source in FOLD_SOURCES or source == "busi":
+    if source in LAYOUTS or source == "busi":
         parser.add_argument("--fold", type=int, default=1, help="which published fold (default 1)")
 
 

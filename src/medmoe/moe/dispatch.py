@@ -56,7 +56,7 @@ def _shares_memory(y: Tensor, inputs: Inputs) -> bool:
     return any(x.untyped_storage().data_ptr() == storage for x in tensors)
 
 
-def _check(experts: Sequence[nn.Module], expert_index: Tensor, gates: Tensor, n: int) -> None:
+def _check(expert_index: Tensor, gates: Tensor, n: int) -> None:
     if expert_index.shape != gates.shape or expert_index.dim() != 2 or expert_index.shape[0] != n:
         raise InvalidInputError(
             f"expert_index and gates must both be (N={n}, k); got {tuple(expert_index.shape)} and {tuple(gates.shape)}"
@@ -81,7 +81,7 @@ def sparse_dispatch(experts: Sequence[nn.Module], inputs: Inputs, expert_index: 
         (N, ...) combined outputs.
     """
     n = _num_rows(inputs)
-    _check(experts, expert_index, gates, n)
+    _check(expert_index, gates, n)
     k = expert_index.shape[1]
     flat_expert = expert_index.reshape(-1)
     flat_gate = gates.reshape(-1)
@@ -117,7 +117,7 @@ def sparse_dispatch(experts: Sequence[nn.Module], inputs: Inputs, expert_index: 
 def dense_dispatch(experts: Sequence[nn.Module], inputs: Inputs, expert_index: Tensor, gates: Tensor) -> Tensor:
     """Reference: run every expert on every row, weight by a (N, K) combine matrix built from the routing."""
     n = _num_rows(inputs)
-    _check(experts, expert_index, gates, n)
+    _check(expert_index, gates, n)
     # scatter_add would fail on a bad index only by a device-side assert on CUDA; a compiled graph skips the
     # check rather than break at a data-dependent branch.
     if not torch.compiler.is_compiling() and bool(((expert_index < 0) | (expert_index >= len(experts))).any()):
