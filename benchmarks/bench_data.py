@@ -1,4 +1,4 @@
-"""Data-loading throughput at corpus scale: reduced-size decoding against the old full-resolution path,
+"""Data-loading throughput at corpus scale: reduced-size decoding against decoding at full resolution,
 and one loader worker against a medmoe-swin-t training step.
 
 Generates ``--n`` full-size 3000x2500 JPEG radiographs and ``--n`` 2000x2000 12-bit DICOMs (deterministic:
@@ -8,7 +8,7 @@ paths take turns, each batch's fastest of ``--repeats`` passes counts, see :func
 
 * ``reduced``: the pipeline as it is, :class:`ImageReportDataset` decoding at ``transform.decode_size``
   (334 px for 224: JPEG draft mode, integer box reduction) and returning uint8 items;
-* ``full_resolution``: a faithful copy of the previous pipeline, kept in this script: ``read_image``
+* ``full_resolution``: a loader without reduced-size decoding, kept in this script: ``read_image``
   without ``target_size`` (full decode, float64 at full size) and the float32 normalised transform.
 
 It then times medmoe-swin-t training steps (forward, backward, AdamW; batch ``--train-batch`` at the
@@ -41,13 +41,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from medmoe.data.dataset import (
-    BadSample,
-    ImageReportDataset,
-    build_item,
-    collate_image_report,
-    sample_generator,
-)
+from medmoe.data.dataset import BadSample, ImageReportDataset, collate_image_report, dataset_item
 from medmoe.data.manifest import ManifestRow, write_manifest
 from medmoe.data.readers import read_image
 from medmoe.data.shards import ShardDataset, write_shards
@@ -61,7 +55,7 @@ REPORTS = (
 
 
 class FullResolutionDataset(ImageReportDataset):
-    """The loader as it was before reduced-size decoding: full decode, normalised float32 items."""
+    """The comparison arm: every image decoded at full resolution into normalised float32 items."""
 
     def __init__(self, manifest, image_size: int, seed: int = 0) -> None:
         super().__init__(manifest, transform=ImageTransform(image_size=image_size, train=True, normalized=True),
@@ -71,11 +65,8 @@ class FullResolutionDataset(ImageReportDataset):
         row = self.rows[index]
         try:
             image, meta = read_image(row.image)
-            item = build_item(
-                image=image, image_modality=meta.modality, raw_report=row.report, row_modality=row.modality,
-                labels=row.labels, index=index, path=row.image, transform=self.transform,
-                generator=sample_generator(self.seed, self.epoch, index), require_report=self.require_report,
-            )
+            item = dataset_item(self, self.epoch, index, row.image, image, meta.modality, row.report, row.modality,
+                                row.labels)
         except Exception as err:
             item = BadSample(index, row.image, f"{type(err).__name__}: {err}")
         return item
