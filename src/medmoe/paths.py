@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from medmoe.errors import InvalidInputError
@@ -54,17 +55,27 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     return target
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` through a uniquely named temporary file beside
-    it, synced and renamed over it: readers and concurrent writers never see a half-written file."""
+def _file_mode() -> int:
+    umask = os.umask(0)  # reading the umask means setting it: set it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()  # what open() would give a new file in this process
+
+
+def write_text_atomic(path: str | os.PathLike, text: str | Iterable[str]) -> None:
+    """Write ``text`` (a string, or strings written one after another; UTF-8, newlines as given) to ``path``
+    through a uniquely named temporary file beside it, synced and renamed over it: readers and concurrent
+    writers never see a half-written file. The file gets the mode ``open`` would give it (the umask's)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+            fh.writelines([text] if isinstance(text, str) else text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
+        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

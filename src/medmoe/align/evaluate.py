@@ -77,13 +77,14 @@ def write_errors_csv(path: Path, bad: Sequence[tuple[str, str]]) -> Path:
     return path
 
 
-def routed_batches(model: nn.Module, loader: DataLoader, device: str | torch.device, bar: tqdm,
+def routed_batches(model: nn.Module, loader: DataLoader, device: str | torch.device, bar: tqdm | None,
                    bad: list[tuple[str, str]]) -> Iterator[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
     """Each batch of ``loader`` holding a readable image, with ``model.image_features`` of its images; every
-    sample is counted on ``bar`` and the ``(path, reason)`` of each unreadable one added to ``bad``."""
+    sample is counted on ``bar`` (when given) and the ``(path, reason)`` of each unreadable one added to ``bad``."""
     for batch in loader:
         bad += [(b.path, b.reason) for b in batch["bad"]]
-        bar.update(batch["images"].shape[0] + len(batch["bad"]))
+        if bar is not None:
+            bar.update(batch["images"].shape[0] + len(batch["bad"]))
         if batch["images"].shape[0]:
             yield batch, model.image_features(batch["images"].to(device))
 

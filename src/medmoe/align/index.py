@@ -336,7 +336,7 @@ def _write_index(out: Path, gallery: Gallery, kind: str, build: dict[str, Any]) 
             np.save(out / f"{target}.rows.npy", rows.astype(np.int64))
         else:
             (out / f"{target}.rows.npy").unlink(missing_ok=True)
-    write_text_atomic(out / "items.jsonl", "".join(
+    write_text_atomic(out / "items.jsonl", (
         json.dumps({**item, "expert": expert, "modality": modality}) + "\n"
         for item, expert, modality in zip(merged["items"], merged["experts"].tolist(), merged["modality"].tolist())))
     meta = {

@@ -148,8 +148,7 @@ def embed_chunk(model: nn.Module, gallery: Gallery, chunk: int, *, batch_size: i
     images, reports, experts, modality = [], [], [], []
     items: list[dict[str, str]] = []
     bad: list[tuple[str, str]] = []
-    counter = tqdm(disable=True) if bar is None else bar  # (a tqdm's truth is its total, so no `bar or ...`)
-    for batch, features in routed_batches(model, loader, device, counter, bad):
+    for batch, features in routed_batches(model, loader, device, bar, bad):
         images.append(features["image_embeds"].float().cpu())
         experts.append(features["expert_index"].cpu())
         texts = batch["reports"]
