@@ -65,8 +65,8 @@ class FullResolutionDataset(ImageReportDataset):
         row = self.rows[index]
         try:
             image, meta = read_image(row.image)
-            item = dataset_item(self, self.epoch, index, row.image, image, meta.modality, row.report, row.modality,
-                                row.labels)
+            item = dataset_item(self, self.epoch, index, path=row.image, image=image, image_modality=meta.modality,
+                                raw_report=row.report, row_modality=row.modality, labels=row.labels)
         except Exception as err:
             item = BadSample(index, row.image, f"{type(err).__name__}: {err}")
         return item

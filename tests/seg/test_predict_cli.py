@@ -389,3 +389,12 @@ def test_dicom_seg_of_an_anonymised_series_refers_to_the_file_meta_uids(tmp_path
     refs = {g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
             for g in seg.PerFrameFunctionalGroupsSequence}
     assert refs and refs <= metas and seg.StudyInstanceUID
+
+
+def test_the_format_choices_of_seg_predict_are_the_mask_formats(capsys):
+    # the parser spells them out (it imports no library code); this ties the two together
+    from medmoe.seg.outputs import MASK_FORMATS
+
+    with pytest.raises(SystemExit):
+        main(["seg", "predict", "--help"])
+    assert "--format {" + ",".join(MASK_FORMATS) + "}" in capsys.readouterr().out

@@ -96,7 +96,7 @@ def build_item(
     }
 
 
-def dataset_item(dataset: Any, epoch: int, index: int, path: str, image: np.ndarray,
+def dataset_item(dataset: Any, epoch: int, index: int, *, path: str, image: np.ndarray,
                  image_modality: str | None, raw_report: str, row_modality: str | None,
                  labels: Sequence[str]) -> dict[str, Any] | BadSample:
     """:func:`build_item` with the ``transform``, ``require_report`` and augmentation stream (``seed``,
@@ -187,8 +187,8 @@ class ImageReportDataset(Dataset):
         row = self.rows[index]
         try:
             image, meta = read_image(row.image, target_size=self.transform.decode_size)
-            item = dataset_item(self, self.epoch, index, row.image, image, meta.modality, row.report,
-                                row.modality, row.labels)
+            item = dataset_item(self, self.epoch, index, path=row.image, image=image, image_modality=meta.modality,
+                                raw_report=row.report, row_modality=row.modality, labels=row.labels)
         except Exception as err:  # any failure is a bad sample, never a dead run
             item = BadSample(index, row.image, f"{type(err).__name__}: {err}")
         if isinstance(item, BadSample):

@@ -317,8 +317,9 @@ class ShardDataset(IterableDataset):
             if not labels and "cls" in members:
                 labels = [members["cls"].decode("utf-8").strip()]
             report = members.get("txt", b"").decode("utf-8", errors="replace")
-            item = dataset_item(self, epoch, index, str(meta.get("source") or name), image,
-                                image_meta.modality, report, meta.get("modality"), [str(v) for v in labels])
+            item = dataset_item(self, epoch, index, path=str(meta.get("source") or name), image=image,
+                                image_modality=image_meta.modality, raw_report=report,
+                                row_modality=meta.get("modality"), labels=[str(v) for v in labels])
         except Exception as err:  # any failure is a bad sample, never a dead run
             item = BadSample(index, name, f"{type(err).__name__}: {err}")
         return self._bad(item) if isinstance(item, BadSample) else item

@@ -33,7 +33,7 @@ from pydicom.pixels import pixel_array
 from medmoe.data.readers.dicom import LOOKED_FOR, is_dicom_file, read_dicom_header
 from medmoe.data.readers.nifti import is_nifti, load_nifti
 from medmoe.data.readers.safety import require_regular_file
-from medmoe.errors import CorruptFileError, InvalidInputError, MedMoEError
+from medmoe.errors import CorruptFileError, InvalidInputError
 from medmoe.limits import MAX_VOXELS_ENV, check_budget
 
 logger = logging.getLogger(__name__)
@@ -510,17 +510,8 @@ class VolumeReader(ImageReader):
         return _single_path(data, "VolumeReader")
 
     def get_data(self, img: str | os.PathLike) -> tuple[np.ndarray, dict]:
-        """The volume at ``img`` (:func:`read_label` or :func:`read_ct`) and MONAI's metadata.
-
-        A medmoe error is raised with its cause cleared (the library's exception stays in ``__context__``,
-        and the message quotes it): MONAI wraps it in ``RuntimeError("applying transform ...")``, and callers
-        that report the root of that chain (:func:`medmoe.seg.cache.failure_reason`) then report the error
-        that names the file, not a bare library exception.
-        """
-        try:
-            volume = read_label(img) if self.kind == "label" else read_ct(img, check_ct=self.check_ct)
-        except MedMoEError as err:
-            raise err from None
+        """The volume at ``img`` (:func:`read_label` or :func:`read_ct`) and MONAI's metadata."""
+        volume = read_label(img) if self.kind == "label" else read_ct(img, check_ct=self.check_ct)
         header: dict[str, Any] = {
             MetaKeys.AFFINE: volume.affine.copy(),
             MetaKeys.ORIGINAL_AFFINE: volume.affine.copy(),

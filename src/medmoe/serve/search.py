@@ -129,8 +129,9 @@ def check_query(query: str, k: int) -> tuple[str, int]:
 
 
 def find_hits(model: nn.Module, index, queries: Sequence[tuple[str, int]]) -> list[list]:
-    """The hits of checked ``(query, k)`` pairs (:func:`check_query`, at least one), the texts encoded as one
-    batch."""
+    """The hits of checked ``(query, k)`` pairs (:func:`check_query`), the texts encoded as one batch."""
+    if not queries:
+        return []
     hits = index.search_text(model, [query for query, _ in queries], k=max(k for _, k in queries))
     return [found[:k] for found, (_, k) in zip(hits, queries)]
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 from medmoe.errors import InvalidInputError
@@ -70,6 +69,17 @@ def gather_prompts(selected: Sequence[str] | None, free_text: str | None) -> lis
     if len(prompts) > MAX_PROMPTS:
         raise InvalidInputError(f"{len(prompts)} classes: at most {MAX_PROMPTS} in one label map")
     return prompts
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Pixels of a 2-D mask with a 4-neighbour outside it (what ``mask & ~binary_erosion(mask, border_value=1)``
+    gives, about ten times faster on a 512 x 512 slice: it runs for every class on every slider move)."""
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return mask & ~inner
 
 
 @dataclass
@@ -128,7 +138,7 @@ class SegView:
                 continue
             picture[mask] = (1 - ALPHA) * picture[mask] + ALPHA * colour
             # the edge: pixels with a 4-neighbour outside the mask
-            picture[mask & ~ndimage.binary_erosion(mask, border_value=1)] = colour
+            picture[_edges(mask)] = colour
         return np.clip(picture + 0.5, 0, 255).astype(np.uint8)
 
     def legend_html(self) -> str:

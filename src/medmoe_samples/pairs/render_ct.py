@@ -14,8 +14,15 @@ import numpy as np
 from scipy import ndimage
 
 from medmoe.errors import InvalidInputError
-from medmoe_samples.pairs import drawing
-from medmoe_samples.pairs.drawing import ellipse, grid, irregular_blob, smooth_noise, soft_step, to_uint8
+from medmoe_samples.pairs.drawing import (
+    ellipse,
+    grid,
+    irregular_blob,
+    pick_pixel,
+    smooth_noise,
+    soft_step,
+    to_uint8,
+)
 
 REGIONS = ("chest", "abdomen")
 FIELD_OF_VIEW_MM = 360.0
@@ -54,7 +61,7 @@ def _focal(hu: np.ndarray, y, x, mask: np.ndarray, diameter: float, margin_px: i
     ``margin_px`` pixels beyond its radius from the mask's border where there is room)."""
     size = y.shape[0]
     radius_px = diameter / (FIELD_OF_VIEW_MM / size) / 2.0
-    row, col = drawing.pick_pixel(mask, int(np.ceil(radius_px)) + margin_px, rng)
+    row, col = pick_pixel(mask, int(np.ceil(radius_px)) + margin_px, rng)
     lesion = irregular_blob(y, x, float(y[row, col]), float(x[row, col]), radius_px * 2.0 / size, rng,
                             roughness=roughness, edge=edge_px / size)
     return hu + lesion * (value - hu)

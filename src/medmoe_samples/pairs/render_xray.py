@@ -16,8 +16,15 @@ import numpy as np
 from scipy import ndimage
 
 from medmoe.errors import InvalidInputError
-from medmoe_samples.pairs import drawing
-from medmoe_samples.pairs.drawing import ellipse, grid, irregular_blob, smooth_noise, soft_step, to_uint8
+from medmoe_samples.pairs.drawing import (
+    ellipse,
+    grid,
+    irregular_blob,
+    pick_pixel,
+    smooth_noise,
+    soft_step,
+    to_uint8,
+)
 
 SIDES = ("right", "left")
 ZONES = ("upper", "middle", "lower")
@@ -139,7 +146,7 @@ def _opacity(
         texture = soft_step(0.35 - np.abs(smooth_noise(rng, size, 1.8)), 0.25)
         return region * density * 0.75 * texture
     if lesion.pattern == "round":
-        row, col = drawing.pick_pixel(region > 0.9, max(2, size // 25), rng, fallback=region > 0.5)
+        row, col = pick_pixel(region > 0.9, max(2, size // 25), rng, fallback=region > 0.5)
         cy, cx = y[row, col], x[row, col]
         blob = irregular_blob(y, x, cy, cx, 0.06 + 0.06 * lesion.severity, rng, roughness=0.15)
         return lung * density * 1.2 * blob
@@ -159,7 +166,7 @@ def _nodule(y: np.ndarray, x: np.ndarray, lung: np.ndarray, t: _Thorax, lesion: 
     region = lung * _zone_weight(y, t, lesion.side, lesion.zone)
     calcified = lesion.kind == "granuloma"
     radius_px = (1.4 + 1.2 * lesion.severity) if calcified else (2.5 + 3.5 * lesion.severity)
-    row, col = drawing.pick_pixel(region > 0.95, int(np.ceil(radius_px)) + 3, rng, fallback=region > 0.5)
+    row, col = pick_pixel(region > 0.95, int(np.ceil(radius_px)) + 3, rng, fallback=region > 0.5)
     radius = radius_px * 2.0 / size
     density = 0.5 if calcified else 0.3
     return density * ellipse(y, x, y[row, col], x[row, col], radius, radius, edge=2.0 / size)

@@ -25,13 +25,14 @@ is matched to the BUSI file of the same name. Choices, each named:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
 
 from medmoe.data.adapters.common import ImportResult, hash_split, require_dir
 from medmoe.data.adapters.labelled import label_row
-from medmoe.data.adapters.unimed_folds import FoldLayout, find_fold_csv, read_folds
+from medmoe.data.adapters.unimed_folds import LAYOUTS, find_fold_csv, read_folds
 from medmoe.errors import InvalidInputError, MissingFileError
 
 NAME = "busi"
@@ -40,8 +41,7 @@ NORMAL_CHOICES = ("benign", "exclude", "class")
 SPLIT_CHOICES = ("fold", "hash")
 _MASK = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-_FOLD = FoldLayout(NAME, "breast_{split}_fold{fold}.csv", 0, 1,
-                   {"benign": "benign", "malignant": "malignant"}, "ultrasound")
+_FOLD = dataclasses.replace(LAYOUTS["unimed-breast-us"], name=NAME)  # RadImageNet's breast-US fold CSVs
 
 
 def _class_images(base: Path) -> dict[str, list[Path]]:

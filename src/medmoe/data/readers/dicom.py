@@ -203,7 +203,7 @@ def read_dicom_header(source: str | os.PathLike | BinaryIO, name: str, *, defer_
             path = isinstance(source, str | os.PathLike)
             with open(source, "rb") if path else contextlib.nullcontext(source) as handle:
                 guard = _AscendingTags(handle, stop_before_pixels)
-                ds = read_partial(handle, guard, defer_size=defer_size, force=True)
+                ds = read_partial(handle, guard, defer_size=defer_size if path else None, force=True)
         except CorruptFileError:
             raise
         except Exception as err:  # pydicom raises many types for malformed input
